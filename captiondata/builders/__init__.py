@@ -1,0 +1,1 @@
+"""Builders: code that produces caption records (image, original, recaptions, references, meta) for the shard writer."""

@@ -1,0 +1,87 @@
+"""Per-epoch sample counters shared between the main process and DataLoader workers.
+
+Each worker writes its own row of a shared-memory int64 tensor (row 0 = the main process), so
+counts from any number of workers add up without locks. Nothing is dropped without a count.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch.utils.data import get_worker_info
+
+SKIP_REASONS = (
+    "empty_image",
+    "corrupt_image",
+    "image_too_large",
+    "missing_image",
+    "missing_caption",
+    "empty_caption",
+    "non_utf8_text",
+    "bad_json",
+    "duplicate_key",
+    "truncated_tar",
+    "unreadable_shard",
+)
+MIX_EVENTS = (
+    "samples",
+    "drawn_original",
+    "drawn_recap",
+    "emitted_original",
+    "emitted_recap",
+    "emitted_concat",
+    "fallback_to_original",
+    "fallback_to_recap",
+)
+COUNTER_NAMES = SKIP_REASONS + MIX_EVENTS
+_INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
+
+
+class SampleCounters:
+    """Counts of skipped samples by reason and of caption-mixer events, summed over all workers."""
+
+    def __init__(self, max_workers: int = 64) -> None:
+        self.table = torch.zeros((max_workers + 1, len(COUNTER_NAMES)), dtype=torch.int64).share_memory_()
+
+    def _row(self) -> int:
+        """Row of the calling process: 0 in the main process, worker id + 1 in a loader worker."""
+        info = get_worker_info()
+        row = 0 if info is None else info.id + 1
+        if row >= self.table.shape[0]:
+            raise ValueError(f"more loader workers ({row}) than SampleCounters was sized for ({self.table.shape[0] - 1})")
+        return row
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Add n to counter ``name`` in this process's row."""
+        self.table[self._row(), _INDEX[name]] += n
+
+    def reset(self) -> None:
+        """Zero every counter (call in the main process before an epoch)."""
+        self.table.zero_()
+
+    def totals(self) -> Dict[str, int]:
+        """Counter name -> total over all processes."""
+        summed = self.table.sum(dim=0).tolist()
+        return {name: int(v) for name, v in zip(COUNTER_NAMES, summed)}
+
+
+def summarize(totals: Dict[str, int]) -> Dict[str, object]:
+    """Epoch report: samples, skipped by reason, realised original fraction and fallbacks.
+
+    ``original_fraction`` = emitted originals / samples (what the model saw);
+    ``drawn_original_fraction`` = draws of the original / draws (the mixer's coin, before fallback).
+    """
+    skipped = {reason: totals[reason] for reason in SKIP_REASONS if totals.get(reason, 0)}
+    samples = totals.get("samples", 0)
+    draws = totals.get("drawn_original", 0) + totals.get("drawn_recap", 0)
+    return {
+        "samples": samples,
+        "skipped_total": sum(skipped.values()),
+        "skipped": skipped,
+        "original_fraction": totals.get("emitted_original", 0) / samples if samples else None,
+        "drawn_original_fraction": totals.get("drawn_original", 0) / draws if draws else None,
+        "fallback_to_original": totals.get("fallback_to_original", 0),
+        "fallback_to_recap": totals.get("fallback_to_recap", 0),
+    }
+

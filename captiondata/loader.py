@@ -1,0 +1,216 @@
+"""Training batches from caption shards: split by rank and worker, shuffle, mix captions, transform.
+
+Two modes:
+- finite (default): every rank reads its own slice of the shard list once per epoch; the shard order
+  is reshuffled per epoch with the same seed on all ranks.
+- resampled (``data.resampled=true``): each worker draws shards with replacement and stops after a
+  fixed number of full batches, so every rank yields exactly ``len(loader)`` batches (uneven batch
+  counts deadlock DDP).
+The iteration order is a deterministic function of (seed, epoch, rank, world size, workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from captiondata.config import DataConfig, MixConfig, require
+from captiondata.counters import SampleCounters, summarize
+from captiondata.decode import BadSample
+from captiondata.mixer import choose_caption
+from captiondata.reader import decode_record, expand_shards, raw_samples
+
+log = logging.getLogger(__name__)
+
+
+def derived_seed(*parts: Any) -> int:
+    """A 63-bit seed determined by ``parts``."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def shuffled(items: Iterator[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    """Buffer-shuffle a stream: hold ``buffer_size`` items, emit a random one as each new item arrives."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buffer: List[Any] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= buffer_size:
+            index = rng.randrange(len(buffer))
+            buffer[index], buffer[-1] = buffer[-1], buffer[index]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class MixedCaptionDataset(IterableDataset):
+    """Iterable of collated batches {image, text, key, source} for one rank (see module docstring)."""
+
+    def __init__(
+        self,
+        urls: List[str],
+        data_cfg: DataConfig,
+        mix_cfg: MixConfig,
+        image_transform: Callable,
+        tokenize: Optional[Callable[[List[str]], torch.Tensor]],
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        drop_last: bool,
+        counters: SampleCounters,
+    ) -> None:
+        super().__init__()
+        self.urls, self.data_cfg, self.mix_cfg = urls, data_cfg, mix_cfg
+        self.image_transform, self.tokenize = image_transform, tokenize
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.drop_last, self.counters = seed, drop_last, counters
+        self.epoch = 0
+
+    def batches_per_worker(self, num_workers: int) -> Optional[int]:
+        """Full batches each worker yields per epoch in resampled mode (None in finite mode)."""
+        if not self.data_cfg.resampled:
+            return None
+        per_batch = self.world_size * max(1, num_workers) * self.batch_size
+        return max(1, math.ceil(self.data_cfg.epoch_samples / per_batch))
+
+    def _shard_stream(self, worker: int, num_workers: int) -> Iterator[str]:
+        """Shard URLs this (rank, worker) reads this epoch."""
+        if self.data_cfg.resampled:
+            rng = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker, "shards"))
+            while True:
+                yield rng.choice(self.urls)
+        order = list(self.urls)
+        random.Random(derived_seed(self.seed, self.epoch, "shard-order")).shuffle(order)
+        yield from order[self.rank :: self.world_size][worker::num_workers]
+
+    def _samples(self, worker: int, num_workers: int) -> Iterator[Dict[str, Any]]:
+        """Validated, caption-mixed, transformed samples for this worker; bad ones counted."""
+        rng = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker, "shuffle"))
+        raws = shuffled(raw_samples(self._shard_stream(worker, num_workers), self.counters), self.data_cfg.shuffle_buffer, rng)
+        for raw in raws:
+            try:
+                record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels)
+            except BadSample as bad:
+                self.counters.add(bad.reason)
+                continue
+            choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
+            self._count_choice(choice)
+            yield {"image": self.image_transform(record.image), "text": choice.text, "key": record.key, "source": choice.emitted}
+
+    def _count_choice(self, choice: Any) -> None:
+        """Record the mixer's draw, what was emitted and any fallback."""
+        self.counters.add("samples")
+        if choice.drawn in ("original", "recap"):
+            self.counters.add(f"drawn_{choice.drawn}")
+        self.counters.add(f"emitted_{choice.emitted}")
+        if choice.fallback:
+            self.counters.add(f"fallback_to_{choice.emitted}")
+
+    def _collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Stack images, tokenize texts (when a tokenizer is given) and keep keys and sources."""
+        texts = [s["text"] for s in samples]
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "text": self.tokenize(texts) if self.tokenize is not None else texts,
+            "key": [s["key"] for s in samples],
+            "source": [s["source"] for s in samples],
+        }
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        limit = self.batches_per_worker(num_workers)
+        batch: List[Dict[str, Any]] = []
+        produced = 0
+        for sample in self._samples(worker, num_workers):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield self._collate(batch)
+                batch, produced = [], produced + 1
+                if limit is not None and produced >= limit:
+                    return
+        if batch and not self.drop_last:
+            yield self._collate(batch)
+
+
+class CaptionLoader:
+    """Batches of one split for one rank; ``set_epoch`` before each epoch, ``epoch_stats`` after."""
+
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        mix_cfg: MixConfig,
+        split: str = "train",
+        image_transform: Optional[Callable] = None,
+        tokenize: Optional[Callable[[List[str]], torch.Tensor]] = None,
+        batch_size: int = 64,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        drop_last: bool = True,
+        num_workers: Optional[int] = None,
+    ) -> None:
+        require(batch_size > 0, f"batch_size={batch_size} must be positive")
+        require(0 <= rank < world_size, f"rank={rank} must be in [0, world_size={world_size})")
+        self.num_workers = data_cfg.num_workers if num_workers is None else num_workers
+        self.counters = SampleCounters(max_workers=max(1, self.num_workers))
+        urls = expand_shards(data_cfg.shards(split))
+        slots = max(1, self.num_workers) * world_size
+        if not data_cfg.resampled and len(urls) < slots:
+            log.warning("only %d shard(s) for %d worker(s) x %d rank(s): some workers get no data; write more, smaller shards or set data.resampled=true", len(urls), max(1, self.num_workers), world_size)
+        transform = image_transform if image_transform is not None else _to_tensor
+        self.dataset = MixedCaptionDataset(urls, data_cfg, mix_cfg, transform, tokenize, batch_size, rank, world_size, seed, drop_last, self.counters)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: shard order, shuffle and caption draws all depend on it."""
+        self.dataset.epoch = epoch
+
+    def __len__(self) -> int:
+        per_worker = self.dataset.batches_per_worker(self.num_workers)
+        if per_worker is None:
+            raise TypeError("batches per epoch are unknown in finite mode; set data.resampled=true for a fixed epoch length")
+        return per_worker * max(1, self.num_workers)
+
+    def iterate(self, skip_batches: int = 0) -> Iterator[Dict[str, Any]]:
+        """Batches of the current epoch, dropping the first ``skip_batches`` (resume inside an epoch)."""
+        self.counters.reset()
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+                            prefetch_factor=4 if self.num_workers else None)
+        for index, batch in enumerate(loader):
+            if index >= skip_batches:
+                yield batch
+        stats = self.epoch_stats()
+        log.info("epoch %d: %d samples, original fraction %s (p = P(original)), skipped %s",
+                 self.dataset.epoch, stats["samples"], _fmt(stats["original_fraction"]), stats["skipped"] or "none")
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return self.iterate()
+
+    def epoch_totals(self) -> Dict[str, int]:
+        """Raw counter totals of the last epoch on this rank (sum over ranks with all_reduce for DDP)."""
+        return self.counters.totals()
+
+    def epoch_stats(self) -> Dict[str, Any]:
+        """Samples, skips by reason, realised original fraction and fallbacks of the last epoch."""
+        return summarize(self.counters.totals())
+
+
+def _to_tensor(image: Any) -> torch.Tensor:
+    """Default transform: PIL RGB -> float tensor in [0, 1]."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(image).float().div_(255.0)
+
+
+def _fmt(value: Optional[float]) -> str:
+    """A fraction for the log, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,168 @@
+"""The one reader of caption shards: expand shard specs, open any URL, walk tars, validate samples.
+
+Bad input never crashes the stream and is never lost silently: unreadable shards, truncated tars,
+duplicate keys, corrupt/empty/oversized images, missing/empty/non-UTF-8 captions are skipped and
+counted in ``SampleCounters`` (see ``counters.SKIP_REASONS``).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import tarfile
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Union
+from urllib.parse import urlparse
+
+from webdataset import gopen
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import base_plus_ext
+
+from captiondata.captions import extract_captions
+from captiondata.config import CaptionLayout, ConfigError
+from captiondata.counters import SampleCounters
+from captiondata.decode import BadSample, decode_image
+from captiondata.records import Record
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def _is_local(url: str) -> bool:
+    """True for plain paths and file:// URLs."""
+    scheme = urlparse(url).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+
+
+def expand_shards(spec: Union[str, List[str]]) -> List[str]:
+    """Shard URLs of a spec: ``::``-joined parts, brace expansion, and globs for local paths.
+
+    Raises ConfigError when a local part matches no file.
+    """
+    parts = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    urls: List[str] = []
+    for part in parts:
+        for url in expand_urls(str(part)):
+            if not _is_local(url):
+                urls.append(url)
+                continue
+            path = url[len("file://"):] if url.startswith("file://") else url
+            matches = sorted(glob.glob(os.path.expanduser(path))) if glob.has_magic(path) else [path]
+            found = [m for m in matches if os.path.isfile(m)]
+            if not found:
+                raise ConfigError(f"no shard matches {path!r}")
+            urls.extend(found)
+    return urls
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """A readable byte stream for a shard: local file, any webdataset gopen scheme (pipe:, http(s), gs, ...),
+    else fsspec (s3://, gcs://, memory://, ...)."""
+    if _is_local(url):
+        return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+    scheme = urlparse(url).scheme
+    if scheme in gopen.gopen_schemes:
+        return gopen.gopen(url, "rb")
+    import fsspec  # optional dependency for object stores
+
+    return fsspec.open(url, "rb").open()
+
+
+def _tar_members(url: str, counters: SampleCounters) -> Iterator[tuple]:
+    """(name, bytes) of each regular member; a truncated or unreadable tar ends the shard, counted."""
+    try:
+        stream = open_shard(url)
+    except (OSError, ValueError, ImportError) as exc:
+        counters.add("unreadable_shard")
+        log.warning("skipping unreadable shard %s: %s", url, exc)
+        return
+    with stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+                for info in archive:
+                    if info.isreg():
+                        yield info.name, archive.extractfile(info).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            counters.add("truncated_tar")
+            log.warning("shard %s is truncated or corrupt (%s); its incomplete last sample is dropped", url, exc)
+            yield None, None
+
+
+def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[str, Any]]:
+    """Group consecutive tar members by key into dicts {__key__, __url__, suffix: bytes}.
+
+    A key that repeats a member suffix, or reappears later in the same shard, is a duplicate:
+    every copy after the first is dropped and counted.
+    """
+    for url in urls:
+        seen: set = set()
+        current: Optional[Dict[str, Any]] = None
+        broken = False
+        for name, data in _tar_members(url, counters):
+            if name is None:  # truncation marker: the in-progress sample is incomplete
+                current = None
+                break
+            key, suffix = base_plus_ext(name)
+            if key is None:
+                continue
+            suffix = suffix.lower()
+            if current is None or key != current["__key__"]:
+                if current is not None and not broken:
+                    yield current
+                broken = False
+                if key in seen:
+                    counters.add("duplicate_key")
+                    broken = True
+                seen.add(key)
+                current = {"__key__": key, "__url__": url}
+            if suffix in current and not broken:
+                counters.add("duplicate_key")
+                broken = True
+            current[suffix] = data
+        if current is not None and not broken:
+            yield current
+
+
+def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> Record:
+    """Validate one raw sample into a Record (image decoded to RGB unless ``decode`` is False).
+
+    Raises BadSample with the skip reason.
+    """
+    image_member = next((m for m in layout.image_members if m in raw), None)
+    if image_member is None:
+        raise BadSample("missing_image")
+    captions = extract_captions(raw, layout)
+    data = raw[image_member]
+    image = decode_image(data, max_pixels) if decode else data
+    meta = captions["json"] or {}
+    return Record(
+        key=raw["__key__"],
+        image=image,
+        original=captions["original"],
+        recaptions=captions["recaptions"],
+        references=captions["references"],
+        meta=meta.get("meta", meta) if isinstance(meta, dict) else {},
+        image_ext=image_member,
+    )
+
+
+def valid_records(raws: Iterable[Dict[str, Any]], layout: CaptionLayout, counters: SampleCounters, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Record]:
+    """Decoded Records; bad samples skipped and counted by reason."""
+    for raw in raws:
+        try:
+            yield decode_record(raw, layout, max_pixels)
+        except BadSample as bad:
+            counters.add(bad.reason)
+            log.debug("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), bad)
+
+
+def iter_samples(
+    urls: Union[str, List[str]],
+    layout: CaptionLayout,
+    counters: Optional[SampleCounters] = None,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Record]:
+    """Every valid sample of a shard spec in order, decoded (for evaluation, diagnostics, recaptioning)."""
+    counters = counters if counters is not None else SampleCounters(max_workers=0)
+    shard_urls = expand_shards(urls) if isinstance(urls, str) else list(urls)
+    yield from valid_records(raw_samples(shard_urls, counters), layout, counters, max_image_pixels)

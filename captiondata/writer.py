@@ -1,0 +1,157 @@
+"""Atomic webdataset shard writer for the project layout.
+
+Each shard is written to a temporary name in the target folder and renamed into place when
+complete, so a reader never sees a half-written shard and a crash leaves no partial ``.tar``.
+Layout per sample: ``KEY.<ext>`` image, ``KEY.txt`` original caption, ``KEY.json``
+``{"key", "recaptions": [...], "captions": [references], "meta": {...}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional
+
+import webdataset as wds
+from PIL import Image
+
+from captiondata.records import Record
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Atomically write ``obj`` as indented UTF-8 JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def encode_image(image: Any, ext: str, quality: int = 95) -> bytes:
+    """Image bytes for a tar member: bytes pass through, PIL images are encoded as ``ext``."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be PIL.Image or bytes, got {type(image).__name__}")
+    buffer = io.BytesIO()
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext]
+    image.save(buffer, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    return buffer.getvalue()
+
+
+def record_members(record: Record) -> Dict[str, Any]:
+    """The webdataset sample dict of a Record in the project layout."""
+    sample: Dict[str, Any] = {"__key__": record.key, record.image_ext: encode_image(record.image, record.image_ext)}
+    if record.original is not None:
+        sample["txt"] = record.original
+    sample["json"] = json.dumps(
+        {"key": record.key, "recaptions": record.recaptions, "captions": record.references, "meta": record.meta},
+        ensure_ascii=False,
+    ).encode("utf-8")
+    return sample
+
+
+class ShardWriter:
+    """Write Records into ``{folder}/{prefix}-{index:06d}.tar`` shards of at most ``max_count`` samples.
+
+    Refuses to overwrite existing shards of the same prefix unless ``overwrite`` is set; ``close``
+    writes ``{prefix}-manifest.json`` (shard names, sizes, sha256, sample counts) last.
+    """
+
+    def __init__(self, folder: str, prefix: str, max_count: int = 1000, overwrite: bool = False) -> None:
+        if max_count <= 0:
+            raise ValueError(f"max_count={max_count} must be positive")
+        os.makedirs(folder, exist_ok=True)
+        existing = sorted(f for f in os.listdir(folder) if f.startswith(prefix + "-") and f.endswith((".tar", "-manifest.json")))
+        if existing and not overwrite:
+            raise FileExistsError(f"{folder} already holds {prefix} shards ({existing[0]}, ...); pass overwrite=True to replace them")
+        for name in existing:
+            os.unlink(os.path.join(folder, name))
+        self.folder, self.prefix, self.max_count = folder, prefix, max_count
+        self.shards: List[Dict[str, Any]] = []
+        self._writer: Optional[wds.TarWriter] = None
+        self._tmp: Optional[str] = None
+        self._count = 0
+
+    def _open_next(self) -> None:
+        """Start a new shard under a temporary name."""
+        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=self.folder)
+        self._writer = wds.TarWriter(os.fdopen(fd, "wb"))
+        self._count = 0
+
+    def _finish_current(self) -> None:
+        """Close the current shard and rename it into place."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        final = os.path.join(self.folder, name)
+        os.replace(self._tmp, final)
+        self.shards.append({"name": name, "count": self._count, "bytes": os.path.getsize(final), "sha256": _sha256(final)})
+        self._writer, self._tmp = None, None
+
+    def write(self, record: Record) -> None:
+        """Append one Record."""
+        if self._writer is None:
+            self._open_next()
+        self._writer.write(record_members(record))
+        self._count += 1
+        if self._count >= self.max_count:
+            self._finish_current()
+
+    def write_all(self, records: Iterable[Record]) -> int:
+        """Append every Record; return how many were written."""
+        n = 0
+        for record in records:
+            self.write(record)
+            n += 1
+        return n
+
+    def close(self) -> Dict[str, Any]:
+        """Finish the last shard and write the manifest; return it."""
+        self._finish_current()
+        manifest = {"prefix": self.prefix, "samples": sum(s["count"] for s in self.shards), "shards": self.shards}
+        atomic_write_json(os.path.join(self.folder, f"{self.prefix}-manifest.json"), manifest)
+        return manifest
+
+    def abort(self) -> None:
+        """Drop the shard in progress (after an error)."""
+        if self._writer is not None:
+            self._writer.close()
+            if self._tmp and os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+            self._writer, self._tmp = None, None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _sha256(path: str) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
