@@ -120,6 +120,7 @@ class DataConfig:
     max_image_pixels: int = 64_000_000
     build_seed: int = 0
     build_size: Optional[int] = None
+    scene_image_size: int = 64
 
     def __post_init__(self) -> None:
         require(self.builder in ("scenes", "flickr8k", "none"), f"data.builder={self.builder!r} is unknown; choose scenes, flickr8k or none")
@@ -127,6 +128,8 @@ class DataConfig:
         require(self.samples_per_shard > 0, f"data.samples_per_shard={self.samples_per_shard} must be positive")
         require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         require(self.shuffle_buffer >= 0, f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0")
+        require(self.build_size is None or self.build_size > 0, f"data.build_size={self.build_size} must be positive or null")
+        require(self.scene_image_size >= 16, f"data.scene_image_size={self.scene_image_size} must be >= 16")
         require(self.max_image_pixels > 0, f"data.max_image_pixels={self.max_image_pixels} must be positive")
         require(not self.resampled or (self.epoch_samples or 0) > 0, "data.resampled=true needs data.epoch_samples > 0 (a fixed epoch length)")
         require(self.builder != "none" or bool(self.train_shards or self.test_shards), "data.builder=none needs data.train_shards or data.test_shards")

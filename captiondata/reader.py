@@ -11,6 +11,7 @@ import glob
 import logging
 import os
 import tarfile
+from zlib import error as zlib_error
 from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Union
 from urllib.parse import urlparse
 
@@ -68,24 +69,66 @@ def open_shard(url: str) -> IO[bytes]:
     return fsspec.open(url, "rb").open()
 
 
+class _CountingReader:
+    """A read-only byte stream wrapper that counts the bytes read and remembers the first four."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.count, self.head = raw, 0, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if len(self.head) < 4:
+            self.head = (self.head + data)[:4]
+        self.count += len(data)
+        return data
+
+    def drain(self) -> int:
+        """Read to the end; return the total number of bytes in the stream."""
+        while self.read(1 << 16):
+            pass
+        return self.count
+
+
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zX")
+TAR_TAIL_SLACK = 1 << 16  # end-of-archive blocks plus record padding allowed after the last member
+
+
+def _ends_cleanly(counting: _CountingReader, offset: int) -> bool:
+    """True when an uncompressed tar stopped at its end-of-archive marker (tarfile stops silently at a
+    cut header or a corrupt one); compressed streams report truncation themselves."""
+    if counting.head.startswith(COMPRESSED_MAGIC):
+        return True
+    total = counting.drain()
+    return offset + 1024 <= total <= offset + 1024 + TAR_TAIL_SLACK
+
+
 def _tar_members(url: str, counters: SampleCounters) -> Iterator[tuple]:
-    """(name, bytes) of each regular member; a truncated or unreadable tar ends the shard, counted."""
+    """(name, bytes) of each regular member. A truncated or corrupt tar ends the shard, counted, with
+    a final (None, name) where name is the member that was cut (None when a header was cut)."""
     try:
         stream = open_shard(url)
     except (OSError, ValueError, ImportError) as exc:
         counters.add("unreadable_shard")
         log.warning("skipping unreadable shard %s: %s", url, exc)
         return
+    counting = _CountingReader(stream)
     with stream:
+        cut: Optional[str] = None
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            with tarfile.open(fileobj=counting, mode="r|*") as archive:
                 for info in archive:
                     if info.isreg():
-                        yield info.name, archive.extractfile(info).read()
-        except (tarfile.TarError, EOFError, OSError) as exc:
+                        cut = info.name
+                        data = archive.extractfile(info).read()
+                        cut = None
+                        yield info.name, data
+                clean = _ends_cleanly(counting, archive.offset)
+            if not clean:
+                raise tarfile.ReadError("no end-of-archive marker where the last member ends")
+        except (tarfile.TarError, EOFError, OSError, zlib_error) as exc:
             counters.add("truncated_tar")
             log.warning("shard %s is truncated or corrupt (%s); its incomplete last sample is dropped", url, exc)
-            yield None, None
+            yield None, cut
 
 
 def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[str, Any]]:
@@ -99,7 +142,9 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
         current: Optional[Dict[str, Any]] = None
         broken = False
         for name, data in _tar_members(url, counters):
-            if name is None:  # truncation marker: the in-progress sample is incomplete
+            if name is None:  # truncation: drop the sample the cut member belonged to (unknown: the last one)
+                if data is not None and current is not None and base_plus_ext(data)[0] != current["__key__"] and not broken:
+                    yield current
                 current = None
                 break
             key, suffix = base_plus_ext(name)

@@ -3,7 +3,8 @@
 Each shard is written to a temporary name in the target folder and renamed into place when
 complete, so a reader never sees a half-written shard and a crash leaves no partial ``.tar``.
 Layout per sample: ``KEY.<ext>`` image, ``KEY.txt`` original caption, ``KEY.json``
-``{"key", "recaptions": [...], "captions": [references], "meta": {...}}``.
+``{"key", "recaptions": [...], "captions": [references], "meta": {...}}`` and, for labelled
+samples, ``KEY.cls`` (the integer class, as CLIP_benchmark's webdataset layout has it).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def record_members(record: Record) -> Dict[str, Any]:
     sample: Dict[str, Any] = {"__key__": record.key, record.image_ext: encode_image(record.image, record.image_ext)}
     if record.original is not None:
         sample["txt"] = record.original
+    if "label" in record.meta:  # CLIP_benchmark's class-label member
+        sample["cls"] = str(int(record.meta["label"]))
     sample["json"] = json.dumps(
         {"key": record.key, "recaptions": record.recaptions, "captions": record.references, "meta": record.meta},
         ensure_ascii=False,

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny caption shards built on the fly, and the real-data root."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from typing import Callable, List
+
+import pytest
+from PIL import Image
+
+from captiondata.config import default_data_root
+from captiondata.records import Record
+from captiondata.writer import ShardWriter
+
+
+def jpeg_bytes(seed: int, size: int = 16) -> bytes:
+    """A small random JPEG."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def make_records(n: int, prefix: str = "s") -> List[Record]:
+    """n valid records with distinct keys, an original and one recaption each."""
+    return [
+        Record(key=f"{prefix}{i:05d}", image=jpeg_bytes(i), original=f"alt text {i}", recaptions=[f"a dense recaption of sample {i}"],
+               references=[f"reference {i} a", f"reference {i} b"])
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def shard_factory(tmp_path) -> Callable[..., str]:
+    """Write records into shards under tmp_path; returns a glob spec of the shards."""
+
+    def make(records: List[Record], per_shard: int = 10, prefix: str = "train", folder: str = "shards") -> str:
+        out = tmp_path / folder
+        writer = ShardWriter(str(out), prefix, max_count=per_shard)
+        writer.write_all(records)
+        writer.close()
+        return str(out / f"{prefix}-*.tar")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def data_root() -> str:
+    """The shared real-data folder ($RECAP_DATA_ROOT or ../shared/data)."""
+    return os.path.abspath(default_data_root())
+
+
+def require_real(path: str) -> None:
+    """Skip (with the reason) when a real-data folder is absent."""
+    if not os.path.isdir(path):
+        pytest.skip(f"real data folder {path} is absent; set RECAP_DATA_ROOT")
