@@ -15,7 +15,7 @@ from zlib import error as zlib_error
 from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Union
 from urllib.parse import urlparse
 
-from webdataset import gopen
+import importlib
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
@@ -26,6 +26,7 @@ from captiondata.decode import BadSample, decode_image
 from captiondata.records import Record
 
 log = logging.getLogger(__name__)
+wds_gopen = importlib.import_module("webdataset.gopen")  # the module; ``webdataset.gopen`` the attribute is the function
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -62,8 +63,8 @@ def open_shard(url: str) -> IO[bytes]:
     if _is_local(url):
         return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
     scheme = urlparse(url).scheme
-    if scheme in gopen.gopen_schemes:
-        return gopen.gopen(url, "rb")
+    if scheme in wds_gopen.gopen_schemes:
+        return wds_gopen.gopen(url, "rb")
     import fsspec  # optional dependency for object stores
 
     return fsspec.open(url, "rb").open()

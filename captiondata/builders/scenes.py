@@ -182,7 +182,8 @@ def describe_scene(objects: Sequence[Mapping[str, Any]], background: Optional[st
 def paraphrase_scene(objects: Sequence[Mapping[str, Any]], background: str) -> str:
     """A second reference with the same vocabulary: background first, groups top to bottom."""
     ordered = sorted(objects, key=lambda g: _cell(g["position"]))
-    return _capitalise(f"a {background} background with " + _join([f"{_group_phrase(g)} {POSITION_PHRASES[g['position']]}" for g in ordered]) + ".")
+    phrases = [f"{_group_phrase(g)} {POSITION_PHRASES[g['position']]}" for g in ordered]
+    return _capitalise(f"a {background} background with {_join(phrases)}.")
 
 
 def _sample_groups(split: str, rng: np.random.Generator) -> List[Dict[str, Any]]:
@@ -203,7 +204,8 @@ def _sample_groups(split: str, rng: np.random.Generator) -> List[Dict[str, Any]]
         count = 1 + int(rng.choice(3, p=OBJECTS_PER_GROUP_PROBS))
         size = SIZES[int(rng.integers(2))] if count == 1 else "small"
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        groups.append({"count": count, "size": size, "colour": colour, "texture": texture, "shape": shape, "position": POSITIONS[int(cell)]})
+        groups.append({"count": count, "size": size, "colour": colour, "texture": texture, "shape": shape,
+                       "position": POSITIONS[int(cell)]})
     return groups
 
 
@@ -226,7 +228,8 @@ def _place(groups: Sequence[Dict[str, Any]], rng: np.random.Generator, image_siz
         slack = max(0.0, (cell_size - diameter) / 2.0 - 0.5 * scale) if group["count"] == 1 else 0.5 * scale
         jitter = rng.uniform(-slack, slack, size=2)
         cx, cy = (col + 0.5) * cell_size + jitter[0], (row + 0.5) * cell_size + jitter[1]
-        group["instances"] = [[round(float(cx + dx * cell_size), 2), round(float(cy + dy * cell_size), 2), round(float(diameter), 2)] for dx, dy in layout]
+        group["instances"] = [[round(float(cx + dx * cell_size), 2), round(float(cy + dy * cell_size), 2), round(float(diameter), 2)]
+                              for dx, dy in layout]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> List[Tuple[float, float]]:
@@ -336,7 +339,8 @@ def original_caption(groups: Sequence[Mapping[str, Any]], rng: np.random.Generat
         text = fmt.format(c=group["colour"], s=shape, C=group["colour"].title(), S=shape.title())
     elif style == "attribute":
         group = groups[int(rng.integers(len(groups)))]
-        text = ATTRIBUTE_FORMATS[int(rng.integers(len(ATTRIBUTE_FORMATS)))].format(c=group["colour"], s=group["shape"], p=plural(group["shape"]))
+        fmt = ATTRIBUTE_FORMATS[int(rng.integers(len(ATTRIBUTE_FORMATS)))]
+        text = fmt.format(c=group["colour"], s=group["shape"], p=plural(group["shape"]))
     elif style == "bag":
         order = rng.permutation(len(groups))
         if rng.random() < 0.5:
