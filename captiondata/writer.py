@@ -22,6 +22,13 @@ from PIL import Image
 from captiondata.records import Record
 
 
+def _default_file_mode() -> int:
+    """Permission bits a plain ``open`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -32,6 +39,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -89,25 +97,35 @@ class ShardWriter:
         self.folder, self.prefix, self.max_count = folder, prefix, max_count
         self.shards: List[Dict[str, Any]] = []
         self._writer: Optional[wds.TarWriter] = None
+        self._handle: Optional[Any] = None
         self._tmp: Optional[str] = None
         self._count = 0
 
     def _open_next(self) -> None:
         """Start a new shard under a temporary name."""
         fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=self.folder)
-        self._writer = wds.TarWriter(os.fdopen(fd, "wb"))
+        self._handle = os.fdopen(fd, "wb")
+        self._writer = wds.TarWriter(self._handle)
         self._count = 0
 
     def _finish_current(self) -> None:
         """Close the current shard and rename it into place."""
         if self._writer is None:
             return
-        self._writer.close()
+        self._close_files()
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         final = os.path.join(self.folder, name)
+        os.chmod(self._tmp, _default_file_mode())
         os.replace(self._tmp, final)
         self.shards.append({"name": name, "count": self._count, "bytes": os.path.getsize(final), "sha256": _sha256(final)})
         self._writer, self._tmp = None, None
+
+    def _close_files(self) -> None:
+        """Finish the tar stream, then flush, fsync and close the file under it."""
+        self._writer.close()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
 
     def write(self, record: Record) -> None:
         """Append one Record."""
@@ -136,7 +154,7 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard in progress (after an error)."""
         if self._writer is not None:
-            self._writer.close()
+            self._close_files()
             if self._tmp and os.path.exists(self._tmp):
                 os.unlink(self._tmp)
             self._writer, self._tmp = None, None
