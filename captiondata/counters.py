@@ -43,6 +43,14 @@ class SampleCounters:
 
     def __init__(self, max_workers: int = 64) -> None:
         self.table = torch.zeros((max_workers + 1, len(COUNTER_NAMES)), dtype=torch.int64).share_memory_()
+        self._pending = [0] * len(COUNTER_NAMES)
+
+    def __getstate__(self) -> Dict[str, object]:
+        return {"table": self.table}
+
+    def __setstate__(self, state: Dict[str, object]) -> None:
+        self.table = state["table"]
+        self._pending = [0] * len(COUNTER_NAMES)
 
     def _row(self) -> int:
         """Row of the calling process: 0 in the main process, worker id + 1 in a loader worker."""
@@ -53,15 +61,23 @@ class SampleCounters:
         return row
 
     def add(self, name: str, n: int = 1) -> None:
-        """Add n to counter ``name`` in this process's row."""
-        self.table[self._row(), _INDEX[name]] += n
+        """Add n to counter ``name`` (buffered in this process until ``flush``)."""
+        self._pending[_INDEX[name]] += n
+
+    def flush(self) -> None:
+        """Move this process's buffered counts into its row of the shared table."""
+        if any(self._pending):
+            self.table[self._row()] += torch.tensor(self._pending, dtype=torch.int64)
+            self._pending = [0] * len(COUNTER_NAMES)
 
     def reset(self) -> None:
         """Zero every counter (call in the main process before an epoch)."""
         self.table.zero_()
+        self._pending = [0] * len(COUNTER_NAMES)
 
     def totals(self) -> Dict[str, int]:
-        """Counter name -> total over all processes."""
+        """Counter name -> total over all processes (workers flush with every batch and at their end)."""
+        self.flush()
         summed = self.table.sum(dim=0).tolist()
         return {name: int(v) for name, v in zip(COUNTER_NAMES, summed)}
 

@@ -15,10 +15,11 @@ import hashlib
 import logging
 import math
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms.functional import pil_to_tensor
 
 from captiondata.config import DataConfig, MixConfig, require
 from captiondata.counters import SampleCounters, summarize
@@ -27,6 +28,25 @@ from captiondata.mixer import choose_caption
 from captiondata.reader import decode_record, expand_shards, raw_samples
 
 log = logging.getLogger(__name__)
+
+
+def split_normalize(transform: Callable) -> Optional[Tuple[Callable, torch.Tensor, torch.Tensor]]:
+    """For a ``Compose([..., ToTensor(), Normalize(mean, std)])`` return (PIL part, mean, std), else None.
+
+    The loader then keeps images as uint8 until the whole batch is stacked and normalises the batch in
+    one vectorised pass: (x - 255 mean) / (255 std), equal to ToTensor + Normalize up to float rounding.
+    """
+    from torchvision import transforms
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, transforms.Compose) or not steps or len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2], steps[-1]
+    if not (isinstance(to_tensor, transforms.ToTensor) and isinstance(normalize, transforms.Normalize)) or normalize.inplace:
+        return None
+    mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return transforms.Compose(steps[:-2]), mean, std
 
 
 def derived_seed(*parts: Any) -> int:
@@ -74,6 +94,9 @@ class MixedCaptionDataset(IterableDataset):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.drop_last, self.counters = seed, drop_last, counters
         self.epoch = 0
+        self.batch_normalize = split_normalize(image_transform)
+        if self.batch_normalize is not None:
+            self.image_transform = self.batch_normalize[0]
 
     def batches_per_worker(self, num_workers: int) -> Optional[int]:
         """Full batches each worker yields per epoch in resampled mode (None in finite mode)."""
@@ -104,7 +127,10 @@ class MixedCaptionDataset(IterableDataset):
                 continue
             choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
             self._count_choice(choice)
-            yield {"image": self.image_transform(record.image), "text": choice.text, "key": record.key, "source": choice.emitted}
+            image = self.image_transform(record.image)
+            if self.batch_normalize is not None:
+                image = pil_to_tensor(image)
+            yield {"image": image, "text": choice.text, "key": record.key, "source": choice.emitted}
 
     def _count_choice(self, choice: Any) -> None:
         """Record the mixer's draw, what was emitted and any fallback."""
@@ -118,8 +144,12 @@ class MixedCaptionDataset(IterableDataset):
     def _collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Stack images, tokenize texts (when a tokenizer is given) and keep keys and sources."""
         texts = [s["text"] for s in samples]
+        images = torch.stack([s["image"] for s in samples])
+        if self.batch_normalize is not None:
+            _, mean, std = self.batch_normalize
+            images = images.float().sub_(mean).div_(std)
         return {
-            "image": torch.stack([s["image"] for s in samples]),
+            "image": images,
             "text": self.tokenize(texts) if self.tokenize is not None else texts,
             "key": [s["key"] for s in samples],
             "source": [s["source"] for s in samples],
@@ -131,15 +161,20 @@ class MixedCaptionDataset(IterableDataset):
         limit = self.batches_per_worker(num_workers)
         batch: List[Dict[str, Any]] = []
         produced = 0
-        for sample in self._samples(worker, num_workers):
-            batch.append(sample)
-            if len(batch) == self.batch_size:
+        try:
+            for sample in self._samples(worker, num_workers):
+                batch.append(sample)
+                if len(batch) == self.batch_size:
+                    collated = self._collate(batch)
+                    self.counters.flush()
+                    yield collated
+                    batch, produced = [], produced + 1
+                    if limit is not None and produced >= limit:
+                        return
+            if batch and not self.drop_last:
                 yield self._collate(batch)
-                batch, produced = [], produced + 1
-                if limit is not None and produced >= limit:
-                    return
-        if batch and not self.drop_last:
-            yield self._collate(batch)
+        finally:
+            self.counters.flush()
 
 
 class CaptionLoader:
@@ -206,8 +241,6 @@ class CaptionLoader:
 
 def _to_tensor(image: Any) -> torch.Tensor:
     """Default transform: PIL RGB -> float tensor in [0, 1]."""
-    from torchvision.transforms.functional import pil_to_tensor
-
     return pil_to_tensor(image).float().div_(255.0)
 
 

@@ -211,4 +211,7 @@ def iter_samples(
     """Every valid sample of a shard spec in order, decoded (for evaluation, diagnostics, recaptioning)."""
     counters = counters if counters is not None else SampleCounters(max_workers=0)
     shard_urls = expand_shards(urls) if isinstance(urls, str) else list(urls)
-    yield from valid_records(raw_samples(shard_urls, counters), layout, counters, max_image_pixels)
+    try:
+        yield from valid_records(raw_samples(shard_urls, counters), layout, counters, max_image_pixels)
+    finally:
+        counters.flush()

@@ -105,7 +105,8 @@ class ShardWriter:
         """Start a new shard under a temporary name."""
         fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=self.folder)
         self._handle = os.fdopen(fd, "wb")
-        self._writer = wds.TarWriter(self._handle)
+        # GNU format with a fixed mtime: byte-reproducible shards without per-member pax headers
+        self._writer = wds.TarWriter(self._handle, format="GNU_FORMAT", mtime=0)
         self._count = 0
 
     def _finish_current(self) -> None:
