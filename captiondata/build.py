@@ -54,15 +54,25 @@ def split_records(cfg: DataConfig) -> Dict[str, Iterator[Record]]:
     raise ConfigError(f"data.builder={cfg.builder!r} builds nothing; point data.train_shards/test_shards at existing shards")
 
 
+ZEROSHOT_DIR = "zeroshot"
+
+
+def split_folder(cfg: DataConfig, split: str) -> str:
+    """Where a split's shards go: shard_dir, except the zero-shot split, which is laid out as a
+    CLIP_benchmark webdataset folder (``zeroshot/test/*.tar`` beside ``zeroshot/classnames.txt``)."""
+    return os.path.join(cfg.shard_dir, ZEROSHOT_DIR, "test") if split == "zeroshot" else cfg.shard_dir
+
+
 def write_extras(cfg: DataConfig) -> None:
-    """Side files evaluations need: zero-shot class names and templates (CLIP_benchmark layout)."""
+    """Zero-shot class names and templates for the scenes' zero-shot split (CLIP_benchmark file names)."""
     if cfg.builder != "scenes":
         return
     from captiondata.builders import scenes
     from captiondata.writer import atomic_write_bytes
 
-    atomic_write_bytes(os.path.join(cfg.shard_dir, "classnames.txt"), ("\n".join(scenes.zeroshot_classnames()) + "\n").encode())
-    atomic_write_bytes(os.path.join(cfg.shard_dir, "zeroshot_classification_templates.txt"), ("\n".join(scenes.zeroshot_templates()) + "\n").encode())
+    folder = os.path.join(cfg.shard_dir, ZEROSHOT_DIR)
+    atomic_write_bytes(os.path.join(folder, "classnames.txt"), ("\n".join(scenes.zeroshot_classnames()) + "\n").encode())
+    atomic_write_bytes(os.path.join(folder, "zeroshot_classification_templates.txt"), ("\n".join(scenes.zeroshot_templates()) + "\n").encode())
 
 
 def build_dataset(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
@@ -83,7 +93,7 @@ def build_dataset(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
     start = time.perf_counter()
     manifests = {}
     for split, records in split_records(cfg).items():
-        writer = ShardWriter(cfg.shard_dir, split, max_count=cfg.samples_per_shard, overwrite=True)
+        writer = ShardWriter(split_folder(cfg, split), split, max_count=cfg.samples_per_shard, overwrite=True)
         try:
             writer.write_all(records)
         except BaseException:
