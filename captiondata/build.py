@@ -25,7 +25,9 @@ def builder_settings(cfg: DataConfig) -> Dict[str, Any]:
     """Everything that determines the bytes of the built shards."""
     settings: Dict[str, Any] = {"builder": cfg.builder, "version": BUILDER_VERSION, "samples_per_shard": cfg.samples_per_shard}
     if cfg.builder == "scenes":
-        settings.update(seed=cfg.build_seed, train_size=cfg.build_size, image_size=cfg.scene_image_size)
+        from captiondata.builders.scenes import SCENES_VERSION
+
+        settings.update(seed=cfg.build_seed, train_size=cfg.build_size, image_size=cfg.scene_image_size, generator_version=SCENES_VERSION)
     elif cfg.builder == "flickr8k":
         settings.update(source=os.path.abspath(flickr8k_root(cfg)), limit=cfg.build_size)
     return settings

@@ -6,13 +6,14 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from captiondata.build import build_dataset, builder_settings
-from captiondata.config import DataConfig
+from captiondata.config import ConfigError, DataConfig
 from captiondata.reader import expand_shards
 from evals.schema import HarnessConfig
-from evals.stagecache import StageDir, content_hash
+from evals.publish import RECORDS_DIR, publish_records
+from evals.stagecache import StageDir, canonical, content_hash
 
 log = logging.getLogger("evals.run")
 STAGE_VERSION = {"data": 1, "train": 1, "eval": 1}
@@ -86,12 +87,99 @@ def data_for_training(cfg: HarnessConfig, data_info: Dict[str, Any]) -> DataConf
     return cfg.data
 
 
+TRAIN_KEY_EXCLUDES = ("resume", "progress_bar", "log_every", "tensorboard", "keep_checkpoints", "checkpoint_every_steps", "threads", "device")
+DATA_KEY_EXCLUDES = ("source", "shard_dir", "train_shards", "val_shards", "test_shards", "name", "build_seed", "build_size", "scene_image_size", "samples_per_shard")
+
+
+def train_key(cfg: HarnessConfig, data_info: Dict[str, Any]) -> Dict[str, Any]:
+    """What determines the trained weights: model, recipe, mixer, data fingerprint and the loader's settings."""
+    train = {k: v for k, v in canonical(cfg.train).items() if k not in TRAIN_KEY_EXCLUDES}
+    data = {k: v for k, v in canonical(cfg.data).items() if k not in DATA_KEY_EXCLUDES}
+    return {"model": cfg.model, "train": train, "mix": cfg.mix, "data": data, "data_fingerprint": data_info["fingerprint"],
+            "stage_version": STAGE_VERSION["train"]}
+
+
+def train_stage(cfg: HarnessConfig, data_info: Dict[str, Any]) -> Dict[str, Any]:
+    """Train CLIP on the mixed captions (all ranks); a failed run resumes from its latest checkpoint."""
+    from train_clip.train import train
+
+    stage = StageDir(cfg.run.out_root, "train", cfg.experiment, train_key(cfg, data_info))
+    recipe = dataclasses.replace(cfg.train, resume="latest")
+
+    def work() -> Dict[str, Any]:
+        result = train(cfg.model, recipe, data_for_training(cfg, data_info), cfg.mix, out_dir=stage.path)
+        return {"train_hash": stage.hash, **canonical(result)}
+
+    if rank() != 0:
+        return work() if not stage.complete() else stage.info()
+    return run_stage(cfg, stage, "[2/4]", work)
+
+
+def resolve_task_paths(cfg: HarnessConfig, data_info: Dict[str, Any]) -> List[Any]:
+    """Eval tasks with a leading ``@data`` in their path replaced by the data stage's shard folder."""
+    tasks = []
+    for task in cfg.eval.tasks:
+        if task.path.startswith("@data"):
+            if not data_info.get("shard_dir"):
+                raise ConfigError(f"eval task {task.name}: path {task.path!r} needs a built data set, but data.builder=none")
+            task = dataclasses.replace(task, path=data_info["shard_dir"] + task.path[len("@data"):])
+        tasks.append(task)
+    return tasks
+
+
+def eval_key(cfg: HarnessConfig, train_info: Dict[str, Any], tasks: List[Any], data_info: Dict[str, Any]) -> Dict[str, Any]:
+    """What determines the eval numbers: the trained weights, the tasks, the statistics settings."""
+    settings = {k: v for k, v in canonical(cfg.eval).items() if k not in ("cache_dir", "records_dir", "device", "batch_size", "num_workers", "tasks")}
+    tasks = [{**canonical(t), "path": t.path.replace(data_info.get("shard_dir") or "\0", "@data")} for t in tasks]
+    return {"train_hash": train_info["train_hash"], "eval": settings, "tasks": tasks, "data_fingerprint": data_info["fingerprint"],
+            "stage_version": STAGE_VERSION["eval"]}
+
+
+def load_export(export_dir: str, device: str) -> Tuple[Any, Any, Any]:
+    """(model, tokenizer, eval preprocess) of an exported checkpoint, through open_clip's own loader."""
+    import open_clip
+
+    from train_clip.models import register_model_configs
+
+    register_model_configs()
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", device=device)
+    return model.eval(), open_clip.get_tokenizer(f"local-dir:{export_dir}"), preprocess
+
+
+def eval_stage(cfg: HarnessConfig, train_info: Dict[str, Any], data_info: Dict[str, Any]) -> Dict[str, Any]:
+    """Evaluate the exported checkpoint on every configured task; one record per task in the stage folder."""
+    from evals.suite import evaluate_checkpoint
+
+    tasks = resolve_task_paths(cfg, data_info)
+    stage = StageDir(cfg.run.out_root, "eval", cfg.experiment, eval_key(cfg, train_info, tasks, data_info))
+
+    def work() -> Dict[str, Any]:
+        eval_cfg = dataclasses.replace(cfg.eval, tasks=tasks, records_dir=os.path.join(stage.path, "records"))
+        model, tokenizer, preprocess = load_export(train_info["export_dir"], eval_cfg.device)
+        records = evaluate_checkpoint(model, tokenizer, preprocess, eval_cfg, checkpoint=cfg.experiment, on_exists="new_name")
+        return {"eval_hash": stage.hash, "records": [r["path"] for r in records],
+                "metrics": {r["task_name"]: r["metrics"] for r in records}}
+
+    return run_stage(cfg, stage, "[3/4]", work)
+
+
 def run_experiment(cfg: HarnessConfig, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
     """Walk data -> train -> eval -> record -> tables for one composed config; returns the outcome."""
-    timings: Dict[str, float] = {}
     data_info = data_stage(cfg)
-    timings["data"] = data_info.get("wall_time_s", 0.0)
     outcome: Dict[str, Any] = {"data": data_info, "table": None}
     if cfg.run.stop_after == "data":
         return outcome
-    raise NotImplementedError("train/eval stages are wired in evals.pipeline once train_clip and evals land")
+    train_info = train_stage(cfg, data_info)
+    outcome["train"] = train_info
+    if rank() != 0 or cfg.run.stop_after == "train":
+        return outcome
+    eval_info = eval_stage(cfg, train_info, data_info)
+    outcome["eval"] = eval_info
+    outcome["records"] = publish_records(cfg, resolved, overrides, data_info, train_info, eval_info)
+    if cfg.run.stop_after == "eval":
+        return outcome
+    from evals.tables import write_tables
+
+    log.info("[4/4] tables from %s", os.path.join(cfg.run.results_dir, RECORDS_DIR))
+    outcome["table"] = write_tables(cfg.run.results_dir)
+    return outcome

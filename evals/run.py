@@ -85,10 +85,17 @@ def run_job(overrides: List[str]) -> dict:
     return run_experiment(cfg, resolved, overrides)
 
 
+def configure_logging() -> None:
+    """INFO from this project's packages, WARNING from libraries (open_clip logs its loading at INFO)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("evals", "train_clip", "captiondata"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     show = "--traceback" in argv or os.environ.get("RECAP_TRACEBACK") == "1"
     started = time.perf_counter()
     try:

@@ -32,6 +32,8 @@ from PIL import Image, ImageDraw
 
 from captiondata.records import Record
 
+# Bump whenever the bytes or texts of any sample change (build caches can key on it).
+SCENES_VERSION = 1
 SPLITS = ("train", "val", "test", "zeroshot")
 SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 DEFAULT_SIZES = {"train": 8000, "val": 500, "test": 1000, "zeroshot": 1080}

@@ -1,0 +1,60 @@
+"""Publish an experiment's eval records into ``results/records`` with the run's provenance attached."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+from evals.provenance import provenance
+from evals.records import read_per_query, read_record, write_record
+from evals.stagecache import content_hash
+
+RECORDS_DIR = "records"
+
+
+def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], data_info: Dict[str, Any],
+                train_info: Dict[str, Any], eval_info: Dict[str, Any]) -> Dict[str, Any]:
+    """What ran, how, on what, where and how long: attached to every record of the run."""
+    return {
+        "experiment": cfg.experiment,
+        "command": "python -m evals.run " + " ".join(overrides),
+        "p": cfg.mix.p if cfg.mix.strategy == "mix" else {"original": 1.0, "recap": 0.0}.get(cfg.mix.strategy),
+        "p_meaning": "probability of the ORIGINAL caption per sample",
+        "strategy": cfg.mix.strategy,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "samples_seen": train_info.get("samples_seen"),
+        "global_batch": train_info.get("global_batch"),
+        "steps": train_info.get("steps"),
+        "train_samples_per_s": train_info.get("samples_per_s"),
+        "config_hash": content_hash(resolved),
+        "resolved_config": resolved,
+        "data_fingerprint": data_info.get("fingerprint"),
+        "train_hash": train_info.get("train_hash"),
+        "eval_hash": eval_info.get("eval_hash"),
+        "wall_time_s": {"data": data_info.get("wall_time_s"), "train": train_info.get("wall_time_s"), "eval": eval_info.get("wall_time_s")},
+        **provenance(),
+    }
+
+
+def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], data_info: Dict[str, Any],
+                    train_info: Dict[str, Any], eval_info: Dict[str, Any]) -> List[str]:
+    """Copy each eval record (and its per-query sidecar) into results/records; never overwrite.
+
+    A record already published from the same eval stage output is left alone; a re-evaluation is
+    published under a new name (NAME-1.json, ...) and the tables use the newest.
+    """
+    folder = os.path.join(cfg.run.results_dir, RECORDS_DIR)
+    run = run_section(cfg, resolved, overrides, data_info, train_info, eval_info)
+    published = []
+    for source in eval_info["records"]:
+        record = read_record(source)
+        stem = f"{cfg.experiment}__{record['task_name']}__{eval_info['eval_hash']}"
+        existing = os.path.join(folder, stem + ".json")
+        if os.path.exists(existing) and read_record(existing).get("created") == record.get("created"):
+            published.append(existing)
+            continue
+        record = {k: v for k, v in record.items() if k not in ("path", "per_query_file")}
+        record["run"] = run
+        published.append(write_record(record, folder, read_per_query(source), stem=stem, on_exists="new_name"))
+    return published

@@ -1,0 +1,177 @@
+"""Comparison tables and plots across runs: ``python -m evals.tables [--results-dir results]``.
+
+For each data set: one row per trained run (p, strategy, model, samples seen), one column per main
+metric with its 95% bootstrap interval, the delta against the p = 1 baseline of the same model, data
+and training budget, and ``*`` where the paired test (sign-flip permutation over the same queries)
+gives p-value < 0.05. Writes ``results/{data}.md``, ``results/{data}.csv`` and one PNG per task
+(metric against p with interval bars). p is the probability of the ORIGINAL caption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+
+from captiondata.writer import atomic_write_bytes
+from evals.records import compare_records, read_record
+
+log = logging.getLogger(__name__)
+MAIN_METRICS = {
+    "retrieval": ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5"),
+    "long_retrieval": ("i2t_R@1", "t2i_R@1"),
+    "zeroshot_classification": ("top1", "top5", "mean_per_class_recall"),
+}
+SIGNIFICANCE = 0.05
+RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "samples_seen", "global_batch", "train_hash", "command"]
+
+
+def load_records(results_dir: str) -> List[Dict[str, Any]]:
+    """Published records that carry a run section; the newest per (train run, task, eval config)."""
+    newest: Dict[tuple, Dict[str, Any]] = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "records", "*.json"))):
+        record = read_record(path)
+        run = record.get("run")
+        if not run:
+            continue
+        record["path"] = path
+        key = (run["train_hash"], record["task_name"], run["eval_hash"])
+        if key not in newest or record["created"] >= newest[key]["created"]:
+            newest[key] = record
+    return list(newest.values())
+
+
+def is_baseline(run: Dict[str, Any]) -> bool:
+    """The p = 1 (alt-text only) run."""
+    return run["strategy"] in ("mix", "original") and run["p"] == 1.0
+
+
+def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The p = 1 record of the same model, data, training budget, task and eval data."""
+    run = record["run"]
+    for other in records:
+        o = other["run"]
+        if (is_baseline(o) and other["task_name"] == record["task_name"] and o["model"] == run["model"] and o["data"] == run["data"]
+                and o["samples_seen"] == run["samples_seen"] and other["dataset"].get("fingerprint") == record["dataset"].get("fingerprint")):
+            return other
+    return None
+
+
+def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
+    """Long table: one row per (run, task, metric) with value, interval, delta vs baseline and paired p-value."""
+    rows = []
+    for record in records:
+        run, task = record["run"], record["task"]
+        base = baseline_for(record, records)
+        paired = compare_records(record["path"], base["path"]) if base is not None and base is not record else {}
+        for metric in MAIN_METRICS.get(task, ()):
+            value = record["metrics"].get(metric)
+            interval = record["intervals"].get(metric) or [None, None]
+            test = paired.get(metric)
+            rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "global_batch": str(run.get("global_batch")),
+                         "task": record["task_name"], "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
+                         "n": record["n"].get("image_queries") or record["n"].get("images"),
+                         "delta_vs_p1": test.difference if test else (0.0 if base is record else None),
+                         "delta_p_value": test.p_value if test else None})
+    return pd.DataFrame(rows)
+
+
+def percent(value: Optional[float]) -> str:
+    """A fraction as a percentage with one decimal, or n/a."""
+    return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}"
+
+
+def cell(row: pd.Series) -> str:
+    """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant)."""
+    text = f"{percent(row['value'])} [{percent(row['ci_low'])}, {percent(row['ci_high'])}]"
+    if row["delta_vs_p1"] is not None and not pd.isna(row["delta_vs_p1"]) and not (row["p"] == 1.0 and row["strategy"] in ("mix", "original")):
+        star = "*" if row["delta_p_value"] is not None and row["delta_p_value"] < SIGNIFICANCE else ""
+        text += f" ({100 * row['delta_vs_p1']:+.1f}{star})"
+    return text
+
+
+def wide_table(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, one column per task:metric cell, sorted by strategy then p."""
+    long = long.assign(column=long["task"] + " " + long["metric"], cell=long.apply(cell, axis=1))
+    index = ["model", "strategy", "p", "samples_seen", "global_batch", "train_hash"]
+    wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index()
+    wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
+    return wide.sort_values(["model", "order", "p"], na_position="last").drop(columns=["order", "train_hash"])
+
+
+def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame) -> str:
+    """The markdown page of one data set, with its commands."""
+    commands = sorted(set(long["command"].dropna()))
+    lines = [f"# {data}: CLIP trained on caption mixtures", "",
+             "p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: metric in % with its 95% "
+             "bootstrap interval, then (delta vs the p = 1 run of the same model, data and budget; * = paired permutation "
+             f"test p < {SIGNIFICANCE}).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
+    lines += [f"    {c}" for c in commands]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
+    """Each main metric of ``task`` against p with 95% interval bars; concat runs drawn as horizontal dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = long[long["task"] == task]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for index, (metric, group) in enumerate(rows.groupby("metric", sort=False)):
+        mixed = group[group["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
+        color = f"C{index}"
+        if not mixed.empty:
+            err = [(mixed["value"] - mixed["ci_low"]) * 100, (mixed["ci_high"] - mixed["value"]) * 100]
+            ax.errorbar(mixed["p"], mixed["value"] * 100, yerr=err, marker="o", capsize=3, color=color, label=metric)
+        for _, concat in group[group["strategy"] == "concat"].iterrows():
+            ax.axhline(concat["value"] * 100, color=color, linestyle="--", linewidth=1, label=f"{metric} (concat)")
+    ax.set_xlabel("p = probability of the ORIGINAL caption")
+    ax.set_ylabel("%")
+    ax.set_title(f"{data}: {task}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_tables(results_dir: str = "results") -> Optional[str]:
+    """Write every data set's table (md + csv) and plots; return the path of the last markdown table."""
+    records = load_records(results_dir)
+    if not records:
+        log.warning("no published records in %s/records", results_dir)
+        return None
+    long = metric_rows(records)
+    last = None
+    for data, group in long.groupby("data"):
+        wide = wide_table(group)
+        md_path = os.path.join(results_dir, f"{data}.md")
+        atomic_write_bytes(md_path, markdown(data, wide, group).encode("utf-8"))
+        atomic_write_bytes(os.path.join(results_dir, f"{data}.csv"), group.to_csv(index=False).encode("utf-8"))
+        for task in group["task"].unique():
+            plot(data, task, group, os.path.join(results_dir, f"{data}_{task}.png"))
+        log.info("wrote %s (%d runs)", md_path, len(wide))
+        last = md_path
+    return last
+
+
+def main() -> None:
+    """CLI: rebuild all tables from the published records."""
+    parser = argparse.ArgumentParser(description="Rebuild results tables and plots from results/records.")
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    path = write_tables(args.results_dir)
+    print(f"table: {path}" if path else f"no records in {args.results_dir}/records")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The experiment runner end to end (smoke), its stage cache, and tables from fixture records."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from evals.bootstrap import QueryValues
+from evals.records import write_record
+from evals.run import main
+from evals.tables import write_tables
+
+SMALL = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
+         "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
+
+
+def stage_lines(caplog) -> dict:
+    """Stage -> 'skipped' or 'running' from the runner's log."""
+    out = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        for stage in ("data", "train", "eval"):
+            if f"] {stage}:" in message:
+                out[stage] = "skipped" if message.endswith("skipped") else "running"
+    return out
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner")
+    return [f"run.out_root={root}/runs", f"run.results_dir={root}/results"], root
+
+
+def test_smoke_end_to_end_then_cached(workspace, caplog, capsys):
+    where, root = workspace
+    caplog.set_level(logging.INFO, logger="evals")
+    assert main(SMALL + where) == 0
+    assert stage_lines(caplog) == {"data": "running", "train": "running", "eval": "running"}
+    assert capsys.readouterr().out.strip() == f"table: {root}/results/scenes.md"
+    records = sorted(glob.glob(f"{root}/results/records/*.json"))
+    assert [os.path.basename(r).split("__")[1] for r in records] == ["scenes_compositional_retrieval", "scenes_zeroshot"]
+    record = json.load(open(records[0]))
+    run = record["run"]
+    assert run["p"] == 0.5 and run["samples_seen"] == 128 and run["global_batch"] == [32]
+    assert run["git"].keys() == {"commit", "dirty"} and run["packages"]["torch"] and set(run["wall_time_s"]) == {"data", "train", "eval"}
+    assert run["command"].startswith("python -m evals.run +experiment=clip_smoke")
+    assert record["n"]["images"] == 120 and 0.0 <= record["metrics"]["t2i_R@1"] <= 1.0
+    assert os.path.isfile(f"{root}/results/scenes_scenes_zeroshot.png")
+
+    caplog.clear()
+    assert main(SMALL + where) == 0
+    assert stage_lines(caplog) == {"data": "skipped", "train": "skipped", "eval": "skipped"}
+    assert len(glob.glob(f"{root}/results/records/*.json")) == 2
+
+    caplog.clear()
+    assert main(SMALL + where + ["mix.p=1.0"]) == 0
+    assert stage_lines(caplog) == {"data": "skipped", "train": "running", "eval": "running"}
+    table = open(f"{root}/results/scenes.md").read()
+    assert "| RecapCLIP-tiny | mix        | 0.5 |" in table and "| RecapCLIP-tiny | mix        | 1   |" in table
+
+    caplog.clear()
+    assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
+    assert stage_lines(caplog) == {"data": "skipped", "train": "skipped", "eval": "running"}
+    assert len(glob.glob(f"{root}/results/records/*.json")) == 6  # the re-evaluation is published beside, never over
+
+
+def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str) -> None:
+    """A published retrieval record with a run section and per-query hits."""
+    metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
+    record = {
+        "task": "retrieval", "task_name": "toy_retrieval", "dataset": {"fingerprint": "f" * 8}, "metrics": metrics,
+        "intervals": {m: [v - 0.01, v + 0.01] for m, v in metrics.items()}, "n": {"images": len(hits), "image_queries": len(hits)},
+        "created": "2026-01-01T00:00:00+00:00", "checkpoint": label,
+        "run": {"experiment": label, "p": p, "strategy": strategy, "model": "tiny", "data": "toy", "samples_seen": 100,
+                "global_batch": [10], "train_hash": label, "eval_hash": "e", "command": f"python -m evals.run +experiment={label}"},
+    }
+    values = {m: QueryValues(hits.astype(float)) for m in metrics}
+    write_record(record, os.path.join(folder, "records"), values, stem=label)
+
+
+def test_tables_from_fixture_records(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.3
+    better = base | (rng.random(400) < 0.3)  # strictly more hits on the same queries
+    fixture_record(str(tmp_path), 1.0, "mix", base, "clip_mix_1.0")
+    fixture_record(str(tmp_path), 0.5, "mix", better, "clip_mix_0.5")
+    fixture_record(str(tmp_path), 0.8, "mix", base, "clip_mix_0.8")
+    fixture_record(str(tmp_path), 0.8, "concat", base, "clip_concat")
+    path = write_tables(str(tmp_path))
+    assert path == str(tmp_path / "toy.md")
+    table = open(path).read()
+    delta = 100 * (better.mean() - base.mean())
+    assert f"(+{delta:.1f}*)" in table  # significant improvement marked
+    assert "(+0.0)" in table  # identical hits: zero delta, not significant
+    lines = [line for line in table.splitlines() if line.startswith("| tiny")]
+    assert [line.split("|")[2].strip() for line in lines] == ["mix", "mix", "mix", "concat"]
+    assert "python -m evals.run +experiment=clip_mix_0.5" in table
+    csv = open(tmp_path / "toy.csv").read().splitlines()
+    assert csv[0].startswith("data,model,experiment,strategy,p") and len(csv) == 1 + 4 * 4
+    assert os.path.getsize(tmp_path / "toy_toy_retrieval.png") > 1000
