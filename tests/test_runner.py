@@ -61,7 +61,7 @@ def test_smoke_end_to_end_then_cached(workspace, caplog, capsys):
     assert main(SMALL + where + ["mix.p=1.0"]) == 0
     assert stage_lines(caplog) == {"data": "skipped", "train": "running", "eval": "running"}
     table = open(f"{root}/results/scenes.md").read()
-    assert "| RecapCLIP-tiny | mix        | 0.5 |" in table and "| RecapCLIP-tiny | mix        | 1   |" in table
+    assert "| RecapCLIP-nano | mix        | 0.5 |" in table and "| RecapCLIP-nano | mix        | 1   |" in table
 
     caplog.clear()
     assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
