@@ -1,0 +1,1 @@
+"""CLIP evaluation suite: zero-shot classification, multi-caption and long-caption retrieval, bootstrap statistics, caption diagnostics and result records."""

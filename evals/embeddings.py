@@ -1,0 +1,186 @@
+"""Encode images and texts into L2-normalised float32 embeddings, batched, with an on-disk cache.
+
+Images: decode + PIL transforms per image (loader workers), ToTensor + Normalize once per batch
+(``imageprep``), ``model.encode_image``. Texts: tokenised in chunks, sorted by token length, and - for
+open_clip ``CLIP`` text towers with a causal mask and EOT pooling - encoded with the all-padding token
+columns dropped. With a causal mask no position attends to a later one, and the pooled EOT token lies
+before the padding, so dropping trailing padding changes nothing but the work done (checked against
+``model.encode_text`` on the first batch; trimming is switched off with a warning if they disagree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from evals.cache import EmbeddingCache
+from evals.config import ConfigError, EvalConfig
+from evals.identity import model_fingerprint, preprocess_identity, texts_fingerprint, tokenizer_identity
+from evals.imageprep import SplitPreprocess, image_loader
+from evals.textstats import tokenize_with_truncation
+
+log = logging.getLogger(__name__)
+TEXT_CHUNK_BATCHES = 16  # texts tokenised (and length-sorted) per chunk = 16 x batch_size
+
+
+def autocast(cfg: EvalConfig) -> contextlib.AbstractContextManager:
+    """No-op for fp32, else torch.autocast on the configured device with bf16/fp16."""
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Put the model in eval mode for the block and restore its training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def text_context_length(model: torch.nn.Module, tokenizer: Any, cfg: EvalConfig) -> int:
+    """The model's own context length (else the tokenizer's), or the config override (<= the model's)."""
+    own = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", None) or 77
+    if cfg.context_length is None:
+        return int(own)
+    if cfg.context_length > own:
+        raise ConfigError(f"eval.context_length={cfg.context_length} exceeds the model's context length {own}")
+    return int(cfg.context_length)
+
+
+def token_lengths(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Per row: 1 + index of the last non-padding token (0 for an all-padding row)."""
+    nonpad = tokens != pad_id
+    last = tokens.shape[1] - nonpad.flip(1).to(torch.int8).argmax(dim=1)
+    return torch.where(nonpad.any(dim=1), last, torch.zeros_like(last))
+
+
+def can_trim_text(model: torch.nn.Module) -> bool:
+    """True for open_clip.CLIP with a causal text mask and argmax/EOS pooling (padding trimming is exact)."""
+    import open_clip
+
+    return (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip ``CLIP.encode_text`` on ``tokens[:, :L]``, L = longest non-padding length in the batch."""
+    from open_clip.transformer import text_global_pool
+
+    length = max(int(token_lengths(tokens).max()), 1)
+    text = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
+def _image_cache_key(model_id: str, data: Any, preprocess: Any, cfg: EvalConfig) -> Dict[str, Any]:
+    """What image embeddings depend on."""
+    return {"model": model_id, "data": data.fingerprint, "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
+
+
+def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig,
+                  model_id: Optional[str] = None) -> Tuple[torch.Tensor, List[Any]]:
+    """(N x D normalised float32 CPU embeddings, the N targets in the same order) for an image data set.
+
+    Cached per (model weights, data set fingerprint, preprocessing, precision) when ``cfg.cache_dir`` is set.
+    """
+    cache = EmbeddingCache(cfg.cache_dir)
+    key = None
+    if cfg.cache_dir is not None:
+        key = _image_cache_key(model_id or model_fingerprint(model), data, preprocess, cfg)
+        hit = cache.load("image", key)
+        if hit is not None:
+            targets = hit["targets"]
+            return hit["embeddings"], targets.tolist() if isinstance(targets, torch.Tensor) else targets
+    split = SplitPreprocess(preprocess)
+    chunks: List[torch.Tensor] = []
+    targets: List[Any] = []
+    device = torch.device(cfg.device)
+    with eval_mode(model), torch.inference_mode(), autocast(cfg):
+        for arrays, batch_targets in image_loader(data, split, cfg.batch_size, cfg.num_workers):
+            pixels = split.tensor_stage(arrays).to(device, non_blocking=True)
+            chunks.append(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu())
+            targets.extend(batch_targets)
+    if not chunks:
+        raise ConfigError(f"data set {getattr(data, 'name', '?')} yielded no images")
+    embeddings = torch.cat(chunks)
+    if key is not None:
+        stored = torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
+        cache.save("image", key, {"embeddings": embeddings, "targets": stored})
+    return embeddings, targets
+
+
+def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], cfg: EvalConfig,
+                 model_id: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N x D normalised float32 CPU embeddings, bool mask of texts truncated at the context length).
+
+    Texts are tokenised at the model's (or overridden) context length. Cached per (model weights, tokenizer,
+    context length, exact texts, precision) when ``cfg.cache_dir`` is set.
+    """
+    context_length = text_context_length(model, tokenizer, cfg)
+    cache = EmbeddingCache(cfg.cache_dir)
+    key = None
+    if cfg.cache_dir is not None:
+        key = {"model": model_id or model_fingerprint(model), "tokenizer": tokenizer_identity(tokenizer, context_length),
+               "texts": texts_fingerprint(texts), "precision": cfg.precision}
+        hit = cache.load("text", key)
+        if hit is not None:
+            return hit["embeddings"], hit["truncated"]
+    embeddings, truncated = _encode_text_batches(model, tokenizer, list(texts), context_length, cfg)
+    if key is not None:
+        cache.save("text", key, {"embeddings": embeddings, "truncated": truncated})
+    return embeddings, truncated
+
+
+def _encode_text_batches(model: torch.nn.Module, tokenizer: Any, texts: List[str], context_length: int,
+                         cfg: EvalConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise chunk by chunk, encode length-sorted batches, write rows back in input order."""
+    if not texts:
+        raise ConfigError("no texts to encode")
+    device = torch.device(cfg.device)
+    trim = cfg.trim_text_padding and can_trim_text(model)
+    checked = not trim
+    out: Optional[torch.Tensor] = None
+    truncated = torch.zeros(len(texts), dtype=torch.bool)
+    chunk = cfg.batch_size * TEXT_CHUNK_BATCHES
+    with eval_mode(model), torch.inference_mode(), autocast(cfg):
+        for start in range(0, len(texts), chunk):
+            tokens, cut = tokenize_with_truncation(tokenizer, texts[start:start + chunk], context_length)
+            truncated[start:start + len(cut)] = cut
+            order = torch.argsort(token_lengths(tokens), descending=True, stable=True)
+            for batch_index in order.split(cfg.batch_size):
+                batch = tokens[batch_index].to(device)
+                if trim and not checked:
+                    trim = _trimming_agrees(model, batch[-4:])
+                    checked = True
+                features = encode_text_trimmed(model, batch) if trim else model.encode_text(batch)
+                features = F.normalize(features.float(), dim=-1).cpu()
+                if out is None:
+                    out = torch.empty(len(texts), features.shape[1], dtype=torch.float32)
+                out[start + batch_index] = features
+    return out, truncated
+
+
+def _trimming_agrees(model: torch.nn.Module, tokens: torch.Tensor) -> bool:
+    """True when the trimmed forward matches ``model.encode_text`` on a few rows (tolerance 1e-4 x scale)."""
+    full = model.encode_text(tokens).float()
+    trimmed = encode_text_trimmed(model, tokens).float()
+    tolerance = 1e-4 * max(float(full.abs().max()), 1.0)
+    if float((full - trimmed).abs().max()) > tolerance:
+        log.warning("trimmed text encoding disagrees with model.encode_text; encoding at full context length")
+        return False
+    return True

@@ -1,0 +1,75 @@
+"""Configured tasks end to end on tiny data: records written once, undefined metrics explained, cache reused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from evals.config import EvalConfig, TaskConfig
+from evals.records import read_record
+from evals.suite import evaluate_checkpoint, model_info, run_task
+from evals.testing import (caption_records, tiny_clip, write_caption_folder, write_cb_classification,
+                           write_project_shards)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_clip(seed=0, context_length=32)
+
+
+@pytest.fixture
+def tasks(tmp_path):
+    cls_root = write_cb_classification(str(tmp_path / "cls"), [0, 1, 2, 1, 0, 2], ["ant", "bee", "cow"], ["a photo of a {c}."])
+    shards = write_project_shards(str(tmp_path / "shards"), caption_records(6, references_per_image=2))
+    long_root = write_caption_folder(str(tmp_path / "long"), [("a very long description " * 12) + str(i) for i in range(4)] + ["short one"])
+    return [
+        TaskConfig(name="cls3", task="zeroshot_classification", format="clip_benchmark_wds", path=cls_root),
+        TaskConfig(name="ret", task="retrieval", format="project_shards", path=shards),
+        TaskConfig(name="long", task="long_retrieval", format="caption_folder", path=long_root),
+        TaskConfig(name="diag", task="caption_diagnostics", format="project_shards", path=shards),
+    ]
+
+
+def test_run_task_results(tiny, tasks, tmp_path):
+    model, tokenizer, preprocess = tiny
+    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), bootstrap_samples=100, tasks=tasks)
+    cls = run_task(model, tokenizer, preprocess, tasks[0], cfg)
+    assert cls.n["classes"] == 3 and cls.metrics["top5"] is None
+    assert cls.undefined["top5"] == "top-5 accuracy is undefined with 3 classes (< 5)"
+    lo, hi = cls.intervals["top1"]
+    assert lo <= cls.metrics["top1"] <= hi
+    ret = run_task(model, tokenizer, preprocess, tasks[1], cfg)
+    assert ret.n == {"images": 6, "texts": 12, "image_queries": 6}
+    assert ret.metrics["t2i_R@5"] is not None and ret.metrics["t2i_R@10"] is None and "6 candidate images" in ret.undefined["t2i_R@10"]
+    assert ret.metrics["i2t_R@10"] is not None  # 12 candidate captions
+    long = run_task(model, tokenizer, preprocess, tasks[2], cfg)
+    assert long.task == "long_retrieval" and long.extra["context_length"] == 32 and long.extra["captions_truncated"] == 4
+    diag = run_task(model, tokenizer, preprocess, tasks[3], cfg)
+    assert diag.extra["sources"]["references"]["n_captions"] == 12 and "original_mean_cosine" in diag.metrics
+
+
+def test_evaluate_checkpoint_writes_one_record_per_task(tiny, tasks, tmp_path):
+    model, tokenizer, preprocess = tiny
+    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), records_dir=str(tmp_path / "records"), bootstrap_samples=50, tasks=tasks[:3])
+    records = evaluate_checkpoint(model, tokenizer, preprocess, cfg, "p0.8/step100")
+    names = sorted(os.listdir(tmp_path / "records"))
+    assert [n for n in names if n.endswith(".json")] == ["p0.8_step100__cls3.json", "p0.8_step100__long.json", "p0.8_step100__ret.json"]
+    stored = read_record(records[1]["path"])
+    assert stored["model"]["weights_id"] == model_info(model, tokenizer, preprocess, cfg)["weights_id"]
+    assert stored["model"]["context_length"] == 32 and "Normalize" in stored["model"]["preprocess"]
+    assert len(stored["dataset"]["fingerprint"]) == 64
+    with pytest.raises(FileExistsError):
+        evaluate_checkpoint(model, tokenizer, preprocess, cfg, "p0.8/step100")
+    again = evaluate_checkpoint(model, tokenizer, preprocess, cfg, "p0.8/step100", on_exists="new_name")
+    assert again[0]["path"].endswith("p0.8_step100__cls3-1.json")
+    assert again[1]["metrics"] == records[1]["metrics"]  # served from the embedding cache
