@@ -1,0 +1,147 @@
+"""Typed configuration of the CLIP trainer: the model (``model:`` group) and the training recipe (``train:`` group).
+
+Every value is checked in ``__post_init__``; a bad one raises ``captiondata.config.ConfigError`` with a
+one-line message that names the key, so a typo fails at start-up rather than hours into a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from captiondata.config import ConfigError, require
+
+WEIGHT_PRECISIONS = ("fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "amp_bf16", "amp", "fp16")
+SCHEDULES = ("cosine", "const")
+DEVICES = ("auto", "cpu", "cuda")
+
+__all__ = ["ClipModelConfig", "StageConfig", "TrainConfig", "ConfigError"]
+
+
+@dataclass
+class ClipModelConfig:
+    """Which CLIP to train: an open_clip model name, or an inline open_clip model config registered under ``name``.
+
+    ``name``: any name open_clip knows (``ViT-B-32``, or one of this package's ``RecapCLIP-*`` configs).
+    ``inline``: an open_clip model config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``); when given it is
+    registered with open_clip under ``name`` so the exported checkpoint loads by that name.
+    ``context_length``: text context length override (None = the config's).
+    ``precision``: dtype the weights are created in (open_clip's ``precision``; fp32 unless you mean it).
+    ``grad_checkpointing``: recompute activations in backward (``model.set_grad_checkpointing``).
+    ``torch_compile``: wrap the model in ``torch.compile``.
+    ``quick_gelu``: force QuickGELU activations (OpenAI-style).
+    """
+
+    name: str = "RecapCLIP-tiny"
+    inline: Optional[Dict[str, Any]] = None
+    context_length: Optional[int] = None
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
+    torch_compile: bool = False
+    quick_gelu: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "model.name must name an open_clip model (or the name to register model.inline under)")
+        require(self.precision in WEIGHT_PRECISIONS, f"model.precision={self.precision!r} is unknown; choose one of {', '.join(WEIGHT_PRECISIONS)}")
+        require(self.context_length is None or self.context_length > 0, f"model.context_length={self.context_length} must be positive or null")
+        if self.inline is not None:
+            missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in self.inline]
+            require(not missing, f"model.inline lacks {', '.join(missing)} (an open_clip model config needs embed_dim, vision_cfg, text_cfg)")
+
+
+@dataclass
+class StageConfig:
+    """One stage of the recipe (CLIPA: low-resolution pre-training, then a short high-resolution stage).
+
+    ``batch_size`` is per rank and per micro-step, as open_clip's ``--batch-size``; the effective global batch is
+    ``batch_size x world_size x accum_steps``. ``global_batch_size``, when set, is checked against that product
+    at start-up. ``samples``: samples this stage trains on (steps = ceil(samples / global batch)).
+    Warm-up is given in ``warmup_samples`` or ``warmup_steps`` (not both; neither = no warm-up).
+    """
+
+    image_size: int = 64
+    samples: int = 4096
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_samples: Optional[int] = None
+    warmup_steps: Optional[int] = None
+    global_batch_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(self.image_size > 0, f"train.stages[].image_size={self.image_size} must be positive")
+        require(self.samples > 0, f"train.stages[].samples={self.samples} must be positive")
+        require(self.batch_size > 0, f"train.stages[].batch_size={self.batch_size} must be positive")
+        require(self.lr > 0, f"train.stages[].lr={self.lr} must be positive")
+        require(self.warmup_samples is None or self.warmup_steps is None, "train.stages[]: set warmup_samples or warmup_steps, not both")
+        require((self.warmup_samples or 0) >= 0 and (self.warmup_steps or 0) >= 0, "train.stages[].warmup_samples/warmup_steps must be >= 0")
+        require(self.global_batch_size is None or self.global_batch_size > 0, f"train.stages[].global_batch_size={self.global_batch_size} must be positive or null")
+
+    def global_batch(self, world_size: int, accum_steps: int) -> int:
+        """Samples per optimizer step over all ranks and micro-steps."""
+        return self.batch_size * world_size * accum_steps
+
+    def num_steps(self, world_size: int, accum_steps: int) -> int:
+        """Optimizer steps of this stage: ceil(samples / global batch)."""
+        return -(-self.samples // self.global_batch(world_size, accum_steps))
+
+    def num_warmup_steps(self, world_size: int, accum_steps: int) -> int:
+        """Warm-up length in optimizer steps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return -(-(self.warmup_samples or 0) // self.global_batch(world_size, accum_steps))
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe: stages, AdamW, clipping, precision, accumulation, checkpoints, logging, distribution.
+
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``/``amp_bf16`` (bf16
+    autocast), ``amp``/``fp16`` (fp16 autocast with a GradScaler; CUDA only).
+    ``resume``: null (start fresh; refuses a folder that already holds checkpoints), ``latest`` (newest
+    checkpoint in ``out_dir/checkpoints``, or start fresh when there is none) or a checkpoint path.
+    ``checkpoint_every_steps``: 0 = only at stage ends and at the end. ``local_loss``/``gather_with_grad``:
+    open_clip's distributed contrastive loss (local rows against all gathered features, gradient through the gather).
+    ``threads``: torch intra-op threads (null = torch's default). ``deterministic``: deterministic kernels
+    (bitwise-reproducible resume on CPU).
+    """
+
+    stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    schedule: str = "cosine"
+    weight_decay: float = 0.2
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip_norm: Optional[float] = 1.0
+    accum_steps: int = 1
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    threads: Optional[int] = None
+    deterministic: bool = False
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None
+    log_every: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    dist_backend: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        require(len(self.stages) > 0, "train.stages must list at least one stage")
+        self.stages = [s if isinstance(s, StageConfig) else StageConfig(**s) for s in self.stages]
+        require(self.schedule in SCHEDULES, f"train.schedule={self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+        require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas={list(self.betas)} must be two values in [0, 1)")
+        require(self.eps > 0, f"train.eps={self.eps} must be positive")
+        require(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null")
+        require(self.accum_steps >= 1, f"train.accum_steps={self.accum_steps} must be >= 1")
+        require(self.precision in TRAIN_PRECISIONS, f"train.precision={self.precision!r} is unknown; choose one of {', '.join(TRAIN_PRECISIONS)}")
+        require(self.device in DEVICES, f"train.device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+        require(self.threads is None or self.threads > 0, f"train.threads={self.threads} must be positive or null")
+        require(self.checkpoint_every_steps >= 0, f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = stage ends only)")
+        require(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
+        require(self.log_every >= 1, f"train.log_every={self.log_every} must be >= 1")
+        require(self.gather_with_grad or not self.local_loss, "train.local_loss=true needs train.gather_with_grad=true (otherwise other ranks' rows get no gradient)")
+        require(self.dist_backend in (None, "gloo", "nccl"), f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)")

@@ -1,0 +1,127 @@
+"""CLIP models, tokenizers and transforms from open_clip, plus the export that open_clip tools load by name.
+
+This package's configs (``model_configs/RecapCLIP-*.json``: the paper's S/16, B/16, L/16 image towers with
+small / base / large / huge text towers at context length 128, and a tiny CPU config) are registered with
+open_clip's model-config registry, so ``open_clip.create_model_and_transforms("RecapCLIP-ViT-B-16-text-base",
+pretrained=EXPORT_FILE)`` works in any process that imported ``train_clip``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import open_clip
+import torch
+from open_clip.model import resize_pos_embed
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+from captiondata.config import ConfigError, require
+from train_clip.checkpoint import atomic_torch_save, atomic_write_text
+from train_clip.config import ClipModelConfig
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+EXPORT_WEIGHTS = "open_clip_pytorch_model.bin"
+EXPORT_CONFIG = "open_clip_config.json"
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Add this package's ``RecapCLIP-*`` configs to open_clip's registry (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def register_inline(cfg: ClipModelConfig, out_dir: str) -> None:
+    """Register ``cfg.inline`` under ``cfg.name`` (a json in out_dir/model_configs, open_clip's mechanism)."""
+    if cfg.inline is None:
+        return
+    inline = json.loads(json.dumps(cfg.inline))
+    known = open_clip.get_model_config(cfg.name)
+    if known is not None:
+        require(known == inline, f"model.name={cfg.name!r} is already an open_clip model with another config; give model.inline a new name")
+        return
+    path = os.path.join(out_dir, "model_configs", f"{cfg.name}.json")
+    atomic_write_text(path, json.dumps(inline, indent=4) + "\n")
+    open_clip.add_model_config(path)
+
+
+def resolved_model_config(cfg: ClipModelConfig, image_size: int) -> Dict[str, Any]:
+    """The open_clip model config this run trains: the named config with image size, context and GELU overrides."""
+    register_model_configs()
+    model_cfg = open_clip.get_model_config(cfg.name)
+    if model_cfg is None:
+        raise ConfigError(f"model.name={cfg.name!r} is not an open_clip model; known: RecapCLIP-* and {', '.join(open_clip.list_models()[:5])}, ...")
+    model_cfg["vision_cfg"]["image_size"] = image_size
+    if cfg.context_length is not None:
+        model_cfg["text_cfg"]["context_length"] = cfg.context_length
+    if cfg.quick_gelu:
+        model_cfg["quick_gelu"] = True
+    return model_cfg
+
+
+def create_clip(cfg: ClipModelConfig, image_size: int, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised open_clip model at ``image_size``; init depends on ``seed`` only (global RNG untouched)."""
+    register_model_configs()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(
+            cfg.name,
+            precision=cfg.precision,
+            device=device,
+            force_image_size=image_size,
+            force_context_length=cfg.context_length,
+            force_quick_gelu=cfg.quick_gelu,
+            pretrained_text=False,
+        )
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def create_tokenizer(cfg: ClipModelConfig) -> Callable:
+    """open_clip's tokenizer matched to the model (its context length)."""
+    register_model_configs()
+    return open_clip.get_tokenizer(cfg.name, context_length=cfg.context_length)
+
+
+def train_transform(model: torch.nn.Module) -> Callable:
+    """open_clip's training image transform for this model's input size and normalisation."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
+
+
+def resize_for_stage(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, device: torch.device) -> torch.nn.Module:
+    """A model at ``image_size`` carrying ``model``'s weights (ViT positional embeddings resampled by open_clip)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    resized = create_clip(cfg, image_size, device)
+    resize_pos_embed(state, resized)
+    resized.load_state_dict(state, strict=True)
+    log.info("stage switch: image size %s -> %d (positional embeddings resampled)", model.visual.image_size, image_size)
+    return resized
+
+
+def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, export_dir: str) -> str:
+    """Write weights + open_clip_config.json; loads with create_model_and_transforms(name | 'local-dir:DIR', pretrained=FILE)."""
+    weights = os.path.join(export_dir, EXPORT_WEIGHTS)
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    atomic_torch_save({"state_dict": state}, weights)
+    config = {"model_cfg": resolved_model_config(cfg, image_size), "preprocess_cfg": dict(model.visual.preprocess_cfg),
+              "model_name": cfg.name}
+    atomic_write_text(os.path.join(export_dir, EXPORT_CONFIG), json.dumps(config, indent=2) + "\n")
+    return weights
+
+
+def load_exported(export_dir: str, name: Optional[str] = None) -> torch.nn.Module:
+    """Load an export the way open_clip users will: by name with pretrained=FILE, else via local-dir."""
+    register_model_configs()
+    if name is not None:
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=os.path.join(export_dir, EXPORT_WEIGHTS))
+    else:
+        model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{export_dir}")
+    return model

@@ -1,0 +1,327 @@
+"""Train a CLIP model through the configured stages; the public entry point is ``train()``.
+
+Reads top to bottom: set up the runtime and ranks -> resume position -> model at the first stage's image
+size -> for each stage: optimizer, schedule, loader, steps, checkpoints -> switch image size for the next
+stage (open_clip resamples the ViT positional embeddings) -> export an open_clip-loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from open_clip.model import get_input_dtype
+
+from captiondata.config import ConfigError, require
+from train_clip import checkpoint as ckpt
+from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
+from train_clip.data import DataStream, LoaderFactory, LoaderRequest, caption_loader_factory
+from train_clip.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from train_clip.models import create_clip, create_tokenizer, export_model, register_inline, resize_for_stage, train_transform
+from train_clip.monitor import RunMonitor
+from train_clip.optim import LRSchedule, build_optimizer
+from train_clip.step import StepContext, make_loss, precision_context, train_step
+
+log = logging.getLogger(__name__)
+EXPORT_DIR = "export"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced and how fast."""
+
+    out_dir: str
+    checkpoint_path: str
+    export_dir: str
+    export_path: str
+    model_name: str
+    steps: int
+    samples_seen: int
+    global_batch: List[int]
+    wall_time_s: float
+    samples_per_s: float
+    train_time_s: float
+    final_loss: Optional[float]
+    resumed_from: Optional[str] = None
+
+
+@dataclass
+class Session:
+    """The fixed parts of a run, shared by every stage."""
+
+    model_cfg: ClipModelConfig
+    train_cfg: TrainConfig
+    out_dir: str
+    env: DistEnv
+    loader_factory: LoaderFactory
+    tokenizer: Any = None
+    monitor: Optional[RunMonitor] = None
+    last_loss: Optional[float] = None
+    train_time_s: float = 0.0
+    trained_samples: int = 0
+    checkpoint_path: str = ""
+    saved_steps: List[int] = field(default_factory=list)
+
+
+def train(model_cfg: ClipModelConfig, train_cfg: TrainConfig, data_cfg: Any, mix_cfg: Any, out_dir: str,
+          loader_factory: Optional[LoaderFactory] = None) -> TrainResult:
+    """Train CLIP on caption shards (data_cfg, mix_cfg) into ``out_dir``, shared by all ranks; returns a TrainResult.
+
+    ``loader_factory`` replaces the CaptionLoader (tests and benchmarks pass in-memory sources).
+    """
+    started = time.perf_counter()
+    with runtime(train_cfg):
+        env = init_distributed(train_cfg.device, train_cfg.dist_backend)
+        factory = loader_factory or caption_loader_factory(data_cfg, mix_cfg)
+        session = Session(model_cfg, train_cfg, os.path.abspath(out_dir), env, factory)
+        with run_logging(session.out_dir, env):
+            try:
+                return run(session, data_cfg, mix_cfg, started)
+            finally:
+                if session.monitor is not None:
+                    session.monitor.close()
+                shutdown(env)
+
+
+@contextlib.contextmanager
+def runtime(train_cfg: TrainConfig) -> Iterator[None]:
+    """Thread count, denormal flushing and deterministic kernels for the run; the previous settings come back after.
+
+    Flushing denormals to zero (CPU) avoids multi-second first steps: early AdamW second moments and
+    gradients of rarely used token embeddings are denormal floats, which x86 handles in slow microcode.
+    """
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if train_cfg.threads is not None:
+        torch.set_num_threads(train_cfg.threads)
+    torch.set_flush_denormal(True)
+    if train_cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+@contextlib.contextmanager
+def run_logging(out_dir: str, env: DistEnv) -> Iterator[None]:
+    """Copy this package's and captiondata's INFO logs to out_dir/train.log on rank 0 for the run."""
+    if not env.is_main:
+        yield
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(out_dir, "train.log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger("train_clip"), logging.getLogger("captiondata")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_batches(train_cfg: TrainConfig, world_size: int) -> List[int]:
+    """Effective global batch of each stage; refuses a stage whose global_batch_size disagrees."""
+    batches = []
+    for index, stage in enumerate(train_cfg.stages):
+        batch = stage.global_batch(world_size, train_cfg.accum_steps)
+        require(stage.global_batch_size is None or stage.global_batch_size == batch,
+                f"train.stages[{index}].global_batch_size={stage.global_batch_size} but batch_size x world_size x accum_steps = "
+                f"{stage.batch_size} x {world_size} x {train_cfg.accum_steps} = {batch}")
+        batches.append(batch)
+    return batches
+
+
+def write_run_config(session: Session, data_cfg: Any, mix_cfg: Any, global_batches: List[int]) -> None:
+    """Record the resolved configs and effective global batches in out_dir/train_config.json (rank 0)."""
+    if not session.env.is_main:
+        return
+    record = {"model": asdict(session.model_cfg), "train": asdict(session.train_cfg),
+              "data": asdict(data_cfg) if is_dataclass(data_cfg) else None,
+              "mix": asdict(mix_cfg) if is_dataclass(mix_cfg) else None,
+              "world_size": session.env.world_size, "global_batch": global_batches,
+              "note": "global batch = batch_size x world_size x accum_steps; p = probability of the ORIGINAL caption"}
+    ckpt.atomic_write_text(os.path.join(session.out_dir, "train_config.json"), json.dumps(record, indent=2, default=str) + "\n")
+
+
+def run(session: Session, data_cfg: Any, mix_cfg: Any, started: float) -> TrainResult:
+    """Resume or start, run every stage, export."""
+    cfg, env = session.train_cfg, session.env
+    global_batches = check_batches(cfg, env.world_size)
+    register_inline(session.model_cfg, session.out_dir)
+    resume_path = ckpt.resolve_resume(cfg.resume, session.out_dir)
+    payload = ckpt.load_checkpoint(resume_path) if resume_path else None
+    position = ckpt.Position(**payload["position"]) if payload else ckpt.Position()
+    if payload:
+        log.info("resuming from %s at step %d (stage %d, epoch %d, batch %d)", resume_path, position.step,
+                 position.stage, position.epoch, position.batch_in_epoch)
+    write_run_config(session, data_cfg, mix_cfg, global_batches)
+    seed_everything(cfg.seed + env.rank)
+    model = create_clip(session.model_cfg, cfg.stages[position.stage].image_size, env.device, seed=cfg.seed)
+    if payload:
+        model.load_state_dict(payload["model"], strict=True)
+    session.tokenizer = create_tokenizer(session.model_cfg)
+    total_steps = sum(s.num_steps(env.world_size, cfg.accum_steps) for s in cfg.stages)
+    session.monitor = RunMonitor(session.out_dir, env, total_steps, position.step, position.samples_seen, cfg.log_every,
+                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+    session.checkpoint_path = resume_path or ""
+    for index in range(position.stage, len(cfg.stages)):
+        if index > position.stage:
+            model = resize_for_stage(model, session.model_cfg, cfg.stages[index].image_size, env.device)
+            position = ckpt.Position(stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch)
+        position = run_stage(session, model, index, position, payload)
+        payload = None
+    return finish(session, model, position, global_batches, started, resume_path)
+
+
+def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, global_batches: List[int], started: float,
+           resume_path: Optional[str]) -> TrainResult:
+    """Export the final weights (rank 0) and describe the run."""
+    export_dir = os.path.join(session.out_dir, EXPORT_DIR)
+    final_size = session.train_cfg.stages[-1].image_size
+    export_path = os.path.join(export_dir, "open_clip_pytorch_model.bin")
+    if session.env.is_main:
+        export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir)
+        log.info("exported %s (load: open_clip.create_model_and_transforms(%r, pretrained=%r) or 'local-dir:%s')",
+                 export_path, session.model_cfg.name, export_path, export_dir)
+    barrier(session.env)
+    return TrainResult(out_dir=session.out_dir, checkpoint_path=session.checkpoint_path, export_dir=export_dir,
+                       export_path=export_path, model_name=session.model_cfg.name, steps=position.step,
+                       samples_seen=position.samples_seen, global_batch=global_batches,
+                       wall_time_s=time.perf_counter() - started, train_time_s=session.train_time_s,
+                       samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
+                       final_loss=session.last_loss, resumed_from=resume_path)
+
+
+def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
+    """Images and tokens on the training device (images in the model's input dtype)."""
+    return {"image": batch["image"].to(device=device, dtype=image_dtype, non_blocking=True),
+            "text": batch["text"].to(device=device, non_blocking=True)}
+
+
+@dataclass
+class StageState:
+    """The per-stage training objects a checkpoint stores."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: Optional[torch.amp.GradScaler]
+
+
+def stage_objects(session: Session, model: torch.nn.Module, stage: StageConfig, payload: Optional[Dict[str, Any]]) -> StageState:
+    """Optimizer, schedule and scaler for a stage, restored from ``payload`` when resuming inside it."""
+    cfg, env = session.train_cfg, session.env
+    optimizer = build_optimizer(model, cfg, stage)
+    steps = stage.num_steps(env.world_size, cfg.accum_steps)
+    schedule = LRSchedule(optimizer, stage.lr, stage.num_warmup_steps(env.world_size, cfg.accum_steps), steps, cfg.schedule)
+    _, scaler = precision_context(cfg.precision, env.device)
+    if payload:
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        restore_rank_rng(payload, env, cfg.seed, payload["position"]["step"])
+    return StageState(model, optimizer, schedule, scaler)
+
+
+def restore_rank_rng(payload: Dict[str, Any], env: DistEnv, seed: int, step: int) -> None:
+    """Restore this rank's RNG states; with another world size, reseed from (seed, rank, step) instead."""
+    states = payload["rng"]
+    if len(states) == env.world_size:
+        ckpt.restore_rng(states[env.rank])
+        return
+    log.warning("checkpoint has RNG states of %d rank(s) but %d run now; reseeding (the run continues, not bitwise)", len(states), env.world_size)
+    seed_everything(seed + 1_000_003 * step + env.rank)
+
+
+def run_stage(session: Session, model: torch.nn.Module, index: int, position: ckpt.Position, payload: Optional[Dict[str, Any]]) -> ckpt.Position:
+    """Train one stage from ``position`` to its last step; saves checkpoints along the way and at the end."""
+    cfg, env = session.train_cfg, session.env
+    stage = cfg.stages[index]
+    steps = stage.num_steps(env.world_size, cfg.accum_steps)
+    global_batch = stage.global_batch(env.world_size, cfg.accum_steps)
+    state = stage_objects(session, model, stage, payload)
+    train_model = wrap_ddp(model, env)
+    if session.model_cfg.torch_compile:
+        train_model = torch.compile(train_model)
+    autocast, _ = precision_context(cfg.precision, env.device)
+    ctx = StepContext(train_model, make_loss(env, cfg.local_loss, cfg.gather_with_grad), state.optimizer, autocast,
+                      state.scaler, cfg.grad_clip_norm)
+    batch_text = f"{global_batch} (= {stage.batch_size} x {env.world_size} ranks x {cfg.accum_steps} accum)"
+    log.info("stage %d: %d px, %d steps, global batch %s, lr %g", index, stage.image_size, steps, batch_text, stage.lr)
+    request = LoaderRequest(index, stage.image_size, train_transform(model), session.tokenizer, stage.batch_size,
+                            env.rank, env.world_size, cfg.seed)
+    stream = DataStream(session.loader_factory(request), env, position.epoch, position.batch_in_epoch,
+                        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, index))
+    image_dtype = get_input_dtype(session.model_cfg.precision)
+    model.train()
+    loop_started, first_samples = time.perf_counter(), position.samples_seen
+    while position.stage_step < steps:
+        lr = state.schedule.set_step(position.stage_step)
+        loss = train_step(ctx, [to_device(b, env.device, image_dtype) for b in stream.take(cfg.accum_steps)])
+        position.stage_step, position.step = position.stage_step + 1, position.step + 1
+        position.samples_seen += global_batch
+        position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
+        extra = {"stage": index, "epoch": position.epoch, "global_batch": global_batch}
+        record = session.monitor.step_done(position.step, position.samples_seen, loss, lr, model.logit_scale.detach().exp(),
+                                           extra, force=position.stage_step == steps)
+        if record is not None:
+            session.last_loss = record["loss"]
+        if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0 and position.stage_step < steps:
+            save(session, state, position)
+    session.train_time_s += time.perf_counter() - loop_started
+    session.trained_samples += position.samples_seen - first_samples
+    stream.epoch_end_partial()
+    position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
+    save(session, state, position)
+    return position
+
+
+def save(session: Session, state: StageState, position: ckpt.Position) -> None:
+    """Write the checkpoint of ``position`` (rank 0; every rank contributes its RNG state), keep the newest few."""
+    env = session.env
+    path = ckpt.checkpoint_path(session.out_dir, position.step)
+    rng_states = gather_objects(ckpt.capture_rng(), env)
+    if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
+        payload = {
+            "format": ckpt.FORMAT_VERSION,
+            "model": {k: v.detach().to("cpu") for k, v in unwrap(state.model).state_dict().items()},
+            "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+            "scheduler": state.schedule.state_dict(),
+            "position": position.as_dict(),
+            "rng": rng_states,
+            "world_size": env.world_size,
+            "model_name": session.model_cfg.name,
+        }
+        ckpt.atomic_torch_save(payload, path)
+        ckpt.prune_checkpoints(session.out_dir, session.train_cfg.keep_checkpoints)
+        log.info("checkpoint %s (step %d, %d samples)", path, position.step, position.samples_seen)
+    session.saved_steps.append(position.step)
+    session.checkpoint_path = path
+    barrier(env)
