@@ -69,6 +69,20 @@ def test_smoke_end_to_end_then_cached(workspace, caplog, capsys):
     assert len(glob.glob(f"{root}/results/records/*.json")) == 6  # the re-evaluation is published beside, never over
 
 
+def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
+    from evals.pipeline import resolve_task_paths
+    from evals.run import compose_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = compose_config(["+experiment=clip_smoke", "run.out_root=cache/runs"])
+    from evals.pipeline import data_stage
+
+    monkeypatch.setattr("evals.pipeline.run_stage", lambda cfg, stage, step, work: {"shard_dir": stage.path, "fingerprint": "x"})
+    info = data_stage(cfg)
+    assert os.path.isabs(info["shard_dir"]) and info["shard_dir"].startswith(str(tmp_path))
+    assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
+
+
 def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str) -> None:
     """A published retrieval record with a run section and per-query hits."""
     metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
