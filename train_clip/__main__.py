@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -48,6 +49,22 @@ def compose_harness(overrides: List[str]):
     return validate(cfg)
 
 
+def ensure_shards(data_cfg, timeout_s: float = 3600.0) -> None:
+    """Build the configured shards when missing (rank 0; other ranks wait for its build-info.json)."""
+    if data_cfg.builder == "none" or data_cfg.train_shards:
+        return
+    from captiondata.build import BUILD_INFO, build_dataset
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        build_dataset(data_cfg)
+        return
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(os.path.join(data_cfg.shard_dir, BUILD_INFO)):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"data.shard_dir={data_cfg.shard_dir!r}: rank 0 did not finish building shards in {timeout_s:.0f} s")
+        time.sleep(2.0)
+
+
 def setup_logging() -> None:
     """INFO logs to stderr, tagged with the rank."""
     rank = os.environ.get("RANK", "0")
@@ -63,6 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         harness = compose_harness(overrides)
+        ensure_shards(harness.data)
         from train_clip.train import train
 
         result = train(harness.model, harness.train, harness.data, harness.mix, out_dir)

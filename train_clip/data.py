@@ -23,11 +23,14 @@ Batch = Dict[str, Any]
 class BatchSource(Protocol):
     """What the trainer needs from a loader (CaptionLoader's contract)."""
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (order and caption draws depend on it)."""
 
-    def iterate(self, skip_batches: int = 0) -> Iterator[Batch]: ...
+    def iterate(self, skip_batches: int = 0) -> Iterator[Batch]:
+        """This epoch's batches after the first ``skip_batches``."""
 
-    def epoch_stats(self) -> Dict[str, Any]: ...
+    def epoch_stats(self) -> Dict[str, Any]:
+        """Samples, skipped counts by reason and realised original fraction of the last epoch."""
 
 
 @dataclass

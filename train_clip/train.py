@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from open_clip.model import get_input_dtype
 
-from captiondata.config import ConfigError, require
+from captiondata.config import DataConfig, MixConfig, require
 from train_clip import checkpoint as ckpt
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import DataStream, LoaderFactory, LoaderRequest, caption_loader_factory
@@ -71,11 +71,13 @@ class Session:
     saved_steps: List[int] = field(default_factory=list)
 
 
-def train(model_cfg: ClipModelConfig, train_cfg: TrainConfig, data_cfg: Any, mix_cfg: Any, out_dir: str,
-          loader_factory: Optional[LoaderFactory] = None) -> TrainResult:
+def train(model_cfg: ClipModelConfig, train_cfg: TrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
+          out_dir: str, loader_factory: Optional[LoaderFactory] = None) -> TrainResult:
     """Train CLIP on caption shards (data_cfg, mix_cfg) into ``out_dir``, shared by all ranks; returns a TrainResult.
 
-    ``loader_factory`` replaces the CaptionLoader (tests and benchmarks pass in-memory sources).
+    ``out_dir`` is fixed by the caller and identical on every rank (never derived per rank). ``loader_factory``
+    replaces the CaptionLoader (tests and benchmarks pass in-memory sources; data_cfg/mix_cfg may then be None).
+    Resuming (``train.resume``) continues from the saved step, data position and RNG states.
     """
     started = time.perf_counter()
     with runtime(train_cfg):
@@ -156,7 +158,7 @@ def check_batches(train_cfg: TrainConfig, world_size: int) -> List[int]:
     return batches
 
 
-def write_run_config(session: Session, data_cfg: Any, mix_cfg: Any, global_batches: List[int]) -> None:
+def write_run_config(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], global_batches: List[int]) -> None:
     """Record the resolved configs and effective global batches in out_dir/train_config.json (rank 0)."""
     if not session.env.is_main:
         return
@@ -168,7 +170,7 @@ def write_run_config(session: Session, data_cfg: Any, mix_cfg: Any, global_batch
     ckpt.atomic_write_text(os.path.join(session.out_dir, "train_config.json"), json.dumps(record, indent=2, default=str) + "\n")
 
 
-def run(session: Session, data_cfg: Any, mix_cfg: Any, started: float) -> TrainResult:
+def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], started: float) -> TrainResult:
     """Resume or start, run every stage, export."""
     cfg, env = session.train_cfg, session.env
     global_batches = check_batches(cfg, env.world_size)
@@ -177,8 +179,8 @@ def run(session: Session, data_cfg: Any, mix_cfg: Any, started: float) -> TrainR
     payload = ckpt.load_checkpoint(resume_path) if resume_path else None
     position = ckpt.Position(**payload["position"]) if payload else ckpt.Position()
     if payload:
-        log.info("resuming from %s at step %d (stage %d, epoch %d, batch %d)", resume_path, position.step,
-                 position.stage, position.epoch, position.batch_in_epoch)
+        check_resumable(payload, session, resume_path)
+        session.last_loss = payload.get("last_loss")
     write_run_config(session, data_cfg, mix_cfg, global_batches)
     seed_everything(cfg.seed + env.rank)
     model = create_clip(session.model_cfg, cfg.stages[position.stage].image_size, env.device, seed=cfg.seed)
@@ -196,6 +198,19 @@ def run(session: Session, data_cfg: Any, mix_cfg: Any, started: float) -> TrainR
         position = run_stage(session, model, index, position, payload)
         payload = None
     return finish(session, model, position, global_batches, started, resume_path)
+
+
+def check_resumable(payload: Dict[str, Any], session: Session, path: str) -> None:
+    """Refuse a checkpoint of another model or stage list; warn when the world size changed."""
+    position, stages = payload["position"], session.train_cfg.stages
+    require(payload.get("model_name") == session.model_cfg.name,
+            f"train.resume: {path} holds model {payload.get('model_name')!r}, not model.name={session.model_cfg.name!r}")
+    require(position["stage"] < len(stages), f"train.resume: {path} is in stage {position['stage']} but train.stages has {len(stages)}")
+    if payload.get("world_size") != session.env.world_size:
+        log.warning("resuming a %s-rank checkpoint on %d ranks: the data position is approximate and not bitwise",
+                    payload.get("world_size"), session.env.world_size)
+    log.info("resuming from %s at step %d (stage %d, epoch %d, batch %d)", path, position["step"], position["stage"],
+             position["epoch"], position["batch_in_epoch"])
 
 
 def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, global_batches: List[int], started: float,
@@ -318,6 +333,7 @@ def save(session: Session, state: StageState, position: ckpt.Position) -> None:
             "rng": rng_states,
             "world_size": env.world_size,
             "model_name": session.model_cfg.name,
+            "last_loss": session.last_loss,
         }
         ckpt.atomic_torch_save(payload, path)
         ckpt.prune_checkpoints(session.out_dir, session.train_cfg.keep_checkpoints)
