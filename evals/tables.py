@@ -96,11 +96,14 @@ def cell(row: pd.Series) -> str:
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per task:metric cell, sorted by strategy then p."""
-    long = long.assign(column=long["task"] + " " + long["metric"], cell=long.apply(cell, axis=1))
+    long = long.assign(column=long["task"] + " " + long["metric"], cell=long.apply(cell, axis=1),
+                       p=long["p"].astype(float).fillna(-1.0))  # concat has no p; pivot drops missing index values
     index = ["model", "strategy", "p", "samples_seen", "global_batch", "train_hash"]
     wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index()
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
-    return wide.sort_values(["model", "order", "p"], na_position="last").drop(columns=["order", "train_hash"])
+    wide = wide.sort_values(["model", "order", "p"]).drop(columns=["order", "train_hash"])
+    wide["p"] = wide["p"].map(lambda p: "n/a" if p < 0 else f"{p:g}")
+    return wide
 
 
 def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame) -> str:

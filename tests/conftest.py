@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+
+# Tests never reach a model hub: local folders only (a hub lookup here hangs in retries, not fails).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import random
 from typing import Callable, List
 
@@ -45,6 +49,17 @@ def shard_factory(tmp_path) -> Callable[..., str]:
         return str(out / f"{prefix}-*.tar")
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: on a shared 2-core machine two spinning OpenMP threads stall each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -43,14 +43,6 @@ def patched_accuracy(monkeypatch):
     monkeypatch.setattr(cb_cls, "accuracy", cb_accuracy)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster and steadier on one thread on a shared machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -20,14 +20,6 @@ from evals.textstats import token_counts, tokenize_with_truncation
 TEXTS = ["a dog", "two cats on a sofa in the sun", "", "a very " + "long " * 40 + "caption", "A photo of a {c}."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster and steadier on one thread on a shared machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -14,13 +14,6 @@ from evals.testing import (caption_records, tiny_clip, write_caption_folder, wri
                            write_project_shards)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny():

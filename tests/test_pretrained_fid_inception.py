@@ -19,14 +19,6 @@ MAX_REL = 1e-4
 MIN_COSINE = 0.99999
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def pretrained_cache(tmp_path_factory) -> str:

@@ -24,14 +24,6 @@ CONFIG_DIR = Path(train_clip.__file__).parent / "model_configs"
 SMALL = dict(image_size=75, embed_dim=32, context_length=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> str:

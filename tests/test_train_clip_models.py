@@ -25,14 +25,6 @@ VISION = {"S-16": (384, 12, 384, 6), "B-16": (512, 12, 768, 12), "L-16": (768, 2
 TEXT = {"small": (12, 384, 6), "base": (12, 512, 8), "large": (12, 768, 12), "huge": (24, 1024, 16)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def micro_cfg(tmp_path, **kw) -> ClipModelConfig:
     """The micro test model, registered under its name."""
