@@ -63,14 +63,16 @@ def test_folding_the_input_normalisation_is_exact(pretrained_cache):
     tf_state = converted_state_dict(pretrained_cache, "tf")
     mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
     folded = fold_input_normalization(tf_state, mean, std)
-    pixels = torch.rand(2, 3, 80, 80)
+    pixels = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(0))
     outputs = []
     for state, m, s in ((tf_state, TF_MEAN, TF_STD), (folded, mean, std)):
         trunk = timm.create_model(FID_TIMM_MODEL, num_classes=0)
         trunk.load_state_dict(state, strict=True)
         with torch.no_grad():
             outputs.append(trunk.eval()((pixels - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)))
-    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    # exact up to float32 rounding, judged against the feature scale (measured: <= 4e-6 of the largest feature
+    # over seeds 0-5; an elementwise rtol fails on near-zero features, where ~1e-5 absolute rounding remains)
+    assert (outputs[0] - outputs[1]).abs().max() <= 2e-5 * outputs[0].abs().max()
 
 
 def test_converted_tower_matches_the_torchscript_on_real_images(data_root, pretrained_cache):
