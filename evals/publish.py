@@ -50,11 +50,12 @@ def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], da
     for source in eval_info["records"]:
         record = read_record(source)
         stem = f"{cfg.experiment}__{record['task_name']}__{eval_info['eval_hash']}"
+        identity = f"{os.path.abspath(source)}@{os.stat(source).st_mtime_ns}"  # a re-evaluation rewrites the source
         existing = os.path.join(folder, stem + ".json")
-        if os.path.exists(existing) and read_record(existing).get("created") == record.get("created"):
+        if os.path.exists(existing) and read_record(existing)["run"].get("source_record") == identity:
             published.append(existing)
             continue
         record = {k: v for k, v in record.items() if k not in ("path", "per_query_file")}
-        record["run"] = run
+        record["run"] = {**run, "source_record": identity}
         published.append(write_record(record, folder, read_per_query(source), stem=stem, on_exists="new_name"))
     return published
