@@ -105,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if multirun:
                 log.info("multirun job %d/%d: %s", index + 1, len(jobs), " ".join(job))
             outcome = run_job(job)
-        if jobs:
+        if jobs and os.environ.get("RANK", "0") == "0":
             log.info("done in %.1f s", time.perf_counter() - started)
             print(f"table: {outcome['table']}" if outcome.get("table") else "no table written")
         return 0
