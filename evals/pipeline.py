@@ -180,5 +180,5 @@ def run_experiment(cfg: HarnessConfig, resolved: Dict[str, Any], overrides: List
     from evals.tables import write_tables
 
     log.info("[4/4] tables from %s", os.path.join(cfg.run.results_dir, RECORDS_DIR))
-    outcome["table"] = write_tables(cfg.run.results_dir)
+    outcome["table"] = write_tables(cfg.run.results_dir, cfg.data.name)
     return outcome

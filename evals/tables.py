@@ -146,14 +146,14 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     os.replace(tmp, path)
 
 
-def write_tables(results_dir: str = "results") -> Optional[str]:
-    """Write every data set's table (md + csv) and plots; return the path of the last markdown table."""
+def write_tables(results_dir: str = "results", data_name: Optional[str] = None) -> Optional[str]:
+    """Write every data set's table (md + csv) and plots; return the markdown path of ``data_name`` (else the last)."""
     records = load_records(results_dir)
     if not records:
         log.warning("no published records in %s/records", results_dir)
         return None
     long = metric_rows(records)
-    last = None
+    written: Dict[str, str] = {}
     for data, group in long.groupby("data"):
         wide = wide_table(group)
         md_path = os.path.join(results_dir, f"{data}.md")
@@ -162,8 +162,8 @@ def write_tables(results_dir: str = "results") -> Optional[str]:
         for task in group["task"].unique():
             plot(data, task, group, os.path.join(results_dir, f"{data}_{task}.png"))
         log.info("wrote %s (%d runs)", md_path, len(wide))
-        last = md_path
-    return last
+        written[data] = md_path
+    return written.get(data_name, md_path)
 
 
 def main() -> None:
