@@ -91,12 +91,9 @@ def flickr8k(root: str, split: str = "test", max_samples: Optional[int] = None) 
     for path in (split_file, token_file):
         if not os.path.isfile(path):
             raise ConfigError(f"Flickr8k file {path} is missing")
-    captions: Dict[str, List[str]] = {}
-    with open(token_file, encoding="utf-8") as handle:
-        for line in handle:
-            if "\t" in line:
-                ident, text = line.rstrip("\n").split("\t", 1)
-                captions.setdefault(ident.split("#")[0], []).append(text.strip())
+    from captiondata.builders.flickr8k import read_captions  # the one parser of Flickr8k.token.txt
+
+    captions = read_captions(root)
     names = [n for n in read_lines(split_file) if n in captions and os.path.isfile(os.path.join(root, "images", n))]
     files = [os.path.join(root, "images", n) for n in names]
     fingerprint = sha256_json([files_fingerprint(files, root), files_fingerprint([token_file, split_file], root)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from evals.config import EvalConfig, TaskConfig
 from evals.records import read_record
