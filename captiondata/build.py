@@ -14,7 +14,8 @@ from typing import Any, Dict, Iterator
 
 from captiondata.config import ConfigError, DataConfig, default_data_root
 from captiondata.records import Record
-from captiondata.writer import ShardWriter, atomic_write_json
+from captiondata.atomic import atomic_write_json
+from captiondata.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 BUILDER_VERSION = 1
@@ -70,7 +71,7 @@ def write_extras(cfg: DataConfig) -> None:
     if cfg.builder != "scenes":
         return
     from captiondata.builders import scenes
-    from captiondata.writer import atomic_write_bytes
+    from captiondata.atomic import atomic_write_bytes
 
     folder = os.path.join(cfg.shard_dir, ZEROSHOT_DIR)
     atomic_write_bytes(os.path.join(folder, "classnames.txt"), ("\n".join(scenes.zeroshot_classnames()) + "\n").encode())

@@ -9,7 +9,6 @@ samples, ``KEY.cls`` (the integer class, as CLIP_benchmark's webdataset layout h
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -19,37 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional
 import webdataset as wds
 from PIL import Image
 
+from captiondata.atomic import atomic_write_json, default_file_mode, file_sha256
 from captiondata.records import Record
-
-
-def _default_file_mode() -> int:
-    """Permission bits a plain ``open`` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Atomically write ``obj`` as indented UTF-8 JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def encode_image(image: Any, ext: str, quality: int = 95) -> bytes:
@@ -116,9 +86,9 @@ class ShardWriter:
         self._close_files()
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         final = os.path.join(self.folder, name)
-        os.chmod(self._tmp, _default_file_mode())
+        os.chmod(self._tmp, default_file_mode())
         os.replace(self._tmp, final)
-        self.shards.append({"name": name, "count": self._count, "bytes": os.path.getsize(final), "sha256": _sha256(final)})
+        self.shards.append({"name": name, "count": self._count, "bytes": os.path.getsize(final), "sha256": file_sha256(final)})
         self._writer, self._tmp = None, None
 
     def _close_files(self) -> None:
@@ -169,11 +139,3 @@ class ShardWriter:
         else:
             self.abort()
 
-
-def _sha256(path: str) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

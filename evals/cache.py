@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
 
+from captiondata.atomic import atomic_torch_save
 from evals.identity import sha256_json
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,5 @@ class EmbeddingCache:
         path = self.path(kind, key)
         if path is None:
             return None
-        os.makedirs(self.folder, exist_ok=True)  # type: ignore[arg-type]
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save({**payload, "key": sha256_json(key)}, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_torch_save({**payload, "key": sha256_json(key)}, path)
         return path

@@ -62,11 +62,10 @@ def data_stage(cfg: HarnessConfig) -> Dict[str, Any]:
 
     def work() -> Dict[str, Any]:
         built = build_dataset(dataclasses.replace(cfg.data, shard_dir=stage.path), overwrite=True)
-        return {"shard_dir": os.path.abspath(stage.path), "fingerprint": shard_fingerprint(built["manifests"]),
+        return {"shard_dir": stage.path, "fingerprint": shard_fingerprint(built["manifests"]),
                 "samples": {split: m["samples"] for split, m in built["manifests"].items()}, "build_seconds": built["build_seconds"]}
 
-    info = wait_for(stage) if rank() != 0 else run_stage(cfg, stage, "[1/4]", work)
-    return {**info, "shard_dir": os.path.abspath(info["shard_dir"])}  # eval paths must not resolve under the data root
+    return wait_for(stage) if rank() != 0 else run_stage(cfg, stage, "[1/4]", work)
 
 
 def wait_for(stage: StageDir, timeout_s: float = 24 * 3600) -> Dict[str, Any]:

@@ -8,13 +8,13 @@ evaluation but not the shard build.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 from typing import Any, Dict, Optional
 
-from captiondata.writer import atomic_write_json
+from captiondata.atomic import atomic_write_json
+from evals.identity import sha256_json
 
 MARKER = "_COMPLETE.json"
 
@@ -31,9 +31,8 @@ def canonical(obj: Any) -> Any:
 
 
 def content_hash(obj: Any, length: int = 16) -> str:
-    """Hex SHA-256 prefix of the canonical JSON of ``obj``."""
-    text = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    """Hex SHA-256 prefix of the canonical JSON of ``obj`` (dataclasses included)."""
+    return sha256_json(canonical(obj))[:length]
 
 
 class StageDir:
@@ -42,7 +41,7 @@ class StageDir:
     def __init__(self, out_root: str, stage: str, label: str, key: Any) -> None:
         self.stage, self.key = stage, canonical(key)
         self.hash = content_hash(self.key)
-        self.path = os.path.join(out_root, stage, f"{label}-{self.hash}")
+        self.path = os.path.abspath(os.path.join(out_root, stage, f"{label}-{self.hash}"))
 
     @property
     def marker(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from captiondata.writer import atomic_write_bytes
+from captiondata.atomic import atomic_write, atomic_write_bytes
 from evals.records import compare_records, read_record
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,8 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_tables(results_dir: str = "results", data_name: Optional[str] = None) -> Optional[str]:

@@ -23,6 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from captiondata.atomic import atomic_torch_save
 from captiondata.config import ConfigError  # noqa: E402
 from train_clip import checkpoint as ckpt  # noqa: E402
 
@@ -36,14 +37,14 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     state = ckpt.capture_rng()
     expected = (random.random(), np.random.rand(), torch.rand(1))
     path = str(tmp_path / "rng.pt")
-    ckpt.atomic_torch_save({"rng": state}, path)
+    atomic_torch_save({"rng": state}, path)
     ckpt.restore_rng(torch.load(path, weights_only=True)["rng"])
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
 
 
 def test_atomic_save_leaves_no_temporary_file(tmp_path):
     path = str(tmp_path / "checkpoints" / "step_00000001.pt")
-    ckpt.atomic_torch_save({"format": ckpt.FORMAT_VERSION, "x": torch.ones(2)}, path)
+    atomic_torch_save({"format": ckpt.FORMAT_VERSION, "x": torch.ones(2)}, path)
     assert os.listdir(tmp_path / "checkpoints") == ["step_00000001.pt"]
     assert torch.equal(ckpt.load_checkpoint(path)["x"], torch.ones(2))
 
@@ -52,7 +53,7 @@ def test_resume_resolution(tmp_path):
     out = str(tmp_path)
     assert ckpt.resolve_resume(None, out) is None and ckpt.resolve_resume("latest", out) is None
     for step in (2, 10, 4):
-        ckpt.atomic_torch_save({"format": ckpt.FORMAT_VERSION}, ckpt.checkpoint_path(out, step))
+        atomic_torch_save({"format": ckpt.FORMAT_VERSION}, ckpt.checkpoint_path(out, step))
     (tmp_path / "checkpoints" / "step_00000012.pt.tmp-99").write_bytes(b"half written")
     assert ckpt.resolve_resume("latest", out).endswith("step_00000010.pt")
     with pytest.raises(ConfigError, match="train.resume"):

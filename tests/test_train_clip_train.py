@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 
+from captiondata.atomic import atomic_torch_save
 from captiondata.config import ConfigError, DataConfig, MixConfig
 from conftest import make_records
 from train_clip import checkpoint as ckpt
@@ -102,7 +103,7 @@ def test_refusals(tmp_path):
     stage = StageConfig(image_size=32, samples=32, batch_size=8, lr=1e-3, global_batch_size=64)
     with pytest.raises(ConfigError, match=r"train.stages\[0\].global_batch_size"):
         train(micro(), quick([stage]), None, None, str(tmp_path / "a"), loader_factory=synthetic_factory(32))
-    ckpt.atomic_torch_save({"format": ckpt.FORMAT_VERSION}, ckpt.checkpoint_path(str(tmp_path / "b"), 1))
+    atomic_torch_save({"format": ckpt.FORMAT_VERSION}, ckpt.checkpoint_path(str(tmp_path / "b"), 1))
     with pytest.raises(ConfigError, match="train.resume"):
         train(micro(), quick([StageConfig(image_size=32, samples=32, batch_size=8)]), None, None, str(tmp_path / "b"),
               loader_factory=synthetic_factory(32))

@@ -41,28 +41,6 @@ class Position:
         return asdict(self)
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace onto ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file + os.replace)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def capture_rng() -> Dict[str, Any]:
     """This process's python, numpy and torch (CPU and CUDA) RNG states as tensors and primitives."""
     version, py_state, gauss = random.getstate()

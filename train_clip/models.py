@@ -20,7 +20,7 @@ from open_clip.model import resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from captiondata.config import ConfigError, require
-from train_clip.checkpoint import atomic_torch_save, atomic_write_text
+from captiondata.atomic import atomic_torch_save, atomic_write_text
 from train_clip.config import ClipModelConfig
 
 log = logging.getLogger(__name__)

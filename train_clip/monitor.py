@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 import torch
 from tqdm import tqdm
 
+from captiondata.atomic import atomic_write_text
 from train_clip.distributed import DistEnv, all_reduce_mean
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,7 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         return
     with open(path, encoding="utf-8") as handle:
         kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(kept)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 class RunMonitor:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from open_clip.model import get_input_dtype
 
+from captiondata.atomic import atomic_torch_save, atomic_write_text
 from captiondata.config import DataConfig, MixConfig, require
 from train_clip import checkpoint as ckpt
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
@@ -167,7 +168,7 @@ def write_run_config(session: Session, data_cfg: Optional[DataConfig], mix_cfg: 
               "mix": asdict(mix_cfg) if is_dataclass(mix_cfg) else None,
               "world_size": session.env.world_size, "global_batch": global_batches,
               "note": "global batch = batch_size x world_size x accum_steps; p = probability of the ORIGINAL caption"}
-    ckpt.atomic_write_text(os.path.join(session.out_dir, "train_config.json"), json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(os.path.join(session.out_dir, "train_config.json"), json.dumps(record, indent=2, default=str) + "\n")
 
 
 def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], started: float) -> TrainResult:
@@ -335,7 +336,7 @@ def save(session: Session, state: StageState, position: ckpt.Position) -> None:
             "model_name": session.model_cfg.name,
             "last_loss": session.last_loss,
         }
-        ckpt.atomic_torch_save(payload, path)
+        atomic_torch_save(payload, path)
         ckpt.prune_checkpoints(session.out_dir, session.train_cfg.keep_checkpoints)
         log.info("checkpoint %s (step %d, %d samples)", path, position.step, position.samples_seen)
     session.saved_steps.append(position.step)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
-import hashlib
 import importlib.resources
 import json
 import logging
@@ -52,7 +51,8 @@ from PIL import Image
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE, InceptionV3
 
-from train_clip.checkpoint import atomic_torch_save
+from captiondata.atomic import atomic_torch_save
+from captiondata.atomic import file_sha256 as uncached_file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +191,7 @@ def torchscript_path() -> Path:
 @functools.lru_cache(maxsize=4)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file (memoised on path, size and mtime)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return uncached_file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:

@@ -38,7 +38,7 @@ from open_clip.hf_model import _POOLERS, HFTextEncoder
 from timm.layers import BatchNormAct2d
 
 from captiondata.config import ConfigError, require
-from train_clip.checkpoint import atomic_write_text
+from captiondata.atomic import atomic_write_text
 from train_clip.pretrained.fid_inception import FID_TIMM_MODEL, default_cache_dir, load_fid_inception, load_trunk_weights
 from train_clip.pretrained.minilm import MINILM_ALIAS, MINILM_HUB_ID, resolve_text_model
 
