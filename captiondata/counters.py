@@ -23,6 +23,7 @@ SKIP_REASONS = (
     "duplicate_key",
     "truncated_tar",
     "unreadable_shard",
+    "no_image_feature",
 )
 MIX_EVENTS = (
     "samples",

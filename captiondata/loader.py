@@ -7,6 +7,10 @@ Two modes:
   fixed number of full batches, so every rank yields exactly ``len(loader)`` batches (uneven batch
   counts deadlock DDP).
 The iteration order is a deterministic function of (seed, epoch, rank, world size, workers).
+
+With ``image_features`` (precomputed features of a frozen image trunk, keyed by sample key) images are not
+decoded: each sample's ``image`` is its feature row, and a sample without a row is skipped and counted as
+``no_image_feature`` (the feature pass already counted why its image was bad).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import logging
 import math
 import random
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -28,6 +33,25 @@ from captiondata.mixer import choose_caption
 from captiondata.reader import decode_record, expand_shards, raw_samples
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageFeatures:
+    """Precomputed image features: row i of ``features`` belongs to the sample with key ``keys[i]``."""
+
+    keys: List[str]
+    features: torch.Tensor
+    index: Dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        require(len(self.keys) == len(self.features), f"{len(self.keys)} keys for {len(self.features)} feature rows")
+        self.index = {key: row for row, key in enumerate(self.keys)}
+        require(len(self.index) == len(self.keys), "image feature keys must be unique")
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        """The feature row of ``key``, or None."""
+        row = self.index.get(key)
+        return None if row is None else self.features[row]
 
 
 def split_normalize(transform: Callable) -> Optional[Tuple[Callable, torch.Tensor, torch.Tensor]]:
@@ -87,6 +111,7 @@ class MixedCaptionDataset(IterableDataset):
         seed: int,
         drop_last: bool,
         counters: SampleCounters,
+        image_features: Optional[ImageFeatures] = None,
     ) -> None:
         super().__init__()
         self.urls, self.data_cfg, self.mix_cfg = urls, data_cfg, mix_cfg
@@ -94,7 +119,8 @@ class MixedCaptionDataset(IterableDataset):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.drop_last, self.counters = seed, drop_last, counters
         self.epoch = 0
-        self.batch_normalize = split_normalize(image_transform)
+        self.image_features = image_features
+        self.batch_normalize = None if image_features is not None else split_normalize(image_transform)
         if self.batch_normalize is not None:
             self.image_transform = self.batch_normalize[0]
 
@@ -121,15 +147,21 @@ class MixedCaptionDataset(IterableDataset):
         raws = shuffled(raw_samples(self._shard_stream(worker, num_workers), self.counters), self.data_cfg.shuffle_buffer, rng)
         for raw in raws:
             try:
-                record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels)
+                record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels, decode=self.image_features is None)
             except BadSample as bad:
                 self.counters.add(bad.reason)
                 continue
+            if self.image_features is not None:
+                image = self.image_features.get(record.key)
+                if image is None:
+                    self.counters.add("no_image_feature")
+                    continue
+            else:
+                image = self.image_transform(record.image)
+                if self.batch_normalize is not None:
+                    image = pil_to_tensor(image)
             choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
             self._count_choice(choice)
-            image = self.image_transform(record.image)
-            if self.batch_normalize is not None:
-                image = pil_to_tensor(image)
             yield {"image": image, "text": choice.text, "key": record.key, "source": choice.emitted}
 
     def _count_choice(self, choice: Any) -> None:
@@ -193,6 +225,7 @@ class CaptionLoader:
         seed: int = 0,
         drop_last: bool = True,
         num_workers: Optional[int] = None,
+        image_features: Optional[ImageFeatures] = None,
     ) -> None:
         require(batch_size > 0, f"batch_size={batch_size} must be positive")
         require(0 <= rank < world_size, f"rank={rank} must be in [0, world_size={world_size})")
@@ -203,7 +236,8 @@ class CaptionLoader:
         if not data_cfg.resampled and len(urls) < slots:
             log.warning("only %d shard(s) for %d worker(s) x %d rank(s): some workers get no data; write more, smaller shards or set data.resampled=true", len(urls), max(1, self.num_workers), world_size)
         transform = image_transform if image_transform is not None else _to_tensor
-        self.dataset = MixedCaptionDataset(urls, data_cfg, mix_cfg, transform, tokenize, batch_size, rank, world_size, seed, drop_last, self.counters)
+        self.dataset = MixedCaptionDataset(urls, data_cfg, mix_cfg, transform, tokenize, batch_size, rank, world_size, seed, drop_last,
+                                           self.counters, image_features)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: shard order, shuffle and caption draws all depend on it."""

@@ -137,9 +137,9 @@ def load_export(export_dir: str, device: str) -> Tuple[Any, Any, Any]:
     """(model, tokenizer, eval preprocess) of an exported checkpoint, through open_clip's own loader."""
     import open_clip
 
-    from train_clip.models import register_model_configs
+    from train_clip.models import prepare_export
 
-    register_model_configs()
+    prepare_export(export_dir)
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", device=device)
     return model.eval(), open_clip.get_tokenizer(f"local-dir:{export_dir}"), preprocess
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from captiondata.config import ConfigError, require
+from train_clip.pretrained.towers import TowerSpec
 
 WEIGHT_PRECISIONS = ("fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "amp_bf16", "amp", "fp16")
@@ -31,6 +32,9 @@ class ClipModelConfig:
     ``grad_checkpointing``: recompute activations in backward (``model.set_grad_checkpointing``).
     ``torch_compile``: wrap the model in ``torch.compile``.
     ``quick_gelu``: force QuickGELU activations (OpenAI-style).
+    ``tower``: pretrained towers (LiT): a timm image model and a Hugging Face text model with offline weights and
+    locks (``train_clip.pretrained.towers.TowerSpec``); the model is registered with open_clip under ``name``, its
+    tokenizer is the text tower's, and its image size and context length are the spec's.
     """
 
     name: str = "RecapCLIP-tiny"
@@ -40,9 +44,18 @@ class ClipModelConfig:
     grad_checkpointing: bool = False
     torch_compile: bool = False
     quick_gelu: bool = False
+    tower: Optional[TowerSpec] = None
 
     def __post_init__(self) -> None:
         require(bool(self.name), "model.name must name an open_clip model (or the name to register model.inline under)")
+        if self.tower is not None and not isinstance(self.tower, TowerSpec):
+            self.tower = TowerSpec(**self.tower)
+        if self.tower is not None:
+            require(self.inline is None, "model.tower and model.inline are two ways to define the model; set one")
+            require(self.precision == "fp32", f"model.precision={self.precision!r}: pretrained towers are loaded in fp32 (use train.precision for autocast)")
+            require(self.context_length in (None, self.tower.context_length),
+                    f"model.context_length={self.context_length} disagrees with model.tower.context_length={self.tower.context_length}; set the tower's")
+            require(not self.quick_gelu, "model.quick_gelu does not apply to pretrained towers")
         require(self.precision in WEIGHT_PRECISIONS, f"model.precision={self.precision!r} is unknown; choose one of {', '.join(WEIGHT_PRECISIONS)}")
         require(self.context_length is None or self.context_length > 0, f"model.context_length={self.context_length} must be positive or null")
         if self.inline is not None:
@@ -104,6 +117,10 @@ class TrainConfig:
     open_clip's distributed contrastive loss (local rows against all gathered features, gradient through the gather).
     ``threads``: torch intra-op threads (null = torch's default). ``deterministic``: deterministic kernels
     (bitwise-reproducible resume on CPU).
+    ``frozen_image_features``: train from precomputed features of the locked image trunk (LiT): needs
+    ``model.tower`` with a fully locked image tower, and trains on the model's deterministic eval transform
+    (resize + centre crop) instead of random crops. ``feature_cache_dir``: where those features are stored, keyed
+    by trunk weights, preprocessing and shard files (null = computed in memory for this run only).
     """
 
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
@@ -127,6 +144,8 @@ class TrainConfig:
     local_loss: bool = True
     gather_with_grad: bool = True
     dist_backend: Optional[str] = None
+    frozen_image_features: bool = False
+    feature_cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         require(len(self.stages) > 0, "train.stages must list at least one stage")

@@ -45,6 +45,7 @@ class LoaderRequest:
     rank: int
     world_size: int
     seed: int
+    image_features: Any = None  # captiondata.loader.ImageFeatures: serve frozen-trunk features instead of images
 
 
 LoaderFactory = Callable[[LoaderRequest], BatchSource]
@@ -59,7 +60,8 @@ def caption_loader_factory(data_cfg: Any, mix_cfg: Any) -> LoaderFactory:
 
         return CaptionLoader(data_cfg, mix_cfg, split="train", image_transform=request.image_transform,
                              tokenize=request.tokenize, batch_size=request.batch_size, rank=request.rank,
-                             world_size=request.world_size, seed=request.seed, drop_last=True)
+                             world_size=request.world_size, seed=request.seed, drop_last=True,
+                             image_features=request.image_features)
 
     return make
 

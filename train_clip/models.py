@@ -55,6 +55,10 @@ def register_inline(cfg: ClipModelConfig, out_dir: str) -> None:
 def resolved_model_config(cfg: ClipModelConfig, image_size: int) -> Dict[str, Any]:
     """The open_clip model config this run trains: the named config with image size, context and GELU overrides."""
     register_model_configs()
+    if cfg.tower is not None:
+        from train_clip.pretrained.towers import tower_model_config
+
+        return tower_model_config(cfg.tower)
     model_cfg = open_clip.get_model_config(cfg.name)
     if model_cfg is None:
         raise ConfigError(f"model.name={cfg.name!r} is not an open_clip model; known: RecapCLIP-* and {', '.join(open_clip.list_models()[:5])}, ...")
@@ -67,8 +71,21 @@ def resolved_model_config(cfg: ClipModelConfig, image_size: int) -> Dict[str, An
 
 
 def create_clip(cfg: ClipModelConfig, image_size: int, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised open_clip model at ``image_size``; init depends on ``seed`` only (global RNG untouched)."""
+    """An open_clip model at ``image_size``; init depends on ``seed`` only (global RNG untouched).
+
+    Randomly initialised, except with ``cfg.tower``: pretrained towers loaded offline and locked
+    (``train_clip.pretrained.create_tower_model``), at the spec's own image size.
+    """
     register_model_configs()
+    if cfg.tower is not None:
+        from train_clip.pretrained.towers import create_tower_model
+
+        require(image_size == cfg.tower.image_size, f"train.stages[].image_size={image_size} but model.tower.image_size={cfg.tower.image_size}; "
+                "pretrained towers train at one image size")
+        model = create_tower_model(cfg.name, cfg.tower, device=str(device), seed=seed)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.create_model(
@@ -86,9 +103,31 @@ def create_clip(cfg: ClipModelConfig, image_size: int, device: torch.device, see
 
 
 def create_tokenizer(cfg: ClipModelConfig) -> Callable:
-    """open_clip's tokenizer matched to the model (its context length)."""
+    """open_clip's tokenizer matched to the model (its context length; a tower model's is its text tower's)."""
     register_model_configs()
+    if cfg.tower is not None:
+        from train_clip.pretrained.towers import tower_tokenizer
+
+        return tower_tokenizer(cfg.name, cfg.tower)
     return open_clip.get_tokenizer(cfg.name, context_length=cfg.context_length)
+
+
+def text_pad_id(model: torch.nn.Module) -> Optional[int]:
+    """The padding token id of a Hugging Face text tower (open_clip ``HFTextEncoder``), else None.
+
+    Such a tower masks padding out of attention and pooling, so dropping all-padding token columns of a batch
+    leaves its output unchanged (up to float summation order) and saves the work on them.
+    """
+    config = getattr(getattr(model, "text", None), "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    return int(pad) if pad is not None and hasattr(model.text, "pooler") else None
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``tokens[:, :L]``, L = 1 + the last column holding a non-padding token in any row (at least 1)."""
+    nonpad = (tokens != pad_id).any(dim=0).nonzero()
+    length = int(nonpad[-1]) + 1 if len(nonpad) else 1
+    return tokens[:, :length]
 
 
 def train_transform(model: torch.nn.Module) -> Callable:
@@ -96,8 +135,16 @@ def train_transform(model: torch.nn.Module) -> Callable:
     return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
 
 
+def eval_transform(model: torch.nn.Module) -> Callable:
+    """open_clip's deterministic eval transform (resize, centre crop, normalise) for this model."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+
+
 def resize_for_stage(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, device: torch.device) -> torch.nn.Module:
-    """A model at ``image_size`` carrying ``model``'s weights (ViT positional embeddings resampled by open_clip)."""
+    """A model at ``image_size`` carrying ``model``'s weights (ViT positional embeddings resampled by open_clip).
+
+    The new model is built by ``create_clip``, so a tower model's locks are applied to it again.
+    """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     resized = create_clip(cfg, image_size, device)
     resize_pos_embed(state, resized)
@@ -117,9 +164,18 @@ def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, 
     return weights
 
 
+def prepare_export(export_dir: str) -> None:
+    """Make an export loadable in this process: timm towers registered, its Hugging Face text model resolvable."""
+    from train_clip.pretrained.minilm import prepare_model_config
+
+    register_model_configs()
+    with open(os.path.join(export_dir, EXPORT_CONFIG), encoding="utf-8") as handle:
+        prepare_model_config(json.load(handle).get("model_cfg", {}))
+
+
 def load_exported(export_dir: str, name: Optional[str] = None) -> torch.nn.Module:
     """Load an export the way open_clip users will: by name with pretrained=FILE, else via local-dir."""
-    register_model_configs()
+    prepare_export(export_dir)
     if name is not None:
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=os.path.join(export_dir, EXPORT_WEIGHTS))
     else:

