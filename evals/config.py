@@ -74,7 +74,10 @@ class EvalConfig:
     seed: seeds every resampling. cache_dir: embedding cache folder (None = no cache). ks: recall@k list.
     context_length: text context override (None = the model's own). score_block: max similarity entries held
     at once (memory bound of the chunked ranking). trim_text_padding: drop all-padding token columns before the
-    text tower (exact for causal, EOT-pooled open_clip text towers; checked at run time).
+    text tower (exact for causal, EOT-pooled open_clip text towers and for Hugging Face towers, which mask
+    padding; checked at run time). trunk_feature_cache: for open_clip timm image towers, also cache the trunk's
+    pooled features keyed by the trunk's own weights, so models sharing a locked pretrained trunk (a LiT sweep)
+    run the trunk once per data set and only their projection heads per model.
     """
 
     batch_size: int = 256
@@ -91,6 +94,7 @@ class EvalConfig:
     context_length: Optional[int] = None
     score_block: int = 1 << 24
     trim_text_padding: bool = True
+    trunk_feature_cache: bool = False
     tasks: List[TaskConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:

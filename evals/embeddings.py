@@ -64,17 +64,27 @@ def token_lengths(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
 
 
 def can_trim_text(model: torch.nn.Module) -> bool:
-    """True for open_clip.CLIP with a causal text mask and argmax/EOS pooling (padding trimming is exact)."""
+    """True for open_clip.CLIP with a causal text mask and argmax/EOS pooling, and for Hugging Face text towers
+    (they mask padding out of attention and pooling): padding trimming is exact."""
     import open_clip
 
-    return (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+    from train_clip.models import text_pad_id
+
+    causal = (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
+              and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+    return causal or text_pad_id(model) is not None
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip ``CLIP.encode_text`` on ``tokens[:, :L]``, L = longest non-padding length in the batch."""
+    """``model.encode_text`` on ``tokens[:, :L]``, L = longest non-padding length in the batch (open_clip ``CLIP``:
+    positional embeddings and causal mask cut to L; Hugging Face towers: the padding mask does the rest)."""
     from open_clip.transformer import text_global_pool
 
+    from train_clip.models import text_pad_id, trim_padding
+
+    pad_id = text_pad_id(model)
+    if pad_id is not None:
+        return model.encode_text(trim_padding(tokens, pad_id))
     length = max(int(token_lengths(tokens).max()), 1)
     text = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
@@ -92,11 +102,19 @@ def _image_cache_key(model_id: str, data: Any, preprocess: Any, cfg: EvalConfig)
     return {"model": model_id, "data": data.fingerprint, "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
 
 
+def trunk_of(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The trunk of an open_clip timm image tower (``visual.trunk`` then ``visual.head``), else None."""
+    visual = getattr(model, "visual", None)
+    return visual.trunk if hasattr(visual, "trunk") and hasattr(visual, "head") else None
+
+
 def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig,
                   model_id: Optional[str] = None) -> Tuple[torch.Tensor, List[Any]]:
     """(N x D normalised float32 CPU embeddings, the N targets in the same order) for an image data set.
 
-    Cached per (model weights, data set fingerprint, preprocessing, precision) when ``cfg.cache_dir`` is set.
+    Cached per (model weights, data set fingerprint, preprocessing, precision) when ``cfg.cache_dir`` is set; with
+    ``cfg.trunk_feature_cache`` a timm tower's trunk features are cached per trunk weights as well (then embedding =
+    normalise(visual.head(trunk features)), the tower's own forward).
     """
     cache = EmbeddingCache(cfg.cache_dir)
     key = None
@@ -106,6 +124,24 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
         if hit is not None:
             targets = hit["targets"]
             return hit["embeddings"], targets.tolist() if isinstance(targets, torch.Tensor) else targets
+    trunk = trunk_of(model) if cfg.trunk_feature_cache and cfg.cache_dir is not None else None
+    if trunk is not None:
+        features, targets = trunk_features(trunk, preprocess, data, cfg)
+        with eval_mode(model), torch.inference_mode(), autocast(cfg):
+            head = model.visual.head
+            embeddings = torch.cat([F.normalize(head(c.to(cfg.device)).float(), dim=-1).cpu() for c in features.split(cfg.batch_size)])
+    else:
+        embeddings, targets = _run_images(model.encode_image, model, preprocess, data, cfg, normalize=True)
+    if key is not None:
+        stored = torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
+        cache.save("image", key, {"embeddings": embeddings, "targets": stored})
+    return embeddings, targets
+
+
+def _run_images(forward: Any, model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig,
+                normalize: bool) -> Tuple[torch.Tensor, List[Any]]:
+    """(``forward(pixels)`` of every image as float32 CPU rows, L2-normalised when ``normalize``, targets);
+    ``model`` (the module ``forward`` belongs to) is in eval mode meanwhile."""
     split = SplitPreprocess(preprocess)
     chunks: List[torch.Tensor] = []
     targets: List[Any] = []
@@ -113,15 +149,27 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
     with eval_mode(model), torch.inference_mode(), autocast(cfg):
         for arrays, batch_targets in image_loader(data, split, cfg.batch_size, cfg.num_workers):
             pixels = split.tensor_stage(arrays).to(device, non_blocking=True)
-            chunks.append(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu())
+            out = forward(pixels).float()
+            chunks.append((F.normalize(out, dim=-1) if normalize else out).cpu())
             targets.extend(batch_targets)
     if not chunks:
         raise ConfigError(f"data set {getattr(data, 'name', '?')} yielded no images")
-    embeddings = torch.cat(chunks)
-    if key is not None:
-        stored = torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
-        cache.save("image", key, {"embeddings": embeddings, "targets": stored})
-    return embeddings, targets
+    return torch.cat(chunks), targets
+
+
+def trunk_features(trunk: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig) -> Tuple[torch.Tensor, List[Any]]:
+    """(N x F pooled trunk features, targets) of a data set, cached per (trunk weights, data, preprocessing, precision)."""
+    cache = EmbeddingCache(cfg.cache_dir)
+    key = {"trunk": model_fingerprint(trunk), "trunk_class": type(trunk).__name__, "data": data.fingerprint,
+           "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
+    hit = cache.load("trunk", key)
+    if hit is not None:
+        targets = hit["targets"]
+        return hit["features"], targets.tolist() if isinstance(targets, torch.Tensor) else targets
+    features, targets = _run_images(trunk, trunk, preprocess, data, cfg, normalize=False)
+    stored = torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
+    cache.save("trunk", key, {"features": features, "targets": stored})
+    return features, targets
 
 
 def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], cfg: EvalConfig,

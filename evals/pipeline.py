@@ -85,7 +85,8 @@ def data_for_training(cfg: HarnessConfig, data_info: Dict[str, Any]) -> DataConf
     return cfg.data
 
 
-TRAIN_KEY_EXCLUDES = ("resume", "progress_bar", "log_every", "tensorboard", "keep_checkpoints", "checkpoint_every_steps", "threads", "device")
+TRAIN_KEY_EXCLUDES = ("resume", "progress_bar", "log_every", "tensorboard", "keep_checkpoints", "checkpoint_every_steps", "threads", "device",
+                      "feature_cache_dir")
 DATA_KEY_EXCLUDES = ("source", "shard_dir", "train_shards", "val_shards", "test_shards", "name", "build_seed", "build_size", "scene_image_size", "samples_per_shard")
 
 
@@ -102,7 +103,8 @@ def train_stage(cfg: HarnessConfig, data_info: Dict[str, Any]) -> Dict[str, Any]
     from train_clip.train import train
 
     stage = StageDir(cfg.run.out_root, "train", cfg.experiment, train_key(cfg, data_info))
-    recipe = dataclasses.replace(cfg.train, resume="latest")
+    recipe = dataclasses.replace(cfg.train, resume="latest",
+                                 feature_cache_dir=cfg.train.feature_cache_dir or os.path.join(cfg.run.out_root, "features"))
 
     def work() -> Dict[str, Any]:
         result = train(cfg.model, recipe, data_for_training(cfg, data_info), cfg.mix, out_dir=stage.path)

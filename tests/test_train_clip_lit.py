@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import open_clip
@@ -148,3 +147,47 @@ def test_tower_config_values_are_checked():
     with pytest.raises(ConfigError, match="context_length"):
         ClipModelConfig(name="x", tower=TowerSpec(), context_length=77)
     assert ClipModelConfig(name="x", tower=dict(image_size=96)).tower.image_size == 96
+
+
+def test_eval_trunk_cache_is_shared_by_models_with_the_same_locked_trunk(tmp_path, monkeypatch):
+    """Two LiT models (same locked trunk, different heads): the second evaluation runs no image through the trunk."""
+    from PIL import Image
+
+    from evals import embeddings
+    from evals.config import EvalConfig
+    from evals.datasets import image_folder
+
+    for label in ("cat", "dog"):
+        os.makedirs(tmp_path / "images" / label)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (80 * i, 60 if label == "cat" else 200, 30)).save(tmp_path / "images" / label / f"{i}.jpg")
+    data = image_folder(str(tmp_path / "images"))
+    first = create_clip(lit_model(), 75, torch.device("cpu"), seed=0)
+    second = create_clip(lit_model(), 75, torch.device("cpu"), seed=1)
+    preprocess = eval_transform(first)
+    cached = EvalConfig(batch_size=4, cache_dir=str(tmp_path / "cache"), trunk_feature_cache=True)
+    plain = EvalConfig(batch_size=4, cache_dir=None)
+    got, targets = embeddings.encode_images(first, preprocess, data, cached)
+    want, want_targets = embeddings.encode_images(first, preprocess, data, plain)
+    assert targets == want_targets == [0, 0, 0, 1, 1, 1] and torch.allclose(got, want, atol=1e-5)
+
+    image_passes = []
+    run_images = embeddings._run_images
+    monkeypatch.setattr(embeddings, "_run_images", lambda *a, **k: image_passes.append(1) or run_images(*a, **k))
+    got_second, _ = embeddings.encode_images(second, preprocess, data, cached)
+    assert image_passes == []  # trunk features came from the cache
+    assert not torch.allclose(got_second, got)
+    assert torch.allclose(got_second, embeddings.encode_images(second, preprocess, data, plain)[0], atol=1e-5)
+
+
+def test_eval_text_trimming_covers_the_hf_text_tower():
+    from evals.config import EvalConfig
+    from evals.embeddings import can_trim_text, encode_texts
+
+    model = create_clip(lit_model(), 75, torch.device("cpu"))
+    tokenizer = open_clip.get_tokenizer("RecapLiT-test-train")
+    texts = ["a dog", "a brown dog runs through the green park", "two cats"]
+    assert can_trim_text(model)
+    trimmed, _ = encode_texts(model, tokenizer, texts, EvalConfig(batch_size=2, cache_dir=None))
+    full, _ = encode_texts(model, tokenizer, texts, EvalConfig(batch_size=2, cache_dir=None, trim_text_padding=False))
+    assert torch.allclose(trimmed, full, atol=1e-5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -27,18 +27,11 @@ from captiondata.config import ConfigError, DataConfig
 from captiondata.counters import SampleCounters
 from captiondata.loader import ImageFeatures
 from captiondata.reader import expand_shards, raw_samples, valid_records
+from evals.embeddings import trunk_of
 
 log = logging.getLogger(__name__)
 FEATURE_CACHE_KIND = "trunk-shards"
 FEATURE_FORMAT = 1
-
-
-def trunk_of(model: nn.Module) -> Optional[nn.Module]:
-    """The timm trunk of an open_clip ``TimmModel`` image tower (``visual.trunk`` followed by ``visual.head``), else None."""
-    visual = getattr(model, "visual", None)
-    if visual is None or not hasattr(visual, "trunk") or not hasattr(visual, "head"):
-        return None
-    return visual.trunk
 
 
 def unfrozen_reason(model: nn.Module) -> Optional[str]:
