@@ -66,3 +66,22 @@ def test_tokenizer_follows_the_shipped_config():
 def test_other_names_pass_through_unchanged(tmp_path):
     assert resolve_text_model(str(tmp_path)) == str(tmp_path)
     assert resolve_text_model("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_an_unreachable_hub_switches_hugging_face_to_the_local_cache(monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    from train_clip.pretrained import minilm
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(minilm, "hub_reachable", lambda: False)
+    assert minilm.ensure_offline_when_unreachable() is True
+    assert hub_constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # an explicit choice is respected
+    assert minilm.ensure_offline_when_unreachable() is False and hub_constants.HF_HUB_OFFLINE is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(minilm, "hub_reachable", lambda: True)
+    assert minilm.ensure_offline_when_unreachable() is False and hub_constants.HF_HUB_OFFLINE is False

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from captiondata.config import ConfigError
 from evals.bootstrap import QueryValues
 from evals.records import write_record
 from evals.run import main
@@ -117,3 +118,19 @@ def test_tables_from_fixture_records(tmp_path):
     csv = open(tmp_path / "toy.csv").read().splitlines()
     assert csv[0].startswith("data,model,experiment,strategy,p") and len(csv) == 1 + 4 * 4
     assert os.path.getsize(tmp_path / "toy_toy_retrieval.png") > 1000
+
+
+@pytest.mark.parametrize("experiment,strategy,p", [("flickr8k_lit_mix_0.0", "mix", 0.0), ("flickr8k_lit_mix_0.2", "mix", 0.2),
+                                                   ("flickr8k_lit_mix_0.5", "mix", 0.5), ("flickr8k_lit_mix_0.8", "mix", 0.8),
+                                                   ("flickr8k_lit_mix_1.0", "mix", 1.0), ("flickr8k_lit_concat", "concat", None)])
+def test_lit_experiments_compose_to_locked_cached_towers(experiment, strategy, p):
+    from evals.pipeline import train_key
+    from evals.run import compose_config
+
+    cfg, _ = compose_config([f"+experiment={experiment}"])
+    assert cfg.model.tower is not None and cfg.model.tower.lock_image and not cfg.model.tower.lock_text
+    assert cfg.train.frozen_image_features and cfg.eval.trunk_feature_cache and cfg.data.name == "flickr8k"
+    assert cfg.mix.strategy == strategy and (p is None or cfg.mix.p == p)
+    assert "feature_cache_dir" not in train_key(cfg, {"fingerprint": "x"})["train"]  # where features live never retrains
+    with pytest.raises(ConfigError, match="model.tower.image_size"):
+        compose_config([f"+experiment={experiment}", "model.tower.image_size=0"])

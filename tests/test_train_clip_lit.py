@@ -191,3 +191,30 @@ def test_eval_text_trimming_covers_the_hf_text_tower():
     trimmed, _ = encode_texts(model, tokenizer, texts, EvalConfig(batch_size=2, cache_dir=None))
     full, _ = encode_texts(model, tokenizer, texts, EvalConfig(batch_size=2, cache_dir=None, trim_text_padding=False))
     assert torch.allclose(trimmed, full, atol=1e-5)
+
+
+def lit_ddp_worker(rank: int, port: int, shards: str, out_dir: str) -> None:
+    """One of two gloo ranks of a LiT run from frozen features (rank 0 computes them, rank 1 loads them)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    data_cfg = DataConfig(builder="none", train_shards=shards, num_workers=0, shuffle_buffer=8, resampled=True, epoch_samples=32)
+    result = train(lit_model(), lit_recipe(os.path.join(out_dir, "features"), samples=32, device="cpu"), data_cfg,
+                   MixConfig(p=0.5), os.path.join(out_dir, "run"))
+    head = open_clip.create_model_and_transforms("RecapLiT-test-train", pretrained=result.export_path)[0].visual.head.proj.weight
+    torch.save({"steps": result.steps, "global_batch": result.global_batch, "head": head.detach()}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_lit_from_frozen_features_under_ddp(tmp_path, shard_factory):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    shards = shard_factory(make_records(24), per_shard=8)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(lit_ddp_worker, args=(port, shards, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 and ranks[0]["global_batch"] == [16]
+    assert torch.equal(ranks[0]["head"], ranks[1]["head"])  # both ranks read rank 0's export
+    assert len(os.listdir(tmp_path / "features")) == 1

@@ -89,19 +89,19 @@ class TowerSpec:
     def __post_init__(self) -> None:
         pretrained = self.image_pretrained
         require(pretrained in (None, "fid_inception") or os.path.isfile(str(pretrained)),
-                f"tower.image_pretrained={pretrained!r} must be 'fid_inception', null or an existing state-dict file")
+                f"model.tower.image_pretrained={pretrained!r} must be 'fid_inception', null or an existing state-dict file")
         require(pretrained != "fid_inception" or self.image_timm_model in FID_ARCHITECTURES,
-                f"tower.image_pretrained=fid_inception needs image_timm_model in {FID_ARCHITECTURES}, not {self.image_timm_model!r}")
+                f"model.tower.image_pretrained=fid_inception needs image_timm_model in {FID_ARCHITECTURES}, not {self.image_timm_model!r}")
         require(self.image_size > 0 and self.embed_dim > 0 and self.context_length > 0,
-                "tower.image_size, tower.embed_dim and tower.context_length must be positive")
-        require(self.image_proj in ("linear", "mlp", "none", ""), f"tower.image_proj={self.image_proj!r}: choose linear, mlp, none or ''")
-        require(self.text_pooler in _POOLERS, f"tower.text_pooler={self.text_pooler!r}: choose one of {', '.join(_POOLERS)}")
-        require(self.text_proj in ("linear", "mlp", None), f"tower.text_proj={self.text_proj!r}: choose linear, mlp or null")
-        require(self.image_unlocked_groups >= 0 and self.text_unlocked_layers >= 0, "tower.*_unlocked_* must be >= 0")
+                "model.tower.image_size, model.tower.embed_dim and model.tower.context_length must be positive")
+        require(self.image_proj in ("linear", "mlp", "none", ""), f"model.tower.image_proj={self.image_proj!r}: choose linear, mlp, none or ''")
+        require(self.text_pooler in _POOLERS, f"model.tower.text_pooler={self.text_pooler!r}: choose one of {', '.join(_POOLERS)}")
+        require(self.text_proj in ("linear", "mlp", None), f"model.tower.text_proj={self.text_proj!r}: choose linear, mlp or null")
+        require(self.image_unlocked_groups >= 0 and self.text_unlocked_layers >= 0, "model.tower.*_unlocked_* must be >= 0")
         require(self.lock_image or not (self.image_unlocked_groups or self.image_unlock_norms),
-                "tower.image_unlocked_groups/image_unlock_norms need lock_image=true")
+                "model.tower.image_unlocked_groups/image_unlock_norms need lock_image=true")
         require(self.lock_text or not (self.text_unlocked_layers or self.text_unlock_norms),
-                "tower.text_unlocked_layers/text_unlock_norms need lock_text=true")
+                "model.tower.text_unlocked_layers/text_unlock_norms need lock_text=true")
 
 
 def tower_model_config(spec: TowerSpec) -> Dict[str, Any]:
@@ -157,9 +157,9 @@ def create_tower_model(name: str, spec: TowerSpec, device: str = "cpu", seed: in
         torch.manual_seed(seed)
         model = open_clip.create_model(name, device=device, pretrained_image=False, pretrained_text=spec.text_pretrained)
     if not hasattr(model.text, "proj"):
-        raise ConfigError(f"tower.text_proj=null needs embed_dim equal to the text width (embed_dim={spec.embed_dim})")
+        raise ConfigError(f"model.tower.text_proj=null needs embed_dim equal to the text width (embed_dim={spec.embed_dim})")
     require(spec.context_length <= model.text.context_length,
-            f"tower.context_length={spec.context_length} exceeds the text model's {model.text.context_length} positions")
+            f"model.tower.context_length={spec.context_length} exceeds the text model's {model.text.context_length} positions")
     if spec.image_pretrained is not None:
         load_image_weights(model.visual.trunk, spec.image_pretrained, cache_dir)
     apply_locks(model, spec)
