@@ -158,7 +158,11 @@ def write_tables(results_dir: str = "results", data_name: Optional[str] = None) 
         atomic_write_bytes(md_path, markdown(data, wide, group).encode("utf-8"))
         atomic_write_bytes(os.path.join(results_dir, f"{data}.csv"), group.to_csv(index=False).encode("utf-8"))
         for task in group["task"].unique():
-            plot(data, task, group, os.path.join(results_dir, f"{data}_{task}.png"))
+            models = group[group["task"] == task]["model"].unique()
+            for model in models:  # one plot per model: p-curves of different models are different experiments
+                name = f"{data}_{task}.png" if len(models) == 1 else f"{data}_{task}_{model}.png"
+                rows = group[group["model"] == model]
+                plot(data if len(models) == 1 else f"{data}, {model}", task, rows, os.path.join(results_dir, name))
         log.info("wrote %s (%d runs)", md_path, len(wide))
         written[data] = md_path
     return written.get(data_name, md_path)

@@ -84,14 +84,14 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
 
 
-def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str) -> None:
+def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny") -> None:
     """A published retrieval record with a run section and per-query hits."""
     metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
     record = {
         "task": "retrieval", "task_name": "toy_retrieval", "dataset": {"fingerprint": "f" * 8}, "metrics": metrics,
         "intervals": {m: [v - 0.01, v + 0.01] for m, v in metrics.items()}, "n": {"images": len(hits), "image_queries": len(hits)},
         "created": "2026-01-01T00:00:00+00:00", "checkpoint": label,
-        "run": {"experiment": label, "p": p, "strategy": strategy, "model": "tiny", "data": "toy", "samples_seen": 100,
+        "run": {"experiment": label, "p": p, "strategy": strategy, "model": model, "data": "toy", "samples_seen": 100,
                 "global_batch": [10], "train_hash": label, "eval_hash": "e", "command": f"python -m evals.run +experiment={label}"},
     }
     values = {m: QueryValues(hits.astype(float)) for m in metrics}
@@ -118,6 +118,18 @@ def test_tables_from_fixture_records(tmp_path):
     csv = open(tmp_path / "toy.csv").read().splitlines()
     assert csv[0].startswith("data,model,experiment,strategy,p") and len(csv) == 1 + 4 * 4
     assert os.path.getsize(tmp_path / "toy_toy_retrieval.png") > 1000
+
+
+def test_two_models_get_their_own_baselines_and_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    weak, strong = rng.random(300) < 0.1, rng.random(300) < 0.6
+    fixture_record(str(tmp_path), 1.0, "mix", weak, "tiny_1.0", model="tiny")
+    fixture_record(str(tmp_path), 0.5, "mix", weak, "tiny_0.5", model="tiny")
+    fixture_record(str(tmp_path), 1.0, "mix", strong, "lit_1.0", model="lit")
+    fixture_record(str(tmp_path), 0.5, "mix", strong, "lit_0.5", model="lit")
+    table = open(write_tables(str(tmp_path))).read()
+    assert table.count("(+0.0)") == 2 * 4  # each p = 0.5 run is compared with its own model's p = 1 run
+    assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {"toy_toy_retrieval_tiny.png", "toy_toy_retrieval_lit.png"}
 
 
 @pytest.mark.parametrize("experiment,strategy,p", [("flickr8k_lit_mix_0.0", "mix", 0.0), ("flickr8k_lit_mix_0.2", "mix", 0.2),
