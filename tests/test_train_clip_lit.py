@@ -17,7 +17,7 @@ from conftest import make_records
 from train_clip import frozen_features
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.frozen_features import FeatureInputCLIP, train_split_features, unfrozen_reason
-from train_clip.models import create_clip, eval_transform, text_pad_id, trim_padding
+from train_clip.models import create_clip, eval_transform, load_exported, text_pad_id, trim_padding
 from train_clip.pretrained.towers import TowerSpec
 from train_clip.train import train
 
@@ -80,6 +80,10 @@ def test_lit_run_trains_only_the_unlocked_parts_and_reuses_the_feature_cache(tmp
 
     reloaded, _, _ = open_clip.create_model_and_transforms("RecapLiT-test-train", pretrained=result.export_path)
     after = reloaded.state_dict()
+    from_dir = load_exported(result.export_dir)  # 'local-dir:': config, weights and the HF tokenizer from the folder
+    assert all(torch.equal(from_dir.state_dict()[k], after[k]) for k in after)
+    local_tokens = open_clip.get_tokenizer(f"local-dir:{result.export_dir}")(["a dog on the grass"])
+    assert torch.equal(local_tokens, open_clip.get_tokenizer("RecapLiT-test-train")(["a dog on the grass"]))
     trunk = [k for k in before if k.startswith("visual.trunk.")]
     assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # locked weights and BN statistics
     for name in ("visual.head.proj.weight", "text.proj.weight", "text.transformer.encoder.layer.0.attention.self.query.weight"):

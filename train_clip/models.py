@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -153,15 +155,34 @@ def resize_for_stage(model: torch.nn.Module, cfg: ClipModelConfig, image_size: i
     return resized
 
 
-def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, export_dir: str) -> str:
-    """Write weights + open_clip_config.json; loads with create_model_and_transforms(name | 'local-dir:DIR', pretrained=FILE)."""
+def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, export_dir: str, tokenizer: Any = None) -> str:
+    """Write weights + open_clip_config.json; loads with create_model_and_transforms(name | 'local-dir:DIR', pretrained=FILE).
+
+    A Hugging Face text tower's tokenizer (``tokenizer.tokenizer`` of open_clip's ``HFTokenizer``) is saved into the
+    folder too: open_clip's ``get_tokenizer('local-dir:DIR')`` reads an HF tokenizer from DIR itself.
+    """
     weights = os.path.join(export_dir, EXPORT_WEIGHTS)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": state}, weights)
     config = {"model_cfg": resolved_model_config(cfg, image_size), "preprocess_cfg": dict(model.visual.preprocess_cfg),
               "model_name": cfg.name}
+    if config["model_cfg"]["text_cfg"].get("hf_tokenizer_name"):
+        require(hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "save_pretrained"),
+                "exporting a model with a Hugging Face text tower needs its open_clip HFTokenizer")
+        save_hf_tokenizer(tokenizer.tokenizer, export_dir)
     atomic_write_text(os.path.join(export_dir, EXPORT_CONFIG), json.dumps(config, indent=2) + "\n")
     return weights
+
+
+def save_hf_tokenizer(hf_tokenizer: Any, export_dir: str) -> None:
+    """``save_pretrained`` into a temporary folder, then move each file into ``export_dir`` with ``os.replace``."""
+    os.makedirs(export_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=export_dir)
+    try:
+        for name in hf_tokenizer.save_pretrained(staging):
+            os.replace(name, os.path.join(export_dir, os.path.basename(name)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def prepare_export(export_dir: str) -> None:

@@ -245,7 +245,7 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
     final_size = session.train_cfg.stages[-1].image_size
     export_path = os.path.join(export_dir, "open_clip_pytorch_model.bin")
     if session.env.is_main:
-        export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir)
+        export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir, session.tokenizer)
         log.info("exported %s (load: open_clip.create_model_and_transforms(%r, pretrained=%r) or 'local-dir:%s')",
                  export_path, session.model_cfg.name, export_path, export_dir)
     barrier(session.env)
