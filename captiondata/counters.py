@@ -86,7 +86,8 @@ class SampleCounters:
 def summarize(totals: Dict[str, int]) -> Dict[str, object]:
     """Epoch report: samples, skipped by reason, realised original fraction and fallbacks.
 
-    ``original_fraction`` = emitted originals / samples (what the model saw);
+    ``original_fraction`` = emitted originals / samples (what the model saw; None under ``concat``, where every
+    text holds both and ``concat_fraction`` = emitted concatenations / samples says so instead);
     ``drawn_original_fraction`` = draws of the original / draws (the mixer's coin, before fallback).
     """
     skipped = {reason: totals[reason] for reason in SKIP_REASONS if totals.get(reason, 0)}
@@ -96,7 +97,8 @@ def summarize(totals: Dict[str, int]) -> Dict[str, object]:
         "samples": samples,
         "skipped_total": sum(skipped.values()),
         "skipped": skipped,
-        "original_fraction": totals.get("emitted_original", 0) / samples if samples else None,
+        "original_fraction": totals.get("emitted_original", 0) / samples if samples and not totals.get("emitted_concat", 0) else None,
+        "concat_fraction": totals.get("emitted_concat", 0) / samples if samples else None,
         "drawn_original_fraction": totals.get("drawn_original", 0) / draws if draws else None,
         "fallback_to_original": totals.get("fallback_to_original", 0),
         "fallback_to_recap": totals.get("fallback_to_recap", 0),

@@ -99,3 +99,12 @@ def test_loader_logs_realised_fraction(shard_factory, caplog):
     assert stats["original_fraction"] == pytest.approx(expected)
     assert stats["drawn_original_fraction"] == pytest.approx(expected)
     assert "original fraction" in caplog.text
+
+
+def test_concat_epochs_report_no_original_fraction():
+    from captiondata.counters import summarize
+
+    stats = summarize({"samples": 10, "emitted_concat": 9, "emitted_original": 1, "fallback_to_original": 1})
+    assert stats["original_fraction"] is None and stats["concat_fraction"] == pytest.approx(0.9)
+    mixed = summarize({"samples": 4, "emitted_original": 3, "emitted_recap": 1})
+    assert mixed["original_fraction"] == pytest.approx(0.75) and mixed["concat_fraction"] == 0.0
