@@ -65,7 +65,9 @@ def data_stage(cfg: HarnessConfig) -> Dict[str, Any]:
         return {"shard_dir": stage.path, "fingerprint": shard_fingerprint(built["manifests"]),
                 "samples": {split: m["samples"] for split, m in built["manifests"].items()}, "build_seconds": built["build_seconds"]}
 
-    return wait_for(stage) if rank() != 0 else run_stage(cfg, stage, "[1/4]", work)
+    info = wait_for(stage) if rank() != 0 else run_stage(cfg, stage, "[1/4]", work)
+    # the shards live in the stage's own (absolute) folder; markers of older versions recorded a cwd-relative path
+    return {**info, "shard_dir": stage.path}
 
 
 def wait_for(stage: StageDir, timeout_s: float = 24 * 3600) -> Dict[str, Any]:

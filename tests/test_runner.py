@@ -82,6 +82,9 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     info = data_stage(cfg)
     assert os.path.isabs(info["shard_dir"]) and info["shard_dir"].startswith(str(tmp_path))
     assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
+    # a marker written by an older version holds a cwd-relative shard_dir: the stage's own folder wins
+    monkeypatch.setattr("evals.pipeline.run_stage", lambda cfg, stage, step, work: {"shard_dir": os.path.relpath(stage.path), "fingerprint": "x"})
+    assert data_stage(cfg)["shard_dir"] == info["shard_dir"]
 
 
 def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny") -> None:
