@@ -29,8 +29,9 @@ class EmbeddingCache:
         """File of a cache entry (None when the cache is disabled)."""
         return None if self.folder is None else os.path.join(self.folder, f"{kind}-{sha256_json(key)[:32]}.pt")
 
-    def load(self, kind: str, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        """The stored payload, or None when absent, unreadable or stored under a different key."""
+    def load(self, kind: str, key: Dict[str, Any], quiet: bool = False) -> Optional[Dict[str, Any]]:
+        """The stored payload, or None when absent, unreadable or stored under a different key (``quiet``: a hit is
+        logged at debug level, for callers that load many entries)."""
         path = self.path(kind, key)
         if path is None or not os.path.isfile(path):
             return None
@@ -42,7 +43,7 @@ class EmbeddingCache:
         if not isinstance(payload, dict) or payload.get("key") != sha256_json(key):
             log.warning("ignoring cache file %s: stored under a different key", path)
             return None
-        log.info("cache hit %s", path)
+        (log.debug if quiet else log.info)("cache hit %s", path)
         return payload
 
     def save(self, kind: str, key: Dict[str, Any], payload: Dict[str, Any]) -> Optional[str]:

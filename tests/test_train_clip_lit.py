@@ -76,7 +76,7 @@ def test_lit_run_trains_only_the_unlocked_parts_and_reuses_the_feature_cache(tmp
     result = train(lit_model(), lit_recipe(cache), data_cfg, MixConfig(p=0.5), str(tmp_path / "run1"))
     assert result.steps == 6 and result.final_loss is not None
     files = os.listdir(cache)
-    assert len(files) == 1 and files[0].startswith(frozen_features.FEATURE_CACHE_KIND)
+    assert len(files) == 3 and all(f.startswith(frozen_features.FEATURE_CACHE_KIND) for f in files)  # one entry per shard
 
     reloaded, _, _ = open_clip.create_model_and_transforms("RecapLiT-test-train", pretrained=result.export_path)
     after = reloaded.state_dict()
@@ -94,25 +94,44 @@ def test_lit_run_trains_only_the_unlocked_parts_and_reuses_the_feature_cache(tmp
 
     monkeypatch.setattr(frozen_features, "compute_trunk_features", no_recompute)
     again = train(lit_model(), lit_recipe(cache), data_cfg, MixConfig(p=0.5), str(tmp_path / "run2"))
-    assert again.steps == 6 and os.listdir(cache) == files
+    assert again.steps == 6 and sorted(os.listdir(cache)) == sorted(files)
     exported = torch.load(again.export_path, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(exported[k], after[k]) for k in after)  # same seed, same cached features: same weights
 
 
-def test_the_cache_key_follows_weights_preprocessing_and_shards(tmp_path, shard_factory):
-    data_cfg = shard_data(shard_factory, n=8)
+def test_the_cache_key_follows_weights_preprocessing_and_shards(tmp_path, shard_factory, monkeypatch):
+    data_cfg = shard_data(shard_factory, n=24)
     model = create_clip(lit_model(), 75, torch.device("cpu"))
-    urls = expand_shards(data_cfg.train_shards)
-    key = frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), urls, data_cfg)
+    key = frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), data_cfg)
     other_size = create_clip(lit_model("RecapLiT-test-96", image_size=96), 96, torch.device("cpu"))
-    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(other_size), urls, data_cfg) != key
+    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(other_size), data_cfg) != key
+    weight = next(model.visual.trunk.parameters())
+    saved = weight.detach().clone()
     with torch.no_grad():
-        next(model.visual.trunk.parameters()).add_(1.0)
-    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), urls, data_cfg) != key
+        weight.add_(1.0)
+    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), data_cfg) != key
     with torch.no_grad():
-        next(model.visual.trunk.parameters()).sub_(1.0)
-    os.utime(urls[0], ns=(1, 1))
-    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), urls, data_cfg) != key
+        weight.copy_(saved)
+    assert frozen_features.feature_cache_key(model.visual.trunk, eval_transform(model), data_cfg) == key
+
+    cache = str(tmp_path / "features")
+    first = train_split_features(model, data_cfg, eval_transform(model), cache, 8, torch.device("cpu"))
+    computed = []
+    compute = frozen_features.compute_trunk_features
+    monkeypatch.setattr(frozen_features, "compute_trunk_features", lambda t, urls, *a: computed.extend(urls) or compute(t, urls, *a))
+    urls = expand_shards(data_cfg.train_shards)
+    os.utime(urls[1], ns=(1, 1))  # one shard rewritten: only its entry is recomputed
+    again = train_split_features(model, data_cfg, eval_transform(model), cache, 8, torch.device("cpu"))
+    assert computed == [urls[1]] and again.keys == first.keys and torch.equal(again.features, first.features)
+
+
+def test_keys_repeated_across_shards_are_dropped_and_counted():
+    parts = [{"keys": ["a", "b"], "features": torch.ones(2, 3), "skipped": {"corrupt_image": 1}},
+             {"keys": ["b", "c"], "features": torch.zeros(2, 3), "skipped": {}},
+             {"keys": [], "features": torch.zeros(0, 0), "skipped": {"truncated_tar": 1}}]
+    merged = frozen_features.merge_shard_features(parts)
+    assert merged["keys"] == ["a", "b", "c"] and merged["features"][:, 0].tolist() == [1.0, 1.0, 0.0]
+    assert merged["skipped"] == {"corrupt_image": 1, "duplicate_key": 1, "truncated_tar": 1}
 
 
 def test_bad_images_are_counted_in_the_feature_pass_and_by_the_loader(tmp_path, shard_factory):
@@ -198,7 +217,7 @@ def test_eval_text_trimming_covers_the_hf_text_tower():
 
 
 def lit_ddp_worker(rank: int, port: int, shards: str, out_dir: str) -> None:
-    """One of two gloo ranks of a LiT run from frozen features (rank 0 computes them, rank 1 loads them)."""
+    """One of two gloo ranks of a LiT run from frozen features (each rank computes every other shard's entry)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     data_cfg = DataConfig(builder="none", train_shards=shards, num_workers=0, shuffle_buffer=8, resampled=True, epoch_samples=32)
@@ -221,4 +240,4 @@ def test_lit_from_frozen_features_under_ddp(tmp_path, shard_factory):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 2 and ranks[0]["global_batch"] == [16]
     assert torch.equal(ranks[0]["head"], ranks[1]["head"])  # both ranks read rank 0's export
-    assert len(os.listdir(tmp_path / "features")) == 1
+    assert len(os.listdir(tmp_path / "features")) == 3  # rank 0 computed shards 0 and 2, rank 1 shard 1

@@ -8,8 +8,9 @@ model's eval transform: resize, centre crop, normalise), its output for an image
 on those features. A step costs only the trainable part: for FID Inception at 299 px on 2 CPU cores the trunk
 alone is about 10 images/s, the text tower's forward+backward 25-100 samples/s.
 
-The cache key holds the sha256 of every trunk tensor, the transform's repr (every step and parameter), and each
-shard's name, size and modification time, so new weights, another image size or rewritten shards are a miss.
+There is one cache entry per shard, keyed by the sha256 of every trunk tensor, the transform's repr (every step and
+parameter) and the shard's name, size and modification time: new weights or another image size miss everywhere, a
+rewritten or added shard misses alone, and under DDP every rank computes its own share of the shards.
 """
 
 from __future__ import annotations
@@ -60,26 +61,25 @@ def unfrozen_reason(model: nn.Module) -> Optional[str]:
     return None
 
 
-def shard_identity(urls: List[str]) -> List[Any]:
-    """(basename, size, mtime_ns) of each local shard, the URL of a remote one: changes whenever a shard is rewritten."""
-    entries: List[Any] = []
-    for url in urls:
-        local = url[len("file://"):] if url.startswith("file://") else url
-        if "://" in local or local.startswith("pipe:") or not os.path.isfile(local):
-            entries.append([url])
-        else:
-            stat = os.stat(local)
-            entries.append([os.path.basename(local), stat.st_size, stat.st_mtime_ns])
-    return entries
+def shard_identity(url: str) -> List[Any]:
+    """(basename, size, mtime_ns) of a local shard, the URL of a remote one: changes whenever a shard is rewritten."""
+    local = url[len("file://"):] if url.startswith("file://") else url
+    if "://" in local or local.startswith("pipe:") or not os.path.isfile(local):
+        return [url]
+    stat = os.stat(local)
+    return [os.path.basename(local), stat.st_size, stat.st_mtime_ns]
 
 
-def feature_cache_key(trunk: nn.Module, transform: Callable, urls: List[str], data_cfg: DataConfig) -> Dict[str, Any]:
-    """What the trunk features of a shard list depend on: weights, preprocessing, shard files, layout, size guard."""
+def feature_cache_key(trunk: nn.Module, transform: Callable, data_cfg: DataConfig) -> Dict[str, Any]:
+    """What trunk features depend on besides the shard: weights, preprocessing, layout, image size guard.
+
+    Each shard's entry adds ``"shard": shard_identity(url)`` to this key.
+    """
     from evals.identity import model_fingerprint, preprocess_identity
 
     return {"format": FEATURE_FORMAT, "trunk": model_fingerprint(trunk), "trunk_class": type(trunk).__name__,
-            "preprocess": preprocess_identity(transform), "shards": shard_identity(urls),
-            "layout": asdict(data_cfg.layout), "max_image_pixels": data_cfg.max_image_pixels, "dtype": "float32"}
+            "preprocess": preprocess_identity(transform), "layout": asdict(data_cfg.layout),
+            "max_image_pixels": data_cfg.max_image_pixels, "dtype": "float32"}
 
 
 @torch.inference_mode()
@@ -88,7 +88,7 @@ def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConf
     """Trunk features of every valid sample of ``urls`` in file order: {keys, features [N, D] float32 CPU, skipped}.
 
     Bad samples (corrupt image, missing caption, duplicate key, truncated shard, ...) are skipped and counted with
-    the loader's reasons, so they are exactly the samples the caption loader would skip.
+    the loader's reasons, so they are exactly the samples the caption loader would skip. N may be 0.
     """
     counters = SampleCounters(max_workers=1)
     was_training = trunk.training
@@ -109,23 +109,42 @@ def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConf
             pending.append(transform(record.image))
             if len(pending) == batch_size:
                 flush()
-                if len(keys) % (batch_size * 16) == 0:
-                    log.info("trunk features: %d images", len(keys))
         flush()
     finally:
         trunk.train(was_training)
     counters.flush()
     skipped = {name: count for name, count in counters.totals().items() if count and name != "samples"}
-    if not keys:
-        raise ConfigError(f"no valid training sample in {len(urls)} shard(s) to compute image features from (skipped: {skipped or 'none'})")
-    return {"keys": keys, "features": torch.cat(chunks), "skipped": skipped}
+    features = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+    return {"keys": keys, "features": features, "skipped": skipped}
+
+
+def merge_shard_features(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Concatenate per-shard payloads in shard order; a key already seen in an earlier shard is dropped and counted
+    as ``duplicate_key`` (the reader only sees duplicates inside one stream)."""
+    keys: List[str] = []
+    rows: List[torch.Tensor] = []
+    skipped: Dict[str, int] = {}
+    seen = set()
+    for part in parts:
+        for name, count in part["skipped"].items():
+            skipped[name] = skipped.get(name, 0) + count
+        keep = [i for i, key in enumerate(part["keys"]) if key not in seen]
+        if len(keep) < len(part["keys"]):
+            skipped["duplicate_key"] = skipped.get("duplicate_key", 0) + len(part["keys"]) - len(keep)
+        seen.update(part["keys"])
+        keys.extend(part["keys"][i] for i in keep)
+        if keep:
+            rows.append(part["features"][keep])
+    return {"keys": keys, "features": torch.cat(rows) if rows else torch.zeros(0, 0), "skipped": skipped}
 
 
 def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Callable, cache_dir: Optional[str],
-                         batch_size: int, device: torch.device, compute: bool = True) -> ImageFeatures:
-    """The locked trunk's features of the training split: loaded from ``cache_dir`` or computed (and stored there).
+                         batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                         barrier: Callable[[], None] = lambda: None) -> ImageFeatures:
+    """The locked trunk's features of the training split, one cache entry per shard in ``cache_dir``.
 
-    ``compute=False`` (non-zero ranks after rank 0 wrote the cache) loads only, and fails when the file is missing.
+    With a cache, rank r computes the missing entries of shards r, r + world_size, ...; after ``barrier()`` every
+    rank reads all entries. Without one (``cache_dir=None``) every rank computes everything in memory.
     """
     from evals.cache import EmbeddingCache
 
@@ -134,18 +153,37 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
         raise ConfigError(f"train.frozen_image_features=true needs a frozen, deterministic image trunk: {reason}")
     trunk = trunk_of(model)
     urls = expand_shards(data_cfg.shards("train"))
-    cache = EmbeddingCache(cache_dir)
-    key = feature_cache_key(trunk, transform, urls, data_cfg)
-    payload = cache.load(FEATURE_CACHE_KIND, key)
-    if payload is None:
-        if not compute:
-            raise ConfigError(f"image-feature cache entry {cache.path(FEATURE_CACHE_KIND, key)} is missing; rank 0 should have written it")
-        log.info("trunk features: computing for %d shard(s) (cache %s)", len(urls), cache.path(FEATURE_CACHE_KIND, key) or "off")
-        payload = compute_trunk_features(trunk, urls, data_cfg, transform, batch_size, device)
-        cache.save(FEATURE_CACHE_KIND, key, payload)
-    features = ImageFeatures(list(payload["keys"]), payload["features"])
-    log.info("trunk features: %d images x %d dims%s", len(features.keys), features.features.shape[1],
-             f", skipped {payload['skipped']}" if payload["skipped"] else "")
+    if cache_dir is None:
+        merged = merge_shard_features([compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device) for url in urls])
+        return checked_features(merged, len(urls))
+    cache, base = EmbeddingCache(cache_dir), feature_cache_key(trunk, transform, data_cfg)
+    mine = urls[rank::world_size]
+    computed = 0
+    for number, url in enumerate(mine, 1):
+        key = {**base, "shard": shard_identity(url)}
+        if cache.load(FEATURE_CACHE_KIND, key, quiet=True) is None:
+            cache.save(FEATURE_CACHE_KIND, key, compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device))
+            computed += 1
+            log.info("trunk features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url))
+    log.info("trunk features: rank %d computed %d and found %d of its %d shard(s) in %s", rank, computed, len(mine) - computed,
+             len(mine), cache_dir)
+    barrier()
+    parts = []
+    for url in urls:
+        part = cache.load(FEATURE_CACHE_KIND, {**base, "shard": shard_identity(url)}, quiet=True)
+        if part is None:
+            raise ConfigError(f"image features of shard {url} are missing from {cache_dir} after every rank computed its share")
+        parts.append(part)
+    return checked_features(merge_shard_features(parts), len(urls))
+
+
+def checked_features(merged: Dict[str, Any], shards: int) -> ImageFeatures:
+    """ImageFeatures of a merged payload; refuses an empty training set, logs the count and the skips."""
+    if not merged["keys"]:
+        raise ConfigError(f"no valid training sample in {shards} shard(s) to compute image features from (skipped: {merged['skipped'] or 'none'})")
+    features = ImageFeatures(merged["keys"], merged["features"])
+    log.info("trunk features: %d images x %d dims from %d shard(s)%s", len(features.keys), features.features.shape[1], shards,
+             f", skipped {merged['skipped']}" if merged["skipped"] else "")
     return features
 
 

@@ -210,19 +210,13 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
 
 
 def frozen_image_features(session: Session, model: torch.nn.Module, data_cfg: Optional[DataConfig]) -> Any:
-    """Features of the locked image trunk over the training split (rank 0 computes or loads; the others then load)."""
+    """Features of the locked image trunk over the training split (with a cache, every rank computes its share)."""
     cfg, env = session.train_cfg, session.env
     require(session.model_cfg.tower is not None, "train.frozen_image_features=true needs pretrained towers (model.tower) with a locked image tower")
     require(data_cfg is not None, "train.frozen_image_features=true reads the training shards: give a data config")
     require(len({s.image_size for s in cfg.stages}) == 1, "train.frozen_image_features=true needs one image size for all stages")
-    transform = eval_transform(model)
-    batch = cfg.stages[0].batch_size
-    if env.is_main or cfg.feature_cache_dir is None:
-        features = train_split_features(model, data_cfg, transform, cfg.feature_cache_dir, batch, env.device)
-        barrier(env)
-        return features
-    barrier(env)
-    return train_split_features(model, data_cfg, transform, cfg.feature_cache_dir, batch, env.device, compute=False)
+    return train_split_features(model, data_cfg, eval_transform(model), cfg.feature_cache_dir, cfg.stages[0].batch_size, env.device,
+                                env.rank, env.world_size, lambda: barrier(env))
 
 
 def check_resumable(payload: Dict[str, Any], session: Session, path: str) -> None:
