@@ -102,6 +102,17 @@ def _image_cache_key(model_id: str, data: Any, preprocess: Any, cfg: EvalConfig)
     return {"model": model_id, "data": data.fingerprint, "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
 
 
+def stored_targets(targets: List[Any]) -> Any:
+    """Targets as a cache file holds them: class indices as one tensor, anything else as given."""
+    return torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
+
+
+def loaded_targets(hit: Dict[str, Any]) -> List[Any]:
+    """The targets list of a cache payload (inverse of ``stored_targets``)."""
+    targets = hit["targets"]
+    return targets.tolist() if isinstance(targets, torch.Tensor) else targets
+
+
 def trunk_of(model: torch.nn.Module) -> Optional[torch.nn.Module]:
     """The trunk of an open_clip timm image tower (``visual.trunk`` then ``visual.head``), else None."""
     visual = getattr(model, "visual", None)
@@ -122,8 +133,7 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
         key = _image_cache_key(model_id or model_fingerprint(model), data, preprocess, cfg)
         hit = cache.load("image", key)
         if hit is not None:
-            targets = hit["targets"]
-            return hit["embeddings"], targets.tolist() if isinstance(targets, torch.Tensor) else targets
+            return hit["embeddings"], loaded_targets(hit)
     trunk = trunk_of(model) if cfg.trunk_feature_cache and cfg.cache_dir is not None else None
     if trunk is not None:
         features, targets = trunk_features(trunk, preprocess, data, cfg)
@@ -133,8 +143,7 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
     else:
         embeddings, targets = _run_images(model.encode_image, model, preprocess, data, cfg, normalize=True)
     if key is not None:
-        stored = torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
-        cache.save("image", key, {"embeddings": embeddings, "targets": stored})
+        cache.save("image", key, {"embeddings": embeddings, "targets": stored_targets(targets)})
     return embeddings, targets
 
 
@@ -164,11 +173,9 @@ def trunk_features(trunk: torch.nn.Module, preprocess: Any, data: Dataset, cfg: 
            "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
     hit = cache.load("trunk", key)
     if hit is not None:
-        targets = hit["targets"]
-        return hit["features"], targets.tolist() if isinstance(targets, torch.Tensor) else targets
+        return hit["features"], loaded_targets(hit)
     features, targets = _run_images(trunk, trunk, preprocess, data, cfg, normalize=False)
-    stored = torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
-    cache.save("trunk", key, {"features": features, "targets": stored})
+    cache.save("trunk", key, {"features": features, "targets": stored_targets(targets)})
     return features, targets
 
 
