@@ -23,6 +23,7 @@ def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], data_i
         "strategy": cfg.mix.strategy,
         "model": cfg.model.name,
         "data": cfg.data.name,
+        "seed": cfg.train.seed,
         "samples_seen": train_info.get("samples_seen"),
         "global_batch": train_info.get("global_batch"),
         "steps": train_info.get("steps"),

@@ -27,7 +27,7 @@ MAIN_METRICS = {
     "zeroshot_classification": ("top1", "top5", "mean_per_class_recall"),
 }
 SIGNIFICANCE = 0.05
-RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "samples_seen", "global_batch", "train_hash", "command"]
+RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
 
 
 def load_records(results_dir: str) -> List[Dict[str, Any]]:
@@ -45,18 +45,25 @@ def load_records(results_dir: str) -> List[Dict[str, Any]]:
     return list(newest.values())
 
 
+def run_seed(run: Dict[str, Any]) -> int:
+    """The training seed of a run (records published before the ``seed`` field carry it in the resolved config)."""
+    if run.get("seed") is not None:
+        return int(run["seed"])
+    return int(((run.get("resolved_config") or {}).get("train") or {}).get("seed", 0))
+
+
 def is_baseline(run: Dict[str, Any]) -> bool:
     """The p = 1 (alt-text only) run."""
     return run["strategy"] in ("mix", "original") and run["p"] == 1.0
 
 
 def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The p = 1 record of the same model, data, training budget, task and eval data."""
+    """The p = 1 record of the same model, data, training budget, seed, task and eval data."""
     run = record["run"]
     for other in records:
         o = other["run"]
         if (is_baseline(o) and other["task_name"] == record["task_name"] and o["model"] == run["model"] and o["data"] == run["data"]
-                and o["samples_seen"] == run["samples_seen"] and other["dataset"].get("fingerprint") == record["dataset"].get("fingerprint")):
+                and o["samples_seen"] == run["samples_seen"] and run_seed(o) == run_seed(run) and other["dataset"].get("fingerprint") == record["dataset"].get("fingerprint")):
             return other
     return None
 
@@ -72,7 +79,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
             value = record["metrics"].get(metric)
             interval = record["intervals"].get(metric) or [None, None]
             test = paired.get(metric)
-            rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "global_batch": str(run.get("global_batch")),
+            rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
                          "task": record["task_name"], "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
                          "n": record["n"].get("image_queries") or record["n"].get("images"),
                          "delta_vs_p1": test.difference if test else (0.0 if base is record else None),
@@ -98,10 +105,10 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per task:metric cell, sorted by strategy then p."""
     long = long.assign(column=long["task"] + " " + long["metric"], cell=long.apply(cell, axis=1),
                        p=long["p"].astype(float).fillna(-1.0))  # concat has no p; pivot drops missing index values
-    index = ["model", "strategy", "p", "samples_seen", "global_batch", "train_hash"]
+    index = ["model", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash"]
     wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index()
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
-    wide = wide.sort_values(["model", "order", "p"]).drop(columns=["order", "train_hash"])
+    wide = wide.sort_values(["model", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
     wide["p"] = wide["p"].map(lambda p: "n/a" if p < 0 else f"{p:g}")
     return wide
 
@@ -111,8 +118,9 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame) -> str:
     commands = sorted(set(long["command"].dropna()))
     lines = [f"# {data}: CLIP trained on caption mixtures", "",
              "p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: metric in % with its 95% "
-             "bootstrap interval, then (delta vs the p = 1 run of the same model, data and budget; * = paired permutation "
-             f"test p < {SIGNIFICANCE}).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
+             "bootstrap interval, then (delta vs the p = 1 run of the same model, data, budget and training seed; * = paired "
+             f"permutation test over the test queries p < {SIGNIFICANCE}; it does not cover training-seed variation, which "
+             "rows with several seeds show).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 
@@ -125,20 +133,25 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = long[long["task"] == task]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    seeds = sorted(rows["seed"].unique())
     for index, (metric, group) in enumerate(rows.groupby("metric", sort=False)):
-        mixed = group[group["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
         color = f"C{index}"
-        if not mixed.empty:
-            err = [(mixed["value"] - mixed["ci_low"]) * 100, (mixed["ci_high"] - mixed["value"]) * 100]
-            ax.errorbar(mixed["p"], mixed["value"] * 100, yerr=err, marker="o", capsize=3, color=color, label=metric)
-        for _, concat in group[group["strategy"] == "concat"].iterrows():
-            ax.axhline(concat["value"] * 100, color=color, linestyle="--", linewidth=1, label=f"{metric} (concat)")
+        for rank, seed in enumerate(seeds):  # one line per training seed: points of different seeds are not a curve
+            runs = group[group["seed"] == seed]
+            label = metric if len(seeds) == 1 else f"{metric} (seed {seed})"
+            mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
+            if not mixed.empty:
+                err = [(mixed["value"] - mixed["ci_low"]) * 100, (mixed["ci_high"] - mixed["value"]) * 100]
+                ax.errorbar(mixed["p"], mixed["value"] * 100, yerr=err, marker="o" if rank == 0 else "s", capsize=3, color=color,
+                            linestyle="-" if rank == 0 else ":", label=label)
+            for _, concat in runs[runs["strategy"] == "concat"].iterrows():
+                ax.axhline(concat["value"] * 100, color=color, linestyle="--", linewidth=1, label=f"{label} (concat)")
     ax.set_xlabel("p = probability of the ORIGINAL caption")
     ax.set_ylabel("%")
     ax.set_title(f"{data}: {task}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over the data
     fig.tight_layout()
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)

@@ -149,3 +149,20 @@ def test_lit_experiments_compose_to_locked_cached_towers(experiment, strategy, p
     assert "feature_cache_dir" not in train_key(cfg, {"fingerprint": "x"})["train"]  # where features live never retrains
     with pytest.raises(ConfigError, match="model.tower.image_size"):
         compose_config([f"+experiment={experiment}", "model.tower.image_size=0"])
+
+
+def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
+    rng = np.random.default_rng(2)
+    base0, base1 = rng.random(300) < 0.2, rng.random(300) < 0.5
+    fixture_record(str(tmp_path), 1.0, "mix", base0, "s0_1.0")
+    fixture_record(str(tmp_path), 0.5, "mix", base0, "s0_0.5")
+    for label, p in (("s1_1.0", 1.0), ("s1_0.5", 0.5)):
+        fixture_record(str(tmp_path), p, "mix", base1, label)
+        path = tmp_path / "records" / f"{label}.json"
+        record = json.loads(path.read_text())
+        record["run"]["seed"] = 1
+        path.write_text(json.dumps(record))
+    table = open(write_tables(str(tmp_path))).read()
+    assert table.count("(+0.0)") == 2 * 4  # against seed 1's own p = 1 run the delta would be about +30 otherwise
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
+    assert [(r[3].strip(), r[4].strip()) for r in rows] == [("0.5", "0"), ("0.5", "1"), ("1", "0"), ("1", "1")]
