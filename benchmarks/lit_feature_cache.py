@@ -46,7 +46,7 @@ def main() -> None:
     from train_clip.frozen_features import FeatureInputCLIP
     from train_clip.models import create_clip, create_tokenizer, eval_transform, text_pad_id, trim_padding
     from train_clip.optim import build_optimizer
-    from train_clip.step import StepContext, make_loss, train_step
+    from train_clip.step import StepContext, make_loss, precision_context, train_step
     from train_clip.pretrained.towers import TowerSpec
 
     torch.set_num_threads(args.threads)
@@ -70,7 +70,8 @@ def main() -> None:
     loss = make_loss(DistEnv(), False, False)
     sides = {"cached": (FeatureInputCLIP(model), {"image": features.clone(), "text": tokens}),
              "pixels": (model, {"image": images, "text": tokens})}
-    contexts = {name: StepContext(m, loss, build_optimizer(model, recipe, recipe.stages[0]), lambda: torch.autocast("cpu", enabled=False), None, 1.0)
+    autocast, scaler = precision_context("fp32", torch.device("cpu"))
+    contexts = {name: StepContext(m, loss, build_optimizer(model, recipe, recipe.stages[0]), autocast, scaler, 1.0)
                 for name, (m, _) in sides.items()}
     model.train()
     times = {name: [] for name in sides}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -47,17 +47,17 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def files_fingerprint(paths: Iterable[str], root: Optional[str] = None) -> str:
-    """sha256 over sorted (name relative to ``root`` (else basename), size in bytes) of local files.
+def file_identity(path: str, root: Optional[str] = None, mtime: bool = False) -> List[Any]:
+    """[name relative to ``root`` (else basename), size in bytes] of a local file, plus its mtime in ns with ``mtime``;
+    [the spec, -1] for a remote URL (``scheme://``) or a ``pipe:`` command. A missing local file raises."""
+    local = path[len("file://"):] if path.startswith("file://") else path
+    if "://" in local or local.startswith("pipe:"):
+        return [path, -1]
+    name = os.path.relpath(local, root) if root else os.path.basename(local)
+    stat = os.stat(local)
+    return [name.replace(os.sep, "/"), stat.st_size] + ([stat.st_mtime_ns] if mtime else [])
 
-    Remote URLs (``scheme://``) contribute their URL only.
-    """
-    entries = []
-    for path in paths:
-        if "://" in path and not path.startswith("file://"):
-            entries.append((path, -1))
-            continue
-        local = path[len("file://"):] if path.startswith("file://") else path
-        name = os.path.relpath(local, root) if root else os.path.basename(local)
-        entries.append((name.replace(os.sep, "/"), os.path.getsize(local)))
-    return sha256_json(sorted(entries))
+
+def files_fingerprint(paths: Iterable[str], root: Optional[str] = None) -> str:
+    """sha256 over the sorted ``file_identity`` (name, size) of each path; remote URLs contribute their URL only."""
+    return sha256_json(sorted(tuple(file_identity(path, root)) for path in paths))

@@ -151,6 +151,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_tower_sizes(model_cfg: ClipModelConfig, train_cfg: TrainConfig) -> None:
+    """Pretrained towers train at their own image size: refuse, before any step, a stage with another one."""
+    if model_cfg.tower is None:
+        return
+    for index, stage in enumerate(train_cfg.stages):
+        require(stage.image_size == model_cfg.tower.image_size,
+                f"train.stages[{index}].image_size={stage.image_size} but model.tower.image_size={model_cfg.tower.image_size}; "
+                "pretrained towers train at one image size")
+
+
 def check_batches(train_cfg: TrainConfig, world_size: int) -> List[int]:
     """Effective global batch of each stage; refuses a stage whose global_batch_size disagrees."""
     batches = []
@@ -179,6 +189,7 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
     """Resume or start, run every stage, export."""
     cfg, env = session.train_cfg, session.env
     global_batches = check_batches(cfg, env.world_size)
+    check_tower_sizes(session.model_cfg, cfg)
     register_inline(session.model_cfg, session.out_dir)
     resume_path = ckpt.resolve_resume(cfg.resume, session.out_dir)
     payload = ckpt.load_checkpoint(resume_path) if resume_path else None
@@ -200,9 +211,9 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
                                  tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
     session.checkpoint_path = resume_path or ""
     for index in range(position.stage, len(cfg.stages)):
-        if index > position.stage and cfg.stages[index].image_size != cfg.stages[index - 1].image_size:
-            model = resize_for_stage(model, session.model_cfg, cfg.stages[index].image_size, env.device)
         if index > position.stage:
+            if cfg.stages[index].image_size != cfg.stages[index - 1].image_size:
+                model = resize_for_stage(model, session.model_cfg, cfg.stages[index].image_size, env.device)
             position = ckpt.Position(stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch)
         position = run_stage(session, model, index, position, payload)
         payload = None
@@ -214,7 +225,6 @@ def frozen_image_features(session: Session, model: torch.nn.Module, data_cfg: Op
     cfg, env = session.train_cfg, session.env
     require(session.model_cfg.tower is not None, "train.frozen_image_features=true needs pretrained towers (model.tower) with a locked image tower")
     require(data_cfg is not None, "train.frozen_image_features=true reads the training shards: give a data config")
-    require(len({s.image_size for s in cfg.stages}) == 1, "train.frozen_image_features=true needs one image size for all stages")
     return train_split_features(model, data_cfg, eval_transform(model), cfg.feature_cache_dir, cfg.stages[0].batch_size, env.device,
                                 env.rank, env.world_size, lambda: barrier(env))
 
