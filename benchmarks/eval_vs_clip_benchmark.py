@@ -79,7 +79,7 @@ def run_clip_benchmark(model, preprocess, tokenizer, cifar, flickr, args, tmp: s
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
-    from evals.prompts import CIFAR_TEMPLATES
+    from evals.tasks.prompts import CIFAR_TEMPLATES
 
     cb_cls.accuracy = cb_accuracy
     metrics, seconds = {}, {}
@@ -112,9 +112,9 @@ def run_clip_benchmark(model, preprocess, tokenizer, cifar, flickr, args, tmp: s
 
 def run_ours(model, preprocess, tokenizer, cifar, flickr, args) -> Tuple[Dict[str, float], Dict[str, float]]:
     """This suite (cold, no cache, with bootstrap intervals) for both tasks; returns (metrics, seconds)."""
-    from evals.config import EvalConfig
-    from evals.retrieval import evaluate_retrieval
-    from evals.zeroshot import evaluate_zeroshot_classification
+    from evals.tasks.config import EvalConfig
+    from evals.tasks.retrieval import evaluate_retrieval
+    from evals.tasks.zeroshot import evaluate_zeroshot_classification
 
     cfg = EvalConfig(batch_size=args.batch_size, num_workers=args.workers, cache_dir=None, bootstrap_samples=args.bootstrap)
     metrics, seconds = {}, {}
@@ -143,8 +143,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from captiondata.config import default_data_root
-    from evals.datasets import flickr8k, image_folder
-    from evals.prompts import CIFAR_TEMPLATES
+    from evals.tasks.datasets import flickr8k, image_folder
+    from evals.tasks.prompts import CIFAR_TEMPLATES
 
     torch.set_num_threads(args.threads)
     root = os.path.abspath(args.data_root or default_data_root())

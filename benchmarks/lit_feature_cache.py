@@ -42,12 +42,14 @@ def main() -> None:
     from captiondata.config import default_data_root
     from captiondata.builders.flickr8k import read_captions
     from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
-    from train_clip.distributed import DistEnv
+    from training.distributed import DistEnv
     from train_clip.frozen_features import FeatureInputCLIP
-    from train_clip.models import create_clip, create_tokenizer, eval_transform, text_pad_id, trim_padding
+    from train_clip.models import create_clip, create_tokenizer, eval_transform
+    from towers.text_trim import text_pad_id, trim_padding
     from train_clip.optim import build_optimizer
-    from train_clip.step import StepContext, make_loss, precision_context, train_step
-    from train_clip.pretrained.towers import TowerSpec
+    from train_clip.step import StepContext, make_loss, train_step
+    from training.precision import precision_context
+    from towers.pretrained import TowerSpec
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

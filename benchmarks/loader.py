@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from captiondata.build import build_dataset, flickr8k_root
+from captiondata.build import build_shards, flickr8k_root
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
 
@@ -65,7 +65,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     cfg = DataConfig(name="flickr8k", builder="flickr8k", shard_dir=args.shard_dir, samples_per_shard=250, shuffle_buffer=0, num_workers=0)
-    build_dataset(cfg)
+    build_shards(cfg)
     transform = clip_transform(args.size)
     root = flickr8k_root(cfg)
     with open(os.path.join(root, "Flickr_8k.trainImages.txt")) as handle:

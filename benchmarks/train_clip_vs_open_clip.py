@@ -125,10 +125,10 @@ def build_shards(args: argparse.Namespace) -> None:
         return
     if not args.build:
         raise SystemExit(f"no train-*.tar in {args.shards}; pass --build (Flickr8k) or --synthetic N")
-    from captiondata.build import build_dataset
+    from captiondata.build import build_shards
     from captiondata.config import DataConfig
 
-    build_dataset(DataConfig(name="flickr8k", builder="flickr8k", shard_dir=args.shards, samples_per_shard=250))
+    build_shards(DataConfig(name="flickr8k", builder="flickr8k", shard_dir=args.shards, samples_per_shard=250))
 
 
 def ensure_peer(peer_dir: str) -> None:

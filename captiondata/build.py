@@ -12,9 +12,10 @@ import os
 import time
 from typing import Any, Dict, Iterator
 
-from captiondata.config import ConfigError, DataConfig, default_data_root
+from harness_infra.errors import ConfigError
+from captiondata.config import DataConfig, default_data_root
 from captiondata.records import Record
-from captiondata.atomic import atomic_write_json
+from harness_infra.atomic import atomic_write_json
 from captiondata.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,14 @@ def write_extras(cfg: DataConfig) -> None:
     if cfg.builder != "scenes":
         return
     from captiondata.builders import scenes
-    from captiondata.atomic import atomic_write_bytes
+    from harness_infra.atomic import atomic_write_bytes
 
     folder = os.path.join(cfg.shard_dir, ZEROSHOT_DIR)
     atomic_write_bytes(os.path.join(folder, "classnames.txt"), ("\n".join(scenes.zeroshot_classnames()) + "\n").encode())
     atomic_write_bytes(os.path.join(folder, "zeroshot_classification_templates.txt"), ("\n".join(scenes.zeroshot_templates()) + "\n").encode())
 
 
-def build_dataset(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
+def build_shards(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
     """Write every split's shards into cfg.shard_dir (skipped when already built with the same settings).
 
     Returns the build info: settings, per-split manifests and build seconds.

@@ -6,18 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from harness_infra.errors import require
+from harness_infra.stagecache import setting
+
 STRATEGIES = ("mix", "original", "recap", "concat")
-LAYOUT_PRESETS = ("project", "recap_datacomp")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message is one line that names the key."""
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise ConfigError(message) unless condition holds."""
-    if not condition:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -87,6 +79,12 @@ class MixConfig:
         require(self.strategy in STRATEGIES, f"mix.strategy={self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
         require(0.0 <= float(self.p) <= 1.0, f"mix.p={self.p} is outside [0, 1] (p = probability of the ORIGINAL caption)")
 
+    @property
+    def p_original(self) -> Optional[float]:
+        """The probability of the ORIGINAL caption per sample this strategy realises: ``p`` for ``mix``, 1 for
+        ``original``, 0 for ``recap``, None for ``concat`` (both captions in every text)."""
+        return {"mix": float(self.p), "original": 1.0, "recap": 0.0}.get(self.strategy)
+
 
 def default_data_root() -> str:
     """Folder of shared real data sets: $RECAP_DATA_ROOT, else ../shared/data next to the checkout."""
@@ -103,28 +101,26 @@ class DataConfig:
     several joined with ``::``.
     """
 
-    name: str = "scenes"
+    name: str = setting("scenes", key=False)
     builder: str = "scenes"
-    source: Optional[str] = None
-    shard_dir: str = "cache/shards/scenes"
-    train_shards: Optional[str] = None
-    val_shards: Optional[str] = None
-    test_shards: Optional[str] = None
-    layout_preset: Optional[str] = "project"
-    layout: CaptionLayout = field(default_factory=project_layout)
-    samples_per_shard: int = 1000
+    source: Optional[str] = setting(None, key="build")
+    shard_dir: str = setting("cache/shards/scenes", key=False)
+    train_shards: Optional[str] = setting(None, key="build")
+    val_shards: Optional[str] = setting(None, key="build")
+    test_shards: Optional[str] = setting(None, key="build")
+    layout: CaptionLayout = setting(default_factory=project_layout)
+    samples_per_shard: int = setting(1000, key="build")
     num_workers: int = 2
     shuffle_buffer: int = 1000
     resampled: bool = False
     epoch_samples: Optional[int] = None
     max_image_pixels: int = 64_000_000
-    build_seed: int = 0
-    build_size: Optional[int] = None
-    scene_image_size: int = 64
+    build_seed: int = setting(0, key="build")
+    build_size: Optional[int] = setting(None, key="build")
+    scene_image_size: int = setting(64, key="build")
 
     def __post_init__(self) -> None:
         require(self.builder in ("scenes", "flickr8k", "none"), f"data.builder={self.builder!r} is unknown; choose scenes, flickr8k or none")
-        require(self.layout_preset in (None,) + LAYOUT_PRESETS, f"data.layout_preset={self.layout_preset!r} is unknown; choose one of {', '.join(LAYOUT_PRESETS)} or null")
         require(self.samples_per_shard > 0, f"data.samples_per_shard={self.samples_per_shard} must be positive")
         require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         require(self.shuffle_buffer >= 0, f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0")
@@ -133,10 +129,6 @@ class DataConfig:
         require(self.max_image_pixels > 0, f"data.max_image_pixels={self.max_image_pixels} must be positive")
         require(not self.resampled or (self.epoch_samples or 0) > 0, "data.resampled=true needs data.epoch_samples > 0 (a fixed epoch length)")
         require(self.builder != "none" or bool(self.train_shards or self.test_shards), "data.builder=none needs data.train_shards or data.test_shards")
-        if self.layout_preset == "project":
-            self.layout = project_layout()
-        elif self.layout_preset == "recap_datacomp":
-            self.layout = recap_datacomp_layout()
 
     def shards(self, split: str) -> str:
         """Shard spec of a split: the explicit ``{split}_shards`` or the builder's output in shard_dir."""

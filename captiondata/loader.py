@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.functional import pil_to_tensor
 
-from captiondata.config import DataConfig, MixConfig, require
+from harness_infra.errors import require
+from captiondata.config import DataConfig, MixConfig
 from captiondata.counters import SampleCounters, summarize
 from captiondata.decode import BadSample
 from captiondata.mixer import choose_caption

@@ -53,7 +53,8 @@ def choose_caption(original: Optional[str], recaptions: List[str], cfg: MixConfi
             return Choice(original + cfg.concat_separator + _pick_recap(recaptions, cfg, key, epoch), None, "concat", False)
         return _fallback(original, recaptions, cfg, key, epoch, drawn=None)
     if cfg.strategy == "mix":
-        drawn = "original" if uniform(cfg.seed, key, epoch, "p") < cfg.p else "recap"
+        p_original = cfg.p_original
+        drawn = "original" if uniform(cfg.seed, key, epoch, "p") < p_original else "recap"
     else:
         drawn = cfg.strategy
     if drawn == "original" and original is not None:

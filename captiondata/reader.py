@@ -20,7 +20,8 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from captiondata.captions import extract_captions
-from captiondata.config import CaptionLayout, ConfigError
+from harness_infra.errors import ConfigError
+from captiondata.config import CaptionLayout
 from captiondata.counters import SampleCounters
 from captiondata.decode import BadSample, decode_image
 from captiondata.records import Record

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import webdataset as wds
 from PIL import Image
 
-from captiondata.atomic import atomic_write_json, default_file_mode, file_sha256
+from harness_infra.atomic import atomic_write_json, default_file_mode, file_sha256
 from captiondata.records import Record
 
 

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
-from captiondata.atomic import atomic_write, atomic_write_bytes
-from evals.records import compare_records, read_record
+from harness_infra.atomic import atomic_write, atomic_write_bytes
+from evals.results.records import compare_records, read_record
 
 log = logging.getLogger(__name__)
 MAIN_METRICS = {
@@ -68,6 +68,20 @@ def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optio
     return None
 
 
+def delta_vs_baseline(record: Dict[str, Any], base: Optional[Dict[str, Any]], metric: str, test: Any) -> Optional[float]:
+    """Metric minus the p = 1 run's: the paired difference for per-query metrics, the plain difference for whole-set
+    metrics (FID: no per-query values, so no paired test and no star), 0 for the baseline itself."""
+    if base is None:
+        return None
+    if base is record:
+        return 0.0
+    if test is not None:
+        return test.difference
+    value, reference = record["metrics"].get(metric), base["metrics"].get(metric)
+    is_whole_set = metric in record.get("whole_set_interval_methods", {})
+    return value - reference if is_whole_set and value is not None and reference is not None else None
+
+
 def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
     """Long table: one row per (run, task, metric) with value, interval, delta vs baseline and paired p-value."""
     rows = []
@@ -82,7 +96,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
             rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
                          "task": record["task_name"], "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
                          "n": record["n"].get("image_queries") or record["n"].get("images"),
-                         "delta_vs_p1": test.difference if test else (0.0 if base is record else None),
+                         "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
                          "delta_p_value": test.p_value if test else None})
     return pd.DataFrame(rows)
 
@@ -119,7 +133,7 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame) -> str:
     lines = [f"# {data}: CLIP trained on caption mixtures", "",
              "p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: metric in % with its 95% "
              "bootstrap interval, then (delta vs the p = 1 run of the same model, data, budget and training seed; * = paired "
-             f"permutation test over the test queries p < {SIGNIFICANCE}; it does not cover training-seed variation, which "
+             f"permutation test over the test queries, p-value < {SIGNIFICANCE}; it does not cover training-seed variation, which "
              "rows with several seeds show).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"

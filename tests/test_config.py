@@ -1,24 +1,67 @@
-"""The real Hydra configs compose; wrong values fail at start-up with one-line messages."""
+"""The real Hydra configs compose; wrong values fail at start-up with one-line messages; what is published is what
+the stages use."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 
 import pytest
 
-from captiondata.config import ConfigError
-from evals.run import CONF_DIR, compose_config, main, sweep_jobs
+from captiondata.config import CaptionField
+from captiondata.reader import decode_record, raw_samples
+from captiondata.counters import SampleCounters
+from harness_infra.errors import ConfigError
+from harness_infra.stagecache import canonical
+from pipeline.cli import CONF_DIR, compose_config, main, sweep_jobs
 
 EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experiment")) if f.endswith(".yaml"))
+README_LAYOUT = "data.layout.recaptions=[{member: json, field: recaptions}, {member: llava.txt}]"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(name):
     cfg, resolved = compose_config([f"+experiment={name}"])
-    assert cfg.experiment == name
-    assert resolved["mix"]["p"] == cfg.mix.p
-    if name.startswith("clip_mix_"):
-        assert cfg.mix.strategy == "mix" and cfg.mix.p == float(name.rsplit("_", 1)[1])
+    assert cfg.experiment.startswith(name.replace("_0.8", ""))
+    assert resolved["mix"]["p"] == cfg.mix.p and cfg.trainer == "clip"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_published_config_is_the_typed_config_the_stages_use(name):
+    for extra in ([], [README_LAYOUT]):
+        cfg, resolved = compose_config([f"+experiment={name}", *extra])
+        assert resolved == canonical(cfg)
+
+
+def test_the_mix_study_is_one_overlay_swept_over_p():
+    for p in (0.0, 0.2, 0.5, 1.0):
+        cfg, resolved = compose_config(["+experiment=clip_mix", f"mix.p={p}"])
+        assert cfg.mix.p == p and cfg.mix.p_original == p and cfg.experiment == f"clip_mix_p{p}"
+    card, _ = compose_config(["+experiment=clip_mix_0.8"])
+    study, _ = compose_config(["+experiment=clip_mix"])
+    assert canonical(card) == canonical(study) and card.mix.p == 0.8
+
+
+def test_a_layout_override_survives_the_data_preset_and_reaches_the_reader(tmp_path):
+    cfg, resolved = compose_config(["+experiment=clip_mix", README_LAYOUT])
+    assert [(f.member, f.field) for f in cfg.data.layout.recaptions] == [("json", "recaptions"), ("llava.txt", None)]
+    assert resolved["data"]["layout"]["recaptions"] == [{"member": "json", "field": "recaptions"}, {"member": "llava.txt", "field": None}]
+    # one sample whose recaptions sit in two members: the reader pools exactly the two the record publishes
+    members = {"k0.jpg": b"\xff\xd8", "k0.txt": b"alt text", "k0.json": b'{"recaptions": ["a dense json recaption"]}',
+               "k0.llava.txt": b"a llava recaption"}
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = next(raw_samples([str(path)], SampleCounters()))
+    record = decode_record(raw, cfg.data.layout, decode=False)
+    assert record.original == "alt text" and record.recaptions == ["a dense json recaption", "a llava recaption"]
+    # the recap_datacomp preset applies where the user set nothing, and a user's field wins over it
+    preset, _ = compose_config(["+experiment=clip_mix", "data=recap_datacomp", "data.train_shards=/x.tar", "data.layout.original.field=alt"])
+    assert preset.data.layout.original == CaptionField("json", "alt") and preset.data.layout.recaptions == [CaptionField("txt", None)]
 
 
 def test_overrides_reach_typed_config():
@@ -35,11 +78,18 @@ def test_overrides_reach_typed_config():
     ("data.num_workers=-1", "data.num_workers=-1 must be >= 0"),
     ("data.builder=laion", "data.builder='laion' is unknown"),
     ("mix.p=often", "often"),
-    ("data.no_such_key=1", "no_such_key"),
+    ("data.no_such_key=1", "Could not override 'data.no_such_key': Key 'no_such_key' not in 'DataConfig'"),
+    ("mix.pp=0.5", "Could not override 'mix.pp': Key 'pp' not in 'MixConfig'"),
+    ("model.no_such=1", "Key 'no_such' not in 'ClipModelConfig'"),
+    ("run.stages=[train,eval]", "run.stages: 'train' needs data before it"),
+    ("run.stages=[data,train,evaluate]", "run.stages: 'evaluate' is not a stage"),
+    ("run.rerun=tables", "run.rerun='tables' is not one of run.stages"),
+    ("trainer=dit", "trainer"),
 ])
 def test_bad_values_fail_with_one_line(override, message):
+    overrides = ["+experiment=clip_mix_0.8", override] + (["run.stages=[data,train,eval]"] if override.startswith("run.rerun") else [])
     with pytest.raises(ConfigError) as info:
-        compose_config(["+experiment=clip_mix_0.8", override])
+        compose_config(overrides)
     text = str(info.value)
     assert message in text and "\n" not in text
 
@@ -50,20 +100,36 @@ def test_main_prints_one_line_and_exits_nonzero(capsys):
     assert err.startswith("error: mix.p=2.0 is outside [0, 1]") and "\n" not in err and "Traceback" not in err
 
 
-def test_unknown_experiment_is_one_line(capsys):
-    assert main(["+experiment=clip_mix_0.9"]) == 2
+@pytest.mark.parametrize("argv,message", [
+    (["+experiment=clip_mix_0.9"], "error: unknown experiment 'clip_mix_0.9'; choose one of clip_concat"),
+    (["experiment=clip_mix_0.8"], "error: experiment=clip_mix_0.8: experiments are added to the config, write +experiment=clip_mix_0.8"),
+    (["+experiment=clip_mix", "mix.p=0,0.5"], "error: mix.p=0,0.5 is a sweep; add -m to run one job per value"),
+    (["-m", "+experiment=clip_mix", "mix.p=0,1.5"], "error: mix.p=1.5 is outside [0, 1]"),
+])
+def test_command_line_mistakes_are_one_line(capsys, argv, message):
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown experiment 'clip_mix_0.9'; choose one of clip_concat") and "\n" not in err
+    assert err.startswith(message) and "\n" not in err
 
 
 def test_missing_data_path_is_one_line(capsys, tmp_path):
-    assert main(["+experiment=clip_mix_0.8", "data=flickr8k", f"data.source={tmp_path}/nowhere", f"run.out_root={tmp_path}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "lacks Flickr8k.token.txt" in err and "\n" not in err
+    assert main(["+experiment=clip_mix_0.8", "data=flickr8k", f"data.source={tmp_path}/nowhere", f"run.out_root={tmp_path}",
+                 f"run.results_dir={tmp_path}/results"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lacks Flickr8k.token.txt" in errors[0] and "Traceback" not in err
+
+
+def test_help_lists_the_config_groups(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for group in ("data:", "mix:", "trainer:", "model:", "train:", "eval:", "experiment:"):
+        assert group in out
+    assert "clip_mix" in out and "recap_datacomp" in out
 
 
 def test_multirun_expands_the_cartesian_product():
-    jobs = sweep_jobs(["+experiment=clip_mix_0.8", "mix.p=0,0.5,1", "mix.seed=1,2"], multirun=True)
+    jobs = sweep_jobs(["+experiment=clip_mix", "mix.p=0,0.5,1", "mix.seed=1,2"], multirun=True)
     assert len(jobs) == 6
-    assert ["+experiment=clip_mix_0.8", "mix.p=0.5", "mix.seed=2"] in jobs
-    assert sweep_jobs(["mix.p=0,1"], multirun=False) == [["mix.p=0,1"]]
+    assert ["+experiment=clip_mix", "mix.p=0.5", "mix.seed=2"] in jobs
+    assert sweep_jobs(["mix.p=1"], multirun=False) == [["mix.p=1"]]

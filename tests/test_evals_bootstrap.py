@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-import evals.bootstrap as bootstrap
-from evals.bootstrap import QueryValues, bootstrap_ci, bootstrap_distribution, paired_test, permutation_distribution
+import evals.results.bootstrap as bootstrap
+from evals.results.bootstrap import QueryValues, bootstrap_ci, bootstrap_distribution, paired_test, permutation_distribution
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0])

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
 from captiondata.config import default_data_root  # noqa: E402
-from evals.config import EvalConfig  # noqa: E402
-from evals.datasets import clip_benchmark_wds, flickr8k, image_folder  # noqa: E402
-from evals.prompts import CIFAR_TEMPLATES  # noqa: E402
-from evals.retrieval import evaluate_retrieval, retrieval_result  # noqa: E402
-from evals.testing import tiny_clip, write_cb_retrieval, write_image_folder  # noqa: E402
-from evals.zeroshot import classification_result, evaluate_zeroshot_classification  # noqa: E402
+from evals.tasks.config import EvalConfig  # noqa: E402
+from evals.tasks.datasets import clip_benchmark_wds, flickr8k, image_folder  # noqa: E402
+from evals.tasks.prompts import CIFAR_TEMPLATES  # noqa: E402
+from evals.tasks.retrieval import evaluate_retrieval, retrieval_result  # noqa: E402
+from evals.tasks.testing import tiny_clip, write_cb_retrieval, write_image_folder  # noqa: E402
+from evals.tasks.zeroshot import classification_result, evaluate_zeroshot_classification  # noqa: E402
 
 TOL = 1e-4
 CFG = EvalConfig(cache_dir=None, bootstrap_samples=0, batch_size=16)

@@ -8,8 +8,8 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from captiondata.config import ConfigError
-from evals.config import EvalConfig, TaskConfig
+from harness_infra.errors import ConfigError
+from evals.tasks.config import EvalConfig, TaskConfig
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "eval")
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from captiondata.records import Record
-from evals.config import EvalConfig
-from evals.diagnostics import caption_diagnostics, shard_diagnostics, summary
-from evals.testing import jpeg, random_image, tiny_clip, write_project_shards
+from evals.tasks.config import EvalConfig
+from evals.tasks.diagnostics import caption_diagnostics, shard_diagnostics, summary
+from evals.tasks.testing import jpeg, random_image, tiny_clip, write_project_shards
 
 
 def test_summary_by_hand():

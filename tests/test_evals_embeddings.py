@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evals.config import ConfigError, EvalConfig
-from evals.datasets import image_folder
-from evals.embeddings import (can_trim_text, encode_images, encode_text_trimmed, encode_texts, text_context_length,
-                              token_lengths)
-from evals.imageprep import SplitPreprocess
-from evals.testing import random_image, tiny_clip, write_image_folder
-from evals.textstats import token_counts, tokenize_with_truncation
+from harness_infra.errors import ConfigError
+from evals.tasks.config import EvalConfig
+from evals.tasks.datasets import image_folder
+from evals.tasks.embeddings import encode_images, encode_texts, text_context_length
+from towers.text_trim import can_trim_text, encode_text_trimmed, token_lengths
+from evals.tasks.imageprep import SplitPreprocess
+from evals.tasks.testing import random_image, tiny_clip, write_image_folder
+from evals.tasks.textstats import token_counts, tokenize_with_truncation
 
 TEXTS = ["a dog", "two cats on a sofa in the sun", "", "a very " + "long " * 40 + "caption", "A photo of a {c}."]
 
@@ -113,14 +114,14 @@ def test_text_cache_hit_returns_truncation(tiny, tmp_path, monkeypatch):
     cfg = EvalConfig(cache_dir=str(tmp_path / "cache"))
     first = encode_texts(model, tokenizer, TEXTS, cfg, model_id="m")
     monkeypatch.setattr(model, "encode_text", lambda *_: pytest.fail("cache miss"))
-    monkeypatch.setattr("evals.embeddings.encode_text_trimmed", lambda *_: pytest.fail("cache miss"))
+    monkeypatch.setattr("evals.tasks.embeddings.encode_text_trimmed", lambda *_: pytest.fail("cache miss"))
     second = encode_texts(model, tokenizer, TEXTS, cfg, model_id="m")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
 def test_loader_workers_split_shards_without_loss(tiny, tmp_path):
-    from evals.datasets import project_shards
-    from evals.testing import caption_records, write_project_shards
+    from evals.tasks.datasets import project_shards
+    from evals.tasks.testing import caption_records, write_project_shards
 
     model, _, preprocess = tiny
     data = project_shards(write_project_shards(str(tmp_path), caption_records(9, 1), per_shard=2), name="p")

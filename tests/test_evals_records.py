@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from evals.bootstrap import QueryValues
-from evals.config import EvalConfig
-from evals.records import build_record, compare_records, read_per_query, read_record, record_stem, write_record
-from evals.results import TaskResult, compare_results
+from evals.results.bootstrap import QueryValues
+from evals.tasks.config import EvalConfig
+from evals.results.records import build_record, compare_records, read_per_query, read_record, record_stem, write_record
+from evals.results.task_result import TaskResult, compare_results
 
 CFG = EvalConfig(bootstrap_samples=200, permutation_samples=999)
 

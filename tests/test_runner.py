@@ -10,21 +10,25 @@ import os
 import numpy as np
 import pytest
 
-from captiondata.config import ConfigError
-from evals.bootstrap import QueryValues
-from evals.records import write_record
-from evals.run import main
+from harness_infra.errors import ConfigError
+from evals.results.bootstrap import QueryValues
+from evals.results.records import write_record
+from pipeline.cli import main
 from evals.tables import write_tables
 
 SMALL = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
          "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
 
 
-def stage_lines(caplog) -> dict:
-    """Stage -> 'skipped' or 'running' from the runner's log."""
+def stage_lines(capsys) -> dict:
+    """Stage -> 'skipped' or 'running' from the runner's log (Hydra's job logging writes it to stderr)."""
+    return stage_lines_of(capsys.readouterr().err)
+
+
+def stage_lines_of(err: str) -> dict:
+    """Stage -> 'skipped' or 'running' from log text."""
     out = {}
-    for record in caplog.records:
-        message = record.getMessage()
+    for message in err.splitlines():
         for stage in ("data", "train", "eval"):
             if f"] {stage}:" in message:
                 out[stage] = "skipped" if message.endswith("skipped") else "running"
@@ -37,12 +41,12 @@ def workspace(tmp_path_factory):
     return [f"run.out_root={root}/runs", f"run.results_dir={root}/results"], root
 
 
-def test_smoke_end_to_end_then_cached(workspace, caplog, capsys):
+def test_smoke_end_to_end_then_cached(workspace, capsys):
     where, root = workspace
-    caplog.set_level(logging.INFO, logger="evals")
     assert main(SMALL + where) == 0
-    assert stage_lines(caplog) == {"data": "running", "train": "running", "eval": "running"}
-    assert capsys.readouterr().out.strip() == f"table: {root}/results/scenes.md"
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"table: {root}/results/scenes.md"
+    assert stage_lines_of(captured.err) == {"data": "running", "train": "running", "eval": "running"}
     records = sorted(glob.glob(f"{root}/results/records/*.json"))
     assert [os.path.basename(r).split("__")[1] for r in records] == ["scenes_compositional_retrieval", "scenes_zeroshot"]
     record = json.load(open(records[0]))
@@ -53,38 +57,38 @@ def test_smoke_end_to_end_then_cached(workspace, caplog, capsys):
     assert record["n"]["images"] == 120 and 0.0 <= record["metrics"]["t2i_R@1"] <= 1.0
     assert os.path.isfile(f"{root}/results/scenes_scenes_zeroshot.png")
 
-    caplog.clear()
     assert main(SMALL + where) == 0
-    assert stage_lines(caplog) == {"data": "skipped", "train": "skipped", "eval": "skipped"}
+    assert stage_lines(capsys) == {"data": "skipped", "train": "skipped", "eval": "skipped"}
     assert len(glob.glob(f"{root}/results/records/*.json")) == 2
 
-    caplog.clear()
     assert main(SMALL + where + ["mix.p=1.0"]) == 0
-    assert stage_lines(caplog) == {"data": "skipped", "train": "running", "eval": "running"}
+    assert stage_lines(capsys) == {"data": "skipped", "train": "running", "eval": "running"}
     table = open(f"{root}/results/scenes.md").read()
     assert "| RecapCLIP-nano | mix        | 0.5 |" in table and "| RecapCLIP-nano | mix        | 1   |" in table
 
-    caplog.clear()
     assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
-    assert stage_lines(caplog) == {"data": "skipped", "train": "skipped", "eval": "running"}
+    assert stage_lines(capsys) == {"data": "skipped", "train": "skipped", "eval": "running"}
     assert len(glob.glob(f"{root}/results/records/*.json")) == 6  # the re-evaluation is published beside, never over
 
 
 def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
-    from evals.pipeline import resolve_task_paths
-    from evals.run import compose_config
+    import dataclasses
+
+    from pipeline.cli import compose_config
+    from pipeline.registry import RunContext, stages
+    from pipeline.runner import run_cached
+    from pipeline.stages.data import shard_dir
+    from pipeline.stages.eval import resolve_task_paths
 
     monkeypatch.chdir(tmp_path)
     cfg, _ = compose_config(["+experiment=clip_smoke", "run.out_root=cache/runs"])
-    from evals.pipeline import data_stage
-
-    monkeypatch.setattr("evals.pipeline.run_stage", lambda cfg, stage, step, work: {"shard_dir": stage.path, "fingerprint": "x"})
-    info = data_stage(cfg)
-    assert os.path.isabs(info["shard_dir"]) and info["shard_dir"].startswith(str(tmp_path))
+    fake = dataclasses.replace(stages()["data"], run=lambda ctx, out_dir: {"fingerprint": "x", "shard_dir": "cache/relative"})
+    info = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
+    assert shard_dir(info) == info["out_dir"] and os.path.isabs(info["out_dir"]) and info["out_dir"].startswith(str(tmp_path))
     assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
-    # a marker written by an older version holds a cwd-relative shard_dir: the stage's own folder wins
-    monkeypatch.setattr("evals.pipeline.run_stage", lambda cfg, stage, step, work: {"shard_dir": os.path.relpath(stage.path), "fingerprint": "x"})
-    assert data_stage(cfg)["shard_dir"] == info["shard_dir"]
+    # read back from the marker (a cwd-relative shard_dir in it, as older versions wrote): the stage's own folder wins
+    again = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
+    assert shard_dir(again) == info["out_dir"]
 
 
 def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny") -> None:
@@ -135,20 +139,20 @@ def test_two_models_get_their_own_baselines_and_plots(tmp_path):
     assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {"toy_toy_retrieval_tiny.png", "toy_toy_retrieval_lit.png"}
 
 
-@pytest.mark.parametrize("experiment,strategy,p", [("flickr8k_lit_mix_0.0", "mix", 0.0), ("flickr8k_lit_mix_0.2", "mix", 0.2),
-                                                   ("flickr8k_lit_mix_0.5", "mix", 0.5), ("flickr8k_lit_mix_0.8", "mix", 0.8),
-                                                   ("flickr8k_lit_mix_1.0", "mix", 1.0), ("flickr8k_lit_concat", "concat", None)])
-def test_lit_experiments_compose_to_locked_cached_towers(experiment, strategy, p):
-    from evals.pipeline import train_key
-    from evals.run import compose_config
+@pytest.mark.parametrize("overrides,strategy,p", [(["+experiment=flickr8k_lit_mix", f"mix.p={p}"], "mix", p) for p in (0.0, 0.2, 0.5, 0.8, 1.0)]
+                         + [(["+experiment=flickr8k_lit_concat"], "concat", None)])
+def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p):
+    from pipeline.cli import compose_config
+    from pipeline.registry import RunContext
+    from pipeline.stages.train import key
 
-    cfg, _ = compose_config([f"+experiment={experiment}"])
+    cfg, _ = compose_config(overrides)
     assert cfg.model.tower is not None and cfg.model.tower.lock_image and not cfg.model.tower.lock_text
     assert cfg.train.frozen_image_features and cfg.eval.trunk_feature_cache and cfg.data.name == "flickr8k"
     assert cfg.mix.strategy == strategy and (p is None or cfg.mix.p == p)
-    assert "feature_cache_dir" not in train_key(cfg, {"fingerprint": "x"})["train"]  # where features live never retrains
+    assert "feature_cache_dir" not in key(RunContext(cfg, {}, [], {"data": {"fingerprint": "x"}}))["train"]  # where features live never retrains
     with pytest.raises(ConfigError, match="model.tower.image_size"):
-        compose_config([f"+experiment={experiment}", "model.tower.image_size=0"])
+        compose_config([*overrides, "model.tower.image_size=0"])
 
 
 def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):

@@ -1,4 +1,4 @@
-"""train_clip.checkpoint: RNG capture, atomic weights-only checkpoints, resume resolution, and a SIGKILL'd
+"""training.checkpoint: RNG capture, atomic weights-only checkpoints, resume resolution, and a SIGKILL'd
 run that resumes to bitwise-identical final weights.
 
 Run as a script (``python tests/test_train_clip_checkpoint.py OUT_DIR [THROTTLE_S]``) it trains the
@@ -23,9 +23,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from captiondata.atomic import atomic_torch_save
-from captiondata.config import ConfigError  # noqa: E402
-from train_clip import checkpoint as ckpt  # noqa: E402
+from harness_infra.atomic import atomic_torch_save
+from harness_infra.errors import ConfigError  # noqa: E402
+from training import checkpoint as ckpt  # noqa: E402
 
 MICRO = {"embed_dim": 32,
          "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},

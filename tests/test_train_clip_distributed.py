@@ -35,9 +35,10 @@ def global_batch() -> dict:
 
 def gradients_of(env, micro_batches, out_dir: str):
     """Loss (mean over ranks) and gradients of one step of the micro model on ``micro_batches``."""
-    from train_clip.distributed import all_reduce_mean, wrap_ddp
+    from training.distributed import all_reduce_mean, wrap_ddp
     from train_clip.models import create_clip, register_inline
-    from train_clip.step import StepContext, compute_gradients, make_loss, precision_context
+    from train_clip.step import StepContext, compute_gradients, make_loss
+    from training.precision import precision_context
 
     cfg = model_cfg()
     register_inline(cfg, out_dir)
@@ -64,7 +65,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     """One rank: gradients without and with accumulation, then a short DDP train() run."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from train_clip.distributed import init_distributed, shutdown
+    from training.distributed import init_distributed, shutdown
 
     env = init_distributed("cpu")
     local = {k: v.chunk(WORLD)[rank] for k, v in global_batch().items()}
@@ -93,7 +94,7 @@ def ddp_outputs(tmp_path_factory):
 
 
 def test_distributed_loss_and_gradients_equal_single_process(ddp_outputs, tmp_path):
-    from train_clip.distributed import DistEnv
+    from training.distributed import DistEnv
 
     expected_loss, expected = gradients_of(DistEnv(), [global_batch()], str(tmp_path))
     for rank in range(WORLD):
@@ -106,7 +107,7 @@ def test_distributed_loss_and_gradients_equal_single_process(ddp_outputs, tmp_pa
 
 
 def test_train_runs_under_ddp_with_one_shared_out_dir(ddp_outputs):
-    from train_clip import checkpoint as ckpt
+    from training import checkpoint as ckpt
 
     results = [torch.load(os.path.join(ddp_outputs, f"result_rank{r}.pt"), weights_only=True) for r in range(WORLD)]
     assert results[0] == results[1] == {"steps": 4, "samples": 64, "global_batch": [16]}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import train_clip  # noqa: F401  (registers the RecapLiT configs and the timm FID Inception)
-from captiondata.config import ConfigError, DataConfig, MixConfig
+from harness_infra.errors import ConfigError
+from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader, ImageFeatures
 from captiondata.reader import expand_shards
 from captiondata.records import Record
@@ -17,8 +18,9 @@ from conftest import make_records
 from train_clip import frozen_features
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.frozen_features import FeatureInputCLIP, train_split_features, unfrozen_reason
-from train_clip.models import create_clip, eval_transform, load_exported, text_pad_id, trim_padding
-from train_clip.pretrained.towers import TowerSpec
+from train_clip.models import create_clip, eval_transform, load_exported
+from towers.text_trim import text_pad_id, trim_padding
+from towers.pretrained import TowerSpec
 from train_clip.train import train
 
 SPEC = dict(image_size=75, embed_dim=32, context_length=16)
@@ -178,9 +180,9 @@ def test_eval_trunk_cache_is_shared_by_models_with_the_same_locked_trunk(tmp_pat
     """Two LiT models (same locked trunk, different heads): the second evaluation runs no image through the trunk."""
     from PIL import Image
 
-    from evals import embeddings
-    from evals.config import EvalConfig
-    from evals.datasets import image_folder
+    from evals.tasks import embeddings
+    from evals.tasks.config import EvalConfig
+    from evals.tasks.datasets import image_folder
 
     for label in ("cat", "dog"):
         os.makedirs(tmp_path / "images" / label)
@@ -206,8 +208,8 @@ def test_eval_trunk_cache_is_shared_by_models_with_the_same_locked_trunk(tmp_pat
 
 
 def test_eval_text_trimming_covers_the_hf_text_tower():
-    from evals.config import EvalConfig
-    from evals.embeddings import can_trim_text, encode_texts
+    from evals.tasks.config import EvalConfig
+    from evals.tasks.embeddings import can_trim_text, encode_texts
 
     model = create_clip(lit_model(), 75, torch.device("cpu"))
     tokenizer = open_clip.get_tokenizer("RecapLiT-test-train")

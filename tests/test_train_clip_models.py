@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train_clip  # noqa: F401
-from captiondata.config import ConfigError
+from harness_infra.errors import ConfigError
 from train_clip.config import ClipModelConfig
 from train_clip.models import (create_clip, create_tokenizer, export_model, load_exported, register_inline,
                                resize_for_stage, resolved_model_config)

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import train_clip  # noqa: F401
-from captiondata.config import ConfigError
+from harness_infra.errors import ConfigError
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
-from train_clip.distributed import DistEnv
+from training.distributed import DistEnv
 from train_clip.models import create_clip, register_inline
-from train_clip.optim import LRSchedule, build_optimizer, no_weight_decay, param_groups
-from train_clip.step import StepContext, compute_gradients, encode, make_loss, precision_context, train_step
+from train_clip.optim import build_optimizer, no_weight_decay, param_groups
+from training.precision import precision_context
+from training.schedule import LRSchedule
+from train_clip.step import StepContext, compute_gradients, encode, make_loss, train_step
 
 MICRO = {"embed_dim": 32,
          "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},

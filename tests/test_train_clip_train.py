@@ -9,10 +9,11 @@ import open_clip
 import pytest
 import torch
 
-from captiondata.atomic import atomic_torch_save
-from captiondata.config import ConfigError, DataConfig, MixConfig
+from harness_infra.atomic import atomic_torch_save
+from harness_infra.errors import ConfigError
+from captiondata.config import DataConfig, MixConfig
 from conftest import make_records
-from train_clip import checkpoint as ckpt
+from training import checkpoint as ckpt
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import synthetic_factory
 from train_clip.train import train

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from captiondata.build import build_dataset
-from captiondata.config import ConfigError, DataConfig, project_layout
+from captiondata.build import build_shards
+from harness_infra.errors import ConfigError
+from captiondata.config import DataConfig, project_layout
 from captiondata.reader import iter_samples
 from captiondata.writer import ShardWriter
 from conftest import make_records, require_real
@@ -76,16 +77,16 @@ def test_flickr8k_records_follow_the_proxy_definition(flickr_root):
 
 def test_flickr8k_build_skips_when_done_and_refuses_other_settings(flickr_root, tmp_path):
     cfg = DataConfig(name="flickr8k", builder="flickr8k", source=flickr_root, shard_dir=str(tmp_path), build_size=30, samples_per_shard=20)
-    info = build_dataset(cfg)
+    info = build_shards(cfg)
     assert {k: v["samples"] for k, v in info["manifests"].items()} == {"train": 30, "val": 1000, "test": 1000}
     mtime = os.path.getmtime(tmp_path / "train-000000.tar")
-    assert build_dataset(cfg) == info and os.path.getmtime(tmp_path / "train-000000.tar") == mtime
+    assert build_shards(cfg) == info and os.path.getmtime(tmp_path / "train-000000.tar") == mtime
     other = DataConfig(name="flickr8k", builder="flickr8k", source=flickr_root, shard_dir=str(tmp_path), build_size=31, samples_per_shard=20)
     with pytest.raises(ConfigError, match="built with other settings"):
-        build_dataset(other)
+        build_shards(other)
 
 
 def test_missing_flickr8k_folder_is_a_one_line_error(tmp_path):
     cfg = DataConfig(name="flickr8k", builder="flickr8k", source=str(tmp_path / "nope"), shard_dir=str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="lacks Flickr8k.token.txt"):
-        build_dataset(cfg)
+        build_shards(cfg)

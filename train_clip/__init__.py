@@ -18,6 +18,6 @@ if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from train_clip.models import register_model_configs  # noqa: E402
-from train_clip.pretrained import fid_inception  # noqa: E402,F401  (registers the timm model of RecapLiT-* configs)
+from towers import fid_inception  # noqa: E402,F401  (registers the timm model of RecapLiT-* configs)
 
 register_model_configs()

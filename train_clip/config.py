@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from captiondata.config import ConfigError, require
-from train_clip.pretrained.towers import TowerSpec
+from harness_infra.errors import ConfigError, require
+from harness_infra.stagecache import setting
+from towers.pretrained import TowerSpec
 
 WEIGHT_PRECISIONS = ("fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "amp_bf16", "amp", "fp16")
@@ -33,7 +34,7 @@ class ClipModelConfig:
     ``torch_compile``: wrap the model in ``torch.compile``.
     ``quick_gelu``: force QuickGELU activations (OpenAI-style).
     ``tower``: pretrained towers (LiT): a timm image model and a Hugging Face text model with offline weights and
-    locks (``train_clip.pretrained.towers.TowerSpec``); the model is registered with open_clip under ``name``, its
+    locks (``towers.pretrained.TowerSpec``); the model is registered with open_clip under ``name``, its
     tokenizer is the text tower's, and its image size and context length are the spec's.
     """
 
@@ -132,20 +133,20 @@ class TrainConfig:
     accum_steps: int = 1
     seed: int = 0
     precision: str = "auto"
-    device: str = "auto"
-    threads: Optional[int] = None
+    device: str = setting("auto", key=False)
+    threads: Optional[int] = setting(None, key=False)
     deterministic: bool = False
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 2
-    resume: Optional[str] = None
-    log_every: int = 10
-    tensorboard: bool = True
-    progress_bar: bool = True
+    checkpoint_every_steps: int = setting(0, key=False)
+    keep_checkpoints: int = setting(2, key=False)
+    resume: Optional[str] = setting(None, key=False)
+    log_every: int = setting(10, key=False)
+    tensorboard: bool = setting(True, key=False)
+    progress_bar: bool = setting(True, key=False)
     local_loss: bool = True
     gather_with_grad: bool = True
     dist_backend: Optional[str] = None
     frozen_image_features: bool = False
-    feature_cache_dir: Optional[str] = None
+    feature_cache_dir: Optional[str] = setting(None, key=False)
 
     def __post_init__(self) -> None:
         require(len(self.stages) > 0, "train.stages must list at least one stage")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 
 import torch
 
-from train_clip.distributed import DistEnv, all_ranks_have, gather_objects
+from training.distributed import DistEnv, all_ranks_have, gather_objects
 
 log = logging.getLogger(__name__)
 Batch = Dict[str, Any]

@@ -24,12 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from captiondata.config import ConfigError, DataConfig
+from harness_infra.errors import ConfigError
+from captiondata.config import DataConfig
 from captiondata.counters import SampleCounters
 from captiondata.loader import ImageFeatures
 from captiondata.reader import expand_shards, raw_samples, valid_records
-from evals.embeddings import trunk_of
-from evals.identity import file_identity, model_fingerprint, preprocess_identity
+from towers.pretrained import trunk_of
+from harness_infra.identity import file_identity, model_fingerprint, preprocess_identity
 
 log = logging.getLogger(__name__)
 FEATURE_CACHE_KIND = "trunk-shards"
@@ -141,7 +142,7 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
     With a cache, rank r computes the missing entries of shards r, r + world_size, ...; after ``barrier()`` every
     rank reads all entries. Without one (``cache_dir=None``) every rank computes everything in memory.
     """
-    from evals.cache import EmbeddingCache
+    from harness_infra.cache import EmbeddingCache
 
     reason = unfrozen_reason(model)
     if reason is not None:

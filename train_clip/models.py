@@ -14,15 +14,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import open_clip
 import torch
 from open_clip.model import resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from captiondata.config import ConfigError, require
-from captiondata.atomic import atomic_torch_save, atomic_write_text
+from harness_infra.errors import ConfigError, require
+from harness_infra.atomic import atomic_torch_save, atomic_write_text
 from train_clip.config import ClipModelConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def resolved_model_config(cfg: ClipModelConfig, image_size: int) -> Dict[str, An
     """The open_clip model config this run trains: the named config with image size, context and GELU overrides."""
     register_model_configs()
     if cfg.tower is not None:
-        from train_clip.pretrained.towers import tower_model_config
+        from towers.pretrained import tower_model_config
 
         return tower_model_config(cfg.tower)
     model_cfg = open_clip.get_model_config(cfg.name)
@@ -76,11 +76,11 @@ def create_clip(cfg: ClipModelConfig, image_size: int, device: torch.device, see
     """An open_clip model at ``image_size``; init depends on ``seed`` only (global RNG untouched).
 
     Randomly initialised, except with ``cfg.tower``: pretrained towers loaded offline and locked
-    (``train_clip.pretrained.create_tower_model``), at the spec's own image size.
+    (``towers.create_tower_model``), at the spec's own image size.
     """
     register_model_configs()
     if cfg.tower is not None:
-        from train_clip.pretrained.towers import create_tower_model
+        from towers.pretrained import create_tower_model
 
         require(image_size == cfg.tower.image_size, f"train.stages[].image_size={image_size} but model.tower.image_size={cfg.tower.image_size}; "
                 "pretrained towers train at one image size")
@@ -108,28 +108,14 @@ def create_tokenizer(cfg: ClipModelConfig) -> Callable:
     """open_clip's tokenizer matched to the model (its context length; a tower model's is its text tower's)."""
     register_model_configs()
     if cfg.tower is not None:
-        from train_clip.pretrained.towers import tower_tokenizer
+        from towers.pretrained import tower_tokenizer
 
         return tower_tokenizer(cfg.name, cfg.tower)
     return open_clip.get_tokenizer(cfg.name, context_length=cfg.context_length)
 
 
-def text_pad_id(model: torch.nn.Module) -> Optional[int]:
-    """The padding token id of a Hugging Face text tower (open_clip ``HFTextEncoder``), else None.
-
-    Such a tower masks padding out of attention and pooling, so dropping all-padding token columns of a batch
-    leaves its output unchanged (up to float summation order) and saves the work on them.
-    """
-    config = getattr(getattr(model, "text", None), "config", None)
-    pad = getattr(config, "pad_token_id", None)
-    return int(pad) if pad is not None and hasattr(model.text, "pooler") else None
 
 
-def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """``tokens[:, :L]``, L = 1 + the last column holding a non-padding token in any row (at least 1)."""
-    nonpad = (tokens != pad_id).any(dim=0).nonzero()
-    length = int(nonpad[-1]) + 1 if len(nonpad) else 1
-    return tokens[:, :length]
 
 
 def train_transform(model: torch.nn.Module) -> Callable:
@@ -187,7 +173,7 @@ def save_hf_tokenizer(hf_tokenizer: Any, export_dir: str) -> None:
 
 def prepare_export(export_dir: str) -> None:
     """Make an export loadable in this process: timm towers registered, its Hugging Face text model resolvable."""
-    from train_clip.pretrained.minilm import prepare_model_config
+    from towers.minilm import prepare_model_config
 
     register_model_configs()
     with open(os.path.join(export_dir, EXPORT_CONFIG), encoding="utf-8") as handle:
@@ -202,3 +188,10 @@ def load_exported(export_dir: str, name: Optional[str] = None) -> torch.nn.Modul
     else:
         model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{export_dir}")
     return model
+
+
+def load_for_eval(export_dir: str, device: str = "cpu") -> Tuple[torch.nn.Module, Any, Callable]:
+    """(model in eval mode, tokenizer, eval preprocess) of an export, through open_clip's own ``local-dir:`` loader."""
+    prepare_export(export_dir)
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", device=device)
+    return model.eval(), open_clip.get_tokenizer(f"local-dir:{export_dir}"), preprocess

@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 from open_clip import ClipLoss
 
-from captiondata.config import ConfigError
-from train_clip.distributed import DistEnv, unwrap
+from training.distributed import DistEnv, unwrap
 
 Batch = Dict[str, torch.Tensor]
 MAX_LOGIT_SCALE = math.log(100)
@@ -34,19 +33,6 @@ class StepContext:
     autocast: Callable[[], ContextManager]
     scaler: Optional[torch.amp.GradScaler] = None
     grad_clip_norm: Optional[float] = None
-
-
-def precision_context(precision: str, device: torch.device) -> Tuple[Callable[[], ContextManager], Optional[torch.amp.GradScaler]]:
-    """Autocast factory and GradScaler for ``train.precision`` (auto = bf16 on CUDA, fp32 on CPU)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext, None
-    if precision in ("bf16", "amp_bf16"):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16), None
-    if device.type != "cuda":
-        raise ConfigError(f"train.precision={precision} (fp16 autocast + GradScaler) needs CUDA; use bf16 or fp32 on {device.type}")
-    return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
 def make_loss(env: DistEnv, local_loss: bool, gather_with_grad: bool) -> ClipLoss:

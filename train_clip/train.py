@@ -20,18 +20,22 @@ import numpy as np
 import torch
 from open_clip.model import get_input_dtype
 
-from captiondata.atomic import atomic_torch_save, atomic_write_text
-from captiondata.config import DataConfig, MixConfig, require
-from train_clip import checkpoint as ckpt
+from harness_infra.atomic import atomic_torch_save, atomic_write_text
+from harness_infra.errors import require
+from captiondata.config import DataConfig, MixConfig
+from training import checkpoint as ckpt
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import DataStream, LoaderFactory, LoaderRequest, caption_loader_factory
-from train_clip.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
 from train_clip.frozen_features import FeatureInputCLIP, train_split_features
 from train_clip.models import (create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
-                               text_pad_id, train_transform, trim_padding)
-from train_clip.monitor import RunMonitor
-from train_clip.optim import LRSchedule, build_optimizer
-from train_clip.step import StepContext, make_loss, precision_context, train_step
+                               train_transform)
+from towers.text_trim import text_pad_id, trim_padding
+from training.monitor import RunMonitor
+from train_clip.optim import build_optimizer
+from training.schedule import LRSchedule
+from train_clip.step import StepContext, make_loss, train_step
+from training.precision import precision_context
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
@@ -215,7 +219,7 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
             if cfg.stages[index].image_size != cfg.stages[index - 1].image_size:
                 model = resize_for_stage(model, session.model_cfg, cfg.stages[index].image_size, env.device)
             position = ckpt.Position(stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch)
-        position = run_stage(session, model, index, position, payload)
+        position = run_recipe_stage(session, model, index, position, payload)
         payload = None
     return finish(session, model, position, global_batches, started, resume_path)
 
@@ -306,7 +310,7 @@ def restore_rank_rng(payload: Dict[str, Any], env: DistEnv, seed: int, step: int
     seed_everything(seed + 1_000_003 * step + env.rank)
 
 
-def run_stage(session: Session, model: torch.nn.Module, index: int, position: ckpt.Position, payload: Optional[Dict[str, Any]]) -> ckpt.Position:
+def run_recipe_stage(session: Session, model: torch.nn.Module, index: int, position: ckpt.Position, payload: Optional[Dict[str, Any]]) -> ckpt.Position:
     """Train one stage from ``position`` to its last step; saves checkpoints along the way and at the end."""
     cfg, env = session.train_cfg, session.env
     stage = cfg.stages[index]
@@ -335,8 +339,8 @@ def run_stage(session: Session, model: torch.nn.Module, index: int, position: ck
         position.samples_seen += global_batch
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
         extra = {"stage": index, "epoch": position.epoch, "global_batch": global_batch}
-        record = session.monitor.step_done(position.step, position.samples_seen, loss, lr, model.logit_scale.detach().exp(),
-                                           extra, force=position.stage_step == steps)
+        scalars = {"logit_scale": model.logit_scale.detach().exp()}
+        record = session.monitor.step_done(position.step, position.samples_seen, loss, lr, scalars, extra, force=position.stage_step == steps)
         if record is not None:
             session.last_loss = record["loss"]
         if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0 and position.stage_step < steps:

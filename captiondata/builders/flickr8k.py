@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterator, List, Optional
 
-from captiondata.config import ConfigError
+from harness_infra.errors import ConfigError
 from captiondata.records import Record
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,128 @@
+"""One JSON record per (checkpoint, task), plus a ``.queries.npz`` sidecar of per-query values.
+
+Record fields: schema, checkpoint, task, dataset (name, fingerprint, sizes), model (weights id, preprocessing,
+tokenizer, context length), metrics, intervals (per-query metrics: bootstrap percentile, with level and resamples;
+whole-set metrics such as FID: the method named in whole_set_interval_methods), undefined
+(metric -> reason), n, extra, eval settings, created (UTC). Writes go through the one atomic writer with ``overwrite=False`` (temporary file, then a hard
+link that fails if the name exists; mode 0644 under umask 022) and never overwrite: ``on_exists="raise"`` raises FileExistsError,
+``"new_name"`` writes NAME-1.json, NAME-2.json, ... The sidecar keeps the per-query values (``npz``, loaded
+with ``allow_pickle=False``) so two checkpoints can be compared later with a paired test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import re
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from harness_infra.atomic import atomic_write, atomic_write_text
+
+from evals.results.bootstrap import PairedResult, QueryValues, paired_test
+from evals.tasks.config import EvalConfig
+from evals.results.task_result import TaskResult
+
+SCHEMA = "evals.record/1"
+SIDECAR_SUFFIX = ".queries.npz"
+
+
+def record_stem(checkpoint: str, task: str) -> str:
+    """File-name stem ``{checkpoint}__{task}`` with anything outside [A-Za-z0-9._-] replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{checkpoint}__{task}").strip("_")
+
+
+def build_record(result: TaskResult, checkpoint: str, model: Dict[str, Any], cfg: EvalConfig) -> Dict[str, Any]:
+    """The JSON-ready record of one task result (``model``: weights id, preprocessing, tokenizer identities)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("tasks", "cache_dir", "records_dir")}
+    return {
+        "schema": SCHEMA,
+        "checkpoint": checkpoint,
+        "task": result.task,
+        "dataset": result.dataset,
+        "model": model,
+        "metrics": result.metrics,
+        "intervals": {k: (list(v) if v is not None else None) for k, v in result.intervals.items()},
+        "interval_method": {"kind": "percentile bootstrap over queries", "confidence": cfg.confidence,
+                            "resamples": cfg.bootstrap_samples, "seed": cfg.seed},
+        "whole_set_interval_methods": dict(result.interval_methods),
+        "undefined": result.undefined,
+        "n": result.n,
+        "extra": result.extra,
+        "eval": settings,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _free_path(folder: str, stem: str, on_exists: str) -> str:
+    """``folder/stem.json``, or with on_exists="new_name" the first free ``stem-N.json``."""
+    path = os.path.join(folder, stem + ".json")
+    if on_exists == "raise" or not os.path.exists(path):
+        return path
+    index = 1
+    while os.path.exists(os.path.join(folder, f"{stem}-{index}.json")):
+        index += 1
+    return os.path.join(folder, f"{stem}-{index}.json")
+
+
+def write_record(record: Dict[str, Any], folder: str, per_query: Optional[Dict[str, QueryValues]] = None,
+                 stem: Optional[str] = None, on_exists: str = "raise") -> str:
+    """Write the record (and its per-query sidecar) without ever overwriting; returns the JSON path."""
+    if on_exists not in ("raise", "new_name"):
+        raise ValueError(f"on_exists={on_exists!r}; choose raise or new_name")
+    path = _free_path(folder, stem or record_stem(record["checkpoint"], record["task"]), on_exists)
+    if os.path.exists(path):
+        raise FileExistsError(f"record {path} exists; refusing to overwrite (use on_exists='new_name' or remove it)")
+    sidecar = path[: -len(".json")] + SIDECAR_SUFFIX
+    if per_query:
+        arrays = {f"values__{k}": v.values for k, v in per_query.items()}
+        arrays.update({f"groups__{k}": v.groups for k, v in per_query.items() if v.groups is not None})
+        atomic_write(sidecar, lambda h: np.savez_compressed(h, **arrays), overwrite=False)
+        record = {**record, "per_query_file": os.path.basename(sidecar)}
+    try:
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n", overwrite=False)
+    except BaseException:
+        if per_query and os.path.exists(sidecar):
+            os.unlink(sidecar)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON fallback for numpy scalars and tuples."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_record(path: str) -> Dict[str, Any]:
+    """The record dict of a JSON file."""
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_per_query(path: str) -> Dict[str, QueryValues]:
+    """Per-query values of a record (from its sidecar), by metric name."""
+    record = read_record(path)
+    name = record.get("per_query_file")
+    if not name:
+        raise FileNotFoundError(f"record {path} has no per-query file")
+    with np.load(os.path.join(os.path.dirname(path), name), allow_pickle=False) as data:
+        keys = [k[len("values__"):] for k in data.files if k.startswith("values__")]
+        return {k: QueryValues(data[f"values__{k}"], data[f"groups__{k}"] if f"groups__{k}" in data.files else None) for k in keys}
+
+
+def compare_records(path_a: str, path_b: str, cfg: Optional[EvalConfig] = None) -> Dict[str, PairedResult]:
+    """Paired test (A minus B) for every metric both records share; they must be the same task on the same data."""
+    cfg = cfg or EvalConfig()
+    a, b = read_record(path_a), read_record(path_b)
+    if a["task"] != b["task"] or a["dataset"].get("fingerprint") != b["dataset"].get("fingerprint"):
+        raise ValueError(f"records {path_a} and {path_b} are not the same task on the same data set (fingerprints differ)")
+    values_a, values_b = read_per_query(path_a), read_per_query(path_b)
+    return {name: paired_test(values_a[name], values_b[name], cfg.bootstrap_samples, cfg.permutation_samples, cfg.confidence, cfg.seed)
+            for name in sorted(set(values_a) & set(values_b))}

@@ -1,0 +1,116 @@
+"""Typed configuration of the evaluation suite (validated at start-up, one-line ConfigError messages)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from harness_infra.errors import ConfigError, require
+from harness_infra.stagecache import setting
+from captiondata.config import default_data_root
+from evals.tasks.registry import TASKS
+
+FORMATS = ("image_folder", "clip_benchmark_wds", "project_shards", "flickr8k", "caption_folder")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+__all__ = ["ConfigError", "EvalConfig", "TaskConfig", "TASKS", "FORMATS", "resolve_data_path"]
+
+
+def resolve_data_path(path: str) -> str:
+    """An absolute path: relative paths are taken under the shared data root ($RECAP_DATA_ROOT)."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) or "://" in path else os.path.normpath(os.path.join(default_data_root(), path))
+
+
+@dataclass
+class TaskConfig:
+    """One evaluation task on one data set.
+
+    task: ``zeroshot_classification`` | ``retrieval`` | ``long_retrieval`` | ``caption_diagnostics``.
+    format: ``image_folder`` (``path/split/class/*.jpg``), ``clip_benchmark_wds`` (``path/split/*.tar`` plus
+    ``classnames.txt``/``zeroshot_classification_templates.txt``), ``project_shards`` (shard spec; references =
+    ground-truth captions), ``flickr8k`` (the raw release: ``images/``, ``Flickr8k.token.txt``, split lists) or
+    ``caption_folder`` (Urban-1K style ``image/NAME.jpg`` + ``caption/NAME.txt``).
+    path: folder or shard spec; relative folders live under the data root ($RECAP_DATA_ROOT), relative
+    project_shards specs under the working directory (where the data stage writes them). classnames: ``imagenet`` (open_clip's
+    IMAGENET_CLASSNAMES), a text file (one per line) or None (the data set's own). templates: a named set of
+    ``evals.tasks.prompts.TEMPLATE_SETS``, a text file with ``{c}`` placeholders, or None (the data set's own, else
+    ``openai_imagenet``). max_samples: evaluate the first N images only (None = all).
+    """
+
+    name: str = "cifar10"
+    task: str = "zeroshot_classification"
+    format: str = "image_folder"
+    path: str = "cifar10"
+    split: str = "test"
+    classnames: Optional[str] = None
+    templates: Optional[str] = None
+    max_samples: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "eval task: 'name' must be a non-empty string")
+        require(self.task in TASKS, f"eval task {self.name}: task={self.task!r} is unknown; choose one of {', '.join(TASKS)}")
+        require(self.format in FORMATS, f"eval task {self.name}: format={self.format!r} is unknown; choose one of {', '.join(FORMATS)}")
+        require(self.max_samples is None or self.max_samples > 0, f"eval task {self.name}: max_samples={self.max_samples} must be positive or null")
+        require(self.task != "zeroshot_classification" or self.format in ("image_folder", "clip_benchmark_wds"),
+                f"eval task {self.name}: zero-shot classification reads image_folder or clip_benchmark_wds, not {self.format}")
+        require(self.task != "caption_diagnostics" or self.format == "project_shards",
+                f"eval task {self.name}: caption_diagnostics reads project_shards (original, recaptions, references), not {self.format}")
+        require(bool(self.path), f"eval task {self.name}: 'path' must name a folder or shard spec")
+        require(self.task == "zeroshot_classification" or self.format != "image_folder",
+                f"eval task {self.name}: format=image_folder holds class labels, not captions; use it for zeroshot_classification")
+
+    def resolved_path(self) -> str:
+        """The path to read: project shard specs as given, other relative paths under the data root."""
+        return os.path.expanduser(self.path) if self.format == "project_shards" else resolve_data_path(self.path)
+
+
+@dataclass
+class EvalConfig:
+    """How to run evaluations: batching, device, statistics and the embedding cache.
+
+    batch_size: images or texts per forward pass. device: torch device string. num_workers: DataLoader
+    processes for image decoding. precision: ``fp32`` or autocast ``bf16``/``fp16``. bootstrap_samples /
+    permutation_samples: resamples for confidence intervals / paired tests; confidence: interval level.
+    seed: seeds every resampling. cache_dir: embedding cache folder (None = no cache). ks: recall@k list.
+    context_length: text context override (None = the model's own). score_block: max similarity entries held
+    at once (memory bound of the chunked ranking). trim_text_padding: drop all-padding token columns before the
+    text tower (exact for causal, EOT-pooled open_clip text towers and for Hugging Face towers, which mask
+    padding; checked at run time). trunk_feature_cache: for open_clip timm image towers, also cache the trunk's
+    pooled features keyed by the trunk's own weights, so models sharing a locked pretrained trunk (a LiT sweep)
+    run the trunk once per data set and only their projection heads per model.
+    """
+
+    batch_size: int = setting(256, key=False)
+    device: str = setting("cpu", key=False)
+    num_workers: int = setting(0, key=False)
+    precision: str = "fp32"
+    bootstrap_samples: int = 1000
+    permutation_samples: int = 10000
+    confidence: float = 0.95
+    seed: int = 0
+    cache_dir: Optional[str] = setting("cache/evals", key=False)
+    records_dir: str = setting("results/evals", key=False)
+    ks: Tuple[int, ...] = (1, 5, 10)
+    context_length: Optional[int] = None
+    score_block: int = 1 << 24
+    trim_text_padding: bool = True
+    trunk_feature_cache: bool = False
+    tasks: List[TaskConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ks = tuple(int(k) for k in self.ks)
+        self.tasks = [t if isinstance(t, TaskConfig) else TaskConfig(**t) for t in self.tasks]
+        require(self.batch_size > 0, f"eval.batch_size={self.batch_size} must be positive")
+        require(self.num_workers >= 0, f"eval.num_workers={self.num_workers} must be >= 0")
+        require(self.precision in PRECISIONS, f"eval.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+        require(self.bootstrap_samples >= 0, f"eval.bootstrap_samples={self.bootstrap_samples} must be >= 0 (0 = no intervals)")
+        require(self.permutation_samples > 0, f"eval.permutation_samples={self.permutation_samples} must be positive")
+        require(0.0 < self.confidence < 1.0, f"eval.confidence={self.confidence} must be in (0, 1)")
+        require(len(self.ks) > 0 and all(k > 0 for k in self.ks), f"eval.ks={list(self.ks)} must be a non-empty list of positive integers")
+        require(self.context_length is None or self.context_length >= 2, f"eval.context_length={self.context_length} must be >= 2 or null")
+        require(self.score_block >= 1024, f"eval.score_block={self.score_block} must be >= 1024 similarity entries")
+        require(bool(self.device), "eval.device must name a torch device such as cpu or cuda")
+        names = [t.name for t in self.tasks]
+        require(len(names) == len(set(names)), f"eval.tasks has duplicate names: {sorted({n for n in names if names.count(n) > 1})}")

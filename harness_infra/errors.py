@@ -1,0 +1,24 @@
+"""The one configuration-error type of the project and its one-line message helpers.
+
+Every bad configuration value (a Hydra override, a dataclass field, a data path) raises ``ConfigError`` with a
+message of one line that names the key, e.g. ``mix.p=1.5 is outside [0, 1]``; the entry point prints it as
+``error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line that names the key."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception message, without OmegaConf's full-key/object-type trailer."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,64 @@
+"""Publish an experiment's eval records into ``results/records`` with the run's provenance attached."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+from harness_infra.provenance import provenance
+from evals.results.records import read_per_query, read_record, write_record
+from harness_infra.stagecache import content_hash
+
+RECORDS_DIR = "records"
+
+
+def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, Dict[str, Any]],
+                eval_info: Dict[str, Any]) -> Dict[str, Any]:
+    """What ran, how, on what, where and how long: attached to every record of the run."""
+    data_info, train_info = infos["data"], infos["train"]
+    return {
+        "experiment": cfg.experiment,
+        "command": "python -m evals.run " + " ".join(overrides),
+        "p": cfg.mix.p_original,
+        "p_meaning": "probability of the ORIGINAL caption per sample",
+        "strategy": cfg.mix.strategy,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "seed": cfg.train.seed,
+        "samples_seen": train_info.get("samples_seen"),
+        "global_batch": train_info.get("global_batch"),
+        "steps": train_info.get("steps"),
+        "train_samples_per_s": train_info.get("samples_per_s"),
+        "config_hash": content_hash(resolved),
+        "resolved_config": resolved,
+        "data_fingerprint": data_info.get("fingerprint"),
+        "trainer": cfg.trainer,
+        "train_hash": train_info.get("hash"),
+        "eval_hash": eval_info.get("hash"),
+        "wall_time_s": {name: info.get("wall_time_s") for name, info in {**infos, "eval": eval_info}.items()},
+        **provenance(),
+    }
+
+
+def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, Dict[str, Any]],
+                    eval_info: Dict[str, Any]) -> List[str]:
+    """Copy each eval record (and its per-query sidecar) into results/records; never overwrite.
+
+    A record already published from the same eval stage output is left alone; a re-evaluation is
+    published under a new name (NAME-1.json, ...) and the tables use the newest.
+    """
+    folder = os.path.join(cfg.run.results_dir, RECORDS_DIR)
+    run = run_section(cfg, resolved, overrides, infos, eval_info)
+    published = []
+    for source in eval_info["records"]:
+        record = read_record(source)
+        stem = f"{cfg.experiment}__{record['task_name']}__{eval_info['hash']}"
+        identity = f"{os.path.abspath(source)}@{os.stat(source).st_mtime_ns}"  # a re-evaluation rewrites the source
+        existing = os.path.join(folder, stem + ".json")
+        if os.path.exists(existing) and read_record(existing)["run"].get("source_record") == identity:
+            published.append(existing)
+            continue
+        record = {k: v for k, v in record.items() if k not in ("path", "per_query_file")}
+        record["run"] = {**run, "source_record": identity}
+        published.append(write_record(record, folder, read_per_query(source), stem=stem, on_exists="new_name"))
+    return published

@@ -1,0 +1,85 @@
+"""The stage registry: every stage a run can walk, in the one place they are registered.
+
+A ``Stage`` is a name, the stages whose outputs it reads (``needs``), a key function (what determines its output:
+the stage folder is ``{run.out_root}/{name}/{label}-{hash(key)}`` and is skipped once its marker exists) and a run
+function. How it runs under torchrun is its ``ranks`` policy:
+
+- ``rank0_builds``: rank 0 runs it, every other rank waits for the completion marker (shards, caches);
+- ``all``: every rank runs it (collective training); rank 0 writes the marker;
+- ``rank0``: rank 0 alone (evaluation, tables); the other ranks stop before it.
+
+Adding a stage = one module in ``pipeline/stages/`` defining ``STAGE``, and its name in ``STAGE_MODULES`` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from harness_infra.errors import ConfigError, require
+
+RANK_POLICIES = ("rank0_builds", "all", "rank0")
+STAGE_MODULES = ("pipeline.stages.data", "pipeline.stages.train", "pipeline.stages.eval", "pipeline.stages.tables")
+
+
+@dataclass
+class RunContext:
+    """What a stage sees: the typed config, the resolved config and command-line overrides (for provenance), and the
+    info every earlier stage returned (``infos[name]``, each with ``out_dir`` when the stage has a folder)."""
+
+    cfg: Any
+    resolved: Dict[str, Any]
+    overrides: List[str]
+    infos: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One registered stage.
+
+    ``key(ctx) -> dict | None``: what determines the output (None: the stage has no folder and runs every time);
+    ``run(ctx, out_dir) -> info``: does the work into ``out_dir`` and returns JSON-ready info (stored in the marker);
+    ``after(ctx, info) -> info``: runs on rank 0 every time, whether the stage ran or was skipped (publishing);
+    ``label(ctx)``: the folder label (default: the experiment name); ``version``: bump to invalidate old outputs.
+    """
+
+    name: str
+    needs: Tuple[str, ...]
+    run: Callable[[RunContext, Optional[str]], Dict[str, Any]]
+    key: Optional[Callable[[RunContext], Optional[Dict[str, Any]]]] = None
+    ranks: str = "rank0"
+    after: Optional[Callable[[RunContext, Dict[str, Any]], Dict[str, Any]]] = None
+    label: Optional[Callable[[RunContext], str]] = None
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ranks not in RANK_POLICIES:
+            raise ValueError(f"stage {self.name}: ranks={self.ranks!r}; choose one of {', '.join(RANK_POLICIES)}")
+
+
+def _load() -> Dict[str, Stage]:
+    """Every registered stage by name, in registration order."""
+    stages = [importlib.import_module(module).STAGE for module in STAGE_MODULES]
+    return {stage.name: stage for stage in stages}
+
+
+STAGES: Dict[str, Stage] = {}
+
+
+def stages() -> Dict[str, Stage]:
+    """The registry (stage modules are imported on first use, so a config can be validated without them)."""
+    if not STAGES:
+        STAGES.update(_load())
+    return STAGES
+
+
+def check_stage_list(names: List[str]) -> None:
+    """One-line ConfigError unless every name is registered, listed once, after the stages it needs."""
+    registry = stages()
+    for index, name in enumerate(names):
+        if name not in registry:
+            raise ConfigError(f"run.stages: {name!r} is not a stage; choose from {', '.join(registry)}")
+        require(name not in names[:index], f"run.stages lists {name!r} twice")
+        missing = [need for need in registry[name].needs if need not in names[:index]]
+        require(not missing, f"run.stages: {name!r} needs {', '.join(missing)} before it")

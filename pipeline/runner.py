@@ -1,0 +1,73 @@
+"""Walk one composed experiment's stages: skip what is complete, run what is not, under any rank layout.
+
+For each name of ``run.stages`` the registered ``Stage`` gives a key; its folder is
+``{run.out_root}/{stage}/{label}-{hash}`` (``harness_infra.stagecache.StageDir``), skipped when its marker exists
+(unless ``run.rerun`` names it), otherwise prepared, run and finished with the marker written last. The info a
+stage returns (plus ``hash``, ``out_dir`` and ``wall_time_s``) is what later stages read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, List
+
+from harness_infra.ranks import is_main, rank0_builds
+from harness_infra.stagecache import StageDir
+from pipeline.registry import RunContext, Stage, stages
+
+log = logging.getLogger("pipeline")
+
+
+def run_cached(ctx: RunContext, stage: Stage, step: str) -> Dict[str, Any]:
+    """The stage's info: from its marker when complete (unless rerun), else by running it, by its rank policy."""
+    cfg = ctx.cfg
+    key = stage.key(ctx) if stage.key is not None else None
+    if key is None:
+        return timed(lambda: stage.run(ctx, None))
+    label = stage.label(ctx) if stage.label is not None else cfg.experiment
+    folder = StageDir(cfg.run.out_root, stage.name, label, {**key, "stage_version": stage.version})
+    forced = cfg.run.rerun == stage.name
+
+    def read() -> Dict[str, Any]:
+        return {**folder.info(), "out_dir": folder.path}
+
+    def build() -> Dict[str, Any]:
+        if folder.complete() and not forced:
+            log.info("%s %s: complete in %s, skipped", step, stage.name, folder.path)
+            return read()
+        log.info("%s %s: running in %s", step, stage.name, folder.path)
+        folder.prepare(force=forced and folder.complete())
+        info = timed(lambda: stage.run(ctx, folder.path))
+        folder.finish(info)
+        return read()
+
+    if stage.ranks == "rank0_builds":
+        return rank0_builds(build, folder.complete, read, what=folder.marker)
+    if stage.ranks == "all" and not is_main():  # a collective stage: every rank works, rank 0 writes the marker
+        return read() if folder.complete() else {**timed(lambda: stage.run(ctx, folder.path)), "hash": folder.hash, "out_dir": folder.path}
+    return build()
+
+
+def timed(work: Any) -> Dict[str, Any]:
+    """``work()``'s info with its wall time."""
+    started = time.perf_counter()
+    info = work()
+    return {**info, "wall_time_s": round(time.perf_counter() - started, 2)}
+
+
+def run_experiment(cfg: Any, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
+    """Walk ``cfg.run.stages`` for one composed config; returns every stage's info by name (and ``table``)."""
+    registry = stages()
+    ctx = RunContext(cfg, resolved, overrides)
+    names = cfg.run.stages
+    last = names.index(cfg.run.stop_after) if cfg.run.stop_after else len(names) - 1
+    for index, name in enumerate(names[:last + 1]):
+        stage = registry[name]
+        if stage.ranks == "rank0" and not is_main():
+            break
+        info = run_cached(ctx, stage, f"[{index + 1}/{len(names)}]")
+        if stage.after is not None and is_main():
+            info = stage.after(ctx, info)
+        ctx.infos[name] = info
+    return {**ctx.infos, "table": ctx.infos.get("tables", {}).get("table")}

@@ -1,0 +1,62 @@
+"""The eval stage: load the trained family's export as the kind of model it produces and run every configured task.
+
+Key: the train stage's hash, the eval settings that change numbers (declared on each field) and the tasks, with
+paths under the data stage's folder written as ``@data`` so moving ``run.out_root`` changes nothing. One record per
+task in the stage folder; on rank 0 they are then published to ``{run.results_dir}/records`` with the run's
+provenance (every time, so a deleted published record comes back; never overwriting one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+from harness_infra.errors import ConfigError
+from harness_infra.stagecache import key_fields
+from pipeline.families import FAMILIES
+from pipeline.publish import publish_records
+from pipeline.registry import RunContext, Stage
+from pipeline.stages.data import shard_dir
+
+DATA_PLACEHOLDER = "@data"
+
+
+def resolve_task_paths(cfg: Any, data_info: Dict[str, Any]) -> List[Any]:
+    """Eval tasks with a leading ``@data`` in their path replaced by the data stage's shard folder."""
+    tasks = []
+    folder = shard_dir(data_info)
+    for task in cfg.eval.tasks:
+        if task.path.startswith(DATA_PLACEHOLDER):
+            if not folder:
+                raise ConfigError(f"eval task {task.name}: path {task.path!r} needs a built data set, but data.builder=none")
+            task = dataclasses.replace(task, path=folder + task.path[len(DATA_PLACEHOLDER):])
+        tasks.append(task)
+    return tasks
+
+
+def key(ctx: RunContext) -> Dict[str, Any]:
+    """What determines the eval numbers: the trained weights, the tasks, the statistics settings."""
+    folder = shard_dir(ctx.infos["data"]) or "\0"
+    tasks = [dataclasses.replace(t, path=t.path.replace(folder, DATA_PLACEHOLDER)) for t in resolve_task_paths(ctx.cfg, ctx.infos["data"])]
+    return {"train_hash": ctx.infos["train"]["hash"], "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
+            "data_fingerprint": ctx.infos["data"]["fingerprint"]}
+
+
+def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
+    """Evaluate the export on every task; one record per task under ``out_dir/records``."""
+    from evals.tasks.suite import evaluate_checkpoint
+
+    cfg = ctx.cfg
+    eval_cfg = dataclasses.replace(cfg.eval, tasks=resolve_task_paths(cfg, ctx.infos["data"]), records_dir=os.path.join(out_dir, "records"))
+    evaluable = FAMILIES[cfg.trainer].load(ctx.infos["train"]["export_dir"], eval_cfg.device)
+    records = evaluate_checkpoint(evaluable, eval_cfg, checkpoint=cfg.experiment, on_exists="new_name")
+    return {"records": [r["path"] for r in records], "metrics": {r["task_name"]: r["metrics"] for r in records}}
+
+
+def publish(ctx: RunContext, info: Dict[str, Any]) -> Dict[str, Any]:
+    """Publish the stage's records into results/records (skipping those already published from this output)."""
+    return {**info, "published": publish_records(ctx.cfg, ctx.resolved, ctx.overrides, ctx.infos, info)}
+
+
+STAGE = Stage(name="eval", needs=("data", "train"), key=key, run=run, ranks="rank0", after=publish)

@@ -1,0 +1,107 @@
+"""What a run reports: a tqdm bar (loss, samples/s, ETA), TensorBoard scalars, ``metrics.jsonl`` and epoch summaries.
+
+``metrics.jsonl`` has one line per log step: step, samples_seen, loss, lr, samples_per_s, logit_scale (plus
+stage, epoch and global_batch). ``epochs.jsonl`` has one line per data epoch with the effective global batch,
+the realised original-caption fraction (p = probability of the ORIGINAL caption) and skipped-sample counts.
+Only rank 0 writes; the logged loss is the mean over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+import torch
+from tqdm import tqdm
+
+from harness_infra.atomic import atomic_write_text
+from training.distributed import DistEnv, all_reduce_mean
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+EPOCHS_FILE = "epochs.jsonl"
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Drop lines logged after ``last_step`` (a resumed run re-logs them)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(kept))
+
+
+class RunMonitor:
+    """Progress bar, TensorBoard and jsonl metrics for one training run (all ranks call it; rank 0 writes)."""
+
+    def __init__(self, out_dir: str, env: DistEnv, total_steps: int, start_step: int, samples_seen: int,
+                 log_every: int, tensorboard: bool = True, progress_bar: bool = True) -> None:
+        self.env, self.log_every, self.writes = env, log_every, env.is_main
+        self.metrics_path = os.path.join(out_dir, METRICS_FILE)
+        self.epochs_path = os.path.join(out_dir, EPOCHS_FILE)
+        self.writer = None
+        if self.writes:
+            os.makedirs(out_dir, exist_ok=True)
+            truncate_jsonl(self.metrics_path, start_step)
+            truncate_jsonl(self.epochs_path, start_step)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1)
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not (self.writes and progress_bar))
+        self.last_time, self.last_samples = time.perf_counter(), samples_seen
+        self.step = start_step
+
+    def _append(self, path: str, record: Dict[str, Any]) -> None:
+        """Append one json line."""
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def step_done(self, step: int, samples_seen: int, loss: torch.Tensor, lr: float, scalars: Dict[str, Any],
+                  extra: Dict[str, Any], force: bool = False) -> Optional[Dict[str, Any]]:
+        """Advance the bar; on log steps (every ``log_every`` and when ``force``) record metrics. Collective on log steps.
+
+        ``scalars``: the family's own curves (CLIP: ``logit_scale``), logged to jsonl and TensorBoard as ``train/NAME``;
+        ``extra``: context written to jsonl only (stage, epoch, global batch).
+        """
+        self.step = step
+        self.bar.update(1)
+        if step % self.log_every != 0 and not force:
+            return None
+        loss_value = float(all_reduce_mean(loss.float(), self.env))
+        now = time.perf_counter()
+        rate = (samples_seen - self.last_samples) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_samples = now, samples_seen
+        named = {name: float(value) for name, value in scalars.items()}
+        record = {"step": step, "samples_seen": samples_seen, "loss": loss_value, "lr": lr, "samples_per_s": rate, **named, **extra}
+        if self.writes:
+            self._append(self.metrics_path, record)
+            self.bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}", refresh=False)
+            if self.writer is not None:
+                for key in ("loss", "lr", "samples_per_s", *named):
+                    self.writer.add_scalar(f"train/{key}", record[key], step)
+            log.debug("step %d: %s", step, record)
+        return record
+
+    def epoch_end(self, epoch: int, stats: Dict[str, Any], global_batch: str, stage: int) -> None:
+        """Log one data epoch: effective global batch, realised original fraction, skipped counts."""
+        if not self.writes:
+            return
+        fraction = stats.get("original_fraction")
+        fraction_text = "n/a" if fraction is None else f"{fraction:.4f}"
+        log.info("epoch %d done (stage %d, step %d): global batch %s, %s samples, realised original fraction %s "
+                 "(p = P(original)), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
+                 fraction_text, stats.get("skipped") or "none")
+        self._append(self.epochs_path, {"epoch": epoch, "stage": stage, "step": self.step, "global_batch": global_batch, **stats})
+        if self.writer is not None and fraction is not None:
+            self.writer.add_scalar("data/original_fraction", fraction, self.step)
+            self.writer.add_scalar("data/skipped_total", stats.get("skipped_total", 0), self.step)
+
+    def close(self) -> None:
+        """Flush and close the bar and TensorBoard."""
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
