@@ -80,6 +80,11 @@ class StageDir:
         """Path of the completion marker."""
         return os.path.join(self.path, MARKER)
 
+    @property
+    def lock_path(self) -> str:
+        """The lock file beside the folder (``harness_infra.locks.exclusive``): one builder at a time across jobs."""
+        return self.path + ".lock"
+
     def complete(self) -> bool:
         """True when the stage finished for this exact key."""
         return os.path.isfile(self.marker)

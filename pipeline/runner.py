@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, Dict, List
 
+from harness_infra.locks import exclusive
 from harness_infra.ranks import is_main, rank0_builds
 from harness_infra.stagecache import StageDir
 from pipeline.registry import RunContext, Stage, stages
@@ -33,14 +34,15 @@ def run_cached(ctx: RunContext, stage: Stage, step: str) -> Dict[str, Any]:
         return {**folder.info(), "out_dir": folder.path}
 
     def build() -> Dict[str, Any]:
-        if folder.complete() and not forced:
-            log.info("%s %s: complete in %s, skipped", step, stage.name, folder.path)
+        with exclusive(folder.lock_path):  # parallel jobs of a sweep share stage folders: one builds, the others wait
+            if folder.complete() and not forced:
+                log.info("%s %s: complete in %s, skipped", step, stage.name, folder.path)
+                return read()
+            log.info("%s %s: running in %s", step, stage.name, folder.path)
+            folder.prepare(force=forced and folder.complete())
+            info = timed(lambda: stage.run(ctx, folder.path))
+            folder.finish(info)
             return read()
-        log.info("%s %s: running in %s", step, stage.name, folder.path)
-        folder.prepare(force=forced and folder.complete())
-        info = timed(lambda: stage.run(ctx, folder.path))
-        folder.finish(info)
-        return read()
 
     if stage.ranks == "rank0_builds":
         return rank0_builds(build, folder.complete, read, what=folder.marker)

@@ -27,6 +27,16 @@ CHUNK_ENTRIES = 1 << 22  # resampled entries held at once
 MAX_LEVELS = 4096  # more distinct categories than this: resample indices instead of counts
 
 
+@dataclass(frozen=True)
+class Resampling:
+    """Resampling settings of intervals and paired tests (``EvalConfig`` carries the same fields, with these defaults)."""
+
+    bootstrap_samples: int = 1000
+    permutation_samples: int = 10000
+    confidence: float = 0.95
+    seed: int = 0
+
+
 @dataclass
 class QueryValues:
     """Per-query values of one metric (and optional group labels for a class-balanced mean)."""

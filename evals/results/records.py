@@ -22,8 +22,7 @@ import numpy as np
 
 from harness_infra.atomic import atomic_write, atomic_write_text
 
-from evals.results.bootstrap import PairedResult, QueryValues, paired_test
-from evals.tasks.config import EvalConfig
+from evals.results.bootstrap import PairedResult, QueryValues, Resampling, paired_test
 from evals.results.task_result import TaskResult
 
 SCHEMA = "evals.record/1"
@@ -35,8 +34,9 @@ def record_stem(checkpoint: str, task: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{checkpoint}__{task}").strip("_")
 
 
-def build_record(result: TaskResult, checkpoint: str, model: Dict[str, Any], cfg: EvalConfig) -> Dict[str, Any]:
-    """The JSON-ready record of one task result (``model``: weights id, preprocessing, tokenizer identities)."""
+def build_record(result: TaskResult, checkpoint: str, model: Dict[str, Any], cfg: Any) -> Dict[str, Any]:
+    """The JSON-ready record of one task result (``model``: weights id, preprocessing, tokenizer identities;
+    ``cfg``: the ``EvalConfig`` dataclass that made it, whose settings and resampling fields are recorded)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("tasks", "cache_dir", "records_dir")}
     return {
         "schema": SCHEMA,
@@ -117,9 +117,10 @@ def read_per_query(path: str) -> Dict[str, QueryValues]:
         return {k: QueryValues(data[f"values__{k}"], data[f"groups__{k}"] if f"groups__{k}" in data.files else None) for k in keys}
 
 
-def compare_records(path_a: str, path_b: str, cfg: Optional[EvalConfig] = None) -> Dict[str, PairedResult]:
-    """Paired test (A minus B) for every metric both records share; they must be the same task on the same data."""
-    cfg = cfg or EvalConfig()
+def compare_records(path_a: str, path_b: str, cfg: Optional[Any] = None) -> Dict[str, PairedResult]:
+    """Paired test (A minus B) for every per-query metric both records share; same task on the same data required.
+    ``cfg``: resampling settings (an ``EvalConfig`` or ``Resampling``; default ``Resampling()``)."""
+    cfg = cfg or Resampling()
     a, b = read_record(path_a), read_record(path_b)
     if a["task"] != b["task"] or a["dataset"].get("fingerprint") != b["dataset"].get("fingerprint"):
         raise ValueError(f"records {path_a} and {path_b} are not the same task on the same data set (fingerprints differ)")

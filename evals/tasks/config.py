@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
 from captiondata.config import default_data_root
+from evals.results.bootstrap import Resampling
 from evals.tasks.registry import TASKS
 
 FORMATS = ("image_folder", "clip_benchmark_wds", "project_shards", "flickr8k", "caption_folder")
@@ -86,10 +87,10 @@ class EvalConfig:
     device: str = setting("cpu", key=False)
     num_workers: int = setting(0, key=False)
     precision: str = "fp32"
-    bootstrap_samples: int = 1000
-    permutation_samples: int = 10000
-    confidence: float = 0.95
-    seed: int = 0
+    bootstrap_samples: int = Resampling.bootstrap_samples
+    permutation_samples: int = Resampling.permutation_samples
+    confidence: float = Resampling.confidence
+    seed: int = Resampling.seed
     cache_dir: Optional[str] = setting("cache/evals", key=False)
     records_dir: str = setting("results/evals", key=False)
     ks: Tuple[int, ...] = (1, 5, 10)
