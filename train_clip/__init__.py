@@ -1,10 +1,13 @@
-"""CLIP trainer: open_clip models and losses, captiondata batches, a small DiT-style training loop.
+"""The CLIP family: open_clip models trained on captiondata's mixed captions (``trainer=clip``).
 
 Modules, in the order data flows through them:
-``config`` (typed ``model:``/``train:`` groups) -> ``models`` (open_clip models, tokenizer, transforms, export)
--> ``data`` (CaptionLoader glue) -> ``step`` (loss, accumulation, AdamW step) -> ``optim`` (param groups,
-schedule) -> ``checkpoint`` (atomic, resumable) -> ``monitor`` (bar, TensorBoard, jsonl) -> ``train`` (the loop).
-Entry points: ``train_clip.train.train(...)`` and ``python -m train_clip`` (Hydra).
+``config`` (typed ``model:``/``train:`` groups) -> ``models`` (open_clip models, tokenizer, transforms, export and
+loading for evaluation) -> ``data`` (CaptionLoader glue) -> ``frozen_features`` (LiT: cached locked-trunk features)
+-> ``step`` (contrastive loss, exact gradient accumulation) -> ``optim`` (AdamW parameter groups) -> ``train`` (the
+loop: DiT's ``train.py`` style, top to bottom). Generic pieces (distributed, checkpoints, LR schedule, precision,
+monitor) live in ``training``; pretrained towers in ``towers``.
+Entry points: ``train_clip.train.train(...)`` from Python; ``python -m evals.run +experiment=... 'run.stages=[data,train]'``
+from the command line. Importing the package registers its open_clip model configs (``RecapCLIP-*``, ``RecapLiT-*``).
 """
 
 import os
