@@ -35,3 +35,22 @@ def test_a_sweep_over_p_runs_through_a_hydra_launcher(tmp_path, launcher, capsys
     assert logs.count("] data: running in") == 1 and logs.count("] data: complete in") == 1  # one job built, the other waited
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in open(f"{root}/results/scenes.md") if line.startswith("| RecapCLIP")]
     assert sorted((row[1], row[2]) for row in rows) == [("mix", "0"), ("mix", "1")]  # both jobs' runs, none lost to a race
+
+
+def test_torchrun_ranks_share_one_run_directory_and_rank0_builds(tmp_path):
+    """Two torchrun ranks (gloo on CPU): one Hydra run directory for both (from torchrun's run id, not a timestamp
+    each rank resolves), ``.hydra/`` written once, the shards built once, one set of records published."""
+    import subprocess
+    import sys
+
+    root = str(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "evals.run", *TINY,
+               "train.stages.0.batch_size=16", "train.device=cpu", "data.resampled=true", "data.epoch_samples=128",
+               f"run.out_root={root}/runs", f"run.results_dir={root}/results"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dirs = glob.glob(f"{root}/runs/hydra/clip_smoke/*")
+    assert len(run_dirs) == 1 and os.path.basename(run_dirs[0]).startswith("torchrun-") and os.path.isdir(f"{run_dirs[0]}/.hydra")
+    assert done.stderr.count("] data: running in") == 1 and "(= 16 x 2 ranks x 1 accum)" in done.stderr
+    assert len(glob.glob(f"{root}/results/records/*.json")) == 2 and done.stdout.count("table: ") == 1
