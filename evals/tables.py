@@ -19,13 +19,10 @@ import pandas as pd
 
 from harness_infra.atomic import atomic_write, atomic_write_bytes
 from evals.results.records import compare_records, read_record
+from evals.tasks.registry import TASKS
 
 log = logging.getLogger(__name__)
-MAIN_METRICS = {
-    "retrieval": ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5"),
-    "long_retrieval": ("i2t_R@1", "t2i_R@1"),
-    "zeroshot_classification": ("top1", "top5", "mean_per_class_recall"),
-}
+MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}  # declared with each task
 SIGNIFICANCE = 0.05
 RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
 

@@ -71,3 +71,23 @@ def test_comparison_refuses_different_data(tmp_path):
     path_b = write_record(build_record(other, "B", {}, CFG), str(tmp_path), other.per_query)
     with pytest.raises(ValueError, match="same task on the same data"):
         compare_records(path_a, path_b)
+
+
+def test_records_and_sidecars_get_plain_file_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = write_record(build_record(result(np.ones(4)), "A", {}, CFG), str(tmp_path), result(np.ones(4)).per_query)
+    finally:
+        os.umask(umask)
+    sidecar = path[: -len(".json")] + ".queries.npz"
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644) and oct(os.stat(sidecar).st_mode & 0o777) == oct(0o644)
+
+
+def test_whole_set_metrics_carry_their_own_interval_method(tmp_path):
+    r = result(np.array([1.0, 0.0, 1.0]))
+    r.set_whole_set_metric("fid", 31.25, (29.0, 33.5), "bootstrap over generated images, 100 resamples")
+    path = write_record(build_record(r, "gen", {}, CFG), str(tmp_path), r.per_query)
+    record = read_record(path)
+    assert record["metrics"]["fid"] == 31.25 and record["intervals"]["fid"] == [29.0, 33.5]
+    assert record["whole_set_interval_methods"] == {"fid": "bootstrap over generated images, 100 resamples"}
+    assert set(read_per_query(path)) == {"t2i_R@1", "mean_per_class_recall"}  # no per-query values, so no paired test

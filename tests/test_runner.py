@@ -193,3 +193,13 @@ def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
     assert table.count("(+0.0)") == 2 * 4  # against seed 1's own p = 1 run the delta would be about +30 otherwise
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
     assert [(r[3].strip(), r[4].strip()) for r in rows] == [("0.5", "0"), ("0.5", "1"), ("1", "0"), ("1", "1")]
+
+
+def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
+    from evals.tables import delta_vs_baseline
+
+    base = {"metrics": {"fid": 36.2, "t2i_R@1": 0.2}, "whole_set_interval_methods": {"fid": "bootstrap over images"}}
+    run = {"metrics": {"fid": 27.8, "t2i_R@1": 0.3}, "whole_set_interval_methods": {"fid": "bootstrap over images"}}
+    assert delta_vs_baseline(run, base, "fid", None) == pytest.approx(27.8 - 36.2)
+    assert delta_vs_baseline(run, base, "t2i_R@1", None) is None  # a per-query metric needs its paired test
+    assert delta_vs_baseline(base, base, "fid", None) == 0.0 and delta_vs_baseline(run, None, "fid", None) is None

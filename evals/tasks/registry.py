@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 EMBEDDER = "image_text_embedder"
 GENERATOR = "image_generator"
@@ -40,11 +40,12 @@ class ImageTextEmbedder:
 @dataclass(frozen=True)
 class TaskSpec:
     """One registered task: ``name`` (the config value), ``evaluates`` (a kind of ``KINDS``), ``runner``
-    (``module:function``, imported when the task runs)."""
+    (``module:function``, imported when the task runs), ``main_metrics`` (the columns of the comparison tables)."""
 
     name: str
     evaluates: str
     runner: str
+    main_metrics: Tuple[str, ...] = ()
 
     def run_function(self) -> Callable[..., Any]:
         """The task's run function."""
@@ -53,8 +54,8 @@ class TaskSpec:
 
 
 TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
-    TaskSpec("zeroshot_classification", EMBEDDER, "evals.tasks.zeroshot:run_zeroshot_task"),
-    TaskSpec("retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task"),
-    TaskSpec("long_retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task"),
+    TaskSpec("zeroshot_classification", EMBEDDER, "evals.tasks.zeroshot:run_zeroshot_task", ("top1", "top5", "mean_per_class_recall")),
+    TaskSpec("retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")),
+    TaskSpec("long_retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1")),
     TaskSpec("caption_diagnostics", EMBEDDER, "evals.tasks.diagnostics:run_diagnostics_task"),
 )}
