@@ -1,7 +1,7 @@
 """Atomic webdataset shard writer for the project layout.
 
-Each shard is written to a temporary name in the target folder and renamed into place when
-complete, so a reader never sees a half-written shard and a crash leaves no partial ``.tar``.
+Each shard is written through ``harness_infra.atomic.AtomicFile`` (a temporary name in the target folder, renamed
+into place when complete), so a reader never sees a half-written shard and a crash leaves no partial ``.tar``.
 Layout per sample: ``KEY.<ext>`` image, ``KEY.txt`` original caption, ``KEY.json``
 ``{"key", "recaptions": [...], "captions": [references], "meta": {...}}`` and, for labelled
 samples, ``KEY.cls`` (the integer class, as CLIP_benchmark's webdataset layout has it).
@@ -12,13 +12,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional
 
 import webdataset as wds
 from PIL import Image
 
-from harness_infra.atomic import atomic_write_json, default_file_mode, file_sha256
+from harness_infra.atomic import AtomicFile, atomic_write_json, file_sha256
 from captiondata.records import Record
 
 
@@ -67,36 +66,25 @@ class ShardWriter:
         self.folder, self.prefix, self.max_count = folder, prefix, max_count
         self.shards: List[Dict[str, Any]] = []
         self._writer: Optional[wds.TarWriter] = None
-        self._handle: Optional[Any] = None
-        self._tmp: Optional[str] = None
+        self._file: Optional[AtomicFile] = None
         self._count = 0
 
     def _open_next(self) -> None:
         """Start a new shard under a temporary name."""
-        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=self.folder)
-        self._handle = os.fdopen(fd, "wb")
+        self._file = AtomicFile(os.path.join(self.folder, f"{self.prefix}-{len(self.shards):06d}.tar"))
         # GNU format with a fixed mtime: byte-reproducible shards without per-member pax headers
-        self._writer = wds.TarWriter(self._handle, format="GNU_FORMAT", mtime=0)
+        self._writer = wds.TarWriter(self._file.handle, format="GNU_FORMAT", mtime=0)
         self._count = 0
 
     def _finish_current(self) -> None:
-        """Close the current shard and rename it into place."""
+        """Finish the tar stream of the current shard and move it into place."""
         if self._writer is None:
             return
-        self._close_files()
-        name = f"{self.prefix}-{len(self.shards):06d}.tar"
-        final = os.path.join(self.folder, name)
-        os.chmod(self._tmp, default_file_mode())
-        os.replace(self._tmp, final)
-        self.shards.append({"name": name, "count": self._count, "bytes": os.path.getsize(final), "sha256": file_sha256(final)})
-        self._writer, self._tmp = None, None
-
-    def _close_files(self) -> None:
-        """Finish the tar stream, then flush, fsync and close the file under it."""
-        self._writer.close()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        self._writer.close()  # webdataset's TarWriter leaves the file it was given open
+        self._file.commit()
+        final = self._file.path
+        self.shards.append({"name": os.path.basename(final), "count": self._count, "bytes": os.path.getsize(final), "sha256": file_sha256(final)})
+        self._writer, self._file = None, None
 
     def write(self, record: Record) -> None:
         """Append one Record."""
@@ -125,10 +113,8 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the shard in progress (after an error)."""
         if self._writer is not None:
-            self._close_files()
-            if self._tmp and os.path.exists(self._tmp):
-                os.unlink(self._tmp)
-            self._writer, self._tmp = None, None
+            self._file.abort()
+            self._writer, self._file = None, None
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -21,6 +21,56 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+class AtomicFile:
+    """A binary file written under a temporary name beside ``path`` and moved onto ``path`` only by ``commit``.
+
+    For writers that stream (a webdataset tar written sample by sample): ``handle`` is the open temporary file;
+    ``commit()`` flushes, fsyncs, gives it the permission bits a plain ``open`` would give (0644 under umask 022) and
+    renames it onto ``path`` (``overwrite=False``: hard-links it, ``FileExistsError`` when the name exists);
+    ``abort()`` (or leaving a ``with`` block by an exception) removes it, so a reader never sees a partial file.
+    """
+
+    def __init__(self, path: str, overwrite: bool = True) -> None:
+        self.path, self.overwrite = path, overwrite
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+        self.handle: IO[bytes] = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Make the finished file visible under ``path``."""
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.chmod(self.tmp, default_file_mode())
+            if self.overwrite:
+                os.replace(self.tmp, self.path)
+            else:
+                _link_new(self.tmp, self.path)
+        finally:
+            self._remove_tmp()
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        if not self.handle.closed:
+            self.handle.close()
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None], overwrite: bool = True) -> None:
     """Call ``write(handle)`` on a temporary binary file beside ``path``, then move it onto ``path``.
 
@@ -28,22 +78,8 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None], overwrite: bool 
     hard-linked to ``path`` (``FileExistsError`` when the name exists), so two writers racing for one name cannot
     both win. Either way the file gets the permission bits a plain ``open`` would give (0644 under umask 022).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, default_file_mode())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicFile(path, overwrite) as target:
+        write(target.handle)
 
 
 def _link_new(tmp: str, path: str) -> None:
