@@ -125,3 +125,20 @@ class ShardWriter:
         else:
             self.abort()
 
+
+
+def write_raw_shard(path: str, samples: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+    """Write raw samples (``{"__key__": KEY, SUFFIX: bytes, ...}``, as ``captiondata.reader.raw_samples`` yields them)
+    into one tar at ``path``, every member's bytes as given, atomically; returns {name, count, bytes, sha256}.
+
+    For stages that add members to existing shards (the recaption stage): images and other members pass through
+    untouched. Keys starting with ``__`` other than ``__key__`` (``__url__``) are not written.
+    """
+    count = 0
+    with AtomicFile(path) as target:
+        writer = wds.TarWriter(target.handle, format="GNU_FORMAT", mtime=0)
+        for sample in samples:
+            writer.write({k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")})
+            count += 1
+        writer.close()
+    return {"name": os.path.basename(path), "count": count, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}

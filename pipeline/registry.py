@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from harness_infra.errors import ConfigError, require
 
 RANK_POLICIES = ("rank0_builds", "all", "rank0")
-STAGE_MODULES = ("pipeline.stages.data", "pipeline.stages.train", "pipeline.stages.eval", "pipeline.stages.tables")
+STAGE_MODULES = ("pipeline.stages.data", "pipeline.stages.recaption", "pipeline.stages.train", "pipeline.stages.eval",
+                 "pipeline.stages.tables")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Stage:
     ``key(ctx) -> dict | None``: what determines the output (None: the stage has no folder and runs every time);
     ``run(ctx, out_dir) -> info``: does the work into ``out_dir`` and returns JSON-ready info (stored in the marker);
     ``after(ctx, info) -> info``: runs on rank 0 every time, whether the stage ran or was skipped (publishing);
+    ``settled(info) -> bool``: False for a complete output that must run again (failed samples to retry);
     ``label(ctx)``: the folder label (default: the experiment name); ``version``: bump to invalidate old outputs.
     """
 
@@ -50,6 +52,7 @@ class Stage:
     key: Optional[Callable[[RunContext], Optional[Dict[str, Any]]]] = None
     ranks: str = "rank0"
     after: Optional[Callable[[RunContext, Dict[str, Any]], Dict[str, Any]]] = None
+    settled: Optional[Callable[[Dict[str, Any]], bool]] = None
     label: Optional[Callable[[RunContext], str]] = None
     version: int = 1
 

@@ -33,13 +33,16 @@ def run_cached(ctx: RunContext, stage: Stage, step: str) -> Dict[str, Any]:
     def read() -> Dict[str, Any]:
         return {**folder.info(), "out_dir": folder.path}
 
+    def is_settled() -> bool:  # a complete output that asks to run again (failed samples to retry) is not skipped
+        return stage.settled is None or stage.settled(folder.info())
+
     def build() -> Dict[str, Any]:
         with exclusive(folder.lock_path):  # parallel jobs of a sweep share stage folders: one builds, the others wait
-            if folder.complete() and not forced:
+            if folder.complete() and not forced and is_settled():
                 log.info("%s %s: complete in %s, skipped", step, stage.name, folder.path)
                 return read()
             log.info("%s %s: running in %s", step, stage.name, folder.path)
-            folder.prepare(force=forced and folder.complete())
+            folder.prepare(force=forced and folder.complete())  # a retry of an unsettled output keeps its folder
             info = timed(lambda: stage.run(ctx, folder.path))
             folder.finish(info)
             return read()
@@ -47,7 +50,7 @@ def run_cached(ctx: RunContext, stage: Stage, step: str) -> Dict[str, Any]:
     if stage.ranks == "rank0_builds":
         return rank0_builds(build, folder.complete, read, what=folder.marker)
     if stage.ranks == "all" and not is_main():  # a collective stage: every rank works, rank 0 writes the marker
-        return read() if folder.complete() else {**timed(lambda: stage.run(ctx, folder.path)), "hash": folder.hash, "out_dir": folder.path}
+        return read() if folder.complete() and is_settled() else {**timed(lambda: stage.run(ctx, folder.path)), "hash": folder.hash, "out_dir": folder.path}
     return build()
 
 

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from captiondata.config import DataConfig, MixConfig
 from evals.tasks.config import EvalConfig
+from recaption.config import RecaptionConfig
 from harness_infra.errors import ConfigError, one_line, require
 from pipeline.families import FAMILIES
 
@@ -53,12 +54,14 @@ class RunConfig:
 class HarnessConfig:
     """Everything one experiment needs; ``experiment`` names the overlay that built it.
 
-    ``trainer``: the model family (``pipeline.families.FAMILIES``); ``model`` and ``train`` are that family's typed
-    configs (``ClipModelConfig`` and ``TrainConfig`` for ``clip``).
+    ``recaption``: the captioner of the recaption stage (``+recaption=hf|openai|...``; null when the experiment has
+    none). ``trainer``: the model family (``pipeline.families.FAMILIES``); ``model`` and ``train`` are that family's
+    typed configs (``ClipModelConfig`` and ``TrainConfig`` for ``clip``).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    recaption: Optional[RecaptionConfig] = None
     trainer: str = "clip"
     model: Any = None
     train: Any = None
@@ -71,6 +74,7 @@ def register_schema() -> None:
     """Register HarnessConfig as ``harness_schema`` and each family's typed model/train configs (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="harness_schema", node=HarnessConfig)
+    store.store(group="recaption", name="recaption_schema", node=RecaptionConfig)
     for family in FAMILIES.values():
         store.store(group="model", name=f"{family.name}_schema", node=family.model_config)
         store.store(group="train", name=f"{family.name}_schema", node=family.train_config)
@@ -94,6 +98,8 @@ def validate(cfg: DictConfig) -> HarnessConfig:
         value = getattr(harness, group)
         require(isinstance(value, expected), f"{group}: a {type(value).__name__} is not a {expected.__name__} of trainer={family.name}; "
                                              f"pick a {group}/ file that extends {family.name}_schema")
+    require("recaption" not in harness.run.stages or harness.recaption is not None,
+            "run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite")
     return harness
 
 

@@ -27,7 +27,7 @@ def test_contracts_hold_and_ignore_no_import():
 
 
 def test_an_upward_import_breaks_the_layers(tmp_path):
-    for package in ("harness_infra", "captiondata", "towers", "training", "train_clip", "train_dit", "evals", "pipeline"):
+    for package in ("harness_infra", "captiondata", "towers", "training", "recaption", "train_clip", "train_dit", "evals", "pipeline"):
         shutil.copytree(os.path.join(ROOT, package), tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(ROOT, "pyproject.toml"), tmp_path / "pyproject.toml")
     mixer = tmp_path / "captiondata" / "mixer.py"

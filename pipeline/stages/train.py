@@ -14,14 +14,18 @@ from typing import Any, Dict, Optional
 from harness_infra.stagecache import key_fields
 from pipeline.families import FAMILIES, train_result_info
 from pipeline.registry import RunContext, Stage
-from pipeline.stages.data import data_for_training
+from pipeline.stages.recaption import recaptioned_data
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the trained weights."""
     cfg = ctx.cfg
-    return {"trainer": cfg.trainer, "model": key_fields(cfg.model), "train": key_fields(cfg.train), "mix": key_fields(cfg.mix),
-            "data": key_fields(cfg.data), "data_fingerprint": ctx.infos["data"]["fingerprint"]}
+    key = {"trainer": cfg.trainer, "model": key_fields(cfg.model), "train": key_fields(cfg.train), "mix": key_fields(cfg.mix),
+           "data": key_fields(cfg.data), "data_fingerprint": ctx.infos["data"]["fingerprint"]}
+    if "recaption" in ctx.infos:  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
+        key["recaption"] = {"fingerprint": ctx.infos["recaption"]["fingerprint"], "member": ctx.infos["recaption"]["member"],
+                            "layout_mode": cfg.recaption.layout_mode, "splits": list(cfg.recaption.splits)}
+    return key
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
@@ -33,8 +37,8 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     if getattr(recipe, "feature_cache_dir", "unset") is None:
         recipe = dataclasses.replace(recipe, feature_cache_dir=os.path.join(cfg.run.out_root, "features"))
     family = FAMILIES[cfg.trainer]
-    result = family.train(cfg.model, recipe, data_for_training(cfg, ctx.infos["data"]), cfg.mix, out_dir)
+    result = family.train(cfg.model, recipe, recaptioned_data(cfg, ctx.infos), cfg.mix, out_dir)
     return train_result_info(result)
 
 
-STAGE = Stage(name="train", needs=("data",), key=key, run=run, ranks="all")
+STAGE = Stage(name="train", needs=("data",), key=key, run=run, ranks="all")  # after recaption when run.stages lists it

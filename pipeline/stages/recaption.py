@@ -1,0 +1,73 @@
+"""The recaption stage: a captioner writes a recaption into every sample of the configured splits, exactly once.
+
+Key: the captioner config (its fields that change captions, as declared on each field), the data fingerprint and
+how samples are read (layout, pixel limit). Every rank works on its share of the shards (torchrun), or a Ray actor
+pool does (``recaption.engine=ray``); rank 0 writes the marker once every shard is complete. A completed stage whose
+captions had failures is not settled: the next run of the experiment retries exactly the failed samples (and the
+trainer, keyed on the recaption fingerprint, retrains on the new captions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+from harness_infra.errors import ConfigError
+from harness_infra.stagecache import content_hash, key_fields
+from pipeline.registry import RunContext, Stage
+from pipeline.stages.data import data_for_training
+
+
+def key(ctx: RunContext) -> Dict[str, Any]:
+    """What determines the recaptions."""
+    cfg = ctx.cfg
+    if cfg.recaption is None:
+        raise ConfigError("run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite")
+    return {"recaption": key_fields(cfg.recaption), "data_fingerprint": ctx.infos["data"]["fingerprint"],
+            "layout": key_fields(cfg.data.layout), "max_image_pixels": cfg.data.max_image_pixels}
+
+
+def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
+    """Recaption every configured split of the data stage's shards into ``out_dir``."""
+    cfg = ctx.cfg
+    data = data_for_training(cfg, ctx.infos["data"])
+    specs = {split: data.shards(split) for split in cfg.recaption.splits}
+    if cfg.recaption.engine == "ray":
+        from recaption.ray_data import recaption_with_ray
+
+        stats = recaption_with_ray(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels)
+    else:
+        from recaption.stage import recaption_data
+
+        stats = recaption_data(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels)
+    if not stats:  # a rank other than 0: its share is written, rank 0 reports
+        return {}
+    from recaption.stage import load_manifest
+
+    manifests = {split: load_manifest(out_dir, split) for split in cfg.recaption.splits}
+    fingerprint = content_hash({s: [(m["name"], m["count"], m["sha256"]) for m in manifest["shards"]] for s, manifest in manifests.items()})
+    return {"fingerprint": fingerprint, "member": f"{cfg.recaption.name}.txt", "splits": stats,
+            "failed_total": sum(s["failed_total"] for s in stats.values())}
+
+
+def settled(info: Dict[str, Any]) -> bool:
+    """A recaption with failed samples runs again (only those samples) on the next run."""
+    return not info.get("failed_total")
+
+
+def recaptioned_data(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> Any:
+    """The data config the trainer reads: recaptioned splits from this stage's folder, their recaption member added to
+    (``layout_mode=add``) or replacing (``replace``) the layout's recaption sources; other splits as built."""
+    data = data_for_training(cfg, infos["data"])
+    info = infos.get("recaption")
+    if not info:
+        return data
+    from captiondata.config import CaptionField
+
+    member = CaptionField(info["member"], None)
+    recaptions = [member] if cfg.recaption.layout_mode == "replace" else [*data.layout.recaptions, member]
+    shards = {f"{split}_shards": f"{info['out_dir']}/{split}-*.tar" for split in cfg.recaption.splits}
+    return dataclasses.replace(data, layout=dataclasses.replace(data.layout, recaptions=recaptions), **shards)
+
+
+STAGE = Stage(name="recaption", needs=("data",), key=key, run=run, ranks="all", settled=settled)

@@ -1,0 +1,1 @@
+"""Captioner backends, one module each (registered in ``recaption.captioner.BACKENDS``)."""

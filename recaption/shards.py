@@ -1,0 +1,188 @@
+"""Recaption caption shards, exactly once: input shard -> output shard of the same name, same keys, every member
+passed through untouched, plus ``KEY.{name}.txt`` (the recaption) and ``KEY.{name}.json`` (its provenance).
+
+The unit of work is one shard. Its output tar is written through the one atomic writer and renamed into place whole,
+then its completion file ``{shard}.done.json`` (counts, failed keys, caption statistics) is written last. So a run
+killed at any point leaves each shard either finished or absent, and the next run redoes only the absent ones: no key
+is lost or written twice, and greedy captions equal an uninterrupted run's. A sample that fails (undecodable image,
+generation error, empty or over-length output, server error, ...) is kept without a recaption, counted by reason in
+the completion file, and captioned again by the next run (``retry_failed``), which reads the previous output shard
+and rewrites it with the new captions; samples captioned before are never captioned twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from captiondata.captions import extract_captions
+from captiondata.counters import SampleCounters
+from captiondata.decode import BadSample, decode_image, decode_json
+from captiondata.reader import DEFAULT_MAX_PIXELS, raw_samples
+from captiondata.writer import write_raw_shard
+from harness_infra.atomic import atomic_write_json
+from recaption.captioner import Caption, Captioner, Item
+
+log = logging.getLogger(__name__)
+DONE_SUFFIX = ".done.json"
+
+
+def done_path(out_path: str) -> str:
+    """The completion file of an output shard."""
+    return out_path[: -len(".tar")] + DONE_SUFFIX if out_path.endswith(".tar") else out_path + DONE_SUFFIX
+
+
+def read_done(out_path: str) -> Optional[Dict[str, Any]]:
+    """The completion record of an output shard, None when the shard is not finished."""
+    path = done_path(out_path)
+    if not (os.path.isfile(path) and os.path.isfile(out_path)):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@dataclass
+class ShardStats:
+    """What one shard's recaptioning did: counts, failures by reason, failed keys, tokens, caption statistics."""
+
+    samples: int = 0
+    captioned: int = 0
+    reused: int = 0
+    failed: Dict[str, int] = field(default_factory=dict)
+    failed_keys: List[str] = field(default_factory=list)
+    tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    word_histogram: Dict[str, int] = field(default_factory=dict)
+    vocabulary: List[str] = field(default_factory=list)
+
+
+def original_caption(raw: Dict[str, Any], layout: Any) -> Optional[str]:
+    """The sample's alt-text under the data set's layout (None when absent or undecodable)."""
+    try:
+        return extract_captions(raw, layout)["original"]
+    except BadSample:
+        return None
+
+
+def sample_url(raw: Dict[str, Any]) -> Optional[str]:
+    """The source URL img2dataset stores in ``KEY.json`` (None when absent)."""
+    try:
+        meta = decode_json(raw["json"]) if "json" in raw else None
+    except BadSample:
+        return None
+    return meta.get("url") if isinstance(meta, dict) else None
+
+
+def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int) -> Item:
+    """Decode one raw sample for a captioner (the image is None when missing or undecodable)."""
+    image_bytes = next((raw[m] for m in layout.image_members if m in raw), None)
+    try:
+        image = decode_image(image_bytes, max_pixels) if image_bytes is not None else None
+    except BadSample:
+        image = None
+    return Item(raw["__key__"], image, original_caption(raw, layout), image_bytes, sample_url(raw))
+
+
+def batches(samples: Iterator[Dict[str, Any]], size: int) -> Iterator[List[Dict[str, Any]]]:
+    """Consecutive lists of ``size`` samples (the last one shorter)."""
+    batch: List[Dict[str, Any]] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class ShardRecaptioner:
+    """Recaption shards with one loaded captioner; images decode in ``num_workers`` threads while the model generates."""
+
+    def __init__(self, captioner: Captioner, cfg: Any, layout: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.captioner, self.cfg, self.layout, self.max_pixels = captioner, cfg, layout, max_pixels
+        self.caption_member, self.provenance_member = f"{cfg.name}.txt", f"{cfg.name}.json"
+        self.pool = ThreadPoolExecutor(max_workers=cfg.num_workers) if cfg.num_workers > 0 else None
+
+    def _decode(self, batch: List[Dict[str, Any]]) -> List[Item]:
+        """Items of a batch (in a worker thread when there are workers)."""
+        return [to_item(raw, self.layout, self.max_pixels) for raw in batch]
+
+    def _decoded(self, todo: Iterator[List[Dict[str, Any]]]) -> Iterator[Tuple[List[Dict[str, Any]], List[Item]]]:
+        """(raw batch, items) with the next batch decoding while the caller generates on this one."""
+        pending: Optional[Tuple[List[Dict[str, Any]], Any]] = None
+        for batch in todo:
+            job = self.pool.submit(self._decode, batch) if self.pool else self._decode(batch)
+            if pending is not None:
+                yield pending[0], pending[1].result() if isinstance(pending[1], Future) else pending[1]
+            pending = (batch, job)
+        if pending is not None:
+            yield pending[0], pending[1].result() if isinstance(pending[1], Future) else pending[1]
+
+    def provenance(self, item: Item, caption: Caption) -> bytes:
+        """The ``KEY.{name}.json`` member: captioner identity, effective prompt, generation facts, time, outcome."""
+        record = {**self.captioner.identity, "prompt_used": self.cfg.prompt_for(item.original),
+                  "conditioned_on_original": bool(self.cfg.condition_on_original and item.original),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tokens": caption.tokens,
+                  "truncated": caption.truncated, "status": "ok" if caption.text is not None else caption.reason}
+        return json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+    def recaption_shard(self, in_url: str, out_path: str) -> ShardStats:
+        """Write ``out_path`` (atomically, then its completion file) from ``in_url``, or retry the failures of a
+        previous output of it; returns the shard's statistics."""
+        started = time.perf_counter()
+        previous = read_done(out_path)
+        retry = previous is not None  # the previous output holds every sample; only those without a caption are redone
+        source = out_path if retry else in_url
+        stats = ShardStats()
+        counters = SampleCounters(max_workers=0)
+        words: Counter = Counter()
+        vocabulary: set = set()
+
+        def annotated() -> Iterator[Dict[str, Any]]:
+            todo = batches(raw_samples([source], counters), self.cfg.batch_size)
+            for batch, items in self._decoded(todo):
+                need = [n for n, raw in enumerate(batch) if not (retry and self.caption_member in raw)]
+                captions = self.captioner.caption([items[n] for n in need]) if need else []
+                for n, caption in zip(need, captions):
+                    raw = batch[n]
+                    raw.pop(self.caption_member, None)
+                    raw[self.provenance_member] = self.provenance(items[n], caption)
+                    if caption.text is None:
+                        stats.failed[caption.reason] = stats.failed.get(caption.reason, 0) + 1
+                        stats.failed_keys.append(raw["__key__"])
+                    else:
+                        raw[self.caption_member] = caption.text.encode("utf-8")
+                        stats.captioned += 1
+                        stats.tokens += caption.tokens
+                        stats.truncated += int(caption.truncated)
+                for raw in batch:
+                    stats.samples += 1
+                    if self.caption_member in raw:
+                        text = raw[self.caption_member].decode("utf-8")
+                        words[str(len(text.split()))] += 1
+                        vocabulary.update(text.lower().split())
+                    yield raw
+            stats.reused = stats.samples - stats.captioned - sum(stats.failed.values())
+
+        shard = write_raw_shard(out_path, annotated())
+        skipped = {k: v for k, v in counters.totals().items() if v and k in ("truncated_tar", "unreadable_shard", "duplicate_key")}
+        stats.seconds = round(time.perf_counter() - started, 3)
+        stats.word_histogram, stats.vocabulary = dict(words), sorted(vocabulary)
+        atomic_write_json(done_path(out_path), {"source": in_url, "shard": shard, "retried": retry, "input_skipped": skipped,
+                                                **stats.__dict__})
+        if stats.failed:
+            log.warning("%s: %d of %d samples failed (%s); they are kept without a recaption and retried on the next run",
+                        os.path.basename(out_path), len(stats.failed_keys), stats.samples, stats.failed)
+        return stats
+
+    def close(self) -> None:
+        """Stop the decoding threads."""
+        if self.pool is not None:
+            self.pool.shutdown()
