@@ -44,6 +44,9 @@ def explain(exc: BaseException) -> str:
     """One line for an error: the message's first line, plus the reason Hydra keeps in the cause
     ("Could not override 'mix.pp': Key 'pp' is not in struct")."""
     text = one_line(exc)
+    options = getattr(exc, "options", None) or getattr(exc.__cause__, "options", None)  # Hydra's MissingConfigException
+    if options:
+        return f"{text.rstrip('.')}; choose one of {', '.join(sorted(options))}"
     cause = exc.__cause__
     if isinstance(exc, HydraException) and cause is not None:
         reason = one_line(cause)

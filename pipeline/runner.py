@@ -25,6 +25,7 @@ def run_cached(ctx: RunContext, stage: Stage, step: str) -> Dict[str, Any]:
     cfg = ctx.cfg
     key = stage.key(ctx) if stage.key is not None else None
     if key is None:
+        log.info("%s %s: running (not cached)", step, stage.name)
         return timed(lambda: stage.run(ctx, None))
     label = stage.label(ctx) if stage.label is not None else cfg.experiment
     folder = StageDir(cfg.run.out_root, stage.name, label, {**key, "stage_version": stage.version})

@@ -10,6 +10,7 @@ truncated counts, failures by reason.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -51,12 +52,21 @@ def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout:
     worker = ShardRecaptioner(make_captioner(cfg), cfg, layout, max_pixels)
     try:
         for i, url in todo:
+            clear_partial_files(output_path(out_dir, split, i))
             stats = worker.recaption_shard(url, output_path(out_dir, split, i))
             log.info("%s: %d samples, %d captioned, %d reused, failed %s, %.1f images/s", os.path.basename(output_path(out_dir, split, i)),
                      stats.samples, stats.captioned, stats.reused, stats.failed or "none", stats.captioned / max(stats.seconds, 1e-9))
     finally:
         worker.close()
     return len(todo)
+
+
+def clear_partial_files(out_path: str) -> None:
+    """Remove the temporary files a killed writer of this shard left (only this shard's owner ever writes them)."""
+    folder, name = os.path.split(out_path)
+    stem = name[: -len(".tar")]
+    for leftover in glob.glob(os.path.join(glob.escape(folder), f".tmp-*{glob.escape(stem)}.*")):
+        os.unlink(leftover)
 
 
 def wait_for_split(out_dir: str, split: str, count: int, timeout_s: float = 24 * 3600.0) -> None:

@@ -72,3 +72,11 @@ def require_real(path: str) -> None:
     """Skip (with the reason) when a real-data folder is absent."""
     if not os.path.isdir(path):
         pytest.skip(f"real data folder {path} is absent; set RECAP_DATA_ROOT")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory) -> str:
+    """A tiny random-weight LLaVA saved once per session (recaption.testing.save_tiny_vlm)."""
+    from recaption.testing import save_tiny_vlm
+
+    return save_tiny_vlm(str(tmp_path_factory.mktemp("tiny_vlm")))

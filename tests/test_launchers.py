@@ -50,7 +50,7 @@ def test_torchrun_ranks_share_one_run_directory_and_rank0_builds(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dirs = glob.glob(f"{root}/runs/hydra/clip_smoke/*")
+    run_dirs = glob.glob(f"{root}/runs/hydra/clip_smoke_p0.5/*")
     assert len(run_dirs) == 1 and os.path.basename(run_dirs[0]).startswith("torchrun-") and os.path.isdir(f"{run_dirs[0]}/.hydra")
     assert done.stderr.count("] data: running in") == 1 and "(= 16 x 2 ranks x 1 accum)" in done.stderr
     assert len(glob.glob(f"{root}/results/records/*.json")) == 2 and done.stdout.count("table: ") == 1

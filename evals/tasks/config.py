@@ -74,7 +74,9 @@ class EvalConfig:
     batch_size: images or texts per forward pass. device: torch device string. num_workers: DataLoader
     processes for image decoding. precision: ``fp32`` or autocast ``bf16``/``fp16``. bootstrap_samples /
     permutation_samples: resamples for confidence intervals / paired tests; confidence: interval level.
-    seed: seeds every resampling. cache_dir: embedding cache folder (None = no cache). ks: recall@k list.
+    seed: seeds every resampling. cache_dir: embedding cache folder (None = no cache; under ``python -m evals.run`` a
+    relative folder is taken under ``run.out_root``). records_dir: where ``evaluate_checkpoint`` writes records (the
+    pipeline's eval stage writes into its own stage folder and publishes to ``run.results_dir``). ks: recall@k list.
     context_length: text context override (None = the model's own). score_block: max similarity entries held
     at once (memory bound of the chunked ranking). trim_text_padding: drop all-padding token columns before the
     text tower (exact for causal, EOT-pooled open_clip text towers and for Hugging Face towers, which mask

@@ -35,6 +35,12 @@ def resolve_task_paths(cfg: Any, data_info: Dict[str, Any]) -> List[Any]:
     return tasks
 
 
+def cache_under_out_root(cache_dir: Optional[str], out_root: str) -> Optional[str]:
+    """The embedding cache of a pipeline run: a relative ``eval.cache_dir`` lives under ``run.out_root`` (so a run
+    pointed elsewhere writes nothing into the working directory); an absolute one, or null (no cache), as given."""
+    return cache_dir if cache_dir is None or os.path.isabs(cache_dir) else os.path.join(out_root, cache_dir)
+
+
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the eval numbers: the trained weights, the tasks, the statistics settings."""
     folder = shard_dir(ctx.infos["data"]) or "\0"
@@ -48,7 +54,8 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     from evals.tasks.suite import evaluate_checkpoint
 
     cfg = ctx.cfg
-    eval_cfg = dataclasses.replace(cfg.eval, tasks=resolve_task_paths(cfg, ctx.infos["data"]), records_dir=os.path.join(out_dir, "records"))
+    eval_cfg = dataclasses.replace(cfg.eval, tasks=resolve_task_paths(cfg, ctx.infos["data"]), records_dir=os.path.join(out_dir, "records"),
+                                   cache_dir=cache_under_out_root(cfg.eval.cache_dir, cfg.run.out_root))
     evaluable = FAMILIES[cfg.trainer].load(ctx.infos["train"]["export_dir"], eval_cfg.device)
     records = evaluate_checkpoint(evaluable, eval_cfg, checkpoint=cfg.experiment, on_exists="new_name")
     return {"records": [r["path"] for r in records], "metrics": {r["task_name"]: r["metrics"] for r in records}}
