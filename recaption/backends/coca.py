@@ -1,8 +1,13 @@
-"""The ``coca`` backend: open_clip CoCa ``generate`` (greedy: top-k with k = 1), from any open_clip CoCa.
+"""The ``coca`` backend: greedy captions from any open_clip CoCa.
 
 ``model``: ``NAME:PRETRAINED`` (an open_clip model name and a pretrained tag or checkpoint path, e.g.
 ``coca_ViT-L-14:mscoco_finetuned_laion2B-s13B-b90k``) or ``local-dir:FOLDER`` (an export with its config, as the
 harness writes them). Generated ids are cut at the end-of-text token and decoded with open_clip's tokenizer.
+
+Why not ``CoCa.generate``: in open_clip 3.3 it asserts that transformers' ``BeamSearchScorer`` imports, which
+transformers 5 removed, so it refuses every generation type, greedy included. ``greedy_generate`` below is the greedy
+case of its loop (``_generate_top_k`` with k = 1: encode the image once, append the arg-max token of the
+multimodal decoder's last position until end-of-text or the cap), through the model's own ``forward``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,24 @@ def split_model(spec: str) -> Tuple[str, Any]:
     return name, (pretrained or None)
 
 
+@torch.inference_mode()
+def greedy_generate(model: torch.nn.Module, images: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """B x (1 + up to ``max_new_tokens``) token ids: start-of-text, then the arg-max continuation of each row; a row
+    that has produced end-of-text keeps emitting it (cut by the caller). The context is capped at the text tower's."""
+    image_latent, image_embs = model._encode_image(images)
+    context = getattr(model.text, "context_length", max_new_tokens + 1)
+    out = torch.full((images.shape[0], 1), SOT, dtype=torch.long, device=images.device)
+    done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+    for _ in range(max_new_tokens):
+        logits = model(images, out[:, -context:], image_latent=image_latent, image_embs=image_embs, output_labels=False)["logits"][:, -1]
+        step = torch.where(done, torch.full_like(done, EOT, dtype=torch.long), logits.argmax(dim=-1))
+        out = torch.cat([out, step[:, None]], dim=1)
+        done |= step == EOT
+        if bool(done.all()):
+            break
+    return out
+
+
 class CoCaCaptioner:
     """Greedy CoCa captions."""
 
@@ -39,7 +62,7 @@ class CoCaCaptioner:
         name, pretrained = split_model(cfg.model)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
         self.model.eval()
-        if not hasattr(self.model, "generate"):
+        if not hasattr(self.model, "_encode_image") or not hasattr(self.model, "text_decoder"):
             from harness_infra.errors import ConfigError
 
             raise ConfigError(f"recaption.model={cfg.model!r} is a {type(self.model).__name__}, not an open_clip CoCa (no generate)")
@@ -57,8 +80,7 @@ class CoCaCaptioner:
         images = torch.stack([self.preprocess(items[n].image) for n in todo]).to(self.device)
         try:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                ids = self.model.generate(images, seq_len=self.cfg.max_new_tokens + 1, generation_type="top_k", top_k=1,
-                                          min_seq_len=2, fixed_output_length=False)
+                ids = greedy_generate(self.model, images, self.cfg.max_new_tokens)
         except Exception as exc:  # noqa: BLE001  (a failing batch is counted and retried, never a crash)
             log.warning("CoCa generation failed for a batch of %d: %s", len(todo), exc)
             return [Caption.failed("generation_error") if items[n].image is not None else out[n] for n in range(len(items))]
