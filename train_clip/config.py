@@ -122,6 +122,8 @@ class TrainConfig:
     ``model.tower`` with a fully locked image tower, and trains on the model's deterministic eval transform
     (resize + centre crop) instead of random crops. ``feature_cache_dir``: where those features are stored, keyed
     by trunk weights, preprocessing and shard files (null = computed in memory for this run only).
+    ``caption_loss_weight``: for a CoCa model, the weight of the captioning loss beside the contrastive one
+    (open_clip_train's ``--coca-caption-loss-weight``, default 2.0); ignored for CLIP models.
     """
 
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
@@ -146,6 +148,7 @@ class TrainConfig:
     gather_with_grad: bool = True
     dist_backend: Optional[str] = None
     frozen_image_features: bool = False
+    caption_loss_weight: float = 2.0
     feature_cache_dir: Optional[str] = setting(None, key=False)
 
     def __post_init__(self) -> None:
@@ -164,4 +167,5 @@ class TrainConfig:
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
         require(self.log_every >= 1, f"train.log_every={self.log_every} must be >= 1")
         require(self.gather_with_grad or not self.local_loss, "train.local_loss=true needs train.gather_with_grad=true (otherwise other ranks' rows get no gradient)")
+        require(self.caption_loss_weight >= 0, f"train.caption_loss_weight={self.caption_loss_weight} must be >= 0")
         require(self.dist_backend in (None, "gloo", "nccl"), f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)")

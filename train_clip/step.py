@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
-from open_clip import ClipLoss
+from open_clip import ClipLoss, CoCaLoss
 
 from training.distributed import DistEnv, unwrap
 
@@ -35,8 +35,15 @@ class StepContext:
     grad_clip_norm: Optional[float] = None
 
 
-def make_loss(env: DistEnv, local_loss: bool, gather_with_grad: bool) -> ClipLoss:
-    """open_clip's contrastive loss; distributed: local rows against features gathered with gradient."""
+def make_loss(env: DistEnv, local_loss: bool, gather_with_grad: bool, caption_loss_weight: Optional[float] = None) -> ClipLoss:
+    """open_clip's contrastive loss; distributed: local rows against features gathered with gradient.
+
+    ``caption_loss_weight`` (a CoCa model): open_clip's ``CoCaLoss`` = contrastive loss + that weight x the
+    captioning cross-entropy of the multimodal decoder (CoCa, Yu et al. 2022; open_clip_train's default weight 2).
+    """
+    if caption_loss_weight is not None:
+        return CoCaLoss(caption_loss_weight=caption_loss_weight, clip_loss_weight=1.0, local_loss=local_loss,
+                        gather_with_grad=gather_with_grad, cache_labels=True, rank=env.rank, world_size=env.world_size)
     return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
                     rank=env.rank, world_size=env.world_size)
 
@@ -51,7 +58,11 @@ def encode(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
 
 
 def contrastive_loss(loss_fn: ClipLoss, image: torch.Tensor, text: torch.Tensor, out: Dict[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """ClipLoss on the given features with the given (exp'd) logit scale."""
+    """ClipLoss on the given features with the given (exp'd) logit scale; CoCaLoss adds the captioning loss of the
+    multimodal decoder's ``logits`` against ``labels`` (the text shifted by one)."""
+    if isinstance(loss_fn, CoCaLoss):
+        clip_part, caption_part = loss_fn(image, text, out["logits"], out["labels"], scale)
+        return clip_part + caption_part
     return loss_fn(image, text, scale, logit_bias=out.get("logit_bias"))
 
 

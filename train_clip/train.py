@@ -284,6 +284,14 @@ class StageState:
     scaler: Optional[torch.amp.GradScaler]
 
 
+def caption_loss_weight(model: torch.nn.Module, cfg: TrainConfig) -> Optional[float]:
+    """``train.caption_loss_weight`` for a CoCa (a model with a multimodal text decoder), None for a CLIP."""
+    if not hasattr(model, "text_decoder"):
+        return None
+    require(cfg.accum_steps == 1, f"train.accum_steps={cfg.accum_steps}: CoCa training here supports accum_steps=1 (the captioning loss is per micro-batch)")
+    return cfg.caption_loss_weight
+
+
 def stage_objects(session: Session, model: torch.nn.Module, stage: StageConfig, payload: Optional[Dict[str, Any]]) -> StageState:
     """Optimizer, schedule and scaler for a stage, restored from ``payload`` when resuming inside it."""
     cfg, env = session.train_cfg, session.env
@@ -321,7 +329,7 @@ def run_recipe_stage(session: Session, model: torch.nn.Module, index: int, posit
     if session.model_cfg.torch_compile:
         train_model = torch.compile(train_model)
     autocast, _ = precision_context(cfg.precision, env.device)
-    ctx = StepContext(train_model, make_loss(env, cfg.local_loss, cfg.gather_with_grad), state.optimizer, autocast,
+    ctx = StepContext(train_model, make_loss(env, cfg.local_loss, cfg.gather_with_grad, caption_loss_weight(model, cfg)), state.optimizer, autocast,
                       state.scaler, cfg.grad_clip_norm)
     batch_text = f"{global_batch} (= {stage.batch_size} x {env.world_size} ranks x {cfg.accum_steps} accum)"
     log.info("stage %d: %d px, %d steps, global batch %s, lr %g", index, stage.image_size, steps, batch_text, stage.lr)
