@@ -22,7 +22,11 @@ import sys
 import tempfile
 import time
 
-from harness_infra.errors import ConfigError
+# ``python benchmarks/recaption.py`` puts this folder first on the import path, where this file would shadow the
+# ``recaption`` package it benchmarks: drop the folder (the benchmarks import nothing from each other).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from harness_infra.errors import ConfigError  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
