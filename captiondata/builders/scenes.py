@@ -425,3 +425,43 @@ def scene_records(split: str, n: Optional[int] = None, seed: int = 0, image_size
         raise ValueError(f"scenes: n={count} must be non-negative")
     for index in range(count):
         yield scene_record(split, index, seed=seed, image_size=image_size)
+
+
+_SHAPE_WORDS = {**{shape: shape for shape in SHAPES}, **{plural(shape): shape for shape in SHAPES}}
+_COUNT_VALUES = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+_POSITION_BY_PHRASE = sorted(((phrase.split(), position) for position, phrase in POSITION_PHRASES.items()), key=lambda p: -len(p[0]))
+
+
+def parse_scene_description(text: str) -> List[Dict[str, Any]]:
+    """The object groups a description claims, the inverse of ``describe_scene`` for any text in its vocabulary.
+
+    Each mention of a shape word (singular or plural) is a group; the count word, size, colour and texture found
+    since the previous shape mention are its attributes, and a position phrase right after it is its position.
+    Attributes a text does not state are absent from the group's dict (never guessed): {"shape", and any of
+    "count", "size", "colour", "texture", "position"}. Words outside the vocabulary are ignored.
+    """
+    words = [w.strip(".,;:!?\"'()").lower() for w in text.replace("-", " ").split()]
+    groups: List[Dict[str, Any]] = []
+    pending: Dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in _SHAPE_WORDS:
+            group = {"shape": _SHAPE_WORDS[word], **pending}
+            pending = {}
+            for phrase, position in _POSITION_BY_PHRASE:
+                if words[i + 1:i + 1 + len(phrase)] == phrase:
+                    group["position"] = position
+                    i += len(phrase)
+                    break
+            groups.append(group)
+        elif word in _COUNT_VALUES:
+            pending["count"] = _COUNT_VALUES[word]
+        elif word in SIZES:
+            pending["size"] = word
+        elif word in COLOURS:
+            pending["colour"] = word
+        elif word in TEXTURES:
+            pending["texture"] = word
+        i += 1
+    return groups
