@@ -80,3 +80,17 @@ def tiny_vlm(tmp_path_factory) -> str:
     from recaption.testing import save_tiny_vlm
 
     return save_tiny_vlm(str(tmp_path_factory.mktemp("tiny_vlm")))
+
+
+@pytest.fixture(autouse=True)
+def no_handlers_on_closed_streams():
+    """Hydra's job logging (tests that call ``pipeline.cli.main``) attaches handlers to the stream pytest captured for
+    that test; later tests would log into the closed stream ("I/O operation on closed file"). Drop such handlers."""
+    import logging
+
+    yield
+    for logger in [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]:
+        for handler in list(getattr(logger, "handlers", [])):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)

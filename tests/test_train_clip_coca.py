@@ -57,3 +57,17 @@ def _members(spec, suffix):
             for member in tar.getmembers():
                 if member.name.endswith("." + suffix):
                     yield tar.extractfile(member).read()
+
+
+def test_the_coca_decoder_is_initialised_reproducibly():
+    import torch
+
+    from train_clip.models import create_clip
+
+    first = create_clip(ClipModelConfig(name="RecapCoCa-nano"), 64, torch.device("cpu"), seed=3)
+    garbage = torch.full((4096, 4096), 1e30)  # dirty the allocator between the two creations
+    del garbage
+    second = create_clip(ClipModelConfig(name="RecapCoCa-nano"), 64, torch.device("cpu"), seed=3)
+    head = first.text_decoder.text_projection
+    assert torch.equal(head, second.text_decoder.text_projection) and float(head.abs().max()) < 1.0
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

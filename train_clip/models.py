@@ -99,9 +99,36 @@ def create_clip(cfg: ClipModelConfig, image_size: int, device: torch.device, see
             force_quick_gelu=cfg.quick_gelu,
             pretrained_text=False,
         )
+        init_coca_decoder(model)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def init_coca_decoder(model: torch.nn.Module) -> None:
+    """Initialise a CoCa's multimodal text decoder, which open_clip 3.3 leaves uninitialised.
+
+    ``open_clip.transformer.MultimodalTransformer`` defines ``init_parameters`` but never calls it (and it could not:
+    it reads ``self.transformer``, which that class does not have), so its output projection (the language-model head)
+    is ``torch.empty`` memory: whatever the allocator returns. Measured: the first losses of the same seeded
+    RecapCoCa-nano run were about 25 on one machine and about 1e28 on another. This applies the scheme that method
+    intends (CLIP's: attention std width^-0.5, projections width^-0.5 (2 layers)^-0.5, MLP in (2 width)^-0.5, head
+    width^-0.5) to the self- and cross-attention blocks and the head, under the creation seed, so the init is
+    reproducible; CLIP models (no ``text_decoder``) are untouched.
+    """
+    decoder = getattr(model, "text_decoder", None)
+    if decoder is None or not hasattr(decoder, "cross_attn"):
+        return
+    proj_std = (decoder.width ** -0.5) * ((2 * decoder.layers) ** -0.5)
+    attn_std, fc_std = decoder.width ** -0.5, (2 * decoder.width) ** -0.5
+    with torch.no_grad():
+        for block in list(decoder.resblocks) + list(decoder.cross_attn):
+            torch.nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            torch.nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            torch.nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            torch.nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        if decoder.text_projection is not None:
+            torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
 
 
 def create_tokenizer(cfg: ClipModelConfig) -> Callable:
