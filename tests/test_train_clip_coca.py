@@ -71,3 +71,14 @@ def test_the_coca_decoder_is_initialised_reproducibly():
     head = first.text_decoder.text_projection
     assert torch.equal(head, second.text_decoder.text_projection) and float(head.abs().max()) < 1.0
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_cached_greedy_decoding_equals_the_uncached_loop():
+    import torch
+
+    from recaption.backends.coca import cached_greedy_generate, greedy_generate
+    from train_clip.models import create_clip
+
+    model = create_clip(ClipModelConfig(name="RecapCoCa-nano"), 64, torch.device("cpu"), seed=1).eval()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cached_greedy_generate(model, images, 20), greedy_generate(model, images, 20))

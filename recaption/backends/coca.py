@@ -8,6 +8,10 @@ Why not ``CoCa.generate``: in open_clip 3.3 it asserts that transformers' ``Beam
 transformers 5 removed, so it refuses every generation type, greedy included. ``greedy_generate`` below is the greedy
 case of its loop (``_generate_top_k`` with k = 1: encode the image once, append the arg-max token of the
 multimodal decoder's last position until end-of-text or the cap), through the model's own ``forward``.
+That loop re-runs the whole prefix at every step (25 s per 64 images at 50 tokens for RecapCoCa-nano on 2 CPU
+cores); ``cached_greedy_generate`` runs the same blocks one position at a time, keeping each self-attention block's
+normalised inputs (keys and values are projected from them) and the cross-attention's image keys, and is tested to
+give the same tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +35,50 @@ def split_model(spec: str) -> Tuple[str, Any]:
         return spec, None
     name, _, pretrained = spec.partition(":")
     return name, (pretrained or None)
+
+
+def _self_attention_step(block: torch.nn.Module, x: torch.Tensor, cache: list) -> torch.Tensor:
+    """One new position (B x 1 x D) through an open_clip ResidualAttentionBlock, attending to every cached position
+    and itself (causal by construction: the cache holds only earlier positions)."""
+    h = block.ln_1(x)
+    cache.append(h)
+    keys = torch.cat(cache, dim=1)
+    x = x + block.ls_1(block.attn(h, keys, keys, need_weights=False)[0])
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _cross_attention_step(block: torch.nn.Module, x: torch.Tensor, image_keys: torch.Tensor) -> torch.Tensor:
+    """One new position through a cross-attention block over the (already normalised) image tokens."""
+    x = x + block.ls_1(block.attn(block.ln_1(x), image_keys, image_keys, need_weights=False)[0])
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+@torch.inference_mode()
+def cached_greedy_generate(model: torch.nn.Module, images: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """``greedy_generate`` one position at a time with cached block inputs: same tokens, linear instead of quadratic
+    work in the caption length. Needs the batch-first open_clip towers of a CoCa (``text.transformer.resblocks``;
+    ``text_decoder.resblocks`` and ``cross_attn``)."""
+    _, image_embs = model._encode_image(images)
+    text, decoder = model.text, model.text_decoder
+    image_keys = [block.ln_1_kv(image_embs) for block in decoder.cross_attn]
+    text_caches: list = [[] for _ in text.transformer.resblocks]
+    self_caches: list = [[] for _ in decoder.resblocks]
+    token = torch.full((images.shape[0],), SOT, dtype=torch.long, device=images.device)
+    out, done = [token], torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+    cast = text.transformer.get_cast_dtype()
+    for position in range(min(max_new_tokens, text.positional_embedding.shape[0] - 2)):
+        x = (text.token_embedding(token).to(cast) + text.positional_embedding[position].to(cast))[:, None]
+        for block, cache in zip(text.transformer.resblocks, text_caches):
+            x = _self_attention_step(block, x, cache)
+        for block, cross, cache, keys in zip(decoder.resblocks, decoder.cross_attn, self_caches, image_keys):
+            x = _cross_attention_step(cross, _self_attention_step(block, x, cache), keys)
+        logits = decoder.ln_final(x[:, 0]) @ decoder.text_projection
+        token = torch.where(done, torch.full_like(token, EOT), logits.argmax(dim=-1))
+        out.append(token)
+        done |= token == EOT
+        if bool(done.all()):
+            break
+    return torch.stack(out, dim=1)
 
 
 @torch.inference_mode()
@@ -80,7 +128,7 @@ class CoCaCaptioner:
         images = torch.stack([self.preprocess(items[n].image) for n in todo]).to(self.device)
         try:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                ids = greedy_generate(self.model, images, self.cfg.max_new_tokens)
+                ids = cached_greedy_generate(self.model, images, self.cfg.max_new_tokens)
         except Exception as exc:  # noqa: BLE001  (a failing batch is counted and retried, never a crash)
             log.warning("CoCa generation failed for a batch of %d: %s", len(todo), exc)
             return [Caption.failed("generation_error") if items[n].image is not None else out[n] for n in range(len(items))]
