@@ -76,9 +76,10 @@ def score_pairs(pairs: Iterable[Tuple[str, Sequence[Dict[str, Any]]]]) -> Dict[s
     return summarise(totals, n)
 
 
-def scene_caption_pairs(spec: str, member: str) -> List[Tuple[str, List[Dict[str, Any]]]]:
+def scene_caption_pairs(spec: str, member: str, indices: Optional[Tuple[int, int]] = None) -> List[Tuple[str, List[Dict[str, Any]]]]:
     """(caption in ``member``, scene groups from ``KEY.json`` meta) of every scenes sample of a shard spec that has
-    both; samples without the member are skipped (the caller counts them via the recaption stage's failures)."""
+    both, optionally only scenes whose index lies in ``[start, stop)`` (e.g. the captioner's own training scenes
+    apart from the rest); samples without the member are skipped (the recaption stage counts them as failures)."""
     pairs = []
     for raw in raw_samples(expand_shards(spec), SampleCounters(max_workers=0)):
         if member not in raw or "json" not in raw:
@@ -88,14 +89,14 @@ def scene_caption_pairs(spec: str, member: str) -> List[Tuple[str, List[Dict[str
             caption = decode_text(raw[member])
         except BadSample:
             continue
-        if "objects" in meta:
+        if "objects" in meta and (indices is None or indices[0] <= meta.get("index", -1) < indices[1]):
             pairs.append((caption, meta["objects"]))
     return pairs
 
 
-def score_scene_shards(spec: str, member: str) -> Dict[str, Optional[float]]:
+def score_scene_shards(spec: str, member: str, indices: Optional[Tuple[int, int]] = None) -> Dict[str, Optional[float]]:
     """Faithfulness of the captions in ``member`` (e.g. ``coca.txt``) of scenes shards to their scene graphs."""
-    return score_pairs(scene_caption_pairs(spec, member))
+    return score_pairs(scene_caption_pairs(spec, member, indices))
 
 
 if __name__ == "__main__":
@@ -104,5 +105,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Score scenes captions against their scene graphs.")
     parser.add_argument("shards", help="shard spec (glob, braces) of recaptioned scenes shards")
     parser.add_argument("--member", required=True, help="the caption member to score, e.g. coca.txt")
+    parser.add_argument("--indices", default=None, help="START:STOP, only scenes with index in [START, STOP)")
     args = parser.parse_args()
-    print(json.dumps(score_scene_shards(args.shards, args.member), indent=2))
+    span = tuple(int(v) for v in args.indices.split(":")) if args.indices else None
+    print(json.dumps(score_scene_shards(args.shards, args.member, span), indent=2))
