@@ -106,6 +106,9 @@ def test_the_runner_recaptions_then_trains_on_the_new_captions(tmp_path, tiny_vl
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "] recaption: complete in" in err and "] train: complete in" in err
+    assert main([*argv, "mix.p=1"]) == 0  # another p: the same recaption (its folder is labelled by data and captioner)
+    err = capsys.readouterr().err
+    assert "] recaption: complete in" in err and "] train: running in" in err
 
 
 def test_torchrun_ranks_split_the_recaption_and_rank0_waits_for_all(tmp_path, tiny_vlm):

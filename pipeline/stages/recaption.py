@@ -70,4 +70,9 @@ def recaptioned_data(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> Any:
     return dataclasses.replace(data, layout=dataclasses.replace(data.layout, recaptions=recaptions), **shards)
 
 
-STAGE = Stage(name="recaption", needs=("data",), key=key, run=run, ranks="all", settled=settled)
+def label(ctx: RunContext) -> str:
+    """The folder label: data set and captioner, not the experiment (a sweep over p shares one recaption)."""
+    return f"{ctx.cfg.data.name}-{ctx.cfg.recaption.name}"
+
+
+STAGE = Stage(name="recaption", needs=("data",), key=key, run=run, ranks="all", settled=settled, label=label)
