@@ -101,7 +101,7 @@ def test_main_prints_one_line_and_exits_nonzero(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["+experiment=clip_mix_0.9"], "error: unknown experiment 'clip_mix_0.9'; choose one of clip_concat"),
+    (["+experiment=clip_mix_0.9"], "error: unknown experiment 'clip_mix_0.9'; choose one of clip_coca_recap_mix, clip_concat"),
     (["experiment=clip_mix_0.8"], "error: experiment=clip_mix_0.8: experiments are added to the config, write +experiment=clip_mix_0.8"),
     (["+experiment=clip_mix", "mix.p=0,0.5"], "error: mix.p=0,0.5 is a sweep; add -m to run one job per value"),
     (["-m", "+experiment=clip_mix", "mix.p=0,1.5"], "error: mix.p=1.5 is outside [0, 1]"),
