@@ -25,6 +25,7 @@ FAILURE_REASONS = (
     "empty_output",       # generated text empty after stripping
     "over_length",        # more words than recaption.max_words
 )
+TRANSIENT_FAILURES = ("generation_error", "server_error", "timeout")  # may succeed when tried again; the others cannot
 BACKENDS = {
     "precomputed": "recaption.backends.precomputed:PrecomputedCaptioner",
     "hf": "recaption.backends.hf:HFCaptioner",

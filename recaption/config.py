@@ -70,7 +70,7 @@ class RecaptionConfig:
     the model generates. ``precision``: ``auto`` (bf16 on CUDA, fp32 on CPU). ``splits``: which splits of the data
     set are recaptioned (the others are read from the data stage as they are). ``layout_mode``: ``replace`` (the
     trainer's recaption is this one only) or ``add`` (pooled with the data set's existing recaptions).
-    ``retry_failed``: a later run captions the failed samples again. ``engine``: ``local`` (one process, or torchrun
+    ``retry_failed``: a later run captions the transient failures (server errors, timeouts, generation errors) again. ``engine``: ``local`` (one process, or torchrun
     ranks splitting the shards) or ``ray`` (Ray Data: the shard list mapped by an actor pool of ``ray_actors``
     captioners, ``ray_gpus_per_actor`` GPUs each, on the cluster at ``ray_address``; null starts a local one).
     ``gguf_file``: a GGUF weights file inside ``model`` (transformers ``gguf_file=``; the ``rewrite`` backend).
@@ -90,8 +90,8 @@ class RecaptionConfig:
     precision: str = "auto"
     device: str = setting("auto", key=False)
     splits: List[str] = field(default_factory=lambda: ["train"])
-    layout_mode: str = "replace"
-    retry_failed: bool = True
+    layout_mode: str = setting("replace", key=False)  # how the trainer reads the captions: the train stage's key has it
+    retry_failed: bool = setting(True, key=False)
     engine: str = setting("local", key=False)
     ray_address: Optional[str] = setting(None, key=False)
     ray_actors: int = setting(2, key=False)
@@ -103,7 +103,6 @@ class RecaptionConfig:
     def __post_init__(self) -> None:
         require(bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
                 f"recaption.name={self.name!r} must be a non-empty member name of letters, digits, '_' or '-'")
-        require(self.name not in ("txt", "json", "jpg", "png", "webp", "cls"), f"recaption.name={self.name!r} would overwrite a standard member")
         require(self.backend in BACKENDS, f"recaption.backend={self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
         require(self.backend == "precomputed" or bool(self.model), f"recaption.model must name the {self.backend} captioner (path, hub id or served name)")
         require(self.backend != "precomputed" or bool(self.precomputed.parquet), "recaption.precomputed.parquet must list the Recap-DataComp parquet files")

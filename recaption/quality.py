@@ -108,4 +108,10 @@ if __name__ == "__main__":
     parser.add_argument("--indices", default=None, help="START:STOP, only scenes with index in [START, STOP)")
     args = parser.parse_args()
     span = tuple(int(v) for v in args.indices.split(":")) if args.indices else None
-    print(json.dumps(score_scene_shards(args.shards, args.member, span), indent=2))
+    try:
+        summary = score_scene_shards(args.shards, args.member, span)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {str(exc).splitlines()[0]}") from None
+    if not summary["captions"]:
+        raise SystemExit(f"error: no scenes sample in {args.shards} has a {args.member} member and scene-graph metadata")
+    print(json.dumps(summary, indent=2))

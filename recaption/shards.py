@@ -5,9 +5,12 @@ The unit of work is one shard. Its output tar is written through the one atomic 
 then its completion file ``{shard}.done.json`` (counts, failed keys, caption statistics) is written last. So a run
 killed at any point leaves each shard either finished or absent, and the next run redoes only the absent ones: no key
 is lost or written twice, and greedy captions equal an uninterrupted run's. A sample that fails (undecodable image,
-generation error, empty or over-length output, server error, ...) is kept without a recaption, counted by reason in
-the completion file, and captioned again by the next run (``retry_failed``), which reads the previous output shard
-and rewrites it with the new captions; samples captioned before are never captioned twice.
+generation error, empty or over-length output, server error, ...) is kept without a recaption and counted by reason
+in the completion file. Transient failures (``TRANSIENT_FAILURES``: generation errors, server errors, timeouts) are
+captioned again by the next run (``retry_failed``), which reads the previous output shard and rewrites it; samples
+captioned before are never captioned twice, and permanent failures (an undecodable image, an over-length greedy
+caption) are not retried, since greedy decoding would fail them the same way. While a retry rewrites a shard its
+completion record waits as ``.retry.json``, so other ranks do not take the old record for the new shard.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from captiondata.decode import BadSample, decode_image, decode_json
 from captiondata.reader import DEFAULT_MAX_PIXELS, raw_samples
 from captiondata.writer import write_raw_shard
 from harness_infra.atomic import atomic_write_json
-from recaption.captioner import Caption, Captioner, Item
+from recaption.captioner import TRANSIENT_FAILURES, Caption, Captioner, Item
 
 log = logging.getLogger(__name__)
 DONE_SUFFIX = ".done.json"
@@ -36,6 +39,20 @@ DONE_SUFFIX = ".done.json"
 def done_path(out_path: str) -> str:
     """The completion file of an output shard."""
     return out_path[: -len(".tar")] + DONE_SUFFIX if out_path.endswith(".tar") else out_path + DONE_SUFFIX
+
+
+def retry_path(out_path: str) -> str:
+    """Where a shard's completion record waits while a retry rewrites the shard (so other ranks keep waiting)."""
+    return done_path(out_path)[: -len(DONE_SUFFIX)] + ".retry.json"
+
+
+def read_retry(out_path: str) -> Optional[Dict[str, Any]]:
+    """The completion record of a finished shard whose retry was interrupted (None when there is none)."""
+    path = retry_path(out_path)
+    if not (os.path.isfile(path) and os.path.isfile(out_path)):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def read_done(out_path: str) -> Optional[Dict[str, Any]]:
@@ -53,9 +70,11 @@ class ShardStats:
 
     samples: int = 0
     captioned: int = 0
+    captioned_this_pass: int = 0
     reused: int = 0
     failed: Dict[str, int] = field(default_factory=dict)
     failed_keys: List[str] = field(default_factory=list)
+    transient_keys: List[str] = field(default_factory=list)
     tokens: int = 0
     truncated: int = 0
     seconds: float = 0.0
@@ -133,54 +152,83 @@ class ShardRecaptioner:
                   "truncated": caption.truncated, "status": "ok" if caption.text is not None else caption.reason}
         return json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
+    def status(self, raw: Dict[str, Any]) -> Optional[str]:
+        """The outcome a previous pass recorded for a sample ("ok" or a failure reason; None when never captioned)."""
+        if self.provenance_member not in raw:
+            return None
+        try:
+            return json.loads(raw[self.provenance_member]).get("status")
+        except (ValueError, AttributeError):
+            return None
+
     def recaption_shard(self, in_url: str, out_path: str) -> ShardStats:
-        """Write ``out_path`` (atomically, then its completion file) from ``in_url``, or retry the failures of a
-        previous output of it; returns the shard's statistics."""
+        """Write ``out_path`` (atomically, then its completion file) from ``in_url``, or retry the transient failures of
+        a previous output of it; returns the shard's statistics (over every sample of the output, not this pass)."""
         started = time.perf_counter()
-        previous = read_done(out_path)
-        retry = previous is not None  # the previous output holds every sample; only those without a caption are redone
+        previous = read_done(out_path) or read_retry(out_path)
+        retry = previous is not None  # the previous output holds every sample; only transient failures are redone
+        if retry and os.path.isfile(done_path(out_path)):
+            os.replace(done_path(out_path), retry_path(out_path))  # other ranks wait while this shard is rewritten
         source = out_path if retry else in_url
         stats = ShardStats()
         counters = SampleCounters(max_workers=0)
         words: Counter = Counter()
         vocabulary: set = set()
+        generated = 0
 
         def annotated() -> Iterator[Dict[str, Any]]:
+            nonlocal generated
             todo = batches(raw_samples([source], counters), self.cfg.batch_size)
             for batch, items in self._decoded(todo):
-                need = [n for n, raw in enumerate(batch) if not (retry and self.caption_member in raw)]
+                need = [n for n, raw in enumerate(batch) if not retry or self.status(raw) in TRANSIENT_FAILURES]
                 captions = self.captioner.caption([items[n] for n in need]) if need else []
                 for n, caption in zip(need, captions):
                     raw = batch[n]
+                    if retry and caption.text is None and caption.reason == self.status(raw):
+                        continue  # failed again the same way: keep the old record, so an unchanged shard stays identical
                     raw.pop(self.caption_member, None)
                     raw[self.provenance_member] = self.provenance(items[n], caption)
-                    if caption.text is None:
-                        stats.failed[caption.reason] = stats.failed.get(caption.reason, 0) + 1
-                        stats.failed_keys.append(raw["__key__"])
-                    else:
+                    if caption.text is not None:
                         raw[self.caption_member] = caption.text.encode("utf-8")
-                        stats.captioned += 1
-                        stats.tokens += caption.tokens
-                        stats.truncated += int(caption.truncated)
+                        generated += 1
                 for raw in batch:
-                    stats.samples += 1
-                    if self.caption_member in raw:
-                        text = raw[self.caption_member].decode("utf-8")
-                        words[str(len(text.split()))] += 1
-                        vocabulary.update(text.lower().split())
+                    self.count(raw, stats, words, vocabulary)
                     yield raw
-            stats.reused = stats.samples - stats.captioned - sum(stats.failed.values())
 
         shard = write_raw_shard(out_path, annotated())
+        stats.captioned_this_pass, stats.seconds = generated, round(time.perf_counter() - started, 3)
+        stats.reused = stats.samples - generated - len(stats.failed_keys)
         skipped = {k: v for k, v in counters.totals().items() if v and k in ("truncated_tar", "unreadable_shard", "duplicate_key")}
-        stats.seconds = round(time.perf_counter() - started, 3)
         stats.word_histogram, stats.vocabulary = dict(words), sorted(vocabulary)
         atomic_write_json(done_path(out_path), {"source": in_url, "shard": shard, "retried": retry, "input_skipped": skipped,
                                                 **stats.__dict__})
+        if os.path.isfile(retry_path(out_path)):
+            os.unlink(retry_path(out_path))
+        if skipped:
+            log.warning("%s: the input shard %s lost samples before captioning: %s", os.path.basename(out_path), in_url, skipped)
         if stats.failed:
-            log.warning("%s: %d of %d samples failed (%s); they are kept without a recaption and retried on the next run",
-                        os.path.basename(out_path), len(stats.failed_keys), stats.samples, stats.failed)
+            transient = sum(n for reason, n in stats.failed.items() if reason in TRANSIENT_FAILURES)
+            log.warning("%s: %d of %d samples failed (%s); kept without a recaption; %d transient failures are retried on the next run",
+                        os.path.basename(out_path), len(stats.failed_keys), stats.samples, stats.failed, transient)
         return stats
+
+    def count(self, raw: Dict[str, Any], stats: "ShardStats", words: Counter, vocabulary: set) -> None:
+        """Add one output sample to the shard's statistics, from its recorded outcome (so a retry counts every sample)."""
+        stats.samples += 1
+        status = self.status(raw)
+        if status != "ok" or self.caption_member not in raw:
+            reason = status or "generation_error"
+            stats.failed[reason] = stats.failed.get(reason, 0) + 1
+            stats.failed_keys.append(raw["__key__"])
+            stats.transient_keys += [raw["__key__"]] if reason in TRANSIENT_FAILURES else []
+            return
+        record = json.loads(raw[self.provenance_member])
+        stats.captioned += 1
+        stats.tokens += int(record.get("tokens") or 0)
+        stats.truncated += int(bool(record.get("truncated")))
+        text = raw[self.caption_member].decode("utf-8")
+        words[str(len(text.split()))] += 1
+        vocabulary.update(text.lower().split())
 
     def close(self) -> None:
         """Stop the decoding threads."""

@@ -109,6 +109,29 @@ def test_failures_are_counted_kept_and_retried_alone_on_the_next_run(tmp_path):
     assert recaption_split(urls, out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: pytest.fail("nothing is pending")) == 0
 
 
+def test_permanent_failures_settle_and_a_repeated_failure_leaves_the_shard_identical(tmp_path):
+    from harness_infra.atomic import file_sha256
+
+    spec = write_input(str(tmp_path / "in"), 4, per_shard=4)
+    urls, out = sorted(glob.glob(spec)), str(tmp_path / "out")
+    cfg = RecaptionConfig(name="llava", backend="hf", model="x", batch_size=4, num_workers=0)
+    permanent = Flaky(failing={"s00001"}, reason="over_length")
+    recaption_split(urls, out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: permanent)
+    stats = finish_split(out, "train", 1, 1.0)
+    assert stats["failed"] == {"over_length": 1} and stats["transient_failures"] == 0
+    assert recaption_split(urls, out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: pytest.fail("settled")) == 0
+    transient_out = str(tmp_path / "transient")
+    down = Flaky(failing={"s00002"}, reason="timeout")
+    recaption_split(urls, transient_out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: down)
+    before = file_sha256(f"{transient_out}/train-000000.tar")
+    still_down = Flaky(failing={"s00002"}, reason="timeout")
+    assert recaption_split(urls, transient_out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: still_down) == 1
+    assert still_down.asked == ["s00002"] and file_sha256(f"{transient_out}/train-000000.tar") == before  # nothing changed, same bytes
+    stats = finish_split(transient_out, "train", 1, 1.0)
+    assert stats["with_recaption"] == 3 and stats["transient_failures"] == 1 and stats["samples"] == 4
+    assert stats["words_per_caption_mean"] == 3.0 and stats["truncated"] == 0  # statistics over every sample, not the last pass
+
+
 def test_the_hf_backend_fails_undecodable_images_alone(tmp_path, tiny_vlm):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -188,7 +211,7 @@ def test_vllm_where_it_is_not_installed_is_a_clear_one_line_error():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"name": "txt"}, "would overwrite a standard member"), ({"name": "a b"}, "must be a non-empty member name"),
+    ({"name": "a b"}, "must be a non-empty member name"),
     ({"backend": "gpt"}, "recaption.backend='gpt' is unknown"), ({"model": ""}, "recaption.model must name"),
     ({"batch_size": 0}, "recaption.batch_size=0 must be positive"), ({"splits": ["dev"]}, "recaption.splits"),
     ({"backend": "rewrite", "model": "m", "prompt": "no placeholder"}, "must contain {original}"),

@@ -23,8 +23,11 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     if cfg.recaption is None:
         raise ConfigError("run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite")
-    return {"recaption": key_fields(cfg.recaption), "data_fingerprint": ctx.infos["data"]["fingerprint"],
-            "layout": key_fields(cfg.data.layout), "max_image_pixels": cfg.data.max_image_pixels}
+    from recaption.backends.weights import weight_files
+
+    return {"recaption": key_fields(cfg.recaption), "weight_files": weight_files(cfg.recaption.model),
+            "data_fingerprint": ctx.infos["data"]["fingerprint"], "layout": key_fields(cfg.data.layout),
+            "max_image_pixels": cfg.data.max_image_pixels}
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
@@ -47,12 +50,14 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     manifests = {split: load_manifest(out_dir, split) for split in cfg.recaption.splits}
     fingerprint = content_hash({s: [(m["name"], m["count"], m["sha256"]) for m in manifest["shards"]] for s, manifest in manifests.items()})
     return {"fingerprint": fingerprint, "member": f"{cfg.recaption.name}.txt", "splits": stats,
-            "failed_total": sum(s["failed_total"] for s in stats.values())}
+            "failed_total": sum(s["failed_total"] for s in stats.values()),
+            "transient_failures": sum(s["transient_failures"] for s in stats.values()) if cfg.recaption.retry_failed else 0}
 
 
 def settled(info: Dict[str, Any]) -> bool:
-    """A recaption with failed samples runs again (only those samples) on the next run."""
-    return not info.get("failed_total")
+    """A recaption with transient failures (server errors, timeouts, generation errors) runs again on the next run,
+    for those samples only; permanent failures settle (greedy decoding would fail them the same way)."""
+    return not info.get("transient_failures")
 
 
 def recaptioned_data(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> Any:

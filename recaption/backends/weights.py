@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from harness_infra.atomic import file_sha256
 from harness_infra.identity import sha256_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".jinja", ".txt")
+
+
+def weight_files(model: str) -> List[List[Any]]:
+    """[relative name, size, mtime_ns] of every weight, config and tokenizer file of a local model (``local-dir:``
+    and ``NAME:PATH`` forms included): cheap enough for a stage key, and new weights written into the same folder
+    change it. A hub id or tag gives [] (its revision is in the config)."""
+    for candidate in (model.removeprefix("local-dir:"), model.partition(":")[2]):
+        if candidate and (os.path.isdir(candidate) or os.path.isfile(candidate)):
+            files = [candidate] if os.path.isfile(candidate) else sorted(
+                os.path.join(root, name) for root, _, names in os.walk(candidate) for name in names if name.endswith(WEIGHT_SUFFIXES))
+            base = candidate if os.path.isdir(candidate) else os.path.dirname(candidate)
+            return [[os.path.relpath(f, base), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
+    return []
 
 
 def weights_identity(model: str, revision: Optional[str] = None, file: Optional[str] = None) -> Dict[str, Any]:
