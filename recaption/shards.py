@@ -46,22 +46,22 @@ def retry_path(out_path: str) -> str:
     return done_path(out_path)[: -len(DONE_SUFFIX)] + ".retry.json"
 
 
+def _read_record(record_path: str, out_path: str) -> Optional[Dict[str, Any]]:
+    """The JSON record at ``record_path`` when it and the shard both exist, else None."""
+    if not (os.path.isfile(record_path) and os.path.isfile(out_path)):
+        return None
+    with open(record_path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def read_retry(out_path: str) -> Optional[Dict[str, Any]]:
     """The completion record of a finished shard whose retry was interrupted (None when there is none)."""
-    path = retry_path(out_path)
-    if not (os.path.isfile(path) and os.path.isfile(out_path)):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return _read_record(retry_path(out_path), out_path)
 
 
 def read_done(out_path: str) -> Optional[Dict[str, Any]]:
     """The completion record of an output shard, None when the shard is not finished."""
-    path = done_path(out_path)
-    if not (os.path.isfile(path) and os.path.isfile(out_path)):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return _read_record(done_path(out_path), out_path)
 
 
 @dataclass
