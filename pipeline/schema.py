@@ -100,6 +100,10 @@ def validate(cfg: DictConfig) -> HarnessConfig:
                                              f"pick a {group}/ file that extends {family.name}_schema")
     require("recaption" not in harness.run.stages or harness.recaption is not None,
             "run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite")
+    if "recaption" in harness.run.stages:
+        from recaption.preflight import preflight
+
+        preflight(harness.recaption)
     return harness
 
 

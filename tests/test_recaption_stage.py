@@ -220,3 +220,18 @@ def test_bad_recaption_values_fail_with_one_line(kwargs, message):
     with pytest.raises(ConfigError) as info:
         RecaptionConfig(**{"model": "m", **kwargs})
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+recaption=precomputed", "recaption.precomputed.parquet=[/nope/*.parquet]"], "'/nope/*.parquet' matches no file"),
+    (["+recaption=vllm"], "pip install vllm"),
+])
+def test_a_captioner_that_cannot_run_fails_before_the_data_stage(tmp_path, overrides, message):
+    from pipeline.cli import compose_config
+    from recaption.backends.vllm import vllm_missing_reason
+
+    if "+recaption=vllm" in overrides and not vllm_missing_reason():
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ConfigError) as info:
+        compose_config(["+experiment=clip_smoke", *overrides, "run.stages=[data,recaption]", f"run.out_root={tmp_path}"])
+    assert message in str(info.value) and not os.listdir(tmp_path)  # nothing built, no stage folder left behind

@@ -1,0 +1,29 @@
+"""Checks of a captioner configuration that need the machine (installed packages, files), run before any stage.
+
+``python -m evals.run`` calls ``preflight`` when ``run.stages`` lists ``recaption``, so a missing vLLM or a parquet glob
+that matches nothing is a one-line error at start-up, not after the shard build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness_infra.errors import ConfigError
+
+
+def preflight(cfg: Any) -> None:
+    """One-line ConfigError for a backend that cannot run here or inputs that do not exist."""
+    if cfg.backend == "vllm":
+        from recaption.backends.vllm import vllm_missing_reason
+
+        reason = vllm_missing_reason()
+        if reason:
+            raise ConfigError(reason)
+    if cfg.backend == "precomputed":
+        from recaption.backends.precomputed import parquet_files
+
+        parquet_files(list(cfg.precomputed.parquet))
+    if cfg.backend == "rewrite":
+        from recaption.backends.offline import resolve_model
+
+        resolve_model(cfg.model, cfg.gguf_file)
