@@ -8,10 +8,10 @@ Why not ``CoCa.generate``: in open_clip 3.3 it asserts that transformers' ``Beam
 transformers 5 removed, so it refuses every generation type, greedy included. ``greedy_generate`` below is the greedy
 case of its loop (``_generate_top_k`` with k = 1: encode the image once, append the arg-max token of the
 multimodal decoder's last position until end-of-text or the cap), through the model's own ``forward``.
-That loop re-runs the whole prefix at every step (25 s per 64 images at 50 tokens for RecapCoCa-nano on 2 CPU
-cores); ``cached_greedy_generate`` runs the same blocks one position at a time, keeping each self-attention block's
+That loop re-runs the whole prefix at every step; ``cached_greedy_generate`` runs the same blocks one position at a time, keeping each self-attention block's
 normalised inputs (keys and values are projected from them) and the cross-attention's image keys, and is tested to
-give the same tokens.
+give the same tokens. Measured on 2 CPU cores, RecapCoCa-nano, 64 images, 50 tokens, same process: 10.8 s uncached,
+1.2 s cached.
 """
 
 from __future__ import annotations
