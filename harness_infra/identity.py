@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is fingerprinted, so configs compose without loading it
+    import torch
 
 
 def sha256_json(obj: Any) -> str:
@@ -17,6 +18,8 @@ def sha256_json(obj: Any) -> str:
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every state_dict entry: name, dtype, shape and raw bytes (same weights -> same id)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().to("cpu").contiguous()
