@@ -10,27 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 
-from training.distributed import DistEnv, all_ranks_have, gather_objects
+from training.stream import Batch, BatchSource, DataStream, batches_per_epoch, summed_epoch_stats  # noqa: F401  (the trainer's stream)
 
 log = logging.getLogger(__name__)
-Batch = Dict[str, Any]
-
-
-class BatchSource(Protocol):
-    """What the trainer needs from a loader (CaptionLoader's contract)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (order and caption draws depend on it)."""
-
-    def iterate(self, skip_batches: int = 0) -> Iterator[Batch]:
-        """This epoch's batches after the first ``skip_batches``."""
-
-    def epoch_stats(self) -> Dict[str, Any]:
-        """Samples, skipped counts by reason and realised original fraction of the last epoch."""
 
 
 @dataclass
@@ -64,14 +50,6 @@ def caption_loader_factory(data_cfg: Any, mix_cfg: Any) -> LoaderFactory:
                              image_features=request.image_features)
 
     return make
-
-
-def batches_per_epoch(source: BatchSource) -> Optional[int]:
-    """Batches per epoch on this rank when the source knows it, else None."""
-    try:
-        return len(source)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 class InMemoryBatches:
@@ -130,69 +108,3 @@ def synthetic_factory(num_samples: int, seed: int = 0) -> LoaderFactory:
         return InMemoryBatches(pairs["image"], pairs["text"], request.batch_size, request.rank, request.world_size, seed=request.seed)
 
     return make
-
-
-def summed_epoch_stats(source: BatchSource, env: DistEnv) -> Dict[str, Any]:
-    """Epoch stats over all ranks when the source exposes raw totals (CaptionLoader), else this rank's."""
-    if env.distributed and hasattr(source, "epoch_totals"):
-        from captiondata.counters import summarize
-
-        totals: Dict[str, int] = {}
-        for rank_totals in gather_objects(source.epoch_totals(), env):
-            for name, value in rank_totals.items():
-                totals[name] = totals.get(name, 0) + value
-        return summarize(totals)
-    return source.epoch_stats()
-
-
-class DataStream:
-    """Micro-batches across epochs; ``epoch``/``batch_in_epoch`` is the position a checkpoint stores."""
-
-    def __init__(self, source: BatchSource, env: DistEnv, epoch: int, batch_in_epoch: int,
-                 on_epoch_end: Callable[[int, Dict[str, Any]], None]) -> None:
-        self.source, self.env, self.on_epoch_end = source, env, on_epoch_end
-        self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
-        self.synchronize = env.distributed and batches_per_epoch(source) is None
-        self._iterator: Optional[Iterator[Batch]] = None
-
-    def _start_epoch(self) -> None:
-        """Open the current epoch at the current batch index."""
-        self.source.set_epoch(self.epoch)
-        self._iterator = iter(self.source.iterate(skip_batches=self.batch_in_epoch))
-
-    def _next_in_epoch(self) -> Optional[Batch]:
-        """The next batch of this epoch, or None when any rank has run out (ranks stop together)."""
-        batch = next(self._iterator, None)
-        if self.synchronize and not all_ranks_have(batch is not None, self.env):
-            return None
-        return batch
-
-    def next_batch(self) -> Batch:
-        """The next micro-batch, rolling over to the next epoch when this one ends."""
-        for _ in range(2):
-            if self._iterator is None:
-                self._start_epoch()
-            batch = self._next_in_epoch()
-            if batch is not None:
-                self.batch_in_epoch += 1
-                return batch
-            produced = self.batch_in_epoch
-            self.on_epoch_end(self.epoch, summed_epoch_stats(self.source, self.env))
-            self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
-            if produced == 0:
-                break
-        raise RuntimeError(f"epoch {self.epoch - 1} produced no full batch: the data set is smaller than one batch per rank")
-
-    def epoch_end_partial(self) -> None:
-        """Close a partly read epoch (at a stage end): report it and move the position to the next epoch."""
-        if self._iterator is not None and hasattr(self._iterator, "close"):
-            self._iterator.close()
-        self._iterator = None
-        if self.batch_in_epoch == 0:
-            return
-        self.on_epoch_end(self.epoch, summed_epoch_stats(self.source, self.env))
-        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
-    def take(self, count: int) -> List[Batch]:
-        """``count`` micro-batches (one optimizer step's worth)."""
-        return [self.next_batch() for _ in range(count)]
