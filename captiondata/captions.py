@@ -6,10 +6,41 @@ Recap-DataComp-1B's img2dataset layout are read by the same function.
 
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
 from typing import Any, Dict, List, Optional
 
 from captiondata.config import CaptionField, CaptionLayout
 from captiondata.decode import BadSample, decode_json, decode_text
+
+NORMALIZATION = "html-unescape-x2+drop-Cc-Cf+collapse-space/1"  # enters evaluation identities; bump when it changes
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _keep(char: str) -> bool:
+    """False for control and format characters (Unicode Cc, Cf: NUL, DEL, zero-width space, BOM, ...), True for the
+    rest; whitespace controls (tab, newline, carriage return, ...) are kept here and collapsed to one space later."""
+    return char.isspace() or unicodedata.category(char) not in ("Cc", "Cf")
+
+
+def normalize_caption(text: str) -> str:
+    """The one caption normalisation of training and evaluation (captions, references, retrieval texts).
+
+    HTML entities unescaped twice, as open_clip's tokenizer cleans text (``&amp;nbsp;`` -> ``&nbsp;`` -> no-break
+    space), so every tokenizer sees what a browser would show; control and format characters (Unicode Cc/Cf) removed;
+    whitespace runs (any Unicode space, tab, newline) collapsed to one space; ends stripped. An empty result means the
+    caption holds no text (callers skip it: ``empty_caption``).
+    """
+    text = html.unescape(html.unescape(text))
+    if not text.isprintable():
+        text = "".join(c for c in text if _keep(c))
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def normalized_lines(text: str) -> List[str]:
+    """The non-empty normalised lines of a multi-line text (CLIP_benchmark's retrieval ``.txt``: one caption a line)."""
+    return [line for line in (normalize_caption(raw) for raw in text.splitlines()) if line]
 
 
 def _member_value(sample: Dict[str, Any], member: str, parsed: Dict[str, Any]) -> Any:
@@ -23,7 +54,7 @@ def _member_value(sample: Dict[str, Any], member: str, parsed: Dict[str, Any]) -
 
 
 def _field_texts(sample: Dict[str, Any], spec: CaptionField, parsed: Dict[str, Any]) -> List[str]:
-    """Non-empty, stripped caption strings at ``spec`` (a string or a list of strings)."""
+    """Non-empty caption strings at ``spec`` (a string or a list of strings), each through ``normalize_caption``."""
     value = _member_value(sample, spec.member, parsed)
     if spec.field:
         for part in spec.field.split("."):
@@ -31,14 +62,16 @@ def _field_texts(sample: Dict[str, Any], spec: CaptionField, parsed: Dict[str, A
     if value is None:
         return []
     values = value if isinstance(value, list) else [value]
-    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+    texts = (normalize_caption(v) for v in values if isinstance(v, str))
+    return [t for t in texts if t]
 
 
 def extract_captions(sample: Dict[str, Any], layout: CaptionLayout) -> Dict[str, Any]:
     """Return {original: str|None, recaptions: [str], references: [str], json: dict|None}.
 
-    Raises BadSample("non_utf8_text"/"bad_json") for undecodable members; a sample with no caption
-    at all raises "missing_caption", or "empty_caption" when caption members exist but are blank.
+    Every caption passes ``normalize_caption``. Raises BadSample("non_utf8_text"/"bad_json") for undecodable members;
+    a sample with no caption at all raises "missing_caption", or "empty_caption" when caption members exist but hold
+    nothing after normalising (blank, NUL bytes, ``&nbsp;``).
     """
     parsed: Dict[str, Any] = {}
     originals = _field_texts(sample, layout.original, parsed)

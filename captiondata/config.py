@@ -10,6 +10,7 @@ from harness_infra.errors import require
 from harness_infra.stagecache import setting
 
 STRATEGIES = ("mix", "original", "recap", "concat")
+DEFAULT_MAX_PIXELS = 64_000_000  # data.max_image_pixels and the evaluation tasks' max_image_pixels
 
 
 @dataclass
@@ -99,6 +100,13 @@ class DataConfig:
     ``none`` = user shards given in ``train_shards``/``val_shards``/``test_shards``).
     Shard specs accept local paths, brace expansion, globs and any URL webdataset opens,
     several joined with ``::``.
+
+    ``max_image_pixels``: images with more pixels (width x height) are skipped and counted as ``image_too_large``;
+    this is the only limit (Pillow's own 89.5 Mpx guard is raised to it). ``exif_transpose``: apply each image's EXIF
+    orientation tag (``PIL.ImageOps.exif_transpose``, counted as ``exif_rotated``). Default true: cameras store
+    portrait photos sideways plus the tag, and browsers, viewers and the people who wrote the captions all see them
+    upright; img2dataset's re-encoded images carry no tag, so for its shards the switch changes nothing. False
+    reproduces peers that ignore the tag (torchvision's ``pil_loader``, CLIP_benchmark).
     """
 
     name: str = setting("scenes", key=False)
@@ -114,7 +122,8 @@ class DataConfig:
     shuffle_buffer: int = 1000
     resampled: bool = False
     epoch_samples: Optional[int] = None
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True
     build_seed: int = setting(0, key="build")
     build_size: Optional[int] = setting(None, key="build")
     scene_image_size: int = setting(64, key="build")

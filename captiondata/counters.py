@@ -24,6 +24,7 @@ SKIP_REASONS = (
     "truncated_tar",
     "unreadable_shard",
     "no_image_feature",
+    "bad_label",
 )
 MIX_EVENTS = (
     "samples",
@@ -35,7 +36,14 @@ MIX_EVENTS = (
     "fallback_to_original",
     "fallback_to_recap",
 )
-COUNTER_NAMES = SKIP_REASONS + MIX_EVENTS
+# Conversions of decodable images (``captiondata.decode.decode_image`` reports them; nothing is skipped).
+DECODE_EVENTS = (
+    "exif_rotated",
+    "converted_high_bit_depth",
+    "converted_alpha",
+    "converted_mode",
+)
+COUNTER_NAMES = SKIP_REASONS + MIX_EVENTS + DECODE_EVENTS
 _INDEX = {name: i for i, name in enumerate(COUNTER_NAMES)}
 
 
@@ -84,7 +92,7 @@ class SampleCounters:
 
 
 def summarize(totals: Dict[str, int]) -> Dict[str, object]:
-    """Epoch report: samples, skipped by reason, realised original fraction and fallbacks.
+    """Epoch report: samples, skipped by reason, image conversions by kind, realised original fraction and fallbacks.
 
     ``original_fraction`` = emitted originals / samples (what the model saw; None under ``concat``, where every
     text holds both and ``concat_fraction`` = emitted concatenations / samples says so instead);
@@ -97,6 +105,7 @@ def summarize(totals: Dict[str, int]) -> Dict[str, object]:
         "samples": samples,
         "skipped_total": sum(skipped.values()),
         "skipped": skipped,
+        "converted": {event: totals[event] for event in DECODE_EVENTS if totals.get(event, 0)},
         "original_fraction": totals.get("emitted_original", 0) / samples if samples and not totals.get("emitted_concat", 0) else None,
         "concat_fraction": totals.get("emitted_concat", 0) / samples if samples else None,
         "drawn_original_fraction": totals.get("drawn_original", 0) / draws if draws else None,

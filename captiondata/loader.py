@@ -148,7 +148,8 @@ class MixedCaptionDataset(IterableDataset):
         raws = shuffled(raw_samples(self._shard_stream(worker, num_workers), self.counters), self.data_cfg.shuffle_buffer, rng)
         for raw in raws:
             try:
-                record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels, decode=self.image_features is None)
+                record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels, decode=self.image_features is None,
+                                       exif_transpose=self.data_cfg.exif_transpose, count=self.counters.add)
             except BadSample as bad:
                 self.counters.add(bad.reason)
                 continue

@@ -23,12 +23,11 @@ from captiondata.captions import extract_captions
 from harness_infra.errors import ConfigError
 from captiondata.config import CaptionLayout
 from captiondata.counters import SampleCounters
-from captiondata.decode import BadSample, decode_image
+from captiondata.decode import DEFAULT_MAX_PIXELS, BadSample, Count, decode_image
 from captiondata.records import Record
 
 log = logging.getLogger(__name__)
 wds_gopen = importlib.import_module("webdataset.gopen")  # the module; ``webdataset.gopen`` the attribute is the function
-DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def _is_local(url: str) -> bool:
@@ -170,8 +169,10 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
             yield current
 
 
-def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True) -> Record:
-    """Validate one raw sample into a Record (image decoded to RGB unless ``decode`` is False).
+def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True,
+                  exif_transpose: bool = True, count: Count = None) -> Record:
+    """Validate one raw sample into a Record (image decoded to RGB by ``decode_image`` unless ``decode`` is False;
+    ``exif_transpose`` and ``count`` are passed to it: ``count`` receives each image conversion's name).
 
     Raises BadSample with the skip reason.
     """
@@ -180,7 +181,7 @@ def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = 
         raise BadSample("missing_image")
     captions = extract_captions(raw, layout)
     data = raw[image_member]
-    image = decode_image(data, max_pixels) if decode else data
+    image = decode_image(data, max_pixels, exif_transpose, count) if decode else data
     meta = captions["json"] or {}
     return Record(
         key=raw["__key__"],
@@ -193,11 +194,12 @@ def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = 
     )
 
 
-def valid_records(raws: Iterable[Dict[str, Any]], layout: CaptionLayout, counters: SampleCounters, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Record]:
-    """Decoded Records; bad samples skipped and counted by reason."""
+def valid_records(raws: Iterable[Dict[str, Any]], layout: CaptionLayout, counters: SampleCounters, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  exif_transpose: bool = True) -> Iterator[Record]:
+    """Decoded Records; bad samples skipped and counted by reason, image conversions counted by kind."""
     for raw in raws:
         try:
-            yield decode_record(raw, layout, max_pixels)
+            yield decode_record(raw, layout, max_pixels, exif_transpose=exif_transpose, count=counters.add)
         except BadSample as bad:
             counters.add(bad.reason)
             log.debug("skipping sample %s from %s: %s", raw.get("__key__"), raw.get("__url__"), bad)
@@ -208,11 +210,12 @@ def iter_samples(
     layout: CaptionLayout,
     counters: Optional[SampleCounters] = None,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    exif_transpose: bool = True,
 ) -> Iterator[Record]:
     """Every valid sample of a shard spec in order, decoded (for evaluation, diagnostics, recaptioning)."""
     counters = counters if counters is not None else SampleCounters(max_workers=0)
     shard_urls = expand_shards(urls) if isinstance(urls, str) else list(urls)
     try:
-        yield from valid_records(raw_samples(shard_urls, counters), layout, counters, max_image_pixels)
+        yield from valid_records(raw_samples(shard_urls, counters), layout, counters, max_image_pixels, exif_transpose)
     finally:
         counters.flush()
