@@ -22,3 +22,11 @@ def one_line(exc: BaseException) -> str:
     """The first line of an exception message, without OmegaConf's full-key/object-type trailer."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class BrokenModelError(RuntimeError):
+    """A model or a training run produced numbers that cannot be scored: NaN or infinite values, or constant outputs.
+
+    The message is one line that names the model (or run) and the task (or step); the entry point prints it as
+    ``error: ...`` and exits with status 3. Never caught to publish a score anyway.
+    """

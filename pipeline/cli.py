@@ -29,7 +29,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness_infra.errors import ConfigError, one_line
+from harness_infra.errors import BrokenModelError, ConfigError, one_line
 from harness_infra.ranks import is_main, rank, world_size
 from pipeline.schema import HarnessConfig, validate
 
@@ -134,6 +134,11 @@ def run_job(cfg: DictConfig) -> Dict[str, Any]:
             raise
         print(f"error: {explain(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except BrokenModelError as exc:  # NaN / constant outputs, a diverged step: never a score, exit 3
+        if os.environ.get("RECAP_TRACEBACK") == "1":
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
 
 
 def walk(cfg: DictConfig) -> Dict[str, Any]:

@@ -46,7 +46,7 @@ def test_run_task_results(tiny, tasks, tmp_path):
     lo, hi = cls.intervals["top1"]
     assert lo == pytest.approx(max(top1 - wald, 0.0), abs=0.08) and hi == pytest.approx(min(top1 + wald, 1.0), abs=0.08)
     ret = run_task(embedder, tasks[1], cfg)
-    assert ret.n == {"images": 6, "texts": 12, "image_queries": 6}
+    assert ret.n == {"images": 6, "texts": 12, "image_queries": 6, "tied_t2i_queries": 0, "tied_i2t_queries": 0}
     assert ret.metrics["t2i_R@5"] is not None and ret.metrics["t2i_R@10"] is None and "6 candidate images" in ret.undefined["t2i_R@10"]
     assert ret.metrics["i2t_R@10"] is not None  # 12 candidate captions
     long = run_task(embedder, tasks[2], cfg)

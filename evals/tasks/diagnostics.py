@@ -23,7 +23,7 @@ from captiondata.config import CaptionLayout, project_layout
 from captiondata.records import Record
 from evals.results.bootstrap import QueryValues
 from evals.tasks.config import EvalConfig
-from evals.tasks.embeddings import autocast, encode_texts, eval_mode
+from evals.tasks.embeddings import autocast, check_embeddings, encode_texts, eval_mode
 from evals.tasks.imageprep import SplitPreprocess
 from evals.tasks.textstats import token_counts
 
@@ -68,7 +68,7 @@ def _cosines(model: torch.nn.Module, preprocess: Any, tokenizer: Any, batch: Lis
     split = SplitPreprocess(preprocess)
     with eval_mode(model), torch.inference_mode(), autocast(cfg):
         pixels = split.tensor_stage([split.pil_stage(r.image) for r in batch]).to(cfg.device)
-        images = F.normalize(model.encode_image(pixels).float(), dim=-1).cpu()
+        images = check_embeddings(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu(), "image embeddings", distinct_inputs=False)
     out: Dict[str, List[float]] = {}
     for source in SOURCES:
         pairs = [(i, c) for i, r in enumerate(batch) for c in record_captions(r)[source]]

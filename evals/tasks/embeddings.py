@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from harness_infra.cache import EmbeddingCache
-from harness_infra.errors import ConfigError
+from harness_infra.errors import BrokenModelError, ConfigError
 from evals.tasks.config import EvalConfig
 from harness_infra.identity import model_fingerprint, preprocess_identity, texts_fingerprint, tokenizer_identity
 from evals.tasks.imageprep import SplitPreprocess, image_loader
@@ -65,6 +65,21 @@ def text_context_length(model: torch.nn.Module, tokenizer: Any, cfg: EvalConfig)
 
 
 
+def check_embeddings(embeddings: torch.Tensor, what: str, distinct_inputs: bool = True, atol: float = 1e-6) -> torch.Tensor:
+    """``embeddings`` (N x D) unchanged, or BrokenModelError when any value is NaN/inf, or when N >= 2 distinct inputs
+    all got the same embedding (within ``atol`` per entry: a collapsed or constant tower, whose every score ties).
+
+    ``what`` names the embeddings (e.g. ``image embeddings of cifar10``) for the one-line message.
+    """
+    finite = torch.isfinite(embeddings)
+    if not bool(finite.all()):
+        bad = int((~finite).any(dim=1).sum())
+        raise BrokenModelError(f"{bad} of {embeddings.shape[0]} {what} contain NaN or infinite values")
+    if distinct_inputs and embeddings.shape[0] >= 2 and float((embeddings - embeddings[0]).abs().max()) <= atol:
+        raise BrokenModelError(f"all {embeddings.shape[0]} {what} are identical (a constant or collapsed model)")
+    return embeddings
+
+
 def _image_cache_key(model_id: str, data: Any, preprocess: Any, cfg: EvalConfig) -> Dict[str, Any]:
     """What image embeddings depend on."""
     return {"model": model_id, "data": data.fingerprint, "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
@@ -87,6 +102,8 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
                   model_id: Optional[str] = None) -> Tuple[torch.Tensor, List[Any]]:
     """(N x D normalised float32 CPU embeddings, the N targets in the same order) for an image data set.
 
+    Raises BrokenModelError for NaN/inf embeddings, or one embedding for every image (``check_embeddings``).
+
     Cached per (model weights, data set fingerprint, preprocessing, precision) when ``cfg.cache_dir`` is set; with
     ``cfg.trunk_feature_cache`` a timm tower's trunk features are cached per trunk weights as well (then embedding =
     normalise(visual.head(trunk features)), the tower's own forward).
@@ -97,7 +114,7 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
         key = _image_cache_key(model_id or model_fingerprint(model), data, preprocess, cfg)
         hit = cache.load("image", key)
         if hit is not None:
-            return hit["embeddings"], loaded_targets(hit)
+            return check_embeddings(hit["embeddings"], f"image embeddings of {getattr(data, 'name', 'the data set')}"), loaded_targets(hit)
     trunk = trunk_of(model) if cfg.trunk_feature_cache and cfg.cache_dir is not None else None
     if trunk is not None:
         features, targets = trunk_features(trunk, preprocess, data, cfg)
@@ -106,6 +123,7 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
             embeddings = torch.cat([F.normalize(head(c.to(cfg.device)).float(), dim=-1).cpu() for c in features.split(cfg.batch_size)])
     else:
         embeddings, targets = _run_images(model.encode_image, model, preprocess, data, cfg, normalize=True)
+    check_embeddings(embeddings, f"image embeddings of {getattr(data, 'name', 'the data set')}")
     if key is not None:
         cache.save("image", key, {"embeddings": embeddings, "targets": stored_targets(targets)})
     return embeddings, targets
@@ -147,6 +165,8 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], c
                  model_id: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(N x D normalised float32 CPU embeddings, bool mask of texts truncated at the context length).
 
+    Raises BrokenModelError for NaN/inf embeddings, or identical embeddings of distinct texts (``check_embeddings``).
+
     Texts are tokenised at the model's (or overridden) context length. Cached per (model weights, tokenizer,
     context length, exact texts, precision) when ``cfg.cache_dir`` is set.
     """
@@ -158,8 +178,9 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], c
                "texts": texts_fingerprint(texts), "precision": cfg.precision}
         hit = cache.load("text", key)
         if hit is not None:
-            return hit["embeddings"], hit["truncated"]
+            return check_embeddings(hit["embeddings"], "text embeddings", len(set(texts)) > 1), hit["truncated"]
     embeddings, truncated = _encode_text_batches(model, tokenizer, list(texts), context_length, cfg)
+    check_embeddings(embeddings, "text embeddings", distinct_inputs=len(set(texts)) > 1)
     if key is not None:
         cache.save("text", key, {"embeddings": embeddings, "truncated": truncated})
     return embeddings, truncated

@@ -2,8 +2,10 @@
 
 text->image R@k: a caption is a hit when its own image is among the k most similar images.
 image->text R@k: an image is a hit when ANY of its captions is among the k most similar captions.
-Both are means of per-query hit vectors (cosine similarity of L2-normalised embeddings, ranked in
-memory-bounded blocks by ``topk``). R@k is undefined (None, with the reason) when k exceeds the number
+Both are means of per-query hit values (cosine similarity of L2-normalised embeddings, ranked in
+memory-bounded blocks by ``topk``). Ties never help: a candidate scoring exactly the best positive's score (identical
+images or captions in the set, or a constant tower) is broken by the expected value under random tie-breaking, and
+the queries with such a tie are recorded as ``n["tied_t2i_queries"]`` / ``n["tied_i2t_queries"]``. R@k is undefined (None, with the reason) when k exceeds the number
 of candidates. Long-caption retrieval (one long caption per image, Urban-1K style) is the same computation;
 every retrieval result records the context length and how many captions it truncated.
 """
@@ -21,7 +23,7 @@ from evals.tasks.config import EvalConfig
 from evals.tasks.embeddings import encode_images, encode_texts, text_context_length
 from harness_infra.identity import model_fingerprint
 from evals.results.task_result import TaskResult
-from evals.tasks.topk import hits_at, retrieval_ranks
+from evals.tasks.topk import retrieval_ranks
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,17 @@ def retrieval_result(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_im
     """R@k both ways (k in cfg.ks) with per-query hit vectors, from embeddings and each caption's image index."""
     n_images, n_texts = image_emb.shape[0], text_emb.shape[0]
     t2i, i2t = retrieval_ranks(image_emb, text_emb, text_to_image, cfg.score_block, cfg.device)
-    result = TaskResult(task, dict(dataset or {}), n={"images": n_images, "texts": n_texts, "image_queries": int((i2t >= 0).sum())})
+    if not bool(t2i.has_positive.any()) or not bool(i2t.has_positive.any()):
+        raise ConfigError(f"retrieval on {(dataset or {}).get('name', 'the data set')}: no query has a positive ({n_texts} captions, {n_images} images)")
+    result = TaskResult(task, dict(dataset or {}), n={"images": n_images, "texts": n_texts, "image_queries": int(i2t.has_positive.sum()),
+                                                      "tied_t2i_queries": t2i.tied_queries, "tied_i2t_queries": i2t.tied_queries})
     for k in cfg.ks:
         for name, ranks, candidates, kind in (("t2i", t2i, n_images, "images"), ("i2t", i2t, n_texts, "captions")):
             metric = f"{name}_R@{k}"
             if k > candidates:
                 result.set_undefined(metric, f"R@{k} is undefined with {candidates} candidate {kind} (< {k})")
             else:
-                result.set_metric(metric, QueryValues(hits_at(ranks, k).numpy()))
+                result.set_metric(metric, QueryValues(ranks.hit_probability(k)))
     return result
 
 
@@ -59,7 +64,10 @@ def evaluate_retrieval(model: torch.nn.Module, tokenizer: Any, preprocess: Any, 
     if not texts:
         raise ConfigError(f"data set {getattr(data, 'name', '?')} has no captions")
     context_length = text_context_length(model, tokenizer, cfg)
-    text_emb, cut = encode_texts(model, tokenizer, texts, cfg, model_id)
+    distinct = list(dict.fromkeys(texts))  # identical captions encoded once: bitwise-equal rows, so their ties are exact
+    unique_emb, unique_cut = encode_texts(model, tokenizer, distinct, cfg, model_id)
+    row = torch.tensor([position for position in map({t: i for i, t in enumerate(distinct)}.__getitem__, texts)])
+    text_emb, cut = unique_emb[row], unique_cut[row]
     result = retrieval_result(image_emb, text_emb, owner, cfg, task, data.describe())
     truncated = int(cut.sum())
     result.extra.update({

@@ -14,7 +14,7 @@ from evals.results.task_result import TaskResult
 from evals.tasks.config import EvalConfig, TaskConfig
 from evals.tasks.embeddings import text_context_length
 from evals.tasks.registry import TASKS, ImageTextEmbedder
-from harness_infra.errors import ConfigError
+from harness_infra.errors import BrokenModelError, ConfigError
 from harness_infra.identity import model_fingerprint, preprocess_identity, tokenizer_identity
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,10 @@ def evaluate_checkpoint(evaluable: Any, cfg: EvalConfig, checkpoint: str, model_
     records = []
     for task in cfg.tasks:
         log.info("evaluating %s on %s (%s)", checkpoint, task.name, task.task)
-        result = run_task(evaluable, task, cfg, info["weights_id"])
+        try:
+            result = run_task(evaluable, task, cfg, info["weights_id"])
+        except BrokenModelError as exc:
+            raise BrokenModelError(f"model {checkpoint} ({info['weights_id'][:12]}), eval task {task.name}: {exc}") from None
         record = build_record(result, checkpoint, info, cfg)
         record["task_name"] = task.name
         if write:

@@ -2,9 +2,13 @@
 
 Definitions: for each class, encode every template filled with the class name, L2-normalise each prompt
 embedding, average, re-normalise -> class weight w_c. logits = 100 * image_embedding @ W^T. top-k hit: the
-true class is among the k highest logits (rank of the true class < k, see ``topk``). top-1 / top-5: mean
-hit over images; top-5 is undefined (None, with the reason) below 5 classes. Mean per-class recall: the
-mean over the classes present in the labels of the per-class top-1 hit rate (sklearn's balanced accuracy).
+true class is among the k highest logits. Ties never help: a class whose logit equals the true class's counts by the
+expected value under random tie-breaking (``topk``), so each image contributes P(hit) in [0, 1]; the number of
+images whose true class ties with another (identical class names such as ImageNet's two "crane" classes, or a
+constant tower) is recorded as ``n["tied_queries"]``, and duplicate class names are warned about and recorded.
+top-1 / top-5: mean hit over images; top-5 is undefined (None, with the reason) below 5 classes. Mean per-class
+recall: the mean over the classes present in the labels of the per-class top-1 hit rate (sklearn's balanced
+accuracy).
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ def build_classifier(model: torch.nn.Module, tokenizer: Any, classnames: Sequenc
                      cfg: EvalConfig, model_id: Optional[str] = None) -> torch.Tensor:
     """C x D class weights: per class, mean of the L2-normalised template embeddings, re-normalised.
 
-    All C x T prompts are encoded in batches of ``cfg.batch_size`` (not one forward pass per class).
+    The distinct prompts among the C x T are encoded in batches of ``cfg.batch_size`` (not one forward pass per class).
     """
     if not classnames or not templates:
         raise ConfigError("zero-shot classification needs at least one class name and one template")
     prompts = [render(t, c) for c in classnames for t in templates]
-    embeddings, _ = encode_texts(model, tokenizer, prompts, cfg, model_id)  # already L2-normalised per prompt
+    distinct = list(dict.fromkeys(prompts))  # each distinct prompt encoded once: identical class names get identical weights
+    unique_emb, _ = encode_texts(model, tokenizer, distinct, cfg, model_id)  # already L2-normalised per prompt
+    position = {prompt: row for row, prompt in enumerate(distinct)}
+    embeddings = unique_emb[torch.tensor([position[p] for p in prompts])]
     weights = embeddings.view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(weights, dim=-1)
 
@@ -49,16 +56,26 @@ def classification_result(image_emb: torch.Tensor, labels: torch.Tensor, weights
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
         raise ConfigError(f"labels range over [{int(labels.min())}, {int(labels.max())}] but there are {n_classes} class names")
     result = TaskResult("zeroshot_classification", dict(dataset or {}), n={"images": int(labels.numel()), "classes": n_classes})
-    ranks = classification_ranks(image_emb, weights, labels, cfg.score_block, cfg.device).numpy()
+    ranks = classification_ranks(image_emb, weights, labels, cfg.score_block, cfg.device)
     label_array = labels.numpy()
     for k in (1, 5):
         if n_classes < k:
             result.set_undefined(f"top{k}", f"top-{k} accuracy is undefined with {n_classes} classes (< {k})")
         else:
-            result.set_metric(f"top{k}", QueryValues(ranks < k))
-    result.set_metric("mean_per_class_recall", QueryValues(ranks < 1, groups=label_array))
+            result.set_metric(f"top{k}", QueryValues(ranks.hit_probability(k)))
+    result.set_metric("mean_per_class_recall", QueryValues(ranks.hit_probability(1), groups=label_array))
     result.n["classes_present"] = int(np.unique(label_array).size)
+    result.n["tied_queries"] = ranks.tied_queries
     return result
+
+
+def duplicate_classnames(classnames: Sequence[str]) -> List[str]:
+    """Class names that occur more than once (case and surrounding space ignored), in first-seen order."""
+    seen: dict = {}
+    for name in classnames:
+        norm = " ".join(name.lower().split())
+        seen[norm] = seen.get(norm, 0) + 1
+    return [name for name, count in seen.items() if count > 1]
 
 
 def evaluate_zeroshot_classification(model: torch.nn.Module, tokenizer: Any, preprocess: Any, data: Any, cfg: EvalConfig,
@@ -71,10 +88,14 @@ def evaluate_zeroshot_classification(model: torch.nn.Module, tokenizer: Any, pre
         raise ConfigError(f"data set {getattr(data, 'name', '?')} needs class names and templates for zero-shot classification")
     if model_id is None and cfg.cache_dir is not None:
         model_id = model_fingerprint(model)  # hash the weights once for both cache keys
+    duplicates = duplicate_classnames(classnames)
+    if duplicates:
+        log.warning("%s: %d class names occur more than once (%s); their classes tie and are scored by the expected "
+                    "value under random tie-breaking", getattr(data, "name", "?"), len(duplicates), ", ".join(duplicates[:5]))
     weights = build_classifier(model, tokenizer, classnames, templates, cfg, model_id)
     image_emb, targets = encode_images(model, preprocess, data, cfg, model_id)
     result = classification_result(image_emb, torch.as_tensor(targets, dtype=torch.int64), weights, cfg, data.describe())
-    result.extra.update({"n_templates": len(templates)})
+    result.extra.update({"n_templates": len(templates), "duplicate_classnames": duplicates})
     result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
     return result
 
