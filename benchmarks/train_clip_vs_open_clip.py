@@ -142,7 +142,7 @@ def peer_model_dir(work: str) -> str:
     """RecapCLIP-tiny as an open_clip 'local-dir:' folder, so the peer builds the identical model."""
     import open_clip
 
-    import train_clip  # noqa: F401  (registers RecapCLIP-*)
+    import train_clip.models  # noqa: F401  (registers RecapCLIP-*)
 
     folder = os.path.join(work, "peer_model")
     os.makedirs(folder, exist_ok=True)

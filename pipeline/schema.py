@@ -42,10 +42,7 @@ class RunConfig:
     rerun: Optional[str] = None
     stop_after: Optional[str] = None
 
-    def __post_init__(self) -> None:
-        from pipeline.registry import check_stage_list
-
-        check_stage_list(self.stages)
+    def __post_init__(self) -> None:  # the stage names themselves are checked by ``validate`` (importing the stages)
         require(self.rerun in (None, *self.stages), f"run.rerun={self.rerun!r} is not one of run.stages ({', '.join(self.stages)})")
         require(self.stop_after in (None, *self.stages), f"run.stop_after={self.stop_after!r} is not one of run.stages ({', '.join(self.stages)})")
 
@@ -92,6 +89,9 @@ def validate(cfg: DictConfig) -> HarnessConfig:
         raise ConfigError(one_line(exc)) from None
     if not isinstance(harness, HarnessConfig):
         raise ConfigError("the composed config is not a HarnessConfig; does conf/config.yaml list harness_schema first?")
+    from pipeline.registry import check_stage_list  # imports the stage modules, so not at schema registration
+
+    check_stage_list(harness.run.stages)
     family = FAMILIES.get(harness.trainer)
     require(family is not None, f"trainer={harness.trainer!r} is unknown; choose one of {', '.join(FAMILIES)}")
     for group, expected in (("model", family.model_config), ("train", family.train_config)):

@@ -54,7 +54,7 @@ def test_open_clip_mean_pooler_reproduces_sentence_transformers():
 
 
 def test_tokenizer_follows_the_shipped_config():
-    import train_clip  # noqa: F401  (registers the shipped RecapLiT configs)
+    import train_clip.models  # noqa: F401  (registers the shipped RecapLiT configs)
 
     resolve_text_model("minilm")
     tokenizer = open_clip.get_tokenizer("RecapLiT-inception-minilm")

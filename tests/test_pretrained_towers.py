@@ -13,7 +13,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-import train_clip  # noqa: F401  (registers train_clip/model_configs with open_clip)
+import train_clip.models  # noqa: F401  (registers train_clip/model_configs with open_clip)
 from harness_infra.errors import ConfigError
 from conftest import require_real
 from towers.fid_inception import create_fid_trunk

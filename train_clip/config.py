@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
-from towers.pretrained import TowerSpec
+from towers.spec import TowerSpec
 
 WEIGHT_PRECISIONS = ("fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "amp_bf16", "amp", "fp16")
@@ -34,7 +34,7 @@ class ClipModelConfig:
     ``torch_compile``: wrap the model in ``torch.compile``.
     ``quick_gelu``: force QuickGELU activations (OpenAI-style).
     ``tower``: pretrained towers (LiT): a timm image model and a Hugging Face text model with offline weights and
-    locks (``towers.pretrained.TowerSpec``); the model is registered with open_clip under ``name``, its
+    locks (``towers.spec.TowerSpec``); the model is registered with open_clip under ``name``, its
     tokenizer is the text tower's, and its image size and context length are the spec's.
     """
 

@@ -3,7 +3,8 @@
 This package's configs (``model_configs/RecapCLIP-*.json``: the paper's S/16, B/16, L/16 image towers with
 small / base / large / huge text towers at context length 128, and a tiny CPU config) are registered with
 open_clip's model-config registry, so ``open_clip.create_model_and_transforms("RecapCLIP-ViT-B-16-text-base",
-pretrained=EXPORT_FILE)`` works in any process that imported ``train_clip``.
+pretrained=EXPORT_FILE)`` works in any process that imported ``train_clip.models`` (importing it registers them, and
+the timm model ``inception_v3_tf_fid`` of the ``RecapLiT-*`` configs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from harness_infra.errors import ConfigError, require
 from harness_infra.atomic import atomic_torch_save, atomic_write_text
 from train_clip.config import ClipModelConfig
+from towers import fid_inception  # noqa: F401  (registers the timm model of RecapLiT-* configs)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -222,3 +224,6 @@ def load_for_eval(export_dir: str, device: str = "cpu") -> Tuple[torch.nn.Module
     prepare_export(export_dir)
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", device=device)
     return model.eval(), open_clip.get_tokenizer(f"local-dir:{export_dir}"), preprocess
+
+
+register_model_configs()
