@@ -132,8 +132,14 @@ def compute_gradients(ctx: StepContext, micro_batches: List[Batch]) -> torch.Ten
     return accumulated_passes(ctx, micro_batches)
 
 
-def train_step(ctx: StepContext, micro_batches: List[Batch]) -> torch.Tensor:
-    """One optimizer step over ``micro_batches`` (one per accumulation step); returns the detached loss."""
+def train_step(ctx: StepContext, micro_batches: List[Batch], before_update: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+    """One optimizer step over ``micro_batches`` (one per accumulation step); returns the detached loss.
+
+    ``before_update(loss)`` runs after backward and before the weights change (``training.guard.check_finite_loss``
+    raises there, so a diverged step never reaches the weights).
+    """
     loss = compute_gradients(ctx, micro_batches)
+    if before_update is not None:
+        before_update(loss)
     optimizer_step(ctx)
     return loss

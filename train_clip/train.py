@@ -8,6 +8,7 @@ stage (open_clip resamples the ViT positional embeddings) -> export an open_clip
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from train_clip.frozen_features import FeatureInputCLIP, train_split_features
 from train_clip.models import (create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
                                train_transform)
 from towers.text_trim import text_pad_id, trim_padding
+from training.guard import check_finite_loss, check_finite_weights
 from training.monitor import RunMonitor
 from train_clip.optim import build_optimizer
 from training.schedule import LRSchedule
@@ -252,6 +254,7 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
     export_dir = os.path.join(session.out_dir, EXPORT_DIR)
     final_size = session.train_cfg.stages[-1].image_size
     export_path = os.path.join(export_dir, "open_clip_pytorch_model.bin")
+    check_finite_weights(unwrap(model), f"model {session.model_cfg.name} after step {position.step}")
     if session.env.is_main:
         export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir, session.tokenizer)
         log.info("exported %s (load: open_clip.create_model_and_transforms(%r, pretrained=%r) or 'local-dir:%s')",
@@ -342,7 +345,8 @@ def run_recipe_stage(session: Session, model: torch.nn.Module, index: int, posit
     loop_started, first_samples = time.perf_counter(), position.samples_seen
     while position.stage_step < steps:
         lr = state.schedule.set_step(position.stage_step)
-        loss = train_step(ctx, [to_device(b, env.device, image_dtype, session.pad_id) for b in stream.take(cfg.accum_steps)])
+        guard = functools.partial(check_finite_loss, env=env, step=position.step + 1, last_checkpoint=session.checkpoint_path)
+        loss = train_step(ctx, [to_device(b, env.device, image_dtype, session.pad_id) for b in stream.take(cfg.accum_steps)], guard)
         position.stage_step, position.step = position.stage_step + 1, position.step + 1
         position.samples_seen += global_batch
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
