@@ -259,8 +259,8 @@ class CaptionLoader:
         for index, batch in enumerate(loader):
             if index >= skip_batches:
                 yield batch
-        stats = self.epoch_stats()
-        log.info("epoch %d: %d samples, original fraction %s (p = P(original)), skipped %s",
+        stats = self.epoch_stats()  # this rank's view; the trainer's monitor logs the epoch once, over all ranks
+        log.debug("epoch %d: %d samples, original fraction %s (p = P(original)), skipped %s",
                  self.dataset.epoch, stats["samples"], _fmt(stats["original_fraction"]), stats["skipped"] or "none")
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:

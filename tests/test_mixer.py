@@ -93,7 +93,7 @@ def test_choices_identical_with_0_1_2_workers(shard_factory):
 
 def test_loader_logs_realised_fraction(shard_factory, caplog):
     spec = shard_factory(make_records(40), per_shard=10)
-    with caplog.at_level("INFO", logger="captiondata.loader"):
+    with caplog.at_level("DEBUG", logger="captiondata.loader"):  # per rank at DEBUG; the trainer logs the epoch at INFO
         choices, stats = _choices(spec, 0)
     expected = sum(text.startswith("alt text") for text in choices.values()) / 40
     assert stats["original_fraction"] == pytest.approx(expected)
