@@ -8,7 +8,7 @@ Two modes:
   counts deadlock DDP).
 The iteration order is a deterministic function of (seed, epoch, rank, world size, workers).
 
-With ``image_features`` (precomputed features of a frozen image trunk, keyed by sample key) images are not
+With ``image_features`` (precomputed features of a frozen image trunk, keyed by shard and sample key) images are not
 decoded: each sample's ``image`` is its feature row, and a sample without a row is skipped and counted as
 ``no_image_feature`` (the feature pass already counted why its image was bad).
 """
@@ -38,20 +38,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageFeatures:
-    """Precomputed image features: row i of ``features`` belongs to the sample with key ``keys[i]``."""
+    """Precomputed image features: row i of ``features`` belongs to the sample (``shards[i]``, ``keys[i]``).
+
+    A sample's identity is its shard URL (as ``expand_shards`` spells it) and its key, everywhere it is looked up:
+    user shards often restart keys at 0 in every shard, so a key alone would pair one shard's captions with another
+    shard's image. Without ``shards`` (None) the keys themselves must be unique (a repeated key is a ValueError).
+    """
 
     keys: List[str]
     features: torch.Tensor
-    index: Dict[str, int] = field(init=False, repr=False)
+    shards: Optional[List[str]] = None
+    index: Dict[Tuple[Optional[str], str], int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         require(len(self.keys) == len(self.features), f"{len(self.keys)} keys for {len(self.features)} feature rows")
-        self.index = {key: row for row, key in enumerate(self.keys)}
-        require(len(self.index) == len(self.keys), "image feature keys must be unique")
+        require(self.shards is None or len(self.shards) == len(self.keys), f"{len(self.keys)} keys for {len(self.shards or [])} shard names")
+        shards = self.shards if self.shards is not None else [None] * len(self.keys)
+        self.index = {(shard, key): row for row, (shard, key) in enumerate(zip(shards, self.keys))}
+        require(len(self.index) == len(self.keys), "image feature (shard, key) pairs must be unique" if self.shards is not None
+                else "image feature keys must be unique (give shards= when keys repeat across shards)")
 
-    def get(self, key: str) -> Optional[torch.Tensor]:
-        """The feature row of ``key``, or None."""
-        row = self.index.get(key)
+    def get(self, key: str, shard: Optional[str] = None) -> Optional[torch.Tensor]:
+        """The feature row of the sample ``key`` of ``shard`` (the shard is ignored when the features have none), or None."""
+        row = self.index.get((shard if self.shards is not None else None, key))
         return None if row is None else self.features[row]
 
 
@@ -154,7 +163,7 @@ class MixedCaptionDataset(IterableDataset):
                 self.counters.add(bad.reason)
                 continue
             if self.image_features is not None:
-                image = self.image_features.get(record.key)
+                image = self.image_features.get(record.key, raw["__url__"])
                 if image is None:
                     self.counters.add("no_image_feature")
                     continue

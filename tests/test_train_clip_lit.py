@@ -127,13 +127,31 @@ def test_the_cache_key_follows_weights_preprocessing_and_shards(tmp_path, shard_
     assert computed == [urls[1]] and again.keys == first.keys and torch.equal(again.features, first.features)
 
 
-def test_keys_repeated_across_shards_are_dropped_and_counted():
-    parts = [{"keys": ["a", "b"], "features": torch.ones(2, 3), "skipped": {"corrupt_image": 1}},
-             {"keys": ["b", "c"], "features": torch.zeros(2, 3), "skipped": {}},
-             {"keys": [], "features": torch.zeros(0, 0), "skipped": {"truncated_tar": 1}}]
-    merged = frozen_features.merge_shard_features(parts)
-    assert merged["keys"] == ["a", "b", "c"] and merged["features"][:, 0].tolist() == [1.0, 1.0, 0.0]
-    assert merged["skipped"] == {"corrupt_image": 1, "duplicate_key": 1, "truncated_tar": 1}
+def test_the_same_key_in_two_shards_is_two_samples_each_with_its_own_image(tmp_path, shard_factory):
+    # user shards that restart their keys at 0: shard A's s00000 and shard B's s00000 are different images
+    from dataclasses import replace
+
+    from conftest import jpeg_bytes
+
+    first = shard_factory(make_records(6), per_shard=6, prefix="a", folder="a")
+    second = shard_factory([replace(r, image=jpeg_bytes(100 + i), original=f"other image {i}") for i, r in enumerate(make_records(6))],
+                           per_shard=6, prefix="b", folder="b")
+    data_cfg = DataConfig(builder="none", train_shards=f"{first}::{second}", num_workers=0, shuffle_buffer=1)
+    model = create_clip(lit_model(), 75, torch.device("cpu"))
+    features = train_split_features(model, data_cfg, eval_transform(model), str(tmp_path / "cache"), 8, torch.device("cpu"))
+    assert len(features.keys) == 12 and len(set(features.keys)) == 6  # nothing dropped, nothing counted as duplicate
+    urls = expand_shards(data_cfg.train_shards)
+    own = {url: frozen_features.compute_trunk_features(model.visual.trunk, [url], data_cfg, eval_transform(model), 8, torch.device("cpu"))
+           for url in urls}
+    loader = CaptionLoader(data_cfg, MixConfig(p=1.0), tokenize=lambda texts: texts, batch_size=4, drop_last=False, image_features=features)
+    seen = 0
+    for batch in loader.iterate():
+        for key, text, row in zip(batch["key"], batch["text"], batch["image"]):
+            url = urls[1] if text.startswith("other image") else urls[0]  # the caption says which shard the sample is from
+            expected = own[url]["features"][own[url]["keys"].index(key)]
+            assert torch.allclose(row, expected, atol=1e-6), (key, url)
+            seen += 1
+    assert seen == 12 and loader.epoch_stats()["skipped"] == {}
 
 
 def test_bad_images_are_counted_in_the_feature_pass_and_by_the_loader(tmp_path, shard_factory):

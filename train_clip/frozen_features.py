@@ -114,24 +114,24 @@ def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConf
     return {"keys": keys, "features": features, "skipped": skipped}
 
 
-def merge_shard_features(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Concatenate per-shard payloads in shard order; a key already seen in an earlier shard is dropped and counted
-    as ``duplicate_key`` (the reader only sees duplicates inside one stream)."""
+def merge_shard_features(parts: List[Dict[str, Any]], urls: List[str]) -> Dict[str, Any]:
+    """Concatenate per-shard payloads (``parts[i]`` of shard ``urls[i]``) in shard order: {keys, shards, features, skipped}.
+
+    A sample is (shard, key): the same key in two shards is two samples, each with its own row (the reader already
+    drops a key repeated inside one shard, counted as ``duplicate_key``, the same way in this pass and in the loader).
+    """
     keys: List[str] = []
+    shards: List[str] = []
     rows: List[torch.Tensor] = []
     skipped: Dict[str, int] = {}
-    seen = set()
-    for part in parts:
+    for part, url in zip(parts, urls, strict=True):
         for name, count in part["skipped"].items():
             skipped[name] = skipped.get(name, 0) + count
-        keep = [i for i, key in enumerate(part["keys"]) if key not in seen]
-        if len(keep) < len(part["keys"]):
-            skipped["duplicate_key"] = skipped.get("duplicate_key", 0) + len(part["keys"]) - len(keep)
-        seen.update(part["keys"])
-        keys.extend(part["keys"][i] for i in keep)
-        if keep:
-            rows.append(part["features"][keep])
-    return {"keys": keys, "features": torch.cat(rows) if rows else torch.zeros(0, 0), "skipped": skipped}
+        keys.extend(part["keys"])
+        shards.extend([url] * len(part["keys"]))
+        if part["keys"]:
+            rows.append(part["features"])
+    return {"keys": keys, "shards": shards, "features": torch.cat(rows) if rows else torch.zeros(0, 0), "skipped": skipped}
 
 
 def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Callable, cache_dir: Optional[str],
@@ -150,7 +150,7 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
     trunk = trunk_of(model)
     urls = expand_shards(data_cfg.shards("train"))
     if cache_dir is None:
-        merged = merge_shard_features([compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device) for url in urls])
+        merged = merge_shard_features([compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device) for url in urls], urls)
         return checked_features(merged, len(urls))
     cache, base = EmbeddingCache(cache_dir), feature_cache_key(trunk, transform, data_cfg)
     mine = urls[rank::world_size]
@@ -170,14 +170,14 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
         if part is None:
             raise ConfigError(f"image features of shard {url} are missing from {cache_dir} after every rank computed its share")
         parts.append(part)
-    return checked_features(merge_shard_features(parts), len(urls))
+    return checked_features(merge_shard_features(parts, urls), len(urls))
 
 
 def checked_features(merged: Dict[str, Any], shards: int) -> ImageFeatures:
     """ImageFeatures of a merged payload; refuses an empty training set, logs the count and the skips."""
     if not merged["keys"]:
         raise ConfigError(f"no valid training sample in {shards} shard(s) to compute image features from (skipped: {merged['skipped'] or 'none'})")
-    features = ImageFeatures(merged["keys"], merged["features"])
+    features = ImageFeatures(merged["keys"], merged["features"], merged["shards"])
     log.info("trunk features: %d images x %d dims from %d shard(s)%s", len(features.keys), features.features.shape[1], shards,
              f", skipped {merged['skipped']}" if merged["skipped"] else "")
     return features
