@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
-from captiondata.config import default_data_root
+from captiondata.config import DEFAULT_MAX_PIXELS, default_data_root
 from evals.results.bootstrap import Resampling
 from evals.tasks.registry import TASKS
 
@@ -37,7 +37,12 @@ class TaskConfig:
     project_shards specs under the working directory (where the data stage writes them). classnames: ``imagenet`` (open_clip's
     IMAGENET_CLASSNAMES), a text file (one per line) or None (the data set's own). templates: a named set of
     ``evals.tasks.prompts.TEMPLATE_SETS``, a text file with ``{c}`` placeholders, or None (the data set's own, else
-    ``openai_imagenet``). max_samples: evaluate the first N images only (None = all).
+    ``openai_imagenet``). max_samples: evaluate the first N images only (None = all). max_image_pixels: images with
+    more pixels are skipped and counted (``image_too_large``; the only limit, as ``data.max_image_pixels`` for
+    training). exif_transpose: apply EXIF orientation tags (as ``data.exif_transpose``; default true, since raw
+    folders hold camera photos stored sideways plus the tag; false reproduces torchvision's ``pil_loader`` and
+    CLIP_benchmark, which ignore it). Both enter the set's fingerprint. Images are decoded by the training decoder
+    (``captiondata.decode.decode_image``), captions normalised by ``captiondata.captions.normalize_caption``.
     """
 
     name: str = "cifar10"
@@ -48,12 +53,15 @@ class TaskConfig:
     classnames: Optional[str] = None
     templates: Optional[str] = None
     max_samples: Optional[int] = None
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True
 
     def __post_init__(self) -> None:
         require(bool(self.name), "eval task: 'name' must be a non-empty string")
         require(self.task in TASKS, f"eval task {self.name}: task={self.task!r} is unknown; choose one of {', '.join(TASKS)}")
         require(self.format in FORMATS, f"eval task {self.name}: format={self.format!r} is unknown; choose one of {', '.join(FORMATS)}")
         require(self.max_samples is None or self.max_samples > 0, f"eval task {self.name}: max_samples={self.max_samples} must be positive or null")
+        require(self.max_image_pixels > 0, f"eval task {self.name}: max_image_pixels={self.max_image_pixels} must be positive")
         require(self.task != "zeroshot_classification" or self.format in ("image_folder", "clip_benchmark_wds"),
                 f"eval task {self.name}: zero-shot classification reads image_folder or clip_benchmark_wds, not {self.format}")
         require(self.task != "caption_diagnostics" or self.format == "project_shards",

@@ -9,7 +9,7 @@ calling the transform per image.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ class _Mapped(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[Any, Any]:
         image, target = self.data[index]
-        return self.fn(image), target
+        return (None if image is None else self.fn(image)), target  # None: an image the set skipped (and counted)
 
 
 class _MappedStream(IterableDataset):
@@ -81,15 +81,19 @@ class _MappedStream(IterableDataset):
 
 
 def _collate_lists(batch: List[Tuple[Any, Any]]) -> Tuple[List[Any], List[Any]]:
-    """Keep images (arrays) and targets as lists; the tensor stage runs in the main process."""
-    return [b[0] for b in batch], [b[1] for b in batch]
+    """Keep images (arrays) and targets as lists; the tensor stage runs in the main process. Items whose image is None
+    (skipped by a map-style set, which counted why) are dropped with their targets."""
+    kept = [b for b in batch if b[0] is not None]
+    return [b[0] for b in kept], [b[1] for b in kept]
 
 
-def image_loader(data: Dataset, split: SplitPreprocess, batch_size: int, num_workers: int) -> DataLoader:
-    """DataLoader yielding (list of per-image PIL-stage outputs, list of targets) in data set order."""
+def image_loader(data: Dataset, split: SplitPreprocess, batch_size: int, num_workers: int) -> Iterator[Tuple[List[Any], List[Any]]]:
+    """(list of per-image PIL-stage outputs, list of targets) batches in data set order; a batch whose images were all
+    skipped is not yielded."""
     stream = isinstance(data, IterableDataset)
     if stream and getattr(data, "max_samples", None) is not None:
         num_workers = 0  # "first N samples" is only well defined in one reading process
     wrapped = _MappedStream(data, split.pil_stage) if stream else _Mapped(data, split.pil_stage)
-    return DataLoader(wrapped, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_lists,
-                      persistent_workers=False)
+    loader = DataLoader(wrapped, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_lists,
+                        persistent_workers=False)
+    return (batch for batch in loader if batch[0])
