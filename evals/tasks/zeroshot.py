@@ -86,6 +86,8 @@ def evaluate_zeroshot_classification(model: torch.nn.Module, tokenizer: Any, pre
     templates = templates if templates is not None else data.templates
     if not classnames or not templates:
         raise ConfigError(f"data set {getattr(data, 'name', '?')} needs class names and templates for zero-shot classification")
+    from evals.tasks.datasets import check_labels  # labels within the class names, before any image is encoded
+    check_labels(data, len(classnames))
     if model_id is None and cfg.cache_dir is not None:
         model_id = model_fingerprint(model)  # hash the weights once for both cache keys
     duplicates = duplicate_classnames(classnames)
