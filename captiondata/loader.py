@@ -243,6 +243,10 @@ class CaptionLoader:
         self.num_workers = data_cfg.num_workers if num_workers is None else num_workers
         self.counters = SampleCounters(max_workers=max(1, self.num_workers))
         urls = expand_shards(data_cfg.shards(split))
+        require(data_cfg.resampled or len(urls) >= world_size,
+                f"data: {len(urls)} {split} shard(s) for {world_size} ranks: finite epochs give each rank whole shards (a shard is "
+                f"never split), so {world_size - len(urls)} rank(s) would get no data; write at least {world_size} shards "
+                f"(ideally a multiple of ranks x workers = {world_size * max(1, self.num_workers)}) or set data.resampled=true")
         slots = max(1, self.num_workers) * world_size
         if not data_cfg.resampled and len(urls) < slots:
             log.warning("only %d shard(s) for %d worker(s) x %d rank(s): some workers get no data; write more, smaller shards or set data.resampled=true", len(urls), max(1, self.num_workers), world_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 
+from harness_infra.errors import ConfigError
 from training.distributed import DistEnv, all_ranks_have, gather_objects
 
 Batch = Dict[str, Any]
@@ -48,8 +49,40 @@ def summed_epoch_stats(source: BatchSource, env: DistEnv) -> Dict[str, Any]:
     return source.epoch_stats()
 
 
+def trained_counts(batch: Batch) -> Dict[str, int]:
+    """{"samples": n, "original"/"recap"/"concat": n} of one batch the trainer takes (sources from the mixer's
+    ``batch["source"]`` when the loader provides it)."""
+    sources = batch.get("source")
+    if sources is None:
+        first = next((v for v in batch.values() if hasattr(v, "__len__")), [])
+        return {"samples": len(first)}
+    counts = {"samples": len(sources)}
+    for source in sources:
+        counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+def with_trained(stats: Dict[str, Any], trained: Dict[str, int]) -> Dict[str, Any]:
+    """The loader's epoch stats with what was TRAINED on top: ``samples`` = trained samples (every rank),
+    ``samples_read`` = samples the loader read and counted (more: prefetched batches, the batches of ranks that
+    stopped early because another rank ran out, the end of a stage), ``original_fraction`` = trained originals /
+    trained samples (``read_original_fraction`` keeps the loader's own), ``concat_fraction`` likewise."""
+    out = {**stats, "samples_read": stats.get("samples"), "read_original_fraction": stats.get("original_fraction"),
+           "samples": trained.get("samples", 0)}
+    n = trained.get("samples", 0)
+    if any(k in trained for k in ("original", "recap", "concat")):
+        out["original_fraction"] = trained.get("original", 0) / n if n and not trained.get("concat", 0) else None
+        out["concat_fraction"] = trained.get("concat", 0) / n if n else None
+    return out
+
+
 class DataStream:
-    """Micro-batches across epochs; ``epoch``/``batch_in_epoch`` is the position a checkpoint stores."""
+    """Micro-batches across epochs; ``epoch``/``batch_in_epoch`` is the position a checkpoint stores.
+
+    Epoch reports (``on_epoch_end(epoch, stats)``) count what was trained, summed over ranks (``with_trained``):
+    batches handed out by ``next_batch`` since the epoch was opened in this process (after a resume, from the resume
+    point on), next to what the loader read.
+    """
 
     def __init__(self, source: BatchSource, env: DistEnv, epoch: int, batch_in_epoch: int,
                  on_epoch_end: Callable[[int, Dict[str, Any]], None]) -> None:
@@ -57,6 +90,17 @@ class DataStream:
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.synchronize = env.distributed and batches_per_epoch(source) is None
         self._iterator: Optional[Iterator[Batch]] = None
+        self._trained: Dict[str, int] = {}
+
+    def _epoch_stats(self) -> Dict[str, Any]:
+        """The closing epoch's report over all ranks; resets the trained counts."""
+        trained: Dict[str, int] = {}
+        parts = gather_objects(self._trained, self.env) if self.env.distributed else [self._trained]
+        for part in parts:
+            for name, value in part.items():
+                trained[name] = trained.get(name, 0) + value
+        self._trained = {}
+        return with_trained(summed_epoch_stats(self.source, self.env), trained)
 
     def _start_epoch(self) -> None:
         """Open the current epoch at the current batch index."""
@@ -78,13 +122,19 @@ class DataStream:
             batch = self._next_in_epoch()
             if batch is not None:
                 self.batch_in_epoch += 1
+                for name, value in trained_counts(batch).items():
+                    self._trained[name] = self._trained.get(name, 0) + value
                 return batch
             produced = self.batch_in_epoch
-            self.on_epoch_end(self.epoch, summed_epoch_stats(self.source, self.env))
+            stats = self._epoch_stats()
+            self.on_epoch_end(self.epoch, stats)
             self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
             if produced == 0:
                 break
-        raise RuntimeError(f"epoch {self.epoch - 1} produced no full batch: the data set is smaller than one batch per rank")
+        ranks = f" over {self.env.world_size} ranks" if self.env.distributed else ""
+        raise ConfigError(f"epoch {self.epoch - 1} gave no full batch{' to some rank' if ranks else ''}: the loader read "
+                          f"{stats.get('samples_read')} valid samples{ranks} (skipped {stats.get('skipped') or 'none'}); every rank "
+                          "needs at least one full batch per epoch: lower the batch size, add data, or set data.resampled=true")
 
     def epoch_end_partial(self) -> None:
         """Close a partly read epoch (at a stage end): report it and move the position to the next epoch."""
@@ -93,7 +143,7 @@ class DataStream:
         self._iterator = None
         if self.batch_in_epoch == 0:
             return
-        self.on_epoch_end(self.epoch, summed_epoch_stats(self.source, self.env))
+        self.on_epoch_end(self.epoch, self._epoch_stats())
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def take(self, count: int) -> List[Batch]:

@@ -1,0 +1,53 @@
+"""DDP data messages say what is wrong, and epoch reports count what was trained (issue 14, item 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from captiondata.config import DataConfig, MixConfig
+from captiondata.loader import CaptionLoader
+from conftest import make_records
+from harness_infra.errors import ConfigError
+from training.distributed import DistEnv
+from training.stream import DataStream
+
+
+def test_two_ranks_over_one_shard_say_the_shard_cannot_be_split(shard_factory):
+    spec = shard_factory(make_records(64), per_shard=64)
+    data_cfg = DataConfig(builder="none", train_shards=spec, num_workers=0)
+    with pytest.raises(ConfigError, match=r"1 train shard\(s\) for 2 ranks: .*a shard is never split.*1 rank\(s\) would get no data.*"
+                                          r"at least 2 shards.*data.resampled=true"):
+        CaptionLoader(data_cfg, MixConfig(p=0.5), batch_size=8, rank=1, world_size=2)
+    resampled = DataConfig(builder="none", train_shards=spec, num_workers=0, resampled=True, epoch_samples=64)
+    assert len(CaptionLoader(resampled, MixConfig(p=0.5), batch_size=8, rank=1, world_size=2)) == 4  # resampling can split it
+
+
+def test_epoch_reports_count_trained_samples_not_read_ones(shard_factory):
+    # 20 samples, batches of 8, drop_last: the loader mixes (and counts) all 20, the trainer trains 16
+    spec = shard_factory(make_records(20), per_shard=10)
+    data_cfg = DataConfig(builder="none", train_shards=spec, num_workers=0, shuffle_buffer=100)
+    loader = CaptionLoader(data_cfg, MixConfig(p=0.5, seed=3), tokenize=lambda texts: texts, batch_size=8)
+    reports = []
+    stream = DataStream(loader, DistEnv(), 0, 0, lambda epoch, stats: reports.append(stats))
+    batches = stream.take(2)
+    stream.take(1)  # rolls over: epoch 0 is reported
+    stats = reports[0]
+    originals = sum(source == "original" for b in batches for source in b["source"])
+    assert stats["samples"] == 16 and stats["samples_read"] == 20
+    assert stats["original_fraction"] == pytest.approx(originals / 16)
+    assert stats["read_original_fraction"] == pytest.approx(loader_fraction(data_cfg))
+
+
+def loader_fraction(data_cfg):
+    """The loader's own realised fraction over every sample it read (an independent second pass)."""
+    again = CaptionLoader(data_cfg, MixConfig(p=0.5, seed=3), tokenize=lambda texts: texts, batch_size=8, drop_last=False)
+    sources = [s for b in again.iterate() for s in b["source"]]
+    return sources.count("original") / len(sources)
+
+
+def test_a_data_set_smaller_than_one_batch_says_so_in_one_line(shard_factory):
+    spec = shard_factory(make_records(5), per_shard=5)
+    loader = CaptionLoader(DataConfig(builder="none", train_shards=spec, num_workers=0), MixConfig(p=1.0), tokenize=lambda t: t, batch_size=8)
+    stream = DataStream(loader, DistEnv(), 0, 0, lambda epoch, stats: None)
+    with pytest.raises(ConfigError, match=r"epoch 0 gave no full batch: the loader read 5 valid samples .*lower the batch size"):
+        stream.take(1)
