@@ -12,8 +12,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
-from evals.tasks.registry import EMBEDDER, ImageTextEmbedder
+from evals.tasks.registry import EMBEDDER, GENERATOR, ImageTextEmbedder
 from train_clip.config import ClipModelConfig, TrainConfig
+from train_dit.config import DitModelConfig, DitTrainConfig
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,23 @@ def _load_clip(export_dir: str, device: str) -> ImageTextEmbedder:
     return ImageTextEmbedder(*load_for_eval(export_dir, device))
 
 
+def _train_dit(model_cfg: Any, train_cfg: Any, data_cfg: Any, mix_cfg: Any, out_dir: str) -> Any:
+    """train_dit.train.train, imported when a run trains."""
+    from train_dit.train import train
+
+    return train(model_cfg, train_cfg, data_cfg, mix_cfg, out_dir=out_dir)
+
+
+def _load_dit(export_dir: str, device: str) -> Any:
+    """An exported DiT as a sampling pipeline (``train_dit.sample.DitPipeline``)."""
+    from train_dit.sample import DitPipeline
+
+    return DitPipeline.from_pretrained(export_dir, device)
+
+
 FAMILIES: Dict[str, Family] = {family.name: family for family in (
     Family("clip", ClipModelConfig, TrainConfig, EMBEDDER, _train_clip, _load_clip),
+    Family("dit", DitModelConfig, DitTrainConfig, GENERATOR, _train_dit, _load_dit),
 )}
 
 

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from harness_infra.errors import ConfigError, require
 
 RANK_POLICIES = ("rank0_builds", "all", "rank0")
-STAGE_MODULES = ("pipeline.stages.data", "pipeline.stages.recaption", "pipeline.stages.train", "pipeline.stages.eval",
-                 "pipeline.stages.tables")
+STAGE_MODULES = ("pipeline.stages.data", "pipeline.stages.recaption", "pipeline.stages.features", "pipeline.stages.train",
+                 "pipeline.stages.sample", "pipeline.stages.eval", "pipeline.stages.tables")
 
 
 @dataclass

@@ -24,7 +24,7 @@ README_LAYOUT = "data.layout.recaptions=[{member: json, field: recaptions}, {mem
 def test_every_experiment_composes_and_validates(name):
     cfg, resolved = compose_config([f"+experiment={name}"])
     assert cfg.experiment.startswith(name.replace("_0.8", ""))
-    assert resolved["mix"]["p"] == cfg.mix.p and cfg.trainer == "clip"
+    assert resolved["mix"]["p"] == cfg.mix.p and cfg.trainer == ("dit" if name.startswith("dit_") else "clip")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

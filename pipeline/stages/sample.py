@@ -1,0 +1,87 @@
+"""The sample stage (``trainer=dit``): the trained DiT's export generates images from prompts with classifier-free
+guidance; each rank draws its share (prompt i on rank i mod world size, seed ``sample.seed + i``), writes
+``images/{i:05d}.png`` + ``.json`` (prompt, seed, guidance scale, steps, sampler), and rank 0 waits for every
+image, then writes ``prompts.jsonl`` and ``grid.png`` (prompts under the images).
+
+Prompts: ``train.sample.prompts``, else the first ``num_prompts`` samples of ``prompt_split``: their original caption,
+first recaption, or both (raw and recaption prompts, as the paper's COCO and COCO-Recap). Key: the train stage's hash,
+the sampling settings and the data fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from harness_infra.atomic import atomic_write, atomic_write_text
+from harness_infra.errors import require
+from harness_infra.ranks import local_rank, rank, wait_until, world_size
+from harness_infra.stagecache import key_fields
+from pipeline.registry import RunContext, Stage
+from pipeline.stages.recaption import recaptioned_data
+
+
+def prompts_of(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The prompts to sample (see the module docstring)."""
+    from captiondata.counters import SampleCounters
+    from captiondata.reader import expand_shards, raw_samples, valid_records
+
+    spec = cfg.train.sample
+    if spec.prompts:
+        return list(spec.prompts)
+    data = recaptioned_data(cfg, infos)
+    prompts: List[str] = []
+    counters = SampleCounters(max_workers=1)
+    for record in valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters), data.layout, counters, data.max_image_pixels):
+        if spec.prompt_source in ("original", "both") and record.original:
+            prompts.append(record.original)
+        if spec.prompt_source in ("recap", "both") and record.recaptions:
+            prompts.append(record.recaptions[0])
+        if len(prompts) >= spec.num_prompts:
+            break
+    require(bool(prompts), f"train.sample: no prompts in split {spec.prompt_split!r} of data set {cfg.data.name}")
+    return prompts[:spec.num_prompts]
+
+
+def key(ctx: RunContext) -> Dict[str, Any]:
+    """What determines the images."""
+    require(ctx.cfg.trainer == "dit", f"run.stages lists sample, which samples a DiT, but trainer={ctx.cfg.trainer}")
+    return {"train_hash": ctx.infos["train"]["hash"], "sample": key_fields(ctx.cfg.train.sample),
+            "data_fingerprint": ctx.infos["data"]["fingerprint"]}
+
+
+def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
+    """Generate this rank's share; on rank 0 wait for all, then index them and draw the grid."""
+    from PIL import Image
+
+    from train_dit.sample import DitPipeline, sample_grid, write_samples
+
+    cfg, spec = ctx.cfg, ctx.cfg.train.sample
+    export_dir = ctx.infos["train"]["export_dir"]
+    prompts = prompts_of(cfg, ctx.infos)
+    device = f"cuda:{local_rank()}" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
+    pipeline = DitPipeline.from_pretrained(export_dir, device, "transformer" if spec.use_ema else "transformer_online")
+    pipeline.batch_invariant = spec.batch_invariant
+    write_samples(pipeline, prompts, out_dir, spec.seed, spec.guidance_scale, spec.steps, spec.sampler, spec.batch_size,
+                  rank(), world_size(), export_dir)
+    folder = os.path.join(out_dir, "images")
+    if rank() != 0:
+        return {"images": len(prompts)}
+    wait_until(lambda: all(os.path.isfile(os.path.join(folder, f"{i:05d}.json")) for i in range(len(prompts))), f"{len(prompts)} samples in {folder}")
+    records = []
+    for index in range(len(prompts)):
+        with open(os.path.join(folder, f"{index:05d}.json"), encoding="utf-8") as handle:
+            records.append(json.load(handle))
+    atomic_write_text(os.path.join(out_dir, "prompts.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+    images = [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(len(prompts))]
+    grid = sample_grid(images, prompts, spec.grid_columns)
+    grid_path = os.path.join(out_dir, "grid.png")
+    atomic_write(grid_path, lambda handle: grid.save(handle, format="PNG"))
+    return {"images": len(prompts), "grid": grid_path, "sampler": spec.sampler, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
+            "seed": spec.seed, "export_dir": export_dir}
+
+
+STAGE = Stage(name="sample", needs=("train",), key=key, run=run, ranks="all")

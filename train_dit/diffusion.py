@@ -1,0 +1,48 @@
+"""The training objective and the samplers, on diffusers schedulers.
+
+``ddpm``: DDPMScheduler with DiT's linear betas (1e-4 .. 0.02 over 1000 steps), uniform integer timesteps,
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (``add_noise``), target eps (epsilon prediction).
+``flow``: rectified flow as FlowMatchEulerDiscreteScheduler samples it: sigma = sigmoid(n), n ~ N(mean, std)
+(logit-normal, SD3), x_t = (1 - sigma) x0 + sigma eps, target = eps - x0 (velocity), model timestep = 1000 sigma.
+Samplers: ``ddpm`` (the paper's 250 steps), ``dpm++`` (DPMSolverMultistepScheduler, ``dpmsolver++``, ~25 steps),
+``euler`` (flow).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+from train_dit.config import DitTrainConfig
+
+
+def training_scheduler(cfg: DitTrainConfig) -> Any:
+    """The diffusers scheduler of the recipe (its config is exported beside the transformer)."""
+    if cfg.scheduler == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps, shift=1.0)
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear", beta_start=cfg.beta_start,
+                         beta_end=cfg.beta_end, prediction_type="epsilon", variance_type="fixed_small", clip_sample=False)
+
+
+def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, model timesteps [B] float, target) for clean ``x0`` [B, C, S, S]; all randomness from ``generator`` (CPU)."""
+    batch = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    if cfg.scheduler == "flow":
+        sigma = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(batch, generator=generator)).to(x0.device, x0.dtype)
+        s = sigma.view(-1, 1, 1, 1)
+        return (1 - s) * x0 + s * noise, sigma * cfg.num_train_timesteps, noise - x0
+    steps = torch.randint(0, cfg.num_train_timesteps, (batch,), generator=generator)
+    x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
+    return x_t, steps.to(x0.device, torch.float32), noise
+
+
+def sampling_scheduler(train_scheduler_config: Dict[str, Any], sampler: str) -> Any:
+    """A sampler built from the exported training scheduler config (``ddpm``, ``dpm++`` or ``euler``)."""
+    if sampler == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
+    if sampler == "euler":
+        return FlowMatchEulerDiscreteScheduler.from_config(train_scheduler_config)
+    return DDPMScheduler.from_config(train_scheduler_config)

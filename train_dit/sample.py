@@ -1,0 +1,158 @@
+"""Generate images from prompts with classifier-free guidance, from a DiT export; write them with their settings.
+
+``DitPipeline.from_pretrained(export_dir)`` loads what ``train_dit.train.export`` wrote: ``transformer/`` (diffusers
+``PixArtTransformer2DModel.from_pretrained``), ``scheduler/`` (the training scheduler's config), the text encoder
+and image space named in ``dit_pipeline.json`` (a VAE from ``vae/`` when the run used a random-weight one).
+``generate(prompts, seeds, ...)``: image i starts from noise drawn by ``torch.Generator().manual_seed(seeds[i])`` and
+every later draw of its sampler (DDPM's variance noise) comes from that generator too, so an image depends on its
+prompt and seed only, not on the batch it is in or the rank that draws it (bitwise with ``batch_invariant=True``,
+the default, which runs the transformer one prompt at a time; ``False`` batches it, faster on a GPU, and results then
+differ across batch sizes at float rounding, about 1e-6). Guidance: prediction = uncond + scale x
+(cond - uncond), uncond = the null condition (the empty caption's features, as in training's caption dropout).
+``write_samples`` shards prompts over ranks (prompt i on rank i mod world size) and writes ``images/{i:05d}.png``
+plus ``images/{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler, export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from harness_infra.atomic import atomic_write, atomic_write_json
+from harness_infra.errors import require
+from train_dit.config import SAMPLERS, ImageSpaceSpec, TextEncoderSpec
+from train_dit.diffusion import sampling_scheduler
+from train_dit.image import ImageSpace, to_unit_range
+from train_dit.model import predict
+from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
+
+PIPELINE_FILE = "dit_pipeline.json"
+
+
+@dataclass
+class DitPipeline:
+    """A trained DiT ready to sample: transformer, scheduler config, text encoder, image space, null condition."""
+
+    transformer: torch.nn.Module
+    scheduler_config: Dict[str, Any]
+    text: Any
+    space: ImageSpace
+    description: Dict[str, Any]
+    device: torch.device
+    batch_invariant: bool = True
+
+    @classmethod
+    def from_pretrained(cls, export_dir: str, device: str = "cpu", transformer: str = "transformer") -> "DitPipeline":
+        """Load an export (``transformer``: ``transformer`` = EMA weights, ``transformer_online`` = trained weights)."""
+        from diffusers import PixArtTransformer2DModel
+
+        with open(os.path.join(export_dir, PIPELINE_FILE), encoding="utf-8") as handle:
+            description = json.load(handle)
+        target = torch.device(device)
+        model = PixArtTransformer2DModel.from_pretrained(os.path.join(export_dir, transformer)).to(target).eval()
+        with open(os.path.join(export_dir, "scheduler", "scheduler_config.json"), encoding="utf-8") as handle:
+            scheduler_config = json.load(handle)
+        text = TextEncoder(TextEncoderSpec(**description["text_encoder"]), target)
+        space_fields = {k: v for k, v in description["image_space"].items() if k in ImageSpaceSpec.__dataclass_fields__}
+        if space_fields.get("path") == "vae" and not os.path.isabs(space_fields["path"]):
+            space_fields["path"] = os.path.join(export_dir, "vae")
+        space = ImageSpace(ImageSpaceSpec(**space_fields), target)
+        return cls(model, scheduler_config, text, space, description, target)
+
+    def latent_shape(self) -> List[int]:
+        """[C, S, S] of x0."""
+        return list(self.description["latent"])
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], guidance_scale: float = 10.0, steps: int = 250,
+                 sampler: str = "ddpm", batch_size: int = 16) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1] for ``prompts`` with per-image ``seeds`` (see the module docstring)."""
+        require(sampler in SAMPLERS, f"sampler={sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+        require(guidance_scale >= 0, f"guidance_scale={guidance_scale} must be >= 0")
+        require(len(prompts) == len(seeds), f"{len(prompts)} prompts but {len(seeds)} seeds")
+        out = [self._generate_batch(list(prompts[i:i + batch_size]), list(seeds[i:i + batch_size]), guidance_scale, steps, sampler)
+               for i in range(0, len(prompts), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, 3, 1, 1)
+
+    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, half: int) -> torch.Tensor:
+        """The transformer's prediction for the whole batch, or (``batch_invariant``) one prompt at a time: CPU GEMMs
+        round differently for different row counts (measured 6e-7 on a batch of 8 vs rows alone), so only a fixed
+        per-prompt shape ([uncond, cond] of that prompt) makes an image independent of the batch it is generated in."""
+        if not self.batch_invariant:
+            return predict(self.transformer, x, timesteps, text, mask).float()
+        count = half or x.shape[0]
+        rows = [[i, i + half] if half else [i] for i in range(count)]
+        outs = [predict(self.transformer, x[r], timesteps[r], text[r], mask[r]).float() for r in rows]
+        if not half:
+            return torch.cat(outs)
+        return torch.cat([torch.cat([o[:1] for o in outs]), torch.cat([o[1:] for o in outs])])
+
+    def _generate_batch(self, prompts: List[str], seeds: List[int], scale: float, steps: int, sampler: str) -> torch.Tensor:
+        """One batch of the reverse process with guidance."""
+        scheduler = sampling_scheduler(self.scheduler_config, sampler)
+        scheduler.set_timesteps(steps, device=self.device)
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        x = torch.stack([torch.randn(self.latent_shape(), generator=g) for g in generators]).to(self.device)
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+        rows = [unpad_features(*self.text.encode([prompt]))[0] for prompt in prompts]  # alone: no batch padding
+        null_rows = [null_condition(self.text)[0]] * len(prompts)
+        guided = scale != 1.0
+        text, mask = pad_features(null_rows + rows if guided else rows, length=self.text.spec.max_length)
+        text, mask = text.to(self.device), mask.to(self.device)
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            timesteps = torch.full((model_in.shape[0],), float(t), device=self.device)
+            out = self._predict(model_in, timesteps, text, mask, len(prompts) if guided else 0)
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + scale * (cond - uncond)
+            x = scheduler.step(out, t, x, generator=generators, return_dict=False)[0] if sampler == "ddpm" \
+                else scheduler.step(out, t, x, return_dict=False)[0]
+        return to_unit_range(self.space.decode(x)).cpu()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> RGB PIL image."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, seed: int, guidance_scale: float, steps: int,
+                  sampler: str, batch_size: int, rank: int = 0, world_size: int = 1, export_dir: Optional[str] = None) -> List[int]:
+    """Generate this rank's share of ``prompts`` (indices rank, rank + world_size, ...; image i has seed ``seed + i``)
+    into ``out_dir/images``; returns the indices written. Each PNG and its JSON are written atomically."""
+    mine = list(range(rank, len(prompts), world_size))
+    folder = os.path.join(out_dir, "images")
+    os.makedirs(folder, exist_ok=True)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start:start + batch_size]
+        images = pipeline.generate([prompts[i] for i in chunk], [seed + i for i in chunk], guidance_scale, steps, sampler, batch_size)
+        for index, image in zip(chunk, images):
+            atomic_write(os.path.join(folder, f"{index:05d}.png"), lambda handle, im=image: to_pil(im).save(handle, format="PNG"))
+            atomic_write_json(os.path.join(folder, f"{index:05d}.json"),
+                              {"index": index, "prompt": prompts[index], "seed": seed + index, "guidance_scale": guidance_scale,
+                               "steps": steps, "sampler": sampler, "export": export_dir})
+    return mine
+
+
+def sample_grid(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, cell: int = 128, text_lines: int = 5) -> Image.Image:
+    """A grid of images (each scaled to ``cell`` px, nearest neighbour) with its caption wrapped under it."""
+    font = ImageFont.load_default()
+    line_height, chars = 11, max(cell // 6, 8)
+    height = cell + text_lines * line_height + 6
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (columns * (cell + 6), rows * height), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (index % columns) * (cell + 6) + 3, (index // columns) * height + 3
+        grid.paste(image.resize((cell, cell), Image.NEAREST), (x, y))
+        lines = textwrap.wrap(caption, chars)[:text_lines]
+        for number, line in enumerate(lines):
+            draw.text((x, y + cell + 2 + number * line_height), line, fill="black", font=font)
+    return grid

@@ -1,0 +1,367 @@
+"""Train a text-conditioned DiT on mixed captions; the public entry point is ``train()``.
+
+Reads top to bottom (DiT's ``train.py`` style): ranks and runtime -> frozen text encoder and image space -> the
+transformer, its EMA (diffusers ``EMAModel``), AdamW and the constant lr -> resume (weights, EMA, optimizer, RNG,
+data position) -> batches (cached features through the caption mixer, or encoded per batch) -> steps: caption
+dropout to the null condition, noise, loss, a non-finite check, AdamW, EMA -> atomic checkpoints -> export.
+
+Every random draw of a step (flip view, caption dropout, timesteps, noise) comes from a generator seeded by
+(seed, rank, step), so a resumed run repeats the uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+
+from captiondata.config import DataConfig, MixConfig
+from captiondata.loader import CaptionLoader, derived_seed
+from harness_infra.atomic import atomic_torch_save, atomic_write_json
+from harness_infra.errors import require
+from training import checkpoint as ckpt
+from training.distributed import DistEnv, all_ranks_have, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from training.monitor import RunMonitor
+from training.precision import precision_context
+from training.runtime import runtime, seed_everything
+from training.schedule import LRSchedule
+from training.stream import BatchSource, DataStream
+from train_dit.config import DitModelConfig, DitTrainConfig
+from train_dit.diffusion import noisy_inputs, training_scheduler
+from train_dit.features import FeatureBatches, FeatureStore, ensure_features, pixel_transform
+from train_dit.image import ImageSpace, to_model_range
+from train_dit.model import build_transformer, parameter_count, predict
+from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
+
+log = logging.getLogger(__name__)
+EXPORT_DIR = "export"
+PIPELINE_FILE = "dit_pipeline.json"
+SourceFactory = Callable[["Session"], BatchSource]
+
+
+class TrainingDiverged(RuntimeError):
+    """A step's loss was not finite; the run stopped before applying it (the last checkpoint is the last good one)."""
+
+
+@dataclass
+class DitTrainResult:
+    """What a finished run produced and how fast."""
+
+    out_dir: str
+    checkpoint_path: str
+    export_dir: str
+    model_name: str
+    steps: int
+    samples_seen: int
+    global_batch: List[int]
+    parameters: int
+    wall_time_s: float
+    train_time_s: float
+    samples_per_s: float
+    final_loss: Optional[float]
+    resumed_from: Optional[str] = None
+
+
+@dataclass
+class Session:
+    """The fixed parts of a run."""
+
+    model_cfg: DitModelConfig
+    train_cfg: DitTrainConfig
+    data_cfg: Optional[DataConfig]
+    mix_cfg: Optional[MixConfig]
+    out_dir: str
+    env: DistEnv
+    text: Any = None
+    space: Any = None
+    null: Tuple[torch.Tensor, torch.Tensor] = None
+    store: Optional[FeatureStore] = None
+    monitor: Optional[RunMonitor] = None
+    last_loss: Optional[float] = None
+    checkpoint_path: str = ""
+    saved_steps: List[int] = field(default_factory=list)
+
+
+def train(model_cfg: DitModelConfig, train_cfg: DitTrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
+          out_dir: str, source_factory: Optional[SourceFactory] = None) -> DitTrainResult:
+    """Train the DiT on caption shards (``data_cfg``, ``mix_cfg``) into ``out_dir`` (identical on every rank).
+
+    ``source_factory(session)`` replaces the caption loader (tests: in-memory batches of ``{"image" [B, 3, H, W] in
+    [0, 1], "text": [str]}``). Resuming (``train.resume``) restores weights, EMA, optimizer, RNG and data position.
+    Raises ``TrainingDiverged`` naming the step when a loss is not finite.
+    """
+    started = time.perf_counter()
+    with runtime(train_cfg.threads, train_cfg.deterministic):
+        env = init_distributed(train_cfg.device, train_cfg.dist_backend)
+        session = Session(model_cfg, train_cfg, data_cfg, mix_cfg, os.path.abspath(out_dir), env)
+        with run_logging(session.out_dir, env):
+            try:
+                return run(session, source_factory, started)
+            finally:
+                if session.monitor is not None:
+                    session.monitor.close()
+                shutdown(env)
+
+
+@contextlib.contextmanager
+def run_logging(out_dir: str, env: DistEnv) -> Iterator[None]:
+    """Copy this package's, training's and captiondata's INFO logs to out_dir/train.log on rank 0."""
+    if not env.is_main:
+        yield
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(out_dir, "train.log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("train_dit", "training", "captiondata")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+
+
+def run(session: Session, source_factory: Optional[SourceFactory], started: float) -> DitTrainResult:
+    """Set up, resume or start, train every step, export."""
+    cfg, env, model_cfg = session.train_cfg, session.env, session.model_cfg
+    session.text = TextEncoder(model_cfg.text_encoder, env.device)
+    session.space = ImageSpace(model_cfg.image_space, env.device, seed=cfg.seed)
+    session.space.check(model_cfg)
+    session.null = null_condition(session.text)
+    latent = session.space.latent_size(model_cfg.image_size)
+    model = build_transformer(model_cfg, session.space.channels, latent, session.text.dim, seed=cfg.seed).to(env.device)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    steps = cfg.num_steps(env.world_size)
+    schedule = LRSchedule(optimizer, cfg.lr, cfg.warmup_steps, steps, "const")
+    resume_path = ckpt.resolve_resume(cfg.resume, session.out_dir)
+    position = resume(session, resume_path, model, ema, optimizer, schedule) if resume_path else ckpt.Position()
+    if not resume_path:
+        seed_everything(cfg.seed + env.rank)
+    write_run_config(session, latent)
+    log.info("DiT %s: %d parameters, %dx%dx%d inputs, patch %d -> %d tokens x %d, text %s (%d dims), %d steps of global batch %d",
+             model_cfg.name, parameter_count(model), session.space.channels, latent, latent, model_cfg.resolved_patch,
+             (latent // model_cfg.resolved_patch) ** 2, model_cfg.resolved_width, model_cfg.text_encoder.name, session.text.dim,
+             steps, cfg.global_batch(env.world_size))
+    source = source_factory(session) if source_factory is not None else caption_source(session)
+    session.monitor = RunMonitor(session.out_dir, env, steps, position.step, position.samples_seen, cfg.log_every,
+                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+    session.checkpoint_path = resume_path or ""
+    train_model = wrap_ddp(model, env)
+    if model_cfg.torch_compile:
+        train_model = torch.compile(train_model)
+    loop_started, first_samples = time.perf_counter(), position.samples_seen
+    position = train_steps(session, train_model, model, ema, optimizer, schedule, source, position, steps)
+    train_time = time.perf_counter() - loop_started
+    save(session, model, ema, optimizer, schedule, position)
+    export_dir = export(session, model, ema, latent)
+    return DitTrainResult(out_dir=session.out_dir, checkpoint_path=session.checkpoint_path, export_dir=export_dir, model_name=model_cfg.name,
+                          steps=position.step, samples_seen=position.samples_seen, global_batch=[cfg.global_batch(env.world_size)],
+                          parameters=parameter_count(model), wall_time_s=time.perf_counter() - started, train_time_s=train_time,
+                          samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9), final_loss=session.last_loss,
+                          resumed_from=resume_path)
+
+
+def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,
+           schedule: LRSchedule) -> ckpt.Position:
+    """Restore weights, EMA, optimizer, schedule, RNG and position from a checkpoint (loaded with weights_only=True)."""
+    env = session.env
+    payload = ckpt.load_checkpoint(path)
+    require(payload.get("model_name") == session.model_cfg.name,
+            f"train.resume: {path} holds model {payload.get('model_name')!r}, not model.name={session.model_cfg.name!r}")
+    model.load_state_dict(payload["model"], strict=True)
+    ema.load_state_dict(payload["ema"])
+    ema.to(device=env.device)
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["scheduler"])
+    states = payload["rng"]
+    if len(states) == env.world_size:
+        ckpt.restore_rng(states[env.rank])
+    else:
+        log.warning("resuming a %d-rank checkpoint on %d ranks: the data position is approximate and not bitwise", len(states), env.world_size)
+    session.last_loss = payload.get("last_loss")
+    position = ckpt.Position(**payload["position"])
+    log.info("resuming from %s at step %d (epoch %d, batch %d)", path, position.step, position.epoch, position.batch_in_epoch)
+    return position
+
+
+def write_run_config(session: Session, latent: int) -> None:
+    """Record the resolved configs, world size and global batch in out_dir/train_config.json (rank 0)."""
+    if not session.env.is_main:
+        return
+    record = {"model": asdict(session.model_cfg), "train": asdict(session.train_cfg),
+              "data": asdict(session.data_cfg) if is_dataclass(session.data_cfg) else None,
+              "mix": asdict(session.mix_cfg) if is_dataclass(session.mix_cfg) else None,
+              "world_size": session.env.world_size, "global_batch": session.train_cfg.global_batch(session.env.world_size),
+              "latent": [session.space.channels, latent, latent],
+              "note": "global batch = batch_size x world_size; p = probability of the ORIGINAL caption"}
+    atomic_write_json(os.path.join(session.out_dir, "train_config.json"), json.loads(json.dumps(record, default=str)))
+
+
+def caption_source(session: Session) -> BatchSource:
+    """The training batches: cached features (``train.features``) or images and captions encoded per batch; either
+    way through ``CaptionLoader``, whose mixer draws each sample's caption from (mix seed, key, epoch)."""
+    cfg, env, model_cfg = session.train_cfg, session.env, session.model_cfg
+    require(session.data_cfg is not None and session.mix_cfg is not None, "DiT training reads caption shards: give data and mix configs")
+    if not cfg.features:
+        return CaptionLoader(session.data_cfg, session.mix_cfg, split="train", image_transform=pixel_transform(model_cfg.image_size),
+                             tokenize=None, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.seed)
+    session.store = ensure_features(session.data_cfg, session.mix_cfg, session.text, session.space, model_cfg.image_size, cfg.flip,
+                                    cfg.feature_cache_dir, cfg.feature_batch_size, env.rank, env.world_size, lambda: barrier(env))
+    loader = CaptionLoader(session.data_cfg, session.mix_cfg, split="train", tokenize=None, batch_size=cfg.batch_size, rank=env.rank,
+                           world_size=env.world_size, seed=cfg.seed, image_features=session.store.images)
+    return FeatureBatches(loader, session.store)
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The CPU generator of every random draw of one step on one rank."""
+    return torch.Generator().manual_seed(derived_seed(seed, rank, step, "dit-step"))
+
+
+def prepare_batch(session: Session, batch: Dict[str, Any], generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0 [B, C, S, S], text [B, L, D], mask [B, L]) on the device: a flip view per sample (p = 0.5 when
+    ``train.flip``), the drawn caption's features, each replaced by the null condition with p = ``caption_dropout``."""
+    cfg, device = session.train_cfg, session.env.device
+    if "x0" in batch:
+        views = batch["x0"]
+        pick = torch.randint(0, views.shape[1], (views.shape[0],), generator=generator) if cfg.flip and views.shape[1] > 1 \
+            else torch.zeros(views.shape[0], dtype=torch.long)
+        x0 = views[torch.arange(views.shape[0]), pick].to(device, torch.float32)
+        rows = list(batch["text_rows"])
+    else:
+        pixels = to_model_range(batch["image"].float())
+        if cfg.flip:
+            flipped = torch.rand(pixels.shape[0], generator=generator) < 0.5
+            pixels = torch.where(flipped.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+        x0 = session.space.encode(pixels, generator=generator, sample=session.model_cfg.image_space.sample_posterior)
+        rows = unpad_features(*session.text.encode(list(batch["text"])))
+    dropped = torch.rand(len(rows), generator=generator) < cfg.caption_dropout
+    rows = [session.null[0] if drop else row for row, drop in zip(rows, dropped.tolist())]
+    text, mask = pad_features(rows)
+    return x0, text.to(device), mask.to(device)
+
+
+def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,
+                schedule: LRSchedule, source: BatchSource, position: ckpt.Position, steps: int) -> ckpt.Position:
+    """Run optimizer steps from ``position`` to ``steps``; checkpoints every ``checkpoint_every_steps``."""
+    cfg, env = session.train_cfg, session.env
+    scheduler = training_scheduler(cfg)
+    autocast, _ = precision_context(cfg.precision, env.device)
+    global_batch = cfg.global_batch(env.world_size)
+    batch_text = f"{global_batch} (= {cfg.batch_size} x {env.world_size} ranks)"
+    stream = DataStream(source, env, position.epoch, position.batch_in_epoch,
+                        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, 0))
+    model.train()
+    while position.step < steps:
+        lr = schedule.set_step(position.step)
+        batch = stream.next_batch()
+        generator = step_generator(cfg.seed, env.rank, position.step)
+        x0, text, mask = prepare_batch(session, batch, generator)
+        x_t, timesteps, target = noisy_inputs(scheduler, cfg, x0, generator)
+        with autocast():
+            prediction = predict(train_model, x_t, timesteps, text, mask)
+        loss = F.mse_loss(prediction.float(), target.float())
+        if not all_ranks_have(bool(torch.isfinite(loss)), env):
+            raise TrainingDiverged(f"non-finite loss at step {position.step + 1} (loss {float(loss):g} on rank {env.rank}); "
+                                   f"stopped before applying it; last good checkpoint: {session.checkpoint_path or 'none'}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+        optimizer.step()
+        ema.step(model.parameters())
+        position.step, position.stage_step = position.step + 1, position.step + 1
+        position.samples_seen += global_batch
+        position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
+        record = session.monitor.step_done(position.step, position.samples_seen, loss.detach(), lr,
+                                           {"ema_decay": ema.cur_decay_value or 0.0}, {"epoch": position.epoch, "global_batch": global_batch},
+                                           force=position.step == steps)
+        if record is not None:
+            session.last_loss = record["loss"]
+        if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0 and position.step < steps:
+            save(session, model, ema, optimizer, schedule, position)
+    stream.epoch_end_partial()
+    position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
+    return position
+
+
+def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+         position: ckpt.Position) -> None:
+    """Write the checkpoint of ``position`` atomically (rank 0; every rank contributes its RNG state): weights, EMA,
+    optimizer, schedule, position, RNG; keep the newest ``keep_checkpoints``."""
+    env = session.env
+    path = ckpt.checkpoint_path(session.out_dir, position.step)
+    rng_states = gather_objects(ckpt.capture_rng(), env)
+    if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
+        ema_state = ema.state_dict()
+        payload = {"format": ckpt.FORMAT_VERSION, "family": "dit",
+                   "model": {k: v.detach().to("cpu") for k, v in unwrap(model).state_dict().items()},
+                   "ema": {**ema_state, "shadow_params": [p.detach().to("cpu") for p in ema_state["shadow_params"]]},
+                   "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "position": position.as_dict(),
+                   "rng": rng_states, "world_size": env.world_size, "model_name": session.model_cfg.name, "last_loss": session.last_loss}
+        atomic_torch_save(payload, path)
+        ckpt.prune_checkpoints(session.out_dir, session.train_cfg.keep_checkpoints)
+        log.info("checkpoint %s (step %d, %d samples)", path, position.step, position.samples_seen)
+    session.saved_steps.append(position.step)
+    session.checkpoint_path = path
+    barrier(env)
+
+
+def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
+    """``dit_pipeline.json``: what a user needs beside the transformer and scheduler to sample (text encoder and image
+    space references, image size, prediction type, default sampling settings)."""
+    model_cfg, cfg = session.model_cfg, session.train_cfg
+    text = asdict(model_cfg.text_encoder)
+    if text["kind"] == "clip_export":
+        text["name"] = os.path.abspath(text["name"])
+    space = asdict(model_cfg.image_space)
+    if space["config"] is not None:
+        space = {**space, "config": None, "path": "vae", "note": "random-weight autoencoder of the run, saved in vae/"}
+    return {"format": 1, "family": "dit", "model_name": model_cfg.name, "text_encoder": text, "image_space": space,
+            "scaling_factor": session.space.scaling_factor, "image_size": model_cfg.image_size,
+            "latent": [session.space.channels, latent, latent], "prediction": "velocity" if cfg.scheduler == "flow" else "epsilon",
+            "scheduler": cfg.scheduler, "null_condition": "the text encoder's features of the empty caption",
+            "weights": "EMA", "sample_defaults": asdict(cfg.sample)}
+
+
+def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int) -> str:
+    """Write ``out_dir/export`` (rank 0): ``transformer/`` (EMA weights, diffusers ``save_pretrained``),
+    ``transformer_online/`` (the trained weights), ``scheduler/``, ``vae/`` for a random-weight autoencoder, and
+    ``dit_pipeline.json``; written in a temporary folder and renamed into place."""
+    export_dir = os.path.join(session.out_dir, EXPORT_DIR)
+    if session.env.is_main:
+        staging = tempfile.mkdtemp(prefix=".export-", dir=session.out_dir)
+        try:
+            bare = unwrap(model)
+            bare.save_pretrained(os.path.join(staging, "transformer_online"))
+            averaged = type(bare).from_config(bare.config)
+            ema.copy_to(averaged.parameters())
+            averaged.save_pretrained(os.path.join(staging, "transformer"))
+            training_scheduler(session.train_cfg).save_pretrained(os.path.join(staging, "scheduler"))
+            if session.space.vae is not None and session.model_cfg.image_space.config is not None:
+                session.space.vae.save_pretrained(os.path.join(staging, "vae"))
+            atomic_write_json(os.path.join(staging, PIPELINE_FILE), pipeline_description(session, latent))
+            if os.path.isdir(export_dir):
+                shutil.rmtree(export_dir)
+            os.replace(staging, export_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("exported %s (PixArtTransformer2DModel.from_pretrained(%r); train_dit.sample.DitPipeline.from_pretrained(%r))",
+                 export_dir, os.path.join(export_dir, "transformer"), export_dir)
+    barrier(session.env)
+    return export_dir
