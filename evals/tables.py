@@ -28,7 +28,11 @@ RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "seed", "samples_
 
 
 def load_records(results_dir: str) -> List[Dict[str, Any]]:
-    """Published records that carry a run section; the newest per (train run, task, eval config)."""
+    """Published records that carry a run section; the newest per (model weights, task, evaluation data).
+
+    Identical results collapse: a re-run that trained bitwise-identical weights (another config hash, same model) and
+    evaluated them on the same data set is one row, not two; records without a weights id fall back to the train run.
+    """
     newest: Dict[tuple, Dict[str, Any]] = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "records", "*.json"))):
         record = read_record(path)
@@ -36,7 +40,8 @@ def load_records(results_dir: str) -> List[Dict[str, Any]]:
         if not run:
             continue
         record["path"] = path
-        key = (run["train_hash"], record["task_name"], run["eval_hash"])
+        weights = (record.get("model") or {}).get("weights_id") or run["train_hash"]
+        key = (weights, record["task_name"], (record.get("dataset") or {}).get("fingerprint"))
         if key not in newest or record["created"] >= newest[key]["created"]:
             newest[key] = record
     return list(newest.values())
@@ -119,7 +124,7 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     index = ["model", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash"]
     wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index()
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
-    wide = wide.sort_values(["model", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
+    wide = wide.sort_values(["model", "samples_seen", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
     wide["p"] = wide["p"].map(lambda p: "n/a" if p < 0 else f"{p:g}")
     return wide
 
@@ -136,28 +141,60 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+DODGE = 0.012  # x offset between metrics (in p units): equal values (top-1 = mean per-class recall on a balanced set) stay visible
+LINESTYLES = ("-", ":", "-.", (0, (5, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
+    """The curves of one task's plot: one per (metric, training budget, seed), never joining different budgets or seeds.
+
+    Each: {metric, label, style (the budget/seed rank), marker (the metric's), x (p + the metric's dodge), y, err_low,
+    err_high (percent)} for mixed runs, and {..., "concat": y} lines for concat runs. Metrics are dodged sideways by
+    ``DODGE`` and get their own marker, so a metric equal to another (top-1 = mean per-class recall on a balanced set)
+    stays visible.
+    """
+    budgets = rows["samples_seen"].fillna(-1).astype(int)
+    groups = sorted({(int(b), int(s)) for b, s in zip(budgets, rows["seed"])})
+    metrics = list(dict.fromkeys(rows["metric"]))
+    several_budgets, several_seeds = len({b for b, _ in groups}) > 1, len({s for _, s in groups}) > 1
+    series: List[Dict[str, Any]] = []
+    for index, metric in enumerate(metrics):
+        offset = (index - (len(metrics) - 1) / 2) * DODGE
+        for rank, (budget, seed) in enumerate(groups):
+            runs = rows[(rows["metric"] == metric) & (budgets == budget) & (rows["seed"] == seed)]
+            if runs.empty:
+                continue
+            parts = ([f"{budget:,} samples"] if several_budgets else []) + ([f"seed {seed}"] if several_seeds else [])
+            label = f"{metric} ({', '.join(parts)})" if parts else metric
+            base = {"metric": metric, "index": index, "label": label, "style": rank, "marker": MARKERS[index % len(MARKERS)],
+                    "samples_seen": budget, "seed": seed}
+            mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
+            if not mixed.empty:
+                series.append({**base, "x": (mixed["p"].astype(float) + offset).tolist(), "y": (mixed["value"] * 100).tolist(),
+                               "err_low": ((mixed["value"] - mixed["ci_low"]) * 100).tolist(),
+                               "err_high": ((mixed["ci_high"] - mixed["value"]) * 100).tolist()})
+            for _, concat in runs[runs["strategy"] == "concat"].iterrows():
+                series.append({**base, "label": f"{label} (concat)", "concat": float(concat["value"]) * 100})
+    return series
+
+
 def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
-    """Each main metric of ``task`` against p with 95% interval bars; concat runs drawn as horizontal dashed lines."""
+    """Each main metric of ``task`` against p with 95% interval bars (``plot_series``); concat runs drawn as horizontal
+    dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = long[long["task"] == task]
     fig, ax = plt.subplots(figsize=(8.4, 4.2))
-    seeds = sorted(rows["seed"].unique())
-    for index, (metric, group) in enumerate(rows.groupby("metric", sort=False)):
-        color = f"C{index}"
-        for rank, seed in enumerate(seeds):  # one line per training seed: points of different seeds are not a curve
-            runs = group[group["seed"] == seed]
-            label = metric if len(seeds) == 1 else f"{metric} (seed {seed})"
-            mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
-            if not mixed.empty:
-                err = [(mixed["value"] - mixed["ci_low"]) * 100, (mixed["ci_high"] - mixed["value"]) * 100]
-                ax.errorbar(mixed["p"], mixed["value"] * 100, yerr=err, marker="o" if rank == 0 else "s", capsize=3, color=color,
-                            linestyle="-" if rank == 0 else ":", label=label)
-            for _, concat in runs[runs["strategy"] == "concat"].iterrows():
-                ax.axhline(concat["value"] * 100, color=color, linestyle="--", linewidth=1, label=f"{label} (concat)")
+    for curve in plot_series(long[long["task"] == task]):
+        color = f"C{curve['index']}"
+        if "concat" in curve:
+            ax.axhline(curve["concat"], color=color, linestyle="--", linewidth=1, label=curve["label"])
+        else:
+            ax.errorbar(curve["x"], curve["y"], yerr=[curve["err_low"], curve["err_high"]], marker=curve["marker"], capsize=3,
+                        color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"])
     ax.set_xlabel("p = probability of the ORIGINAL caption")
     ax.set_ylabel("%")
     ax.set_title(f"{data}: {task}")

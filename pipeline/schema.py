@@ -31,13 +31,15 @@ class RunConfig:
     """Where a run writes, which stages it walks and what it forces.
 
     ``out_root``: stage outputs, each in a folder keyed by the hash of its config and inputs.
-    ``results_dir``: result records, tables and plots. ``stages``: the stages to walk, in order (names of
+    ``results_dir``: result records, tables and plots; by default ``cache/results``, beside the stage outputs and
+    ignored by git, so a user's runs never touch the committed study in ``results/`` (rebuilt only by the commands in
+    ``results/README.md``, which pass ``run.results_dir=results``). ``stages``: the stages to walk, in order (names of
     ``pipeline.registry.STAGES``; a stage's inputs must come before it). ``rerun``: a stage to run even when complete.
     ``stop_after``: last stage to run (null = all of ``stages``).
     """
 
     out_root: str = "cache/runs"
-    results_dir: str = "results"
+    results_dir: str = "cache/results"
     stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     rerun: Optional[str] = None
     stop_after: Optional[str] = None

@@ -203,3 +203,53 @@ def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
     assert delta_vs_baseline(run, base, "fid", None) == pytest.approx(27.8 - 36.2)
     assert delta_vs_baseline(run, base, "t2i_R@1", None) is None  # a per-query metric needs its paired test
     assert delta_vs_baseline(base, base, "fid", None) == 0.0 and delta_vs_baseline(run, None, "fid", None) is None
+
+
+def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
+    from evals.tables import load_records, metric_rows, plot_series
+
+    rng = np.random.default_rng(3)
+    for label, p, budget in (("full_1.0", 1.0, 80000), ("full_0.5", 0.5, 80000), ("smoke_1.0", 1.0, 512), ("smoke_0.5", 0.5, 512)):
+        fixture_record(str(tmp_path), p, "mix", rng.random(200) < 0.4, label)
+        path = tmp_path / "records" / f"{label}.json"
+        record = json.loads(path.read_text())
+        record["run"]["samples_seen"] = budget
+        path.write_text(json.dumps(record))
+    long = metric_rows(load_records(str(tmp_path)))
+    series = plot_series(long[long["task"] == "toy_retrieval"])
+    assert len(series) == 4 * 2  # 4 metrics x 2 budgets: the smoke run never joins the full run's curve
+    for curve in series:
+        rows = long[(long["metric"] == curve["metric"]) & (long["samples_seen"] == curve["samples_seen"])].sort_values("p")
+        assert curve["y"] == pytest.approx((rows["value"] * 100).tolist())
+        assert f"{curve['samples_seen']:,} samples" in curve["label"]
+    # all four metrics hold the same values here (one hit vector): each metric is dodged to its own x positions
+    xs = {tuple(c["x"]) for c in series if c["samples_seen"] == 512}
+    assert len(xs) == 4
+    table = open(write_tables(str(tmp_path))).read()
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
+    assert [r[5].strip() for r in rows] == ["512", "512", "80000", "80000"]  # grouped by budget
+
+
+def test_identical_results_of_a_rerun_collapse_into_one_row(tmp_path):
+    from evals.tables import load_records
+
+    hits = np.random.default_rng(4).random(100) < 0.5
+    for label, created in (("first", "2026-01-01T00:00:00+00:00"), ("rerun", "2026-02-01T00:00:00+00:00")):
+        fixture_record(str(tmp_path), 1.0, "mix", hits, label)
+        path = tmp_path / "records" / f"{label}.json"
+        record = json.loads(path.read_text())
+        record["model"] = {"weights_id": "w" * 64}  # bitwise-identical weights, another config (train) hash
+        record["created"] = created
+        path.write_text(json.dumps(record))
+    records = load_records(str(tmp_path))
+    assert len(records) == 1 and records[0]["run"]["train_hash"] == "rerun"
+
+
+def test_user_runs_publish_outside_the_committed_study():
+    from pipeline.cli import compose_config
+
+    cfg, _ = compose_config(["+experiment=clip_mix_0.8"])
+    results = cfg.run.results_dir
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ignored = [line.strip().strip("/") for line in open(os.path.join(root, ".gitignore")) if line.strip()]
+    assert results.split("/")[0] in ignored and not results.startswith("results")
