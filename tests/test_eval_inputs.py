@@ -149,6 +149,18 @@ def test_webdataset_labels_and_caption_folders_count_bad_text(tmp_path):
     assert folder.describe()["skipped"] == {"non_utf8_text": 1, "empty_caption": 1, "missing_caption": 1}
 
 
+def test_flickr8k_token_file_with_bom_and_entities(tmp_path):
+    from evals.tasks.datasets import flickr8k
+
+    os.makedirs(tmp_path / "images")
+    for i in range(3):
+        random_image(i).save(tmp_path / "images" / f"im{i}.jpg")
+    (tmp_path / "Flickr8k.token.txt").write_bytes("\ufeffim0.jpg#0\tA dog &amp; a cat .\nim1.jpg#0\t&nbsp;\nim2.jpg#0\tA bird .\n".encode("utf-8"))
+    (tmp_path / "Flickr_8k.testImages.txt").write_bytes("\ufeffim0.jpg\nim1.jpg\nim2.jpg\n".encode("utf-8"))
+    data = flickr8k(str(tmp_path), "test")
+    assert data.targets == [["A dog & a cat ."], ["A bird ."]] and data.describe()["skipped"] == {"empty_caption": 1}
+
+
 # --- item 8: identity by content -------------------------------------------------------------------------------------
 
 def edit_member_in_place(tar_path: str, member: str, old: bytes, new: bytes) -> None:

@@ -34,7 +34,7 @@ def check_root(root: str) -> None:
 def read_captions(root: str) -> Dict[str, List[str]]:
     """Image file name -> its human captions in file order, from Flickr8k.token.txt."""
     captions: Dict[str, List[str]] = defaultdict(list)
-    with open(os.path.join(root, TOKEN_FILE), encoding="utf-8") as handle:
+    with open(os.path.join(root, TOKEN_FILE), encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -74,7 +74,7 @@ def flickr8k_records(root: str, split: str, limit: Optional[int] = None) -> Iter
     if split not in SPLIT_FILES:
         raise ConfigError(f"unknown Flickr8k split {split!r}; choose one of {', '.join(SPLIT_FILES)}")
     captions = read_captions(root)
-    with open(os.path.join(root, SPLIT_FILES[split]), encoding="utf-8") as handle:
+    with open(os.path.join(root, SPLIT_FILES[split]), encoding="utf-8-sig") as handle:
         names = [line.strip() for line in handle if line.strip()]
     for name in names[:limit]:
         path = os.path.join(root, "images", name)
