@@ -274,6 +274,14 @@ def test_corrupt_images_skip_with_loader_workers_too(tiny, tmp_path):
     embeddings, targets = encode_images(model, preprocess, data, EvalConfig(**{**CFG, "batch_size": 2, "num_workers": 2}))
     assert targets == [0, 0, 0, 1, 1, 1] and embeddings.shape[0] == 6
     assert data.describe()["skipped"] == {"corrupt_image": 2}
+    os.makedirs(tmp_path / "wds" / "test")
+    for shard in range(2):  # one bad sample per shard: each worker counts its own
+        write_tar(tmp_path / "wds" / "test" / f"{shard}.tar", {f"s{shard}{i}": {"jpg": jpeg(random_image(i)) if i else b"GIF89a broken",
+                                                                                "cls": b"1"} for i in range(3)})
+    (tmp_path / "wds" / "classnames.txt").write_text("cat\ndog\n")
+    wds = clip_benchmark_wds(str(tmp_path / "wds"), "test")
+    embeddings, targets = encode_images(model, preprocess, wds, EvalConfig(**{**CFG, "batch_size": 2, "num_workers": 2}))
+    assert targets == [1, 1, 1, 1] and wds.describe()["skipped"] == {"corrupt_image": 2}
 
 
 @pytest.mark.parametrize("bad", [3, 7, -1])
