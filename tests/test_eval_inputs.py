@@ -57,6 +57,14 @@ def test_bad_templates_are_one_line_config_errors(tmp_path, template, problem):
     assert render("{{literal}} a {c}", "cat") == "{literal} a cat"
 
 
+def test_a_data_sets_own_template_file_is_named_in_its_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECAP_DATA_ROOT", str(tmp_path))
+    write_cb_classification(str(tmp_path / "set"), [0, 1], ["cat", "dog"], ["a photo of a {}."])
+    with pytest.raises(ConfigError, match="zeroshot_classification_templates.txt: template 'a photo of a {}.' has the field"):
+        open_eval_dataset(TaskConfig(name="s", format="clip_benchmark_wds", path="set"))
+    assert open_eval_dataset(TaskConfig(name="s", format="clip_benchmark_wds", path="set", templates="photo")).templates == ["a photo of a {c}."]
+
+
 def test_template_without_placeholder_no_longer_scores_perfectly(tiny, tmp_path):
     from evals.tasks.zeroshot import evaluate_zeroshot_classification
 

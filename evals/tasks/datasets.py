@@ -377,6 +377,7 @@ def clip_benchmark_wds(root: str, split: str = "test", kind: str = "classificati
         data.classes = read_classnames(extras[0])
     if os.path.isfile(extras[1]):
         data.templates = read_lines(extras[1])  # checked by load_templates when the task uses them
+        data.templates_source = extras[1]
     return data
 
 
@@ -478,7 +479,7 @@ def open_eval_dataset(task: TaskConfig) -> Dataset:
     data.name = task.name
     if kind == "classification":
         data.classes = load_classnames(task.classnames, data.classes)
-        data.templates = load_templates(task.templates, data.templates)
+        data.templates = load_templates(task.templates, data.templates, getattr(data, "templates_source", "the data set's templates"))
     return data
 
 

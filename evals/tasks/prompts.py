@@ -175,12 +175,12 @@ def load_classnames(spec: Optional[str], default: Optional[Sequence[str]] = None
     raise ConfigError(f"classnames={spec!r} is neither 'imagenet' nor an existing file")
 
 
-def load_templates(spec: Optional[str], default: Optional[Sequence[Template]] = None) -> List[Template]:
-    """Templates from a named set, a text file (one a line, blank lines ignored), or the data set's own (``default``);
-    fallback openai_imagenet. Checked by ``check_templates``."""
+def load_templates(spec: Optional[str], default: Optional[Sequence[Template]] = None, default_source: str = "the data set's templates") -> List[Template]:
+    """Templates from a named set, a text file (one a line, blank lines ignored), or the data set's own (``default``,
+    named ``default_source`` in errors); fallback openai_imagenet. Checked by ``check_templates``."""
     if spec is None:
         if default:
-            return check_templates(default, "the data set's templates")
+            return check_templates(default, default_source)
         return list(_open_clip_sets()["openai_imagenet"])
     if spec in ("openai_imagenet", "simple_imagenet"):
         return list(_open_clip_sets()[spec])
