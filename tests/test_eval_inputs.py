@@ -262,6 +262,12 @@ def test_corrupt_image_in_a_class_folder_is_skipped_and_counted_like_webdataset(
     data.templates = ["a photo of a {c}."]
     result = evaluate_zeroshot_classification(model, tokenizer, preprocess, data, cfg)
     assert result.n["images"] == 5 and result.dataset["skipped"] == {"corrupt_image": 1}
+    cached = EvalConfig(**{**CFG, "cache_dir": str(tmp_path / "cache")})
+    for _ in range(2):  # computed, then a cache hit: the record counts the skipped image both times
+        again = image_folder(folder, "test")
+        again.templates = ["a photo of a {c}."]
+        result = evaluate_zeroshot_classification(model, tokenizer, preprocess, again, cached)
+        assert result.n["images"] == 5 and result.dataset["skipped"] == {"corrupt_image": 1}
     os.makedirs(tmp_path / "wds" / "test")
     write_tar(tmp_path / "wds" / "test" / "0.tar", {f"s{i}": {"jpg": jpeg(random_image(i)) if i != 4 else b"\xff\xd8\xff\xe0 not a jpeg",
                                                              "cls": str(i // 3).encode()} for i in range(6)})

@@ -83,6 +83,14 @@ class _Counted:
         totals = self.counters.totals()
         return {"skipped": {r: totals[r] for r in SKIP_REASONS if totals[r]}, "converted": {e: totals[e] for e in DECODE_EVENTS if totals[e]}}
 
+    def restore_counts(self, counts: Dict[str, Dict[str, int]]) -> None:
+        """Set the counts to ``counts`` (as ``counts()`` returned them: stored with cached embeddings)."""
+        self.counters.reset()
+        for group in counts.values():
+            for name, n in group.items():
+                self.counters.add(name, int(n))
+        self.counters.flush()
+
     def _prompts_identity(self) -> Dict[str, Any]:
         """Fingerprints of the class names and templates a classification set is scored with (none for retrieval)."""
         classes, templates = getattr(self, "classes", None), getattr(self, "templates", None)

@@ -90,10 +90,20 @@ def stored_targets(targets: List[Any]) -> Any:
     return torch.tensor(targets) if targets and isinstance(targets[0], int) else targets
 
 
-def loaded_targets(hit: Dict[str, Any]) -> List[Any]:
-    """The targets list of a cache payload (inverse of ``stored_targets``)."""
+def loaded_targets(hit: Dict[str, Any], data: Any = None) -> List[Any]:
+    """The targets list of a cache payload (inverse of ``stored_targets``); a set that counts its skipped inputs
+    (``evals.tasks.datasets``) gets the counts stored with the payload back, so a cache hit records them too."""
+    restore = getattr(data, "restore_counts", None)
+    if callable(restore) and hit.get("input_counts"):
+        restore(hit["input_counts"])
     targets = hit["targets"]
     return targets.tolist() if isinstance(targets, torch.Tensor) else targets
+
+
+def input_counts(data: Any) -> Dict[str, Any]:
+    """A data set's skip and conversion counts for a cache payload ({} for sets that do not count)."""
+    counts = getattr(data, "counts", None)
+    return counts() if callable(counts) else {}
 
 
 
@@ -114,7 +124,7 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
         key = _image_cache_key(model_id or model_fingerprint(model), data, preprocess, cfg)
         hit = cache.load("image", key)
         if hit is not None:
-            return check_embeddings(hit["embeddings"], f"image embeddings of {getattr(data, 'name', 'the data set')}"), loaded_targets(hit)
+            return check_embeddings(hit["embeddings"], f"image embeddings of {getattr(data, 'name', 'the data set')}"), loaded_targets(hit, data)
     trunk = trunk_of(model) if cfg.trunk_feature_cache and cfg.cache_dir is not None else None
     if trunk is not None:
         features, targets = trunk_features(trunk, preprocess, data, cfg)
@@ -125,7 +135,7 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
         embeddings, targets = _run_images(model.encode_image, model, preprocess, data, cfg, normalize=True)
     check_embeddings(embeddings, f"image embeddings of {getattr(data, 'name', 'the data set')}")
     if key is not None:
-        cache.save("image", key, {"embeddings": embeddings, "targets": stored_targets(targets)})
+        cache.save("image", key, {"embeddings": embeddings, "targets": stored_targets(targets), "input_counts": input_counts(data)})
     return embeddings, targets
 
 
@@ -155,9 +165,9 @@ def trunk_features(trunk: torch.nn.Module, preprocess: Any, data: Dataset, cfg: 
            "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
     hit = cache.load("trunk", key)
     if hit is not None:
-        return hit["features"], loaded_targets(hit)
+        return hit["features"], loaded_targets(hit, data)
     features, targets = _run_images(trunk, trunk, preprocess, data, cfg, normalize=False)
-    cache.save("trunk", key, {"features": features, "targets": stored_targets(targets)})
+    cache.save("trunk", key, {"features": features, "targets": stored_targets(targets), "input_counts": input_counts(data)})
     return features, targets
 
 
