@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from _common import run_script  # noqa: E402
+
 MODELS = {
     # the default: harness overhead (decode, preprocessing, tokenisation, scoring) dominates its time
     "tiny": dict(embed_dim=64, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32),
@@ -188,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

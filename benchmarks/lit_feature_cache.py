@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import run_script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -90,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

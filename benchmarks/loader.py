@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from _common import run_script
 from captiondata.build import build_shards, flickr8k_root
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,8 +22,10 @@ import sys
 import tempfile
 import time
 
+from _common import run_script  # noqa: E402  (before the folder leaves the import path)
+
 # ``python benchmarks/recaption.py`` puts this folder first on the import path, where this file would shadow the
-# ``recaption`` package it benchmarks: drop the folder (the benchmarks import nothing from each other).
+# ``recaption`` package it benchmarks: drop the folder (the benchmarks import only _common from it, above).
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from harness_infra.errors import ConfigError  # noqa: E402
@@ -88,8 +90,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    try:
-        main()
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

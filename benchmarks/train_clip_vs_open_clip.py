@@ -38,12 +38,16 @@ from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import run_script  # noqa: E402
+from harness_infra.errors import ConfigError  # noqa: E402
+
 log = logging.getLogger("benchmark")
 MODEL = "RecapCLIP-tiny"
 
 OURS = """
 import json, logging, sys
-import train_clip  # first, as `python -m train_clip` does: it picks the OpenMP wait policy before torch loads
+import train_clip  # first: the package file picks the OpenMP wait policy before torch loads
 logging.basicConfig(level=logging.WARNING)
 from captiondata.config import DataConfig, MixConfig
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
@@ -124,7 +128,7 @@ def build_shards(args: argparse.Namespace) -> None:
         writer.close()
         return
     if not args.build:
-        raise SystemExit(f"no train-*.tar in {args.shards}; pass --build (Flickr8k) or --synthetic N")
+        raise ConfigError(f"no train-*.tar in {args.shards}; pass --build (Flickr8k) or --synthetic N")
     from captiondata.build import build_shards
     from captiondata.config import DataConfig
 
@@ -218,4 +222,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

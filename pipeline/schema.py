@@ -35,7 +35,9 @@ class RunConfig:
     ignored by git, so a user's runs never touch the committed study in ``results/`` (rebuilt only by the commands in
     ``results/README.md``, which pass ``run.results_dir=results``). ``stages``: the stages to walk, in order (names of
     ``pipeline.registry.STAGES``; a stage's inputs must come before it). ``rerun``: a stage to run even when complete.
-    ``stop_after``: last stage to run (null = all of ``stages``).
+    ``stop_after``: last stage to run (null = all of ``stages``). ``name``: the label of a run composed without an
+    experiment overlay (``experiment`` is then this name, see conf/config.yaml); giving it is how such a run past the
+    data stage is asked for (``pipeline.cli.require_experiment``); an experiment overlay labels its runs itself.
     """
 
     out_root: str = "cache/runs"
@@ -43,6 +45,7 @@ class RunConfig:
     stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     rerun: Optional[str] = None
     stop_after: Optional[str] = None
+    name: str = "default"
 
     def __post_init__(self) -> None:  # the stage names themselves are checked by ``validate`` (importing the stages)
         require(self.rerun in (None, *self.stages), f"run.rerun={self.rerun!r} is not one of run.stages ({', '.join(self.stages)})")

@@ -40,7 +40,8 @@ def imported_distributions(folders, optional=frozenset()) -> set:
     """Distributions that the top-level absolute imports of every .py file under ``folders`` come from (a module
     named in ``optional``, an extra not installed here, counts as that name)."""
     owners = importlib.metadata.packages_distributions()
-    local = set(PACKAGES) | {name[:-3] for name in os.listdir(os.path.join(ROOT, "tests")) if name.endswith(".py")}  # test helpers
+    local = set(PACKAGES) | {name[:-3] for folder in ("tests", "benchmarks") for name in os.listdir(os.path.join(ROOT, folder))
+                             if name.endswith(".py")}  # test and benchmark helpers
     found = set()
     for folder in folders:
         for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):

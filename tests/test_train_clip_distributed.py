@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -69,11 +70,14 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 
     env = init_distributed("cpu")
     local = {k: v.chunk(WORLD)[rank] for k, v in global_batch().items()}
-    results = {"plain": gradients_of(env, [local], out_dir),
-               "accum": gradients_of(env, [{k: v.chunk(2)[i] for k, v in local.items()} for i in range(2)], out_dir)}
-    torch.save(results, os.path.join(out_dir, f"grads_rank{rank}.pt"))
-    result = short_ddp_run(os.path.join(out_dir, "run"))
-    torch.save({"steps": result.steps, "samples": result.samples_seen, "global_batch": result.global_batch},
+    with warnings.catch_warnings(record=True) as shown:  # every warning a user would see, each time it is raised
+        warnings.simplefilter("always")
+        results = {"plain": gradients_of(env, [local], out_dir),
+                   "accum": gradients_of(env, [{k: v.chunk(2)[i] for k, v in local.items()} for i in range(2)], out_dir)}
+        torch.save(results, os.path.join(out_dir, f"grads_rank{rank}.pt"))
+        result = short_ddp_run(os.path.join(out_dir, "run"))
+    future = [f"{w.filename}:{w.lineno}: {w.message}" for w in shown if issubclass(w.category, FutureWarning)]
+    torch.save({"steps": result.steps, "samples": result.samples_seen, "global_batch": result.global_batch, "future_warnings": future},
                os.path.join(out_dir, f"result_rank{rank}.pt"))
     shutdown(env)
 
@@ -110,7 +114,7 @@ def test_train_runs_under_ddp_with_one_shared_out_dir(ddp_outputs):
     from training import checkpoint as ckpt
 
     results = [torch.load(os.path.join(ddp_outputs, f"result_rank{r}.pt"), weights_only=True) for r in range(WORLD)]
-    assert results[0] == results[1] == {"steps": 4, "samples": 64, "global_batch": [16]}
+    assert results[0] == results[1] == {"steps": 4, "samples": 64, "global_batch": [16], "future_warnings": []}
     run_dir = os.path.join(ddp_outputs, "run")
     payload = ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
     assert len(payload["rng"]) == WORLD and payload["world_size"] == WORLD

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, List, Optional
 
@@ -41,11 +42,25 @@ def make_loss(env: DistEnv, local_loss: bool, gather_with_grad: bool, caption_lo
     ``caption_loss_weight`` (a CoCa model): open_clip's ``CoCaLoss`` = contrastive loss + that weight x the
     captioning cross-entropy of the multimodal decoder (CoCa, Yu et al. 2022; open_clip_train's default weight 2).
     """
+    if env.distributed and gather_with_grad:
+        quiet_open_clip_gather()
     if caption_loss_weight is not None:
         return CoCaLoss(caption_loss_weight=caption_loss_weight, clip_loss_weight=1.0, local_loss=local_loss,
                         gather_with_grad=gather_with_grad, cache_labels=True, rank=env.rank, world_size=env.world_size)
     return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
                     rank=env.rank, world_size=env.world_size)
+
+
+def quiet_open_clip_gather() -> None:
+    """Silence exactly the FutureWarning of open_clip's gather with gradient, once per process.
+
+    open_clip's ``gather_features(gather_with_grad=True)`` (its ``loss.py``) calls ``torch.distributed.nn.all_gather``,
+    which torch deprecates in favour of a private functional collective; the call is open_clip's, its gradient is the
+    one the loss needs, and the warning (two per rank in every run: image and text features) asks nothing of the
+    user. Only that message from ``open_clip.loss`` is ignored; every other warning still shows.
+    """
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                            category=FutureWarning, module=r"open_clip\.loss")
 
 
 def encode(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:

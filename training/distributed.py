@@ -8,6 +8,7 @@ runs as one process. The run directory is not derived here: every rank is handed
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
     if not env.distributed:
         return model
     device_ids = [env.device.index] if env.device.type == "cuda" else None
+    # buffers are not re-broadcast at every forward (torch >= 2.14 spells it forward_sync_buffers=False, which still
+    # syncs them once at start-up like the parameters; its broadcast_buffers=False is a FutureWarning there)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
     return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 

@@ -1,5 +1,8 @@
 """What a run reports: a tqdm bar (loss, samples/s, ETA), TensorBoard scalars, ``metrics.jsonl`` and epoch summaries.
 
+While the bar shows, console log records go through ``tqdm.write`` (``logging_redirect_tqdm`` on the root logger's
+console handler), so an INFO line never lands on the bar's line.
+
 ``metrics.jsonl`` has one line per log step: step, samples_seen, loss, lr, samples_per_s, logit_scale (plus
 stage, epoch and global_batch). ``epochs.jsonl`` has one line per data epoch with the effective global batch,
 the realised original-caption fraction (p = probability of the ORIGINAL caption) and skipped-sample counts.
@@ -8,6 +11,7 @@ Only rank 0 writes; the logged loss is the mean over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +20,7 @@ from typing import Any, Dict, Optional
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from harness_infra.atomic import atomic_write_text
 from training.distributed import DistEnv, all_reduce_mean
@@ -52,6 +57,9 @@ class RunMonitor:
 
                 self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not (self.writes and progress_bar))
+        self.console = contextlib.ExitStack()  # while the bar shows, console log lines print above it (tqdm.write)
+        if not self.bar.disable:
+            self.console.enter_context(logging_redirect_tqdm())
         self.last_time, self.last_samples = time.perf_counter(), samples_seen
         self.step = start_step
 
@@ -92,16 +100,19 @@ class RunMonitor:
             return
         fraction = stats.get("original_fraction")
         fraction_text = "n/a" if fraction is None else f"{fraction:.4f}"
-        log.info("epoch %d done (stage %d, step %d): global batch %s, %s samples, realised original fraction %s "
-                 "(p = P(original)), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
-                 fraction_text, stats.get("skipped") or "none")
+        read = stats.get("samples_read")
+        read_text = f" ({read} read)" if read is not None and read != stats.get("samples") else ""
+        log.info("epoch %d done (stage %d, step %d): global batch %s, %s samples trained%s, realised original fraction %s "
+                 "(p = P(original), over trained samples), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
+                 read_text, fraction_text, stats.get("skipped") or "none")
         self._append(self.epochs_path, {"epoch": epoch, "stage": stage, "step": self.step, "global_batch": global_batch, **stats})
         if self.writer is not None and fraction is not None:
             self.writer.add_scalar("data/original_fraction", fraction, self.step)
             self.writer.add_scalar("data/skipped_total", stats.get("skipped_total", 0), self.step)
 
     def close(self) -> None:
-        """Flush and close the bar and TensorBoard."""
+        """Flush and close the bar and TensorBoard; console logging goes back to its own handlers."""
         self.bar.close()
+        self.console.close()
         if self.writer is not None:
             self.writer.close()
