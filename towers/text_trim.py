@@ -38,6 +38,19 @@ def token_lengths(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     return torch.where(nonpad.any(dim=1), last, torch.zeros_like(last))
 
 
+def trim_pad_id(model: torch.nn.Module) -> Optional[int]:
+    """The id whose trailing columns may be dropped for this model, or None when trimming is not exact.
+
+    A Hugging Face tower's ``pad_token_id``; 0 for an open_clip ``CLIP`` with a causal mask and EOT pooling (its
+    tokenizer pads with 0 after the end-of-text token, which is never 0, so only true padding columns go); None
+    otherwise (CoCa's decoder reads every position; a non-causal tower attends to the padding).
+    """
+    pad = text_pad_id(model)
+    if pad is not None:
+        return pad
+    return 0 if can_trim_text(model) and not hasattr(model, "text_decoder") else None
+
+
 def can_trim_text(model: torch.nn.Module) -> bool:
     """True for open_clip.CLIP with a causal text mask and argmax/EOS pooling, and for Hugging Face text towers
     (they mask padding out of attention and pooling): padding trimming is exact."""
@@ -51,6 +64,9 @@ def can_trim_text(model: torch.nn.Module) -> bool:
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text`` on ``tokens[:, :L]``, L = longest non-padding length in the batch (open_clip ``CLIP``:
     positional embeddings and causal mask cut to L; Hugging Face towers: the padding mask does the rest).
+    The one trimmed text forward of the project: evaluation (``evals.tasks.embeddings``) and training
+    (``TrimmedTextCLIP``) both call it. ``tokens``: B x T token ids, T <= the context length; returns B x D
+    (not normalised), with autograd when called outside ``no_grad``.
 
     Why not ``model.encode_text(tokens[:, :L])``: open_clip 3.x ``CLIP.encode_text`` adds the full positional
     embedding and mask, so it only accepts full-length token rows; the body below is that method with both cut to L.
@@ -70,3 +86,31 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
     return x
+
+
+class TrimmedTextCLIP(torch.nn.Module):
+    """An open_clip ``CLIP`` whose ``forward(image, text)`` equals the model's own (``output_dict`` form: normalised
+    image and text features, ``logit_scale.exp()``, ``logit_bias`` when present) with the text tower run by
+    ``encode_text_trimmed``: token batches may be cut to their longest caption (``trim_padding``). The parameters
+    are the wrapped model's, so checkpoints and exports are unchanged.
+    """
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    @property
+    def logit_scale(self) -> torch.nn.Parameter:
+        """The wrapped model's logit scale (clamped by the optimizer step)."""
+        return self.clip.logit_scale
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict:
+        """Contrastive outputs of a batch of (pixels B x 3 x H x W, tokens B x T)."""
+        import torch.nn.functional as F
+
+        out = {"image_features": self.clip.encode_image(image, normalize=True),
+               "text_features": F.normalize(encode_text_trimmed(self.clip, text), dim=-1),
+               "logit_scale": self.clip.logit_scale.exp()}
+        if getattr(self.clip, "logit_bias", None) is not None:
+            out["logit_bias"] = self.clip.logit_bias
+        return out

@@ -124,6 +124,10 @@ class TrainConfig:
     by trunk weights, preprocessing and shard files (null = computed in memory for this run only).
     ``caption_loss_weight``: for a CoCa model, the weight of the captioning loss beside the contrastive one
     (open_clip_train's ``--coca-caption-loss-weight``, default 2.0); ignored for CLIP models.
+    ``trim_text_padding``: run the text tower only up to each batch's longest caption (``towers.text_trim``; exact
+    for causal open_clip text towers with EOT pooling and for Hugging Face towers: loss and gradients equal the
+    full-context step up to float summation order). At context 128, alt-text of 10-18 tokens leaves most of the
+    untrimmed text tower's work on padding. Ignored for CoCa (its decoder reads every position).
     """
 
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
@@ -135,6 +139,7 @@ class TrainConfig:
     accum_steps: int = 1
     seed: int = 0
     precision: str = "auto"
+    trim_text_padding: bool = True
     device: str = setting("auto", key=False)
     threads: Optional[int] = setting(None, key=False)
     deterministic: bool = False

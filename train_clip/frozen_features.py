@@ -30,6 +30,7 @@ from captiondata.counters import SampleCounters
 from captiondata.loader import ImageFeatures
 from captiondata.reader import expand_shards, raw_samples, valid_records
 from towers.pretrained import trunk_of
+from towers.text_trim import encode_text_trimmed
 from harness_infra.identity import file_identity, model_fingerprint, preprocess_identity
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,8 @@ class FeatureInputCLIP(nn.Module):
     """An open_clip CLIP with a timm image tower that takes the trunk's pooled features instead of pixels.
 
     ``forward(trunk_features, text)`` = the model's own outputs with ``visual.trunk`` skipped: image features =
-    normalise(visual.head(trunk_features)), text features = normalise(encode_text(text)), logit_scale.exp()
+    normalise(visual.head(trunk_features)), text features = normalise(encode_text(text)) (run by
+    ``towers.text_trim.encode_text_trimmed``, so token batches may be cut to their longest caption), logit_scale.exp()
     (and logit_bias when the model has one). The parameters are the wrapped model's, so checkpoints and exports
     of ``clip`` are unchanged.
     """
@@ -204,7 +206,7 @@ class FeatureInputCLIP(nn.Module):
     def forward(self, trunk_features: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Contrastive outputs of a batch of (trunk features, tokens)."""
         out = {"image_features": F.normalize(self.clip.visual.head(trunk_features), dim=-1),
-               "text_features": self.clip.encode_text(text, normalize=True),
+               "text_features": F.normalize(encode_text_trimmed(self.clip, text), dim=-1),
                "logit_scale": self.clip.logit_scale.exp()}
         if getattr(self.clip, "logit_bias", None) is not None:
             out["logit_bias"] = self.clip.logit_bias

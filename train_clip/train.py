@@ -31,7 +31,7 @@ from training.distributed import DistEnv, barrier, gather_objects, init_distribu
 from train_clip.frozen_features import FeatureInputCLIP, train_split_features
 from train_clip.models import (create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
                                train_transform)
-from towers.text_trim import text_pad_id, trim_padding
+from towers.text_trim import TrimmedTextCLIP, text_pad_id, trim_pad_id, trim_padding
 from training.guard import check_finite_loss, check_finite_weights
 from training.monitor import RunMonitor
 from train_clip.optim import build_optimizer
@@ -209,7 +209,7 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
     if payload:
         model.load_state_dict(payload["model"], strict=True)
     session.tokenizer = create_tokenizer(session.model_cfg)
-    session.pad_id = text_pad_id(model)
+    session.pad_id = trim_pad_id(model) if cfg.trim_text_padding else None
     if cfg.frozen_image_features:
         session.image_features = frozen_image_features(session, model, data_cfg)
     total_steps = sum(s.num_steps(env.world_size, cfg.accum_steps) for s in cfg.stages)
@@ -271,7 +271,7 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
 def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype],
               pad_id: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Images and tokens on the training device (images in the model's input dtype); with ``pad_id`` (a text tower
-    that masks padding) the all-padding token columns are dropped first."""
+    for which trimming is exact: ``towers.text_trim.trim_pad_id``) the all-padding token columns are dropped first."""
     text = batch["text"] if pad_id is None else trim_padding(batch["text"], pad_id)
     return {"image": batch["image"].to(device=device, dtype=image_dtype, non_blocking=True),
             "text": text.to(device=device, non_blocking=True)}
@@ -328,7 +328,13 @@ def run_recipe_stage(session: Session, model: torch.nn.Module, index: int, posit
     steps = stage.num_steps(env.world_size, cfg.accum_steps)
     global_batch = stage.global_batch(env.world_size, cfg.accum_steps)
     state = stage_objects(session, model, stage, payload)
-    train_model = wrap_ddp(FeatureInputCLIP(model) if session.image_features is not None else model, env)
+    if session.image_features is not None:
+        forward_model: torch.nn.Module = FeatureInputCLIP(model)
+    elif session.pad_id is not None and text_pad_id(model) is None:
+        forward_model = TrimmedTextCLIP(model)  # causal open_clip text tower: positional embeddings and mask cut to the batch
+    else:
+        forward_model = model
+    train_model = wrap_ddp(forward_model, env)
     if session.model_cfg.torch_compile:
         train_model = torch.compile(train_model)
     autocast, _ = precision_context(cfg.precision, env.device)
