@@ -20,7 +20,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -34,6 +34,14 @@ from captiondata.mixer import choose_caption
 from captiondata.reader import decode_record, expand_shards, raw_samples
 
 log = logging.getLogger(__name__)
+
+
+class FeatureLookup(Protocol):
+    """What the loader needs of precomputed image features: the row of a sample (``ImageFeatures`` in memory,
+    ``train_clip.frozen_features.CachedShardFeatures`` one cached shard at a time); looked up in shard order."""
+
+    def get(self, key: str, shard: Optional[str] = None) -> Optional[torch.Tensor]:
+        """The feature row of sample ``key`` of ``shard``, or None."""
 
 
 @dataclass
@@ -121,7 +129,7 @@ class MixedCaptionDataset(IterableDataset):
         seed: int,
         drop_last: bool,
         counters: SampleCounters,
-        image_features: Optional[ImageFeatures] = None,
+        image_features: Optional[FeatureLookup] = None,
     ) -> None:
         super().__init__()
         self.urls, self.data_cfg, self.mix_cfg = urls, data_cfg, mix_cfg
@@ -154,8 +162,10 @@ class MixedCaptionDataset(IterableDataset):
     def _samples(self, worker: int, num_workers: int) -> Iterator[Dict[str, Any]]:
         """Validated, caption-mixed, transformed samples for this worker; bad ones counted."""
         rng = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker, "shuffle"))
-        raws = shuffled(raw_samples(self._shard_stream(worker, num_workers), self.counters), self.data_cfg.shuffle_buffer, rng)
-        for raw in raws:
+        raws = raw_samples(self._shard_stream(worker, num_workers), self.counters)
+        if self.image_features is not None:  # looked up in shard order, before the shuffle: one shard's entry at a time
+            raws = ({**raw, "__feature__": self.image_features.get(raw["__key__"], raw["__url__"])} for raw in raws)
+        for raw in shuffled(raws, self.data_cfg.shuffle_buffer, rng):
             try:
                 record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels, decode=self.image_features is None,
                                        exif_transpose=self.data_cfg.exif_transpose, count=self.counters.add)
@@ -163,7 +173,7 @@ class MixedCaptionDataset(IterableDataset):
                 self.counters.add(bad.reason)
                 continue
             if self.image_features is not None:
-                image = self.image_features.get(record.key, raw["__url__"])
+                image = raw["__feature__"]
                 if image is None:
                     self.counters.add("no_image_feature")
                     continue
@@ -236,7 +246,7 @@ class CaptionLoader:
         seed: int = 0,
         drop_last: bool = True,
         num_workers: Optional[int] = None,
-        image_features: Optional[ImageFeatures] = None,
+        image_features: Optional[FeatureLookup] = None,
     ) -> None:
         require(batch_size > 0, f"batch_size={batch_size} must be positive")
         require(0 <= rank < world_size, f"rank={rank} must be in [0, world_size={world_size})")

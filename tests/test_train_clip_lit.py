@@ -124,7 +124,10 @@ def test_the_cache_key_follows_weights_preprocessing_and_shards(tmp_path, shard_
     urls = expand_shards(data_cfg.train_shards)
     os.utime(urls[1], ns=(1, 1))  # one shard rewritten: only its entry is recomputed
     again = train_split_features(model, data_cfg, eval_transform(model), cache, 8, torch.device("cpu"))
-    assert computed == [urls[1]] and again.keys == first.keys and torch.equal(again.features, first.features)
+    assert computed == [urls[1]]
+    before, after = list(first.rows()), list(again.rows())
+    assert [(s, k) for s, k, _ in after] == [(s, k) for s, k, _ in before] and len(after) == 24
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(before, after))
 
 
 def test_the_same_key_in_two_shards_is_two_samples_each_with_its_own_image(tmp_path, shard_factory):
@@ -139,7 +142,8 @@ def test_the_same_key_in_two_shards_is_two_samples_each_with_its_own_image(tmp_p
     data_cfg = DataConfig(builder="none", train_shards=f"{first}::{second}", num_workers=0, shuffle_buffer=1)
     model = create_clip(lit_model(), 75, torch.device("cpu"))
     features = train_split_features(model, data_cfg, eval_transform(model), str(tmp_path / "cache"), 8, torch.device("cpu"))
-    assert len(features.keys) == 12 and len(set(features.keys)) == 6  # nothing dropped, nothing counted as duplicate
+    rows = list(features.rows())
+    assert len(rows) == 12 and len({k for _, k, _ in rows}) == 6  # nothing dropped, nothing counted as duplicate
     urls = expand_shards(data_cfg.train_shards)
     own = {url: frozen_features.compute_trunk_features(model.visual.trunk, [url], data_cfg, eval_transform(model), 8, torch.device("cpu"))
            for url in urls}
@@ -265,3 +269,20 @@ def test_lit_from_frozen_features_under_ddp(tmp_path, shard_factory):
     assert ranks[0]["steps"] == ranks[1]["steps"] == 2 and ranks[0]["global_batch"] == [16]
     assert ranks[0]["computed"] == ["train-000000.tar", "train-000002.tar"] and ranks[1]["computed"] == ["train-000001.tar"]
     assert len(os.listdir(tmp_path / "features")) == 3  # each shard computed once, by one rank, read by both
+
+
+def test_cached_features_hold_one_shard_at_a_time(tmp_path, shard_factory, monkeypatch):
+    # the bound of issue 15 item 5: the loader opens entries in shard order, so a process holds one shard's rows
+    data_cfg = DataConfig(builder="none", train_shards=shard_factory(make_records(24), per_shard=8), num_workers=0, shuffle_buffer=4)
+    model = create_clip(lit_model(), 75, torch.device("cpu"))
+    store = train_split_features(model, data_cfg, eval_transform(model), str(tmp_path / "cache"), 8, torch.device("cpu"))
+    opened = []
+    original = type(store)._open
+    def counting_open(self, shard):
+        opened.append(shard)
+        original(self, shard)
+        assert self._rows.shape[0] == 8  # one shard's 8 rows, never the split's 24
+    monkeypatch.setattr(type(store), "_open", counting_open)
+    loader = CaptionLoader(data_cfg, MixConfig(p=1.0), tokenize=lambda texts: texts, batch_size=4, image_features=store)
+    keys = [k for batch in loader.iterate() for k in batch["key"]]
+    assert sorted(keys) == sorted(r.key for r in make_records(24)) and len(opened) == 3  # each shard opened once

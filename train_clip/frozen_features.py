@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -137,11 +137,13 @@ def merge_shard_features(parts: List[Dict[str, Any]], urls: List[str]) -> Dict[s
 
 def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Callable, cache_dir: Optional[str],
                          batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                         barrier: Callable[[], None] = lambda: None) -> ImageFeatures:
+                         barrier: Callable[[], None] = lambda: None) -> Any:
     """The locked trunk's features of the training split, one cache entry per shard in ``cache_dir``.
 
     With a cache, rank r computes the missing entries of shards r, r + world_size, ...; after ``barrier()`` every
-    rank reads all entries. Without one (``cache_dir=None``) every rank computes everything in memory.
+    rank checks that every entry exists and gets a ``CachedShardFeatures`` that loads each entry when its shard is
+    read (memory bounded by the shards in flight). Without one (``cache_dir=None``) every rank computes everything
+    and holds it in memory (``ImageFeatures``).
     """
     from harness_infra.cache import EmbeddingCache
 
@@ -165,13 +167,64 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
     log.info("trunk features: rank %d computed %d and found %d of its %d shard(s) in %s", rank, computed, len(mine) - computed,
              len(mine), cache_dir)
     barrier()
-    parts = []
-    for url in urls:
-        part = cache.load(FEATURE_CACHE_KIND, {**base, "shard": shard_identity(url)}, quiet=True)
-        if part is None:
-            raise ConfigError(f"image features of shard {url} are missing from {cache_dir} after every rank computed its share")
-        parts.append(part)
-    return checked_features(merge_shard_features(parts, urls), len(urls))
+    shard_keys = {url: shard_identity(url) for url in urls}
+    missing = [url for url, ident in shard_keys.items() if not os.path.isfile(cache.path(FEATURE_CACHE_KIND, {**base, "shard": ident}))]
+    if missing:
+        raise ConfigError(f"image features of shard {missing[0]} are missing from {cache_dir} after every rank computed its share")
+    log.info("trunk features: %d shard entries in %s, each loaded when the loader opens its shard", len(urls), cache_dir)
+    return CachedShardFeatures(cache_dir, base, shard_keys)
+
+
+@dataclass
+class CachedShardFeatures:
+    """The locked trunk's features of the training split, read from the cache one shard at a time.
+
+    ``get(key, shard)`` loads the entry of ``shard`` when the loader reaches it (the loader looks features up in shard
+    order, before its shuffle buffer) and drops the previous one, so a loader process holds one shard's features plus
+    the rows waiting in its shuffle buffer, not the split: about 8 KB per image at 2048 float32 dims, i.e. 8 GB per
+    million images per rank when held whole. ``shard_keys``: shard URL -> its ``shard_identity`` (the entry key's
+    ``shard`` part). A vanished or rewritten entry is a one-line ConfigError, never a silent miss.
+    """
+
+    cache_dir: str
+    base_key: Dict[str, Any]
+    shard_keys: Dict[str, Any]
+    _shard: Optional[str] = field(default=None, init=False, repr=False)
+    _index: Dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _rows: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Loader workers get the shard map, not a loaded entry."""
+        return {"cache_dir": self.cache_dir, "base_key": self.base_key, "shard_keys": self.shard_keys}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def get(self, key: str, shard: Optional[str] = None) -> Optional[torch.Tensor]:
+        """The feature row of sample ``key`` of ``shard`` (loading that shard's entry if another one is open), or None."""
+        if shard != self._shard:
+            self._open(shard)
+        row = self._index.get(key)
+        return None if row is None else self._rows[row]
+
+    def rows(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
+        """Every (shard, key, feature row) of the split, one shard's entry in memory at a time."""
+        for shard in self.shard_keys:
+            self._open(shard)
+            for key, row in self._index.items():
+                yield shard, key, self._rows[row]
+
+    def _open(self, shard: Optional[str]) -> None:
+        """Load the entry of ``shard`` (and release the previous one)."""
+        from harness_infra.cache import EmbeddingCache
+
+        if shard not in self.shard_keys:
+            raise ConfigError(f"shard {shard} is not in the training split the image features were computed for")
+        self._shard, self._index, self._rows = None, {}, None
+        entry = EmbeddingCache(self.cache_dir).load(FEATURE_CACHE_KIND, {**self.base_key, "shard": self.shard_keys[shard]}, quiet=True)
+        if entry is None:
+            raise ConfigError(f"the cached image features of shard {shard} vanished or changed in {self.cache_dir} during training")
+        self._shard, self._index, self._rows = shard, {k: i for i, k in enumerate(entry["keys"])}, entry["features"]
 
 
 def checked_features(merged: Dict[str, Any], shards: int) -> ImageFeatures:
