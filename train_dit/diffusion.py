@@ -10,7 +10,7 @@ Samplers: ``ddpm`` (the paper's 250 steps), ``dpm++`` (DPMSolverMultistepSchedul
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
@@ -26,15 +26,16 @@ def training_scheduler(cfg: DitTrainConfig) -> Any:
                          beta_end=cfg.beta_end, prediction_type="epsilon", variance_type="fixed_small", clip_sample=False)
 
 
-def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, model timesteps [B] float, target) for clean ``x0`` [B, C, S, S]; all randomness from ``generator`` (CPU)."""
-    batch = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generators: List[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, model timesteps [B] float, target) for clean ``x0`` [B, C, S, S]; sample i's timestep and noise come
+    from ``generators[i]`` (CPU), so they do not depend on the batch or rank the sample is in."""
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(x0.device, x0.dtype)
     if cfg.scheduler == "flow":
-        sigma = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(batch, generator=generator)).to(x0.device, x0.dtype)
+        normal = torch.cat([torch.randn(1, generator=g) for g in generators])
+        sigma = torch.sigmoid(cfg.logit_mean + cfg.logit_std * normal).to(x0.device, x0.dtype)
         s = sigma.view(-1, 1, 1, 1)
         return (1 - s) * x0 + s * noise, sigma * cfg.num_train_timesteps, noise - x0
-    steps = torch.randint(0, cfg.num_train_timesteps, (batch,), generator=generator)
+    steps = torch.cat([torch.randint(0, cfg.num_train_timesteps, (1,), generator=g) for g in generators])
     x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
     return x_t, steps.to(x0.device, torch.float32), noise
 

@@ -106,7 +106,9 @@ class DitPipeline:
         text, mask = pad_features(null_rows + rows if guided else rows, length=self.text.spec.max_length)
         text, mask = text.to(self.device), mask.to(self.device)
         for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            model_in = torch.cat([x, x]) if guided else x
+            if hasattr(scheduler, "scale_model_input"):  # DDPM/DPM-Solver (identity there); flow matching has none
+                model_in = scheduler.scale_model_input(model_in, t)
             timesteps = torch.full((model_in.shape[0],), float(t), device=self.device)
             out = self._predict(model_in, timesteps, text, mask, len(prompts) if guided else 0)
             if guided:

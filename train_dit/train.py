@@ -5,8 +5,9 @@ transformer, its EMA (diffusers ``EMAModel``), AdamW and the constant lr -> resu
 data position) -> batches (cached features through the caption mixer, or encoded per batch) -> steps: caption
 dropout to the null condition, noise, loss, a non-finite check, AdamW, EMA -> atomic checkpoints -> export.
 
-Every random draw of a step (flip view, caption dropout, timesteps, noise) comes from a generator seeded by
-(seed, rank, step), so a resumed run repeats the uninterrupted one bit for bit on CPU.
+Every random draw for a sample in a step (flip view, caption dropout, timestep, noise) comes from a generator seeded
+by (seed, step, sample key): a resumed run repeats the uninterrupted one bit for bit on CPU, and N ranks draw what
+one process would for the same samples (DDP equals one process up to float summation order).
 """
 
 from __future__ import annotations
@@ -228,29 +229,30 @@ def caption_source(session: Session) -> BatchSource:
     return FeatureBatches(loader, session.store)
 
 
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The CPU generator of every random draw of one step on one rank."""
-    return torch.Generator().manual_seed(derived_seed(seed, rank, step, "dit-step"))
+def sample_generators(seed: int, step: int, keys: List[str]) -> List[torch.Generator]:
+    """One CPU generator per sample of a step, seeded by (seed, step, key)."""
+    return [torch.Generator().manual_seed(derived_seed(seed, step, key, "dit-sample")) for key in keys]
 
 
-def prepare_batch(session: Session, batch: Dict[str, Any], generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare_batch(session: Session, batch: Dict[str, Any], generators: List[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x0 [B, C, S, S], text [B, L, D], mask [B, L]) on the device: a flip view per sample (p = 0.5 when
-    ``train.flip``), the drawn caption's features, each replaced by the null condition with p = ``caption_dropout``."""
+    ``train.flip``), the drawn caption's features, each replaced by the null condition with p = ``caption_dropout``;
+    sample i's draws from ``generators[i]``."""
     cfg, device = session.train_cfg, session.env.device
+    coins = torch.stack([torch.rand(3, generator=g) for g in generators])  # [B, (flip, dropout, posterior seed)]
+    flipped = (coins[:, 0] < 0.5) & cfg.flip
     if "x0" in batch:
         views = batch["x0"]
-        pick = torch.randint(0, views.shape[1], (views.shape[0],), generator=generator) if cfg.flip and views.shape[1] > 1 \
-            else torch.zeros(views.shape[0], dtype=torch.long)
+        pick = (flipped & (views.shape[1] > 1)).long()
         x0 = views[torch.arange(views.shape[0]), pick].to(device, torch.float32)
         rows = list(batch["text_rows"])
     else:
         pixels = to_model_range(batch["image"].float())
-        if cfg.flip:
-            flipped = torch.rand(pixels.shape[0], generator=generator) < 0.5
-            pixels = torch.where(flipped.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
-        x0 = session.space.encode(pixels, generator=generator, sample=session.model_cfg.image_space.sample_posterior)
+        pixels = torch.where(flipped.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+        posterior = torch.Generator().manual_seed(int(coins[0, 2] * 2**31)) if len(coins) else None
+        x0 = session.space.encode(pixels, generator=posterior, sample=session.model_cfg.image_space.sample_posterior)
         rows = unpad_features(*session.text.encode(list(batch["text"])))
-    dropped = torch.rand(len(rows), generator=generator) < cfg.caption_dropout
+    dropped = coins[:, 1] < cfg.caption_dropout
     rows = [session.null[0] if drop else row for row, drop in zip(rows, dropped.tolist())]
     text, mask = pad_features(rows)
     return x0, text.to(device), mask.to(device)
@@ -270,14 +272,14 @@ def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.
     while position.step < steps:
         lr = schedule.set_step(position.step)
         batch = stream.next_batch()
-        generator = step_generator(cfg.seed, env.rank, position.step)
-        x0, text, mask = prepare_batch(session, batch, generator)
-        x_t, timesteps, target = noisy_inputs(scheduler, cfg, x0, generator)
+        generators = sample_generators(cfg.seed, position.step, list(batch["key"]))
+        x0, text, mask = prepare_batch(session, batch, generators)
+        x_t, timesteps, target = noisy_inputs(scheduler, cfg, x0, generators)
         with autocast():
             prediction = predict(train_model, x_t, timesteps, text, mask)
         loss = F.mse_loss(prediction.float(), target.float())
         if not all_ranks_have(bool(torch.isfinite(loss)), env):
-            raise TrainingDiverged(f"non-finite loss at step {position.step + 1} (loss {float(loss):g} on rank {env.rank}); "
+            raise TrainingDiverged(f"non-finite loss at step {position.step + 1} (loss {float(loss.detach()):g} on rank {env.rank}); "
                                    f"stopped before applying it; last good checkpoint: {session.checkpoint_path or 'none'}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

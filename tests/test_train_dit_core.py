@@ -1,0 +1,303 @@
+"""The DiT family: it learns, its EMA is the documented update, caption dropout has its rate, resume is exact, a
+diverged step stops the run, the caption draw is CLIP's, sampling depends on the seed only, exports load with
+diffusers' from_pretrained, and bad config values fail in one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import torch
+
+from captiondata.builders.scenes import scene_records
+from captiondata.config import DataConfig, MixConfig
+from captiondata.mixer import choose_caption
+from captiondata.writer import ShardWriter
+from harness_infra.errors import ConfigError
+from train_dit.config import DitModelConfig, DitTrainConfig, ImageSpaceSpec, SampleSpec
+from train_dit.image import tiny_vae_config
+from train_dit.text import TextEncoder
+
+MICRO = dict(name="DiT-micro", preset="DiT-micro", image_size=32)
+
+
+class ColourBatches:
+    """CaptionLoader's contract in memory: solid-colour 32 px images captioned with their colour name; epoch order a
+    function of (seed, epoch); rank r takes every world_size-th sample. ``poison_step``: that batch's images are NaN."""
+
+    COLOURS = {"red": (1.0, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.1, 0.2, 1.0), "yellow": (0.95, 0.9, 0.1)}
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, poison_batch: int = -1) -> None:
+        names = list(self.COLOURS)
+        self.keys = [f"c{i:04d}" for i in range(n)]
+        self.texts = [names[i % len(names)] for i in range(n)]
+        self.images = torch.stack([torch.tensor(self.COLOURS[t]).view(3, 1, 1).expand(3, 32, 32) for t in self.texts])
+        self.batch_size, self.rank, self.world_size, self.seed, self.poison = batch_size, rank, world_size, seed, poison_batch
+        self.epoch, self.served = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.served = epoch, 0
+
+    def __len__(self) -> int:
+        return len(self.keys) // self.world_size // self.batch_size
+
+    def iterate(self, skip_batches: int = 0) -> Iterator[Dict[str, Any]]:
+        order = torch.randperm(len(self.keys), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))[self.rank::self.world_size]
+        for index in range(skip_batches, len(self)):
+            rows = order[index * self.batch_size:(index + 1) * self.batch_size].tolist()
+            self.served += len(rows)
+            images = self.images[rows].clone()
+            if self.epoch * len(self) + index == self.poison:
+                images[:] = float("nan")
+            yield {"image": images, "text": [self.texts[r] for r in rows], "key": [self.keys[r] for r in rows]}
+
+    def epoch_stats(self) -> Dict[str, Any]:
+        return {"samples": self.served, "skipped_total": 0, "skipped": {}, "original_fraction": None}
+
+
+def colour_factory(n: int = 64, **kwargs: Any):
+    """A source factory for ``train_dit.train.train``."""
+    return lambda session: ColourBatches(n, session.train_cfg.batch_size, session.env.rank, session.env.world_size, **kwargs)
+
+
+def recipe(**overrides: Any) -> DitTrainConfig:
+    """A CPU recipe for tests: no TensorBoard, no progress bar, deterministic kernels."""
+    base = dict(samples=64, batch_size=16, lr=1e-3, device="cpu", tensorboard=False, progress_bar=False, deterministic=True,
+                log_every=1, features=False, resume="latest")
+    return DitTrainConfig(**{**base, **overrides})
+
+
+def metrics(out_dir: str) -> List[Dict[str, Any]]:
+    with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def checkpoint(out_dir: str, step: int) -> Dict[str, Any]:
+    return torch.load(os.path.join(out_dir, "checkpoints", f"step_{step:08d}.pt"), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def scene_shards(tmp_path_factory) -> str:
+    """48 scenes in 3 shards (original + recaption each)."""
+    folder = tmp_path_factory.mktemp("scene_shards")
+    writer = ShardWriter(str(folder), "train", max_count=16)
+    writer.write_all(list(scene_records("train", 48)))
+    writer.close()
+    return str(folder / "train-*.tar")
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory) -> str:
+    """A DiT-micro trained 4 steps on colours, exported."""
+    from train_dit.train import train
+
+    out = str(tmp_path_factory.mktemp("dit_export"))
+    train(DitModelConfig(**MICRO), recipe(samples=64), None, None, out, source_factory=colour_factory())
+    return os.path.join(out, "export")
+
+
+# --- it learns -------------------------------------------------------------------------------------------------
+
+def test_loss_falls_on_a_tiny_config(tmp_path):
+    from train_dit.train import train
+
+    result = train(DitModelConfig(**MICRO), recipe(samples=16 * 30, lr=2e-3, caption_dropout=0.0), None, None, str(tmp_path),
+                   source_factory=colour_factory(64))
+    losses = [m["loss"] for m in metrics(str(tmp_path))]
+    assert len(losses) == 30 and result.steps == 30
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    # predicting zero noise scores 1.0 (the epsilon loss's variance); a model that learned the colours goes well below
+    assert first > 0.9 and last < 0.8 and last < 0.7 * first, (first, last)
+
+
+# --- EMA -------------------------------------------------------------------------------------------------------
+
+def test_ema_equals_the_hand_computed_update(tmp_path):
+    """ema_n = d_n ema_(n-1) + (1 - d_n) theta_n with d_n = min(decay, 1 - (1 + (n - 1) / inv_gamma)^-power), d_1 = 0."""
+    from train_dit.train import train
+
+    cfg = recipe(samples=48, checkpoint_every_steps=1, keep_checkpoints=5, ema_decay=0.9, ema_warmup=True, ema_inv_gamma=1.0, ema_power=0.75)
+    train(DitModelConfig(**MICRO), cfg, None, None, str(tmp_path), source_factory=colour_factory())
+    names = [n for n, _ in torch.nn.Module.named_parameters(_bare_model())]
+    expected = None
+    for step in (1, 2, 3):
+        payload = checkpoint(str(tmp_path), step)
+        theta = [payload["model"][n] for n in names]
+        decay = 0.0 if step == 1 else min(0.9, 1 - (1 + (step - 1) / 1.0) ** -0.75)
+        expected = [t.clone() for t in theta] if expected is None else [decay * e + (1 - decay) * t for e, t in zip(expected, theta)]
+        shadow = payload["ema"]["shadow_params"]
+        assert payload["ema"]["optimization_step"] == step
+        for e, s in zip(expected, shadow):
+            torch.testing.assert_close(s, e, rtol=0, atol=1e-6)
+    assert not torch.equal(shadow[0], theta[0])  # the average lags the weights
+
+
+def _bare_model() -> torch.nn.Module:
+    """A DiT-micro with the trainer's shapes (parameter names and order)."""
+    from train_dit.model import build_transformer
+
+    return build_transformer(DitModelConfig(**MICRO), 3, 32, 384)
+
+
+# --- caption dropout -------------------------------------------------------------------------------------------
+
+def test_caption_dropout_rate_lies_in_a_binomial_interval():
+    from train_dit.train import prepare_batch, sample_generators
+
+    null = (torch.full((2, 4), -7.0), torch.ones(2, dtype=torch.long))
+    session = SimpleNamespace(train_cfg=DitTrainConfig(caption_dropout=0.1, flip=True), env=SimpleNamespace(device=torch.device("cpu")), null=null)
+    n, dropped, flips = 0, 0, 0
+    for step in range(50):
+        keys = [f"k{i}" for i in range(80)]
+        views = torch.stack([torch.zeros(80, 1, 1, 1), torch.ones(80, 1, 1, 1)], dim=1)  # view 0 = zeros, view 1 (flipped) = ones
+        batch = {"x0": views, "text_rows": [torch.ones(3, 4)] * 80, "key": keys}
+        x0, text, mask = prepare_batch(session, batch, sample_generators(0, step, keys))
+        dropped += int((text[:, 0, 0] == -7.0).sum())
+        flips += int(x0.flatten(1)[:, 0].sum())
+        n += 80
+    half_width = 3.29 * math.sqrt(0.1 * 0.9 / n)  # 99.9% normal interval of a binomial proportion
+    assert abs(dropped / n - 0.1) < half_width, dropped / n
+    assert abs(flips / n - 0.5) < 3.29 * math.sqrt(0.25 / n), flips / n
+
+
+# --- resume and divergence -------------------------------------------------------------------------------------
+
+def test_resume_after_a_crash_is_bitwise_equal(tmp_path):
+    from train_dit.train import train
+
+    model = DitModelConfig(**MICRO)
+    straight, crashed = str(tmp_path / "straight"), str(tmp_path / "crashed")
+    train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, straight, source_factory=colour_factory(48))
+    with pytest.raises(RuntimeError):  # a NaN batch at step 6: the run stops after the step-4 checkpoint
+        train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, crashed, source_factory=colour_factory(48, poison_batch=5))
+    train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, crashed, source_factory=colour_factory(48))
+    a, b = checkpoint(straight, 8), checkpoint(crashed, 8)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(x, y) for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]))
+    assert a["position"] == b["position"] and a["ema"]["optimization_step"] == 8
+
+
+def test_a_non_finite_loss_stops_the_run_at_its_step_keeping_the_last_good_checkpoint(tmp_path):
+    from train_dit.train import TrainingDiverged, train
+
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 6 .*step_00000004\.pt") as caught:
+        train(DitModelConfig(**MICRO), recipe(samples=16 * 8, checkpoint_every_steps=2, keep_checkpoints=5), None, None, str(tmp_path),
+              source_factory=colour_factory(48, poison_batch=5))
+    assert "\n" not in str(caught.value)
+    saved = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert saved == ["step_00000002.pt", "step_00000004.pt"]
+    assert all(torch.isfinite(v).all() for v in checkpoint(str(tmp_path), 4)["model"].values())
+
+
+# --- the caption mixer -----------------------------------------------------------------------------------------
+
+def test_cached_features_follow_the_same_caption_draw_as_clip(tmp_path, scene_shards):
+    """DiT's feature loader and CLIP's loader emit the same caption per (key, epoch), the mixer's; the features served
+    are the text encoder's features of that caption."""
+    from train_clip.data import LoaderRequest, caption_loader_factory
+    from train_dit.features import FeatureBatches, ensure_features
+    from train_dit.image import ImageSpace
+    from captiondata.loader import CaptionLoader
+
+    data = DataConfig(builder="none", train_shards=scene_shards, num_workers=0, shuffle_buffer=8)
+    mix = MixConfig(p=0.5, seed=3)
+    text = TextEncoder(DitModelConfig().text_encoder)
+    store = ensure_features(data, mix, text, ImageSpace(ImageSpaceSpec()), 32, True, str(tmp_path / "cache"), 16)
+    assert store.images.features.shape == (48, 2, 3, 32, 32) and len(store.index) == 96
+    dit = FeatureBatches(CaptionLoader(data, mix, tokenize=None, batch_size=8, seed=5, image_features=store.images), store)
+    clip = caption_loader_factory(data, mix)(LoaderRequest(0, 32, lambda im: torch.zeros(1), list, 8, 0, 1, 5))
+    originals = {r.key: r for r in scene_records("train", 48)}
+    for epoch in (0, 1):
+        dit.set_epoch(epoch)
+        clip.set_epoch(epoch)
+        ours = {k: (t, rows) for b in dit.iterate() for k, t, rows in zip(b["key"], b["text"], b["text_rows"])}
+        theirs = {k: t for b in clip.iterate() for k, t in zip(b["key"], b["text"])}
+        assert len(ours) == 48 and {k: v[0] for k, v in ours.items()} == theirs
+        for key, (caption, rows) in list(ours.items())[:6]:
+            record = originals[key]
+            assert caption == choose_caption(record.original, record.recaptions, mix, key, epoch).text
+            features, mask = text.encode([caption])
+            torch.testing.assert_close(rows, features[0, : int(mask.sum())], atol=2e-3, rtol=2e-3)  # stored as float16
+    assert 0 < dit.epoch_stats()["original_fraction"] < 1
+
+
+# --- sampling and export ---------------------------------------------------------------------------------------
+
+def test_sampling_depends_on_prompt_and_seed_only(trained_export):
+    from train_dit.sample import DitPipeline
+
+    pipe = DitPipeline.from_pretrained(trained_export)
+    prompts = ["red", "a large blue dotted square at the top left", "green", "yellow"]
+    for sampler, steps in (("ddpm", 8), ("dpm++", 5)):
+        four = pipe.generate(prompts, [10, 11, 12, 13], 10.0, steps, sampler, batch_size=4)
+        ones = pipe.generate(prompts, [10, 11, 12, 13], 10.0, steps, sampler, batch_size=1)
+        again = pipe.generate(prompts[2:3], [12], 10.0, steps, sampler, batch_size=1)
+        other = pipe.generate(prompts[2:3], [99], 10.0, steps, sampler, batch_size=1)
+        assert four.shape == (4, 3, 32, 32) and torch.equal(four, ones) and torch.equal(four[2:3], again)
+        assert not torch.equal(again, other)
+
+
+def test_export_loads_with_from_pretrained(trained_export):
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+
+    run_dir = os.path.dirname(trained_export)
+    last = checkpoint(run_dir, 4)
+    ema = PixArtTransformer2DModel.from_pretrained(os.path.join(trained_export, "transformer"))
+    online = PixArtTransformer2DModel.from_pretrained(os.path.join(trained_export, "transformer_online"))
+    assert all(torch.equal(p, s) for p, s in zip(ema.parameters(), last["ema"]["shadow_params"]))
+    assert all(torch.equal(online.state_dict()[k], v) for k, v in last["model"].items())
+    scheduler = DDPMScheduler.from_pretrained(os.path.join(trained_export, "scheduler"))
+    assert scheduler.config.num_train_timesteps == 1000 and scheduler.config.beta_schedule == "linear"
+    assert scheduler.config.beta_start == 1e-4 and scheduler.config.beta_end == 0.02
+    with open(os.path.join(trained_export, "dit_pipeline.json"), encoding="utf-8") as handle:
+        described = json.load(handle)
+    assert described["text_encoder"]["name"] == "minilm" and described["latent"] == [3, 32, 32] and described["prediction"] == "epsilon"
+
+
+def test_latent_space_with_a_random_autoencoder_trains_exports_and_samples(tmp_path, scene_shards):
+    """The VAE path: 64 px scenes -> 8x8x4 latents of a random-weight AutoencoderKL (x 0.18215), patch 2 -> 16 tokens;
+    cached features, flow matching; the export carries the autoencoder and samples 64 px images."""
+    from train_dit.sample import DitPipeline
+    from train_dit.train import train
+
+    model = DitModelConfig(name="DiT-vae", preset="DiT-micro", image_size=64, patch_size=2,
+                           image_space=ImageSpaceSpec(kind="vae", config=tiny_vae_config()))
+    data = DataConfig(builder="none", train_shards=scene_shards, num_workers=0, shuffle_buffer=8)
+    cfg = recipe(samples=32, features=True, scheduler="flow", sample=SampleSpec(sampler="euler"), feature_cache_dir=str(tmp_path / "cache"))
+    result = train(model, cfg, data, MixConfig(p=0.5), str(tmp_path / "run"))
+    assert result.steps == 2 and math.isfinite(result.final_loss)
+    pipe = DitPipeline.from_pretrained(result.export_dir)
+    assert pipe.space.scaling_factor == pytest.approx(0.18215) and pipe.latent_shape() == [4, 8, 8]
+    images = pipe.generate(["a red circle"], [0], 4.0, 3, "euler")
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: DitTrainConfig(scheduler="ddim"), "train.scheduler='ddim' is unknown; choose one of ddpm, flow"),
+    (lambda: SampleSpec(guidance_scale=-1.0), "train.sample.guidance_scale=-1.0 must be >= 0"),
+    (lambda: DitModelConfig(image_size=32, patch_size=3), "model.patch_size=3 does not divide the 32x32 latent grid"),
+    (lambda: DitModelConfig(preset="DiT-XXL"), "model.preset='DiT-XXL' is unknown"),
+    (lambda: DitTrainConfig(caption_dropout=1.0), "train.caption_dropout=1.0 must be in [0, 1)"),
+    (lambda: DitTrainConfig(scheduler="ddpm", sample=SampleSpec(sampler="euler")), "train.sample.sampler=euler samples a flow model"),
+])
+def test_bad_config_values_fail_in_one_line(build, message):
+    with pytest.raises(ConfigError) as caught:
+        build()
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_bad_values_on_the_command_line_exit_2_with_one_line(capsys):
+    from pipeline.cli import main
+
+    for override, expected in (("train.scheduler=ddim", "train.scheduler='ddim' is unknown"),
+                               ("train.sample.guidance_scale=-2", "guidance_scale=-2.0 must be >= 0"),
+                               ("model.patch_size=5", "model.patch_size=5 does not divide")):
+        assert main(["+experiment=dit_scenes", override, "run.out_root=/nonexistent/never"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and expected in err and "\n" not in err, err
