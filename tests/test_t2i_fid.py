@@ -1,0 +1,150 @@
+"""evals.tasks.fid: torchmetrics FID/KID with the FID Inception, the pinned resize, cached statistics, intervals."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image, ImageFilter
+
+from conftest import require_real
+from evals.tasks import fid as F
+from harness_infra.cache import EmbeddingCache
+from harness_infra.errors import BrokenModelError
+
+
+def tiny_extractor(seed: int = 0) -> F.FidInceptionFeatures:
+    """A small random network in the FID extractor's place (same resize and scaling), 8 features."""
+    torch.manual_seed(seed)
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 9, stride=8), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    return F.FidInceptionFeatures(trunk, num_features=8)
+
+
+def gaussian_stats(n: int, d: int, seed: int, shift: float = 0.0, scale: float = 1.0):
+    rng = np.random.default_rng(seed)
+    mixing = np.random.default_rng(99).normal(size=(d, d)) / np.sqrt(d)
+    return F.feature_statistics(torch.from_numpy(rng.normal(size=(n, d)) @ mixing * scale + shift).float())
+
+
+def helper_fid(a, b) -> float:
+    """fid-helper-pytorch's formula (FidHelper.compute_fid_score: scipy sqrtm of S_g S_r), independent of torchmetrics."""
+    mu1, s1, mu2, s2 = a["mean"].numpy(), a["cov"].numpy(), b["mean"].numpy(), b["cov"].numpy()
+    root = scipy.linalg.sqrtm(s2 @ s1)
+    return float(np.real(((mu2 - mu1) ** 2).sum() + np.trace(s2 + s1 - 2 * root)))
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_known_shift():
+    ex = tiny_extractor()
+    ref = gaussian_stats(400, 16, 0)
+    assert abs(F.torchmetrics_fid(ref, ref, ex)) < 1e-6
+    values = [F.torchmetrics_fid(ref, gaussian_stats(400, 16, 0, shift=s), ex) for s in (0.0, 0.1, 0.3, 1.0)]
+    # a constant shift s of every feature moves only the mean term: FID = d s^2 exactly
+    assert values == pytest.approx([16 * s * s for s in (0.0, 0.1, 0.3, 1.0)], abs=1e-6)
+    scaled = [F.torchmetrics_fid(ref, gaussian_stats(400, 16, 0, scale=k), ex) for k in (1.0, 1.2, 1.5, 2.0)]
+    assert scaled[0] < 1e-6 and all(b > a for a, b in zip(scaled, scaled[1:]))  # tr(S)(k - 1)^2 grows with k
+
+
+def test_torchmetrics_fid_equals_fid_helper_formula_and_the_fast_bootstrap_formula():
+    ex = tiny_extractor()
+    ref, gen = gaussian_stats(300, 24, 1), gaussian_stats(200, 24, 2, shift=0.2, scale=1.3)
+    value = F.torchmetrics_fid(ref, gen, ex)
+    assert value == pytest.approx(helper_fid(ref, gen), rel=1e-8)
+    assert F.fid_from_features(ref, gen["features"].numpy()) == pytest.approx(value, rel=1e-6)
+    small = gaussian_stats(10, 24, 3)  # N < D: the Gram-matrix branch
+    assert F.fid_from_features(ref, small["features"].numpy()) == pytest.approx(F.torchmetrics_fid(ref, small, ex), rel=1e-6)
+
+
+def test_filled_state_equals_torchmetrics_update_with_the_extractor():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    ex = tiny_extractor()
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (12, 3, 40, 40), dtype=torch.uint8, generator=gen)
+    fake = torch.randint(0, 200, (10, 3, 40, 40), dtype=torch.uint8, generator=gen)
+    metric = FrechetInceptionDistance(feature=ex)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    ours = F.torchmetrics_fid(F.feature_statistics(F.extract_features(real, ex)), F.feature_statistics(F.extract_features(fake, ex)), ex)
+    assert ours == pytest.approx(float(metric.compute()), rel=1e-5)
+
+
+def test_pinned_resize_equals_fid_helper_nv_bilinear():
+    from fid_helper_pytorch._resample_func import resample_func
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    theirs = resample_func(image, (299, 299), F.FID_RESIZE)  # H x W x 3 float32 in 0..255
+    ours = F.fid_pixels(Image.fromarray(image)) * 255
+    assert np.abs(ours.permute(1, 2, 0).numpy() - theirs).max() < 1e-3
+
+
+def test_cache_key_changes_with_weights_resize_and_images(tmp_path):
+    cache = EmbeddingCache(str(tmp_path))
+    images = [Image.new("RGB", (32, 32), (i * 20, 100, 200 - i * 10)) for i in range(6)]
+    fingerprint = F.pixels_fingerprint(images)
+    ex = tiny_extractor(0)
+    first, cached = F.cached_statistics(images, fingerprint, ex, cache)
+    assert not cached
+    calls = []
+    again, cached = F.cached_statistics(lambda: calls.append(1) or images, fingerprint, ex, cache)
+    assert cached and not calls and torch.equal(again["features"], first["features"])
+    edited = list(images)
+    edited[3] = edited[3].copy()
+    edited[3].putpixel((0, 0), (1, 2, 3))
+    assert F.pixels_fingerprint(edited) != fingerprint
+    assert not F.cached_statistics(edited, F.pixels_fingerprint(edited), ex, cache)[1]
+    other = tiny_extractor(1)
+    assert other.weights_id != ex.weights_id and not F.cached_statistics(images, fingerprint, other, cache)[1]
+    base = F.statistics_key(ex.weights_id, fingerprint)
+    assert F.statistics_key(ex.weights_id, fingerprint, resize="torch_bicubic") != base
+    assert F.statistics_key(other.weights_id, fingerprint) != base and F.statistics_key(ex.weights_id, "x") != base
+
+
+def test_fid_kid_intervals_and_kid_equals_torchmetrics():
+    ex = tiny_extractor()
+    ref, gen = gaussian_stats(300, 8, 4), gaussian_stats(120, 8, 5, shift=0.5)
+    result = F.fid_kid(ref, gen, ex, bootstrap_samples=50, kid_subsets_count=20, kid_subset_size=100, seed=3)
+    lo, hi = result.fid_interval
+    assert lo <= result.fid <= hi and "bootstrap over the 120 generated images" in result.fid_method
+    kid, std = F.torchmetrics_kid(ref["features"], gen["features"], ex, 20, 100, 3)
+    assert result.kid == pytest.approx(kid, rel=1e-9) and result.kid_std == pytest.approx(std, rel=1e-6)
+    assert result.kid_interval[0] <= result.kid <= result.kid_interval[1] and "subsets of 100" in result.kid_method
+    assert (result.n_reference, result.n_generated) == (300, 120)
+
+
+def test_constant_or_nan_generated_features_are_a_broken_model():
+    ex = tiny_extractor()
+    ref = gaussian_stats(50, 8, 6)
+    constant = F.feature_statistics(torch.ones(20, 8))
+    with pytest.raises(BrokenModelError, match="identical"):
+        F.fid_kid(ref, constant, ex, bootstrap_samples=0, kid_subsets_count=2)
+    with pytest.raises(BrokenModelError, match="NaN"):
+        F.extract_features([torch.full((3, 16, 16), float("nan"))], F.FidInceptionFeatures(torch.nn.Flatten(), num_features=768))
+
+
+@pytest.mark.slow
+def test_fid_equals_fid_helper_on_real_images(data_root, tmp_path):
+    """The project's FID (torchmetrics + converted Inception) vs FidHelper.compute_fid_score_from_dir on the same
+    two folders of Flickr8k JPEGs at the same resize: |delta| < 0.01."""
+    from fid_helper_pytorch import FidHelper
+
+    folder = os.path.join(data_root, "flickr8k", "images")
+    require_real(folder)
+    files = sorted(glob.glob(os.path.join(folder, "*.jpg")))[:48]
+    for name, part in (("a", files[:24]), ("b", files[24:])):
+        os.makedirs(tmp_path / name)
+        for path in part:
+            os.symlink(path, tmp_path / name / os.path.basename(path))
+    reference = FidHelper(device="cpu").compute_fid_score_from_dir(str(tmp_path / "a"), str(tmp_path / "b"), batch_size=8)
+    ex = F.default_extractor()
+    stats = [F.feature_statistics(F.extract_features([Image.open(p) for p in sorted(glob.glob(str(tmp_path / n / "*.jpg")))], ex, 8))
+             for n in ("a", "b")]
+    assert abs(F.torchmetrics_fid(stats[0], stats[1], ex) - reference) < 0.01
+    blurred = [F.feature_statistics(F.extract_features([Image.open(p).filter(ImageFilter.GaussianBlur(r)) for p in files[:24]], ex, 8))
+               for r in (1, 4)]
+    grows = [F.torchmetrics_fid(stats[0], s, ex) for s in [stats[0]] + blurred]
+    assert grows[0] < 1e-3 and grows[0] < grows[1] < grows[2]
