@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 class ShardActor:
     """One captioner per actor; each call recaptions the shards of its batch (one row each)."""
 
-    def __init__(self, cfg: Any, layout: Any, max_pixels: int, out_dir: str) -> None:
+    def __init__(self, cfg: Any, layout: Any, max_pixels: int, out_dir: str, exif_transpose: bool = True) -> None:
         from recaption.captioner import build_captioner
         from recaption.shards import ShardRecaptioner
 
         self.out_dir = out_dir
-        self.worker = ShardRecaptioner(build_captioner(cfg), cfg, layout, max_pixels)
+        self.worker = ShardRecaptioner(build_captioner(cfg), cfg, layout, max_pixels, exif_transpose)
 
     def __call__(self, batch: Dict[str, Any]) -> Dict[str, List[Any]]:
         done = {"split": [], "index": [], "captioned": [], "failed": []}
@@ -40,7 +40,8 @@ class ShardActor:
         return done
 
 
-def recaption_with_ray(spec_by_split: Dict[str, str], out_dir: str, cfg: Any, layout: Any, max_pixels: int) -> Dict[str, Any]:
+def recaption_with_ray(spec_by_split: Dict[str, str], out_dir: str, cfg: Any, layout: Any, max_pixels: int,
+                       exif_transpose: bool = True) -> Dict[str, Any]:
     """Recaption the configured splits with a Ray Data actor pool; returns {split: statistics} like the local engine."""
     import ray
 
@@ -54,7 +55,7 @@ def recaption_with_ray(spec_by_split: Dict[str, str], out_dir: str, cfg: Any, la
             ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         try:
             data = ray.data.from_items(rows, override_num_blocks=len(rows))
-            results = data.map_batches(ShardActor, fn_constructor_args=(cfg, layout, max_pixels, out_dir), batch_size=1,
+            results = data.map_batches(ShardActor, fn_constructor_args=(cfg, layout, max_pixels, out_dir, exif_transpose), batch_size=1,
                                        concurrency=min(cfg.ray_actors, len(rows)), num_gpus=cfg.ray_gpus_per_actor or None,
                                        batch_format="numpy").take_all()
             log.info("ray: %d shards recaptioned by %d actors", len(results), min(cfg.ray_actors, len(rows)))

@@ -99,11 +99,12 @@ def sample_url(raw: Dict[str, Any]) -> Optional[str]:
     return meta.get("url") if isinstance(meta, dict) else None
 
 
-def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int) -> Item:
-    """Decode one raw sample for a captioner (the image is None when missing or undecodable)."""
+def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int, exif_transpose: bool = True) -> Item:
+    """Decode one raw sample for a captioner with the one image decoder (the image is None when missing or
+    undecodable; EXIF orientation applied per ``data.exif_transpose``)."""
     image_bytes = next((raw[m] for m in layout.image_members if m in raw), None)
     try:
-        image = decode_image(image_bytes, max_pixels) if image_bytes is not None else None
+        image = decode_image(image_bytes, max_pixels, exif_transpose) if image_bytes is not None else None
     except BadSample:
         image = None
     return Item(raw["__key__"], image, original_caption(raw, layout), image_bytes, sample_url(raw))
@@ -124,14 +125,15 @@ def batches(samples: Iterator[Dict[str, Any]], size: int) -> Iterator[List[Dict[
 class ShardRecaptioner:
     """Recaption shards with one loaded captioner; images decode in ``num_workers`` threads while the model generates."""
 
-    def __init__(self, captioner: Captioner, cfg: Any, layout: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, captioner: Captioner, cfg: Any, layout: Any, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True) -> None:
         self.captioner, self.cfg, self.layout, self.max_pixels = captioner, cfg, layout, max_pixels
+        self.exif_transpose = exif_transpose
         self.caption_member, self.provenance_member = f"{cfg.name}.txt", f"{cfg.name}.json"
         self.pool = ThreadPoolExecutor(max_workers=cfg.num_workers) if cfg.num_workers > 0 else None
 
     def _decode(self, batch: List[Dict[str, Any]]) -> List[Item]:
         """Items of a batch (in a worker thread when there are workers)."""
-        return [to_item(raw, self.layout, self.max_pixels) for raw in batch]
+        return [to_item(raw, self.layout, self.max_pixels, self.exif_transpose) for raw in batch]
 
     def _decoded(self, todo: Iterator[List[Dict[str, Any]]]) -> Iterator[Tuple[List[Dict[str, Any]], List[Item]]]:
         """(raw batch, items) with the next batch decoding while the caller generates on this one."""

@@ -38,7 +38,7 @@ def pending(done: Optional[Dict[str, Any]], retry_failed: bool = True) -> bool:
 
 def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout: Any, max_pixels: int,
                     make_captioner: Callable[[Any], Captioner] = build_captioner, shard_rank: Optional[int] = None,
-                    shard_world: Optional[int] = None) -> int:
+                    shard_world: Optional[int] = None, exif_transpose: bool = True) -> int:
     """Recaption this rank's share of ``urls`` into ``out_dir``; returns how many shards it (re)wrote.
 
     The captioner is loaded only when some shard of this rank's share is pending (a resumed run that finds everything
@@ -49,7 +49,7 @@ def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout:
     todo = [(i, url) for i, url in mine if pending(read_done(output_path(out_dir, split, i)), cfg.retry_failed)]
     if not todo:
         return 0
-    worker = ShardRecaptioner(make_captioner(cfg), cfg, layout, max_pixels)
+    worker = ShardRecaptioner(make_captioner(cfg), cfg, layout, max_pixels, exif_transpose)
     try:
         for i, url in todo:
             clear_partial_files(output_path(out_dir, split, i))
@@ -124,13 +124,13 @@ def split_statistics(dones: List[Dict[str, Any]], seconds: float) -> Dict[str, A
 
 
 def recaption_data(spec_by_split: Dict[str, str], out_dir: str, cfg: Any, layout: Any, max_pixels: int,
-                   make_captioner: Callable[[Any], Captioner] = build_captioner) -> Dict[str, Any]:
+                   make_captioner: Callable[[Any], Captioner] = build_captioner, exif_transpose: bool = True) -> Dict[str, Any]:
     """Recaption the configured splits (local engine, torchrun-aware); on rank 0 wait for every rank and return
     {split: statistics}; other ranks return {} once their share is written."""
     started = time.perf_counter()
     listing = {split: sorted(expand_shards(spec_by_split[split])) for split in cfg.splits}
     for split, urls in listing.items():
-        recaption_split(urls, out_dir, split, cfg, layout, max_pixels, make_captioner)
+        recaption_split(urls, out_dir, split, cfg, layout, max_pixels, make_captioner, exif_transpose=exif_transpose)
     if rank() != 0:
         return {}
     stats = {}

@@ -64,7 +64,7 @@ def test_six_classes_named_missile_score_chance_with_ties_counted(tmp_path, capl
     assert result.metrics["mean_per_class_recall"] == pytest.approx(1 / 6)
     assert result.n["tied_queries"] == 30
     assert result.extra["duplicate_classnames"] == ["missile"]
-    assert "class names occur more than once (missile)" in caplog.text
+    assert "class names occur more than once ('missile' at [0, 1, 2, 3, 4, 5])" in caplog.text
 
 
 def test_identical_images_in_a_retrieval_set_are_counted_ties(tmp_path):

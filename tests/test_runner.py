@@ -253,3 +253,42 @@ def test_user_runs_publish_outside_the_committed_study():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ignored = [line.strip().strip("/") for line in open(os.path.join(root, ".gitignore")) if line.strip()]
     assert results.split("/")[0] in ignored and not results.startswith("results")
+
+
+def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
+    """User shards rewritten in place (same size, mtime restored) and an outside eval set with an edited label both
+    change the keys that decide whether a stage runs again."""
+    import dataclasses as dc
+
+    from captiondata.config import DataConfig
+    from evals.tasks.config import TaskConfig
+    from evals.tasks.testing import write_cb_classification
+    from pipeline.cli import compose_config
+    from pipeline.registry import RunContext
+    from pipeline.stages.data import user_shard_fingerprint
+    from pipeline.stages.eval import key as eval_key
+
+    shard = tmp_path / "train-000000.tar"
+    shard.write_bytes(b"a" * 1024)
+    data = DataConfig(builder="none", train_shards=str(shard))
+    before = user_shard_fingerprint(data)["fingerprint"]
+    stat = os.stat(shard)
+    shard.write_bytes(b"b" * 1024)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert user_shard_fingerprint(data)["fingerprint"] != before
+
+    root = write_cb_classification(str(tmp_path / "cls"), [0, 1, 0, 1], ["ant", "bee"], ["a photo of a {c}."], per_shard=4)
+    cfg, _ = compose_config(["+experiment=clip_smoke"])
+    task = TaskConfig(name="outside", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
+    cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
+    infos = {"data": {"fingerprint": "x", "out_dir": str(tmp_path / "data")}, "train": {"hash": "t"}}
+    first = eval_key(RunContext(cfg, {}, [], infos))
+    tar = os.path.join(root, "test", "0.tar")
+    blob = open(tar, "rb").read()
+    data_at = (blob.index(b"s000000.cls") // 512 + 1) * 512  # the member's data starts at the block after its header
+    assert blob[data_at:data_at + 1] == b"0"
+    edited = blob[:data_at] + b"1" + blob[data_at + 1:]  # label 0 -> 1, same size (tar members are padded)
+    with open(tar, "wb") as handle:
+        handle.write(edited)
+    assert os.path.getsize(tar) == len(blob)
+    assert eval_key(RunContext(cfg, {}, [], infos)) != first

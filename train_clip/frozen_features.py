@@ -76,7 +76,7 @@ def feature_cache_key(trunk: nn.Module, transform: Callable, data_cfg: DataConfi
     """
     return {"format": FEATURE_FORMAT, "trunk": model_fingerprint(trunk), "trunk_class": type(trunk).__name__,
             "preprocess": preprocess_identity(transform), "layout": asdict(data_cfg.layout),
-            "max_image_pixels": data_cfg.max_image_pixels, "dtype": "float32"}
+            "max_image_pixels": data_cfg.max_image_pixels, "exif_transpose": data_cfg.exif_transpose, "dtype": "float32"}
 
 
 @torch.inference_mode()
@@ -101,7 +101,8 @@ def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConf
             pending.clear()
 
     try:
-        for record in valid_records(raw_samples(urls, counters), data_cfg.layout, counters, data_cfg.max_image_pixels):
+        for record in valid_records(raw_samples(urls, counters), data_cfg.layout, counters, data_cfg.max_image_pixels,
+                                    data_cfg.exif_transpose):
             keys.append(record.key)
             pending.append(transform(record.image))
             if len(pending) == batch_size:

@@ -25,7 +25,7 @@ from harness_infra.errors import ConfigError
 from evals.tasks.config import EvalConfig
 from evals.tasks.embeddings import encode_images, encode_texts
 from harness_infra.identity import model_fingerprint
-from evals.tasks.prompts import Template, render
+from evals.tasks.prompts import Template, duplicate_names, render
 from evals.results.task_result import TaskResult
 from evals.tasks.topk import classification_ranks
 
@@ -69,15 +69,6 @@ def classification_result(image_emb: torch.Tensor, labels: torch.Tensor, weights
     return result
 
 
-def duplicate_classnames(classnames: Sequence[str]) -> List[str]:
-    """Class names that occur more than once (case and surrounding space ignored), in first-seen order."""
-    seen: dict = {}
-    for name in classnames:
-        norm = " ".join(name.lower().split())
-        seen[norm] = seen.get(norm, 0) + 1
-    return [name for name, count in seen.items() if count > 1]
-
-
 def evaluate_zeroshot_classification(model: torch.nn.Module, tokenizer: Any, preprocess: Any, data: Any, cfg: EvalConfig,
                                      model_id: Optional[str] = None, classnames: Optional[List[str]] = None,
                                      templates: Optional[List[Template]] = None) -> TaskResult:
@@ -90,10 +81,7 @@ def evaluate_zeroshot_classification(model: torch.nn.Module, tokenizer: Any, pre
     check_labels(data, len(classnames))
     if model_id is None and cfg.cache_dir is not None:
         model_id = model_fingerprint(model)  # hash the weights once for both cache keys
-    duplicates = duplicate_classnames(classnames)
-    if duplicates:
-        log.warning("%s: %d class names occur more than once (%s); their classes tie and are scored by the expected "
-                    "value under random tie-breaking", getattr(data, "name", "?"), len(duplicates), ", ".join(duplicates[:5]))
+    duplicates = sorted(duplicate_names(classnames))  # warned about when the class names were read (prompts.check_classnames)
     weights = build_classifier(model, tokenizer, classnames, templates, cfg, model_id)
     image_emb, targets = encode_images(model, preprocess, data, cfg, model_id)
     result = classification_result(image_emb, torch.as_tensor(targets, dtype=torch.int64), weights, cfg, data.describe())

@@ -23,14 +23,24 @@ def shard_fingerprint(manifests: Dict[str, Any]) -> str:
     return content_hash({split: [(s["name"], s["count"], s["sha256"]) for s in m["shards"]] for split, m in sorted(manifests.items())})
 
 
+def _stat_identity(url: str) -> tuple:
+    """(size, mtime_ns, ctime_ns) of a local file, (None,) for a remote URL."""
+    if not os.path.isfile(url):
+        return (None,)
+    stat = os.stat(url)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 def user_shard_fingerprint(data: DataConfig) -> Dict[str, Any]:
-    """Shard specs and a fingerprint (local: names and sizes; remote: names) of user-supplied shards."""
+    """Shard specs and a fingerprint of user-supplied shards: local files by name, size, mtime_ns and ctime_ns (an
+    in-place rewrite changes ctime even when mtime is set back; hashing terabytes of shards per run would not scale),
+    remote ones by name."""
     listing = {}
     for split in ("train", "val", "test"):
         spec = getattr(data, f"{split}_shards")
         if spec:
             urls = expand_shards(spec)
-            listing[split] = [(u, os.path.getsize(u) if os.path.isfile(u) else None) for u in urls]
+            listing[split] = [(u, *_stat_identity(u)) for u in urls]
     return {"shards": {s: getattr(data, f"{s}_shards") for s in listing}, "fingerprint": content_hash(listing)}
 
 

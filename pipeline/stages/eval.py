@@ -43,10 +43,15 @@ def cache_under_out_root(cache_dir: Optional[str], out_root: str) -> Optional[st
 
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the eval numbers: the trained weights, the tasks, the statistics settings."""
+    from evals.tasks.datasets import task_fingerprint
+
     folder = shard_dir(ctx.infos["data"]) or "\0"
-    tasks = [dataclasses.replace(t, path=t.path.replace(folder, DATA_PLACEHOLDER)) for t in resolve_task_paths(ctx.cfg, ctx.infos["data"])]
+    resolved = resolve_task_paths(ctx.cfg, ctx.infos["data"])
+    tasks = [dataclasses.replace(t, path=t.path.replace(folder, DATA_PLACEHOLDER)) for t in resolved]
+    # sets outside the data stage's folder (CIFAR-10, Flickr8k, user sets) enter by content: an in-place edit re-evaluates
+    outside = {t.name: task_fingerprint(t) for t in resolved if not t.path.startswith(folder)}
     return {"train_hash": ctx.infos["train"]["hash"], "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
-            "data_fingerprint": ctx.infos["data"]["fingerprint"]}
+            "data_fingerprint": ctx.infos["data"]["fingerprint"], "eval_sets": outside}
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:

@@ -27,7 +27,7 @@ def key(ctx: RunContext) -> Dict[str, Any]:
 
     return {"recaption": key_fields(cfg.recaption), "weight_files": weight_files(cfg.recaption.model),
             "data_fingerprint": ctx.infos["data"]["fingerprint"], "layout": key_fields(cfg.data.layout),
-            "max_image_pixels": cfg.data.max_image_pixels}
+            "max_image_pixels": cfg.data.max_image_pixels, "exif_transpose": cfg.data.exif_transpose}
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
@@ -38,11 +38,11 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     if cfg.recaption.engine == "ray":
         from recaption.ray_data import recaption_with_ray
 
-        stats = recaption_with_ray(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels)
+        stats = recaption_with_ray(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels, data.exif_transpose)
     else:
         from recaption.stage import recaption_data
 
-        stats = recaption_data(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels)
+        stats = recaption_data(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels, exif_transpose=data.exif_transpose)
     if not stats:  # a rank other than 0: its share is written, rank 0 reports
         return {}
     from recaption.stage import load_manifest
