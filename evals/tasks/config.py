@@ -10,10 +10,11 @@ from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
 from captiondata.config import DEFAULT_MAX_PIXELS, default_data_root
 from evals.results.bootstrap import Resampling
-from evals.tasks.registry import TASKS
+from evals.tasks.registry import GENERATOR, TASKS
 
 FORMATS = ("image_folder", "clip_benchmark_wds", "project_shards", "flickr8k", "caption_folder")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PROMPT_SOURCES = ("original", "recap")
 
 __all__ = ["ConfigError", "EvalConfig", "TaskConfig", "TASKS", "FORMATS", "resolve_data_path"]
 
@@ -28,7 +29,8 @@ def resolve_data_path(path: str) -> str:
 class TaskConfig:
     """One evaluation task on one data set.
 
-    task: ``zeroshot_classification`` | ``retrieval`` | ``long_retrieval`` | ``caption_diagnostics``.
+    task: ``zeroshot_classification`` | ``retrieval`` | ``long_retrieval`` | ``caption_diagnostics`` (CLIP tasks), or
+    ``fid`` | ``clip_score`` | ``prompt_following`` | ``vlm_judge`` (text-to-image tasks on an image generator).
     format: ``image_folder`` (``path/split/class/*.jpg``), ``clip_benchmark_wds`` (``path/split/*.tar`` plus
     ``classnames.txt``/``zeroshot_classification_templates.txt``), ``project_shards`` (shard spec; references =
     ground-truth captions), ``flickr8k`` (the raw release: ``images/``, ``Flickr8k.token.txt``, split lists) or
@@ -41,7 +43,18 @@ class TaskConfig:
     more pixels are skipped and counted (``image_too_large``; the only limit, as ``data.max_image_pixels`` for
     training). exif_transpose: apply EXIF orientation tags (as ``data.exif_transpose``; default true, since raw
     folders hold camera photos stored sideways plus the tag; false reproduces torchvision's ``pil_loader`` and
-    CLIP_benchmark, which ignore it). Both enter the set's fingerprint. Images are decoded by the training decoder
+    CLIP_benchmark, which ignore it). Both enter the set's fingerprint.
+
+    Text-to-image tasks (``evals.tasks.t2i``) read the first ``max_samples`` samples of project shards: the prompt is
+    the ``prompt_source`` caption (``original`` = raw, ``recap`` = the first recaption), the sample's image is the FID
+    reference. Images are generated with ``guidance_scale``, ``steps``, ``sampler`` and seed ``sample_seed + i`` for
+    prompt i, ``generate_batch`` at a time. fid: ``fid_bootstrap`` resamples for FID's interval, KID over ``kid_subsets``
+    subsets of ``kid_subset_size``. clip_score: ``evaluator`` = an open_clip ``NAME:PRETRAINED`` (or ``NAME`` with a
+    weights file as ``NAME:/path``) or the export folder of a CLIP this harness trained (Recap-CLIP score); the
+    evaluator's Kendall tau-c with the Flickr8k-Expert judgments at ``expert_path`` (under the data root; null skips it)
+    is recorded beside it. prompt_following: the scene recognizer's training renders and epochs. vlm_judge:
+    ``judge_url`` (an OpenAI-compatible ``.../v1``), ``judge_model``, ``judge_rubric`` (a name of
+    ``evals.tasks.judge.RUBRICS`` or a text with ``{prompt}``), concurrency, timeout and retries (both null: skipped). Images are decoded by the training decoder
     (``captiondata.decode.decode_image``), captions normalised by ``captiondata.captions.normalize_caption``.
     """
 
@@ -55,6 +68,26 @@ class TaskConfig:
     max_samples: Optional[int] = None
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     exif_transpose: bool = True
+    # text-to-image tasks (evaluate an image_generator; see evals.tasks.t2i)
+    prompt_source: str = "original"
+    guidance_scale: float = 10.0
+    steps: int = 250
+    sampler: str = "ddpm"
+    sample_seed: int = 0
+    generate_batch: int = 16
+    evaluator: Optional[str] = None
+    expert_path: Optional[str] = "flickr8k"
+    fid_bootstrap: int = 100
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    recognizer_scenes: int = 3000
+    recognizer_epochs: int = 6
+    judge_url: Optional[str] = None
+    judge_model: Optional[str] = None
+    judge_rubric: str = "alignment_1to5"
+    judge_concurrency: int = 4
+    judge_timeout_s: float = 60.0
+    judge_retries: int = 3
 
     def __post_init__(self) -> None:
         require(bool(self.name), "eval task: 'name' must be a non-empty string")
@@ -69,6 +102,24 @@ class TaskConfig:
         require(bool(self.path), f"eval task {self.name}: 'path' must name a folder or shard spec")
         require(self.task == "zeroshot_classification" or self.format != "image_folder",
                 f"eval task {self.name}: format=image_folder holds class labels, not captions; use it for zeroshot_classification")
+
+        if TASKS[self.task].evaluates == GENERATOR:
+            self._check_t2i()
+
+    def _check_t2i(self) -> None:
+        """Settings of the text-to-image tasks (one-line ConfigErrors)."""
+        require(self.format == "project_shards", f"eval task {self.name}: task={self.task} reads prompts and reference images from project_shards, not {self.format}")
+        require(self.prompt_source in PROMPT_SOURCES, f"eval task {self.name}: prompt_source={self.prompt_source!r} is unknown; choose one of {', '.join(PROMPT_SOURCES)}")
+        require(self.guidance_scale >= 0, f"eval task {self.name}: guidance_scale={self.guidance_scale} must be >= 0")
+        require(self.steps >= 1 and self.generate_batch >= 1, f"eval task {self.name}: steps and generate_batch must be positive")
+        require(self.sample_seed >= 0, f"eval task {self.name}: sample_seed={self.sample_seed} must be >= 0")
+        require(self.fid_bootstrap >= 0 and self.kid_subsets >= 1 and self.kid_subset_size >= 2,
+                f"eval task {self.name}: fid_bootstrap >= 0, kid_subsets >= 1 and kid_subset_size >= 2 are required")
+        require(self.recognizer_scenes >= 100 and self.recognizer_epochs >= 1, f"eval task {self.name}: recognizer_scenes >= 100 and recognizer_epochs >= 1 are required")
+        require(self.task != "clip_score" or bool(self.evaluator),
+                f"eval task {self.name}: clip_score needs evaluator (an open_clip NAME:PRETRAINED, or a CLIP export folder this harness trained)")
+        require(self.task != "vlm_judge" or (self.judge_url is None) == (self.judge_model is None),
+                f"eval task {self.name}: vlm_judge needs judge_url and judge_model together (both null: the task is skipped, not scored)")
 
     def resolved_path(self) -> str:
         """The path to read: project shard specs as given, other relative paths under the data root."""

