@@ -301,3 +301,28 @@ def test_bad_values_on_the_command_line_exit_2_with_one_line(capsys):
         assert main(["+experiment=dit_scenes", override, "run.out_root=/nonexistent/never"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and expected in err and "\n" not in err, err
+
+
+# --- text encoders ---------------------------------------------------------------------------------------------
+
+def test_a_harness_clip_export_conditions_the_dit_with_its_text_tokens(tmp_path):
+    """kind=clip_export: the token features are the CLIP text tower's own (projecting the end-of-text token's feature
+    gives encode_text), the mask stops at end-of-text, and the features match the model that was exported."""
+    import open_clip
+
+    import train_clip  # noqa: F401  (registers RecapCLIP-nano)
+    from train_clip.config import ClipModelConfig
+    from train_clip.models import export_model
+    from train_dit.config import TextEncoderSpec
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model("RecapCLIP-nano").eval()
+    export_model(clip, ClipModelConfig(name="RecapCLIP-nano"), 64, str(tmp_path / "clip"))
+    encoder = TextEncoder(TextEncoderSpec(kind="clip_export", name=str(tmp_path / "clip")))
+    texts = ["a red circle", "two small blue dotted squares at the top left, on a white background"]
+    features, mask = encoder.encode(texts)
+    tokens = open_clip.get_tokenizer("RecapCLIP-nano")(texts)
+    eot = tokens.argmax(-1)
+    assert mask.sum(1).tolist() == (eot + 1).tolist() and features.shape == (2, int(eot.max()) + 1, 64)
+    pooled = features[torch.arange(2), eot] @ clip.text_projection
+    torch.testing.assert_close(pooled, clip.encode_text(tokens).detach(), rtol=1e-4, atol=1e-5)

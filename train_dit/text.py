@@ -62,20 +62,22 @@ class TextEncoder:
             from towers.minilm import prepare_model_config
 
             with open(os.path.join(self.spec.name, "open_clip_config.json"), encoding="utf-8") as handle:
-                prepare_model_config(json.load(handle).get("model_cfg", {}))
+                overrides = prepare_model_config(json.load(handle).get("model_cfg", {}))
             name = f"local-dir:{self.spec.name}"
-            model = open_clip.create_model(name)
+            model = open_clip.create_model(name, **overrides)
         else:
             name = self.spec.name
             if self.spec.pretrained is None:
                 log.warning("text encoder %s has random weights (text_encoder.pretrained=null): for tests only", name)
             model = open_clip.create_model(name, pretrained=self.spec.pretrained)
-        if not hasattr(model, "token_embedding"):
-            raise ValueError(f"text encoder {name}: only open_clip CLIP models with their own text transformer are supported "
-                             f"(got {type(model).__name__})")
         self.model, self.tokenizer = model, open_clip.get_tokenizer(name)
-        self.context_length = int(model.positional_embedding.shape[0])
-        self.dim = int(model.ln_final.weight.shape[0])
+        tower = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+        if hasattr(tower, "token_embedding"):  # open_clip's own text transformer (CLIP, or CustomTextCLIP.text)
+            self.tower, self.dim = tower, int(tower.ln_final.weight.shape[0])
+        elif hasattr(tower, "transformer") and hasattr(tower.transformer, "config"):  # a Hugging Face text tower
+            self.tower, self.dim = tower, int(tower.transformer.config.hidden_size)
+        else:
+            raise ValueError(f"text encoder {name}: no open_clip or Hugging Face text transformer found in {type(model).__name__}")
 
     def identity(self) -> str:
         """sha256 of the encoder's weights, its tokenizer and the kept length: what the features depend on."""
@@ -95,10 +97,19 @@ class TextEncoder:
         return self._encode_open_clip(texts)
 
     def _encode_open_clip(self, texts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of an open_clip CLIP's text transformer after ``ln_final``, cut after the longest end-of-text."""
-        model = self.model
+        """Tokens of an open_clip text transformer after ``ln_final``, cut after the longest end-of-text (a Hugging
+        Face tower: its last hidden state with the padding mask)."""
+        model = self.tower
         tokens = self.tokenizer(list(texts)).to(self.device)
-        eot = tokens.argmax(dim=-1) if getattr(model, "text_pool_type", "argmax") == "argmax" else (tokens != 0).sum(-1) - 1
+        if not hasattr(model, "token_embedding"):
+            pad = int(model.config.pad_token_id)
+            tokens = tokens[:, : self.spec.max_length]
+            mask = (tokens != pad).long()
+            length = max(int(mask.sum(1).max()), 1)
+            tokens, mask = tokens[:, :length], mask[:, :length]
+            return model.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state.float(), mask
+        pool = getattr(model, "text_pool_type", getattr(model, "pool_type", "argmax"))
+        eot = tokens.argmax(dim=-1) if pool == "argmax" else (tokens != 0).sum(-1) - 1
         length = min(int(eot.max()) + 1, self.spec.max_length, tokens.shape[1])
         tokens = tokens[:, :length]
         cast = model.transformer.get_cast_dtype()

@@ -58,4 +58,5 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
             "x0_shape": list(store.images.features.shape[1:]), "text_dim": text.dim, "skipped": store.skipped}
 
 
-STAGE = Stage(name="features", needs=("data",), key=key, run=run, ranks="rank0_builds")
+STAGE = Stage(name="features", needs=("data",), key=key, run=run, ranks="rank0_builds",
+              label=lambda ctx: ctx.cfg.data.name)  # by data set: a sweep over p shares one feature pass
