@@ -10,6 +10,12 @@ the sides so machine load hits both alike; medians are reported. The one-off fea
 
     python benchmarks/dit_features.py                      # DiT-tiny, pixels at 32 px, batch 64, 2 threads
     python benchmarks/dit_features.py --space vae --steps 6
+    python benchmarks/dit_features.py --throughput DiT-B/4 --peak-tflops 989   # on a GPU: bf16 samples/s and MFU first
+
+``--throughput PRESET`` first times the bare training step of that preset (256 px in SD-VAE latents: 32x32x4,
+random text features of 77 x 768, batch ``--throughput-batch``) in bf16 autocast on the GPU (fp32 on a CPU) and
+prints samples/s and, with ``--peak-tflops``, the model FLOPs utilisation: 3 x the forward FLOPs (2 per
+multiply-add of every linear layer over the image tokens and text tokens, plus attention's QK^T and AV) per sample.
 
 Last line: ``dit: cached N samples/s vs on-the-fly M samples/s, ratio R``.
 """
@@ -37,7 +43,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="scenes in the shards")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--space", choices=("pixels", "vae"), default="pixels")
+    parser.add_argument("--throughput", default=None, help="a preset (DiT-B/4) to time alone first, on the GPU when there is one")
+    parser.add_argument("--throughput-batch", type=int, default=256)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU")
     args = parser.parse_args()
+    if args.throughput:
+        preset_throughput(args.throughput, args.throughput_batch, args.steps, args.peak_tflops)
 
     import torch
     import torch.nn.functional as F
@@ -114,6 +125,54 @@ def main() -> None:
           f"({store.nbytes() / len(store.images.keys) / 1e3:.1f} kB per image, {store.nbytes() / len(store.images.keys) * 1e6 / 1e9:.1f} GB "
           f"per million images), built in {build_s:.1f} s ({len(store.images.keys) / build_s:.1f} images/s)")
     print(f"dit: cached {cached_rate:.1f} samples/s vs on-the-fly {fly_rate:.1f} samples/s, ratio {cached_rate / fly_rate:.2f}")
+
+
+def forward_flops(depth: int, width: int, tokens: int, text_tokens: int, text_dim: int, patch_dim: int) -> float:
+    """Forward FLOPs of one sample through a PixArt DiT (2 per multiply-add): per block self-attention (QKV + out:
+    4 N w^2, scores and mixing: 2 N^2 w), cross-attention (Q, out: 2 N w^2; K, V over the text: 2 L w^2; scores and
+    mixing: 2 N L w), MLP (8 N w^2); plus the caption projection (L d w + L w^2), patch embedding and output."""
+    n, w, length = tokens, width, text_tokens
+    block = 4 * n * w * w + 2 * n * n * w + 2 * n * w * w + 2 * length * w * w + 2 * n * length * w + 8 * n * w * w
+    return 2.0 * (depth * block + length * text_dim * w + length * w * w + 2 * n * patch_dim * w)
+
+
+def preset_throughput(preset: str, batch: int, steps: int, peak_tflops: float | None) -> None:
+    """Samples/s (and MFU) of the bare training step of ``preset`` at 256 px in SD-VAE latents."""
+    import torch
+    import torch.nn.functional as F
+
+    from train_dit.config import DitModelConfig
+    from train_dit.model import build_transformer, parameter_count, predict
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    cfg = DitModelConfig(preset=preset, image_size=32)  # 32x32x4 latents of a 256 px image (the VAE is not needed here)
+    model = build_transformer(cfg, 4, 32, 768).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    x = torch.randn(batch, 4, 32, 32, device=device)
+    text, mask = torch.randn(batch, 77, 768, device=device), torch.ones(batch, 77, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device).float()
+    times = []
+    for step in range(steps + 1):
+        if cuda:
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = F.mse_loss(predict(model, x, t, text, mask).float(), x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if step:
+            times.append(time.perf_counter() - began)
+    rate = batch / statistics.median(times)
+    tokens = (32 // cfg.resolved_patch) ** 2
+    flops = 3 * forward_flops(cfg.resolved_depth, cfg.resolved_width, tokens, 77, 768, 4 * cfg.resolved_patch ** 2)
+    mfu = f", MFU {rate * flops / (peak_tflops * 1e12):.1%} of {peak_tflops:g} TFLOP/s" if peak_tflops else ""
+    print(f"{preset}: {parameter_count(model) / 1e6:.1f}M parameters, {tokens} tokens, batch {batch}, "
+          f"{'bf16 autocast on ' + torch.cuda.get_device_name() if cuda else 'fp32 on CPU'}: {rate:.1f} samples/s, "
+          f"{rate * flops / 1e12:.2f} TFLOP/s{mfu}")
 
 
 if __name__ == "__main__":
