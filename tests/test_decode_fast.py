@@ -1,0 +1,103 @@
+"""captiondata.decode's torchvision JPEG path gives Pillow's pixels; JPEG draft decoding's size rule."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captiondata.config import default_data_root
+from captiondata.decode import BadSample, _draft_scale, decode_image, jpeg_fast_size
+
+
+def pillow_rgb(data: bytes) -> np.ndarray:
+    """The independent value: Pillow's decode converted to RGB."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def encoded(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth gradients plus noise (chroma detail, so subsampling and upsampling matter)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), (x + y) % 256], axis=2)
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("options", [dict(subsampling=2), dict(subsampling=1), dict(subsampling=0, quality=97),
+                                     dict(progressive=True), dict(optimize=True, quality=40), dict(restart_marker_blocks=1),
+                                     dict(gray=True)])
+@pytest.mark.parametrize("size", [(1, 1), (17, 9), (75, 53), (128, 96)])
+def test_fast_path_equals_pillow(options, size):
+    options = dict(options)
+    image = photo_like(*size, seed=size[0])
+    if options.pop("gray", False):
+        image = image.convert("L")
+    data = encoded(image, **options)
+    assert jpeg_fast_size(data) == (size[0], size[1], 1 if image.mode == "L" else 3)
+    events = []
+    out = decode_image(data, count=events.append)
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), pillow_rgb(data))
+    assert events == (["converted_mode"] if image.mode == "L" else [])
+
+
+def test_fast_path_refusals_go_through_pillow():
+    image = photo_like(40, 30, 0)
+    data = encoded(image)
+    assert jpeg_fast_size(data[:-10]) is None  # no EOI
+    with pytest.raises(BadSample) as bad:
+        decode_image(data[: len(data) // 2])
+    assert bad.value.reason == "corrupt_image"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: Pillow's path applies it
+    rotated = encoded(image, exif=exif.tobytes())
+    assert jpeg_fast_size(rotated) is None and jpeg_fast_size(rotated, exif_transpose=False) == (40, 30, 3)
+    assert decode_image(rotated).size == (30, 40)
+    assert np.array_equal(np.asarray(decode_image(rotated, exif_transpose=False)), pillow_rgb(rotated))
+    cmyk = encoded(image.convert("CMYK"))
+    assert jpeg_fast_size(cmyk) is None
+    assert np.array_equal(np.asarray(decode_image(cmyk)), pillow_rgb(cmyk))
+    with pytest.raises(BadSample) as bad:
+        decode_image(data, max_pixels=40 * 30 - 1)
+    assert bad.value.reason == "image_too_large"
+    scan = data.index(b"\xff\xda")
+    broken = bytearray(data)
+    broken[scan + 40: scan + 60] = b"\x00" * 20  # corrupt entropy data, EOI kept
+    out = decode_image(bytes(broken))  # whatever libjpeg makes of it, the same as Pillow's (fallback on its warning)
+    assert np.array_equal(np.asarray(out), pillow_rgb(bytes(broken)))
+
+
+@pytest.mark.parametrize("folder,pattern", [("cifar10", "test/*/*.jpg"), ("flickr8k", "images/*.jpg")])
+def test_fast_path_equals_pillow_on_real_images(folder, pattern):
+    root = os.path.join(default_data_root(), folder)
+    files = sorted(glob.glob(os.path.join(root, pattern)))
+    if not files:
+        pytest.skip(f"{root} is absent")
+    for path in files[:: max(1, len(files) // 300)]:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        assert np.array_equal(np.asarray(decode_image(data)), pillow_rgb(data)), path
+
+
+def test_draft_scale_keeps_the_target():
+    assert _draft_scale((512, 384), (112, 112)) == (256, 192)  # 1/2: 1/4 would leave 96 < 112
+    assert _draft_scale((512, 512), (64, 64)) == (64, 64)
+    assert _draft_scale((200, 200), (112, 112)) is None
+    for size in [(513, 257), (1000, 999), (640, 480)]:
+        for target in [(32, 32), (100, 50), (224, 224)]:
+            request = _draft_scale(size, target)
+            image = Image.open(io.BytesIO(encoded(photo_like(*size, 1))))
+            if request is not None:
+                image.draft("RGB", request)
+            assert image.size[0] >= target[0] and image.size[1] >= target[1]
+            if request is not None:
+                assert image.size[0] < size[0]
