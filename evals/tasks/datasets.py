@@ -53,11 +53,12 @@ class Decoding:
         return decoding_identity(self.max_pixels, self.exif_transpose)
 
 
-def load_rgb(path: str, decoding: Decoding = Decoding(), count: Any = None) -> Image.Image:
-    """An image file decoded to 8-bit RGB by the project's one decoder (``decode_image``; raises BadSample)."""
+def load_rgb(path: str, decoding: Decoding = Decoding(), count: Any = None, as_array: bool = False) -> Any:
+    """An image file decoded to 8-bit RGB by the project's one decoder (``decode_image``; raises BadSample): a PIL
+    image, or a uint8 HxWx3 array with ``as_array``."""
     with open(path, "rb") as handle:
         data = handle.read()
-    return decode_image(data, decoding.max_pixels, decoding.exif_transpose, count)
+    return decode_image(data, decoding.max_pixels, decoding.exif_transpose, count, as_array=as_array)
 
 
 def evenly_spaced(n: int, limit: Optional[int]) -> np.ndarray:
@@ -125,8 +126,13 @@ class FileImageSet(_Counted, Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Tuple[Optional[Image.Image], Any]:
+        return self.item(index)
+
+    def item(self, index: int, as_array: bool = False) -> Tuple[Any, Any]:
+        """(image, target) of item ``index``: the image as a PIL RGB image, or a uint8 HxWx3 array with ``as_array``
+        (``evals.tasks.imageprep`` asks for arrays when its PIL steps would not change them); None when skipped."""
         try:
-            image: Optional[Image.Image] = load_rgb(self.files[index], self.decoding, self.counters.add)
+            image: Any = load_rgb(self.files[index], self.decoding, self.counters.add, as_array)
         except BadSample as bad:
             self.counters.add(bad.reason)
             log.warning("%s: image %s skipped (%s)", self.name, self.files[index], bad)

@@ -5,10 +5,19 @@ The last two steps cost more per image than the rest; here they run once per bat
 array: ``x = uint8 / 255`` then ``(x - mean) / std`` in float32, the same element-wise operations in the
 same order, so the result is bit-identical (tests assert ``torch.equal``). Any other pipeline falls back to
 calling the transform per image.
+
+When the PIL steps are only ``Resize(s)`` (shortest side), ``CenterCrop(s)`` and an RGB mode conversion and an RGB
+image already is s x s (CIFAR-10 at 32 px, a 224 px set at 224), each step returns the same pixels, so the image's
+array is taken directly (measured: 45 us of 60 us per 32 px image saved).
+
+With ``num_workers=0`` the loader runs in one background thread that fills a queue of two batches, so decoding
+overlaps the model's forward pass (Pillow and torch release the GIL while they work); batches come out in order.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,9 +40,17 @@ class SplitPreprocess:
             self.head = T.Compose(steps[:-2])
             self.mean = torch.as_tensor(steps[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.as_tensor(steps[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.identity_size = _identity_size(steps[:-2]) if self.head is not None else None
 
-    def pil_stage(self, image: Image.Image) -> Any:
-        """Per-image work: the PIL transforms, then the raw uint8 array; the full transform when not splittable."""
+    def pil_stage(self, image: Any) -> Any:
+        """Per-image work: the PIL transforms, then the raw uint8 array; the full transform when not splittable.
+        ``image``: a PIL image or an RGB uint8 HxWx3 array (``FileImageSet.item(as_array=True)``)."""
+        if isinstance(image, np.ndarray):
+            if self.identity_size is not None and image.shape[:2] == self.identity_size[::-1]:
+                return image
+            image = Image.fromarray(image, "RGB")
+        if self.identity_size is not None and image.mode == "RGB" and image.size == self.identity_size:
+            return np.asarray(image)
         if self.head is not None:
             out = self.head(image)
             if isinstance(out, Image.Image) and out.mode == "RGB":
@@ -55,17 +72,39 @@ class SplitPreprocess:
         return steps[-1](steps[-2](item))
 
 
+def _identity_size(steps: Sequence[Any]) -> Optional[Tuple[int, int]]:
+    """(s, s) when ``steps`` are Resize(s) (one int, no max_size), CenterCrop((s, s)) and RGB conversions only, in any
+    order: then an RGB s x s image passes through unchanged. None for anything else."""
+    size = None
+    for step in steps:
+        name = type(step).__name__
+        if isinstance(step, T.Resize):
+            value = step.size[0] if isinstance(step.size, (list, tuple)) and len(step.size) == 1 else step.size
+            if not isinstance(value, int) or step.max_size is not None or size not in (None, value):
+                return None
+            size = value
+        elif isinstance(step, T.CenterCrop):
+            height, width = step.size
+            if height != width or size not in (None, height):
+                return None
+            size = height
+        elif not ((name == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB") or getattr(step, "__name__", "") == "_convert_to_rgb"):
+            return None
+    return None if size is None else (size, size)
+
+
 class _Mapped(Dataset):
     """Map-style wrapper applying ``fn`` to the image of each (image, target) item."""
 
-    def __init__(self, data: Dataset, fn: Callable) -> None:
+    def __init__(self, data: Dataset, fn: Callable, as_array: bool = False) -> None:
         self.data, self.fn = data, fn
+        self.item = getattr(data, "item", None) if as_array else None
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        image, target = self.data[index]
+        image, target = self.item(index, as_array=True) if self.item is not None else self.data[index]
         return (None if image is None else self.fn(image)), target  # None: an image the set skipped (and counted)
 
 
@@ -93,7 +132,47 @@ def image_loader(data: Dataset, split: SplitPreprocess, batch_size: int, num_wor
     stream = isinstance(data, IterableDataset)
     if stream and getattr(data, "max_samples", None) is not None:
         num_workers = 0  # "first N samples" is only well defined in one reading process
-    wrapped = _MappedStream(data, split.pil_stage) if stream else _Mapped(data, split.pil_stage)
+    wrapped = _MappedStream(data, split.pil_stage) if stream else _Mapped(data, split.pil_stage, as_array=split.identity_size is not None)
     loader = DataLoader(wrapped, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_lists,
                         persistent_workers=False)
-    return (batch for batch in loader if batch[0])
+    batches = iter(loader) if num_workers else _background(iter(loader))
+    return (batch for batch in batches if batch[0])
+
+
+_DONE = object()
+
+
+def _background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items`` produced by one background thread, at most ``depth`` ahead of the consumer, in order; an exception in
+    the producer is raised in the consumer. Closing the generator early stops the producer at its next item."""
+    slots: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((True, item))
+        except BaseException as exc:  # re-raised in the consumer
+            slots.put((False, exc))
+            return
+        slots.put((True, _DONE))
+
+    worker = threading.Thread(target=produce, name="eval-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
