@@ -180,19 +180,25 @@ def jpeg_fast_size(data: bytes, exif_transpose: bool = True) -> Optional[Tuple[i
 
 def _tv_decode(data: bytes) -> Optional[np.ndarray]:
     """torchvision's libjpeg-turbo decode as a uint8 HxWxC array (C = the file's components), or None when torchvision
-    is missing, raises, or libjpeg warns (corrupt data: Pillow decides)."""
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return None
+    is missing, raises, or libjpeg warns (corrupt data: Pillow decides). Calls the registered op directly
+    (``torchvision.io.decode_jpeg`` adds a deprecation warning and usage logging per call)."""
+    op = _FAST_JPEG.get("op")
+    if op is None:
+        try:
+            import torch
+            import torchvision.io  # noqa: F401  (registers torch.ops.image)
+
+            op = _FAST_JPEG["op"] = (torch, torch.ops.image.decode_jpeg, torchvision.io.ImageReadMode.UNCHANGED.value)
+        except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - torchvision is a dependency
+            return None
+    torch, decode_jpeg, unchanged = op
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+            out = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), unchanged, False)
         except (RuntimeError, ValueError):
             return None
-    if any("deprecated" not in str(w.message) for w in caught):  # torchvision 0.29 warns that its decoders are deprecated
+    if caught:
         return None
     return out.permute(1, 2, 0).numpy()
 
@@ -219,8 +225,9 @@ def _fast_jpeg_agrees() -> bool:
     return bool(_FAST_JPEG["ok"])
 
 
-def _decode_fast_jpeg(data: bytes, max_pixels: int, exif_transpose: bool, count: Count) -> Optional[Image.Image]:
-    """``decode_image``'s result for a JPEG that ``jpeg_fast_size`` accepts, decoded by torchvision; None otherwise."""
+def _decode_fast_jpeg(data: bytes, max_pixels: int, exif_transpose: bool, count: Count) -> Optional[np.ndarray]:
+    """``decode_image``'s pixels (uint8 HxWx3) for a JPEG that ``jpeg_fast_size`` accepts, decoded by torchvision;
+    None otherwise."""
     size = jpeg_fast_size(data, exif_transpose)
     if size is None or not _fast_jpeg_agrees():
         return None
@@ -234,7 +241,7 @@ def _decode_fast_jpeg(data: bytes, max_pixels: int, exif_transpose: bool, count:
         if count:
             count("converted_mode")  # as Pillow's L -> RGB conversion in _to_rgb
         array = np.repeat(array, 3, axis=2)
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+    return np.ascontiguousarray(array)
 
 
 def _draft_scale(size: Tuple[int, int], target: Tuple[int, int]) -> Optional[Tuple[int, int]]:
@@ -248,7 +255,7 @@ def _draft_scale(size: Tuple[int, int], target: Tuple[int, int]) -> Optional[Tup
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True, count: Count = None,
-                 draft: Optional[Tuple[int, int]] = None) -> Image.Image:
+                 draft: Optional[Tuple[int, int]] = None, as_array: bool = False) -> Any:
     """Decode image bytes to 8-bit RGB; refuse empty, undecodable, truncated or over-``max_pixels`` images.
 
     data: the encoded file. max_pixels: width x height above which the image is refused (``image_too_large``); it is
@@ -261,14 +268,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpo
     draft: (width, height) the caller needs at least, in the image's stored orientation; a JPEG at least twice as large
     in both sides is decoded at the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= it (``_draft_scale``;
     changes pixels; see the module docstring). None: full-size decoding, through the torchvision fast path where it
-    applies (same pixels as Pillow's).
+    applies (same pixels as Pillow's). as_array: return the pixels as a uint8 HxWx3 numpy array instead of a PIL RGB
+    image (the fast path then skips building an image: 10 us of 45 us per 32 px JPEG).
     """
     if not data:
         raise BadSample("empty_image")
     if draft is None:
         fast = _decode_fast_jpeg(data, max_pixels, exif_transpose, count)
         if fast is not None:
-            return fast
+            return fast if as_array else Image.fromarray(fast, "RGB")
     allow_pixels(max_pixels)
     try:
         image = Image.open(io.BytesIO(data))
@@ -284,7 +292,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpo
             image = ImageOps.exif_transpose(image)
             if count:
                 count("exif_rotated")
-        return _to_rgb(image, count)
+        rgb = _to_rgb(image, count)
+        return np.asarray(rgb) if as_array else rgb
     except BadSample:
         raise
     except Image.DecompressionBombError as exc:
