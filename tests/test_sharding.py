@@ -46,7 +46,7 @@ def test_resampled_mode_gives_every_rank_the_same_batch_count(shard_factory):
 
 
 def test_warns_when_fewer_shards_than_workers_times_ranks(shard_factory, caplog):
-    spec = shard_factory(make_records(10), per_shard=10)
+    spec = shard_factory(make_records(20), per_shard=10)  # 2 shards: every rank gets one, not every worker
     with caplog.at_level(logging.WARNING, logger="captiondata.loader"):
         loader(spec, 0, 2, 2)
-    assert "only 1 shard(s) for 2 worker(s) x 2 rank(s)" in caplog.text
+    assert "only 2 shard(s) for 2 worker(s) x 2 rank(s)" in caplog.text
