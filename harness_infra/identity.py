@@ -72,8 +72,8 @@ def file_sha256(path: str) -> str:
     if hit is not None:
         return hit
     started = time.time_ns()
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    with open(path, "rb") as handle:  # small files in one read (file_digest zero-fills a 256 KiB buffer per call)
+        digest = (hashlib.sha256(handle.read()) if stat.st_size <= 1 << 20 else hashlib.file_digest(handle, "sha256")).hexdigest()
     if started - max(stat.st_mtime_ns, stat.st_ctime_ns) > RACY_NS:
         with _SHA256_MEMO_LOCK:
             if len(_SHA256_MEMO) >= SHA256_MEMO_MAX:
@@ -96,7 +96,12 @@ def file_identity(path: str, root: Optional[str] = None, mtime: bool = False, co
     if is_remote(path):
         return [path, -1]
     local = path[len("file://"):] if path.startswith("file://") else path
-    name = os.path.relpath(local, root) if root else os.path.basename(local)
+    prefix = root.rstrip(os.sep) + os.sep if root else ""
+    rest = local[len(prefix):] if root and local.startswith(prefix) else ""
+    if rest and os.path.isabs(local) == os.path.isabs(root) and os.sep + "." not in os.sep + rest and os.sep * 2 not in os.sep + rest:
+        name = rest  # what relpath returns for a plain path under root, without its normalisation cost
+    else:
+        name = os.path.relpath(local, root) if root else os.path.basename(local)
     stat = os.stat(local)
     return [name.replace(os.sep, "/"), stat.st_size] + ([stat.st_mtime_ns] if mtime else []) + ([file_sha256(local)] if content else [])
 
