@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
-from evals.tasks.registry import EMBEDDER, GENERATOR, ImageTextEmbedder
+from evals.tasks.registry import EMBEDDER, GENERATOR, ImageGenerator, ImageTextEmbedder, set_clip_export_loader
 from train_clip.config import ClipModelConfig, TrainConfig
 from train_dit.config import DitModelConfig, DitTrainConfig
 
@@ -54,17 +54,19 @@ def _train_dit(model_cfg: Any, train_cfg: Any, data_cfg: Any, mix_cfg: Any, out_
     return train(model_cfg, train_cfg, data_cfg, mix_cfg, out_dir=out_dir)
 
 
-def _load_dit(export_dir: str, device: str) -> Any:
-    """An exported DiT as a sampling pipeline (``train_dit.sample.DitPipeline``)."""
+def _load_dit(export_dir: str, device: str) -> ImageGenerator:
+    """An exported DiT as the generator the text-to-image tasks take (its ``train_dit.sample.DitPipeline``)."""
     from train_dit.sample import DitPipeline
 
-    return DitPipeline.from_pretrained(export_dir, device)
+    pipeline = DitPipeline.from_pretrained(export_dir, device)
+    return ImageGenerator(pipeline, description={"export_dir": export_dir, **pipeline.description})
 
 
 FAMILIES: Dict[str, Family] = {family.name: family for family in (
     Family("clip", ClipModelConfig, TrainConfig, EMBEDDER, _train_clip, _load_clip),
     Family("dit", DitModelConfig, DitTrainConfig, GENERATOR, _train_dit, _load_dit),
 )}
+set_clip_export_loader(_load_clip)  # a text-to-image task's CLIP evaluator given as an export folder (Recap-CLIP score)
 
 
 def train_result_info(result: Any) -> Dict[str, Any]:

@@ -205,3 +205,30 @@ def test_judge_task_without_a_judge_is_undefined_and_recorded(tmp_path, scene_sh
     (record,) = evaluate_checkpoint(ImageGenerator(Oracle(records), weights_id="oracle", description={"name": "oracle"}), cfg, "oracle")
     assert record["metrics"] == {"judge_rating": None} and "no judge configured" in record["undefined"]["judge_rating"]
     assert record["model"]["weights_id"] == "oracle" and os.path.isfile(record["path"])
+
+
+@pytest.mark.slow
+def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
+    """python -m evals.run: data -> features -> train (DiT-micro, a few steps) -> eval (t2i_smoke: FID/KID raw and
+    recap through the real FID Inception, the judge undefined); records carry counts, guidance, steps and sampler."""
+    import glob
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "evals.run", "+experiment=dit_smoke", "eval=t2i_smoke", f"run.out_root={out}",
+               f"run.results_dir={tmp_path / 'results'}", "run.stages=[data,features,train,eval]"]
+    done = subprocess.run(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {}
+    for path in glob.glob(str(out / "eval" / "*" / "records" / "*.json")):
+        with open(path) as handle:
+            record = json.load(handle)
+        records[record["task_name"]] = record
+    assert set(records) == {"smoke_raw_fid", "smoke_recap_fid", "smoke_judge"}
+    fid = records["smoke_recap_fid"]
+    assert fid["metrics"]["fid"] > 0 and fid["n"]["generated"] == fid["n"]["reference"] == 8
+    assert (fid["extra"]["guidance_scale"], fid["extra"]["steps"], fid["extra"]["sampler"]) == (10.0, 5, "dpm++")
+    assert "bootstrap" in fid["whole_set_interval_methods"]["fid"] and records["smoke_judge"]["metrics"]["judge_rating"] is None
+    assert fid["extra"]["reference_statistics_cached"]  # raw and recap prompts share their reference images

@@ -11,7 +11,8 @@ rounding), then scaled as TF does (``uint8 / 128 - 1``). The resize's name enter
 
 Reference statistics (the features, their sum and cross-product = torchmetrics' state, mean and covariance) are
 cached in an ``EmbeddingCache`` keyed by the network weights (sha256 of the state dict), the resize and the reference
-set's fingerprint; generated-image features are cached by the network, the resize and the images' pixels.
+set's fingerprint; generated-image features are cached by the network, the resize and the images' pixels; a finished
+FID/KID is cached per pair of those keys (``cached_fid_kid``), so repeating an evaluation recomputes nothing.
 
 Intervals: FID - basic (reverse-percentile) bootstrap over the generated images, reference statistics fixed (the
 bootstrap FID is biased upward by duplicate images; the basic interval 2 FID - quantiles corrects that shift; clamped
@@ -21,6 +22,7 @@ the interval of their mean).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -305,3 +307,23 @@ def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: Fid
         kid=kid, kid_std=kid_std, kid_interval=kid_interval,  # type: ignore[arg-type]
         kid_method=f"percentiles of KID over {kid_subsets_count} random subsets of {size} images (splits: spread of a size-{size} estimate)",
         n_reference=int(reference["n"]), n_generated=int(gen.shape[0]), reference_cached=reference_cached, generated_cached=generated_cached)
+
+
+def cached_fid_kid(reference: Dict[str, Any], reference_key: Dict[str, Any], generated: Dict[str, Any], generated_key: Dict[str, Any],
+                   extractor: FidInceptionFeatures, cache: EmbeddingCache, bootstrap_samples: int = 100, kid_subsets_count: int = 100,
+                   kid_subset_size: int = 1000, confidence: float = 0.95, seed: int = 0, reference_cached: bool = False,
+                   generated_cached: bool = False) -> FidResult:
+    """``fid_kid``, stored per (reference statistics key, generated statistics key, interval settings, torchmetrics
+    version): a repeated evaluation of the same two sets skips torchmetrics' O(D^3) ``compute`` (a general 2048 x 2048
+    eigen-decomposition, the fixed cost of every FID) as well as the feature extraction."""
+    import torchmetrics
+
+    key = {"reference": reference_key, "generated": generated_key, "bootstrap": bootstrap_samples, "kid": [kid_subsets_count, kid_subset_size],
+           "confidence": confidence, "seed": seed, "torchmetrics": torchmetrics.__version__, "v": 1}
+    hit = cache.load("fid-result", key)
+    if hit is not None:
+        return FidResult(**{**hit["result"], "reference_cached": reference_cached, "generated_cached": generated_cached})
+    result = fid_kid(reference, generated, extractor, bootstrap_samples, kid_subsets_count, kid_subset_size, confidence, seed,
+                     reference_cached, generated_cached)
+    cache.save("fid-result", key, {"result": dataclasses.asdict(result)})
+    return result

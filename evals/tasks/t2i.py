@@ -14,6 +14,7 @@ whose images hold NaN/inf or are all identical is a ``BrokenModelError``, never 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -157,10 +158,11 @@ def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, m
     cache = EmbeddingCache(cfg.cache_dir)
     reference, ref_hit = F.cached_statistics(prompt_set.references, prompt_set.reference_fingerprint, extractor, cache,
                                              batch_size=min(cfg.batch_size, 64), device=cfg.device)
-    generated, gen_hit = F.cached_statistics(images, F.pixels_fingerprint(images), extractor, cache, "fid-generated",
-                                             min(cfg.batch_size, 64), cfg.device)
-    out = F.fid_kid(reference, generated, extractor, task.fid_bootstrap, task.kid_subsets, task.kid_subset_size, cfg.confidence,
-                    cfg.seed, ref_hit, gen_hit)
+    gen_fingerprint = F.pixels_fingerprint(images)
+    generated, gen_hit = F.cached_statistics(images, gen_fingerprint, extractor, cache, "fid-generated", min(cfg.batch_size, 64), cfg.device)
+    out = F.cached_fid_kid(reference, F.statistics_key(extractor.weights_id, prompt_set.reference_fingerprint), generated,
+                           F.statistics_key(extractor.weights_id, gen_fingerprint), extractor, cache, task.fid_bootstrap, task.kid_subsets,
+                           min(task.kid_subset_size, len(images), len(prompt_set.references)), cfg.confidence, cfg.seed, ref_hit, gen_hit)
     result = _result(task, prompt_set, images)
     result.set_whole_set_metric("fid", out.fid, out.fid_interval, out.fid_method)
     result.set_whole_set_metric("kid", out.kid, out.kid_interval, out.kid_method)
@@ -173,11 +175,17 @@ def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, m
 
 
 def load_evaluator(spec: str, device: str) -> Tuple[ImageTextEmbedder, str]:
-    """(embedder, name) of a CLIP evaluator: an export folder of a CLIP this harness trained (through the loader the
-    pipeline registers, ``registry.set_clip_export_loader``) or an open_clip ``NAME[:PRETRAINED]``."""
+    """(embedder, name) of a CLIP evaluator: an export folder of a CLIP this harness trained (a glob matching exactly one
+    folder, e.g. ``cache/runs/train/clip_mix_p0.0-*/export``; loaded through the loader the pipeline registers,
+    ``registry.set_clip_export_loader``) or an open_clip ``NAME[:PRETRAINED]``."""
     from evals.tasks.suite import load_open_clip
 
-    path = resolve_data_path(spec) if not os.path.isabs(spec) and os.path.isdir(resolve_data_path(spec)) else spec
+    matches = sorted(glob.glob(os.path.expanduser(spec))) if any(c in spec for c in "*?[") else []
+    if len(matches) > 1:
+        raise ConfigError(f"evaluator {spec!r} matches {len(matches)} folders ({', '.join(matches[:3])}, ...); name one")
+    path = matches[0] if matches else os.path.expanduser(spec)
+    if any(c in spec for c in "*?[") and not matches:
+        raise ConfigError(f"evaluator {spec!r} matches no folder (train that CLIP experiment first, or name an export folder)")
     if os.path.isdir(path):
         loader = clip_export_loader()
         if loader is None:
