@@ -101,3 +101,41 @@ def test_draft_scale_keeps_the_target():
             assert image.size[0] >= target[0] and image.size[1] >= target[1]
             if request is not None:
                 assert image.size[0] < size[0]
+
+
+@pytest.mark.parametrize("mode,size", [("L", (8, 8)), ("RGB", (33, 17)), ("L", (1, 1))])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png_fast_path_equals_pillow(mode, size, interlace):
+    from captiondata.decode import png_fast_size
+
+    image = photo_like(*size, seed=3).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", interlace=interlace) if interlace else image.save(buffer, "PNG")
+    data = buffer.getvalue()
+    assert png_fast_size(data) == (size[0], size[1], 1 if mode == "L" else 3)
+    events = []
+    assert np.array_equal(np.asarray(decode_image(data, count=events.append)), pillow_rgb(data))
+    assert events == (["converted_mode"] if mode == "L" else [])
+
+
+def test_png_refusals_go_through_pillow():
+    from captiondata.decode import png_fast_size
+
+    for image in (photo_like(9, 9, 0).convert("RGBA"), photo_like(9, 9, 0).convert("P"), Image.new("I;16", (9, 9), 300)):
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        assert png_fast_size(buffer.getvalue()) is None
+    transparent = photo_like(9, 9, 0)
+    buffer = io.BytesIO()
+    transparent.save(buffer, "PNG", transparency=(0, 0, 0))
+    data = buffer.getvalue()
+    assert png_fast_size(data) is None
+    buffer = io.BytesIO()
+    photo_like(9, 9, 0).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[20] ^= 1  # IHDR width byte: its CRC no longer matches, which Pillow refuses
+    assert png_fast_size(bytes(data)) is None
+    with pytest.raises(BadSample):
+        decode_image(bytes(data))
+    with pytest.raises(BadSample):
+        decode_image(bytes(buffer.getvalue()[:-30]))
