@@ -287,18 +287,20 @@ def _decode_fast_jpeg(data: bytes, max_pixels: int, exif_transpose: bool, count:
     return np.ascontiguousarray(array)
 
 
-def _draft_scale(size: Tuple[int, int], target: Tuple[int, int]) -> Optional[Tuple[int, int]]:
-    """The size to ask ``Image.draft`` for: (W // f, H // f) for the largest f in 8, 4, 2 leaving W/f >= target width
-    and H/f >= target height, else None (no reduction possible)."""
+DraftRule = Callable[[int, int], int]  # (stored width, height) -> the largest allowed reduction: 1, 2, 4 or 8
+
+
+def _draft_request(size: Tuple[int, int], factor: int) -> Optional[Tuple[int, int]]:
+    """The size to ask ``Image.draft`` for so that libjpeg scales by exactly ``factor`` (Pillow picks the largest
+    power of two <= min(W // w, H // h)); None when ``factor`` is 1 or not a power of two in 2..8."""
     width, height = size
-    for factor in (8, 4, 2):
-        if -(-width // factor) >= target[0] and -(-height // factor) >= target[1]:
-            return width // factor, height // factor
-    return None
+    if factor not in (2, 4, 8) or width < factor or height < factor:
+        return None
+    return width // factor, height // factor
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True, count: Count = None,
-                 draft: Optional[Tuple[int, int]] = None, as_array: bool = False) -> Any:
+                 draft: Optional[DraftRule] = None, as_array: bool = False) -> Any:
     """Decode image bytes to 8-bit RGB; refuse empty, undecodable, truncated or over-``max_pixels`` images.
 
     data: the encoded file. max_pixels: width x height above which the image is refused (``image_too_large``); it is
@@ -308,10 +310,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpo
     transparency composited over white (``_to_rgb``). Raises BadSample(``empty_image`` | ``corrupt_image`` |
     ``image_too_large``).
 
-    draft: (width, height) the caller needs at least, in the image's stored orientation; a JPEG at least twice as large
-    in both sides is decoded at the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= it (``_draft_scale``;
-    changes pixels; see the module docstring). None: full-size decoding, through the torchvision fast path where it
-    applies (same pixels as Pillow's). as_array: return the pixels as a uint8 HxWx3 numpy array instead of a PIL RGB
+    draft: a rule (``captiondata.loader.draft_rule``) giving, for a JPEG's stored (width, height), the reduction factor
+    (1, 2, 4 or 8) its consumer can take; the JPEG is then decoded at that scale by libjpeg (``Image.draft``; changes
+    pixels, see the module docstring). None: full-size decoding, through the torchvision fast path where it applies
+    (the same pixels as Pillow's). as_array: return the pixels as a uint8 HxWx3 numpy array instead of a PIL RGB
     image (the fast path then skips building an image: 10 us of 45 us per 32 px JPEG).
     """
     if not data:
@@ -327,7 +329,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpo
         if width * height > max_pixels:
             raise BadSample("image_too_large", f"{width}x{height} > {max_pixels} pixels")
         if draft is not None and image.format == "JPEG":
-            request = _draft_scale((width, height), draft)
+            request = _draft_request((width, height), draft(width, height))
             if request is not None:
                 image.draft(image.mode, request)
         image.load()

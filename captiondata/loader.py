@@ -91,6 +91,51 @@ def split_normalize(transform: Callable) -> Optional[Tuple[Callable, torch.Tenso
     return transforms.Compose(steps[:-2]), mean, std
 
 
+def draft_rule(transform: Callable) -> Optional[Callable[[int, int], int]]:
+    """For a PIL transform starting (after RGB conversions) with ``RandomResizedCrop`` or ``Resize``, the JPEG draft
+    rule ``(stored width, height) -> reduction factor in 1, 2, 4, 8`` that never lets draft decoding shrink the image
+    below what that step then reads; None for any other transform (no draft).
+
+    With reduction f the decoded size is W' = ceil(W / f), H' = ceil(H / f). ``Resize(s)`` (shortest side) needs
+    min(W', H') >= s (``Resize((h, w))``: >= max(h, w)); ``max_size`` set: no draft. ``RandomResizedCrop(t, scale=(s0,
+    s1), ratio=(r0, r1))`` crops a box of area s W' H' and aspect r, i.e. width sqrt(s W' H' r) and height
+    sqrt(s W' H' / r), then resizes it to t x t: the smallest box side over all draws is sqrt(s0 W' H' min(r0, 1 / r1)),
+    so f is allowed when s0 W' H' min(r0, 1 / r1) >= (T + 1)^2 with T = max(t) (+1: the box sides are rounded) and
+    min(W', H') >= T (the fallback centre crop takes the whole shorter side). The same rule holds after an EXIF
+    rotation (it is symmetric in W and H). Every crop is then still downscaled to the target, never upscaled more
+    than without draft; the pixels differ from full decoding (``benchmarks/loader.py`` reports by how much).
+    """
+    from torchvision import transforms
+
+    steps = list(getattr(transform, "transforms", [transform]))
+    while steps and (type(steps[0]).__name__ == "MaybeConvertMode" or getattr(steps[0], "__name__", "") == "_convert_to_rgb"):
+        steps = steps[1:]
+    if not steps:
+        return None
+    first = steps[0]
+    if isinstance(first, transforms.RandomResizedCrop):
+        target = max(first.size)
+        low_scale = float(first.scale[0])
+        aspect = min(float(first.ratio[0]), 1.0 / float(first.ratio[1]))
+
+        def allowed(width: int, height: int, factor: int) -> bool:
+            w, h = -(-width // factor), -(-height // factor)
+            return min(w, h) >= target and low_scale * w * h * aspect >= (target + 1) ** 2
+    elif isinstance(first, transforms.Resize) and first.max_size is None:
+        size = first.size
+        target = size if isinstance(size, int) else max(size)
+
+        def allowed(width: int, height: int, factor: int) -> bool:
+            return min(-(-width // factor), -(-height // factor)) >= target
+    else:
+        return None
+
+    def rule(width: int, height: int) -> int:
+        return next((f for f in (8, 4, 2) if allowed(width, height, f)), 1)
+
+    return rule
+
+
 def derived_seed(*parts: Any) -> int:
     """A 63-bit seed determined by ``parts``."""
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
@@ -130,6 +175,7 @@ class MixedCaptionDataset(IterableDataset):
         drop_last: bool,
         counters: SampleCounters,
         image_features: Optional[FeatureLookup] = None,
+        jpeg_draft: bool = False,
     ) -> None:
         super().__init__()
         self.urls, self.data_cfg, self.mix_cfg = urls, data_cfg, mix_cfg
@@ -141,6 +187,7 @@ class MixedCaptionDataset(IterableDataset):
         self.batch_normalize = None if image_features is not None else split_normalize(image_transform)
         if self.batch_normalize is not None:
             self.image_transform = self.batch_normalize[0]
+        self.draft = draft_rule(self.image_transform) if jpeg_draft and image_features is None else None
 
     def batches_per_worker(self, num_workers: int) -> Optional[int]:
         """Full batches each worker yields per epoch in resampled mode (None in finite mode)."""
@@ -168,7 +215,7 @@ class MixedCaptionDataset(IterableDataset):
         for raw in shuffled(raws, self.data_cfg.shuffle_buffer, rng):
             try:
                 record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels, decode=self.image_features is None,
-                                       exif_transpose=self.data_cfg.exif_transpose, count=self.counters.add)
+                                       exif_transpose=self.data_cfg.exif_transpose, count=self.counters.add, draft=self.draft)
             except BadSample as bad:
                 self.counters.add(bad.reason)
                 continue
@@ -247,7 +294,11 @@ class CaptionLoader:
         drop_last: bool = True,
         num_workers: Optional[int] = None,
         image_features: Optional[FeatureLookup] = None,
+        jpeg_draft: Optional[bool] = None,
     ) -> None:
+        """``jpeg_draft``: decode JPEGs much larger than the transform needs at 1/2, 1/4 or 1/8 scale (``draft_rule``;
+        changes pixels, measured in ``benchmarks/loader.py``); None takes ``data_cfg.jpeg_draft`` when the config has
+        it, else off."""
         require(batch_size > 0, f"batch_size={batch_size} must be positive")
         require(0 <= rank < world_size, f"rank={rank} must be in [0, world_size={world_size})")
         self.num_workers = data_cfg.num_workers if num_workers is None else num_workers
@@ -261,8 +312,9 @@ class CaptionLoader:
         if not data_cfg.resampled and len(urls) < slots:
             log.warning("only %d shard(s) for %d worker(s) x %d rank(s): some workers get no data; write more, smaller shards or set data.resampled=true", len(urls), max(1, self.num_workers), world_size)
         transform = image_transform if image_transform is not None else _to_tensor
+        draft = bool(getattr(data_cfg, "jpeg_draft", False)) if jpeg_draft is None else jpeg_draft
         self.dataset = MixedCaptionDataset(urls, data_cfg, mix_cfg, transform, tokenize, batch_size, rank, world_size, seed, drop_last,
-                                           self.counters, image_features)
+                                           self.counters, image_features, draft)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: shard order, shuffle and caption draws all depend on it."""

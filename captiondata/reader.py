@@ -24,7 +24,7 @@ from captiondata.captions import extract_captions
 from harness_infra.errors import ConfigError
 from captiondata.config import CaptionLayout
 from captiondata.counters import SampleCounters
-from captiondata.decode import DEFAULT_MAX_PIXELS, BadSample, Count, decode_image
+from captiondata.decode import DEFAULT_MAX_PIXELS, BadSample, Count, DraftRule, decode_image
 from captiondata.records import Record
 
 log = logging.getLogger(__name__)
@@ -351,9 +351,10 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
 
 
 def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True,
-                  exif_transpose: bool = True, count: Count = None) -> Record:
+                  exif_transpose: bool = True, count: Count = None, draft: Optional[DraftRule] = None) -> Record:
     """Validate one raw sample into a Record (image decoded to RGB by ``decode_image`` unless ``decode`` is False;
-    ``exif_transpose`` and ``count`` are passed to it: ``count`` receives each image conversion's name).
+    ``exif_transpose``, ``count`` and ``draft`` are passed to it: ``count`` receives each image conversion's name,
+    ``draft`` allows JPEG draft decoding).
 
     Raises BadSample with the skip reason.
     """
@@ -362,7 +363,7 @@ def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = 
         raise BadSample("missing_image")
     captions = extract_captions(raw, layout)
     data = raw[image_member]
-    image = decode_image(data, max_pixels, exif_transpose, count) if decode else data
+    image = decode_image(data, max_pixels, exif_transpose, count, draft=draft) if decode else data
     meta = captions["json"] or {}
     return Record(
         key=raw["__key__"],

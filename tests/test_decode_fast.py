@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from captiondata.config import default_data_root
-from captiondata.decode import BadSample, _draft_scale, decode_image, jpeg_fast_size
+from captiondata.decode import BadSample, _draft_request, decode_image, jpeg_fast_size
 
 
 def pillow_rgb(data: bytes) -> np.ndarray:
@@ -88,19 +88,14 @@ def test_fast_path_equals_pillow_on_real_images(folder, pattern):
         assert np.array_equal(np.asarray(decode_image(data)), pillow_rgb(data)), path
 
 
-def test_draft_scale_keeps_the_target():
-    assert _draft_scale((512, 384), (112, 112)) == (256, 192)  # 1/2: 1/4 would leave 96 < 112
-    assert _draft_scale((512, 512), (64, 64)) == (64, 64)
-    assert _draft_scale((200, 200), (112, 112)) is None
-    for size in [(513, 257), (1000, 999), (640, 480)]:
-        for target in [(32, 32), (100, 50), (224, 224)]:
-            request = _draft_scale(size, target)
-            image = Image.open(io.BytesIO(encoded(photo_like(*size, 1))))
-            if request is not None:
-                image.draft("RGB", request)
-            assert image.size[0] >= target[0] and image.size[1] >= target[1]
-            if request is not None:
-                assert image.size[0] < size[0]
+def test_draft_request_scales_by_exactly_the_factor():
+    for size in [(513, 257), (1000, 999), (640, 480), (17, 9)]:
+        data = encoded(photo_like(*size, 1))
+        for factor in (1, 2, 4, 8):
+            out = decode_image(data, draft=lambda w, h, f=factor: f)
+            expected = (-(-size[0] // factor), -(-size[1] // factor)) if min(size) >= factor else size
+            assert out.size == expected, (size, factor)
+    assert _draft_request((512, 512), 3) is None and _draft_request((4, 4), 8) is None
 
 
 @pytest.mark.parametrize("mode,size", [("L", (8, 8)), ("RGB", (33, 17)), ("L", (1, 1))])
