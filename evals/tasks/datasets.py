@@ -128,9 +128,10 @@ class FileImageSet(_Counted, Dataset):
     def __getitem__(self, index: int) -> Tuple[Optional[Image.Image], Any]:
         return self.item(index)
 
-    def item(self, index: int, as_array: bool = False) -> Tuple[Any, Any]:
+    def item(self, index: int, as_array: bool = False, flush: bool = True) -> Tuple[Any, Any]:
         """(image, target) of item ``index``: the image as a PIL RGB image, or a uint8 HxWx3 array with ``as_array``
-        (``evals.tasks.imageprep`` asks for arrays when its PIL steps would not change them); None when skipped."""
+        (``evals.tasks.imageprep`` asks for arrays when it resizes them itself); None when skipped. ``flush=False``
+        leaves the counts buffered (the caller flushes ``counters`` once per batch)."""
         try:
             image: Any = load_rgb(self.files[index], self.decoding, self.counters.add, as_array)
         except BadSample as bad:
@@ -141,7 +142,8 @@ class FileImageSet(_Counted, Dataset):
             self.counters.add("corrupt_image")
             log.warning("%s: image %s skipped (%s)", self.name, self.files[index], exc)
             image = None
-        self.counters.flush()
+        if flush:
+            self.counters.flush()
         return image, self.targets[index]
 
     def describe(self) -> Dict[str, Any]:
