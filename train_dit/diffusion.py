@@ -40,10 +40,13 @@ def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generato
     return x_t, steps.to(x0.device, torch.float32), noise
 
 
-def sampling_scheduler(train_scheduler_config: Dict[str, Any], sampler: str) -> Any:
-    """A sampler built from the exported training scheduler config (``ddpm``, ``dpm++`` or ``euler``)."""
+def sampling_scheduler(train_scheduler_config: Dict[str, Any], sampler: str, pixel_space: bool = False) -> Any:
+    """A sampler built from the exported training scheduler config (``ddpm``, ``dpm++`` or ``euler``). In pixel
+    space the x0 estimates of an epsilon model are kept in [-1, 1], as DDPM and ADM do for pixels (``ddpm``:
+    ``clip_sample``; ``dpm++``: dynamic thresholding at 1.0); latents are never clipped."""
     if sampler == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=pixel_space, sample_max_value=1.0)
     if sampler == "euler":
         return FlowMatchEulerDiscreteScheduler.from_config(train_scheduler_config)
-    return DDPMScheduler.from_config(train_scheduler_config)
+    return DDPMScheduler.from_config(train_scheduler_config, clip_sample=pixel_space, clip_sample_range=1.0)

@@ -95,7 +95,7 @@ class DitPipeline:
 
     def _generate_batch(self, prompts: List[str], seeds: List[int], scale: float, steps: int, sampler: str) -> torch.Tensor:
         """One batch of the reverse process with guidance."""
-        scheduler = sampling_scheduler(self.scheduler_config, sampler)
+        scheduler = sampling_scheduler(self.scheduler_config, sampler, pixel_space=self.space.vae is None)
         scheduler.set_timesteps(steps, device=self.device)
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         x = torch.stack([torch.randn(self.latent_shape(), generator=g) for g in generators]).to(self.device)
