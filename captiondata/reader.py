@@ -113,7 +113,6 @@ _ZERO_BLOCK = bytes(_BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # tarfile's REGTYPE, AREGTYPE, CONTTYPE (GNU sparse files are skipped)
 _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6", b"S")  # tarfile's supported non-regular types: no data blocks skipped
 _META = (b"L", b"K", b"x", b"g", b"X")  # GNU long name / long link, pax extended / global, Solaris extended header
-_SUMS = struct.Struct("148B8x356B")
 _SIGNED_SUMS = struct.Struct("148b8x356b")
 
 
@@ -181,7 +180,7 @@ def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Op
             return
         try:
             checksum = _tar_number(header[148:156])
-            valid = checksum == 256 + sum(_SUMS.unpack(header)) or checksum == 256 + sum(_SIGNED_SUMS.unpack(header))
+            valid = checksum == sum(header) - sum(header[148:156]) + 256 or checksum == 256 + sum(_SIGNED_SUMS.unpack(header))
             size = _tar_number(header[124:136]) if valid else -1
         except TarFormatError:
             valid = False

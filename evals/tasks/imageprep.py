@@ -18,6 +18,7 @@ overlaps the model's forward pass (Pillow and torch release the GIL while they w
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -162,6 +163,9 @@ def image_loader(data: Dataset, split: SplitPreprocess, batch_size: int, num_wor
     stream = isinstance(data, IterableDataset)
     if stream and getattr(data, "max_samples", None) is not None:
         num_workers = 0  # "first N samples" is only well defined in one reading process
+    if stream and split.plan is not None and hasattr(data, "as_array"):
+        data = copy.copy(data)  # shares the counters; yields arrays for resize_crop
+        data.as_array = True
     wrapped = _MappedStream(data, split.pil_stage) if stream else _Mapped(data, split.pil_stage, as_array=split.plan is not None)
     loader = DataLoader(wrapped, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_lists,
                         persistent_workers=False)
