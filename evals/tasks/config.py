@@ -80,8 +80,8 @@ class TaskConfig:
     fid_bootstrap: int = 100
     kid_subsets: int = 100
     kid_subset_size: int = 1000
-    recognizer_scenes: int = 3000
-    recognizer_epochs: int = 6
+    recognizer_scenes: int = 2000
+    recognizer_epochs: int = 12
     judge_url: Optional[str] = None
     judge_model: Optional[str] = None
     judge_rubric: str = "alignment_1to5"

@@ -2,7 +2,7 @@
 image against the scene graph its prompt states (GenEval in miniature, with the detector's own accuracy published).
 
 The recognizer reads an image as the scenes are drawn: a 3 x 3 grid of cells, each empty or holding one object group.
-Every cell (a ``CROP`` px window around the cell's centre of the image resized to ``size`` px, bicubic with
+Every cell (a ``crop_size(size)`` px window, 14 px at 32 px, around the cell's centre of the image resized to ``size`` px, bicubic with
 antialiasing as the DiT's training images are made) goes through one small CNN with four heads: shape (6 + empty),
 colour (6), count (1-3) and size (small/large). It is trained on renders of ``captiondata.builders.scenes`` (seed
 ``RECOGNIZER_SEED``, never the data set's own) and scored on held-out renders of another seed; its accuracy there
@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 RECOGNIZER_SEED = 7919  # renders the recognizer trains on (the data sets use seed 0)
 HELDOUT_SEED = 104729  # renders it is scored on
 MIN_ACCURACY = 0.95
-CROP = 14  # px window per cell at size 32 (a cell is 10.7 px; objects stay inside it)
+CROP = 14  # px window per cell at size 32 (a cell is 10.7 px; objects stay inside it); scaled with the image size
+
+
+def crop_size(size: int) -> int:
+    """The cell window at image size ``size``: ``CROP`` x size / 32, at least 8 px."""
+    return max(8, round(CROP * size / 32))
 ATTRIBUTES = ("shape", "colour", "count", "size")
 CATEGORIES = ("object", "colour", "count", "position", "overall")
 
@@ -54,7 +59,7 @@ def _scenes():
 
 
 class CellRecognizer(torch.nn.Module):
-    """B x 3 x CROP x CROP cell crops (float, [0, 1]) -> logits of shape (7: empty + 6), colour (6), count (3), size (2)."""
+    """B x 3 x crop x crop cell crops (float, [0, 1]) -> logits of shape (7: empty + 6), colour (6), count (3), size (2)."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
@@ -85,9 +90,10 @@ def image_array(image: Any, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def cell_crops(arrays: np.ndarray, crop: int = CROP) -> torch.Tensor:
+def cell_crops(arrays: np.ndarray, crop: Optional[int] = None) -> torch.Tensor:
     """N x S x S x 3 images -> (N * 9) x 3 x crop x crop windows centred on the grid cells (row-major, edge-padded)."""
     n, size = arrays.shape[0], arrays.shape[1]
+    crop = crop or crop_size(size)
     pad = crop
     padded = np.pad(arrays, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     out = np.empty((n, 9, crop, crop, 3), dtype=np.float32)
@@ -160,9 +166,9 @@ class RecognizerSpec:
     """How the recognizer is trained: image size (the generator's), training and held-out scene counts, epochs."""
 
     size: int = 32
-    train_scenes: int = 3000
+    train_scenes: int = 2000
     heldout_scenes: int = 500
-    epochs: int = 6
+    epochs: int = 12
     batch_size: int = 64
     lr: float = 3e-3
     width: int = 24
@@ -170,7 +176,7 @@ class RecognizerSpec:
     def key(self) -> Dict[str, Any]:
         """Cache key: every field plus the scenes' version and the seeds."""
         sc = _scenes()
-        return {**self.__dict__, "scenes_version": sc.SCENES_VERSION, "seeds": [RECOGNIZER_SEED, HELDOUT_SEED], "crop": CROP, "v": 2}
+        return {**self.__dict__, "scenes_version": sc.SCENES_VERSION, "seeds": [RECOGNIZER_SEED, HELDOUT_SEED], "crop": crop_size(self.size), "v": 2}
 
 
 @dataclass

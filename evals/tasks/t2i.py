@@ -190,7 +190,9 @@ def load_evaluator(spec: str, device: str) -> Tuple[ImageTextEmbedder, str]:
         loader = clip_export_loader()
         if loader is None:
             raise ConfigError(f"evaluator {spec}: loading a harness CLIP export needs the pipeline's loader (run through python -m evals.run)")
-        return loader(path, device), f"harness CLIP {os.path.basename(os.path.normpath(path))}"
+        folder = os.path.normpath(path)
+        label = os.path.basename(os.path.dirname(folder)) if os.path.basename(folder) == "export" else os.path.basename(folder)
+        return loader(path, device), f"harness CLIP {label}"
     name, _, pretrained = spec.partition(":")
     return load_open_clip(name, pretrained or None, device), f"open_clip {spec}"
 
