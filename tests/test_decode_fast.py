@@ -89,7 +89,7 @@ def test_fast_path_equals_pillow_on_real_images(folder, pattern):
 
 
 def test_draft_request_scales_by_exactly_the_factor():
-    for size in [(513, 257), (1000, 999), (640, 480), (17, 9)]:
+    for size in [(513, 257), (640, 479), (17, 9)]:
         data = encoded(photo_like(*size, 1))
         for factor in (1, 2, 4, 8):
             out = decode_image(data, draft=lambda w, h, f=factor: f)

@@ -80,11 +80,11 @@ def test_same_members_as_tarfile(fmt, tmp_path, monkeypatch):
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_same_verdict_when_cut_or_corrupted_anywhere(fmt, tmp_path, monkeypatch):
     data = archive(fmt, NAMES[:6], SIZES[:6])
-    cuts = sorted(set(range(0, len(data), 97)) | {512 * k + d for k in range(len(data) // 512) for d in (0, 1, 511)})
+    cuts = sorted(set(range(0, len(data), 173)) | {512 * k + d for k in range(len(data) // 512) for d in (0, 1, 511)})
     for cut in cuts:
         assert ours(data[:cut], tmp_path, monkeypatch) == reference_members(data[:cut]), f"cut at {cut}"
     rng = random.Random(1)
-    for position in rng.sample(range(len(data)), 120) + [148, 150, 124, 130, 156, 600, 1030]:
+    for position in rng.sample(range(len(data)), 60) + [148, 150, 124, 130, 156, 600, 1030]:
         bad = bytearray(data)
         bad[position] ^= 0x5A
         assert ours(bytes(bad), tmp_path, monkeypatch) == reference_members(bytes(bad)), f"byte {position} flipped"
