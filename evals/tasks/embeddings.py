@@ -226,9 +226,12 @@ def _encode_text_batches(model: torch.nn.Module, tokenizer: Any, texts: List[str
 
 
 def _trimming_agrees(model: torch.nn.Module, tokens: torch.Tensor) -> bool:
-    """True when the trimmed forward matches ``model.encode_text`` on a few rows (tolerance 1e-4 x scale)."""
-    full = model.encode_text(tokens).float()
-    trimmed = encode_text_trimmed(model, tokens).float()
+    """True when the trimmed forward matches ``model.encode_text`` on a few rows (tolerance 1e-4 x scale), compared
+    with autocast off: under bf16 autocast the two differ by bf16 rounding (about 1e-2), which would switch trimming
+    off for a model it is exact for."""
+    with torch.autocast(device_type=tokens.device.type, enabled=False):
+        full = model.encode_text(tokens).float()
+        trimmed = encode_text_trimmed(model, tokens).float()
     tolerance = 1e-4 * max(float(full.abs().max()), 1.0)
     if float((full - trimmed).abs().max()) > tolerance:
         log.warning("trimmed text encoding disagrees with model.encode_text; encoding at full context length")
