@@ -207,6 +207,7 @@ def main() -> None:
     from train_clip.models import create_clip, create_tokenizer, eval_transform, train_transform
 
     cfg = DataConfig(name="flickr8k", builder="flickr8k", shard_dir=args.shard_dir, samples_per_shard=250, shuffle_buffer=0, num_workers=0)
+    root = flickr8k_root(cfg)  # a missing Flickr8k folder: one error line before anything is built
     build_shards(cfg)
     small_urls = expand_shards(cfg.shards("train"))
     big_spec = upscaled_shards(small_urls, os.path.join(os.path.dirname(args.shard_dir.rstrip("/")) or ".", f"flickr8k_{args.big}"), args.big, args.images)
@@ -214,7 +215,6 @@ def main() -> None:
     model = create_clip(ClipModelConfig(name=args.model), args.size, torch.device("cpu"))
     transform, evaluation = train_transform(model), eval_transform(model)
     tokenizer = create_tokenizer(ClipModelConfig(name=args.model))
-    root = flickr8k_root(cfg)
     with open(os.path.join(root, "Flickr_8k.trainImages.txt")) as handle:
         files = [os.path.join(root, "images", line.strip()) for line in handle if line.strip()][: args.images]
 
