@@ -207,7 +207,10 @@ def main() -> None:
     from train_clip.models import create_clip, create_tokenizer, eval_transform, train_transform
 
     cfg = DataConfig(name="flickr8k", builder="flickr8k", shard_dir=args.shard_dir, samples_per_shard=250, shuffle_buffer=0, num_workers=0)
-    root = flickr8k_root(cfg)  # a missing Flickr8k folder: one error line before anything is built
+    from captiondata.builders.flickr8k import check_root
+
+    root = flickr8k_root(cfg)
+    check_root(root)  # a missing Flickr8k folder: one error line, whatever shards an earlier run left
     build_shards(cfg)
     small_urls = expand_shards(cfg.shards("train"))
     big_spec = upscaled_shards(small_urls, os.path.join(os.path.dirname(args.shard_dir.rstrip("/")) or ".", f"flickr8k_{args.big}"), args.big, args.images)
