@@ -299,6 +299,15 @@ def _draft_request(size: Tuple[int, int], factor: int) -> Optional[Tuple[int, in
     return width // factor, height // factor
 
 
+def _draft_is_identity(data: bytes, draft: DraftRule, exif_transpose: bool) -> bool:
+    """True when ``draft`` would not reduce this image (not a JPEG, or a JPEG whose rule gives factor 1), so the
+    full-size fast path may decode it."""
+    if data[:2] != b"\xff\xd8":
+        return True
+    size = jpeg_fast_size(data, exif_transpose)
+    return size is not None and draft(size[0], size[1]) == 1
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True, count: Count = None,
                  draft: Optional[DraftRule] = None, as_array: bool = False) -> Any:
     """Decode image bytes to 8-bit RGB; refuse empty, undecodable, truncated or over-``max_pixels`` images.
@@ -319,7 +328,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpo
     if not data:
         raise BadSample("empty_image")
     allow_pixels(max_pixels)
-    if draft is None:
+    if draft is None or _draft_is_identity(data, draft, exif_transpose):
         fast = _decode_fast_jpeg(data, max_pixels, exif_transpose, count)
         if fast is not None:
             return fast if as_array else Image.fromarray(fast, "RGB")

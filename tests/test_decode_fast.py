@@ -134,3 +134,9 @@ def test_png_refusals_go_through_pillow():
         decode_image(bytes(data))
     with pytest.raises(BadSample):
         decode_image(bytes(buffer.getvalue()[:-30]))
+
+
+def test_draft_factor_one_takes_the_exact_path():
+    data = encoded(photo_like(64, 48, 2))
+    assert np.array_equal(np.asarray(decode_image(data, draft=lambda w, h: 1)), pillow_rgb(data))
+    assert decode_image(data, draft=lambda w, h: 2).size == (32, 24)
