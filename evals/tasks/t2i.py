@@ -126,6 +126,7 @@ def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: Ta
         if isinstance(out, torch.Tensor):
             check_generated(out, task.name)
         images.extend(to_pil(image) for image in out)
+        log.info("%s: generated %d of %d images", task.name, len(images), len(prompts))
     check_generated(images, task.name)
     if folder is not None:
         os.makedirs(folder, exist_ok=True)
