@@ -58,7 +58,8 @@ def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], in
         if os.path.exists(existing) and read_record(existing)["run"].get("source_record") == identity:
             published.append(existing)
             continue
+        per_query = read_per_query(source) if record.get("per_query_file") else None  # whole-set metrics (FID) have none
         record = {k: v for k, v in record.items() if k not in ("path", "per_query_file")}
         record["run"] = {**run, "source_record": identity}
-        published.append(write_record(record, folder, read_per_query(source), stem=stem, on_exists="new_name"))
+        published.append(write_record(record, folder, per_query, stem=stem, on_exists="new_name"))
     return published

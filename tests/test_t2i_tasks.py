@@ -232,3 +232,19 @@ def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
     assert (fid["extra"]["guidance_scale"], fid["extra"]["steps"], fid["extra"]["sampler"]) == (10.0, 5, "dpm++")
     assert "bootstrap" in fid["whole_set_interval_methods"]["fid"] and records["smoke_judge"]["metrics"]["judge_rating"] is None
     assert fid["extra"]["reference_statistics_cached"]  # raw and recap prompts share their reference images
+
+
+def test_whole_set_records_publish_and_compare_without_per_query_values(tmp_path, scene_shards, monkeypatch):
+    """An FID record has no per-query sidecar: the paired comparison of two of them is empty, never a crash."""
+    from evals.results.records import compare_records
+    from evals.tasks import fid as F
+
+    spec, records = scene_shards
+    torch.manual_seed(0)
+    small = F.FidInceptionFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 9, stride=8), torch.nn.Tanh(),
+                                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), num_features=6)
+    monkeypatch.setattr(F, "default_extractor", lambda device="cpu": small)
+    config = task("fid", "fid", spec, max_samples=12, fid_bootstrap=5, kid_subsets=3, kid_subset_size=6)
+    paths = [evaluate_checkpoint(ImageGenerator(Oracle(records, shift=s), weights_id=f"g{s}"), cfg_for(tmp_path / str(s), [config]), f"g{s}")[0]["path"]
+             for s in (0, 1)]
+    assert compare_records(paths[0], paths[1]) == {}

@@ -118,12 +118,15 @@ def read_per_query(path: str) -> Dict[str, QueryValues]:
 
 
 def compare_records(path_a: str, path_b: str, cfg: Optional[Any] = None) -> Dict[str, PairedResult]:
-    """Paired test (A minus B) for every per-query metric both records share; same task on the same data required.
+    """Paired test (A minus B) for every per-query metric both records share ({} when either has none: whole-set
+    metrics only); same task on the same data required.
     ``cfg``: resampling settings (an ``EvalConfig`` or ``Resampling``; default ``Resampling()``)."""
     cfg = cfg or Resampling()
     a, b = read_record(path_a), read_record(path_b)
     if a["task"] != b["task"] or a["dataset"].get("fingerprint") != b["dataset"].get("fingerprint"):
         raise ValueError(f"records {path_a} and {path_b} are not the same task on the same data set (fingerprints differ)")
+    if not a.get("per_query_file") or not b.get("per_query_file"):
+        return {}  # whole-set metrics only (FID, KID): nothing to pair
     values_a, values_b = read_per_query(path_a), read_per_query(path_b)
     return {name: paired_test(values_a[name], values_b[name], cfg.bootstrap_samples, cfg.permutation_samples, cfg.confidence, cfg.seed)
             for name in sorted(set(values_a) & set(values_b))}
