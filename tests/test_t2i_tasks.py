@@ -210,7 +210,8 @@ def test_judge_task_without_a_judge_is_undefined_and_recorded(tmp_path, scene_sh
 @pytest.mark.slow
 def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
     """python -m evals.run: data -> features -> train (DiT-micro, a few steps) -> eval (t2i_smoke: FID/KID raw and
-    recap through the real FID Inception, the judge undefined); records carry counts, guidance, steps and sampler."""
+    recap through the real FID Inception, the judge undefined) -> tables; records carry counts, guidance, steps and
+    sampler."""
     import glob
     import subprocess
     import sys
@@ -218,7 +219,7 @@ def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "evals.run", "+experiment=dit_smoke", "eval=t2i_smoke", f"run.out_root={out}",
-               f"run.results_dir={tmp_path / 'results'}", "run.stages=[data,features,train,eval]"]
+               f"run.results_dir={tmp_path / 'results'}", "run.stages=[data,features,train,eval,tables]"]
     done = subprocess.run(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     records = {}
@@ -232,6 +233,8 @@ def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
     assert (fid["extra"]["guidance_scale"], fid["extra"]["steps"], fid["extra"]["sampler"]) == (10.0, 5, "dpm++")
     assert "bootstrap" in fid["whole_set_interval_methods"]["fid"] and records["smoke_judge"]["metrics"]["judge_rating"] is None
     assert fid["extra"]["reference_statistics_cached"]  # raw and recap prompts share their reference images
+    tables = glob.glob(str(tmp_path / "results" / "*.md"))
+    assert tables and any("smoke_recap_fid" in open(t).read() for t in tables)
 
 
 def test_whole_set_records_publish_and_compare_without_per_query_values(tmp_path, scene_shards, monkeypatch):
