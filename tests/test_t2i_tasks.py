@@ -161,7 +161,7 @@ def test_recognizer_reaches_the_threshold_and_scores_the_oracle_above_the_shuffl
     right = t2i.run_prompt_following_task(ImageGenerator(Oracle(records), weights_id="oracle"), config, cfg)
     wrong = t2i.run_prompt_following_task(ImageGenerator(Oracle(records, shift=2), weights_id="shuffled"), config, cfg)
     assert min(right.extra["recognizer_heldout_accuracy"].values()) >= P.MIN_ACCURACY
-    assert right.metrics["overall"] >= 0.8 and right.metrics["object"] >= 0.95
+    assert right.metrics["overall"] >= 0.8 and right.metrics["object"] >= 0.85  # ~0.96 per object, 2-3 objects a scene
     assert wrong.metrics["overall"] <= 0.2 and wrong.metrics["position"] < right.metrics["position"]
 
 
