@@ -49,7 +49,12 @@ def test_stages_given_as_dicts_become_stage_configs():
     assert isinstance(cfg.stages[0], StageConfig) and cfg.stages[0].image_size == 32
 
 
-@pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda p: p.stem)
+def group_files(group: str, dit: bool) -> list:
+    """The files of a model/ or train/ group that belong to the CLIP family (dit=False) or the DiT family."""
+    return sorted(p for p in (CONF / group).glob("*.yaml") if p.stem.startswith("dit_") == dit)
+
+
+@pytest.mark.parametrize("path", group_files("model", dit=False), ids=lambda p: p.stem)
 def test_model_group_files_are_typed_and_name_open_clip_models(path):
     from pipeline.cli import compose_config
 
@@ -57,12 +62,21 @@ def test_model_group_files_are_typed_and_name_open_clip_models(path):
     assert isinstance(cfg, ClipModelConfig) and open_clip.get_model_config(cfg.name) is not None, cfg.name
 
 
-@pytest.mark.parametrize("path", sorted((CONF / "train").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", group_files("train", dit=False), ids=lambda p: p.stem)
 def test_train_group_files_are_typed(path):
     from pipeline.cli import compose_config
 
     cfg = compose_config([f"train={path.stem}"])[0].train
     assert isinstance(cfg, TrainConfig) and all(isinstance(s, StageConfig) for s in cfg.stages)
+
+
+@pytest.mark.parametrize("path", group_files("model", dit=True) + group_files("train", dit=True), ids=lambda p: p.stem)
+def test_dit_group_files_are_typed_by_the_dit_family(path):
+    from pipeline.cli import compose_config
+    from train_dit.config import DitModelConfig, DitTrainConfig
+
+    cfg = compose_config(["trainer=dit", f"{path.parent.name}={path.stem}"])[0]
+    assert isinstance(cfg.model, DitModelConfig) and isinstance(cfg.train, DitTrainConfig)
 
 
 def test_a_typo_in_a_group_file_fails_at_composition():
