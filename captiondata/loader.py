@@ -230,7 +230,7 @@ class MixedCaptionDataset(IterableDataset):
                     image = pil_to_tensor(image)
             choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
             self._count_choice(choice)
-            yield {"image": image, "text": choice.text, "key": record.key, "source": choice.emitted}
+            yield {"image": image, "text": choice.text, "key": record.key, "source": choice.emitted, "shard": raw["__url__"]}
 
     def _count_choice(self, choice: Any) -> None:
         """Record the mixer's draw, what was emitted and any fallback."""
@@ -253,6 +253,7 @@ class MixedCaptionDataset(IterableDataset):
             "text": self.tokenize(texts) if self.tokenize is not None else texts,
             "key": [s["key"] for s in samples],
             "source": [s["source"] for s in samples],
+            "shard": [s["shard"] for s in samples],  # a sample is (shard, key)
         }
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:

@@ -182,9 +182,10 @@ def test_resume_after_a_crash_is_bitwise_equal(tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_at_its_step_keeping_the_last_good_checkpoint(tmp_path):
-    from train_dit.train import TrainingDiverged, train
+    from harness_infra.errors import BrokenModelError
+    from train_dit.train import train
 
-    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 6 .*step_00000004\.pt") as caught:
+    with pytest.raises(BrokenModelError, match=r"the loss is (nan|inf) at step 6 .*step_00000004\.pt") as caught:
         train(DitModelConfig(**MICRO), recipe(samples=16 * 8, checkpoint_every_steps=2, keep_checkpoints=5), None, None, str(tmp_path),
               source_factory=colour_factory(48, poison_batch=5))
     assert "\n" not in str(caught.value)
@@ -326,3 +327,21 @@ def test_a_harness_clip_export_conditions_the_dit_with_its_text_tokens(tmp_path)
     assert mask.sum(1).tolist() == (eot + 1).tolist() and features.shape == (2, int(eot.max()) + 1, 64)
     pooled = features[torch.arange(2), eot] @ clip.text_projection
     torch.testing.assert_close(pooled, clip.encode_text(tokens).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_same_key_in_two_shards_keeps_its_own_image_and_caption_features():
+    """A sample is (shard, key) in the DiT feature store too (issue 14, item 6): nothing dropped, nothing mixed up."""
+    import torch
+
+    from train_dit.features import FeatureStore
+
+    def part(value: float, caption: str) -> dict:
+        return {"keys": ["k0"], "x0": torch.full((1, 1, 3, 2, 2), value), "texts": [caption], "text_sample": torch.tensor([0]),
+                "text_lengths": torch.tensor([2]), "text_features": torch.full((2, 4), value, dtype=torch.float16), "skipped": {}}
+
+    store = FeatureStore([part(1.0, "a red star"), part(2.0, "a blue square")], ["shard-a.tar", "shard-b.tar"])
+    assert store.skipped == {}
+    assert float(store.images.get("k0", "shard-a.tar").max()) == 1.0 and float(store.images.get("k0", "shard-b.tar").max()) == 2.0
+    assert float(store.text("k0", "a blue square", "shard-b.tar").max()) == 2.0
+    with pytest.raises(KeyError, match="shard-a.tar"):
+        store.text("k0", "a blue square", "shard-a.tar")

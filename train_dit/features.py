@@ -60,7 +60,7 @@ def feature_cache_key(text: TextEncoder, space: ImageSpace, transform: Callable,
                       flip: bool) -> Dict[str, Any]:
     """What the features depend on besides the shard (each shard's entry adds ``"shard": file_identity(url, mtime=True)``)."""
     return {"format": FEATURE_FORMAT, "text": text.identity(), "image": space.identity(), "preprocess": preprocess_identity(transform),
-            "layout": asdict(data_cfg.layout), "max_image_pixels": data_cfg.max_image_pixels, "flip": flip,
+            "layout": asdict(data_cfg.layout), "max_image_pixels": data_cfg.max_image_pixels, "exif_transpose": data_cfg.exif_transpose, "flip": flip,
             "concat_separator": mix_cfg.concat_separator if mix_cfg.strategy == "concat" else None, "dtype": "float16"}
 
 
@@ -84,7 +84,7 @@ def compute_shard_features(url: str, data_cfg: DataConfig, mix_cfg: MixConfig, t
             x0_chunks.append(torch.stack(views, dim=1).half().cpu())
             pending.clear()
 
-    for record in valid_records(raw_samples([url], counters), data_cfg.layout, counters, data_cfg.max_image_pixels):
+    for record in valid_records(raw_samples([url], counters), data_cfg.layout, counters, data_cfg.max_image_pixels, data_cfg.exif_transpose):
         for candidate in candidate_texts(record.original, record.recaptions, mix_cfg):
             texts.append(candidate)
             owners.append(len(keys))
@@ -105,43 +105,44 @@ def compute_shard_features(url: str, data_cfg: DataConfig, mix_cfg: MixConfig, t
 
 
 class FeatureStore:
-    """Merged shard payloads: ``images`` (ImageFeatures: key -> x0 views [V, C, S, S]) and ``text(key, text)`` ->
-    features [L, D] float32. A key already seen in an earlier shard is dropped and counted as ``duplicate_key``."""
+    """Merged shard payloads (``parts[i]`` of shard ``urls[i]``): ``images`` (ImageFeatures: (shard, key) -> x0 views
+    [V, C, S, S]) and ``text(key, text, shard)`` -> features [L, D] float32.
 
-    def __init__(self, parts: List[Dict[str, Any]]) -> None:
+    A sample is its shard and its key, as everywhere in the harness (``captiondata.loader.ImageFeatures``): the same
+    key in two shards is two samples, each with its own image and caption features (user shards often restart their
+    keys in every shard). A key repeated inside one shard was already dropped and counted by the reader.
+    """
+
+    def __init__(self, parts: List[Dict[str, Any]], urls: List[str]) -> None:
         keys: List[str] = []
+        shards: List[str] = []
         x0: List[torch.Tensor] = []
         self.skipped: Dict[str, int] = {}
-        self.index: Dict[Tuple[str, str], Tuple[int, int]] = {}
+        self.index: Dict[Tuple[str, str, str], Tuple[int, int]] = {}
         chunks: List[torch.Tensor] = []
-        offset, seen = 0, set()
-        for part in parts:
+        offset = 0
+        for part, url in zip(parts, urls, strict=True):
             for name, count in part["skipped"].items():
                 self.skipped[name] = self.skipped.get(name, 0) + count
-            keep = [i for i, key in enumerate(part["keys"]) if key not in seen]
-            if len(keep) < len(part["keys"]):
-                self.skipped["duplicate_key"] = self.skipped.get("duplicate_key", 0) + len(part["keys"]) - len(keep)
-            kept = set(keep)
-            seen.update(part["keys"])
-            keys.extend(part["keys"][i] for i in keep)
-            if keep:
-                x0.append(part["x0"][keep])
+            keys.extend(part["keys"])
+            shards.extend([url] * len(part["keys"]))
+            if part["keys"]:
+                x0.append(part["x0"])
             starts = torch.cumsum(part["text_lengths"], 0) - part["text_lengths"]
             for t, (owner, start, length) in enumerate(zip(part["text_sample"].tolist(), starts.tolist(), part["text_lengths"].tolist())):
-                if owner in kept:
-                    self.index[(part["keys"][owner], part["texts"][t])] = (offset + start, length)
+                self.index[(url, part["keys"][owner], part["texts"][t])] = (offset + start, length)
             chunks.append(part["text_features"])
             offset += int(part["text_features"].shape[0])
         if not keys:
             raise ConfigError(f"no valid training sample to train the DiT on (skipped: {self.skipped or 'none'})")
-        self.images = ImageFeatures(keys, torch.cat(x0))
+        self.images = ImageFeatures(keys, torch.cat(x0), shards)
         self.text_features = torch.cat(chunks)
 
-    def text(self, key: str, text: str) -> torch.Tensor:
-        """Features [L, D] float32 of ``text`` as a caption of sample ``key``."""
-        found = self.index.get((key, text))
+    def text(self, key: str, text: str, shard: str) -> torch.Tensor:
+        """Features [L, D] float32 of ``text`` as a caption of sample ``key`` of ``shard``."""
+        found = self.index.get((shard, key, text))
         if found is None:
-            raise KeyError(f"no cached text features for sample {key!r} and caption {text[:60]!r}; the feature cache is stale")
+            raise KeyError(f"no cached text features for sample {key!r} of {shard} and caption {text[:60]!r}; the feature cache is stale")
         start, length = found
         return self.text_features[start:start + length].float()
 
@@ -163,7 +164,7 @@ def ensure_features(data_cfg: DataConfig, mix_cfg: MixConfig, text: TextEncoder,
     transform = pixel_transform(image_size)
     urls = expand_shards(data_cfg.shards("train"))
     if cache_dir is None:
-        return FeatureStore([compute_shard_features(u, data_cfg, mix_cfg, text, space, transform, flip, batch_size) for u in urls])
+        return FeatureStore([compute_shard_features(u, data_cfg, mix_cfg, text, space, transform, flip, batch_size) for u in urls], urls)
     cache, base = EmbeddingCache(cache_dir), feature_cache_key(text, space, transform, data_cfg, mix_cfg, flip)
     mine, computed = urls[rank::world_size], 0
     for number, url in enumerate(mine, 1):
@@ -180,7 +181,7 @@ def ensure_features(data_cfg: DataConfig, mix_cfg: MixConfig, text: TextEncoder,
         if part is None:
             raise ConfigError(f"DiT features of shard {url} are missing from {cache_dir} after every rank computed its share")
         parts.append(part)
-    store = FeatureStore(parts)
+    store = FeatureStore(parts, urls)
     log.info("dit features: %d images, %d texts, %.1f MB (%.1f GB per million images)%s", len(store.images.keys), len(store.index),
              store.nbytes() / 1e6, bytes_per_million(store) / 1e9, f", skipped {store.skipped}" if store.skipped else "")
     return store
@@ -203,7 +204,7 @@ class FeatureBatches:
     def iterate(self, skip_batches: int = 0) -> Iterator[Dict[str, Any]]:
         """This epoch's batches after the first ``skip_batches``."""
         for batch in self.loader.iterate(skip_batches=skip_batches):
-            rows = [self.store.text(key, text) for key, text in zip(batch["key"], batch["text"])]
+            rows = [self.store.text(key, text, shard) for key, text, shard in zip(batch["key"], batch["text"], batch["shard"])]
             yield {"x0": batch["image"], "text_rows": rows, "text": batch["text"], "key": batch["key"], "source": batch["source"]}
 
     def epoch_totals(self) -> Dict[str, int]:

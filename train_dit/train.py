@@ -31,7 +31,8 @@ from captiondata.loader import CaptionLoader, derived_seed
 from harness_infra.atomic import atomic_torch_save, atomic_write_json
 from harness_infra.errors import require
 from training import checkpoint as ckpt
-from training.distributed import DistEnv, all_ranks_have, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from training.guard import check_finite_loss
 from training.monitor import RunMonitor
 from training.precision import precision_context
 from training.runtime import runtime, seed_everything
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
 PIPELINE_FILE = "dit_pipeline.json"
 SourceFactory = Callable[["Session"], BatchSource]
-
-
-class TrainingDiverged(RuntimeError):
-    """A step's loss was not finite; the run stopped before applying it (the last checkpoint is the last good one)."""
 
 
 @dataclass
@@ -99,7 +96,8 @@ def train(model_cfg: DitModelConfig, train_cfg: DitTrainConfig, data_cfg: Option
 
     ``source_factory(session)`` replaces the caption loader (tests: in-memory batches of ``{"image" [B, 3, H, W] in
     [0, 1], "text": [str]}``). Resuming (``train.resume``) restores weights, EMA, optimizer, RNG and data position.
-    Raises ``TrainingDiverged`` naming the step when a loss is not finite.
+    Raises ``harness_infra.errors.BrokenModelError`` (``training.guard.check_finite_loss``) naming the step and the last
+    good checkpoint when a loss is not finite on any rank.
     """
     started = time.perf_counter()
     with runtime(train_cfg.threads, train_cfg.deterministic):
@@ -278,9 +276,7 @@ def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.
         with autocast():
             prediction = predict(train_model, x_t, timesteps, text, mask)
         loss = F.mse_loss(prediction.float(), target.float())
-        if not all_ranks_have(bool(torch.isfinite(loss)), env):
-            raise TrainingDiverged(f"non-finite loss at step {position.step + 1} (loss {float(loss.detach()):g} on rank {env.rank}); "
-                                   f"stopped before applying it; last good checkpoint: {session.checkpoint_path or 'none'}")
+        check_finite_loss(loss, env, position.step + 1, session.checkpoint_path)  # before backward and the update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip_norm is not None:
