@@ -7,17 +7,14 @@ stage (open_clip resamples the ViT positional embeddings) -> export an open_clip
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 from open_clip.model import get_input_dtype
 
@@ -34,6 +31,7 @@ from train_clip.models import (create_clip, create_tokenizer, eval_transform, ex
 from towers.text_trim import TrimmedTextCLIP, text_pad_id, trim_pad_id, trim_padding
 from training.guard import check_finite_loss, check_finite_weights
 from training.monitor import RunMonitor
+from training.runtime import run_logging, runtime, seed_everything
 from train_clip.optim import build_optimizer
 from training.schedule import LRSchedule
 from train_clip.step import StepContext, make_loss, train_step
@@ -91,70 +89,17 @@ def train(model_cfg: ClipModelConfig, train_cfg: TrainConfig, data_cfg: Optional
     Resuming (``train.resume``) continues from the saved step, data position and RNG states.
     """
     started = time.perf_counter()
-    with runtime(train_cfg):
+    with runtime(train_cfg.threads, train_cfg.deterministic):
         env = init_distributed(train_cfg.device, train_cfg.dist_backend)
         factory = loader_factory or caption_loader_factory(data_cfg, mix_cfg)
         session = Session(model_cfg, train_cfg, os.path.abspath(out_dir), env, factory)
-        with run_logging(session.out_dir, env):
+        with run_logging(session.out_dir, env, ("train_clip", "training", "captiondata")):
             try:
                 return run(session, data_cfg, mix_cfg, started)
             finally:
                 if session.monitor is not None:
                     session.monitor.close()
                 shutdown(env)
-
-
-@contextlib.contextmanager
-def runtime(train_cfg: TrainConfig) -> Iterator[None]:
-    """Thread count, denormal flushing and deterministic kernels for the run; the previous settings come back after.
-
-    Flushing denormals to zero (CPU) avoids multi-second first steps: early AdamW second moments and
-    gradients of rarely used token embeddings are denormal floats, which x86 handles in slow microcode.
-    """
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    if train_cfg.threads is not None:
-        torch.set_num_threads(train_cfg.threads)
-    torch.set_flush_denormal(True)
-    if train_cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-
-
-@contextlib.contextmanager
-def run_logging(out_dir: str, env: DistEnv) -> Iterator[None]:
-    """Copy this package's and captiondata's INFO logs to out_dir/train.log on rank 0 for the run."""
-    if not env.is_main:
-        yield
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(out_dir, "train.log"), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    loggers = [logging.getLogger("train_clip"), logging.getLogger("captiondata")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        if lg.getEffectiveLevel() > logging.INFO:
-            lg.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-        handler.close()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def check_tower_sizes(model_cfg: ClipModelConfig, train_cfg: TrainConfig) -> None:

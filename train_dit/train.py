@@ -12,7 +12,6 @@ one process would for the same samples (DDP equals one process up to float summa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,7 @@ from training.distributed import DistEnv, barrier, gather_objects, init_distribu
 from training.guard import check_finite_loss
 from training.monitor import RunMonitor
 from training.precision import precision_context
-from training.runtime import runtime, seed_everything
+from training.runtime import run_logging, runtime, seed_everything
 from training.schedule import LRSchedule
 from training.stream import BatchSource, DataStream
 from train_dit.config import DitModelConfig, DitTrainConfig
@@ -103,36 +102,13 @@ def train(model_cfg: DitModelConfig, train_cfg: DitTrainConfig, data_cfg: Option
     with runtime(train_cfg.threads, train_cfg.deterministic):
         env = init_distributed(train_cfg.device, train_cfg.dist_backend)
         session = Session(model_cfg, train_cfg, data_cfg, mix_cfg, os.path.abspath(out_dir), env)
-        with run_logging(session.out_dir, env):
+        with run_logging(session.out_dir, env, ("train_dit", "training", "captiondata")):
             try:
                 return run(session, source_factory, started)
             finally:
                 if session.monitor is not None:
                     session.monitor.close()
                 shutdown(env)
-
-
-@contextlib.contextmanager
-def run_logging(out_dir: str, env: DistEnv) -> Iterator[None]:
-    """Copy this package's, training's and captiondata's INFO logs to out_dir/train.log on rank 0."""
-    if not env.is_main:
-        yield
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(out_dir, "train.log"), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("train_dit", "training", "captiondata")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-        handler.close()
 
 
 def run(session: Session, source_factory: Optional[SourceFactory], started: float) -> DitTrainResult:

@@ -99,7 +99,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a checkpoint with weights_only=True; refuse an unknown format."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{path} is not a train_clip checkpoint of format {FORMAT_VERSION}")
+        raise ConfigError(f"{path} is not a harness training checkpoint of format {FORMAT_VERSION}")
     return payload
 
 

@@ -8,12 +8,15 @@ weights' gradients are denormal floats, which x86 handles in slow microcode. ``d
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+
+from training.distributed import DistEnv
 
 
 @contextlib.contextmanager
@@ -38,3 +41,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def run_logging(out_dir: str, env: DistEnv, logger_names: Sequence[str]) -> Iterator[None]:
+    """Copy the named loggers' INFO records to ``out_dir/train.log`` on rank 0 for the run (other ranks: nothing)."""
+    if not env.is_main:
+        yield
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(out_dir, "train.log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
