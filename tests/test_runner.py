@@ -292,3 +292,26 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
         handle.write(edited)
     assert os.path.getsize(tar) == len(blob)
     assert eval_key(RunContext(cfg, {}, [], infos)) != first
+
+
+def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
+    """A CLIP-score evaluator named by a glob enters the eval stage key by the content of its export folder."""
+    import dataclasses as dc
+
+    from evals.tasks.config import TaskConfig
+    from pipeline.cli import compose_config
+    from pipeline.registry import RunContext
+    from pipeline.stages.eval import key as eval_key
+
+    export = tmp_path / "train" / "clip_mix_p0.0-abc" / "export"
+    export.mkdir(parents=True)
+    (export / "open_clip_pytorch_model.bin").write_bytes(b"weights one")
+    data_dir = tmp_path / "data"
+    task = TaskConfig(name="recap_clip", task="clip_score", format="project_shards", path=f"{data_dir}/test-*.tar",
+                      evaluator=str(tmp_path / "train" / "clip_mix_p0.0-*" / "export"))
+    cfg, _ = compose_config(["+experiment=clip_smoke"])
+    cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
+    infos = {"data": {"fingerprint": "x", "out_dir": str(data_dir)}, "train": {"hash": "t"}}
+    first = eval_key(RunContext(cfg, {}, [], infos))
+    (export / "open_clip_pytorch_model.bin").write_bytes(b"weights two")  # same size, retrained
+    assert eval_key(RunContext(cfg, {}, [], infos)) != first

@@ -175,18 +175,36 @@ def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, m
     return result
 
 
+def evaluator_path(spec: str) -> str:
+    """The local path an evaluator spec names (a glob must match exactly one folder), else the spec itself (an
+    open_clip ``NAME[:PRETRAINED]``). Raises ConfigError for a glob matching none or several folders."""
+    matches = sorted(glob.glob(os.path.expanduser(spec))) if any(c in spec for c in "*?[") else []
+    if len(matches) > 1:
+        raise ConfigError(f"evaluator {spec!r} matches {len(matches)} folders ({', '.join(matches[:3])}, ...); name one")
+    if any(c in spec for c in "*?[") and not matches:
+        raise ConfigError(f"evaluator {spec!r} matches no folder (train that CLIP experiment first, or name an export folder)")
+    return matches[0] if matches else os.path.expanduser(spec)
+
+
+def evaluator_fingerprint(spec: str) -> str:
+    """The identity of an evaluator's weights for stage keys: the content of every file of a local export folder (a
+    retrained evaluator re-runs the evaluation), else the open_clip spec itself (its weights are named by the tag)."""
+    from harness_infra.identity import files_fingerprint
+
+    path = evaluator_path(spec)
+    if not os.path.isdir(path):
+        return spec
+    files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names)
+    return files_fingerprint(files, path)
+
+
 def load_evaluator(spec: str, device: str) -> Tuple[ImageTextEmbedder, str]:
     """(embedder, name) of a CLIP evaluator: an export folder of a CLIP this harness trained (a glob matching exactly one
     folder, e.g. ``cache/runs/train/clip_mix_p0.0-*/export``; loaded through the loader the pipeline registers,
     ``registry.set_clip_export_loader``) or an open_clip ``NAME[:PRETRAINED]``."""
     from evals.tasks.suite import load_open_clip
 
-    matches = sorted(glob.glob(os.path.expanduser(spec))) if any(c in spec for c in "*?[") else []
-    if len(matches) > 1:
-        raise ConfigError(f"evaluator {spec!r} matches {len(matches)} folders ({', '.join(matches[:3])}, ...); name one")
-    path = matches[0] if matches else os.path.expanduser(spec)
-    if any(c in spec for c in "*?[") and not matches:
-        raise ConfigError(f"evaluator {spec!r} matches no folder (train that CLIP experiment first, or name an export folder)")
+    path = evaluator_path(spec)
     if os.path.isdir(path):
         loader = clip_export_loader()
         if loader is None:

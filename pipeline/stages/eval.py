@@ -50,8 +50,14 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     tasks = [dataclasses.replace(t, path=t.path.replace(folder, DATA_PLACEHOLDER)) for t in resolved]
     # sets outside the data stage's folder (CIFAR-10, Flickr8k, user sets) enter by content: an in-place edit re-evaluates
     outside = {t.name: task_fingerprint(t) for t in resolved if not t.path.startswith(folder)}
-    return {"train_hash": ctx.infos["train"]["hash"], "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
-            "data_fingerprint": ctx.infos["data"]["fingerprint"], "eval_sets": outside}
+    key = {"train_hash": ctx.infos["train"]["hash"], "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
+           "data_fingerprint": ctx.infos["data"]["fingerprint"], "eval_sets": outside}
+    evaluators = {t.name: t.evaluator for t in resolved if getattr(t, "evaluator", None)}
+    if evaluators:  # a CLIP-score evaluator's weights decide the numbers: a retrained evaluator re-runs the evaluation
+        from evals.tasks.t2i import evaluator_fingerprint
+
+        key["evaluators"] = {name: evaluator_fingerprint(spec) for name, spec in evaluators.items()}
+    return key
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
