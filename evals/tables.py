@@ -28,10 +28,13 @@ RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "seed", "samples_
 
 
 def load_records(results_dir: str) -> List[Dict[str, Any]]:
-    """Published records that carry a run section; the newest per (model weights, task, evaluation data).
+    """Published records that carry a run section; the newest per (model weights, task, evaluation data, and the
+    row it belongs to: training data name, strategy, p).
 
     Identical results collapse: a re-run that trained bitwise-identical weights (another config hash, same model) and
     evaluated them on the same data set is one row, not two; records without a weights id fall back to the train run.
+    The same weights reached by two experiments of different tables (p = 1 never reads recaptions, so it is the same
+    run on the scenes and on their CoCa-recaptioned copy) stay a row in each.
     """
     newest: Dict[tuple, Dict[str, Any]] = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "records", "*.json"))):
@@ -41,7 +44,7 @@ def load_records(results_dir: str) -> List[Dict[str, Any]]:
             continue
         record["path"] = path
         weights = (record.get("model") or {}).get("weights_id") or run["train_hash"]
-        key = (weights, record["task_name"], (record.get("dataset") or {}).get("fingerprint"))
+        key = (weights, record["task_name"], (record.get("dataset") or {}).get("fingerprint"), run.get("data"), run.get("strategy"), run.get("p"))
         if key not in newest or record["created"] >= newest[key]["created"]:
             newest[key] = record
     return list(newest.values())
@@ -188,10 +191,14 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.4, 4.2))
-    for curve in plot_series(long[long["task"] == task]):
+    curves = plot_series(long[long["task"] == task])
+    series_metrics = len({c["metric"] for c in curves})
+    for curve in curves:
         color = f"C{curve['index']}"
-        if "concat" in curve:
-            ax.axhline(curve["concat"], color=color, linestyle="--", linewidth=1, label=curve["label"])
+        if "concat" in curve:  # interleaved dashes (offset per metric): equal concat values show every colour
+            count = max(series_metrics, 1)
+            dashes = (2.0 * curve["index"], (2.0, 2.0 * (count - 1))) if count > 1 else "--"
+            ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
         else:
             ax.errorbar(curve["x"], curve["y"], yerr=[curve["err_low"], curve["err_high"]], marker=curve["marker"], capsize=3,
                         color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"])

@@ -243,6 +243,12 @@ def test_identical_results_of_a_rerun_collapse_into_one_row(tmp_path):
         path.write_text(json.dumps(record))
     records = load_records(str(tmp_path))
     assert len(records) == 1 and records[0]["run"]["train_hash"] == "rerun"
+    # the same weights in another table (p = 1 on a recaptioned copy of the data) stay a row of that table
+    path = tmp_path / "records" / "first.json"
+    record = json.loads(path.read_text())
+    record["run"]["data"] = "toy_recaptioned"
+    path.write_text(json.dumps(record))
+    assert sorted(r["run"]["data"] for r in load_records(str(tmp_path))) == ["toy", "toy_recaptioned"]
 
 
 def test_user_runs_publish_outside_the_committed_study():
