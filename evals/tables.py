@@ -201,7 +201,8 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
             ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
         else:
             ax.errorbar(curve["x"], curve["y"], yerr=[curve["err_low"], curve["err_high"]], marker=curve["marker"], capsize=3,
-                        color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"])
+                        color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"],
+                        markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
     ax.set_xlabel("p = probability of the ORIGINAL caption")
     ax.set_ylabel("%")
     ax.set_title(f"{data}: {task}")

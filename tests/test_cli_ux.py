@@ -139,7 +139,7 @@ def test_ranks_other_than_0_log_warnings_only_with_their_rank(monkeypatch):
                                               "[rank 1][pipeline][WARNING] - warning of rank 1"]
 
 
-def test_each_epoch_is_logged_once_and_above_the_progress_bar(shard_factory, tmp_path, capsys):
+def test_each_epoch_is_logged_once_and_above_the_progress_bar(shard_factory, tmp_path, capsys, monkeypatch):
     """A 2-epoch run with the bar on: one INFO line per epoch, each on its own line (never after the bar's text)."""
     from captiondata.config import DataConfig, MixConfig
     from conftest import make_records
@@ -148,6 +148,7 @@ def test_each_epoch_is_logged_once_and_above_the_progress_bar(shard_factory, tmp
 
     micro = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # the bar is drawn on a terminal only
     root, handler = logging.getLogger(), logging.StreamHandler(sys.stderr)  # stderr as pytest captures it, as Hydra's console
     handler.setFormatter(logging.Formatter("LOG %(name)s: %(message)s"))
     levels = {name: logging.getLogger(name).level for name in ("training", "captiondata", "train_clip")}
@@ -169,6 +170,16 @@ def test_each_epoch_is_logged_once_and_above_the_progress_bar(shard_factory, tmp
     assert shown and all(line.startswith("LOG ") for line in shown), shown  # no log text after the bar's on one line
     epochs = [line for line in shown if re.search(r"\bepoch [01]\b", line)]
     assert [line.split(" done")[0] for line in epochs] == ["LOG training.monitor: epoch 0", "LOG training.monitor: epoch 1"], epochs
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """Redirected to a file, the log holds log lines, not thousands of carriage-return bar updates."""
+    from training.distributed import DistEnv
+    from training.monitor import RunMonitor
+
+    monitor = RunMonitor(str(tmp_path), DistEnv(), 10, 0, 0, 1, tensorboard=False, progress_bar=True)
+    assert monitor.bar.disable
+    monitor.close()
 
 
 # -- benchmarks ----------------------------------------------------------------------------------------------------

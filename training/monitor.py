@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -56,7 +57,10 @@ class RunMonitor:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1)
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not (self.writes and progress_bar))
+        # a bar only on a terminal: redirected to a file, its carriage-return updates would bury the log lines
+        on_terminal = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        disable=not (self.writes and progress_bar and on_terminal))
         self.console = contextlib.ExitStack()  # while the bar shows, console log lines print above it (tqdm.write)
         if not self.bar.disable:
             self.console.enter_context(logging_redirect_tqdm())

@@ -153,7 +153,7 @@ class EvalConfig:
     confidence: float = Resampling.confidence
     seed: int = Resampling.seed
     cache_dir: Optional[str] = setting("cache/evals", key=False)
-    records_dir: str = setting("results/evals", key=False)
+    records_dir: str = setting("cache/results/evals", key=False)
     ks: Tuple[int, ...] = (1, 5, 10)
     context_length: Optional[int] = None
     score_block: int = 1 << 24
