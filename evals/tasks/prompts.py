@@ -77,6 +77,9 @@ def duplicate_names(classnames: Sequence[str]) -> Dict[str, List[int]]:
     return {name: where for name, where in indices.items() if len(where) > 1}
 
 
+_WARNED: set = set()
+
+
 def check_classnames(classnames: Sequence[str], source: str) -> List[str]:
     """Class names as given, after checks: none empty (ConfigError naming ``source`` and the index), duplicates warned.
 
@@ -90,7 +93,8 @@ def check_classnames(classnames: Sequence[str], source: str) -> List[str]:
     if empty:
         raise ConfigError(f"{source}: class {empty[0]} has an empty name ({len(empty)} empty); every class index needs a name")
     duplicates = duplicate_names(names)
-    if duplicates:
+    if duplicates and tuple(names) not in _WARNED:  # once per list per process (a file's names are checked again as the set's)
+        _WARNED.add(tuple(names))
         shown = "; ".join(f"{name!r} at {where}" for name, where in list(duplicates.items())[:5])
         log.warning("%s: %d class names occur more than once (%s); their classes tie on every image", source, len(duplicates), shown)
     return names
