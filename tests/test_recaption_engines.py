@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
-import pytest
 from recaption_helpers import captions, members, write_input
 
 from captiondata.config import project_layout
@@ -33,12 +28,6 @@ def test_ray_data_actor_pool_gives_the_same_captions_as_one_process(tmp_path, ti
     assert stats["shards"] == 5 and stats["with_recaption"] == 10 and stats["images_per_s"] > 0
     assert captions(str(tmp_path / "ray" / "train-*.tar")) == captions(str(tmp_path / "one" / "train-*.tar"))
     assert sorted(members(str(tmp_path / "ray" / "train-*.tar"))) == sorted(members(spec))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FaultProxy(http.server.ThreadingHTTPServer):
@@ -76,30 +65,6 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Retry-After", "0")
         self.end_headers()
         self.wfile.write(payload)
-
-
-@pytest.fixture(scope="module")
-def served_vlm(tiny_vlm):
-    """``transformers serve`` on a loopback port with the tiny VLM preloaded; yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", tiny_vlm, "--host", "127.0.0.1", "--port", str(port),
-                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {server.stdout.read().decode()[-2000:]}") from None
-                time.sleep(0.5)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_openai_backend_through_a_real_server_with_injected_faults(tmp_path, tiny_vlm, served_vlm):

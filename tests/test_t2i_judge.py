@@ -133,35 +133,10 @@ def test_bad_judge_settings_fail_in_one_line():
 
 
 @pytest.mark.slow
-def test_judge_against_transformers_serve_with_the_tiny_vlm(tiny_vlm, tmp_path):
+def test_judge_against_transformers_serve_with_the_tiny_vlm(tiny_vlm, served_vlm, tmp_path):
     """A real vision model behind a real OpenAI-compatible server (random weights: answers are unparseable or a
     digit by chance); every request completes and is counted, none is an error."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", tiny_vlm, "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {proc.stdout.read().decode()[-2000:]}") from None
-                time.sleep(0.5)
-        cfg = JudgeConfig(f"http://127.0.0.1:{port}/v1", tiny_vlm, concurrency=2, timeout_s=60, max_retries=1)
-        ratings, counts = VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])
-        assert counts["rated"] + counts["unparseable"] == 3 and counts["server_error"] == counts["timeout"] == 0
-        assert VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])[1]["cached"] == 3
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    cfg = JudgeConfig(f"{served_vlm}/v1", tiny_vlm, concurrency=2, timeout_s=60, max_retries=1)
+    ratings, counts = VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])
+    assert counts["rated"] + counts["unparseable"] == 3 and counts["server_error"] == counts["timeout"] == 0
+    assert VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])[1]["cached"] == 3

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from open_clip.model import get_input_dtype
 
-from harness_infra.atomic import atomic_torch_save, atomic_write_text
+from harness_infra.atomic import atomic_write_text
 from harness_infra.errors import require
 from captiondata.config import DataConfig, MixConfig
 from training import checkpoint as ckpt
@@ -323,7 +323,6 @@ def save(session: Session, state: StageState, position: ckpt.Position) -> None:
     rng_states = gather_objects(ckpt.capture_rng(), env)
     if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
         payload = {
-            "format": ckpt.FORMAT_VERSION,
             "model": {k: v.detach().to("cpu") for k, v in unwrap(state.model).state_dict().items()},
             "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else {},
@@ -334,9 +333,7 @@ def save(session: Session, state: StageState, position: ckpt.Position) -> None:
             "model_name": session.model_cfg.name,
             "last_loss": session.last_loss,
         }
-        atomic_torch_save(payload, path)
-        ckpt.prune_checkpoints(session.out_dir, session.train_cfg.keep_checkpoints)
-        log.info("checkpoint %s (step %d, %d samples)", path, position.step, position.samples_seen)
+        ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
     session.saved_steps.append(position.step)
     session.checkpoint_path = path
     barrier(env)

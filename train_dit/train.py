@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader, derived_seed
-from harness_infra.atomic import atomic_torch_save, atomic_write_json
+from harness_infra.atomic import atomic_write_json
 from harness_infra.errors import require
 from training import checkpoint as ckpt
 from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
@@ -283,14 +283,12 @@ def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: tor
     rng_states = gather_objects(ckpt.capture_rng(), env)
     if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
         ema_state = ema.state_dict()
-        payload = {"format": ckpt.FORMAT_VERSION, "family": "dit",
+        payload = {"family": "dit",
                    "model": {k: v.detach().to("cpu") for k, v in unwrap(model).state_dict().items()},
                    "ema": {**ema_state, "shadow_params": [p.detach().to("cpu") for p in ema_state["shadow_params"]]},
                    "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "position": position.as_dict(),
                    "rng": rng_states, "world_size": env.world_size, "model_name": session.model_cfg.name, "last_loss": session.last_loss}
-        atomic_torch_save(payload, path)
-        ckpt.prune_checkpoints(session.out_dir, session.train_cfg.keep_checkpoints)
-        log.info("checkpoint %s (step %d, %d samples)", path, position.step, position.samples_seen)
+        ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
     session.saved_steps.append(position.step)
     session.checkpoint_path = path
     barrier(env)

@@ -9,6 +9,7 @@ under a real name.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -18,7 +19,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from harness_infra.atomic import atomic_torch_save
 from harness_infra.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
@@ -107,3 +111,13 @@ def prune_checkpoints(out_dir: str, keep: int) -> None:
     """Delete all but the newest ``keep`` step checkpoints."""
     for path in list_checkpoints(out_dir)[:-keep]:
         os.remove(path)
+
+
+def write_checkpoint(payload: Dict[str, Any], out_dir: str, position: "Position", keep: int) -> str:
+    """Write ``payload`` (with ``format`` set) as the checkpoint of ``position`` atomically (temporary file + rename),
+    keep the newest ``keep``; returns its path. Call on rank 0; every trainer's checkpoints go through here."""
+    path = checkpoint_path(out_dir, position.step)
+    atomic_torch_save({"format": FORMAT_VERSION, **payload}, path)
+    prune_checkpoints(out_dir, keep)
+    log.info("checkpoint %s (step %d, %d samples)", path, position.step, position.samples_seen)
+    return path
