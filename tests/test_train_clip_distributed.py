@@ -5,10 +5,11 @@ with one shared out_dir (rank 0 writes, every rank's RNG state is in the checkpo
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 
 import pytest
+
+from conftest import free_port
 import torch
 import torch.multiprocessing as mp
 
@@ -80,13 +81,6 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     torch.save({"steps": result.steps, "samples": result.samples_seen, "global_batch": result.global_batch, "future_warnings": future},
                os.path.join(out_dir, f"result_rank{rank}.pt"))
     shutdown(env)
-
-
-def free_port() -> int:
-    """An unused local TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

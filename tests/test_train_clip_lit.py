@@ -256,15 +256,12 @@ def lit_ddp_worker(rank: int, port: int, shards: str, out_dir: str) -> None:
 
 
 def test_lit_from_frozen_features_under_ddp(tmp_path, shard_factory):
-    import socket
-
     import torch.multiprocessing as mp
 
+    from conftest import free_port
+
     shards = shard_factory(make_records(24), per_shard=8)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(lit_ddp_worker, args=(port, shards, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(lit_ddp_worker, args=(free_port(), shards, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 2 and ranks[0]["global_batch"] == [16]
     assert ranks[0]["computed"] == ["train-000000.tar", "train-000002.tar"] and ranks[1]["computed"] == ["train-000001.tar"]
