@@ -1,10 +1,14 @@
 """Comparison tables and plots across runs: ``python -m evals.tables [--results-dir results]``.
 
-For each data set: one row per trained run (p, strategy, model, samples seen), one column per main
-metric with its 95% bootstrap interval, the delta against the p = 1 baseline of the same model, data
-and training budget, and ``*`` where the paired test (sign-flip permutation over the same queries)
-gives p-value < 0.05. Writes ``results/{data}.md``, ``results/{data}.csv`` and one PNG per task
-(metric against p with interval bars). p is the probability of the ORIGINAL caption.
+For each data set and model family (CLIPs, scored by the embedder tasks; text-to-image models, scored by the
+generator tasks): one row per trained run (p, strategy, model, samples seen), one column per main metric with its
+95% interval, the delta against the p = 1 baseline of the same model, data and training budget, and ``*`` where the
+paired test (sign-flip permutation over the same queries, or the same prompts and seeds) gives p-value < 0.05.
+Whole-set metrics (FID, KID) have no per-query values: their delta is the plain difference, without a test.
+Writes ``results/{data}.md`` + ``.csv`` (CLIPs) and ``results/{data}_t2i.md`` + ``.csv`` (text-to-image: the
+paper's Table 7 in shape), and one PNG per task (metric against p with interval bars). Metrics declared as
+fractions by their task (``TaskSpec.percent``) are shown in %, the others (FID, KID, CLIP score, a 1-5 rating) in
+their own unit. p is the probability of the ORIGINAL caption.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import pandas as pd
 
 from harness_infra.atomic import atomic_write, atomic_write_bytes
 from evals.results.records import compare_records, read_record
-from evals.tasks.registry import TASKS
+from evals.tasks.registry import GENERATOR, TASKS
 
 log = logging.getLogger(__name__)
 MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}  # declared with each task
+FAMILIES = {"clip": ("CLIP trained on caption mixtures", ""),
+            "t2i": ("text-to-image DiT trained on caption mixtures (the paper's Table 7 in shape)", "_t2i")}
 SIGNIFICANCE = 0.05
 RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
 
@@ -94,11 +100,14 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
         run, task = record["run"], record["task"]
         base = baseline_for(record, records)
         paired = compare_records(record["path"], base["path"]) if base is not None and base is not record else {}
+        spec = TASKS.get(task)
         for metric in MAIN_METRICS.get(task, ()):
             value = record["metrics"].get(metric)
             interval = record["intervals"].get(metric) or [None, None]
             test = paired.get(metric)
             rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
+                         "family": "t2i" if spec.evaluates == GENERATOR else "clip", "percent": spec.percent,
+                         "lower_is_better": metric in spec.lower_is_better,
                          "task": record["task_name"], "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
                          "n": record["n"].get("image_queries") or record["n"].get("images"),
                          "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
@@ -106,17 +115,33 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def missing(value: Any) -> bool:
+    """None or NaN."""
+    return value is None or pd.isna(value)
+
+
 def percent(value: Optional[float]) -> str:
     """A fraction as a percentage with one decimal, or n/a."""
-    return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}"
+    return "n/a" if missing(value) else f"{100 * value:.1f}"
+
+
+def shown(value: Optional[float], as_percent: bool, sign: bool = False) -> str:
+    """A metric as the tables show it: a fraction in % with one decimal, any other value (FID, KID, a CLIP score)
+    with four significant digits; ``sign`` prefixes + or -; n/a when missing."""
+    if missing(value):
+        return "n/a"
+    if as_percent:
+        return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
+    return f"{value:+.4g}" if sign else f"{value:.4g}"
 
 
 def cell(row: pd.Series) -> str:
-    """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant)."""
-    text = f"{percent(row['value'])} [{percent(row['ci_low'])}, {percent(row['ci_high'])}]"
-    if row["delta_vs_p1"] is not None and not pd.isna(row["delta_vs_p1"]) and not (row["p"] == 1.0 and row["strategy"] in ("mix", "original")):
-        star = "*" if row["delta_p_value"] is not None and row["delta_p_value"] < SIGNIFICANCE else ""
-        text += f" ({100 * row['delta_vs_p1']:+.1f}{star})"
+    """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant); fractions in %."""
+    as_percent = bool(row.get("percent", True))
+    text = f"{shown(row['value'], as_percent)} [{shown(row['ci_low'], as_percent)}, {shown(row['ci_high'], as_percent)}]"
+    if not missing(row["delta_vs_p1"]) and not (row["p"] == 1.0 and row["strategy"] in ("mix", "original")):
+        star = "*" if not missing(row["delta_p_value"]) and row["delta_p_value"] < SIGNIFICANCE else ""
+        text += f" ({shown(row['delta_vs_p1'], as_percent, sign=True)}{star})"
     return text
 
 
@@ -132,14 +157,21 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame) -> str:
-    """The markdown page of one data set, with its commands."""
+def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip") -> str:
+    """The markdown page of one data set and model family (``FAMILIES``), with its commands."""
     commands = sorted(set(long["command"].dropna()))
-    lines = [f"# {data}: CLIP trained on caption mixtures", "",
-             "p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: metric in % with its 95% "
-             "bootstrap interval, then (delta vs the p = 1 run of the same model, data, budget and training seed; * = paired "
-             f"permutation test over the test queries, p-value < {SIGNIFICANCE}; it does not cover training-seed variation, which "
-             "rows with several seeds show).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
+    units = "metric in % with its 95% bootstrap interval"
+    if family == "t2i":
+        lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))
+        units = ("fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each with its "
+                 "95% interval (FID: basic bootstrap over generated images; KID: over subsets)"
+                 + (f"; lower is better for {', '.join(lower)}, higher for the rest" if lower else ""))
+    lines = [f"# {data}: {FAMILIES[family][0]}", "",
+             f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
+             "p = 1 run of the same model, data, budget and training seed; * = paired permutation test over the test queries "
+             f"(for a generator: the same prompts and seeds), p-value < {SIGNIFICANCE}; whole-set metrics such as FID get no "
+             "test; it does not cover training-seed variation, which rows with several seeds show).", "",
+             wide.to_markdown(index=False), "", "Produced by:", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 
@@ -172,69 +204,85 @@ def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
             label = f"{metric} ({', '.join(parts)})" if parts else metric
             base = {"metric": metric, "index": index, "label": label, "style": rank, "marker": MARKERS[index % len(MARKERS)],
                     "samples_seen": budget, "seed": seed}
+            scale = 100.0 if "percent" not in runs or bool(runs["percent"].iloc[0]) else 1.0  # fractions in %
             mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
             if not mixed.empty:
-                series.append({**base, "x": (mixed["p"].astype(float) + offset).tolist(), "y": (mixed["value"] * 100).tolist(),
-                               "err_low": ((mixed["value"] - mixed["ci_low"]) * 100).tolist(),
-                               "err_high": ((mixed["ci_high"] - mixed["value"]) * 100).tolist()})
+                series.append({**base, "x": (mixed["p"].astype(float) + offset).tolist(), "y": (mixed["value"] * scale).tolist(),
+                               "err_low": ((mixed["value"] - mixed["ci_low"]) * scale).tolist(),
+                               "err_high": ((mixed["ci_high"] - mixed["value"]) * scale).tolist()})
             for _, concat in runs[runs["strategy"] == "concat"].iterrows():
-                series.append({**base, "label": f"{label} (concat)", "concat": float(concat["value"]) * 100})
+                series.append({**base, "label": f"{label} (concat)", "concat": float(concat["value"]) * scale})
     return series
 
 
 def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     """Each main metric of ``task`` against p with 95% interval bars (``plot_series``); concat runs drawn as horizontal
-    dashed lines."""
+    dashed lines. Fractions share one axis in %; metrics in their own units (FID and KID) get one axis each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.4, 4.2))
-    curves = plot_series(long[long["task"] == task])
-    series_metrics = len({c["metric"] for c in curves})
-    for curve in curves:
-        color = f"C{curve['index']}"
-        if "concat" in curve:  # interleaved dashes (offset per metric): equal concat values show every colour
-            count = max(series_metrics, 1)
-            dashes = (2.0 * curve["index"], (2.0, 2.0 * (count - 1))) if count > 1 else "--"
-            ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
+    rows = long[long["task"] == task]
+    as_percent = "percent" not in rows or bool(rows["percent"].iloc[0])
+    panels = [rows] if as_percent else [rows[rows["metric"] == m] for m in dict.fromkeys(rows["metric"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.4 if as_percent else 4.6 * len(panels) + 2.0, 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        curves = plot_series(panel)
+        series_metrics = len({c["metric"] for c in curves})
+        for curve in curves:
+            color = f"C{curve['index']}"
+            if "concat" in curve:  # interleaved dashes (offset per metric): equal concat values show every colour
+                count = max(series_metrics, 1)
+                dashes = (2.0 * curve["index"], (2.0, 2.0 * (count - 1))) if count > 1 else "--"
+                ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
+            else:
+                ax.errorbar(curve["x"], curve["y"], yerr=[curve["err_low"], curve["err_high"]], marker=curve["marker"], capsize=3,
+                            color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"],
+                            markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
+        ax.set_xlabel("p = probability of the ORIGINAL caption")
+        if as_percent:
+            ax.set_ylabel("%")
+            ax.set_title(f"{data}: {task}")
         else:
-            ax.errorbar(curve["x"], curve["y"], yerr=[curve["err_low"], curve["err_high"]], marker=curve["marker"], capsize=3,
-                        color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"],
-                        markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
-    ax.set_xlabel("p = probability of the ORIGINAL caption")
-    ax.set_ylabel("%")
-    ax.set_title(f"{data}: {task}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over the data
+            metric = panel["metric"].iloc[0]
+            lower = "lower_is_better" in panel and bool(panel["lower_is_better"].iloc[0])
+            ax.set_ylabel(metric + (" (lower is better)" if lower else ""))
+            ax.set_title(f"{data}: {task}" if len(panels) == 1 else f"{task}: {metric}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over the data
+    if not as_percent and len(panels) > 1:
+        fig.suptitle(data)
     fig.tight_layout()
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
 
 
-def write_tables(results_dir: str = "results", data_name: Optional[str] = None) -> Optional[str]:
-    """Write every data set's table (md + csv) and plots; return the markdown path of ``data_name`` (else the last)."""
+def write_tables(results_dir: str = "results", data_name: Optional[str] = None, family: Optional[str] = None) -> Optional[str]:
+    """Write every data set's tables (md + csv, one per model family of ``FAMILIES``) and plots; return the markdown
+    path of ``data_name`` and ``family`` (its first family when None or absent; else the last written)."""
     records = load_records(results_dir)
     if not records:
         log.warning("no published records in %s/records", results_dir)
         return None
     long = metric_rows(records)
     written: Dict[str, str] = {}
-    for data, group in long.groupby("data"):
+    for (data, family_name), group in long.groupby(["data", "family"]):
+        suffix = FAMILIES[family_name][1]
         wide = wide_table(group)
-        md_path = os.path.join(results_dir, f"{data}.md")
-        atomic_write_bytes(md_path, markdown(data, wide, group).encode("utf-8"))
-        atomic_write_bytes(os.path.join(results_dir, f"{data}.csv"), group.to_csv(index=False).encode("utf-8"))
+        md_path = os.path.join(results_dir, f"{data}{suffix}.md")
+        atomic_write_bytes(md_path, markdown(data, wide, group, family_name).encode("utf-8"))
+        atomic_write_bytes(os.path.join(results_dir, f"{data}{suffix}.csv"), group.to_csv(index=False).encode("utf-8"))
         for task in group["task"].unique():
             models = group[group["task"] == task]["model"].unique()
             for model in models:  # one plot per model: p-curves of different models are different experiments
-                name = f"{data}_{task}.png" if len(models) == 1 else f"{data}_{task}_{model}.png"
+                name = f"{data}{suffix}_{task}.png" if len(models) == 1 else f"{data}{suffix}_{task}_{model}.png"
                 rows = group[group["model"] == model]
                 plot(data if len(models) == 1 else f"{data}, {model}", task, rows, os.path.join(results_dir, name))
         log.info("wrote %s (%d runs)", md_path, len(wide))
-        written[data] = md_path
-    return written.get(data_name, md_path)
+        written.setdefault(data, md_path)
+        written[(data, family_name)] = md_path
+    return written.get((data_name, family)) or written.get(data_name, md_path)
 
 
 def main() -> None:

@@ -205,6 +205,40 @@ def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
     assert delta_vs_baseline(base, base, "fid", None) == 0.0 and delta_vs_baseline(run, None, "fid", None) is None
 
 
+def t2i_fixture_records(folder: str, p: float, fid: float, kid: float, scores: np.ndarray, label: str) -> None:
+    """A published DiT run: a FID/KID record (whole-set metrics) and a CLIP-score record (per-prompt values, 0-100)."""
+    run = {"experiment": label, "p": p, "strategy": "mix", "model": "DiT-tiny", "data": "toy", "samples_seen": 100,
+           "global_batch": [10], "train_hash": label, "eval_hash": "e", "command": f"python -m evals.run +experiment={label}"}
+    common = {"dataset": {"fingerprint": "f" * 8}, "created": "2026-01-01T00:00:00+00:00", "checkpoint": label, "run": run}
+    fid_record = {**common, "task": "fid", "task_name": "toy_raw_fid", "metrics": {"fid": fid, "kid": kid},
+                  "intervals": {"fid": [fid - 2.0, fid + 3.0], "kid": [kid - 0.001, kid + 0.002]}, "n": {"images": 50},
+                  "whole_set_interval_methods": {"fid": "basic bootstrap over generated images", "kid": "subsets"}}
+    write_record(fid_record, os.path.join(folder, "records"), {}, stem=f"{label}_fid")
+    clip_record = {**common, "task": "clip_score", "task_name": "toy_recap_clip", "metrics": {"clip_score": float(scores.mean())},
+                   "intervals": {"clip_score": [float(scores.mean()) - 0.5, float(scores.mean()) + 0.5]}, "n": {"images": len(scores)}}
+    write_record(clip_record, os.path.join(folder, "records"), {"clip_score": QueryValues(scores)}, stem=f"{label}_clip")
+
+
+def test_text_to_image_runs_get_their_own_table_in_their_own_units(tmp_path):
+    rng = np.random.default_rng(5)
+    base = 20.0 + 5.0 * rng.random(300)
+    better = base + 2.0 + rng.random(300)  # the same prompts and seeds, every image scored higher
+    t2i_fixture_records(str(tmp_path), 1.0, 48.25, 0.0125, base, "dit_1.0")
+    t2i_fixture_records(str(tmp_path), 0.0, 41.5, 0.0100, better, "dit_0.0")
+    fixture_record(str(tmp_path), 1.0, "mix", rng.random(100) < 0.3, "clip_mix_1.0")  # a CLIP on the same data: another table
+    path = write_tables(str(tmp_path), "toy", "t2i")
+    assert path == str(tmp_path / "toy_t2i.md") and os.path.exists(tmp_path / "toy.md")
+    table = open(path).read()
+    assert "text-to-image DiT" in table and "toy_retrieval" not in table and "toy_raw_fid" not in open(tmp_path / "toy.md").read()
+    assert "48.25 [46.25, 51.25]" in table  # FID in its own unit, not x100
+    assert "41.5 [39.5, 44.5] (-6.75)" in table  # whole-set metric: plain difference, no significance star
+    assert "0.0125 [0.0115, 0.0145]" in table
+    delta = float((better - base).mean())
+    assert f"(+{delta:.4g}*)" in table  # CLIP score: paired over the same prompts, significant
+    assert "lower is better for fid, kid" in table
+    assert os.path.getsize(tmp_path / "toy_t2i_toy_raw_fid.png") > 1000
+
+
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
     from evals.tables import load_records, metric_rows, plot_series
 

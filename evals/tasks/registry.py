@@ -85,12 +85,16 @@ def clip_export_loader() -> Optional[Callable[[str, str], ImageTextEmbedder]]:
 @dataclass(frozen=True)
 class TaskSpec:
     """One registered task: ``name`` (the config value), ``evaluates`` (a kind of ``KINDS``), ``runner``
-    (``module:function``, imported when the task runs), ``main_metrics`` (the columns of the comparison tables)."""
+    (``module:function``, imported when the task runs), ``main_metrics`` (the columns of the comparison tables),
+    ``percent`` (the main metrics are fractions in [0, 1], shown in %; False: shown in their own unit, such as FID, a
+    CLIP score of 0-100 or a 1-5 rating) and ``lower_is_better`` (main metrics where smaller is better: FID, KID)."""
 
     name: str
     evaluates: str
     runner: str
     main_metrics: Tuple[str, ...] = ()
+    percent: bool = True
+    lower_is_better: Tuple[str, ...] = ()
 
     def run_function(self) -> Callable[..., Any]:
         """The task's run function."""
@@ -103,8 +107,8 @@ TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")),
     TaskSpec("long_retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1")),
     TaskSpec("caption_diagnostics", EMBEDDER, "evals.tasks.diagnostics:run_diagnostics_task"),
-    TaskSpec("fid", GENERATOR, "evals.tasks.t2i:run_fid_task", ("fid", "kid")),
-    TaskSpec("clip_score", GENERATOR, "evals.tasks.t2i:run_clip_score_task", ("clip_score",)),
+    TaskSpec("fid", GENERATOR, "evals.tasks.t2i:run_fid_task", ("fid", "kid"), percent=False, lower_is_better=("fid", "kid")),
+    TaskSpec("clip_score", GENERATOR, "evals.tasks.t2i:run_clip_score_task", ("clip_score",), percent=False),
     TaskSpec("prompt_following", GENERATOR, "evals.tasks.t2i:run_prompt_following_task", ("overall", "object", "colour", "count", "position")),
-    TaskSpec("vlm_judge", GENERATOR, "evals.tasks.t2i:run_judge_task", ("judge_rating",)),
+    TaskSpec("vlm_judge", GENERATOR, "evals.tasks.t2i:run_judge_task", ("judge_rating",), percent=False),
 )}

@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
-    """Write ``{results_dir}/{data}.md``, ``.csv`` and the plots."""
+    """Write ``{results_dir}/{data}.md`` (CLIPs) or ``{data}_t2i.md`` (the DiT family), ``.csv`` and the plots."""
     from evals.tables import write_tables
 
     results = ctx.cfg.run.results_dir
     log.info("tables from %s", os.path.join(results, RECORDS_DIR))
     with exclusive(os.path.join(results, RECORDS_DIR, ".tables.lock")):  # a parallel job's newer records are never dropped
-        return {"table": write_tables(results, ctx.cfg.data.name)}
+        family = "t2i" if ctx.cfg.get("trainer") == "dit" else "clip"
+        return {"table": write_tables(results, ctx.cfg.data.name, family)}
 
 
 STAGE = Stage(name="tables", needs=("eval",), run=run, ranks="rank0")
