@@ -277,6 +277,40 @@ def test_latent_space_with_a_random_autoencoder_trains_exports_and_samples(tmp_p
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
 
+# --- samplers -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective, sampler, steps", [("flow", "euler", 25), ("flow", "dpm++", 25), ("ddpm", "dpm++", 25), ("ddpm", "ddpm", 250)])
+def test_every_sampler_lands_on_the_data_under_the_exact_model(objective, sampler, steps):
+    """Data = one point c: the exact velocity is (x_t - c) / sigma (x_t = (1 - sigma) c + sigma eps, model timestep 1000
+    sigma) and the exact epsilon (x_t - sqrt(abar_t) c) / sqrt(1 - abar_t). A sampler whose schedule or parameterisation
+    does not match the training objective (DPM-Solver++ built from a flow config with DDPM's defaults) misses c."""
+    from train_dit.diffusion import model_timestep, sampling_scheduler, training_scheduler
+
+    trained = training_scheduler(DitTrainConfig(scheduler=objective, sample=SampleSpec(sampler="euler" if objective == "flow" else "ddpm")))
+    config = {**trained.config, "_class_name": type(trained).__name__}  # as exported by save_pretrained
+    c = torch.tensor([0.3, -0.5, 0.8, 0.1]).view(1, 1, 2, 2)
+    scheduler = sampling_scheduler(config, sampler)
+    scheduler.set_timesteps(steps)
+    x = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * getattr(scheduler, "init_noise_sigma", 1.0)
+    for index, t in enumerate(scheduler.timesteps):
+        if objective == "flow":
+            out = (x - c) / (model_timestep(scheduler, index, t) / 1000)  # the timestep the pipeline gives the model
+        else:
+            abar = trained.alphas_cumprod[int(t)]
+            out = (x - abar.sqrt() * c) / (1 - abar).sqrt()
+        x = scheduler.step(out, t, x, return_dict=False)[0]
+    assert torch.allclose(x, c, atol=2e-3), (x - c).abs().max()
+
+
+@pytest.mark.parametrize("objective, sampler", [("flow", "ddpm"), ("ddpm", "euler")])
+def test_a_sampler_that_does_not_fit_the_objective_is_refused(objective, sampler):
+    from train_dit.diffusion import sampling_scheduler, training_scheduler
+
+    trained = training_scheduler(DitTrainConfig(scheduler=objective, sample=SampleSpec(sampler="euler" if objective == "flow" else "ddpm")))
+    with pytest.raises(ConfigError, match=f"sampler='{sampler}' does not fit a model trained with scheduler={objective}"):
+        sampling_scheduler({**trained.config, "_class_name": type(trained).__name__}, sampler)
+
+
 # --- configuration ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("build, message", [
@@ -285,7 +319,8 @@ def test_latent_space_with_a_random_autoencoder_trains_exports_and_samples(tmp_p
     (lambda: DitModelConfig(image_size=32, patch_size=3), "model.patch_size=3 does not divide the 32x32 latent grid"),
     (lambda: DitModelConfig(preset="DiT-XXL"), "model.preset='DiT-XXL' is unknown"),
     (lambda: DitTrainConfig(caption_dropout=1.0), "train.caption_dropout=1.0 must be in [0, 1)"),
-    (lambda: DitTrainConfig(scheduler="ddpm", sample=SampleSpec(sampler="euler")), "train.sample.sampler=euler samples a flow model"),
+    (lambda: DitTrainConfig(scheduler="ddpm", sample=SampleSpec(sampler="euler")), "train.sample.sampler=euler does not fit train.scheduler=ddpm"),
+    (lambda: DitTrainConfig(scheduler="flow", sample=SampleSpec(sampler="ddpm")), "train.sample.sampler=ddpm does not fit train.scheduler=flow"),
 ])
 def test_bad_config_values_fail_in_one_line(build, message):
     with pytest.raises(ConfigError) as caught:

@@ -32,6 +32,7 @@ TEXT_KINDS = ("hf", "open_clip", "clip_export")
 IMAGE_KINDS = ("pixels", "vae", "tiny_vae")
 SCHEDULERS = ("ddpm", "flow")
 SAMPLERS = ("ddpm", "dpm++", "euler")
+SAMPLERS_OF = {"ddpm": ("ddpm", "dpm++"), "flow": ("euler", "dpm++")}  # the samplers that fit each training objective
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 PROMPT_SOURCES = ("original", "recap", "both")
@@ -284,9 +285,9 @@ class DitTrainConfig:
         require(self.log_every >= 1, f"train.log_every={self.log_every} must be >= 1")
         require(self.dist_backend in (None, "gloo", "nccl"), f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)")
         require(self.feature_batch_size > 0, f"train.feature_batch_size={self.feature_batch_size} must be positive")
-        require(self.sample.sampler != "euler" or self.scheduler == "flow", "train.sample.sampler=euler samples a flow model; set train.scheduler=flow")
-        require(self.sample.sampler == "euler" or self.scheduler == "ddpm",
-                f"train.sample.sampler={self.sample.sampler} samples an epsilon (ddpm) model; a flow model samples with euler")
+        require(self.sample.sampler in SAMPLERS_OF[self.scheduler],
+                f"train.sample.sampler={self.sample.sampler} does not fit train.scheduler={self.scheduler}; choose one of "
+                f"{', '.join(SAMPLERS_OF[self.scheduler])}")
 
     def global_batch(self, world_size: int) -> int:
         """Samples per optimizer step over all ranks."""

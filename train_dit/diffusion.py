@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from train_dit.config import DitTrainConfig
+from harness_infra.errors import require
+from train_dit.config import SAMPLERS_OF, DitTrainConfig
 
 
 def training_scheduler(cfg: DitTrainConfig) -> Any:
@@ -40,13 +41,43 @@ def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generato
     return x_t, steps.to(x0.device, torch.float32), noise
 
 
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+
+
+def is_flow(train_scheduler_config: Dict[str, Any]) -> bool:
+    """Whether an exported training scheduler config is rectified flow (else DDPM epsilon prediction)."""
+    return train_scheduler_config.get("_class_name") == FLOW_SCHEDULER
+
+
 def sampling_scheduler(train_scheduler_config: Dict[str, Any], sampler: str, pixel_space: bool = False) -> Any:
-    """A sampler built from the exported training scheduler config (``ddpm``, ``dpm++`` or ``euler``). In pixel
-    space the x0 estimates of an epsilon model are kept in [-1, 1], as DDPM and ADM do for pixels (``ddpm``:
-    ``clip_sample``; ``dpm++``: dynamic thresholding at 1.0); latents are never clipped."""
+    """A sampler built from the exported training scheduler config (``ddpm``, ``dpm++`` or ``euler``).
+
+    DDPM-trained (epsilon) models: ``ddpm`` or ``dpm++`` (DPM-Solver++ on the same betas); in pixel space the x0
+    estimates are kept in [-1, 1], as DDPM and ADM do for pixels (``ddpm``: ``clip_sample``; ``dpm++``: dynamic
+    thresholding at 1.0); latents are never clipped. Flow-trained (velocity) models: ``euler`` (FlowMatchEuler) or
+    ``dpm++`` (DPMSolverMultistepScheduler with ``prediction_type="flow_prediction"`` and ``use_flow_sigmas``: x0 =
+    x_t - sigma v, timesteps 1000 sigma as in training, the schedule's shift kept). Raises ConfigError for a sampler
+    that does not fit the objective (``ddpm`` on a flow model, ``euler`` on an epsilon model): built from the other
+    objective's config, diffusers would silently sample noise."""
+    objective = "flow" if is_flow(train_scheduler_config) else "ddpm"
+    require(sampler in SAMPLERS_OF[objective], f"sampler={sampler!r} does not fit a model trained with scheduler={objective}; "
+            f"choose one of {', '.join(SAMPLERS_OF[objective])}")
+    if objective == "flow":
+        if sampler == "euler":
+            return FlowMatchEulerDiscreteScheduler.from_config(train_scheduler_config)
+        return DPMSolverMultistepScheduler(num_train_timesteps=train_scheduler_config.get("num_train_timesteps", 1000),
+                                           algorithm_type="dpmsolver++", solver_order=2, prediction_type="flow_prediction",
+                                           use_flow_sigmas=True, flow_shift=float(train_scheduler_config.get("shift", 1.0)))
     if sampler == "dpm++":
         return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
                                                        thresholding=pixel_space, sample_max_value=1.0)
-    if sampler == "euler":
-        return FlowMatchEulerDiscreteScheduler.from_config(train_scheduler_config)
     return DDPMScheduler.from_config(train_scheduler_config, clip_sample=pixel_space, clip_sample_range=1.0)
+
+
+def model_timestep(scheduler: Any, index: int, t: Any) -> float:
+    """The timestep the model is given at sampling step ``index`` (scheduler timestep ``t``): 1000 sigma exactly for
+    DPM-Solver++ on flow sigmas, whose ``timesteps`` are sigma x 1000 rounded down to integers (up to 1e-3 off the
+    sigma it steps with; the model was trained on continuous sigma), else ``t`` itself."""
+    if getattr(scheduler.config, "use_flow_sigmas", False):
+        return float(scheduler.sigmas[index]) * scheduler.config.num_train_timesteps
+    return float(t)

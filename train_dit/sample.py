@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from harness_infra.atomic import atomic_write, atomic_write_json
 from harness_infra.errors import require
 from train_dit.config import SAMPLERS, ImageSpaceSpec, TextEncoderSpec
-from train_dit.diffusion import sampling_scheduler
+from train_dit.diffusion import model_timestep, sampling_scheduler
 from train_dit.image import ImageSpace, to_unit_range
 from train_dit.model import predict
 from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
@@ -105,11 +105,11 @@ class DitPipeline:
         guided = scale != 1.0
         text, mask = pad_features(null_rows + rows if guided else rows, length=self.text.spec.max_length)
         text, mask = text.to(self.device), mask.to(self.device)
-        for t in scheduler.timesteps:
+        for index, t in enumerate(scheduler.timesteps):
             model_in = torch.cat([x, x]) if guided else x
             if hasattr(scheduler, "scale_model_input"):  # DDPM/DPM-Solver (identity there); flow matching has none
                 model_in = scheduler.scale_model_input(model_in, t)
-            timesteps = torch.full((model_in.shape[0],), float(t), device=self.device)
+            timesteps = torch.full((model_in.shape[0],), model_timestep(scheduler, index, t), device=self.device)
             out = self._predict(model_in, timesteps, text, mask, len(prompts) if guided else 0)
             if guided:
                 uncond, cond = out.chunk(2)
