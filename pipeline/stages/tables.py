@@ -24,7 +24,7 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     results = ctx.cfg.run.results_dir
     log.info("tables from %s", os.path.join(results, RECORDS_DIR))
     with exclusive(os.path.join(results, RECORDS_DIR, ".tables.lock")):  # a parallel job's newer records are never dropped
-        family = "t2i" if ctx.cfg.get("trainer") == "dit" else "clip"
+        family = "t2i" if ctx.cfg.trainer == "dit" else "clip"
         return {"table": write_tables(results, ctx.cfg.data.name, family)}
 
 
