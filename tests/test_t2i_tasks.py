@@ -85,7 +85,26 @@ def test_prompt_set_and_cached_generation_with_settings_recorded(tmp_path, scene
     (sub,) = os.listdir(folder)
     with open(os.path.join(folder, sub, "00003.json")) as handle:
         meta = json.load(handle)
-    assert meta == {"index": 3, "prompt": recap.prompts[3], "seed": 3, "guidance_scale": 2.0, "steps": 3, "sampler": "ddpm", "generator": "oracle"}
+    assert meta == {"index": 3, "prompt": recap.prompts[3], "seed": 3, "guidance_scale": 2.0, "steps": 3, "sampler": "ddpm",
+                    "batch_invariant": True, "generate_batch": 16, "generator": "oracle"}
+
+
+def test_batched_generation_is_keyed_by_its_batch_and_sets_the_pipelines_mode(tmp_path, scene_shards):
+    """batch_invariant=false: the pipeline runs whole batches (its attribute set per task) and, since an image then
+    depends on its batch at float rounding, generate_batch enters the image cache key; invariant runs ignore it."""
+    spec, records = scene_shards
+    oracle = Oracle(records)
+    oracle.batch_invariant = True
+    gen, cfg = ImageGenerator(oracle, weights_id="oracle"), cfg_for(tmp_path)
+    prompts = [r.original for r in records[:6]]
+    t2i.generated_images(gen, prompts, task("p", "fid", spec, batch_invariant=False, generate_batch=3), cfg)
+    assert oracle.batch_invariant is False and oracle.calls == 6
+    t2i.generated_images(gen, prompts, task("p", "fid", spec, batch_invariant=False, generate_batch=2), cfg)
+    assert oracle.calls == 12  # another batch size: other images, generated again
+    t2i.generated_images(gen, prompts, task("p", "fid", spec, generate_batch=3), cfg)
+    t2i.generated_images(gen, prompts, task("p", "fid", spec, generate_batch=2), cfg)
+    assert oracle.batch_invariant is True and oracle.calls == 18  # one prompt at a time: the batch size changes nothing
+    assert len(os.listdir(os.path.join(cfg.cache_dir, t2i.IMAGES_DIR))) == 3
 
 
 def test_broken_generators_get_a_clear_error_not_a_score(tmp_path, scene_shards):

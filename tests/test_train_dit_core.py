@@ -240,6 +240,9 @@ def test_sampling_depends_on_prompt_and_seed_only(trained_export):
         other = pipe.generate(prompts[2:3], [99], 10.0, steps, sampler, batch_size=1)
         assert four.shape == (4, 3, 32, 32) and torch.equal(four, ones) and torch.equal(four[2:3], again)
         assert not torch.equal(again, other)
+    pipe.batch_invariant = False  # whole batches: the same images up to float rounding
+    batched = pipe.generate(prompts, [10, 11, 12, 13], 10.0, 5, "dpm++", batch_size=4)
+    assert (batched - four).abs().max() < 1e-4
 
 
 def test_export_loads_with_from_pretrained(trained_export):

@@ -54,8 +54,11 @@ class ImageGenerator:
     kind: str = GENERATOR
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], guidance_scale: float, steps: int, sampler: str,
-                 batch_size: int = 16) -> Any:
-        """The pipeline's images for ``prompts`` with per-image ``seeds``."""
+                 batch_size: int = 16, batch_invariant: Optional[bool] = None) -> Any:
+        """The pipeline's images for ``prompts`` with per-image ``seeds``; ``batch_invariant`` (when given) sets the
+        pipeline's attribute of that name (one prompt at a time: images independent of ``batch_size``)."""
+        if batch_invariant is not None and hasattr(self.pipeline, "batch_invariant"):
+            self.pipeline.batch_invariant = batch_invariant
         return self.pipeline.generate(prompts, seeds, guidance_scale=guidance_scale, steps=steps, sampler=sampler, batch_size=batch_size)
 
     def identity(self) -> str:

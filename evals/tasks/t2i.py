@@ -104,8 +104,11 @@ def check_generated(images: Any, what: str) -> None:
 
 
 def generation_settings(task: TaskConfig) -> Dict[str, Any]:
-    """What a generated image depends on besides the generator and its prompt: seed rule, guidance, steps, sampler."""
-    return {"seed": f"{task.sample_seed} + index", "guidance_scale": task.guidance_scale, "steps": task.steps, "sampler": task.sampler}
+    """What a generated image depends on besides the generator and its prompt: seed rule, guidance, steps, sampler, and
+    the batch it is generated in unless the generator runs each prompt alone (``batch_invariant``)."""
+    batching = {"batch_invariant": True} if task.batch_invariant else {"batch_invariant": False, "generate_batch": task.generate_batch}
+    return {"seed": f"{task.sample_seed} + index", "guidance_scale": task.guidance_scale, "steps": task.steps, "sampler": task.sampler,
+            **batching}
 
 
 def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: TaskConfig, cfg: EvalConfig) -> List[Image.Image]:
@@ -122,7 +125,7 @@ def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: Ta
     seeds = [task.sample_seed + i for i in range(len(prompts))]
     for start in range(0, len(prompts), task.generate_batch):
         out = generator.generate(list(prompts[start:start + task.generate_batch]), seeds[start:start + task.generate_batch],
-                                 task.guidance_scale, task.steps, task.sampler, task.generate_batch)
+                                 task.guidance_scale, task.steps, task.sampler, task.generate_batch, task.batch_invariant)
         if isinstance(out, torch.Tensor):
             check_generated(out, task.name)
         images.extend(to_pil(image) for image in out)
@@ -134,7 +137,8 @@ def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: Ta
             atomic_write(os.path.join(folder, f"{index:05d}.png"), lambda handle, im=image: im.save(handle, format="PNG"))
             atomic_write_json(os.path.join(folder, f"{index:05d}.json"),
                               {"index": index, "prompt": prompt, "seed": seeds[index], "guidance_scale": task.guidance_scale,
-                               "steps": task.steps, "sampler": task.sampler, "generator": generator.identity()})
+                               "steps": task.steps, "sampler": task.sampler, "batch_invariant": task.batch_invariant,
+                               "generate_batch": task.generate_batch, "generator": generator.identity()})
         atomic_write_json(done, {"key": key, "images": len(images)})
     return images
 
@@ -144,8 +148,8 @@ def _result(task: TaskConfig, prompt_set: PromptSet, images: List[Image.Image]) 
     result = TaskResult(task=task.task, dataset=prompt_set.describe())
     result.n = {"generated": len(images), "prompts": len(prompt_set.prompts)}
     result.extra = {"prompt_source": task.prompt_source, "guidance_scale": task.guidance_scale, "steps": task.steps,
-                    "sampler": task.sampler, "sample_seed": task.sample_seed,
-                    "image_size": list(images[0].size) if images else None}
+                    "sampler": task.sampler, "sample_seed": task.sample_seed, "batch_invariant": task.batch_invariant,
+                    "generate_batch": task.generate_batch, "image_size": list(images[0].size) if images else None}
     return result
 
 
