@@ -168,6 +168,10 @@ def test_fid_task_oracle_is_near_zero_and_grows_when_images_darken(tmp_path, sce
 
     dark = t2i.run_fid_task(ImageGenerator(Dark(records, size=64), weights_id="dark"), oracle, cfg)
     assert dark.metrics["fid"] > 100 * max(result.metrics["fid"], 1e-4)
+    # a 32 px generator is compared with the 64 px references brought to 32 px as its training images were made
+    small_oracle = t2i.run_fid_task(ImageGenerator(Oracle(records, size=32), weights_id="oracle32"), oracle, cfg)
+    assert small_oracle.extra["reference_size"] == [32, 32] and small_oracle.extra["reference_resized_from"] == [64, 64]
+    assert result.extra["reference_resized_from"] is None and small_oracle.metrics["fid"] < 0.05
 
 
 @pytest.mark.slow

