@@ -263,6 +263,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         unknown = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun") and a.split("=")[0] not in HYDRA_FLAGS]
         if unknown and not hydra_only:
             raise ConfigError(f"unknown option {unknown[0]!r}; {USAGE}")
+        inspect = [a.split("=")[0] for a in argv if a.split("=")[0] in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
+        if multirun and inspect:  # Hydra raises a ValueError with a stack for this pair
+            flag = inspect[0]
+            raise ConfigError(f"{flag} inspects one job, -m runs a sweep: drop -m and give one value per key (e.g. mix.p=0) to inspect a sweep's job")
         if not hydra_only:
             prevalidate(overrides, multirun)
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors reach the handler below instead of Hydra's report

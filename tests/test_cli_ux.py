@@ -53,6 +53,12 @@ def test_help_answers_without_loading_torch_or_open_clip():
     assert not imported & {"torch", "open_clip", "torchvision", "timm", "webdataset"}
 
 
+def test_inspecting_a_sweep_is_one_line_not_hydras_stack(capsys):
+    assert main(["-m", "+experiment=clip_mix", "mix.p=0,1", "--cfg", "job"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --cfg inspects one job, -m runs a sweep: drop -m") and "\n" not in err
+
+
 def test_a_key_not_in_the_config_keeps_the_reason_and_lists_the_keys(capsys):
     assert main(["+experiment=clip_mix_0.8", "mix.pp=0.5"]) == 2
     err = capsys.readouterr().err.strip()

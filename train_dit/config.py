@@ -169,9 +169,9 @@ class DitModelConfig:
 class SampleSpec:
     """How the sample stage generates: prompts, seeds, guidance, sampler (not part of the train key).
 
-    ``prompts``: explicit prompts; when empty, the first ``num_prompts`` samples of ``prompt_split`` give them
-    (``prompt_source``: their ``original`` caption, ``recap`` (first recaption) or ``both``, the paper's raw and
-    COCO-Recap prompts). Image i uses seed ``seed + i`` whatever the batch size or rank count.
+    ``prompts``: explicit prompts; when empty, ``num_prompts`` prompts come from the first samples of
+    ``prompt_split`` (``prompt_source``: their ``original`` caption, ``recap`` (first recaption) or ``both``, the
+    paper's raw and COCO-Recap prompts, alternating: 12 prompts = 6 samples). Image i uses seed ``seed + i`` whatever the batch size or rank count.
     ``sampler``: ``ddpm`` (the paper: 250 steps), ``dpm++`` (DPM-Solver++ multistep, about 25 steps) or ``euler``
     (flow matching's Euler sampler); ``guidance_scale``: classifier-free guidance (the paper: 10; 1 = no guidance).
     ``use_ema``: sample with the EMA weights (the export's ``transformer/``) or the trained weights (``transformer_online/``).

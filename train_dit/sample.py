@@ -139,7 +139,8 @@ def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, s
             atomic_write(os.path.join(folder, f"{index:05d}.png"), lambda handle, im=image: to_pil(im).save(handle, format="PNG"))
             atomic_write_json(os.path.join(folder, f"{index:05d}.json"),
                               {"index": index, "prompt": prompts[index], "seed": seed + index, "guidance_scale": guidance_scale,
-                               "steps": steps, "sampler": sampler, "export": export_dir})
+                               "steps": steps, "sampler": sampler, "batch_invariant": pipeline.batch_invariant,
+                               "batch_size": batch_size, "export": export_dir})
     return mine
 
 
