@@ -164,14 +164,15 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
     if family == "t2i":
         lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))
         units = ("fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each with its "
-                 "95% interval (FID: basic bootstrap over generated images; KID: over subsets)"
+                 "95% interval (FID: bootstrap over the generated images, centred on the FID; KID: over subsets)"
                  + (f"; lower is better for {', '.join(lower)}, higher for the rest" if lower else ""))
+    test = (f"paired permutation test over the test queries, p-value < {SIGNIFICANCE}" if family == "clip" else
+            f"paired permutation test over the same prompts and seeds, p-value < {SIGNIFICANCE}; whole-set metrics such as FID "
+            "and KID get no test")
     lines = [f"# {data}: {FAMILIES[family][0]}", "",
              f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
-             "p = 1 run of the same model, data, budget and training seed; * = paired permutation test over the test queries "
-             f"(for a generator: the same prompts and seeds), p-value < {SIGNIFICANCE}; whole-set metrics such as FID get no "
-             "test; it does not cover training-seed variation, which rows with several seeds show).", "",
-             wide.to_markdown(index=False), "", "Produced by:", ""]
+             f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
+             "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 
@@ -236,10 +237,14 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
                 count = max(series_metrics, 1)
                 dashes = (2.0 * curve["index"], (2.0, 2.0 * (count - 1))) if count > 1 else "--"
                 ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
-            else:
-                ax.errorbar(curve["x"], curve["y"], yerr=[curve["err_low"], curve["err_high"]], marker=curve["marker"], capsize=3,
-                            color=color, linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)], label=curve["label"],
-                            markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
+            else:  # intervals drawn from their ends, so one that does not hold its point (a percentile bootstrap) still shows
+                ax.plot(curve["x"], curve["y"], marker=curve["marker"], color=color, label=curve["label"],
+                        linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)],
+                        markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
+                low = [y - e for y, e in zip(curve["y"], curve["err_low"])]
+                high = [y + e for y, e in zip(curve["y"], curve["err_high"])]
+                ax.vlines(curve["x"], low, high, color=color, linewidth=1.0)
+                ax.scatter(curve["x"] * 2, low + high, marker="_", color=color, s=40)
         ax.set_xlabel("p = probability of the ORIGINAL caption")
         if as_percent:
             ax.set_ylabel("%")

@@ -237,6 +237,20 @@ def test_text_to_image_runs_get_their_own_table_in_their_own_units(tmp_path):
     assert f"(+{delta:.4g}*)" in table  # CLIP score: paired over the same prompts, significant
     assert "lower is better for fid, kid" in table
     assert os.path.getsize(tmp_path / "toy_t2i_toy_raw_fid.png") > 1000
+    assert "(for a generator" not in open(tmp_path / "toy.md").read()  # the CLIP table keeps its own words
+
+
+def test_an_interval_that_does_not_hold_its_point_is_still_plotted(tmp_path):
+    """A percentile bootstrap of a biased statistic (FID) can lie wholly above its point: the plot draws the interval
+    from its ends instead of failing on negative error bars."""
+    scores = np.random.default_rng(6).random(50)
+    t2i_fixture_records(str(tmp_path), 1.0, 48.0, 0.01, scores, "dit_1.0")
+    path = tmp_path / "records" / "dit_1.0_fid.json"
+    record = json.loads(path.read_text())
+    record["intervals"]["fid"] = [50.0, 55.0]
+    path.write_text(json.dumps(record))
+    write_tables(str(tmp_path), "toy", "t2i")
+    assert os.path.getsize(tmp_path / "toy_t2i_toy_raw_fid.png") > 1000
 
 
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
