@@ -285,7 +285,7 @@ def run_clip_score_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalCo
     if task.expert_path:
         agreement = expert_agreement(embedder, resolve_data_path(task.expert_path), cfg)
         result.extra["evaluator_flickr8k_expert"] = agreement
-        log.info("evaluator %s: Kendall tau-c %.1f with Flickr8k-Expert (%d judgments)", name, agreement["tau_c"], agreement["judgments"])
+        log.info("evaluator %s: Kendall tau-c x 100 = %.1f with Flickr8k-Expert (%d judgments; the CLIPScore paper: CLIP-S 51.2)", name, agreement["tau_c"], agreement["judgments"])
     log.info("%s: CLIP score %.2f (%s; %d prompts, %d truncated)", task.name, result.metrics["clip_score"], name, len(scores), truncated)
     return result
 
