@@ -264,18 +264,21 @@ def test_export_loads_with_from_pretrained(trained_export):
 
 def test_latent_space_with_a_random_autoencoder_trains_exports_and_samples(tmp_path, scene_shards):
     """The VAE path: 64 px scenes -> 8x8x4 latents of a random-weight AutoencoderKL (x 0.18215), patch 2 -> 16 tokens;
-    cached features, flow matching; the export carries the autoencoder and samples 64 px images."""
+    cached features, flow matching with x0 prediction (JiT); the export carries the autoencoder and its prediction
+    type and samples 64 px images."""
     from train_dit.sample import DitPipeline
     from train_dit.train import train
 
     model = DitModelConfig(name="DiT-vae", preset="DiT-micro", image_size=64, patch_size=2,
                            image_space=ImageSpaceSpec(kind="vae", config=tiny_vae_config()))
     data = DataConfig(builder="none", train_shards=scene_shards, num_workers=0, shuffle_buffer=8)
-    cfg = recipe(samples=32, features=True, scheduler="flow", sample=SampleSpec(sampler="euler"), feature_cache_dir=str(tmp_path / "cache"))
+    cfg = recipe(samples=32, features=True, scheduler="flow", prediction="sample", sample=SampleSpec(sampler="euler"),
+                 feature_cache_dir=str(tmp_path / "cache"))
     result = train(model, cfg, data, MixConfig(p=0.5), str(tmp_path / "run"))
     assert result.steps == 2 and math.isfinite(result.final_loss)
     pipe = DitPipeline.from_pretrained(result.export_dir)
     assert pipe.space.scaling_factor == pytest.approx(0.18215) and pipe.latent_shape() == [4, 8, 8]
+    assert pipe.description["prediction"] == "sample"
     images = pipe.generate(["a red circle"], [0], 4.0, 3, "euler")
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
@@ -305,6 +308,41 @@ def test_every_sampler_lands_on_the_data_under_the_exact_model(objective, sample
     assert torch.allclose(x, c, atol=2e-3), (x - c).abs().max()
 
 
+@pytest.mark.parametrize("sampler", ["euler", "dpm++"])
+def test_an_x0_model_samples_through_its_exact_velocity(sampler):
+    """prediction="sample": the exact x0 model of the point distribution c outputs c at every step; turned into a
+    velocity with ``floor=0`` (as the pipeline does), both flow samplers land on c."""
+    from train_dit.diffusion import model_timestep, sampling_scheduler, training_scheduler, velocity_from_sample
+
+    trained = training_scheduler(DitTrainConfig(scheduler="flow", prediction="sample", sample=SampleSpec(sampler="euler")))
+    scheduler = sampling_scheduler({**trained.config, "_class_name": type(trained).__name__}, sampler)
+    scheduler.set_timesteps(25)
+    c = torch.tensor([0.3, -0.5, 0.8, 0.1]).view(1, 1, 2, 2)
+    x = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    for index, t in enumerate(scheduler.timesteps):
+        sigma = torch.tensor([model_timestep(scheduler, index, t) / 1000])
+        x = scheduler.step(velocity_from_sample(c, x, sigma, floor=0.0), t, x, return_dict=False)[0]
+    assert torch.allclose(x, c, atol=2e-3), (x - c).abs().max()
+
+
+def test_the_x0_objective_is_jits_velocity_loss():
+    """prediction="sample": the loss of an x0 guess equals JiT's mean(((x0 - guess) / max(sigma, 0.05))^2), computed
+    here from the noise level alone, and an exact guess has loss 0 at every sigma (the floor applies to both sides)."""
+    import torch.nn.functional as F
+
+    from train_dit.diffusion import noisy_inputs, training_output, training_scheduler
+
+    cfg = DitTrainConfig(scheduler="flow", prediction="sample", logit_std=3.0, sample=SampleSpec(sampler="euler"))
+    x0 = torch.rand(64, 3, 4, 4) * 2 - 1
+    x_t, timesteps, target = noisy_inputs(training_scheduler(cfg), cfg, x0, [torch.Generator().manual_seed(i) for i in range(64)])
+    sigma = timesteps / 1000
+    assert (sigma < 0.05).any() and (sigma > 0.5).any()  # both sides of the floor are exercised
+    guess = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(99))
+    expected = (((x0 - guess) / sigma.clamp_min(0.05).view(-1, 1, 1, 1)) ** 2).mean()
+    assert torch.allclose(F.mse_loss(training_output(cfg, guess, x_t, timesteps), target), expected, rtol=1e-4)
+    assert F.mse_loss(training_output(cfg, x0, x_t, timesteps), target) < 1e-10
+
+
 @pytest.mark.parametrize("objective, sampler", [("flow", "ddpm"), ("ddpm", "euler")])
 def test_a_sampler_that_does_not_fit_the_objective_is_refused(objective, sampler):
     from train_dit.diffusion import sampling_scheduler, training_scheduler
@@ -324,6 +362,9 @@ def test_a_sampler_that_does_not_fit_the_objective_is_refused(objective, sampler
     (lambda: DitTrainConfig(caption_dropout=1.0), "train.caption_dropout=1.0 must be in [0, 1)"),
     (lambda: DitTrainConfig(scheduler="ddpm", sample=SampleSpec(sampler="euler")), "train.sample.sampler=euler does not fit train.scheduler=ddpm"),
     (lambda: DitTrainConfig(scheduler="flow", sample=SampleSpec(sampler="ddpm")), "train.sample.sampler=ddpm does not fit train.scheduler=flow"),
+    (lambda: DitTrainConfig(scheduler="ddpm", prediction="sample"), "train.prediction='sample' does not fit train.scheduler=ddpm; choose one of epsilon"),
+    (lambda: DitTrainConfig(scheduler="flow", prediction="epsilon", sample=SampleSpec(sampler="euler")),
+     "train.prediction='epsilon' does not fit train.scheduler=flow; choose one of velocity, sample"),
 ])
 def test_bad_config_values_fail_in_one_line(build, message):
     with pytest.raises(ConfigError) as caught:

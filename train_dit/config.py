@@ -33,6 +33,7 @@ IMAGE_KINDS = ("pixels", "vae", "tiny_vae")
 SCHEDULERS = ("ddpm", "flow")
 SAMPLERS = ("ddpm", "dpm++", "euler")
 SAMPLERS_OF = {"ddpm": ("ddpm", "dpm++"), "flow": ("euler", "dpm++")}  # the samplers that fit each training objective
+PREDICTIONS_OF = {"ddpm": ("epsilon",), "flow": ("velocity", "sample")}  # what the transformer outputs, per objective
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 PROMPT_SOURCES = ("original", "recap", "both")
@@ -212,7 +213,10 @@ class DitTrainConfig:
     ``samples``: training samples (steps = ceil(samples / global batch)); ``batch_size`` per rank, global batch =
     batch_size x world size. ``scheduler``: ``ddpm`` (epsilon prediction, DiT's linear betas 1e-4..0.02 over
     ``num_train_timesteps`` = 1000, uniform timesteps) or ``flow`` (rectified flow: velocity noise - x0, logit-normal
-    timesteps sigma = sigmoid(N(``logit_mean``, ``logit_std``))). ``caption_dropout``: probability that a sample's
+    timesteps sigma = sigmoid(N(``logit_mean``, ``logit_std``))). ``prediction``: what the transformer outputs;
+    ``epsilon`` for ddpm; for flow ``velocity`` (noise - x0) or ``sample`` (x0 itself, trained with the velocity loss:
+    JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"); null = the objective's first.
+    ``caption_dropout``: probability that a sample's
     text is replaced by the null condition (the features of the empty caption) for classifier-free guidance.
     ``ema_decay``: the EMA's largest decay; ``ema_warmup``: diffusers' EMA warm-up 1 - (1 + step / ema_inv_gamma)^-ema_power
     (off: (1 + step) / (10 + step)); either is capped at ``ema_decay``. ``flip``: random horizontal flips (the feature
@@ -231,6 +235,7 @@ class DitTrainConfig:
     warmup_steps: int = 0
     grad_clip_norm: Optional[float] = None
     scheduler: str = "ddpm"
+    prediction: Optional[str] = None
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -271,6 +276,10 @@ class DitTrainConfig:
         require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
         require(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null")
         require(self.scheduler in SCHEDULERS, f"train.scheduler={self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+        if self.prediction is None:
+            self.prediction = PREDICTIONS_OF[self.scheduler][0]
+        require(self.prediction in PREDICTIONS_OF[self.scheduler], f"train.prediction={self.prediction!r} does not fit "
+                f"train.scheduler={self.scheduler}; choose one of {', '.join(PREDICTIONS_OF[self.scheduler])}")
         require(self.num_train_timesteps > 1, f"train.num_train_timesteps={self.num_train_timesteps} must be > 1")
         require(0 < self.beta_start < self.beta_end < 1, f"train.beta_start={self.beta_start}, beta_end={self.beta_end}: need 0 < start < end < 1")
         require(self.logit_std > 0, f"train.logit_std={self.logit_std} must be positive")

@@ -4,6 +4,9 @@
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (``add_noise``), target eps (epsilon prediction).
 ``flow``: rectified flow as FlowMatchEulerDiscreteScheduler samples it: sigma = sigmoid(n), n ~ N(mean, std)
 (logit-normal, SD3), x_t = (1 - sigma) x0 + sigma eps, target = eps - x0 (velocity), model timestep = 1000 sigma.
+``prediction="sample"`` (flow only; JiT, Li & He 2025): the transformer outputs x0 and is trained with the velocity
+loss, v = (x_t - x0) / max(sigma, ``SIGMA_FLOOR``) on both sides (``velocity_from_sample``), so its loss weights
+x0's error by 1 / sigma^2; at sampling its output is turned into the velocity the scheduler steps with, exactly.
 Samplers: ``ddpm`` (the paper's 250 steps), ``dpm++`` (DPMSolverMultistepScheduler, ``dpmsolver++``, ~25 steps),
 ``euler`` (flow).
 """
@@ -27,18 +30,40 @@ def training_scheduler(cfg: DitTrainConfig) -> Any:
                          beta_end=cfg.beta_end, prediction_type="epsilon", variance_type="fixed_small", clip_sample=False)
 
 
+SIGMA_FLOOR = 0.05  # JiT's t_eps: the velocity of an x0 prediction divides by max(sigma, 0.05)
+
+
+def velocity_from_sample(x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, floor: float = SIGMA_FLOOR) -> torch.Tensor:
+    """The flow velocity (x_t - x0) / max(sigma, floor) [B, C, S, S] of an x0 (prediction or truth) at noise level
+    ``sigma`` [B]; with ``floor`` = 0 it is exactly the velocity whose Euler or DPM-Solver++ x0 estimate
+    (x_t - sigma v) is ``x0`` (sampling); training uses JiT's floor on prediction and target alike."""
+    s = sigma.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype)
+    return (x_t - x0) / (s.clamp_min(floor) if floor > 0 else s)
+
+
 def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generators: List[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, model timesteps [B] float, target) for clean ``x0`` [B, C, S, S]; sample i's timestep and noise come
-    from ``generators[i]`` (CPU), so they do not depend on the batch or rank the sample is in."""
+    from ``generators[i]`` (CPU), so they do not depend on the batch or rank the sample is in. The target is what
+    the loss compares ``training_output`` with: epsilon (ddpm) or the velocity (flow; floored for ``sample``)."""
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(x0.device, x0.dtype)
     if cfg.scheduler == "flow":
         normal = torch.cat([torch.randn(1, generator=g) for g in generators])
         sigma = torch.sigmoid(cfg.logit_mean + cfg.logit_std * normal).to(x0.device, x0.dtype)
         s = sigma.view(-1, 1, 1, 1)
-        return (1 - s) * x0 + s * noise, sigma * cfg.num_train_timesteps, noise - x0
+        x_t = (1 - s) * x0 + s * noise
+        target = velocity_from_sample(x0, x_t, sigma) if cfg.prediction == "sample" else noise - x0
+        return x_t, sigma * cfg.num_train_timesteps, target
     steps = torch.cat([torch.randint(0, cfg.num_train_timesteps, (1,), generator=g) for g in generators])
     x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
     return x_t, steps.to(x0.device, torch.float32), noise
+
+
+def training_output(cfg: DitTrainConfig, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The transformer's output [B, C, S, S] as the loss sees it: itself, or for ``prediction="sample"`` its floored
+    velocity (``timesteps`` = 1000 sigma)."""
+    if cfg.prediction != "sample":
+        return output
+    return velocity_from_sample(output.float(), x_t.float(), timesteps.float() / cfg.num_train_timesteps)
 
 
 FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"

@@ -8,7 +8,9 @@ every later draw of its sampler (DDPM's variance noise) comes from that generato
 prompt and seed only, not on the batch it is in or the rank that draws it (bitwise with ``batch_invariant=True``,
 the default, which runs the transformer one prompt at a time; ``False`` batches it, faster on a GPU, and results then
 differ across batch sizes at float rounding, about 1e-6). Guidance: prediction = uncond + scale x
-(cond - uncond), uncond = the null condition (the empty caption's features, as in training's caption dropout).
+(cond - uncond), uncond = the null condition (the empty caption's features, as in training's caption dropout); an
+x0-predicting export (``"prediction": "sample"``) is guided in x0 and stepped with its exact velocity (the two are
+affine in each other at one x_t, so guiding either is the same).
 ``write_samples`` shards prompts over ranks (prompt i on rank i mod world size) and writes ``images/{i:05d}.png``
 plus ``images/{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler, export).
 """
@@ -27,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from harness_infra.atomic import atomic_write, atomic_write_json
 from harness_infra.errors import require
 from train_dit.config import SAMPLERS, ImageSpaceSpec, TextEncoderSpec
-from train_dit.diffusion import model_timestep, sampling_scheduler
+from train_dit.diffusion import model_timestep, sampling_scheduler, velocity_from_sample
 from train_dit.image import ImageSpace, to_unit_range
 from train_dit.model import predict
 from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
@@ -114,6 +116,8 @@ class DitPipeline:
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + scale * (cond - uncond)
+            if self.description.get("prediction") == "sample":
+                out = velocity_from_sample(out, x, timesteps[:x.shape[0]] / self.scheduler_config.get("num_train_timesteps", 1000), floor=0.0)
             x = scheduler.step(out, t, x, generator=generators, return_dict=False)[0] if sampler == "ddpm" \
                 else scheduler.step(out, t, x, return_dict=False)[0]
         return to_unit_range(self.space.decode(x)).cpu()

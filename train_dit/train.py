@@ -38,7 +38,7 @@ from training.runtime import run_logging, runtime, seed_everything
 from training.schedule import LRSchedule
 from training.stream import BatchSource, DataStream
 from train_dit.config import DitModelConfig, DitTrainConfig
-from train_dit.diffusion import noisy_inputs, training_scheduler
+from train_dit.diffusion import noisy_inputs, training_output, training_scheduler
 from train_dit.features import FeatureBatches, FeatureStore, ensure_features, pixel_transform
 from train_dit.image import ImageSpace, to_model_range
 from train_dit.model import build_transformer, parameter_count, predict
@@ -251,7 +251,7 @@ def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.
         x_t, timesteps, target = noisy_inputs(scheduler, cfg, x0, generators)
         with autocast():
             prediction = predict(train_model, x_t, timesteps, text, mask)
-        loss = F.mse_loss(prediction.float(), target.float())
+        loss = F.mse_loss(training_output(cfg, prediction, x_t, timesteps).float(), target.float())
         check_finite_loss(loss, env, position.step + 1, session.checkpoint_path)  # before backward and the update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -306,7 +306,7 @@ def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
         space = {**space, "config": None, "path": "vae", "note": "random-weight autoencoder of the run, saved in vae/"}
     return {"format": 1, "family": "dit", "model_name": model_cfg.name, "text_encoder": text, "image_space": space,
             "scaling_factor": session.space.scaling_factor, "image_size": model_cfg.image_size,
-            "latent": [session.space.channels, latent, latent], "prediction": "velocity" if cfg.scheduler == "flow" else "epsilon",
+            "latent": [session.space.channels, latent, latent], "prediction": cfg.prediction,
             "scheduler": cfg.scheduler, "null_condition": "the text encoder's features of the empty caption",
             "weights": "EMA", "sample_defaults": asdict(cfg.sample)}
 
