@@ -17,7 +17,7 @@ import argparse
 import glob
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -108,11 +108,29 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
             rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
                          "family": "t2i" if spec.evaluates == GENERATOR else "clip", "percent": spec.percent,
                          "lower_is_better": metric in spec.lower_is_better,
-                         "task": record["task_name"], "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
+                         "task": record["task_name"], "dataset": (record.get("dataset") or {}).get("fingerprint"), "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
                          "n": record["n"].get("image_queries") or record["n"].get("images"),
                          "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
                          "delta_p_value": test.p_value if test else None})
     return pd.DataFrame(rows)
+
+
+def separate_data_versions(long: pd.DataFrame) -> tuple:
+    """(``long`` with each task that was scored on more than one version of its data set (content fingerprint) renamed
+    ``task@fingerprint[:8]``, one note per such task). Without it a table column, and a plot's curve, would join values
+    measured on different data (a zero-shot set rebuilt between two evaluations) as if comparable."""
+    notes: List[str] = []
+    tasks = long["task"].copy()
+    for task, rows in long.groupby("task"):
+        versions = [v for v in dict.fromkeys(rows["dataset"]) if v is not None and not pd.isna(v)]
+        if len(versions) > 1:
+            mask = long["task"] == task
+            tasks[mask] = [f"{task}@{str(v)[:8]}" if v is not None and not pd.isna(v) else task for v in long.loc[mask, "dataset"]]
+            sizes = [rows.loc[rows["dataset"] == v, "n"].iloc[0] for v in versions]
+            described = ", ".join(f"{str(v)[:8]}: {int(n)} queries" if not missing(n) else str(v)[:8] for v, n in zip(versions, sizes))
+            notes.append(f"{task} was scored on {len(versions)} versions of its data set ({described}): "
+                         f"each has its own columns and plot (task@version); values on different versions are not comparable.")
+    return long.assign(task=tasks), notes
 
 
 def missing(value: Any) -> bool:
@@ -150,15 +168,16 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     long = long.assign(column=long["task"] + " " + long["metric"], cell=long.apply(cell, axis=1),
                        p=long["p"].astype(float).fillna(-1.0))  # concat has no p; pivot drops missing index values
     index = ["model", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash"]
-    wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index()
+    wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index().fillna("not scored")
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
     wide = wide.sort_values(["model", "samples_seen", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
     wide["p"] = wide["p"].map(lambda p: "n/a" if p < 0 else f"{p:g}")
     return wide
 
 
-def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip") -> str:
-    """The markdown page of one data set and model family (``FAMILIES``), with its commands."""
+def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip", notes: Sequence[str] = ()) -> str:
+    """The markdown page of one data set and model family (``FAMILIES``), with its commands and ``notes`` (a line each,
+    after the table: data-set versions kept apart)."""
     commands = sorted(set(long["command"].dropna()))
     units = "metric in % with its 95% bootstrap interval"
     if family == "t2i":
@@ -172,7 +191,8 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
     lines = [f"# {data}: {FAMILIES[family][0]}", "",
              f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
              f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
-             "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), "", "Produced by:", ""]
+             "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), ""]
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by:", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 
@@ -274,9 +294,10 @@ def write_tables(results_dir: str = "results", data_name: Optional[str] = None, 
     written: Dict[str, str] = {}
     for (data, family_name), group in long.groupby(["data", "family"]):
         suffix = FAMILIES[family_name][1]
+        group, notes = separate_data_versions(group)
         wide = wide_table(group)
         md_path = os.path.join(results_dir, f"{data}{suffix}.md")
-        atomic_write_bytes(md_path, markdown(data, wide, group, family_name).encode("utf-8"))
+        atomic_write_bytes(md_path, markdown(data, wide, group, family_name, notes).encode("utf-8"))
         atomic_write_bytes(os.path.join(results_dir, f"{data}{suffix}.csv"), group.to_csv(index=False).encode("utf-8"))
         for task in group["task"].unique():
             models = group[group["task"] == task]["model"].unique()

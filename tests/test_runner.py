@@ -178,6 +178,29 @@ def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p)
         compose_config([*overrides, "model.tower.image_size=0"])
 
 
+def test_a_task_scored_on_two_versions_of_its_data_gets_separate_columns_and_a_note(tmp_path):
+    """Runs re-evaluated after their eval set was rebuilt: each version keeps its own columns, deltas and plot; one
+    pivot cell per (run, column) would otherwise show whichever record came first, and a column would mix sets."""
+    rng = np.random.default_rng(3)
+    old, new = rng.random(300) < 0.2, rng.random(300) < 0.6
+    for label, p, hits, version in (("a_1.0", 1.0, old, "a" * 8), ("a_0.5", 0.5, old, "a" * 8), ("b_1.0", 1.0, new, "b" * 8), ("b_0.5", 0.5, new, "b" * 8)):
+        fixture_record(str(tmp_path), p, "mix", hits, label)
+        path = tmp_path / "records" / f"{label}.json"
+        record = json.loads(path.read_text())
+        record["dataset"]["fingerprint"] = version
+        record["run"]["train_hash"] = f"run{p}"  # the same two trained runs, each evaluated on both versions
+        record["model"] = {"weights_id": f"w{p}"}
+        path.write_text(json.dumps(record))
+    table = open(write_tables(str(tmp_path))).read()
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "toy_retrieval@aaaaaaaa i2t_R@1" in header and "toy_retrieval@bbbbbbbb i2t_R@1" in header
+    rows = [line for line in table.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and all(f"{100 * old.mean():.1f} [" in r and f"{100 * new.mean():.1f} [" in r for r in rows)
+    assert "Note: toy_retrieval was scored on 2 versions of its data set (aaaaaaaa: 300 queries, bbbbbbbb: 300 queries)" in table
+    assert table.count("(+0.0)") == 2 * 4  # p = 0.5 against the p = 1 run on the same version only
+    assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {"toy_toy_retrieval@aaaaaaaa.png", "toy_toy_retrieval@bbbbbbbb.png"}
+
+
 def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
     rng = np.random.default_rng(2)
     base0, base1 = rng.random(300) < 0.2, rng.random(300) < 0.5
