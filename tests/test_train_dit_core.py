@@ -91,6 +91,16 @@ def scene_shards(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def scene_val_shards(tmp_path_factory) -> str:
+    """8 validation scenes in one shard."""
+    folder = tmp_path_factory.mktemp("scene_val_shards")
+    writer = ShardWriter(str(folder), "val", max_count=16)
+    writer.write_all(list(scene_records("val", 8)))
+    writer.close()
+    return str(folder / "val-*.tar")
+
+
+@pytest.fixture(scope="module")
 def trained_export(tmp_path_factory) -> str:
     """A DiT-micro trained 4 steps on colours, exported."""
     from train_dit.train import train
@@ -192,6 +202,73 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_keeping_the_last_good_check
     saved = sorted(os.listdir(tmp_path / "checkpoints"))
     assert saved == ["step_00000002.pt", "step_00000004.pt"]
     assert all(torch.isfinite(v).all() for v in checkpoint(str(tmp_path), 4)["model"].values())
+
+
+# --- validation ------------------------------------------------------------------------------------------------
+
+def test_validation_logs_every_interval_and_leaves_the_run_bitwise_unchanged(tmp_path, scene_shards, scene_val_shards):
+    """The EMA weights' held-out x0 errors at steps 3 and 4 (the last), per caption source and level; the trained
+    weights, the EMA and the optimizer end bitwise equal to the same run without validation."""
+    from train_dit.train import train
+
+    data = DataConfig(builder="none", train_shards=scene_shards, val_shards=scene_val_shards, num_workers=0, shuffle_buffer=8)
+    plain = dict(samples=16 * 4, scheduler="flow", sample=SampleSpec(sampler="euler"), checkpoint_every_steps=4)
+    train(DitModelConfig(**MICRO), recipe(**plain), data, MixConfig(p=0.5), str(tmp_path / "plain"))
+    result = train(DitModelConfig(**MICRO), recipe(**plain, val_every_steps=3, val_samples=6, val_levels=[0.5, 0.9]), data,
+                   MixConfig(p=0.5), str(tmp_path / "validated"))
+    a, b = checkpoint(str(tmp_path / "plain"), 4), checkpoint(str(tmp_path / "validated"), 4)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(x, y) for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]))
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+    with open(tmp_path / "validated" / "validation.jsonl", encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle]
+    assert [line["step"] for line in lines] == [3, 4]
+    names = {"original", "recap", "original@0.5", "original@0.9", "recap@0.5", "recap@0.9"}
+    assert all(names <= set(line) and all(0 < line[n] < 10 for n in names) for line in lines)
+    assert lines[-1]["recap"] == pytest.approx((lines[-1]["recap@0.5"] + lines[-1]["recap@0.9"]) / 2)
+    assert result.validation == {k: v for k, v in lines[-1].items() if k in names}
+
+
+class Zero(torch.nn.Module):
+    """A 'transformer' that outputs zeros of its input's shape (the x0 error then has a closed form)."""
+
+    def forward(self, x: torch.Tensor, **_: Any) -> tuple:
+        return (torch.zeros_like(x),)
+
+
+@pytest.mark.parametrize("scheduler, prediction", [("flow", "velocity"), ("flow", "sample"), ("ddpm", "epsilon")])
+def test_the_x0_error_of_a_zero_output_has_its_closed_form(scheduler, prediction):
+    """A zero output means x0 = x_t for a velocity model, x0 = 0 for an x0 model and x0 = x_t / sqrt(abar_t) for an
+    epsilon model, so the error at level l is l^2 |noise - x0|^2, |x0|^2 and (1 - abar) / abar |noise|^2 (means)."""
+    from train_dit.diffusion import training_scheduler
+    from train_dit.validation import HeldOut, denoising_errors
+
+    cfg = DitTrainConfig(scheduler=scheduler, prediction=prediction, val_levels=[0.3, 0.8],
+                         sample=SampleSpec(sampler="euler" if scheduler == "flow" else "ddpm"))
+    gen = torch.Generator().manual_seed(5)
+    x0, noise = torch.rand(10, 3, 4, 4, generator=gen) * 2 - 1, torch.randn(10, 3, 4, 4, generator=gen)
+    held = HeldOut(x0, noise, {"recap": (torch.zeros(10, 3, 8), torch.ones(10, 3))})
+    model = Zero().train()
+    errors = denoising_errors(model, held, cfg, training_scheduler(cfg), batch_size=4)
+    assert model.training  # its mode is given back
+    for level in (0.3, 0.8):
+        if prediction == "velocity":
+            expected = level ** 2 * (noise - x0).pow(2).mean()
+        elif prediction == "sample":
+            expected = x0.pow(2).mean()
+        else:
+            abar = training_scheduler(cfg).alphas_cumprod[round(level * 999)]
+            expected = (1 - abar) / abar * noise.pow(2).mean()
+        assert errors[f"recap@{level:g}"] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_validation_without_a_val_split_fails_in_one_line(tmp_path, scene_shards):
+    from train_dit.train import train
+
+    data = DataConfig(builder="none", train_shards=scene_shards, num_workers=0, shuffle_buffer=8)
+    with pytest.raises(ConfigError) as caught:
+        train(DitModelConfig(**MICRO), recipe(samples=16, val_every_steps=1), data, MixConfig(p=0.5), str(tmp_path))
+    assert str(caught.value).startswith("train.val_every_steps > 0 needs a val split") and "\n" not in str(caught.value)
 
 
 # --- the caption mixer -----------------------------------------------------------------------------------------
@@ -362,6 +439,7 @@ def test_a_sampler_that_does_not_fit_the_objective_is_refused(objective, sampler
     (lambda: DitTrainConfig(caption_dropout=1.0), "train.caption_dropout=1.0 must be in [0, 1)"),
     (lambda: DitTrainConfig(scheduler="ddpm", sample=SampleSpec(sampler="euler")), "train.sample.sampler=euler does not fit train.scheduler=ddpm"),
     (lambda: DitTrainConfig(scheduler="flow", sample=SampleSpec(sampler="ddpm")), "train.sample.sampler=ddpm does not fit train.scheduler=flow"),
+    (lambda: DitTrainConfig(val_levels=[0.0, 0.5]), "train.val_levels=[0.0, 0.5] must be noise levels in (0, 1)"),
     (lambda: DitTrainConfig(scheduler="ddpm", prediction="sample"), "train.prediction='sample' does not fit train.scheduler=ddpm; choose one of epsilon"),
     (lambda: DitTrainConfig(scheduler="flow", prediction="epsilon", sample=SampleSpec(sampler="euler")),
      "train.prediction='epsilon' does not fit train.scheduler=flow; choose one of velocity, sample"),

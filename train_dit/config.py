@@ -223,7 +223,10 @@ class DitTrainConfig:
     cache stores both views). ``features``: train from the precomputed latents and text features of every caption
     source (``feature_cache_dir``, filled by the features stage); false = encode images and texts per batch.
     ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``. ``resume``: null, ``latest`` or a
-    checkpoint path. ``deterministic``: deterministic kernels (bitwise resume on CPU).
+    checkpoint path. ``deterministic``: deterministic kernels (bitwise resume on CPU). ``val_every_steps``: every so
+    many steps (and at the last) the EMA weights' x0 error on the first ``val_samples`` samples of the val split at
+    the noise levels ``val_levels``, per caption source (``train_dit.validation``; 0 = off), to ``validation.jsonl``
+    and TensorBoard.
     """
 
     samples: int = 4096
@@ -262,6 +265,9 @@ class DitTrainConfig:
     dist_backend: Optional[str] = setting(None, key=False)
     feature_cache_dir: Optional[str] = setting(None, key=False)
     feature_batch_size: int = setting(64, key=False)
+    val_every_steps: int = setting(0, key=False)
+    val_samples: int = setting(64, key=False)
+    val_levels: List[float] = setting(default_factory=lambda: [0.3, 0.5, 0.7, 0.9], key=False)
     sample: SampleSpec = setting(default_factory=SampleSpec, key=False)
 
     def __post_init__(self) -> None:
@@ -293,6 +299,10 @@ class DitTrainConfig:
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
         require(self.log_every >= 1, f"train.log_every={self.log_every} must be >= 1")
         require(self.dist_backend in (None, "gloo", "nccl"), f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)")
+        require(self.val_every_steps >= 0, f"train.val_every_steps={self.val_every_steps} must be >= 0 (0 = no validation)")
+        require(self.val_samples > 0, f"train.val_samples={self.val_samples} must be positive")
+        require(len(self.val_levels) > 0 and all(0 < level < 1 for level in self.val_levels),
+                f"train.val_levels={list(self.val_levels)} must be noise levels in (0, 1)")
         require(self.feature_batch_size > 0, f"train.feature_batch_size={self.feature_batch_size} must be positive")
         require(self.sample.sampler in SAMPLERS_OF[self.scheduler],
                 f"train.sample.sampler={self.sample.sampler} does not fit train.scheduler={self.scheduler}; choose one of "

@@ -3,7 +3,8 @@
 Reads top to bottom (DiT's ``train.py`` style): ranks and runtime -> frozen text encoder and image space -> the
 transformer, its EMA (diffusers ``EMAModel``), AdamW and the constant lr -> resume (weights, EMA, optimizer, RNG,
 data position) -> batches (cached features through the caption mixer, or encoded per batch) -> steps: caption
-dropout to the null condition, noise, loss, a non-finite check, AdamW, EMA -> atomic checkpoints -> export.
+dropout to the null condition, noise, loss, a non-finite check, AdamW, EMA -> held-out x0 errors of the EMA weights
+(``train.val_every_steps``) -> atomic checkpoints -> export.
 
 Every random draw for a sample in a step (flip view, caption dropout, timestep, noise) comes from a generator seeded
 by (seed, step, sample key): a resumed run repeats the uninterrupted one bit for bit on CPU, and N ranks draw what
@@ -43,6 +44,7 @@ from train_dit.features import FeatureBatches, FeatureStore, ensure_features, pi
 from train_dit.image import ImageSpace, to_model_range
 from train_dit.model import build_transformer, parameter_count, predict
 from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
+from train_dit.validation import HeldOut, denoising_errors, held_out
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
@@ -67,6 +69,7 @@ class DitTrainResult:
     samples_per_s: float
     final_loss: Optional[float]
     resumed_from: Optional[str] = None
+    validation: Optional[Dict[str, float]] = None
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Session:
     space: Any = None
     null: Tuple[torch.Tensor, torch.Tensor] = None
     store: Optional[FeatureStore] = None
+    held: Optional[HeldOut] = None
+    validation: Optional[Dict[str, float]] = None
     monitor: Optional[RunMonitor] = None
     last_loss: Optional[float] = None
     checkpoint_path: str = ""
@@ -129,6 +134,9 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
     if not resume_path:
         seed_everything(cfg.seed + env.rank)
     write_run_config(session, latent)
+    if cfg.val_every_steps:  # every rank reads it, so a bad val split stops them all; rank 0 validates
+        held = held_out(session.data_cfg, session, cfg.val_samples)
+        session.held = held if env.is_main else None
     log.info("DiT %s: %d parameters, %dx%dx%d inputs, patch %d -> %d tokens x %d, text %s (%d dims), %d steps of global batch %d",
              model_cfg.name, parameter_count(model), session.space.channels, latent, latent, model_cfg.resolved_patch,
              (latent // model_cfg.resolved_patch) ** 2, model_cfg.resolved_width, model_cfg.text_encoder.name, session.text.dim,
@@ -149,7 +157,7 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
                           steps=position.step, samples_seen=position.samples_seen, global_batch=[cfg.global_batch(env.world_size)],
                           parameters=parameter_count(model), wall_time_s=time.perf_counter() - started, train_time_s=train_time,
                           samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9), final_loss=session.last_loss,
-                          resumed_from=resume_path)
+                          resumed_from=resume_path, validation=session.validation)
 
 
 def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,
@@ -267,11 +275,25 @@ def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.
                                            force=position.step == steps)
         if record is not None:
             session.last_loss = record["loss"]
+        if session.held is not None and (position.step % cfg.val_every_steps == 0 or position.step == steps):
+            validate(session, model, ema, scheduler, position)
         if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0 and position.step < steps:
             save(session, model, ema, optimizer, schedule, position)
     stream.epoch_end_partial()
     position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
     return position
+
+
+def validate(session: Session, model: torch.nn.Module, ema: EMAModel, scheduler: Any, position: ckpt.Position) -> None:
+    """The EMA weights' held-out x0 errors (``train_dit.validation``) at ``position`` (rank 0, which holds
+    ``session.held``): the trained weights are stored, replaced by the EMA's for the forward passes and restored."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        session.validation = denoising_errors(model, session.held, session.train_cfg, scheduler)
+    finally:
+        ema.restore(model.parameters())
+    session.monitor.validation(position.step, position.samples_seen, session.validation)
 
 
 def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer, schedule: LRSchedule,

@@ -6,6 +6,7 @@ console handler), so an INFO line never lands on the bar's line.
 ``metrics.jsonl`` has one line per log step: step, samples_seen, loss, lr, samples_per_s, logit_scale (plus
 stage, epoch and global_batch). ``epochs.jsonl`` has one line per data epoch with the effective global batch,
 the realised original-caption fraction (p = probability of the ORIGINAL caption) and skipped-sample counts.
+``validation.jsonl`` has one line per validation (a family's held-out scores, e.g. the DiT's x0 errors).
 Only rank 0 writes; the logged loss is the mean over ranks.
 """
 
@@ -29,6 +30,7 @@ from training.distributed import DistEnv, all_reduce_mean
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 EPOCHS_FILE = "epochs.jsonl"
+VALIDATION_FILE = "validation.jsonl"
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
@@ -48,11 +50,13 @@ class RunMonitor:
         self.env, self.log_every, self.writes = env, log_every, env.is_main
         self.metrics_path = os.path.join(out_dir, METRICS_FILE)
         self.epochs_path = os.path.join(out_dir, EPOCHS_FILE)
+        self.validation_path = os.path.join(out_dir, VALIDATION_FILE)
         self.writer = None
         if self.writes:
             os.makedirs(out_dir, exist_ok=True)
             truncate_jsonl(self.metrics_path, start_step)
             truncate_jsonl(self.epochs_path, start_step)
+            truncate_jsonl(self.validation_path, start_step)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -113,6 +117,17 @@ class RunMonitor:
         if self.writer is not None and fraction is not None:
             self.writer.add_scalar("data/original_fraction", fraction, self.step)
             self.writer.add_scalar("data/skipped_total", stats.get("skipped_total", 0), self.step)
+
+    def validation(self, step: int, samples_seen: int, values: Dict[str, float]) -> None:
+        """Record held-out scores of ``step`` (rank 0 computes them): ``validation.jsonl``, TensorBoard ``val/NAME``
+        and one log line."""
+        if not self.writes:
+            return
+        self._append(self.validation_path, {"step": step, "samples_seen": samples_seen, **values})
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"val/{name}", value, step)
+        log.info("validation at step %d: %s", step, ", ".join(f"{name} {value:.4f}" for name, value in values.items() if "@" not in name))
 
     def close(self) -> None:
         """Flush and close the bar and TensorBoard; console logging goes back to its own handlers."""
