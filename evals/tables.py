@@ -17,7 +17,7 @@ import argparse
 import glob
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -74,7 +74,8 @@ def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optio
     for other in records:
         o = other["run"]
         if (is_baseline(o) and other["task_name"] == record["task_name"] and o["model"] == run["model"] and o["data"] == run["data"]
-                and o["samples_seen"] == run["samples_seen"] and run_seed(o) == run_seed(run) and other["dataset"].get("fingerprint") == record["dataset"].get("fingerprint")):
+                and o["samples_seen"] == run["samples_seen"] and run_seed(o) == run_seed(run)
+                and (other.get("dataset") or {}).get("fingerprint") == (record.get("dataset") or {}).get("fingerprint")):
             return other
     return None
 
@@ -115,22 +116,30 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def separate_data_versions(long: pd.DataFrame) -> tuple:
-    """(``long`` with each task that was scored on more than one version of its data set (content fingerprint) renamed
-    ``task@fingerprint[:8]``, one note per such task). Without it a table column, and a plot's curve, would join values
-    measured on different data (a zero-shot set rebuilt between two evaluations) as if comparable."""
+def separate_data_versions(long: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
+    """(``long`` with a ``table_task`` column, one note per task that was scored on more than one version of its data
+    set). ``table_task`` is the task's name, or ``task@version`` (the content fingerprint's shortest unique prefix of at
+    least 8 characters; ``unknown`` for records without one) when the task has several versions: tables and plots
+    group by it, so a column or a curve never joins values measured on different data (a zero-shot set rebuilt, or
+    subsampled, between two evaluations). ``task`` keeps the registered name (the CSV has both and ``dataset``)."""
     notes: List[str] = []
-    tasks = long["task"].copy()
+    shown = long["task"].copy()
     for task, rows in long.groupby("task"):
-        versions = [v for v in dict.fromkeys(rows["dataset"]) if v is not None and not pd.isna(v)]
-        if len(versions) > 1:
-            mask = long["task"] == task
-            tasks[mask] = [f"{task}@{str(v)[:8]}" if v is not None and not pd.isna(v) else task for v in long.loc[mask, "dataset"]]
-            sizes = [rows.loc[rows["dataset"] == v, "n"].iloc[0] for v in versions]
-            described = ", ".join(f"{str(v)[:8]}: {int(n)} queries" if not missing(n) else str(v)[:8] for v, n in zip(versions, sizes))
-            notes.append(f"{task} was scored on {len(versions)} versions of its data set ({described}): "
-                         f"each has its own columns and plot (task@version); values on different versions are not comparable.")
-    return long.assign(task=tasks), notes
+        versions = list(dict.fromkeys(None if missing(v) else str(v) for v in rows["dataset"]))
+        if len(versions) < 2:
+            continue
+        known = [v for v in versions if v is not None]
+        width = 8
+        while len({v[:width] for v in known}) < len(known):
+            width += 4
+        label = {v: (v[:width] if v is not None else "unknown") for v in versions}
+        mask = long["task"] == task
+        shown[mask] = [f"{task}@{label[None if missing(v) else str(v)]}" for v in long.loc[mask, "dataset"]]
+        sizes = {v: rows.loc[rows["dataset"].isna() if v is None else rows["dataset"] == v, "n"].iloc[0] for v in versions}
+        described = ", ".join(label[v] + ("" if missing(sizes[v]) else f": n = {int(sizes[v])}") for v in versions)
+        notes.append(f"{task} was scored on {len(versions)} versions of its data set ({described}): each has its own "
+                     "columns and plot (task@version); values on different versions are not comparable.")
+    return long.assign(table_task=shown), notes
 
 
 def missing(value: Any) -> bool:
@@ -165,7 +174,8 @@ def cell(row: pd.Series) -> str:
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per task:metric cell, sorted by strategy then p."""
-    long = long.assign(column=long["task"] + " " + long["metric"], cell=long.apply(cell, axis=1),
+    task = long["table_task"] if "table_task" in long else long["task"]
+    long = long.assign(column=task + " " + long["metric"], cell=long.apply(cell, axis=1),
                        p=long["p"].astype(float).fillna(-1.0))  # concat has no p; pivot drops missing index values
     index = ["model", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash"]
     wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index().fillna("not scored")
@@ -299,11 +309,12 @@ def write_tables(results_dir: str = "results", data_name: Optional[str] = None, 
         md_path = os.path.join(results_dir, f"{data}{suffix}.md")
         atomic_write_bytes(md_path, markdown(data, wide, group, family_name, notes).encode("utf-8"))
         atomic_write_bytes(os.path.join(results_dir, f"{data}{suffix}.csv"), group.to_csv(index=False).encode("utf-8"))
-        for task in group["task"].unique():
-            models = group[group["task"] == task]["model"].unique()
+        plotted = group.assign(task=group["table_task"])  # one curve per data-set version
+        for task in plotted["task"].unique():
+            models = plotted[plotted["task"] == task]["model"].unique()
             for model in models:  # one plot per model: p-curves of different models are different experiments
                 name = f"{data}{suffix}_{task}.png" if len(models) == 1 else f"{data}{suffix}_{task}_{model}.png"
-                rows = group[group["model"] == model]
+                rows = plotted[plotted["model"] == model]
                 plot(data if len(models) == 1 else f"{data}, {model}", task, rows, os.path.join(results_dir, name))
         log.info("wrote %s (%d runs)", md_path, len(wide))
         written.setdefault(data, md_path)

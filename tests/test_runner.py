@@ -8,6 +8,7 @@ import logging
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness_infra.errors import ConfigError
@@ -196,9 +197,19 @@ def test_a_task_scored_on_two_versions_of_its_data_gets_separate_columns_and_a_n
     assert "toy_retrieval@aaaaaaaa i2t_R@1" in header and "toy_retrieval@bbbbbbbb i2t_R@1" in header
     rows = [line for line in table.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and all(f"{100 * old.mean():.1f} [" in r and f"{100 * new.mean():.1f} [" in r for r in rows)
-    assert "Note: toy_retrieval was scored on 2 versions of its data set (aaaaaaaa: 300 queries, bbbbbbbb: 300 queries)" in table
+    assert "Note: toy_retrieval was scored on 2 versions of its data set (aaaaaaaa: n = 300, bbbbbbbb: n = 300)" in table
     assert table.count("(+0.0)") == 2 * 4  # p = 0.5 against the p = 1 run on the same version only
     assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {"toy_toy_retrieval@aaaaaaaa.png", "toy_toy_retrieval@bbbbbbbb.png"}
+    csv = pd.read_csv(tmp_path / "toy.csv")
+    assert set(csv["task"]) == {"toy_retrieval"} and set(csv["table_task"]) == {"toy_retrieval@aaaaaaaa", "toy_retrieval@bbbbbbbb"}
+    # a record without a dataset section is a version of its own ("unknown"), never merged into a known one
+    fixture_record(str(tmp_path), 0.8, "mix", old, "c_0.8")
+    path = tmp_path / "records" / "c_0.8.json"
+    record = json.loads(path.read_text())
+    del record["dataset"]
+    path.write_text(json.dumps(record))
+    table = open(write_tables(str(tmp_path))).read()
+    assert "(aaaaaaaa: n = 300, bbbbbbbb: n = 300, unknown: n = 300)" in table and "toy_retrieval@unknown i2t_R@1" in table
 
 
 def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
