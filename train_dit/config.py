@@ -284,6 +284,8 @@ class DitTrainConfig:
         require(self.scheduler in SCHEDULERS, f"train.scheduler={self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
         if self.prediction is None:
             self.prediction = PREDICTIONS_OF[self.scheduler][0]
+        known = sorted({name for names in PREDICTIONS_OF.values() for name in names})
+        require(self.prediction in known, f"train.prediction={self.prediction!r} is unknown; choose one of {', '.join(known)}")
         require(self.prediction in PREDICTIONS_OF[self.scheduler], f"train.prediction={self.prediction!r} does not fit "
                 f"train.scheduler={self.scheduler}; choose one of {', '.join(PREDICTIONS_OF[self.scheduler])}")
         require(self.num_train_timesteps > 1, f"train.num_train_timesteps={self.num_train_timesteps} must be > 1")

@@ -6,7 +6,7 @@ x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (``add_noise``), target eps (epsilo
 (logit-normal, SD3), x_t = (1 - sigma) x0 + sigma eps, target = eps - x0 (velocity), model timestep = 1000 sigma.
 ``prediction="sample"`` (flow only; JiT, Li & He 2025): the transformer outputs x0 and is trained with the velocity
 loss, v = (x_t - x0) / max(sigma, ``SIGMA_FLOOR``) on both sides (``velocity_from_sample``), so its loss weights
-x0's error by 1 / sigma^2; at sampling its output is turned into the velocity the scheduler steps with, exactly.
+x0's error by 1 / max(sigma, 0.05)^2; at sampling its output is turned into the velocity the scheduler steps with, exactly.
 Samplers: ``ddpm`` (the paper's 250 steps), ``dpm++`` (DPMSolverMultistepScheduler, ``dpmsolver++``, ~25 steps),
 ``euler`` (flow).
 """
@@ -34,9 +34,10 @@ SIGMA_FLOOR = 0.05  # JiT's t_eps: the velocity of an x0 prediction divides by m
 
 
 def velocity_from_sample(x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, floor: float = SIGMA_FLOOR) -> torch.Tensor:
-    """The flow velocity (x_t - x0) / max(sigma, floor) [B, C, S, S] of an x0 (prediction or truth) at noise level
-    ``sigma`` [B]; with ``floor`` = 0 it is exactly the velocity whose Euler or DPM-Solver++ x0 estimate
-    (x_t - sigma v) is ``x0`` (sampling); training uses JiT's floor on prediction and target alike."""
+    """The flow velocity (x_t - x0) / max(sigma, floor), shaped like ``x_t`` [B, ...], of an x0 (prediction or truth)
+    at noise level ``sigma`` [B]; with ``floor`` = 0 it is exactly the velocity whose Euler or DPM-Solver++ x0 estimate
+    (x_t - sigma v) is ``x0`` (sampling, where every sigma the model sees is > 0; sigma = 0 would give inf, not an
+    error); training uses JiT's floor on prediction and target alike."""
     s = sigma.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype)
     return (x_t - x0) / (s.clamp_min(floor) if floor > 0 else s)
 

@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from harness_infra.atomic import atomic_write, atomic_write_json
 from harness_infra.errors import require
-from train_dit.config import SAMPLERS, ImageSpaceSpec, TextEncoderSpec
-from train_dit.diffusion import model_timestep, sampling_scheduler, velocity_from_sample
+from train_dit.config import PREDICTIONS_OF, SAMPLERS, ImageSpaceSpec, TextEncoderSpec
+from train_dit.diffusion import is_flow, model_timestep, sampling_scheduler, velocity_from_sample
 from train_dit.image import ImageSpace, to_unit_range
 from train_dit.model import predict
 from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
@@ -60,6 +60,10 @@ class DitPipeline:
         model = PixArtTransformer2DModel.from_pretrained(os.path.join(export_dir, transformer)).to(target).eval()
         with open(os.path.join(export_dir, "scheduler", "scheduler_config.json"), encoding="utf-8") as handle:
             scheduler_config = json.load(handle)
+        objective = "flow" if is_flow(scheduler_config) else "ddpm"
+        prediction = description.setdefault("prediction", PREDICTIONS_OF[objective][0])
+        require(prediction in PREDICTIONS_OF[objective], f"{export_dir}: {PIPELINE_FILE} says prediction={prediction!r}, which does not fit "
+                f"its {objective} scheduler; expected one of {', '.join(PREDICTIONS_OF[objective])}")
         text = TextEncoder(TextEncoderSpec(**description["text_encoder"]), target)
         space_fields = {k: v for k, v in description["image_space"].items() if k in ImageSpaceSpec.__dataclass_fields__}
         if space_fields.get("path") == "vae" and not os.path.isabs(space_fields["path"]):
@@ -116,7 +120,7 @@ class DitPipeline:
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + scale * (cond - uncond)
-            if self.description.get("prediction") == "sample":
+            if self.description["prediction"] == "sample":
                 out = velocity_from_sample(out, x, timesteps[:x.shape[0]] / self.scheduler_config.get("num_train_timesteps", 1000), floor=0.0)
             x = scheduler.step(out, t, x, generator=generators, return_dict=False)[0] if sampler == "ddpm" \
                 else scheduler.step(out, t, x, return_dict=False)[0]

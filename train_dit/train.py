@@ -135,7 +135,7 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
         seed_everything(cfg.seed + env.rank)
     write_run_config(session, latent)
     if cfg.val_every_steps:  # every rank reads it, so a bad val split stops them all; rank 0 validates
-        held = held_out(session.data_cfg, session, cfg.val_samples)
+        held = held_out(session.data_cfg, model_cfg.image_size, session.space, session.text, cfg.val_samples)
         session.held = held if env.is_main else None
     log.info("DiT %s: %d parameters, %dx%dx%d inputs, patch %d -> %d tokens x %d, text %s (%d dims), %d steps of global batch %d",
              model_cfg.name, parameter_count(model), session.space.channels, latent, latent, model_cfg.resolved_patch,

@@ -44,17 +44,17 @@ class HeldOut:
     texts: Dict[str, Any]
 
 
-def held_out(data_cfg: Optional[DataConfig], session: Any, n: int) -> HeldOut:
-    """The first ``n`` valid samples of the data's ``val`` split, encoded by the run's image space and text encoder
-    (``session.space``, ``session.text``, image size ``session.model_cfg.image_size``). Raises ConfigError (one line)
-    when the data has no val split."""
+def held_out(data_cfg: Optional[DataConfig], image_size: int, space: Any, text: Any, n: int) -> HeldOut:
+    """The first ``n`` valid samples of the data's ``val`` split at ``image_size`` px, encoded by the run's image space
+    (``train_dit.image.ImageSpace``) and text encoder (``train_dit.text.TextEncoder``), on the space's device. Raises
+    ConfigError (one line) when the data has no val split or it has no valid sample."""
     try:
         spec = data_cfg.shards("val") if data_cfg is not None else None
     except ConfigError as exc:
         raise ConfigError(f"train.val_every_steps > 0 needs a val split ({exc}); set train.val_every_steps=0 to train without it") from None
     if not spec:
         raise ConfigError("train.val_every_steps > 0 needs a val split (data.val_shards); set train.val_every_steps=0 to train without it")
-    transform = pixel_transform(session.model_cfg.image_size)
+    transform = pixel_transform(image_size)
     images: List[torch.Tensor] = []
     captions: Dict[str, List[str]] = {"original": [], "recap": []}
     for record in iter_samples(spec, data_cfg.layout, max_image_pixels=data_cfg.max_image_pixels, exif_transpose=data_cfg.exif_transpose):
@@ -66,14 +66,14 @@ def held_out(data_cfg: Optional[DataConfig], session: Any, n: int) -> HeldOut:
     if not images:
         raise ConfigError(f"train.val_every_steps > 0: the val split ({spec}) has no valid samples")
     with torch.no_grad():
-        x0 = session.space.encode(to_model_range(torch.stack(images)).to(session.env.device)).float()
+        x0 = space.encode(to_model_range(torch.stack(images)).to(space.device)).float()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(VALIDATION_SEED)).to(x0.device)
-    texts = {}
+    texts: Dict[str, Any] = {}
     for source, lines in captions.items():
         if all(lines):  # a source every sample has (scenes and Flickr8k have both; raw web shards may lack recaptions)
-            rows = [row for line in lines for row in unpad_features(*session.text.encode([line]))]
-            text, mask = pad_features(rows)
-            texts[source] = (text.to(x0.device), mask.to(x0.device))
+            rows = [row for line in lines for row in unpad_features(*text.encode([line]))]
+            features, mask = pad_features(rows)
+            texts[source] = (features.to(x0.device), mask.to(x0.device))
     log.info("validation: %d held-out samples, caption sources %s", x0.shape[0], ", ".join(texts) or "none")
     return HeldOut(x0, noise, texts)
 
@@ -116,3 +116,48 @@ def denoising_errors(model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig,
     finally:
         model.train(was_training)
     return out
+
+
+def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[float]) -> Dict[str, float]:
+    """``denoising_errors`` of an export's transformer (its EMA weights) on the first ``n`` samples of
+    ``data_cfg``'s val split, with the export's own text encoder, image space, objective and prediction."""
+    from diffusers import DDPMScheduler
+
+    from train_dit.config import SAMPLERS_OF, SampleSpec
+    from train_dit.diffusion import is_flow
+    from train_dit.sample import DitPipeline
+
+    pipe = DitPipeline.from_pretrained(export_dir)
+    described, flow = pipe.description, is_flow(pipe.scheduler_config)
+    objective = "flow" if flow else "ddpm"
+    cfg = DitTrainConfig(scheduler=objective, prediction=described.get("prediction"), val_levels=list(levels),
+                         num_train_timesteps=int(pipe.scheduler_config.get("num_train_timesteps", 1000)),
+                         sample=SampleSpec(sampler=SAMPLERS_OF[objective][0]))
+    scheduler = None if flow else DDPMScheduler.from_config(pipe.scheduler_config)
+    held = held_out(data_cfg, int(described["image_size"]), pipe.space, pipe.text, n)
+    return denoising_errors(pipe.transformer, held, cfg, scheduler)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """CLI: ``python -m train_dit.validation EXPORT [EXPORT ...] --val-shards SPEC [--samples 64] [--levels ...]``
+    prints one line per export: the x0 error per caption source and level (the numbers ``validation.jsonl`` holds
+    for a run's last step, here for any export, e.g. to compare recipes)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Held-out x0 errors of DiT exports (train_dit.validation).")
+    parser.add_argument("exports", nargs="+", help="export folders (train/.../export)")
+    parser.add_argument("--val-shards", required=True, help="shard spec of the held-out split, e.g. cache/runs/data/scenes-HASH/val-*.tar")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_cfg = DataConfig(builder="none", train_shards=args.val_shards, val_shards=args.val_shards)
+    for export_dir in args.exports:
+        errors = export_errors(export_dir, data_cfg, args.samples, args.levels)
+        print(export_dir, " ".join(f"{name} {value:.4f}" for name, value in errors.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
