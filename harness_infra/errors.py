@@ -7,6 +7,9 @@ message of one line that names the key, e.g. ``mix.p=1.5 is outside [0, 1]``; th
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message is one line that names the key."""
@@ -30,3 +33,16 @@ class BrokenModelError(RuntimeError):
     The message is one line that names the model (or run) and the task (or step); the entry point prints it as
     ``error: ...`` and exits with status 3. Never caught to publish a score anyway.
     """
+
+
+def cli_main(work: Callable[[], None]) -> None:
+    """Run a module CLI's ``work`` as ``python -m evals.run`` ends its jobs: a ConfigError or OSError prints
+    ``error: <one line>`` on stderr and exits with status 2, a BrokenModelError with status 3."""
+    try:
+        work()
+    except (ConfigError, OSError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except BrokenModelError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None

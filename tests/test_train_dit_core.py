@@ -371,6 +371,35 @@ def test_latent_space_with_a_random_autoencoder_trains_exports_and_samples(tmp_p
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
 
+def test_the_sample_cli_writes_what_the_pipeline_generates(tmp_path, trained_export, scene_val_shards, capsys):
+    """``python -m train_dit.sample``: prompts alternate the first val scenes' original and recaption, image i is
+    ``DitPipeline.generate`` with seed i bit for bit, a grid is drawn; an existing --out is refused in one line."""
+    import numpy as np
+    from PIL import Image
+
+    from harness_infra.errors import cli_main
+    from train_dit.sample import DitPipeline, main, to_pil
+
+    out = tmp_path / "samples"
+    argv = [trained_export, "--shards", scene_val_shards, "--out", str(out), "--num-prompts", "3", "--steps", "3",
+            "--sampler", "ddpm", "--guidance-scale", "2"]
+    main(argv)
+    scenes = list(scene_records("val", 2))
+    prompts = [scenes[0].original, scenes[0].recaptions[0], scenes[1].original]
+    with open(out / "prompts.jsonl", encoding="utf-8") as handle:
+        written = [json.loads(line) for line in handle]
+    assert [w["prompt"] for w in written] == prompts and [w["seed"] for w in written] == [0, 1, 2]
+    expected = DitPipeline.from_pretrained(trained_export).generate(prompts, [0, 1, 2], 2.0, 3, "ddpm")
+    for index, image in enumerate(expected):
+        assert np.array_equal(np.asarray(Image.open(out / "images" / f"{index:05d}.png")), np.asarray(to_pil(image)))
+    assert (out / "grid.png").stat().st_size > 1000
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as caught:
+        cli_main(lambda: main(argv))
+    err = capsys.readouterr().err.strip()
+    assert caught.value.code == 2 and err == f"error: --out {out} exists; choose a new folder"
+
+
 # --- samplers -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("objective, sampler, steps", [("flow", "euler", 25), ("flow", "dpm++", 25), ("ddpm", "dpm++", 25), ("ddpm", "ddpm", 250)])

@@ -21,13 +21,13 @@ import json
 import os
 import textwrap
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from harness_infra.atomic import atomic_write, atomic_write_json
-from harness_infra.errors import require
+from harness_infra.atomic import atomic_write, atomic_write_json, atomic_write_text
+from harness_infra.errors import cli_main, require
 from train_dit.config import PREDICTIONS_OF, SAMPLERS, ImageSpaceSpec, TextEncoderSpec
 from train_dit.diffusion import is_flow, model_timestep, sampling_scheduler, velocity_from_sample
 from train_dit.image import ImageSpace, to_unit_range
@@ -152,6 +152,36 @@ def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, s
     return mine
 
 
+def prompts_from_records(records: Iterable[Any], source: str, n: int) -> List[str]:
+    """The first ``n`` prompts of caption ``records`` (``captiondata.records.Record``): each one's original caption,
+    first recaption, or both in turn (``source``: ``original``, ``recap``, ``both``; ``SampleSpec.prompt_source``)."""
+    prompts: List[str] = []
+    for record in records:
+        if source in ("original", "both") and record.original:
+            prompts.append(record.original)
+        if source in ("recap", "both") and record.recaptions:
+            prompts.append(record.recaptions[0])
+        if len(prompts) >= n:
+            break
+    return prompts[:n]
+
+
+def write_grid(out_dir: str, prompts: Sequence[str], columns: int = 4) -> str:
+    """Index the images ``write_samples`` wrote for ``prompts`` (``prompts.jsonl``) and draw ``grid.png`` with each
+    prompt under its image; returns the grid's path."""
+    folder = os.path.join(out_dir, "images")
+    records = []
+    for index in range(len(prompts)):
+        with open(os.path.join(folder, f"{index:05d}.json"), encoding="utf-8") as handle:
+            records.append(json.load(handle))
+    atomic_write_text(os.path.join(out_dir, "prompts.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+    images = [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(len(prompts))]
+    grid = sample_grid(images, list(prompts), columns)
+    grid_path = os.path.join(out_dir, "grid.png")
+    atomic_write(grid_path, lambda handle: grid.save(handle, format="PNG"))
+    return grid_path
+
+
 def sample_grid(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, cell: int = 128, text_lines: int = 5) -> Image.Image:
     """A grid of images (each scaled to ``cell`` px, nearest neighbour) with its caption wrapped under it."""
     font = ImageFont.load_default()
@@ -167,3 +197,39 @@ def sample_grid(images: Sequence[Image.Image], captions: Sequence[str], columns:
         for number, line in enumerate(lines):
             draw.text((x, y + cell + 2 + number * line_height), line, fill="black", font=font)
     return grid
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """CLI: ``python -m train_dit.sample EXPORT --shards SPEC --out DIR`` samples any export with the prompts of a
+    shard spec (e.g. a data stage's ``val-*.tar``) and writes ``DIR/images``, ``DIR/prompts.jsonl`` and
+    ``DIR/grid.png``, as the pipeline's sample stage does; settings default to the export's ``sample_defaults``."""
+    import argparse
+
+    from captiondata.config import CaptionLayout
+    from captiondata.reader import iter_samples
+
+    parser = argparse.ArgumentParser(description="Sample a DiT export (train_dit.sample).")
+    parser.add_argument("export")
+    parser.add_argument("--shards", required=True, help="shard spec whose captions are the prompts")
+    parser.add_argument("--out", required=True, help="output folder (must not exist: results are never overwritten)")
+    for name, kind in (("num-prompts", int), ("prompt-source", str), ("guidance-scale", float), ("steps", int), ("sampler", str),
+                       ("seed", int), ("batch-size", int)):
+        parser.add_argument(f"--{name}", type=kind, default=None, help="default: the export's sample_defaults")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    require(not os.path.exists(args.out), f"--out {args.out} exists; choose a new folder")
+    pipeline = DitPipeline.from_pretrained(args.export)
+    defaults = pipeline.description.get("sample_defaults", {})
+    value = lambda name, fallback: getattr(args, name) if getattr(args, name) is not None else defaults.get(name, fallback)  # noqa: E731
+    prompts = prompts_from_records(iter_samples(args.shards, CaptionLayout()), value("prompt_source", "both"), value("num_prompts", 12))
+    require(bool(prompts), f"--shards {args.shards}: no captions to prompt with")
+    pipeline.batch_invariant = bool(defaults.get("batch_invariant", True))
+    write_samples(pipeline, prompts, args.out, value("seed", 0), value("guidance_scale", 4.0), value("steps", 50), value("sampler", "euler"),
+                  value("batch_size", 16), export_dir=args.export)
+    print(write_grid(args.out, prompts, int(defaults.get("grid_columns", 4))))
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -24,7 +24,7 @@ import torch
 
 from captiondata.config import DataConfig
 from captiondata.reader import iter_samples
-from harness_infra.errors import ConfigError
+from harness_infra.errors import ConfigError, cli_main
 from train_dit.config import DitTrainConfig
 from train_dit.features import pixel_transform
 from train_dit.image import to_model_range
@@ -160,4 +160,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

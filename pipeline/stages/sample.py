@@ -10,13 +10,11 @@ the sampling settings and the data fingerprint.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List, Optional
 
 import torch
 
-from harness_infra.atomic import atomic_write, atomic_write_text
 from harness_infra.errors import require
 from harness_infra.ranks import local_rank, rank, wait_until, world_size
 from harness_infra.stagecache import key_fields
@@ -28,22 +26,17 @@ def prompts_of(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> List[str]:
     """The prompts to sample (see the module docstring)."""
     from captiondata.counters import SampleCounters
     from captiondata.reader import expand_shards, raw_samples, valid_records
+    from train_dit.sample import prompts_from_records
 
     spec = cfg.train.sample
     if spec.prompts:
         return list(spec.prompts)
     data = recaptioned_data(cfg, infos)
-    prompts: List[str] = []
     counters = SampleCounters(max_workers=1)
-    for record in valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters), data.layout, counters, data.max_image_pixels):
-        if spec.prompt_source in ("original", "both") and record.original:
-            prompts.append(record.original)
-        if spec.prompt_source in ("recap", "both") and record.recaptions:
-            prompts.append(record.recaptions[0])
-        if len(prompts) >= spec.num_prompts:
-            break
+    records = valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters), data.layout, counters, data.max_image_pixels)
+    prompts = prompts_from_records(records, spec.prompt_source, spec.num_prompts)
     require(bool(prompts), f"train.sample: no prompts in split {spec.prompt_split!r} of data set {cfg.data.name}")
-    return prompts[:spec.num_prompts]
+    return prompts
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
@@ -55,9 +48,7 @@ def key(ctx: RunContext) -> Dict[str, Any]:
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     """Generate this rank's share; on rank 0 wait for all, then index them and draw the grid."""
-    from PIL import Image
-
-    from train_dit.sample import DitPipeline, sample_grid, write_samples
+    from train_dit.sample import DitPipeline, write_grid, write_samples
 
     cfg, spec = ctx.cfg, ctx.cfg.train.sample
     export_dir = ctx.infos["train"]["export_dir"]
@@ -71,15 +62,7 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     if rank() != 0:
         return {"images": len(prompts)}
     wait_until(lambda: all(os.path.isfile(os.path.join(folder, f"{i:05d}.json")) for i in range(len(prompts))), f"{len(prompts)} samples in {folder}")
-    records = []
-    for index in range(len(prompts)):
-        with open(os.path.join(folder, f"{index:05d}.json"), encoding="utf-8") as handle:
-            records.append(json.load(handle))
-    atomic_write_text(os.path.join(out_dir, "prompts.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
-    images = [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(len(prompts))]
-    grid = sample_grid(images, prompts, spec.grid_columns)
-    grid_path = os.path.join(out_dir, "grid.png")
-    atomic_write(grid_path, lambda handle: grid.save(handle, format="PNG"))
+    grid_path = write_grid(out_dir, prompts, spec.grid_columns)
     return {"images": len(prompts), "grid": grid_path, "sampler": spec.sampler, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
             "seed": spec.seed, "export_dir": export_dir}
 
