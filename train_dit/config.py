@@ -282,11 +282,10 @@ class DitTrainConfig:
         require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
         require(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null")
         require(self.scheduler in SCHEDULERS, f"train.scheduler={self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
-        if self.prediction is None:
-            self.prediction = PREDICTIONS_OF[self.scheduler][0]
         known = sorted({name for names in PREDICTIONS_OF.values() for name in names})
-        require(self.prediction in known, f"train.prediction={self.prediction!r} is unknown; choose one of {', '.join(known)}")
-        require(self.prediction in PREDICTIONS_OF[self.scheduler], f"train.prediction={self.prediction!r} does not fit "
+        require(self.prediction is None or self.prediction in known,
+                f"train.prediction={self.prediction!r} is unknown; choose one of {', '.join(known)}")
+        require(self.resolved_prediction in PREDICTIONS_OF[self.scheduler], f"train.prediction={self.prediction!r} does not fit "
                 f"train.scheduler={self.scheduler}; choose one of {', '.join(PREDICTIONS_OF[self.scheduler])}")
         require(self.num_train_timesteps > 1, f"train.num_train_timesteps={self.num_train_timesteps} must be > 1")
         require(0 < self.beta_start < self.beta_end < 1, f"train.beta_start={self.beta_start}, beta_end={self.beta_end}: need 0 < start < end < 1")
@@ -309,6 +308,11 @@ class DitTrainConfig:
         require(self.sample.sampler in SAMPLERS_OF[self.scheduler],
                 f"train.sample.sampler={self.sample.sampler} does not fit train.scheduler={self.scheduler}; choose one of "
                 f"{', '.join(SAMPLERS_OF[self.scheduler])}")
+
+    @property
+    def resolved_prediction(self) -> str:
+        """``prediction``, or the objective's default when null (``epsilon`` for ddpm, ``velocity`` for flow)."""
+        return self.prediction or PREDICTIONS_OF[self.scheduler][0]
 
     def global_batch(self, world_size: int) -> int:
         """Samples per optimizer step over all ranks."""

@@ -52,7 +52,7 @@ def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generato
         sigma = torch.sigmoid(cfg.logit_mean + cfg.logit_std * normal).to(x0.device, x0.dtype)
         s = sigma.view(-1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
-        target = velocity_from_sample(x0, x_t, sigma) if cfg.prediction == "sample" else noise - x0
+        target = velocity_from_sample(x0, x_t, sigma) if cfg.resolved_prediction == "sample" else noise - x0
         return x_t, sigma * cfg.num_train_timesteps, target
     steps = torch.cat([torch.randint(0, cfg.num_train_timesteps, (1,), generator=g) for g in generators])
     x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
@@ -62,7 +62,7 @@ def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generato
 def training_output(cfg: DitTrainConfig, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """The transformer's output [B, C, S, S] as the loss sees it: itself, or for ``prediction="sample"`` its floored
     velocity (``timesteps`` = 1000 sigma)."""
-    if cfg.prediction != "sample":
+    if cfg.resolved_prediction != "sample":
         return output
     return velocity_from_sample(output.float(), x_t.float(), timesteps.float() / cfg.num_train_timesteps)
 

@@ -328,7 +328,7 @@ def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
         space = {**space, "config": None, "path": "vae", "note": "random-weight autoencoder of the run, saved in vae/"}
     return {"format": 1, "family": "dit", "model_name": model_cfg.name, "text_encoder": text, "image_space": space,
             "scaling_factor": session.space.scaling_factor, "image_size": model_cfg.image_size,
-            "latent": [session.space.channels, latent, latent], "prediction": cfg.prediction,
+            "latent": [session.space.channels, latent, latent], "prediction": cfg.resolved_prediction,
             "scheduler": cfg.scheduler, "null_condition": "the text encoder's features of the empty caption",
             "weights": "EMA", "sample_defaults": asdict(cfg.sample)}
 

@@ -81,7 +81,7 @@ def held_out(data_cfg: Optional[DataConfig], image_size: int, space: Any, text: 
 def x0_estimate(cfg: DitTrainConfig, scheduler: Any, output: torch.Tensor, x_t: torch.Tensor, level: float, t: float) -> torch.Tensor:
     """The clean-image estimate of a model ``output`` at ``x_t`` (see the module docstring for each objective)."""
     if cfg.scheduler == "flow":
-        return output if cfg.prediction == "sample" else x_t - level * output
+        return output if cfg.resolved_prediction == "sample" else x_t - level * output
     abar = scheduler.alphas_cumprod[int(t)].to(x_t.device, x_t.dtype)
     return (x_t - (1 - abar).sqrt() * output) / abar.sqrt()
 
