@@ -80,24 +80,25 @@ def checkpoint(out_dir: str, step: int) -> Dict[str, Any]:
     return torch.load(os.path.join(out_dir, "checkpoints", f"step_{step:08d}.pt"), map_location="cpu", weights_only=True)
 
 
+def scene_split_shards(tmp_path_factory, split: str, n: int) -> str:
+    """The first ``n`` scenes of ``split`` (original + recaption each) in shards of 16; their shard spec."""
+    folder = tmp_path_factory.mktemp(f"scene_{split}_shards")
+    writer = ShardWriter(str(folder), split, max_count=16)
+    writer.write_all(list(scene_records(split, n)))
+    writer.close()
+    return str(folder / f"{split}-*.tar")
+
+
 @pytest.fixture(scope="module")
 def scene_shards(tmp_path_factory) -> str:
-    """48 scenes in 3 shards (original + recaption each)."""
-    folder = tmp_path_factory.mktemp("scene_shards")
-    writer = ShardWriter(str(folder), "train", max_count=16)
-    writer.write_all(list(scene_records("train", 48)))
-    writer.close()
-    return str(folder / "train-*.tar")
+    """48 training scenes in 3 shards."""
+    return scene_split_shards(tmp_path_factory, "train", 48)
 
 
 @pytest.fixture(scope="module")
 def scene_val_shards(tmp_path_factory) -> str:
     """8 validation scenes in one shard."""
-    folder = tmp_path_factory.mktemp("scene_val_shards")
-    writer = ShardWriter(str(folder), "val", max_count=16)
-    writer.write_all(list(scene_records("val", 8)))
-    writer.close()
-    return str(folder / "val-*.tar")
+    return scene_split_shards(tmp_path_factory, "val", 8)
 
 
 @pytest.fixture(scope="module")
