@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
@@ -51,3 +52,44 @@ def test_a_data_set_smaller_than_one_batch_says_so_in_one_line(shard_factory):
     stream = DataStream(loader, DistEnv(), 0, 0, lambda epoch, stats: None)
     with pytest.raises(ConfigError, match=r"epoch 0 gave no full batch: the loader read 5 valid samples .*lower the batch size"):
         stream.take(1)
+
+
+def test_a_resume_at_the_end_of_an_epoch_does_not_report_it_twice(shard_factory):
+    # 20 samples, batches of 8: two batches per epoch, finite mode (the length is unknown to the stream)
+    spec = shard_factory(make_records(20), per_shard=10)
+    data_cfg = DataConfig(builder="none", train_shards=spec, num_workers=0, shuffle_buffer=100)
+    def loader():
+        return CaptionLoader(data_cfg, MixConfig(p=0.5, seed=3), tokenize=lambda texts: texts, batch_size=8)
+    straight = []
+    through = DataStream(loader(), DistEnv(), 0, 0, lambda epoch, stats: straight.append(epoch))
+    expected = [b["key"] for b in through.take(3)]  # epoch 0's two batches, then epoch 1's first
+    assert straight == [0]
+    reports = []
+    resumed = DataStream(loader(), DistEnv(), 0, 2, lambda epoch, stats: reports.append((epoch, stats["samples"])))
+    assert resumed.take(1)[0]["key"] == expected[2]  # the checkpoint after epoch 0's last batch goes on with epoch 1
+    assert reports == [] and (resumed.epoch, resumed.batch_in_epoch) == (1, 1)
+    resumed.take(1)
+    resumed.take(1)  # epoch 1 ends: reported once, with the two batches trained after the resume
+    assert reports == [(1, 16)]
+    middle = []
+    inside = DataStream(loader(), DistEnv(), 0, 1, lambda epoch, stats: middle.append((epoch, stats["samples"])))
+    assert inside.take(2)[1]["key"] == expected[2]
+    assert middle == [(0, 8)]  # a resume inside an epoch reports what it trained of it
+
+
+def test_a_source_that_knows_its_length_is_not_read_again_at_a_resumed_epoch_end():
+    from train_clip.data import InMemoryBatches
+
+    class Counting(InMemoryBatches):
+        epochs_read: list = []
+
+        def iterate(self, skip_batches=0):
+            self.epochs_read.append(self.epoch)
+            return super().iterate(skip_batches)
+
+    images, texts = torch.arange(24.0).view(24, 1), torch.arange(24).view(24, 1)
+    expected = [b["image"] for b in DataStream(InMemoryBatches(images, texts, 8), DistEnv(), 0, 0, lambda e, s: None).take(4)]
+    source, reports = Counting(images, texts, 8), []
+    resumed = DataStream(source, DistEnv(), 0, 3, lambda epoch, stats: reports.append(epoch))
+    assert torch.equal(resumed.take(1)[0]["image"], expected[3])
+    assert source.epochs_read == [1] and reports == []

@@ -7,12 +7,15 @@ yielding batches in an order fixed by (seed, epoch, rank, world size), and ``epo
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 
 from harness_infra.errors import ConfigError
 from training.distributed import DistEnv, all_ranks_have, gather_objects
 
 Batch = Dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
@@ -81,7 +84,9 @@ class DataStream:
 
     Epoch reports (``on_epoch_end(epoch, stats)``) count what was trained, summed over ranks (``with_trained``):
     batches handed out by ``next_batch`` since the epoch was opened in this process (after a resume, from the resume
-    point on), next to what the loader read.
+    point on), next to what the loader read. An epoch resumed at its very end (the checkpoint was taken after its last
+    batch) is not reported again: the process before the resume reported it when it rolled over, so a second, empty
+    record would count the epoch twice in ``epochs.jsonl``; a source that knows its length skips it unread.
     """
 
     def __init__(self, source: BatchSource, env: DistEnv, epoch: int, batch_in_epoch: int,
@@ -91,6 +96,7 @@ class DataStream:
         self.synchronize = env.distributed and batches_per_epoch(source) is None
         self._iterator: Optional[Iterator[Batch]] = None
         self._trained: Dict[str, int] = {}
+        self._resumed_at = batch_in_epoch  # the first epoch opens here; later ones at 0
 
     def _epoch_stats(self) -> Dict[str, Any]:
         """The closing epoch's report over all ranks; resets the trained counts."""
@@ -103,7 +109,11 @@ class DataStream:
         return with_trained(summed_epoch_stats(self.source, self.env), trained)
 
     def _start_epoch(self) -> None:
-        """Open the current epoch at the current batch index."""
+        """Open the current epoch at the current batch index (the next epoch when a resume lands on the end of one
+        whose length the source knows)."""
+        length = batches_per_epoch(self.source) if self._resumed_at else None
+        if length is not None and self.batch_in_epoch >= length:
+            self._skip_resumed_end()
         self.source.set_epoch(self.epoch)
         self._iterator = iter(self.source.iterate(skip_batches=self.batch_in_epoch))
 
@@ -126,15 +136,26 @@ class DataStream:
                     self._trained[name] = self._trained.get(name, 0) + value
                 return batch
             produced = self.batch_in_epoch
+            if self._resumed_at and produced == self._resumed_at:  # resumed at this epoch's end: reported before
+                self._iterator = None
+                self._skip_resumed_end()
+                continue
             stats = self._epoch_stats()
             self.on_epoch_end(self.epoch, stats)
-            self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+            self.epoch, self.batch_in_epoch, self._iterator, self._resumed_at = self.epoch + 1, 0, None, 0
             if produced == 0:
                 break
         ranks = f" over {self.env.world_size} ranks" if self.env.distributed else ""
         raise ConfigError(f"epoch {self.epoch - 1} gave no full batch{' to some rank' if ranks else ''}: the loader read "
                           f"{stats.get('samples_read')} valid samples{ranks} (skipped {stats.get('skipped') or 'none'}); every rank "
                           "needs at least one full batch per epoch: lower the batch size, add data, or set data.resampled=true")
+
+    def _skip_resumed_end(self) -> None:
+        """Move from the end of the epoch a resume landed on to the next epoch, without a second report."""
+        log.info("resumed at the end of epoch %d (batch %d): its report is the one the run wrote before the resume; "
+                 "going on with epoch %d", self.epoch, self.batch_in_epoch, self.epoch + 1)
+        self._trained = {}
+        self.epoch, self.batch_in_epoch, self._resumed_at = self.epoch + 1, 0, 0
 
     def epoch_end_partial(self) -> None:
         """Close a partly read epoch (at a stage end): report it and move the position to the next epoch."""
