@@ -17,7 +17,7 @@ from harness_infra.stagecache import setting
 __all__ = ["ConfigError", "DitModelConfig", "DitTrainConfig", "ImageSpaceSpec", "SampleSpec", "TextEncoderSpec", "PRESETS"]
 
 # name -> (depth, width, heads, patch): DiT-S/B/L as in Peebles & Xie (width 384/768/1024, 12/12/24 blocks);
-# DiT-tiny is the CPU configuration of the embedded scenes (see conf/model/dit_tiny.yaml for why).
+# DiT-tiny is the CPU configuration of the embedded scenes, 2.8M parameters (see conf/model/dit_tiny.yaml for why).
 PRESETS: Dict[str, Tuple[int, int, int, int]] = {
     "DiT-S/2": (12, 384, 6, 2),
     "DiT-S/4": (12, 384, 6, 4),
@@ -25,7 +25,7 @@ PRESETS: Dict[str, Tuple[int, int, int, int]] = {
     "DiT-B/4": (12, 768, 12, 4),
     "DiT-L/2": (24, 1024, 16, 2),
     "DiT-L/4": (24, 1024, 16, 4),
-    "DiT-tiny": (6, 256, 4, 4),
+    "DiT-tiny": (4, 192, 3, 4),
     "DiT-micro": (2, 64, 2, 4),
 }
 TEXT_KINDS = ("hf", "open_clip", "clip_export")
