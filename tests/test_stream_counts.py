@@ -72,9 +72,11 @@ def test_a_resume_at_the_end_of_an_epoch_does_not_report_it_twice(shard_factory)
     resumed.take(1)  # epoch 1 ends: reported once, with the two batches trained after the resume
     assert reports == [(1, 16)]
     middle = []
-    inside = DataStream(loader(), DistEnv(), 0, 1, lambda epoch, stats: middle.append((epoch, stats["samples"])))
+    inside = DataStream(loader(), DistEnv(), 0, 1, lambda epoch, stats: middle.append((epoch, stats["samples"], stats.get("resumed_at_batch"))))
     assert inside.take(2)[1]["key"] == expected[2]
-    assert middle == [(0, 8)]  # a resume inside an epoch reports what it trained of it
+    assert middle == [(0, 8, 1)]  # a resume inside an epoch reports what it trained of it, and where it resumed
+    inside.take(2)
+    assert middle[1] == (1, 16, None)  # the next epoch is whole again
 
 
 def test_a_source_that_knows_its_length_is_not_read_again_at_a_resumed_epoch_end():

@@ -110,6 +110,8 @@ class RunMonitor:
         fraction_text = "n/a" if fraction is None else f"{fraction:.4f}"
         read = stats.get("samples_read")
         read_text = f" ({read} read)" if read is not None and read != stats.get("samples") else ""
+        if stats.get("resumed_at_batch"):
+            read_text += f" from batch {stats['resumed_at_batch']} on, where the run resumed"
         log.info("epoch %d done (stage %d, step %d): global batch %s, %s samples trained%s, realised original fraction %s "
                  "(p = P(original), over trained samples), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
                  read_text, fraction_text, stats.get("skipped") or "none")

@@ -84,9 +84,10 @@ class DataStream:
 
     Epoch reports (``on_epoch_end(epoch, stats)``) count what was trained, summed over ranks (``with_trained``):
     batches handed out by ``next_batch`` since the epoch was opened in this process (after a resume, from the resume
-    point on), next to what the loader read. An epoch resumed at its very end (the checkpoint was taken after its last
-    batch) is not reported again: the process before the resume reported it when it rolled over, so a second, empty
-    record would count the epoch twice in ``epochs.jsonl``; a source that knows its length skips it unread.
+    point on, and the record says ``resumed_at_batch``), next to what the loader read. An epoch resumed at its very end
+    (the checkpoint was taken after its last batch) is not reported again: the process before the resume reported it
+    when it rolled over, so a second, empty record would count the epoch twice in ``epochs.jsonl``; a source that knows
+    its length skips it unread.
     """
 
     def __init__(self, source: BatchSource, env: DistEnv, epoch: int, batch_in_epoch: int,
@@ -106,7 +107,10 @@ class DataStream:
             for name, value in part.items():
                 trained[name] = trained.get(name, 0) + value
         self._trained = {}
-        return with_trained(summed_epoch_stats(self.source, self.env), trained)
+        stats = with_trained(summed_epoch_stats(self.source, self.env), trained)
+        if self._resumed_at:  # the batches before the resume point were trained by the process before it, uncounted here
+            stats["resumed_at_batch"] = self._resumed_at
+        return stats
 
     def _start_epoch(self) -> None:
         """Open the current epoch at the current batch index (the next epoch when a resume lands on the end of one
@@ -165,7 +169,7 @@ class DataStream:
         if self.batch_in_epoch == 0:
             return
         self.on_epoch_end(self.epoch, self._epoch_stats())
-        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch, self.batch_in_epoch, self._resumed_at = self.epoch + 1, 0, 0
 
     def take(self, count: int) -> List[Batch]:
         """``count`` micro-batches (one optimizer step's worth)."""
