@@ -63,6 +63,16 @@ def run_seed(run: Dict[str, Any]) -> int:
     return int(((run.get("resolved_config") or {}).get("train") or {}).get("seed", 0))
 
 
+def run_commit(run: Dict[str, Any]) -> Optional[str]:
+    """The commit a run's code came from, as ``git log --oneline`` abbreviates it (``+ uncommitted changes`` when the
+    tree was dirty), or None for records without git provenance. A command alone does not reproduce a run: the
+    defaults it leaves out are those of this commit."""
+    git = run.get("git") or {}
+    if not git.get("commit"):
+        return None
+    return str(git["commit"])[:7] + (" + uncommitted changes" if git.get("dirty") else "")
+
+
 def is_baseline(run: Dict[str, Any]) -> bool:
     """The p = 1 (alt-text only) run."""
     return run["strategy"] in ("mix", "original") and run["p"] == 1.0
@@ -107,6 +117,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
             interval = record["intervals"].get(metric) or [None, None]
             test = paired.get(metric)
             rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
+                         "commit": run_commit(run),
                          "family": "t2i" if spec.evaluates == GENERATOR else "clip", "percent": spec.percent,
                          "lower_is_better": metric in spec.lower_is_better,
                          "task": record["task_name"], "dataset": (record.get("dataset") or {}).get("fingerprint"), "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
@@ -188,7 +199,9 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
 def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip", notes: Sequence[str] = ()) -> str:
     """The markdown page of one data set and model family (``FAMILIES``), with its commands and ``notes`` (a line each,
     after the table: data-set versions kept apart)."""
-    commands = sorted(set(long["command"].dropna()))
+    produced = long.dropna(subset=["command"])
+    commits = produced["commit"] if "commit" in produced else pd.Series([None] * len(produced), index=produced.index)
+    commands = sorted({f"{c}    # at commit {k}" if isinstance(k, str) else c for c, k in zip(produced["command"], commits)})
     units = "metric in % with its 95% bootstrap interval"
     if family == "t2i":
         lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))
@@ -202,7 +215,7 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
              f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
              f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
              "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), ""]
-    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by:", ""]
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by (each command with the commit whose defaults it ran under):", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 

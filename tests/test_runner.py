@@ -115,8 +115,8 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     assert shard_dir(again) == info["out_dir"]
 
 
-def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny") -> None:
-    """A published retrieval record with a run section and per-query hits."""
+def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny", git=None) -> None:
+    """A published retrieval record with a run section and per-query hits (and the run's git provenance if given)."""
     metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
     record = {
         "task": "retrieval", "task_name": "toy_retrieval", "dataset": {"fingerprint": "f" * 8}, "metrics": metrics,
@@ -125,6 +125,8 @@ def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label
         "run": {"experiment": label, "p": p, "strategy": strategy, "model": model, "data": "toy", "samples_seen": 100,
                 "global_batch": [10], "train_hash": label, "eval_hash": "e", "command": f"python -m evals.run +experiment={label}"},
     }
+    if git is not None:
+        record["run"]["git"] = git
     values = {m: QueryValues(hits.astype(float)) for m in metrics}
     write_record(record, os.path.join(folder, "records"), values, stem=label)
 
@@ -237,6 +239,17 @@ def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
     assert delta_vs_baseline(run, base, "fid", None) == pytest.approx(27.8 - 36.2)
     assert delta_vs_baseline(run, base, "t2i_R@1", None) is None  # a per-query metric needs its paired test
     assert delta_vs_baseline(base, base, "fid", None) == 0.0 and delta_vs_baseline(run, None, "fid", None) is None
+
+
+def test_each_command_is_listed_with_the_commit_whose_defaults_it_ran_under(tmp_path):
+    rng = np.random.default_rng(1)
+    fixture_record(str(tmp_path), 1.0, "mix", rng.random(50) < 0.3, "clip_mix_1.0", git={"commit": "1301e08" + "a" * 33, "dirty": False})
+    fixture_record(str(tmp_path), 0.5, "mix", rng.random(50) < 0.3, "clip_mix_0.5", git={"commit": "11892df" + "b" * 33, "dirty": True})
+    fixture_record(str(tmp_path), 0.8, "mix", rng.random(50) < 0.3, "clip_mix_0.8")  # a record from before git provenance
+    table = open(write_tables(str(tmp_path))).read()
+    assert "    python -m evals.run +experiment=clip_mix_1.0    # at commit 1301e08\n" in table
+    assert "    python -m evals.run +experiment=clip_mix_0.5    # at commit 11892df + uncommitted changes\n" in table
+    assert "    python -m evals.run +experiment=clip_mix_0.8\n" in table
 
 
 def t2i_fixture_records(folder: str, p: float, fid: float, kid: float, scores: np.ndarray, label: str) -> None:
