@@ -267,6 +267,48 @@ def test_the_x0_error_of_a_zero_output_has_its_closed_form(scheduler, prediction
         assert errors[f"recap@{level:g}"] == pytest.approx(float(expected), rel=1e-4)
 
 
+class CaptionLookup(torch.nn.Module):
+    """An x0 'model' that reads a sample index from its caption features (feature 0 = index + 1) and outputs that
+    sample's clean image, or zeros for a caption that names no sample (the empty caption)."""
+
+    def __init__(self, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor, **_: Any) -> tuple:
+        index = encoder_hidden_states[:, 0, 0].round().long() - 1
+        out = torch.zeros_like(x)
+        out[index >= 0] = self.x0[index[index >= 0]]
+        return (out,)
+
+
+class ZeroText:
+    """A text encoder whose every caption is one zero token."""
+
+    def encode(self, lines):
+        return torch.zeros(len(lines), 1, 4), torch.ones(len(lines), 1, dtype=torch.long)
+
+
+def test_text_controls_give_each_sample_another_caption_and_the_empty_one():
+    """With a model that draws exactly the sample its caption names: its own captions give 0, each other's the mean
+    squared distance to the next sample, the empty caption the mean squared image (its output is zero)."""
+    from train_dit.validation import HeldOut, denoising_errors, with_text_controls
+
+    gen = torch.Generator().manual_seed(2)
+    x0, noise = torch.rand(5, 3, 4, 4, generator=gen) * 2 - 1, torch.randn(5, 3, 4, 4, generator=gen)
+    features = torch.zeros(5, 1, 4)
+    features[:, 0, 0] = torch.arange(1, 6, dtype=torch.float32)
+    held = with_text_controls(HeldOut(x0, noise, {"recap": (features, torch.ones(5, 1, dtype=torch.long))}), ZeroText())
+    assert set(held.texts) == {"recap", "recap_other", "empty"}
+    cfg = DitTrainConfig(scheduler="flow", prediction="sample", val_levels=[0.5, 0.9], sample=SampleSpec(sampler="euler"))
+    errors = denoising_errors(CaptionLookup(x0), held, cfg, None, batch_size=2)
+    swapped = sum(float((x0[(i + 1) % 5] - x0[i]).pow(2).mean()) for i in range(5)) / 5
+    assert errors["recap"] == 0.0 and errors["recap_other"] == pytest.approx(swapped, rel=1e-6)
+    assert errors["empty"] == pytest.approx(float(x0.pow(2).mean()), rel=1e-6)
+    with pytest.raises(ConfigError, match="at least 2 held-out samples"):
+        with_text_controls(HeldOut(x0[:1], noise[:1], {"recap": (features[:1], torch.ones(1, 1))}), ZeroText())
+
+
 def test_validation_without_a_val_split_fails_in_one_line(tmp_path, scene_shards):
     from train_dit.train import train
 

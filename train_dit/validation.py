@@ -78,6 +78,24 @@ def held_out(data_cfg: Optional[DataConfig], image_size: int, space: Any, text: 
     return HeldOut(x0, noise, texts)
 
 
+def with_text_controls(held: HeldOut, text: Any) -> HeldOut:
+    """``held`` plus the controls that say whether a model uses its text: ``empty`` (every sample given the empty
+    caption, the guidance null condition) and, per caption source, ``{source}_other`` (sample i given sample i+1's
+    caption, the last the first's: nobody keeps their own). A model whose error with its own captions is no lower than
+    with these draws from its prior (``results/dit_scenes.md``: the alt-text-only DiT, under 1% apart). Needs two
+    samples or more (ConfigError otherwise)."""
+    n = held.x0.shape[0]
+    if n < 2:
+        raise ConfigError(f"text controls need at least 2 held-out samples to swap captions, got {n}")
+    texts = dict(held.texts)
+    for source, (features, mask) in held.texts.items():
+        other = torch.roll(torch.arange(n, device=features.device), -1)
+        texts[f"{source}_other"] = (features[other], mask[other])
+    empty, empty_mask = pad_features(unpad_features(*text.encode([""])) * n)
+    texts["empty"] = (empty.to(held.x0.device), empty_mask.to(held.x0.device))
+    return HeldOut(held.x0, held.noise, texts)
+
+
 def x0_estimate(cfg: DitTrainConfig, scheduler: Any, output: torch.Tensor, x_t: torch.Tensor, level: float, t: float) -> torch.Tensor:
     """The clean-image estimate of a model ``output`` at ``x_t`` (see the module docstring for each objective)."""
     if cfg.scheduler == "flow":
@@ -118,9 +136,10 @@ def denoising_errors(model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig,
     return out
 
 
-def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[float]) -> Dict[str, float]:
+def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[float], controls: bool = False) -> Dict[str, float]:
     """``denoising_errors`` of an export's transformer (its EMA weights) on the first ``n`` samples of
-    ``data_cfg``'s val split, with the export's own text encoder, image space, objective and prediction."""
+    ``data_cfg``'s val split, with the export's own text encoder, image space, objective and prediction; with
+    ``controls``, also given the empty caption and each other's captions (``with_text_controls``)."""
     from diffusers import DDPMScheduler
 
     from train_dit.config import SAMPLERS_OF, SampleSpec
@@ -135,13 +154,16 @@ def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[fl
                          sample=SampleSpec(sampler=SAMPLERS_OF[objective][0]))
     scheduler = None if flow else DDPMScheduler.from_config(pipe.scheduler_config)
     held = held_out(data_cfg, int(described["image_size"]), pipe.space, pipe.text, n)
+    if controls:
+        held = with_text_controls(held, pipe.text)
     return denoising_errors(pipe.transformer, held, cfg, scheduler)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """CLI: ``python -m train_dit.validation EXPORT [EXPORT ...] --val-shards SPEC [--samples 64] [--levels ...]``
-    prints one line per export: the x0 error per caption source and level (the numbers ``validation.jsonl`` holds
-    for a run's last step, here for any export, e.g. to compare recipes)."""
+    """CLI: ``python -m train_dit.validation EXPORT [EXPORT ...] --val-shards SPEC [--samples 64] [--levels ...]
+    [--controls]`` prints one line per export: the x0 error per caption source and level (the numbers
+    ``validation.jsonl`` holds for a run's last step, here for any export, e.g. to compare recipes); ``--controls``
+    adds the errors with the empty caption and with another sample's caption (does the model use its text?)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Held-out x0 errors of DiT exports (train_dit.validation).")
@@ -150,12 +172,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--controls", action="store_true", help="also the errors with the empty caption (empty) and with the next "
+                        "sample's caption (SOURCE_other): a model that uses its text does worse with them")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     data_cfg = DataConfig(builder="none", train_shards=args.val_shards, val_shards=args.val_shards)
     for export_dir in args.exports:
-        errors = export_errors(export_dir, data_cfg, args.samples, args.levels)
+        errors = export_errors(export_dir, data_cfg, args.samples, args.levels, args.controls)
         print(export_dir, " ".join(f"{name} {value:.4f}" for name, value in errors.items()), flush=True)
 
 
