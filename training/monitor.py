@@ -52,11 +52,13 @@ class RunMonitor:
         self.epochs_path = os.path.join(out_dir, EPOCHS_FILE)
         self.validation_path = os.path.join(out_dir, VALIDATION_FILE)
         self.writer = None
+        self.reported: set = set()  # (stage, epoch) already in epochs.jsonl
         if self.writes:
             os.makedirs(out_dir, exist_ok=True)
             truncate_jsonl(self.metrics_path, start_step)
             truncate_jsonl(self.epochs_path, start_step)
             truncate_jsonl(self.validation_path, start_step)
+            self.reported = self._reported_epochs()
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -70,6 +72,13 @@ class RunMonitor:
             self.console.enter_context(logging_redirect_tqdm())
         self.last_time, self.last_samples = time.perf_counter(), samples_seen
         self.step = start_step
+
+    def _reported_epochs(self) -> set:
+        """(stage, epoch) of the epoch records a resumed run finds (those up to its checkpoint's step)."""
+        if not os.path.exists(self.epochs_path):
+            return set()
+        with open(self.epochs_path, encoding="utf-8") as handle:
+            return {(int(r.get("stage", 0)), int(r["epoch"])) for r in map(json.loads, filter(str.strip, handle))}
 
     def _append(self, path: str, record: Dict[str, Any]) -> None:
         """Append one json line."""
@@ -103,15 +112,21 @@ class RunMonitor:
         return record
 
     def epoch_end(self, epoch: int, stats: Dict[str, Any], global_batch: str, stage: int) -> None:
-        """Log one data epoch: effective global batch, realised original fraction, skipped counts."""
+        """Log one data epoch: effective global batch, realised original fraction, skipped counts. An epoch already in
+        ``epochs.jsonl`` is not written again: a run resumed from a checkpoint taken after the epoch's last batch (or, with
+        gradient accumulation, a few batches before it) re-reaches an end its process before the resume already reported."""
         if not self.writes:
             return
+        if (stage, epoch) in self.reported:
+            log.info("epoch %d (stage %d) was reported before the resume (epochs.jsonl); not again", epoch, stage)
+            return
+        self.reported.add((stage, epoch))
         fraction = stats.get("original_fraction")
         fraction_text = "n/a" if fraction is None else f"{fraction:.4f}"
         read = stats.get("samples_read")
         read_text = f" ({read} read)" if read is not None and read != stats.get("samples") else ""
         if stats.get("resumed_at_batch"):
-            read_text += f" from batch {stats['resumed_at_batch']} on, where the run resumed"
+            read_text += f" (the run resumed at batch {stats['resumed_at_batch']}: trained counts start there)"
         log.info("epoch %d done (stage %d, step %d): global batch %s, %s samples trained%s, realised original fraction %s "
                  "(p = P(original), over trained samples), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
                  read_text, fraction_text, stats.get("skipped") or "none")

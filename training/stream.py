@@ -84,10 +84,10 @@ class DataStream:
 
     Epoch reports (``on_epoch_end(epoch, stats)``) count what was trained, summed over ranks (``with_trained``):
     batches handed out by ``next_batch`` since the epoch was opened in this process (after a resume, from the resume
-    point on, and the record says ``resumed_at_batch``), next to what the loader read. An epoch resumed at its very end
-    (the checkpoint was taken after its last batch) is not reported again: the process before the resume reported it
-    when it rolled over, so a second, empty record would count the epoch twice in ``epochs.jsonl``; a source that knows
-    its length skips it unread.
+    point on, and the record says ``resumed_at_batch``), next to what the loader read. A resume at the very end of an
+    epoch (the checkpoint was taken after its last batch) reports it with nothing trained; the monitor keeps the
+    record the process before the resume wrote, if it got to write it (``RunMonitor.epoch_end``). A source that knows
+    its length is not read again for that.
     """
 
     def __init__(self, source: BatchSource, env: DistEnv, epoch: int, batch_in_epoch: int,
@@ -140,10 +140,6 @@ class DataStream:
                     self._trained[name] = self._trained.get(name, 0) + value
                 return batch
             produced = self.batch_in_epoch
-            if self._resumed_at and produced == self._resumed_at:  # resumed at this epoch's end: reported before
-                self._iterator = None
-                self._skip_resumed_end()
-                continue
             stats = self._epoch_stats()
             self.on_epoch_end(self.epoch, stats)
             self.epoch, self.batch_in_epoch, self._iterator, self._resumed_at = self.epoch + 1, 0, None, 0
@@ -155,9 +151,11 @@ class DataStream:
                           "needs at least one full batch per epoch: lower the batch size, add data, or set data.resampled=true")
 
     def _skip_resumed_end(self) -> None:
-        """Move from the end of the epoch a resume landed on to the next epoch, without a second report."""
-        log.info("resumed at the end of epoch %d (batch %d): its report is the one the run wrote before the resume; "
-                 "going on with epoch %d", self.epoch, self.batch_in_epoch, self.epoch + 1)
+        """Close the epoch a resume landed on the end of, unread: report it with nothing trained (the monitor keeps an
+        earlier report of it) and move to the next epoch."""
+        log.info("resumed at the end of epoch %d (batch %d): going on with epoch %d", self.epoch, self.batch_in_epoch, self.epoch + 1)
+        self.on_epoch_end(self.epoch, {"samples": 0, "samples_read": 0, "skipped_total": 0, "skipped": {},
+                                       "original_fraction": None, "resumed_at_batch": self.batch_in_epoch})
         self._trained = {}
         self.epoch, self.batch_in_epoch, self._resumed_at = self.epoch + 1, 0, 0
 
