@@ -64,9 +64,10 @@ def run_seed(run: Dict[str, Any]) -> int:
 
 
 def run_commit(run: Dict[str, Any]) -> Optional[str]:
-    """The commit a run's code came from, as ``git log --oneline`` abbreviates it (``+ uncommitted changes`` when the
-    tree was dirty), or None for records without git provenance. A command alone does not reproduce a run: the
-    defaults it leaves out are those of this commit."""
+    """The commit checked out when the record's command ran (its first 7 hex digits, ``+ uncommitted changes`` when
+    the tree was dirty), or None for records without git provenance. A command alone does not reproduce a run: the
+    defaults it leaves out are those of this commit (a train stage found in the cache has the same content key, so
+    the same resolved config, even if an earlier commit trained it)."""
     git = run.get("git") or {}
     if not git.get("commit"):
         return None
@@ -197,8 +198,8 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip", notes: Sequence[str] = ()) -> str:
-    """The markdown page of one data set and model family (``FAMILIES``), with its commands and ``notes`` (a line each,
-    after the table: data-set versions kept apart)."""
+    """The markdown page of one data set and model family (``FAMILIES``), with its commands (each with its commit:
+    ``run_commit``) and ``notes`` (a line each, after the table: data-set versions kept apart)."""
     produced = long.dropna(subset=["command"])
     commits = produced["commit"] if "commit" in produced else pd.Series([None] * len(produced), index=produced.index)
     commands = sorted({f"{c}    # at commit {k}" if isinstance(k, str) else c for c, k in zip(produced["command"], commits)})
@@ -215,7 +216,7 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
              f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
              f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
              "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), ""]
-    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by (each command with the commit whose defaults it ran under):", ""]
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by (each command with the commit whose defaults it ran under, where the record has it):", ""]
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 

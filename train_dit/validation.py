@@ -29,7 +29,7 @@ from train_dit.config import DitTrainConfig
 from train_dit.features import pixel_transform
 from train_dit.image import to_model_range
 from train_dit.model import predict
-from train_dit.text import pad_features, unpad_features
+from train_dit.text import null_condition, pad_features, unpad_features
 
 log = logging.getLogger(__name__)
 VALIDATION_SEED = 20_240_917  # the noise of the held-out samples: one draw for the whole run
@@ -79,11 +79,13 @@ def held_out(data_cfg: Optional[DataConfig], image_size: int, space: Any, text: 
 
 
 def with_text_controls(held: HeldOut, text: Any) -> HeldOut:
-    """``held`` plus the controls that say whether a model uses its text: ``empty`` (every sample given the empty
-    caption, the guidance null condition) and, per caption source, ``{source}_other`` (sample i given sample i+1's
-    caption, the last the first's: nobody keeps their own). A model whose error with its own captions is no lower than
-    with these draws from its prior (``results/dit_scenes.md``: the alt-text-only DiT, under 1% apart). Needs two
-    samples or more (ConfigError otherwise)."""
+    """``held`` plus the controls that say whether a model uses its text, as extra caption sources: ``empty`` (every
+    sample given the empty caption's features, the null condition of caption dropout and guidance: ``null_condition``)
+    and, per caption source, ``{source}_other`` (sample i given sample i+1's caption, the last the first's: nobody
+    keeps their own). ``denoising_errors`` then reports "empty", "{source}_other" and their "@level" values, in the
+    same units (mean squared x0 error in the image space's units). A model whose error with its own captions is no
+    lower than with these draws from its prior (``results/dit_scenes.md``: the alt-text-only DiT, about 1% apart).
+    Needs two samples or more (ConfigError otherwise)."""
     n = held.x0.shape[0]
     if n < 2:
         raise ConfigError(f"text controls need at least 2 held-out samples to swap captions, got {n}")
@@ -91,7 +93,7 @@ def with_text_controls(held: HeldOut, text: Any) -> HeldOut:
     for source, (features, mask) in held.texts.items():
         other = torch.roll(torch.arange(n, device=features.device), -1)
         texts[f"{source}_other"] = (features[other], mask[other])
-    empty, empty_mask = pad_features(unpad_features(*text.encode([""])) * n)
+    empty, empty_mask = pad_features([null_condition(text)[0]] * n)
     texts["empty"] = (empty.to(held.x0.device), empty_mask.to(held.x0.device))
     return HeldOut(held.x0, held.noise, texts)
 
@@ -138,8 +140,9 @@ def denoising_errors(model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig,
 
 def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[float], controls: bool = False) -> Dict[str, float]:
     """``denoising_errors`` of an export's transformer (its EMA weights) on the first ``n`` samples of
-    ``data_cfg``'s val split, with the export's own text encoder, image space, objective and prediction; with
-    ``controls``, also given the empty caption and each other's captions (``with_text_controls``)."""
+    ``data_cfg``'s val split, with the export's own text encoder, image space, objective and prediction:
+    {"{source}@{level}": mean squared x0 error, "{source}": its mean over ``levels``} for source original and recap;
+    with ``controls``, also "empty" and "{source}_other" (``with_text_controls``)."""
     from diffusers import DDPMScheduler
 
     from train_dit.config import SAMPLERS_OF, SampleSpec
