@@ -117,6 +117,9 @@ class DataStream:
         whose length the source knows)."""
         length = batches_per_epoch(self.source) if self._resumed_at else None
         if length is not None and self.batch_in_epoch >= length:
+            if self.batch_in_epoch > length:
+                log.warning("resumed at batch %d of epoch %d, which has %d batches here: the data, batch size or rank count "
+                            "changed since the checkpoint", self.batch_in_epoch, self.epoch, length)
             self._skip_resumed_end()
         self.source.set_epoch(self.epoch)
         self._iterator = iter(self.source.iterate(skip_batches=self.batch_in_epoch))
