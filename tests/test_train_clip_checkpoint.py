@@ -42,6 +42,23 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
 
 
+class Payload:
+    """Not a tensor, dict or number: a weights-only unpickler must refuse it."""
+
+
+def test_a_plain_torch_load_refuses_arbitrary_objects(tmp_path, monkeypatch):
+    """Our code passes weights_only=True everywhere; third-party calls that do not (CLIP_benchmark's load_clfs and
+    linear-probe feature cache, not on our paths) are safe only because torch >= 2.6 (pyproject's floor) defaults to
+    weights_only=True. Guard that default: a plain torch.load of a pickled object fails."""
+    import pickle
+
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    path = str(tmp_path / "object.pt")
+    torch.save({"payload": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch.load(path)
+
+
 def test_atomic_save_leaves_no_temporary_file(tmp_path):
     path = str(tmp_path / "checkpoints" / "step_00000001.pt")
     atomic_torch_save({"format": ckpt.FORMAT_VERSION, "x": torch.ones(2)}, path)
