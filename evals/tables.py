@@ -201,8 +201,7 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
     """The markdown page of one data set and model family (``FAMILIES``), with its commands (each with its commit:
     ``run_commit``) and ``notes`` (a line each, after the table: data-set versions kept apart)."""
     produced = long.dropna(subset=["command"])
-    commits = produced["commit"] if "commit" in produced else pd.Series([None] * len(produced), index=produced.index)
-    commands = sorted({f"{c}    # at commit {k}" if isinstance(k, str) else c for c, k in zip(produced["command"], commits)})
+    commands = sorted({f"{c}    # at commit {k}" if isinstance(k, str) else c for c, k in zip(produced["command"], produced["commit"])})
     units = "metric in % with its 95% bootstrap interval"
     if family == "t2i":
         lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 from tqdm import tqdm
@@ -33,13 +33,15 @@ EPOCHS_FILE = "epochs.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 
 
-def truncate_jsonl(path: str, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` (a resumed run re-logs them)."""
+def truncate_jsonl(path: str, last_step: int) -> List[Dict[str, Any]]:
+    """Drop lines logged after ``last_step`` (a resumed run re-logs them); the records kept, in order."""
     if not os.path.exists(path):
-        return
+        return []
     with open(path, encoding="utf-8") as handle:
-        kept = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(kept))
+        lines = [(line, json.loads(line)) for line in handle if line.strip()]
+    kept = [(line, record) for line, record in lines if record.get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(line for line, _ in kept))
+    return [record for _, record in kept]
 
 
 class RunMonitor:
@@ -52,13 +54,12 @@ class RunMonitor:
         self.epochs_path = os.path.join(out_dir, EPOCHS_FILE)
         self.validation_path = os.path.join(out_dir, VALIDATION_FILE)
         self.writer = None
-        self.reported: set = set()  # (stage, epoch) already in epochs.jsonl
+        self.reported: Set[Tuple[int, int]] = set()  # (stage, epoch) already in epochs.jsonl
         if self.writes:
             os.makedirs(out_dir, exist_ok=True)
             truncate_jsonl(self.metrics_path, start_step)
-            truncate_jsonl(self.epochs_path, start_step)
+            self.reported = {(int(r.get("stage", 0)), int(r["epoch"])) for r in truncate_jsonl(self.epochs_path, start_step)}
             truncate_jsonl(self.validation_path, start_step)
-            self.reported = self._reported_epochs()
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -72,13 +73,6 @@ class RunMonitor:
             self.console.enter_context(logging_redirect_tqdm())
         self.last_time, self.last_samples = time.perf_counter(), samples_seen
         self.step = start_step
-
-    def _reported_epochs(self) -> set:
-        """(stage, epoch) of the epoch records a resumed run finds (those up to its checkpoint's step)."""
-        if not os.path.exists(self.epochs_path):
-            return set()
-        with open(self.epochs_path, encoding="utf-8") as handle:
-            return {(int(r.get("stage", 0)), int(r["epoch"])) for r in map(json.loads, filter(str.strip, handle))}
 
     def _append(self, path: str, record: Dict[str, Any]) -> None:
         """Append one json line."""
