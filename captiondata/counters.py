@@ -21,6 +21,7 @@ SKIP_REASONS = (
     "non_utf8_text",
     "bad_json",
     "duplicate_key",
+    "dotted_key",
     "truncated_tar",
     "unreadable_shard",
     "no_image_feature",
@@ -35,6 +36,8 @@ MIX_EVENTS = (
     "emitted_concat",
     "fallback_to_original",
     "fallback_to_recap",
+    "no_original",   # samples read without an original caption (the layout's original field absent or empty)
+    "no_recaption",  # samples read without any recaption
 )
 # Conversions of decodable images (``captiondata.decode.decode_image`` reports them; nothing is skipped).
 DECODE_EVENTS = (
@@ -96,7 +99,9 @@ def summarize(totals: Dict[str, int]) -> Dict[str, object]:
 
     ``original_fraction`` = emitted originals / samples (what the model saw; None under ``concat``, where every
     text holds both and ``concat_fraction`` = emitted concatenations / samples says so instead);
-    ``drawn_original_fraction`` = draws of the original / draws (the mixer's coin, before fallback).
+    ``drawn_original_fraction`` = draws of the original / draws (the mixer's coin, before fallback); ``drawn_original``,
+    ``drawn_recap`` the draws themselves; ``no_original`` / ``no_recaption`` = samples read without that source (the
+    caption coverage ``captiondata.realised`` checks against the label).
     """
     skipped = {reason: totals[reason] for reason in SKIP_REASONS if totals.get(reason, 0)}
     samples = totals.get("samples", 0)
@@ -111,5 +116,9 @@ def summarize(totals: Dict[str, int]) -> Dict[str, object]:
         "drawn_original_fraction": totals.get("drawn_original", 0) / draws if draws else None,
         "fallback_to_original": totals.get("fallback_to_original", 0),
         "fallback_to_recap": totals.get("fallback_to_recap", 0),
+        "drawn_original": totals.get("drawn_original", 0),
+        "drawn_recap": totals.get("drawn_recap", 0),
+        "no_original": totals.get("no_original", 0),
+        "no_recaption": totals.get("no_recaption", 0),
     }
 

@@ -230,6 +230,10 @@ class MixedCaptionDataset(IterableDataset):
                     image = pil_to_tensor(image)
             choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
             self._count_choice(choice)
+            if record.original is None:
+                self.counters.add("no_original")
+            if not record.recaptions:
+                self.counters.add("no_recaption")
             yield {"image": image, "text": choice.text, "key": record.key, "source": choice.emitted, "shard": raw["__url__"]}
 
     def _count_choice(self, choice: Any) -> None:

@@ -312,11 +312,41 @@ def _tar_members(url: str, counters: SampleCounters) -> Iterator[tuple]:
             yield None, cut
 
 
+IMAGE_SUFFIXES = frozenset(("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"))
+
+
+def dotted_key_samples(sample: Dict[str, Any]) -> int:
+    """How many samples a dot in the key hid inside ``sample``: 0 when it has an image member of its own, else the
+    number of distinct stems ``S`` among its ``S.EXT`` members with an image extension ``EXT``.
+
+    webdataset splits a member name at the FIRST dot of its base name (``webdataset.tariterators.base_plus_ext``), so
+    ``img.1.jpg``, ``img.2.jpg`` are one sample ``img`` with suffixes ``1.jpg`` and ``2.jpg`` and no ``jpg``: each stem is
+    a lost sample (webdataset#237), counted as ``dotted_key`` rather than as one ``missing_image``. A sample with its
+    own image member and dotted extras (``KEY.jpg`` + ``KEY.seg.png``) is intact (0)."""
+    suffixes = [s for s in sample if not s.startswith("__")]
+    if any(s in IMAGE_SUFFIXES for s in suffixes):
+        return 0
+    return len({s.rpartition(".")[0] for s in suffixes if "." in s and s.rpartition(".")[2] in IMAGE_SUFFIXES})
+
+
+def _intact(sample: Dict[str, Any], counters: SampleCounters) -> bool:
+    """False (counted as ``dotted_key``, once per hidden sample, with one warning) when dots in the key merged
+    several samples into ``sample``."""
+    lost = dotted_key_samples(sample)
+    if lost:
+        counters.add("dotted_key", lost)
+        log.warning("%s: %d sample(s) under key %r lost: webdataset takes the key up to the first dot of a member's base name "
+                    "(members %s); rename the members so keys have no dot (e.g. img_000001.jpg)", sample["__url__"], lost,
+                    sample["__key__"], ", ".join(sorted(s for s in sample if not s.startswith("__"))[:3]))
+    return not lost
+
+
 def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[str, Any]]:
     """Group consecutive tar members by key into dicts {__key__, __url__, suffix: bytes}.
 
-    A key that repeats a member suffix, or reappears later in the same shard, is a duplicate:
-    every copy after the first is dropped and counted.
+    Keys are webdataset's (``base_plus_ext``: everything before the first dot of the base name). A key that repeats
+    a member suffix, or reappears later in the same shard, is a duplicate: every copy after the first is dropped and
+    counted. Samples merged by dots in their keys are dropped and counted one by one (``dotted_key_samples``).
     """
     for url in urls:
         seen: set = set()
@@ -324,7 +354,8 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
         broken = False
         for name, data in _tar_members(url, counters):
             if name is None:  # truncation: drop the sample the cut member belonged to (unknown: the last one)
-                if data is not None and current is not None and base_plus_ext(data)[0] != current["__key__"] and not broken:
+                if data is not None and current is not None and base_plus_ext(data)[0] != current["__key__"] and not broken \
+                        and _intact(current, counters):
                     yield current
                 current = None
                 break
@@ -333,7 +364,7 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
                 continue
             suffix = suffix.lower()
             if current is None or key != current["__key__"]:
-                if current is not None and not broken:
+                if current is not None and not broken and _intact(current, counters):
                     yield current
                 broken = False
                 if key in seen:
@@ -345,7 +376,7 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
                 counters.add("duplicate_key")
                 broken = True
             current[suffix] = data
-        if current is not None and not broken:
+        if current is not None and not broken and _intact(current, counters):
             yield current
 
 

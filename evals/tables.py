@@ -30,7 +30,7 @@ MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.
 FAMILIES = {"clip": ("CLIP trained on caption mixtures", ""),
             "t2i": ("text-to-image DiT trained on caption mixtures (the paper's Table 7 in shape)", "_t2i")}
 SIGNIFICANCE = 0.05
-RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
+RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
 
 
 def load_records(results_dir: str) -> List[Dict[str, Any]]:
@@ -187,14 +187,26 @@ def cell(row: pd.Series) -> str:
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per task:metric cell, sorted by strategy then p."""
     task = long["table_task"] if "table_task" in long else long["task"]
+    realised = long["realised_p"] if "realised_p" in long else pd.Series(None, index=long.index, dtype=float)
     long = long.assign(column=task + " " + long["metric"], cell=long.apply(cell, axis=1),
-                       p=long["p"].astype(float).fillna(-1.0))  # concat has no p; pivot drops missing index values
-    index = ["model", "strategy", "p", "seed", "samples_seen", "global_batch", "train_hash"]
+                       p=long["p"].astype(float).fillna(-1.0),  # concat has no p; pivot drops missing index values
+                       realised_p=realised.astype(float).fillna(-1.0))
+    index = ["model", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash"]
     wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index().fillna("not scored")
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
     wide = wide.sort_values(["model", "samples_seen", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
-    wide["p"] = wide["p"].map(lambda p: "n/a" if p < 0 else f"{p:g}")
+    wide["p"] = [p_label(p, r) for p, r in zip(wide["p"], wide.pop("realised_p"))]
     return wide
+
+
+def p_label(p: float, realised: float) -> str:
+    """The p column: the label, with the realised original fraction beside it where the two differ at the fourth
+    decimal (``0.5 (realised 0.4987)``); negative values stand for none (concat has no p; older records no realised)."""
+    if p < 0:
+        return "n/a"
+    if realised < 0 or f"{realised:.4f}" == f"{p:.4f}":
+        return f"{p:g}"
+    return f"{p:g} (realised {realised:.4f})"
 
 
 def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip", notes: Sequence[str] = ()) -> str:

@@ -35,9 +35,19 @@ class BrokenModelError(RuntimeError):
     """
 
 
+class LabelError(RuntimeError):
+    """A run did something other than its label says: a realised caption mixture outside the sampling noise of its p,
+    recaption coverage below ``recaption.min_coverage``, a configured caption field missing from the shards, or an
+    evaluation that lost more than ``eval.max_lost_share`` of its set.
+
+    The message is one line naming the cause and the counts; the entry point prints it as ``error: ...`` and exits with
+    status 4. Nothing of such a run is published.
+    """
+
+
 def cli_main(work: Callable[[], None]) -> None:
     """Run a module CLI's ``work`` as ``python -m evals.run`` ends its jobs: a ConfigError or OSError prints
-    ``error: <one line>`` on stderr and exits with status 2, a BrokenModelError with status 3."""
+    ``error: <one line>`` on stderr and exits with status 2, a BrokenModelError with status 3, a LabelError with 4."""
     try:
         work()
     except (ConfigError, OSError) as exc:
@@ -46,3 +56,6 @@ def cli_main(work: Callable[[], None]) -> None:
     except BrokenModelError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+    except LabelError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(4) from None

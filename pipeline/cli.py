@@ -37,7 +37,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness_infra.errors import BrokenModelError, ConfigError, one_line, require
+from harness_infra.errors import BrokenModelError, ConfigError, LabelError, one_line, require
 from harness_infra.ranks import is_main, rank, world_size
 from pipeline.schema import HarnessConfig, validate
 
@@ -212,6 +212,11 @@ def run_job(cfg: DictConfig) -> Dict[str, Any]:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
+    except LabelError as exc:  # the run did not do what its label says (realised mixture, coverage, lost samples): exit 4
+        if os.environ.get("RECAP_TRACEBACK") == "1":
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(4) from None
 
 
 def rank_logging() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from harness_infra.provenance import provenance
 from evals.results.records import read_per_query, read_record, write_record
@@ -12,9 +12,22 @@ from harness_infra.stagecache import content_hash
 RECORDS_DIR = "records"
 
 
+def recaption_section(infos: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The recaption stage's coverage and failures by reason per split (None without a recaption stage)."""
+    info = infos.get("recaption")
+    if not info:
+        return None
+    return {split: {"samples": stats["samples"], "with_recaption": stats["with_recaption"],
+                    "coverage": stats["with_recaption"] / stats["samples"] if stats["samples"] else None,
+                    "failed": stats["failed"], "input_skipped": stats.get("input_skipped", {})}
+            for split, stats in (info.get("splits") or {}).items()}
+
+
 def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, Dict[str, Any]],
                 eval_info: Dict[str, Any]) -> Dict[str, Any]:
-    """What ran, how, on what, where and how long: attached to every record of the run."""
+    """What ran, how, on what, where and how long: attached to every record of the run. ``p`` is the label,
+    ``realised_p`` the share of trained samples whose text was the original, ``mixture`` the checked mixture
+    (``captiondata.realised``: coverage, fallbacks, tolerances), ``recaption`` the recaptioner's coverage and failures."""
     data_info, train_info = infos["data"], infos["train"]
     return {
         "experiment": cfg.experiment,
@@ -32,6 +45,9 @@ def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos:
         "config_hash": content_hash(resolved),
         "resolved_config": resolved,
         "data_fingerprint": data_info.get("fingerprint"),
+        "realised_p": (train_info.get("mixture") or {}).get("realised_original_fraction"),
+        "mixture": train_info.get("mixture"),
+        "recaption": recaption_section(infos),
         "trainer": cfg.trainer,
         "train_hash": train_info.get("hash"),
         "eval_hash": eval_info.get("hash"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from captiondata.realised import MIN_COVERAGE
 from harness_infra.errors import require
 from harness_infra.stagecache import setting
 
@@ -73,6 +74,8 @@ class RecaptionConfig:
     ``retry_failed``: a later run captions the transient failures (server errors, timeouts, generation errors) again. ``engine``: ``local`` (one process, or torchrun
     ranks splitting the shards) or ``ray`` (Ray Data: the shard list mapped by an actor pool of ``ray_actors``
     captioners, ``ray_gpus_per_actor`` GPUs each, on the cluster at ``ray_address``; null starts a local one).
+    ``min_coverage``: the least share of samples that must end with a usable recaption when the label draws from
+    recaptions (p < 1); below it the run stops with a ``LabelError`` and publishes nothing (``captiondata.realised``).
     ``gguf_file``: a GGUF weights file inside ``model`` (transformers ``gguf_file=``; the ``rewrite`` backend).
     """
 
@@ -92,6 +95,7 @@ class RecaptionConfig:
     splits: List[str] = field(default_factory=lambda: ["train"])
     layout_mode: str = setting("replace", key=False)  # how the trainer reads the captions: the train stage's key has it
     retry_failed: bool = setting(True, key=False)
+    min_coverage: float = setting(MIN_COVERAGE, key=False)
     engine: str = setting("local", key=False)
     ray_address: Optional[str] = setting(None, key=False)
     ray_actors: int = setting(2, key=False)
@@ -118,6 +122,7 @@ class RecaptionConfig:
         require("{original}" in self.conditioned_prompt, "recaption.conditioned_prompt must contain {original}")
         require(self.backend != "rewrite" or "{original}" in self.prompt, "recaption.prompt of the rewrite backend must contain {original} (the alt-text)")
         require(self.engine in ("local", "ray"), f"recaption.engine={self.engine!r} is unknown; choose local or ray")
+        require(0.0 <= self.min_coverage <= 1.0, f"recaption.min_coverage={self.min_coverage} must be in [0, 1]")
         require(self.ray_actors > 0, f"recaption.ray_actors={self.ray_actors} must be positive")
         require(self.openai.concurrency > 0, f"recaption.openai.concurrency={self.openai.concurrency} must be positive")
         require(self.openai.max_retries >= 0, f"recaption.openai.max_retries={self.openai.max_retries} must be >= 0")

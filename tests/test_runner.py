@@ -58,6 +58,12 @@ def naive_t2i_recall_at_1(root, n_images: int) -> float:
     return float((best == torch.tensor([i for i, _ in texts])).float().mean())
 
 
+def epochs_of(root, label: str) -> list:
+    """The epoch reports of the train stage folder whose label contains ``label``."""
+    folder = next(d for d in glob.glob(f"{root}/runs/train/*{label}*") if os.path.isdir(d))
+    return [json.loads(line) for line in open(f"{folder}/epochs.jsonl")]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("runner")
@@ -88,7 +94,10 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
     assert main(SMALL + where + ["mix.p=1.0"]) == 0
     assert stage_lines(capsys) == {"data": "skipped", "train": "running", "eval": "running"}
     table = open(f"{root}/results/scenes.md").read()
-    assert "| RecapCLIP-nano | mix        | 0.5 |" in table and "| RecapCLIP-nano | mix        | 1   |" in table
+    realised = run["realised_p"]  # the share of trained texts that were the original, shown beside the label
+    assert 0 < realised < 1 and realised == pytest.approx(sum(round(e["original_fraction"] * e["samples"]) for e in epochs_of(root, "p0.5"))
+                                                         / sum(e["samples"] for e in epochs_of(root, "p0.5")))
+    assert f"| mix        | 0.5 (realised {realised:.4f}) |" in table and "| mix        | 1                     |" in table
 
     assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
     assert stage_lines(capsys) == {"data": "skipped", "train": "skipped", "eval": "running"}

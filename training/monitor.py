@@ -44,6 +44,15 @@ def truncate_jsonl(path: str, last_step: int) -> List[Dict[str, Any]]:
     return [record for _, record in kept]
 
 
+def read_epochs(out_dir: str) -> List[Dict[str, Any]]:
+    """The epoch reports of a finished run in ``out_dir`` (``epochs.jsonl``; [] when it has none), in order."""
+    path = os.path.join(out_dir, EPOCHS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 class RunMonitor:
     """Progress bar, TensorBoard and jsonl metrics for one training run (all ranks call it; rank 0 writes)."""
 

@@ -145,7 +145,9 @@ class EvalConfig:
     text tower (exact for causal, EOT-pooled open_clip text towers and for Hugging Face towers, which mask
     padding; checked at run time). trunk_feature_cache: for open_clip timm image towers, also cache the trunk's
     pooled features keyed by the trunk's own weights, so models sharing a locked pretrained trunk (a LiT sweep)
-    run the trunk once per data set and only their projection heads per model.
+    run the trunk once per data set and only their projection heads per model. max_lost_share: the largest share of a
+    task's samples that may be skipped (bad images, labels or captions, dotted keys; counted by reason in the record)
+    before the task fails instead of publishing (``evals.tasks.suite.check_lost_share``).
     """
 
     batch_size: int = setting(256, key=False)
@@ -163,6 +165,7 @@ class EvalConfig:
     score_block: int = 1 << 24
     trim_text_padding: bool = True
     trunk_feature_cache: bool = False
+    max_lost_share: float = setting(0.01, key=False)
     tasks: List[TaskConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -176,6 +179,7 @@ class EvalConfig:
         require(0.0 < self.confidence < 1.0, f"eval.confidence={self.confidence} must be in (0, 1)")
         require(len(self.ks) > 0 and all(k > 0 for k in self.ks), f"eval.ks={list(self.ks)} must be a non-empty list of positive integers")
         require(self.context_length is None or self.context_length >= 2, f"eval.context_length={self.context_length} must be >= 2 or null")
+        require(0.0 <= self.max_lost_share < 1.0, f"eval.max_lost_share={self.max_lost_share} must be in [0, 1)")
         require(self.score_block >= 1024, f"eval.score_block={self.score_block} must be >= 1024 similarity entries")
         require(bool(self.device), "eval.device must name a torch device such as cpu or cuda")
         names = [t.name for t in self.tasks]

@@ -14,7 +14,7 @@ from evals.results.task_result import TaskResult
 from evals.tasks.config import EvalConfig, TaskConfig
 from evals.tasks.embeddings import text_context_length
 from evals.tasks.registry import GENERATOR, TASKS, ImageTextEmbedder
-from harness_infra.errors import BrokenModelError, ConfigError
+from harness_infra.errors import BrokenModelError, ConfigError, LabelError
 from harness_infra.identity import model_fingerprint, preprocess_identity, tokenizer_identity
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,22 @@ def run_task(evaluable: Any, task: TaskConfig, cfg: EvalConfig, model_id: Option
     return TASKS[task.task].run_function()(evaluable, task, cfg, model_id)
 
 
+def check_lost_share(result: TaskResult, task: TaskConfig, cfg: EvalConfig) -> None:
+    """LabelError (one line: the task, lost of total, the reasons) when the samples the set skipped exceed
+    ``cfg.max_lost_share`` of the samples it held (skipped + evaluated images); sets that evaluate no images (prompt
+    sets of text-to-image tasks) are not checked."""
+    evaluated = result.n.get("images") if isinstance(result.n, dict) else None
+    skipped = (result.dataset or {}).get("skipped") or {}
+    lost = sum(int(n) for n in skipped.values())
+    if evaluated is None or not lost:
+        return
+    share = lost / (lost + int(evaluated))
+    if share > cfg.max_lost_share:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        raise LabelError(f"eval task {task.name}: {lost} of {lost + int(evaluated)} samples lost ({share:.1%} > eval.max_lost_share="
+                        f"{cfg.max_lost_share:g}): {reasons}; nothing published")
+
+
 def evaluate_checkpoint(evaluable: Any, cfg: EvalConfig, checkpoint: str, model_id: Optional[str] = None, write: bool = True,
                         on_exists: str = "raise") -> List[Dict[str, Any]]:
     """Run every task of ``cfg.tasks``; returns the records (written to ``cfg.records_dir`` when ``write``)."""
@@ -72,6 +88,7 @@ def evaluate_checkpoint(evaluable: Any, cfg: EvalConfig, checkpoint: str, model_
             result = run_task(evaluable, task, cfg, info["weights_id"])
         except BrokenModelError as exc:
             raise BrokenModelError(f"model {checkpoint} ({info['weights_id'][:12]}), eval task {task.name}: {exc}") from None
+        check_lost_share(result, task, cfg)
         record = build_record(result, checkpoint, info, cfg)
         record["task_name"] = task.name
         if write:

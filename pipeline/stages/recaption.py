@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional
 
-from harness_infra.errors import ConfigError
+from captiondata.realised import needed_sources
+from harness_infra.errors import ConfigError, LabelError
 from harness_infra.stagecache import content_hash, key_fields
 from pipeline.registry import RunContext, Stage
 from pipeline.stages.data import data_for_training
@@ -47,11 +48,27 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
         return {}
     from recaption.stage import load_manifest
 
+    check_coverage(cfg, stats)
     manifests = {split: load_manifest(out_dir, split) for split in cfg.recaption.splits}
     fingerprint = content_hash({s: [(m["name"], m["count"], m["sha256"]) for m in manifest["shards"]] for s, manifest in manifests.items()})
     return {"fingerprint": fingerprint, "member": f"{cfg.recaption.name}.txt", "splits": stats,
             "failed_total": sum(s["failed_total"] for s in stats.values()),
             "transient_failures": sum(s["transient_failures"] for s in stats.values()) if cfg.recaption.retry_failed else 0}
+
+
+def check_coverage(cfg: Any, stats: Dict[str, Dict[str, Any]]) -> None:
+    """LabelError (one line: coverage, counts, failures by reason) when the label draws from recaptions (p < 1) and a
+    recaptioned split ended with a usable recaption for less than ``recaption.min_coverage`` of its samples; the
+    stage then writes no marker, so its next run retries the transient failures and checks again."""
+    if not needed_sources(cfg.mix.strategy, cfg.mix.p_original)["recaption"]:
+        return
+    for split, split_stats in stats.items():
+        samples, captioned = split_stats["samples"], split_stats["with_recaption"]
+        if samples and captioned / samples < cfg.recaption.min_coverage:
+            failures = ", ".join(f"{r} {n}" for r, n in sorted(split_stats["failed"].items(), key=lambda kv: -kv[1]) if n) or "none"
+            raise LabelError(f"recaption {cfg.recaption.name} ({cfg.recaption.backend}): {captioned} of {samples} {split} samples have a "
+                             f"recaption ({captioned / samples:.4f} < recaption.min_coverage={cfg.recaption.min_coverage:g}); failures: "
+                             f"{failures}; a p={cfg.mix.p_original} run would train on fallbacks: nothing published")
 
 
 def settled(info: Dict[str, Any]) -> bool:

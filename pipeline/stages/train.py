@@ -1,5 +1,8 @@
 """The train stage: the configured family (``trainer=``) trains on the mixed captions of the data stage's shards.
 
+Before training, the train split must hold the caption fields the label draws from; after it, the realised mixture
+must agree with p (``captiondata.realised``); either failing publishes nothing.
+
 Key: the model, the recipe and the mixer (their fields that change the weights, as declared on each field), the
 data fields the loader reads, and the data fingerprint. Every rank trains (DDP); rank 0 writes the marker. A failed
 run resumes from its latest checkpoint in the same folder.
@@ -11,7 +14,11 @@ import dataclasses
 import os
 from typing import Any, Dict, Optional
 
+from captiondata.realised import MIN_COVERAGE, check_fields, check_mixture, field_presence, needed_sources, realised_mixture, sum_epochs
+from captiondata.reader import expand_shards
+from harness_infra.ranks import is_main
 from harness_infra.stagecache import key_fields
+from training.monitor import read_epochs
 from pipeline.families import FAMILIES, train_result_info
 from pipeline.registry import RunContext, Stage
 from pipeline.stages.recaption import recaptioned_data
@@ -28,17 +35,37 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     return key
 
 
+def min_coverage(cfg: Any) -> float:
+    """The least caption coverage the label needs (``recaption.min_coverage``; its default without a recaption stage)."""
+    return cfg.recaption.min_coverage if cfg.recaption is not None else MIN_COVERAGE
+
+
+def recaption_failures(infos: Dict[str, Dict[str, Any]]) -> Dict[str, int]:
+    """The recaption stage's failures by reason on the train split ({} without a recaption stage)."""
+    return dict(((infos.get("recaption") or {}).get("splits") or {}).get("train", {}).get("failed") or {})
+
+
 def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
-    """Train (resuming from the folder's latest checkpoint) and return the family's result."""
+    """Check the train split has the caption fields the label needs, train (resuming from the folder's latest
+    checkpoint), then check the realised mixture against the label (``captiondata.realised``): a LabelError publishes
+    nothing. Returns the family's result with the ``mixture`` section every record carries."""
     cfg = ctx.cfg
     recipe = cfg.train
     if hasattr(recipe, "resume"):
         recipe = dataclasses.replace(recipe, resume="latest")
     if getattr(recipe, "feature_cache_dir", "unset") is None:
         recipe = dataclasses.replace(recipe, feature_cache_dir=os.path.join(cfg.run.out_root, "features"))
-    family = FAMILIES[cfg.trainer]
-    result = family.train(cfg.model, recipe, recaptioned_data(cfg, ctx.infos), cfg.mix, out_dir)
-    return train_result_info(result)
+    data = recaptioned_data(cfg, ctx.infos)
+    needed = needed_sources(cfg.mix.strategy, cfg.mix.p_original)
+    failures = recaption_failures(ctx.infos)
+    check_fields(field_presence(expand_shards(data.shards("train")), data.layout), data.layout, needed, min_coverage(cfg), failures)
+    result = FAMILIES[cfg.trainer].train(cfg.model, recipe, data, cfg.mix, out_dir)
+    info = train_result_info(result)
+    if not is_main():  # rank 0 reads the run's epoch reports and checks them
+        return info
+    mixture = realised_mixture(sum_epochs(read_epochs(out_dir)), cfg.mix.strategy, cfg.mix.p_original, min_coverage(cfg))
+    check_mixture(mixture, failures)
+    return {**info, "mixture": mixture}
 
 
-STAGE = Stage(name="train", needs=("data",), key=key, run=run, ranks="all")  # after recaption when run.stages lists it
+STAGE = Stage(name="train", needs=("data",), key=key, run=run, ranks="all", version=2)  # 2: records carry the checked mixture  # after recaption when run.stages lists it
