@@ -34,6 +34,11 @@ def tolerance(p: float, n: int) -> float:
     return Z_SCORE * math.sqrt(p * (1.0 - p) / n) + 1.0 / n
 
 
+def by_count(counts: Dict[str, int]) -> str:
+    """Non-zero counts by reason, largest first, for one-line messages: ``server_error 249, timeout 3`` (``none``)."""
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n) or "none"
+
+
 def needed_sources(strategy: str, p: Optional[float]) -> Dict[str, bool]:
     """Which caption sources a label draws from: {"original": bool, "recaption": bool}."""
     if strategy == "concat":
@@ -97,9 +102,7 @@ def check_mixture(mixture: Dict[str, Any], failures: Optional[Dict[str, int]] = 
     for source, needed in needed_sources(strategy, p).items():
         coverage = mixture["coverage"][source]
         if needed and coverage is not None and coverage < mixture["min_coverage"]:
-            because = ""
-            if source == "recaption" and failures:
-                because = "; recaption failures: " + ", ".join(f"{r} {n}" for r, n in sorted(failures.items(), key=lambda kv: -kv[1]) if n)
+            because = f"; recaption failures: {by_count(failures)}" if source == "recaption" and failures else ""
             raise LabelError(f"{label}: {source} coverage {coverage:.4f} < min_coverage={mixture['min_coverage']:g} "
                              f"({mixture['missing'][source]} of {read} samples read had no {source}; fallbacks to original "
                              f"{mixture['fallbacks']['to_original']}, to recap {mixture['fallbacks']['to_recap']}){because}; nothing published")
@@ -181,9 +184,7 @@ def check_fields(presence: Dict[str, Any], layout: Any, needed: Dict[str, bool],
         looked = " or ".join(_describe(s) for s in specs) or "nothing (data.layout.recaptions is empty)"
         hint = ("; img2dataset writes the alt-text to .txt and json.caption: use data/layout=img2dataset (or "
                 "recap_datacomp_img2dataset)") if "caption" in presence["json_fields"] else ""
-        because = ""
-        if source == "recaption" and failures:
-            because = "; recaption failures: " + ", ".join(f"{r} {n}" for r, n in sorted(failures.items(), key=lambda kv: -kv[1]) if n)
+        because = f"; recaption failures: {by_count(failures)}" if source == "recaption" and failures else ""
         raise ConfigError(f"data.layout: the {source} caption ({looked}) is missing or empty in {missing} of {read} samples read from "
                           f"{presence['first_shard']} (min_coverage={min_coverage:g}); the samples have members {have} and JSON fields "
                           f"{fields}{hint}{because}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional
 
+from captiondata.realised import by_count
 from evals.results.records import build_record, record_stem, write_record
 from evals.results.task_result import TaskResult
 from evals.tasks.config import EvalConfig, TaskConfig
@@ -71,7 +72,7 @@ def check_lost_share(result: TaskResult, task: TaskConfig, cfg: EvalConfig) -> N
         return
     share = lost / (lost + int(evaluated))
     if share > cfg.max_lost_share:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        reasons = by_count(skipped)
         raise LabelError(f"eval task {task.name}: {lost} of {lost + int(evaluated)} samples lost ({share:.1%} > eval.max_lost_share="
                         f"{cfg.max_lost_share:g}): {reasons}; nothing published")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional
 
-from captiondata.realised import needed_sources
+from captiondata.realised import by_count, needed_sources
 from harness_infra.errors import ConfigError, LabelError
 from harness_infra.stagecache import content_hash, key_fields
 from pipeline.registry import RunContext, Stage
@@ -65,7 +65,7 @@ def check_coverage(cfg: Any, stats: Dict[str, Dict[str, Any]]) -> None:
     for split, split_stats in stats.items():
         samples, captioned = split_stats["samples"], split_stats["with_recaption"]
         if samples and captioned / samples < cfg.recaption.min_coverage:
-            failures = ", ".join(f"{r} {n}" for r, n in sorted(split_stats["failed"].items(), key=lambda kv: -kv[1]) if n) or "none"
+            failures = by_count(split_stats["failed"])
             raise LabelError(f"recaption {cfg.recaption.name} ({cfg.recaption.backend}): {captioned} of {samples} {split} samples have a "
                              f"recaption ({captioned / samples:.4f} < recaption.min_coverage={cfg.recaption.min_coverage:g}); failures: "
                              f"{failures}; a p={cfg.mix.p_original} run would train on fallbacks: nothing published")
