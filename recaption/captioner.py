@@ -4,6 +4,8 @@ A captioner takes a batch of ``Item`` (the decoded image, or None when it could 
 key, original alt-text, raw image bytes and source URL) and returns one ``Caption`` per item, in order: the text, or
 None with the failure reason (``FAILURE_REASONS``). It never raises for one bad sample: a batch-wide error (a server
 that is down) fails every item of the batch with that reason, and the stage counts and retries them on its next run.
+An answer that would fail every sample alike (a refused key, a model the server does not have) is a one-line
+``ConfigError`` instead, which stops the stage before any completion file is written.
 Backends are registered in ``BACKENDS`` (``module:factory``) and built by ``build_captioner(cfg)``.
 """
 
@@ -20,7 +22,7 @@ FAILURE_REASONS = (
     "missing_original",   # a text-only rewrite with no alt-text to rewrite
     "not_in_parquet",     # precomputed captions: no row for this key/sha256/url
     "generation_error",   # the model raised while generating this batch
-    "server_error",       # an HTTP error after every retry (429, 5xx) or a malformed response
+    "server_error",       # an HTTP error after every retry (429, 5xx), another 4xx for this item, or a malformed response
     "timeout",            # no answer within the timeout after every retry
     "empty_output",       # generated text empty after stripping
     "over_length",        # more words than recaption.max_words

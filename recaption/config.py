@@ -30,8 +30,9 @@ class OpenAIEndpoint:
 
     ``base_url``: up to and including ``/v1``. ``api_key_env``: environment variable holding the key (never the key
     itself in a config). ``concurrency``: requests in flight at once. ``max_retries``: retries of a request that got
-    429, a 5xx or a timeout, with exponential back-off from ``backoff_s`` (doubling, capped at 60 s; a
-    ``Retry-After`` header wins). ``timeout_s``: per request.
+    408, 409, 429, a 5xx, a timeout or a connection error, waiting ``backoff_s`` seconds before the first, doubling,
+    capped at 60 s (a ``Retry-After`` header wins); 401, 403, 404 and an unknown model stop the stage at once
+    (``recaption.backends.openai_api``). ``timeout_s``: per request, seconds.
     """
 
     base_url: str = setting("http://127.0.0.1:8000/v1", key=False)
@@ -126,6 +127,7 @@ class RecaptionConfig:
         require(self.ray_actors > 0, f"recaption.ray_actors={self.ray_actors} must be positive")
         require(self.openai.concurrency > 0, f"recaption.openai.concurrency={self.openai.concurrency} must be positive")
         require(self.openai.max_retries >= 0, f"recaption.openai.max_retries={self.openai.max_retries} must be >= 0")
+        require(self.openai.backoff_s >= 0, f"recaption.openai.backoff_s={self.openai.backoff_s} must be >= 0")
         require(self.openai.timeout_s > 0, f"recaption.openai.timeout_s={self.openai.timeout_s} must be positive")
         require(self.openai.image_format in ("jpeg", "png"), f"recaption.openai.image_format={self.openai.image_format!r}: choose jpeg or png")
 

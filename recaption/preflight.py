@@ -1,7 +1,9 @@
 """Checks of a captioner configuration that need the machine (installed packages, files), run before any stage.
 
-``python -m evals.run`` calls ``preflight`` when ``run.stages`` lists ``recaption``, so a missing vLLM or a parquet glob
-that matches nothing is a one-line error at start-up, not after the shard build.
+``python -m evals.run`` calls ``preflight`` (through ``pipeline.schema.validate``, before Hydra launches any job and again
+before a job's first stage) when ``run.stages`` lists ``recaption``, so a missing vLLM, a parquet glob that matches
+nothing, or an ``openai`` server that is down or refuses the key or the model is a one-line error at start-up, not after
+the shard build.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from harness_infra.errors import ConfigError
 
 
 def preflight(cfg: Any) -> None:
-    """One-line ConfigError for a backend that cannot run here or inputs that do not exist."""
+    """One-line ConfigError for a backend that cannot run here or inputs that do not exist. The ``openai`` backend
+    makes one real chat request (``recaption.backends.openai_api.check_endpoint``; once per endpoint per process)."""
     if cfg.backend == "vllm":
         from recaption.backends.vllm import vllm_missing_reason
 
@@ -27,3 +30,7 @@ def preflight(cfg: Any) -> None:
         from recaption.backends.offline import resolve_model
 
         resolve_model(cfg.model, cfg.gguf_file)
+    if cfg.backend == "openai":
+        from recaption.backends.openai_api import check_endpoint
+
+        check_endpoint(cfg)

@@ -74,7 +74,7 @@ def test_openai_backend_through_a_real_server_with_injected_faults(tmp_path, tin
     proxy = FaultProxy(served_vlm + "/v1", faults=[429, 500, "timeout", 503])
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        endpoint = OpenAIEndpoint(base_url=f"http://127.0.0.1:{proxy.server_address[1]}/v1", concurrency=1, max_retries=4, timeout_s=2.0)
+        endpoint = OpenAIEndpoint(base_url=f"http://127.0.0.1:{proxy.server_address[1]}/v1", concurrency=1, max_retries=4, backoff_s=0.05, timeout_s=2.0)
         remote = RecaptionConfig(name="llava", backend="openai", model=tiny_vlm, max_new_tokens=6, batch_size=4, num_workers=0, openai=endpoint)
         stats = recaption_data({"train": spec}, str(tmp_path / "served"), remote, project_layout(), PIXELS)["train"]
         assert proxy.seen[:4] == [429, 500, "timeout", 503] and len(proxy.seen) == 8  # four faults retried, four answers
@@ -83,7 +83,7 @@ def test_openai_backend_through_a_real_server_with_injected_faults(tmp_path, tin
         assert captions(str(tmp_path / "served" / "train-*.tar")) == captions(str(tmp_path / "local" / "train-*.tar"))
         # a server that keeps failing: every retry spent, each sample counted as a server error, none dropped
         proxy.faults = [500] * 100
-        endpoint_once = OpenAIEndpoint(base_url=endpoint.base_url, concurrency=2, max_retries=1, timeout_s=2.0)
+        endpoint_once = OpenAIEndpoint(base_url=endpoint.base_url, concurrency=2, max_retries=1, backoff_s=0.05, timeout_s=2.0)
         failing = RecaptionConfig(name="llava", backend="openai", model=tiny_vlm, max_new_tokens=6, batch_size=4, num_workers=0, openai=endpoint_once)
         stats = recaption_data({"train": spec}, str(tmp_path / "down"), failing, project_layout(), PIXELS)["train"]
         assert stats["failed"] == {"server_error": 4} and sorted(members(str(tmp_path / "down" / "train-*.tar"))) == sorted(members(spec))

@@ -4,15 +4,9 @@ answers); and (slow) ``transformers serve`` with the tiny random VLM, as the rec
 
 from __future__ import annotations
 
-import base64
-import http.server
-import io
-import json
-import threading
-import time
-
 import numpy as np
 import pytest
+from chat_server import ChatServer
 from PIL import Image
 
 from evals.tasks.judge import JudgeConfig, VlmJudge, parse_rating
@@ -24,68 +18,9 @@ def brightness_rating(image: Image.Image) -> int:
     return 1 + min(4, int(np.asarray(image.convert("L")).mean()) // 52)
 
 
-class ChatServer(http.server.ThreadingHTTPServer):
-    """``POST /v1/chat/completions``: reads the data-URI image and the rubric, answers ``Rating: N``; ``faults`` (429,
-    500, "timeout", "garbage") answer the first requests instead; counts requests and the most in flight at once."""
-
-    def __init__(self, faults=()) -> None:
-        self.faults, self.seen, self.prompts = list(faults), [], []
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), ChatHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class ChatHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
-            fault = self.server.faults.pop(0) if self.server.faults else None
-            self.server.seen.append(fault)
-            self.server.in_flight += 1
-            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
-        try:
-            time.sleep(0.05)
-            if fault == "timeout":
-                time.sleep(1.5)
-                return self._reply(504, {})
-            if fault in (429, 500):
-                return self._reply(fault, {"error": {"message": f"injected {fault}"}})
-            content = body["messages"][0]["content"]
-            uri = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
-            text = next(c["text"] for c in content if c["type"] == "text")
-            image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-            with self.server.lock:
-                self.server.prompts.append(text)
-            answer = "I cannot tell." if fault == "garbage" else f"Rating: {brightness_rating(image)}"
-            self._reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                              "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-                              "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
-        finally:
-            with self.server.lock:
-                self.server.in_flight -= 1
-
-    def _reply(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if status == 429:
-            self.send_header("Retry-After", "0")
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def server():
-    srv = ChatServer()
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = ChatServer(lambda image, text: f"Rating: {brightness_rating(image)}").start()
     yield srv
     srv.shutdown()
 
