@@ -41,6 +41,7 @@ def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos:
         "samples_seen": train_info.get("samples_seen"),
         "global_batch": train_info.get("global_batch"),
         "steps": train_info.get("steps"),
+        "resumed": train_info.get("resumed"),  # [{"from_step", "at"}], [] never resumed; None: trained before it was recorded
         "train_samples_per_s": train_info.get("samples_per_s"),
         "config_hash": content_hash(resolved),
         "resolved_config": resolved,

@@ -182,10 +182,12 @@ def test_resume_after_a_crash_is_bitwise_equal(tmp_path):
 
     model = DitModelConfig(**MICRO)
     straight, crashed = str(tmp_path / "straight"), str(tmp_path / "crashed")
-    train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, straight, source_factory=colour_factory(48))
+    uninterrupted = train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, straight, source_factory=colour_factory(48))
     with pytest.raises(RuntimeError):  # a NaN batch at step 6: the run stops after the step-4 checkpoint
         train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, crashed, source_factory=colour_factory(48, poison_batch=5))
-    train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, crashed, source_factory=colour_factory(48))
+    resumed = train(model, recipe(samples=16 * 8, checkpoint_every_steps=2), None, None, crashed, source_factory=colour_factory(48))
+    assert uninterrupted.resumed == [] and [r["from_step"] for r in resumed.resumed] == [4]
+    assert checkpoint(crashed, 8)["resumed"] == resumed.resumed  # stored, so a later resume adds to it
     a, b = checkpoint(straight, 8), checkpoint(crashed, 8)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(x, y) for x, y in zip(a["ema"]["shadow_params"], b["ema"]["shadow_params"]))

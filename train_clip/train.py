@@ -58,6 +58,7 @@ class TrainResult:
     train_time_s: float
     final_loss: Optional[float]
     resumed_from: Optional[str] = None
+    resumed: List[Dict[str, Any]] = field(default_factory=list)  # training.checkpoint.resumes: [{"from_step", "at"}]
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Session:
     trained_samples: int = 0
     checkpoint_path: str = ""
     saved_steps: List[int] = field(default_factory=list)
+    resumed: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def train(model_cfg: ClipModelConfig, train_cfg: TrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
@@ -148,6 +150,7 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
     if payload:
         check_resumable(payload, session, resume_path)
         session.last_loss = payload.get("last_loss")
+    session.resumed = ckpt.resumes(payload)
     write_run_config(session, data_cfg, mix_cfg, global_batches)
     seed_everything(cfg.seed + env.rank)
     model = create_clip(session.model_cfg, cfg.stages[position.stage].image_size, env.device, seed=cfg.seed)
@@ -210,7 +213,7 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
                        samples_seen=position.samples_seen, global_batch=global_batches,
                        wall_time_s=time.perf_counter() - started, train_time_s=session.train_time_s,
                        samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
-                       final_loss=session.last_loss, resumed_from=resume_path)
+                       final_loss=session.last_loss, resumed_from=resume_path, resumed=session.resumed)
 
 
 def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype],
@@ -332,6 +335,7 @@ def save(session: Session, state: StageState, position: ckpt.Position) -> None:
             "world_size": env.world_size,
             "model_name": session.model_cfg.name,
             "last_loss": session.last_loss,
+            "resumed": session.resumed,
         }
         ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
     session.saved_steps.append(position.step)

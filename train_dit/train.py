@@ -70,6 +70,7 @@ class DitTrainResult:
     final_loss: Optional[float]
     resumed_from: Optional[str] = None
     validation: Optional[Dict[str, float]] = None
+    resumed: List[Dict[str, Any]] = field(default_factory=list)  # training.checkpoint.resumes: [{"from_step", "at"}]
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Session:
     last_loss: Optional[float] = None
     checkpoint_path: str = ""
     saved_steps: List[int] = field(default_factory=list)
+    resumed: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def train(model_cfg: DitModelConfig, train_cfg: DitTrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
@@ -157,7 +159,7 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
                           steps=position.step, samples_seen=position.samples_seen, global_batch=[cfg.global_batch(env.world_size)],
                           parameters=parameter_count(model), wall_time_s=time.perf_counter() - started, train_time_s=train_time,
                           samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9), final_loss=session.last_loss,
-                          resumed_from=resume_path, validation=session.validation)
+                          resumed_from=resume_path, validation=session.validation, resumed=session.resumed)
 
 
 def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,
@@ -178,6 +180,7 @@ def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, o
     else:
         log.warning("resuming a %d-rank checkpoint on %d ranks: the data position is approximate and not bitwise", len(states), env.world_size)
     session.last_loss = payload.get("last_loss")
+    session.resumed = ckpt.resumes(payload)
     position = ckpt.Position(**payload["position"])
     log.info("resuming from %s at step %d (epoch %d, batch %d)", path, position.step, position.epoch, position.batch_in_epoch)
     return position
@@ -309,7 +312,8 @@ def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: tor
                    "model": {k: v.detach().to("cpu") for k, v in unwrap(model).state_dict().items()},
                    "ema": {**ema_state, "shadow_params": [p.detach().to("cpu") for p in ema_state["shadow_params"]]},
                    "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "position": position.as_dict(),
-                   "rng": rng_states, "world_size": env.world_size, "model_name": session.model_cfg.name, "last_loss": session.last_loss}
+                   "rng": rng_states, "world_size": env.world_size, "model_name": session.model_cfg.name, "last_loss": session.last_loss,
+                   "resumed": session.resumed}
         ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
     session.saved_steps.append(position.step)
     session.checkpoint_path = path

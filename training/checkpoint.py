@@ -2,7 +2,8 @@
 
 A checkpoint holds only tensors and primitive containers: model, optimizer, GradScaler and schedule state,
 the training position (stage, step, samples seen, data epoch and batch within the epoch) and the RNG
-states of every rank (python, numpy and torch, converted to tensors and lists). Files are written to a
+states of every rank (python, numpy and torch, converted to tensors and lists) and the run's resumes so far
+(``resumes``). Files are written to a
 temporary name and renamed with ``os.replace``, so a killed run never leaves a half-written checkpoint
 under a real name.
 """
@@ -13,6 +14,7 @@ import logging
 import os
 import random
 import re
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
@@ -69,6 +71,16 @@ def restore_rng(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumes(payload: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The run's resumes when it continues from ``payload`` (None: a fresh run, []): the checkpoint's own list (a run
+    resumed before) plus this one, ``{"from_step": the checkpoint's step, "at": now as a UTC ISO 8601 string}``. A
+    trainer stores the list in every checkpoint it writes (key ``resumed``) and returns it in its result."""
+    if payload is None:
+        return []
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return [*payload.get("resumed", []), {"from_step": int(payload["position"]["step"]), "at": now}]
 
 
 def checkpoint_path(out_dir: str, step: int) -> str:
