@@ -58,6 +58,7 @@ class TrainResult:
     train_time_s: float
     final_loss: Optional[float]
     resumed_from: Optional[str] = None
+    torn_jsonl_lines: Dict[str, int] = field(default_factory=dict)  # torn last lines dropped on resume, by file
 
 
 @dataclass
@@ -210,7 +211,7 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
                        samples_seen=position.samples_seen, global_batch=global_batches,
                        wall_time_s=time.perf_counter() - started, train_time_s=session.train_time_s,
                        samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
-                       final_loss=session.last_loss, resumed_from=resume_path)
+                       final_loss=session.last_loss, resumed_from=resume_path, torn_jsonl_lines=dict(session.monitor.torn_lines))
 
 
 def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype],
