@@ -142,3 +142,49 @@ def test_a_killed_data_build_leaves_no_temporary_files_after_the_next_build(tmp_
             folder = os.path.dirname(glob.glob(str(tmp_path / "killed" / "**" / shard["name"]), recursive=True)[0])
             with tarfile.open(os.path.join(folder, shard["name"])) as tar:
                 assert len({m.name.split(".")[0] for m in tar.getmembers()}) == shard["count"]
+
+
+SMOKE = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
+         "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
+TASKS = ["scenes_compositional_retrieval", "scenes_zeroshot"]
+
+
+def complete_records(results) -> list:
+    """The task of every published record, each checked to have its per-query file."""
+    tasks = []
+    for path in sorted(glob.glob(os.path.join(str(results), "records", "*.json"))):
+        record = read_record(path)
+        assert np.isfinite(next(iter(read_per_query(path).values())).values).all()
+        tasks.append(record["task_name"])
+    return tasks
+
+
+@pytest.mark.slow  # about 70 s: four smoke runs of the pipeline, three of them killed
+def test_a_pipeline_killed_in_eval_publish_or_tables_completes_on_the_next_run(tmp_path):
+    where = [f"run.out_root={tmp_path}/runs", f"run.results_dir={tmp_path}/results"]
+    kills = [("evals.results.records.atomic_write_text", f"{tmp_path}/runs/eval/"),      # eval: between a per-query file and its record
+             ("evals.results.records.atomic_write_text", f"{tmp_path}/results/records/"),  # publish: the same point
+             ("evals.tables.atomic_write_bytes", "scenes.md")]                             # tables
+    for index, (target, marker) in enumerate(kills):
+        killed = drive(target, marker, "pipeline", *SMOKE, *where)
+        assert killed.returncode == 9, killed.stderr[-3000:]
+        if index == 1:
+            assert leftovers(tmp_path / "results")  # the publish kill left an orphan per-query file behind
+    assert not (tmp_path / "results" / "scenes.md").exists()  # the last kill came before the table
+    final = drive("-", "-", "pipeline", *SMOKE, *where)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert complete_records(tmp_path / "results") == TASKS  # one record per task, each with its per-query file
+    assert leftovers(tmp_path) == []
+    table = (tmp_path / "results" / "scenes.md").read_text()
+    assert table.count("| RecapCLIP-nano |") == 1
+
+
+@pytest.mark.slow  # about 40 s: two smoke runs of the pipeline at once
+def test_two_identical_runs_started_together_on_one_cache_both_succeed_and_publish_once(tmp_path):
+    where = [f"run.out_root={tmp_path}/runs", f"run.results_dir={tmp_path}/results"]
+    runs = [drive("-", "-", "pipeline", *SMOKE, *where, wait=False) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert complete_records(tmp_path / "results") == TASKS
+    assert leftovers(tmp_path) == []
+    assert (tmp_path / "results" / "scenes.md").read_text().count("| RecapCLIP-nano |") == 1
