@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator
 from harness_infra.errors import ConfigError
 from captiondata.config import DataConfig, default_data_root
 from captiondata.records import Record
-from harness_infra.atomic import atomic_write_json
+from harness_infra.atomic import atomic_write_json, clear_partial_files
 from captiondata.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ def write_extras(cfg: DataConfig) -> None:
 def build_shards(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
     """Write every split's shards into cfg.shard_dir (skipped when already built with the same settings).
 
-    Returns the build info: settings, per-split manifests and build seconds.
+    Returns the build info: settings, per-split manifests and build seconds. A build that runs first removes the
+    temporary ``.tmp-*`` files a killed earlier build left in the folder (the caller owns the folder: the data stage
+    holds its lock). Raises ConfigError when the folder holds shards of other settings and ``overwrite`` is off.
     """
     info_path = os.path.join(cfg.shard_dir, BUILD_INFO)
     settings = builder_settings(cfg)
@@ -95,6 +97,7 @@ def build_shards(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
         if not overwrite:
             raise ConfigError(f"{cfg.shard_dir} holds shards built with other settings ({info.get('settings')}); choose another data.shard_dir or rebuild with overwrite")
     start = time.perf_counter()
+    clear_partial_files(cfg.shard_dir, recursive=True)  # a killed build's unfinished shards: this build owns the folder
     manifests = {}
     for split, records in split_records(cfg).items():
         writer = ShardWriter(split_folder(cfg, split), split, max_count=cfg.samples_per_shard, overwrite=True)

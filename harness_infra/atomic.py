@@ -7,11 +7,16 @@ temporary file is removed, so a reader never sees a partial file.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from typing import IO, Any, Callable
+
+log = logging.getLogger(__name__)
+TMP_PREFIX = ".tmp-"  # every temporary name this module makes: TMP_PREFIX + random + the target's base name
 
 
 def default_file_mode() -> int:
@@ -34,7 +39,7 @@ class AtomicFile:
         self.path, self.overwrite = path, overwrite
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+        fd, self.tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=folder)
         self.handle: IO[bytes] = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
@@ -69,6 +74,25 @@ class AtomicFile:
             self.commit()
         else:
             self.abort()
+
+
+def clear_partial_files(folder: str, name: str = "", recursive: bool = False) -> int:
+    """Remove the temporary files (``.tmp-*``) a killed writer left in ``folder`` for targets whose base name contains
+    ``name`` (every one when empty; with ``recursive`` in sub-folders too); returns how many were removed (logged).
+
+    Call only as the folder's owner (holding its lock, ``harness_infra.locks.exclusive``): a live writer's temporary
+    file would be removed too. A missing folder removes nothing.
+    """
+    pattern = TMP_PREFIX + "*" + glob.escape(name) + "*"
+    where = os.path.join(glob.escape(folder), "**", pattern) if recursive else os.path.join(glob.escape(folder), pattern)
+    removed = 0
+    for leftover in glob.glob(where, recursive=recursive):
+        if os.path.isfile(leftover):
+            os.unlink(leftover)
+            removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) of a killed writer under %s", removed, folder)
+    return removed
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None], overwrite: bool = True) -> None:

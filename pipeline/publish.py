@@ -1,4 +1,8 @@
-"""Publish an experiment's eval records into ``results/records`` with the run's provenance attached."""
+"""Publish an experiment's eval records into ``results/records`` with the run's provenance attached.
+
+Publishing holds the records folder's lock (``evals.results.records.records_lock``) from the check for an earlier
+publication of the same output to the last write, so two runs that finished the same eval stage publish it once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import os
 from typing import Any, Dict, List, Optional
 
 from harness_infra.provenance import provenance
-from evals.results.records import read_per_query, read_record, write_record
+from evals.results.records import read_per_query, read_record, records_lock, write_record
+from harness_infra.locks import exclusive
 from harness_infra.stagecache import content_hash
 
 RECORDS_DIR = "records"
@@ -66,17 +71,20 @@ def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], in
     """
     folder = os.path.join(cfg.run.results_dir, RECORDS_DIR)
     run = run_section(cfg, resolved, overrides, infos, eval_info)
-    published = []
-    for source in eval_info["records"]:
-        record = read_record(source)
-        stem = f"{cfg.experiment}__{record['task_name']}__{eval_info['hash']}"
-        identity = f"{os.path.abspath(source)}@{os.stat(source).st_mtime_ns}"  # a re-evaluation rewrites the source
-        existing = os.path.join(folder, stem + ".json")
-        if os.path.exists(existing) and read_record(existing)["run"].get("source_record") == identity:
-            published.append(existing)
-            continue
-        per_query = read_per_query(source) if record.get("per_query_file") else None  # whole-set metrics (FID) have none
-        record = {k: v for k, v in record.items() if k not in ("path", "per_query_file")}
-        record["run"] = {**run, "source_record": identity}
-        published.append(write_record(record, folder, per_query, stem=stem, on_exists="new_name"))
-    return published
+    os.makedirs(folder, exist_ok=True)
+    with exclusive(records_lock(folder)):  # a parallel identical run finds this one's records, never half of them
+        return [publish_one(source, folder, cfg.experiment, eval_info["hash"], run) for source in eval_info["records"]]
+
+
+def publish_one(source: str, folder: str, experiment: str, eval_hash: str, run: Dict[str, Any]) -> str:
+    """Publish one eval record into ``folder`` (call holding its lock); the path of the published JSON."""
+    record = read_record(source)
+    stem = f"{experiment}__{record['task_name']}__{eval_hash}"
+    identity = f"{os.path.abspath(source)}@{os.stat(source).st_mtime_ns}"  # a re-evaluation rewrites the source
+    existing = os.path.join(folder, stem + ".json")
+    if os.path.exists(existing) and read_record(existing)["run"].get("source_record") == identity:
+        return existing
+    per_query = read_per_query(source) if record.get("per_query_file") else None  # whole-set metrics (FID) have none
+    record = {k: v for k, v in record.items() if k not in ("path", "per_query_file")}
+    record["run"] = {**run, "source_record": identity}
+    return write_record(record, folder, per_query, stem=stem, on_exists="new_name")

@@ -4,6 +4,10 @@ For each name of ``run.stages`` the registered ``Stage`` gives a key; its folder
 ``{run.out_root}/{stage}/{label}-{hash}`` (``harness_infra.stagecache.StageDir``), skipped when its marker exists
 (unless ``run.rerun`` names it), otherwise prepared, run and finished with the marker written last. The info a
 stage returns (plus ``hash``, ``out_dir`` and ``wall_time_s``) is what later stages read.
+
+A stage about to run in its folder first removes the temporary ``.tmp-*`` files a killed earlier run left anywhere in
+it (shards, checkpoints, records), holding the folder's lock; under torchrun a stage whose every rank writes
+(``ranks="all"``) keeps its own per-file clean-up instead (the other ranks may be writing already).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import logging
 import time
 from typing import Any, Dict, List
 
+from harness_infra.atomic import clear_partial_files
 from harness_infra.locks import exclusive
-from harness_infra.ranks import is_main, rank0_builds
+from harness_infra.ranks import is_main, rank0_builds, world_size
 from harness_infra.stagecache import StageDir
 from pipeline.registry import RunContext, Stage, stages
 
@@ -44,6 +49,8 @@ def run_cached(ctx: RunContext, stage: Stage, step: str) -> Dict[str, Any]:
                 return read()
             log.info("%s %s: running in %s", step, stage.name, folder.path)
             folder.prepare(force=forced and folder.complete())  # a retry of an unsettled output keeps its folder
+            if stage.ranks != "all" or world_size() == 1:  # this process alone writes the folder now
+                clear_partial_files(folder.path, recursive=True)
             info = timed(lambda: stage.run(ctx, folder.path))
             folder.finish(info)
             return read()

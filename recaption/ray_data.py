@@ -14,7 +14,7 @@ import time
 from typing import Any, Dict, List
 
 from captiondata.reader import expand_shards
-from recaption.stage import clear_partial_files, finish_split, output_path, pending
+from recaption.stage import clear_shard_partials, finish_split, output_path, pending
 from recaption.shards import read_done
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ShardActor:
     def __call__(self, batch: Dict[str, Any]) -> Dict[str, List[Any]]:
         done = {"split": [], "index": [], "captioned": [], "failed": []}
         for split, index, url in zip(batch["split"], batch["index"], batch["url"]):
-            clear_partial_files(output_path(self.out_dir, str(split), int(index)))
+            clear_shard_partials(output_path(self.out_dir, str(split), int(index)))
             stats = self.worker.recaption_shard(str(url), output_path(self.out_dir, str(split), int(index)))
             for name, value in (("split", str(split)), ("index", int(index)), ("captioned", stats.captioned_this_pass), ("failed", len(stats.failed_keys))):
                 done[name].append(value)

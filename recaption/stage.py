@@ -10,7 +10,6 @@ truncated counts, failures by reason.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from captiondata.reader import expand_shards
-from harness_infra.atomic import atomic_write_json
+from harness_infra.atomic import atomic_write_json, clear_partial_files
 from harness_infra.ranks import rank, wait_until, world_size
 from recaption.captioner import Captioner, build_captioner
 from recaption.shards import ShardRecaptioner, done_path, read_done
@@ -52,7 +51,7 @@ def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout:
     worker = ShardRecaptioner(make_captioner(cfg), cfg, layout, max_pixels, exif_transpose)
     try:
         for i, url in todo:
-            clear_partial_files(output_path(out_dir, split, i))
+            clear_shard_partials(output_path(out_dir, split, i))
             stats = worker.recaption_shard(url, output_path(out_dir, split, i))
             log.info("%s: %d samples, %d captioned now, %d kept, failed %s, %.1f images/s", os.path.basename(output_path(out_dir, split, i)),
                      stats.samples, stats.captioned_this_pass, stats.reused, stats.failed or "none", stats.captioned_this_pass / max(stats.seconds, 1e-9))
@@ -61,12 +60,11 @@ def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout:
     return len(todo)
 
 
-def clear_partial_files(out_path: str) -> None:
-    """Remove the temporary files a killed writer of this shard left (only this shard's owner ever writes them)."""
+def clear_shard_partials(out_path: str) -> None:
+    """Remove the temporary files a killed writer of this shard left (only this shard's owner ever writes them):
+    ``harness_infra.atomic.clear_partial_files`` for the names ``.tmp-*{stem}.*`` of the shard and its completion file."""
     folder, name = os.path.split(out_path)
-    stem = name[: -len(".tar")]
-    for leftover in glob.glob(os.path.join(glob.escape(folder), f".tmp-*{glob.escape(stem)}.*")):
-        os.unlink(leftover)
+    clear_partial_files(folder, name[: -len(".tar")] + ".")
 
 
 def wait_for_split(out_dir: str, split: str, count: int, timeout_s: float = 24 * 3600.0) -> None:

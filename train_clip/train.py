@@ -59,6 +59,7 @@ class TrainResult:
     final_loss: Optional[float]
     resumed_from: Optional[str] = None
     resumed: List[Dict[str, Any]] = field(default_factory=list)  # training.checkpoint.resumes: [{"from_step", "at"}]
+    torn_jsonl_lines: Dict[str, int] = field(default_factory=dict)  # torn last lines dropped on resume, by file
 
 
 @dataclass
@@ -213,7 +214,8 @@ def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, gl
                        samples_seen=position.samples_seen, global_batch=global_batches,
                        wall_time_s=time.perf_counter() - started, train_time_s=session.train_time_s,
                        samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
-                       final_loss=session.last_loss, resumed_from=resume_path, resumed=session.resumed)
+                       final_loss=session.last_loss, resumed_from=resume_path, resumed=session.resumed,
+                       torn_jsonl_lines=dict(session.monitor.torn_lines))
 
 
 def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype],

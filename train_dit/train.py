@@ -71,6 +71,7 @@ class DitTrainResult:
     resumed_from: Optional[str] = None
     validation: Optional[Dict[str, float]] = None
     resumed: List[Dict[str, Any]] = field(default_factory=list)  # training.checkpoint.resumes: [{"from_step", "at"}]
+    torn_jsonl_lines: Dict[str, int] = field(default_factory=dict)  # torn last lines dropped on resume, by file
 
 
 @dataclass
@@ -159,7 +160,8 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
                           steps=position.step, samples_seen=position.samples_seen, global_batch=[cfg.global_batch(env.world_size)],
                           parameters=parameter_count(model), wall_time_s=time.perf_counter() - started, train_time_s=train_time,
                           samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9), final_loss=session.last_loss,
-                          resumed_from=resume_path, validation=session.validation, resumed=session.resumed)
+                          resumed_from=resume_path, validation=session.validation, resumed=session.resumed,
+                          torn_jsonl_lines=dict(session.monitor.torn_lines))
 
 
 def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,

@@ -33,15 +33,28 @@ EPOCHS_FILE = "epochs.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 
 
-def truncate_jsonl(path: str, last_step: int) -> List[Dict[str, Any]]:
-    """Drop lines logged after ``last_step`` (a resumed run re-logs them); the records kept, in order."""
+def truncate_jsonl(path: str, last_step: int) -> Tuple[List[Dict[str, Any]], int]:
+    """Drop lines logged after ``last_step`` (a resumed run re-logs them); (the records kept in order, torn lines dropped).
+
+    A last line that does not parse (a power loss or a full disk mid-append) is dropped, logged and counted; an
+    unparseable line before the last raises ValueError naming the file and line number (that is not a torn append).
+    """
     if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        lines = [(line, json.loads(line)) for line in handle if line.strip()]
+        return [], 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        numbered = [(number, line) for number, line in enumerate(handle, 1) if line.strip()]
+    lines, torn = [], 0
+    for index, (number, line) in enumerate(numbered):
+        try:
+            lines.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if index < len(numbered) - 1:
+                raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg}); only a torn last line is dropped") from None
+            torn = 1
+            log.warning("%s: dropped 1 torn last line (line %d, %d characters; an interrupted append)", path, number, len(line))
     kept = [(line, record) for line, record in lines if record.get("step", 0) <= last_step]
     atomic_write_text(path, "".join(line for line, _ in kept))
-    return [record for _, record in kept]
+    return [record for _, record in kept], torn
 
 
 def read_epochs(out_dir: str) -> List[Dict[str, Any]]:
@@ -64,11 +77,15 @@ class RunMonitor:
         self.validation_path = os.path.join(out_dir, VALIDATION_FILE)
         self.writer = None
         self.reported: Set[Tuple[int, int]] = set()  # (stage, epoch) already in epochs.jsonl
+        self.torn_lines: Dict[str, int] = {}  # jsonl file name -> torn last lines dropped on resume (the run's info)
         if self.writes:
             os.makedirs(out_dir, exist_ok=True)
-            truncate_jsonl(self.metrics_path, start_step)
-            self.reported = {(int(r.get("stage", 0)), int(r["epoch"])) for r in truncate_jsonl(self.epochs_path, start_step)}
-            truncate_jsonl(self.validation_path, start_step)
+            kept = {}
+            for path in (self.metrics_path, self.epochs_path, self.validation_path):
+                kept[path], torn = truncate_jsonl(path, start_step)
+                if torn:
+                    self.torn_lines[os.path.basename(path)] = torn
+            self.reported = {(int(r.get("stage", 0)), int(r["epoch"])) for r in kept[self.epochs_path]}
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 

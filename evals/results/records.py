@@ -7,6 +7,12 @@ whole-set metrics such as FID: the method named in whole_set_interval_methods), 
 link that fails if the name exists; mode 0644 under umask 022) and never overwrite: ``on_exists="raise"`` raises FileExistsError,
 ``"new_name"`` writes NAME-1.json, NAME-2.json, ... The sidecar keeps the per-query values (``npz``, loaded
 with ``allow_pickle=False``) so two checkpoints can be compared later with a paired test.
+
+A record and its sidecar are one unit: the sidecar is written first, the JSON (which names it) last, and a reader
+finds a record only through its JSON. Every write holds the folder's lock (``RECORDS_LOCK``, via
+``harness_infra.locks.exclusive``), and under it first removes what a killed writer left: temporary ``.tmp-*`` files
+and sidecars whose JSON was never written (orphans). So a kill at any point leaves either both files or nothing a
+later writer trips over, and two processes writing the same name get NAME.json and NAME-1.json, never an error.
 """
 
 from __future__ import annotations
@@ -14,19 +20,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
 import re
 from typing import Any, Dict, Optional
 
 import numpy as np
 
-from harness_infra.atomic import atomic_write, atomic_write_text
+from harness_infra.atomic import atomic_write, atomic_write_text, clear_partial_files
+from harness_infra.locks import exclusive
 
 from evals.results.bootstrap import PairedResult, QueryValues, Resampling, paired_test
 from evals.results.task_result import TaskResult
 
+log = logging.getLogger(__name__)
 SCHEMA = "evals.record/1"
 SIDECAR_SUFFIX = ".queries.npz"
+RECORDS_LOCK = ".records.lock"  # in the records folder: every writer of the folder holds it
 
 
 def record_stem(checkpoint: str, task: str) -> str:
@@ -68,26 +78,49 @@ def _free_path(folder: str, stem: str, on_exists: str) -> str:
     return os.path.join(folder, f"{stem}-{index}.json")
 
 
+def records_lock(folder: str) -> str:
+    """The lock file of a records folder (``harness_infra.locks.exclusive``; re-entrant, so a caller may hold it)."""
+    return os.path.join(folder, RECORDS_LOCK)
+
+
+def clear_orphans(folder: str) -> int:
+    """Remove what killed writers left in a records folder: ``.tmp-*`` files and sidecars without their JSON; returns
+    how many files were removed (logged). Call holding ``records_lock(folder)``."""
+    removed = clear_partial_files(folder)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(SIDECAR_SUFFIX) and not os.path.exists(os.path.join(folder, name[: -len(SIDECAR_SUFFIX)] + ".json")):
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+            log.info("removed %s: a per-query file whose record was never written (a killed writer)", os.path.join(folder, name))
+    return removed
+
+
 def write_record(record: Dict[str, Any], folder: str, per_query: Optional[Dict[str, QueryValues]] = None,
                  stem: Optional[str] = None, on_exists: str = "raise") -> str:
-    """Write the record (and its per-query sidecar) without ever overwriting; returns the JSON path."""
+    """Write the record (and its per-query sidecar) as one unit, without ever overwriting; returns the JSON path.
+
+    Holds ``records_lock(folder)`` and clears orphans first (see the module docstring). Raises ValueError for an
+    unknown ``on_exists``, FileExistsError with ``on_exists="raise"`` when ``{stem}.json`` exists."""
     if on_exists not in ("raise", "new_name"):
         raise ValueError(f"on_exists={on_exists!r}; choose raise or new_name")
-    path = _free_path(folder, stem or record_stem(record["checkpoint"], record["task"]), on_exists)
-    if os.path.exists(path):
-        raise FileExistsError(f"record {path} exists; refusing to overwrite (use on_exists='new_name' or remove it)")
-    sidecar = path[: -len(".json")] + SIDECAR_SUFFIX
-    if per_query:
-        arrays = {f"values__{k}": v.values for k, v in per_query.items()}
-        arrays.update({f"groups__{k}": v.groups for k, v in per_query.items() if v.groups is not None})
-        atomic_write(sidecar, lambda h: np.savez_compressed(h, **arrays), overwrite=False)
-        record = {**record, "per_query_file": os.path.basename(sidecar)}
-    try:
-        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n", overwrite=False)
-    except BaseException:
-        if per_query and os.path.exists(sidecar):
-            os.unlink(sidecar)
-        raise
+    os.makedirs(folder, exist_ok=True)
+    with exclusive(records_lock(folder)):
+        clear_orphans(folder)
+        path = _free_path(folder, stem or record_stem(record["checkpoint"], record["task"]), on_exists)
+        if os.path.exists(path):
+            raise FileExistsError(f"record {path} exists; refusing to overwrite (use on_exists='new_name' or remove it)")
+        sidecar = path[: -len(".json")] + SIDECAR_SUFFIX
+        if per_query:
+            arrays = {f"values__{k}": v.values for k, v in per_query.items()}
+            arrays.update({f"groups__{k}": v.groups for k, v in per_query.items() if v.groups is not None})
+            atomic_write(sidecar, lambda h: np.savez_compressed(h, **arrays), overwrite=False)
+            record = {**record, "per_query_file": os.path.basename(sidecar)}
+        try:
+            atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n", overwrite=False)
+        except BaseException:
+            if per_query and os.path.exists(sidecar):
+                os.unlink(sidecar)
+            raise
     return path
 
 

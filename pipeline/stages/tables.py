@@ -1,7 +1,8 @@
 """The tables stage: rebuild the data set's comparison table, CSV and plots from every published record.
 
 Not cached (it reads every record under ``{run.results_dir}/records``, which other runs add to); rank 0 only; one
-job at a time writes (a lock in the records folder), so parallel jobs of a sweep leave the table with every record.
+job at a time writes (the records folder's lock, which publishing holds too), so parallel jobs of a sweep leave the
+table with every record; under it the temporary files of a killed table writer are removed first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
+from evals.results.records import records_lock
+from harness_infra.atomic import clear_partial_files
 from harness_infra.locks import exclusive
 from pipeline.publish import RECORDS_DIR
 from pipeline.registry import RunContext, Stage
@@ -23,7 +26,8 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
 
     results = ctx.cfg.run.results_dir
     log.info("tables from %s", os.path.join(results, RECORDS_DIR))
-    with exclusive(os.path.join(results, RECORDS_DIR, ".tables.lock")):  # a parallel job's newer records are never dropped
+    with exclusive(records_lock(os.path.join(results, RECORDS_DIR))):  # a parallel job's newer records are never dropped
+        clear_partial_files(results)  # tables, CSVs and plots are written only here, under this lock
         family = "t2i" if ctx.cfg.trainer == "dit" else "clip"
         return {"table": write_tables(results, ctx.cfg.data.name, family)}
 
