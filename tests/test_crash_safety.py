@@ -188,3 +188,16 @@ def test_two_identical_runs_started_together_on_one_cache_both_succeed_and_publi
     assert complete_records(tmp_path / "results") == TASKS
     assert leftovers(tmp_path) == []
     assert (tmp_path / "results" / "scenes.md").read_text().count("| RecapCLIP-nano |") == 1
+
+
+def test_the_lock_is_reentrant_in_one_process_and_still_excludes_another(tmp_path):
+    from harness_infra.locks import exclusive
+
+    lock = str(tmp_path / "x.lock")
+    probe = ("import fcntl, sys\nh = open(sys.argv[1], 'a+b')\n"
+             "try:\n    fcntl.flock(h.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)\n")
+    with exclusive(lock):
+        with exclusive(lock):  # a writer that locks its folder, called by a caller holding that lock: no self-deadlock
+            assert subprocess.run([sys.executable, "-c", probe, lock]).returncode == 1
+        assert subprocess.run([sys.executable, "-c", probe, lock]).returncode == 1  # the inner exit kept the lock
+    assert subprocess.run([sys.executable, "-c", probe, lock]).returncode == 0

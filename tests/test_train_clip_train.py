@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -108,3 +109,16 @@ def test_refusals(tmp_path):
     with pytest.raises(ConfigError, match="train.resume"):
         train(micro(), quick([StageConfig(image_size=32, samples=32, batch_size=8)]), None, None, str(tmp_path / "b"),
               loader_factory=synthetic_factory(32))
+
+
+def test_a_resume_drops_a_torn_last_metrics_line_and_reports_the_count(tmp_path):
+    cfg = quick([StageConfig(image_size=32, samples=128, batch_size=32, lr=1e-3)], log_every=1)
+    first = train(micro(), cfg, None, None, str(tmp_path), loader_factory=synthetic_factory(128, seed=0))
+    assert first.torn_jsonl_lines == {}
+    metrics = tmp_path / "metrics.jsonl"
+    logged = read_jsonl(metrics)
+    with open(metrics, "a", encoding="utf-8") as handle:
+        handle.write('{"step": 5, "samples_seen": 16')  # a power loss mid-append
+    again = train(micro(), dataclasses.replace(cfg, resume="latest"), None, None, str(tmp_path), loader_factory=synthetic_factory(128, seed=0))
+    assert again.resumed_from == first.checkpoint_path and again.torn_jsonl_lines == {"metrics.jsonl": 1}
+    assert read_jsonl(metrics) == logged and len(logged) == 4
