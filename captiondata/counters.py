@@ -22,6 +22,7 @@ SKIP_REASONS = (
     "bad_json",
     "duplicate_key",
     "truncated_tar",
+    "member_too_large",
     "unreadable_shard",
     "no_image_feature",
     "bad_label",
