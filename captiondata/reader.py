@@ -106,10 +106,9 @@ def _ends_cleanly(counting: _CountingReader, offset: int) -> bool:
     return offset + 1024 <= total <= offset + 1024 + TAR_TAIL_SLACK
 
 
-def _decompressed(stream: Any) -> Any:
+def _decompressed(stream: Any, head: bytes) -> Any:
     """A streaming reader of the decompressed bytes of a gzip, bzip2 or xz stream (read() only, no seek: pipes and
     HTTP bodies work). Truncation raises EOFError, corrupt data OSError, zlib.error or lzma.LZMAError."""
-    head = stream.head
     if head.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=stream, mode="rb")
     if head.startswith(b"BZh"):
@@ -200,7 +199,10 @@ def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Op
             size = _tar_number(header[124:136]) if valid else -1
         except TarFormatError:
             valid = False
-        if not valid or not 0 <= size <= _MAX_SIZE:
+        if valid and size > _MAX_SIZE:  # a valid header whose member cannot exist: the shard is corrupt, not ended
+            state["member"] = os.fsdecode(header[:100].split(b"\0", 1)[0])  # the cut sample (earlier ones are whole)
+            raise TarFormatError(f"member size {size} at offset {offset} is beyond any file")
+        if not valid or size < 0:
             if offset == 0 or pending:
                 raise TarFormatError(f"invalid tar header at offset {offset}")
             return
@@ -306,7 +308,7 @@ def _tar_members(url: str, counters: SampleCounters, max_member_bytes: Optional[
         try:
             head = stream.read(_BLOCK)
             counting = _CountingReader(_Replay(head, stream))
-            tar = _CountingReader(_decompressed(counting)) if head.startswith(COMPRESSED_MAGIC) else counting
+            tar = _CountingReader(_decompressed(counting, head)) if head.startswith(COMPRESSED_MAGIC) else counting
             if tar is counting and len(head) < _BLOCK:
                 raise tarfile.ReadError("empty file" if not head else "truncated header")
             try:
