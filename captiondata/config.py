@@ -11,6 +11,7 @@ from harness_infra.stagecache import setting
 
 STRATEGIES = ("mix", "original", "recap", "concat")
 DEFAULT_MAX_PIXELS = 64_000_000  # data.max_image_pixels and the evaluation tasks' max_image_pixels
+DEFAULT_MAX_MEMBER_BYTES = 4 * DEFAULT_MAX_PIXELS  # data.max_member_bytes: an uncompressed 8-bit RGBA image at the pixel limit
 
 
 @dataclass
@@ -107,6 +108,9 @@ class DataConfig:
     portrait photos sideways plus the tag, and browsers, viewers and the people who wrote the captions all see them
     upright; img2dataset's re-encoded images carry no tag, so for its shards the switch changes nothing. False
     reproduces peers that ignore the tag (torchvision's ``pil_loader``, CLIP_benchmark).
+    ``max_member_bytes``: a sample with a tar member larger than this (decompressed, for .tar.gz/.bz2/.xz shards) is
+    skipped unread and counted as ``member_too_large``; default 4 x the default pixel limit (256 MB: an uncompressed
+    RGBA image at that limit).
     """
 
     name: str = setting("scenes", key=False)
@@ -124,6 +128,7 @@ class DataConfig:
     epoch_samples: Optional[int] = None
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     exif_transpose: bool = True
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
     build_seed: int = setting(0, key="build")
     build_size: Optional[int] = setting(None, key="build")
     scene_image_size: int = setting(64, key="build")
@@ -136,6 +141,7 @@ class DataConfig:
         require(self.build_size is None or self.build_size > 0, f"data.build_size={self.build_size} must be positive or null")
         require(self.scene_image_size >= 16, f"data.scene_image_size={self.scene_image_size} must be >= 16")
         require(self.max_image_pixels > 0, f"data.max_image_pixels={self.max_image_pixels} must be positive")
+        require(self.max_member_bytes > 0, f"data.max_member_bytes={self.max_member_bytes} must be positive")
         require(not self.resampled or (self.epoch_samples or 0) > 0, "data.resampled=true needs data.epoch_samples > 0 (a fixed epoch length)")
         require(self.builder != "none" or bool(self.train_shards or self.test_shards), "data.builder=none needs data.train_shards or data.test_shards")
 

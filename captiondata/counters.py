@@ -23,6 +23,7 @@ SKIP_REASONS = (
     "duplicate_key",
     "dotted_key",
     "truncated_tar",
+    "member_too_large",
     "unreadable_shard",
     "no_image_feature",
     "bad_label",

@@ -365,8 +365,10 @@ def decode_text(data: bytes) -> str:
 
 
 def decode_json(data: bytes) -> Any:
-    """Strict UTF-8 JSON decode. Raises BadSample("non_utf8_text" | "bad_json")."""
+    """Strict UTF-8 JSON decode. Raises BadSample("non_utf8_text" | "bad_json"): "bad_json" also for JSON that
+    ``json.loads`` parses but refuses to build, nesting deeper than Python's recursion limit (RecursionError) and an
+    integer of more digits than ``sys.get_int_max_str_digits()`` (ValueError, 4300 by default since CPython 3.11)."""
     try:
         return json.loads(decode_text(data))
-    except json.JSONDecodeError as exc:
-        raise BadSample("bad_json", str(exc)) from None
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        raise BadSample("bad_json", f"{type(exc).__name__}: {str(exc)[:200]}") from None

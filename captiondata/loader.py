@@ -241,7 +241,7 @@ class MixedCaptionDataset(IterableDataset):
     def _samples(self, worker: int, num_workers: int) -> Iterator[Dict[str, Any]]:
         """Validated, caption-mixed, transformed samples for this worker; bad ones counted."""
         rng = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker, "shuffle"))
-        raws = raw_samples(self._shard_stream(worker, num_workers), self.counters)
+        raws = raw_samples(self._shard_stream(worker, num_workers), self.counters, self.data_cfg.max_member_bytes)
         if self.image_features is not None:  # looked up in shard order, before the shuffle: one shard's entry at a time
             raws = ({**raw, "__feature__": self.image_features.get(raw["__key__"], raw["__url__"])} for raw in raws)
         for raw in shuffled(raws, self.data_cfg.shuffle_buffer, rng):

@@ -7,8 +7,11 @@ counted in ``SampleCounters`` (see ``counters.SKIP_REASONS``).
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import logging
+import lzma
 import os
 import struct
 import tarfile
@@ -22,7 +25,7 @@ from webdataset.tariterators import base_plus_ext
 
 from captiondata.captions import extract_captions
 from harness_infra.errors import ConfigError
-from captiondata.config import CaptionLayout
+from captiondata.config import DEFAULT_MAX_MEMBER_BYTES, CaptionLayout
 from captiondata.counters import SampleCounters
 from captiondata.decode import DEFAULT_MAX_PIXELS, BadSample, Count, DraftRule, decode_image
 from captiondata.records import Record
@@ -84,9 +87,9 @@ class _CountingReader:
         self.count += len(data)
         return data
 
-    def drain(self) -> int:
-        """Read to the end; return the total number of bytes in the stream."""
-        while self.read(1 << 16):
+    def drain(self, limit: Optional[int] = None) -> int:
+        """Read to the end (or until more than ``limit`` bytes were read); return the number of bytes read in all."""
+        while (limit is None or self.count <= limit) and self.read(1 << 16):
             pass
         return self.count
 
@@ -96,12 +99,21 @@ TAR_TAIL_SLACK = 1 << 16  # end-of-archive blocks plus record padding allowed af
 
 
 def _ends_cleanly(counting: _CountingReader, offset: int) -> bool:
-    """True when an uncompressed tar stopped at its end-of-archive marker (tarfile stops silently at a
-    cut header or a corrupt one); compressed streams report truncation themselves."""
-    if counting.head.startswith(COMPRESSED_MAGIC):
-        return True
-    total = counting.drain()
+    """True when a tar (the decompressed stream of a compressed one) stopped at its end-of-archive marker (tarfile
+    stops silently at a cut header or a corrupt one); reads at most the allowed tail, so a compressed stream with a
+    huge tail is not decompressed to its end."""
+    total = counting.drain(offset + 1024 + TAR_TAIL_SLACK)
     return offset + 1024 <= total <= offset + 1024 + TAR_TAIL_SLACK
+
+
+def _decompressed(stream: Any, head: bytes) -> Any:
+    """A streaming reader of the decompressed bytes of a gzip, bzip2 or xz stream (read() only, no seek: pipes and
+    HTTP bodies work). Truncation raises EOFError, corrupt data OSError, zlib.error or lzma.LZMAError."""
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(stream, mode="rb")
+    return lzma.LZMAFile(stream, mode="rb")
 
 
 class TarFormatError(Exception):
@@ -114,6 +126,8 @@ _REGULAR = (b"0", b"\0", b"7")  # tarfile's REGTYPE, AREGTYPE, CONTTYPE (GNU spa
 _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6", b"S")  # tarfile's supported non-regular types: no data blocks skipped
 _META = (b"L", b"K", b"x", b"g", b"X")  # GNU long name / long link, pax extended / global, Solaris extended header
 _SIGNED_SUMS = struct.Struct("148b8x356b")
+_MAX_SIZE = (1 << 62) - 1  # larger sizes (GNU base-256 allows 2**95) address no real file and overflow seek()/read()
+_MAX_META = 1 << 24  # a GNU long name or pax header is read whole: longer ones are refused (names are a few KB)
 
 
 def _tar_number(field: bytes) -> int:
@@ -147,16 +161,17 @@ def _pax_records(data: bytes) -> Dict[str, str]:
 
 
 def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Optional[Callable[[str], bool]] = None,
-             seekable: bool = False) -> Iterator[Tuple[str, Optional[bytes]]]:
+             seekable: bool = False, max_size: Optional[int] = None) -> Iterator[Tuple[str, Optional[bytes]]]:
     """(name, bytes) of each regular member of an uncompressed tar read from ``stream`` in order. With ``want``, a
-    member whose name it rejects comes as (name, None) and its data is skipped (by ``stream.seek`` when ``seekable``).
+    member whose name it rejects comes as (name, None) and its data is skipped (by ``stream.seek`` when ``seekable``,
+    else read and discarded in 1 MiB chunks); so does a member larger than ``max_size`` bytes (never allocated).
 
     Reads the 512-byte headers itself, as tarfile does: checksum (unsigned or signed sum), names from the ustar name
     plus prefix, GNU long names (``L``) and pax ``path`` records (``x``; ``g`` for every later member), sizes in octal,
     GNU base-256 or a pax ``size`` record. Directories, links, devices and GNU sparse files are skipped. It stops (returns) at a zero block or a
     header that is empty or cut short, and at an invalid header after the first (tarfile stops there silently too;
     the caller checks where the stream ended). Raises TarFormatError for an invalid first header or one following a
-    GNU/pax header (tarfile's ReadError), EOFError when a member's data (or the padding after it, after the member was
+    GNU/pax header (tarfile's ReadError; also a size above 2**62 bytes), EOFError when a member's data (or the padding after it, after the member was
     yielded) is cut. ``state`` receives ``offset`` (where the header that ended the walk starts) and ``member`` (the
     name whose data is being read, None between members).
 
@@ -184,6 +199,9 @@ def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Op
             size = _tar_number(header[124:136]) if valid else -1
         except TarFormatError:
             valid = False
+        if valid and size > _MAX_SIZE:  # a valid header whose member cannot exist: the shard is corrupt, not ended
+            state["member"] = os.fsdecode(header[:100].split(b"\0", 1)[0])  # the cut sample (earlier ones are whole)
+            raise TarFormatError(f"member size {size} at offset {offset} is beyond any file")
         if not valid or size < 0:
             if offset == 0 or pending:
                 raise TarFormatError(f"invalid tar header at offset {offset}")
@@ -192,6 +210,8 @@ def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Op
         offset += _BLOCK
         padded = -(-size // _BLOCK) * _BLOCK
         if kind in _META:
+            if size > _MAX_META:
+                raise TarFormatError(f"GNU or pax header of {size} bytes at offset {offset - _BLOCK}")
             body = read(padded)
             if len(body) < padded:
                 raise EOFError("unexpected end of data in a GNU or pax header")
@@ -219,11 +239,13 @@ def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Op
             if "size" in records:
                 try:
                     size = int(records["size"])
-                except ValueError:
+                except ValueError:  # not a number, or more digits than int() takes (sys.set_int_max_str_digits)
                     raise TarFormatError("bad pax size record") from None
+                if not 0 <= size <= _MAX_SIZE:
+                    raise TarFormatError(f"pax size record {size} out of range")
                 padded = -(-size // _BLOCK) * _BLOCK
         long_name, pax = None, {}
-        if kind in _REGULAR and (want is None or want(name)):
+        if kind in _REGULAR and (want is None or want(name)) and (max_size is None or size <= max_size):
             state["member"] = name
             body = read(padded)
             if len(body) < size:
@@ -267,11 +289,14 @@ class _Replay:
         return out + self.raw.read(size - len(out)) if len(out) < size else out
 
 
-def _tar_members(url: str, counters: SampleCounters) -> Iterator[tuple]:
-    """(name, bytes) of each regular member. A truncated or corrupt tar ends the shard, counted, with
-    a final (None, name) where name is the member that was cut (None when a header was cut).
+def _tar_members(url: str, counters: SampleCounters, max_member_bytes: Optional[int] = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[tuple]:
+    """(name, bytes) of each regular member; (name, None) for a member over ``max_member_bytes`` (its data skipped
+    unread or read and discarded in chunks, never held). A truncated or corrupt tar ends the shard, counted, with a
+    final (None, name) where name is the member that was cut (None when a header was cut).
 
-    Uncompressed tars are walked by ``iter_tar``, gzip/bzip2/xz-compressed ones by tarfile's streaming reader."""
+    Every tar is walked by ``iter_tar``: gzip/bzip2/xz-compressed ones through a streaming decompressor
+    (``_decompressed``), so the size cap holds for the decompressed bytes too (a 1 MB .tar.gz holding a 1 GiB
+    member costs 1 MiB of memory)."""
     try:
         stream = open_shard(url)
     except (OSError, ValueError, ImportError) as exc:
@@ -279,37 +304,23 @@ def _tar_members(url: str, counters: SampleCounters) -> Iterator[tuple]:
         log.warning("skipping unreadable shard %s: %s", url, exc)
         return
     with stream:
-        cut: Optional[str] = None
+        state: Dict[str, Any] = {}
         try:
             head = stream.read(_BLOCK)
             counting = _CountingReader(_Replay(head, stream))
-            if head.startswith(COMPRESSED_MAGIC):
-                with tarfile.open(fileobj=counting, mode="r|*") as archive:
-                    for info in archive:
-                        if info.isreg():
-                            cut = info.name
-                            data = archive.extractfile(info).read()
-                            cut = None
-                            yield info.name, data
-                    clean = _ends_cleanly(counting, archive.offset)
-            else:
-                if len(head) < _BLOCK:
-                    raise tarfile.ReadError("empty file" if not head else "truncated header")
-                state: Dict[str, Any] = {}
-                try:
-                    yield from iter_tar(counting, state)
-                except TarFormatError as exc:
-                    raise tarfile.ReadError(str(exc)) from None
-                except EOFError:
-                    cut = state.get("member")
-                    raise
-                clean = _ends_cleanly(counting, state["offset"])
-            if not clean:
+            tar = _CountingReader(_decompressed(counting, head)) if head.startswith(COMPRESSED_MAGIC) else counting
+            if tar is counting and len(head) < _BLOCK:
+                raise tarfile.ReadError("empty file" if not head else "truncated header")
+            try:
+                yield from iter_tar(tar, state, max_size=max_member_bytes)
+            except TarFormatError as exc:
+                raise tarfile.ReadError(str(exc)) from None
+            if not _ends_cleanly(tar, state["offset"]):
                 raise tarfile.ReadError("no end-of-archive marker where the last member ends")
-        except (tarfile.TarError, EOFError, OSError, zlib_error) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib_error, lzma.LZMAError) as exc:
             counters.add("truncated_tar")
             log.warning("shard %s is truncated or corrupt (%s); its incomplete last sample is dropped", url, exc)
-            yield None, cut
+            yield None, state.get("member")
 
 
 IMAGE_SUFFIXES = frozenset(("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"))
@@ -341,18 +352,21 @@ def _intact(sample: Dict[str, Any], counters: SampleCounters) -> bool:
     return not lost
 
 
-def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[str, Any]]:
+def raw_samples(urls: Iterable[str], counters: SampleCounters,
+                max_member_bytes: Optional[int] = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Dict[str, Any]]:
     """Group consecutive tar members by key into dicts {__key__, __url__, suffix: bytes}.
 
     Keys are webdataset's (``base_plus_ext``: everything before the first dot of the base name). A key that repeats
     a member suffix, or reappears later in the same shard, is a duplicate: every copy after the first is dropped and
-    counted. Samples merged by dots in their keys are dropped and counted one by one (``dotted_key_samples``).
+    counted. Samples merged by dots in their keys are dropped and counted one by one (``dotted_key_samples``). A
+    sample with a member over ``max_member_bytes`` (``data.max_member_bytes``) is dropped and counted once as
+    ``member_too_large``.
     """
     for url in urls:
         seen: set = set()
         current: Optional[Dict[str, Any]] = None
         broken = False
-        for name, data in _tar_members(url, counters):
+        for name, data in _tar_members(url, counters, max_member_bytes):
             if name is None:  # truncation: drop the sample the cut member belonged to (unknown: the last one)
                 if data is not None and current is not None and base_plus_ext(data)[0] != current["__key__"] and not broken \
                         and _intact(current, counters):
@@ -374,6 +388,9 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters) -> Iterator[Dict[
                 current = {"__key__": key, "__url__": url}
             if suffix in current and not broken:
                 counters.add("duplicate_key")
+                broken = True
+            if data is None and not broken:  # over max_member_bytes: skipped unread by _tar_members
+                counters.add("member_too_large")
                 broken = True
             current[suffix] = data
         if current is not None and not broken and _intact(current, counters):

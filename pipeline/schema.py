@@ -10,6 +10,8 @@ and checks that the model and recipe belong to the chosen family.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -82,8 +84,50 @@ def register_schema() -> None:
         store.store(group="train", name=f"{family.name}_schema", node=family.train_config)
 
 
+def unknown_key(cfg: Any, prefix: str = "") -> Optional[str]:
+    """The first key (dotted, e.g. ``mix.probability``) of a typed node that its dataclass has no field for, else None.
+
+    Hydra's ``+key=value`` adds keys with OmegaConf's ``force_add``, which struct mode does not stop, and
+    ``OmegaConf.to_object`` then drops them silently; so every node typed by a dataclass (the schema's groups and
+    each family's model/train configs) is compared with its fields. Untyped ``Dict``/``Any`` contents are free.
+    """
+    if isinstance(cfg, DictConfig):
+        kind = OmegaConf.get_type(cfg)
+        fields = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else None
+        for key in cfg.keys():
+            if fields is not None and key not in fields:
+                return f"{prefix}{key}"
+            if fields is not None or OmegaConf.is_dict(cfg):
+                found = unknown_key(cfg._get_node(key), f"{prefix}{key}.")
+                if found:
+                    return found
+    elif OmegaConf.is_list(cfg):
+        for index in range(len(cfg)):
+            found = unknown_key(cfg._get_node(index), f"{prefix}{index}.")
+            if found:
+                return found
+    return None
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Raise a one-line ConfigError naming a key that the typed config does not have (added with Hydra's ``+``)."""
+    found = unknown_key(cfg)
+    if found is None:
+        return
+    parent, _, key = found.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    kind = OmegaConf.get_type(node)
+    names = [f.name for f in dataclasses.fields(kind)]
+    close = difflib.get_close_matches(key, names, n=1)
+    raise ConfigError(f"{found} is not a key of {kind.__name__} ({parent or 'the config'} has: {', '.join(names)}"
+                      + (f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else "")
+                      + "); Hydra's + adds keys only where the typed config allows them")
+
+
 def validate(cfg: DictConfig) -> HarnessConfig:
-    """Instantiate and range-check a composed config; any problem becomes a one-line ConfigError."""
+    """Instantiate and range-check a composed config; any problem becomes a one-line ConfigError (also a key the typed
+    config lacks, ``check_known_keys``)."""
+    check_known_keys(cfg)
     try:
         harness = OmegaConf.to_object(cfg)
     except ConfigError:

@@ -101,7 +101,7 @@ def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConf
             pending.clear()
 
     try:
-        for record in valid_records(raw_samples(urls, counters), data_cfg.layout, counters, data_cfg.max_image_pixels,
+        for record in valid_records(raw_samples(urls, counters, data_cfg.max_member_bytes), data_cfg.layout, counters, data_cfg.max_image_pixels,
                                     data_cfg.exif_transpose):
             keys.append(record.key)
             pending.append(transform(record.image))

@@ -84,7 +84,7 @@ def compute_shard_features(url: str, data_cfg: DataConfig, mix_cfg: MixConfig, t
             x0_chunks.append(torch.stack(views, dim=1).half().cpu())
             pending.clear()
 
-    for record in valid_records(raw_samples([url], counters), data_cfg.layout, counters, data_cfg.max_image_pixels, data_cfg.exif_transpose):
+    for record in valid_records(raw_samples([url], counters, data_cfg.max_member_bytes), data_cfg.layout, counters, data_cfg.max_image_pixels, data_cfg.exif_transpose):
         for candidate in candidate_texts(record.original, record.recaptions, mix_cfg):
             texts.append(candidate)
             owners.append(len(keys))

@@ -33,7 +33,7 @@ def prompts_of(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> List[str]:
         return list(spec.prompts)
     data = recaptioned_data(cfg, infos)
     counters = SampleCounters(max_workers=1)
-    records = valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters), data.layout, counters, data.max_image_pixels)
+    records = valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters, data.max_member_bytes), data.layout, counters, data.max_image_pixels)
     prompts = prompts_from_records(records, spec.prompt_source, spec.num_prompts)
     require(bool(prompts), f"train.sample: no prompts in split {spec.prompt_split!r} of data set {cfg.data.name}")
     return prompts
