@@ -94,7 +94,7 @@ def losses(out_dir) -> list:
 
 
 def model() -> ClipModelConfig:
-    return ClipModelConfig(name="TestCLIP-micro", inline=MICRO)
+    return ClipModelConfig(name="TestCLIP-micro-patchdrop", inline=MICRO)
 
 
 @pytest.fixture(scope="module")
