@@ -40,13 +40,16 @@ BACKENDS = {
 
 @dataclass
 class Item:
-    """One sample to caption: ``image`` is RGB (None when undecodable); ``image_bytes`` the member as stored."""
+    """One sample to caption: ``image`` is RGB (None when undecodable); ``image_bytes`` the member as stored;
+    ``url`` and ``source_sha256`` what img2dataset recorded in ``KEY.json`` (the source URL and the SHA-256 of the
+    bytes as downloaded, before its re-encoding)."""
 
     key: str
     image: Optional[Image.Image]
     original: Optional[str] = None
     image_bytes: Optional[bytes] = None
     url: Optional[str] = None
+    source_sha256: Optional[str] = None
 
 
 @dataclass

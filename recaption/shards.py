@@ -90,13 +90,15 @@ def original_caption(raw: Dict[str, Any], layout: Any) -> Optional[str]:
         return None
 
 
-def sample_url(raw: Dict[str, Any]) -> Optional[str]:
-    """The source URL img2dataset stores in ``KEY.json`` (None when absent)."""
+def json_field(raw: Dict[str, Any], name: str) -> Optional[str]:
+    """A string field img2dataset stores in ``KEY.json`` (``url``; ``sha256`` of the downloaded bytes with
+    ``--compute_hash sha256``); None when the member, the field or a string value is absent."""
     try:
         meta = decode_json(raw["json"]) if "json" in raw else None
     except BadSample:
         return None
-    return meta.get("url") if isinstance(meta, dict) else None
+    value = meta.get(name) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int, exif_transpose: bool = True) -> Item:
@@ -107,7 +109,7 @@ def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int, exif_transpose: b
         image = decode_image(image_bytes, max_pixels, exif_transpose) if image_bytes is not None else None
     except BadSample:
         image = None
-    return Item(raw["__key__"], image, original_caption(raw, layout), image_bytes, sample_url(raw))
+    return Item(raw["__key__"], image, original_caption(raw, layout), image_bytes, json_field(raw, "url"), json_field(raw, "sha256"))
 
 
 def batches(samples: Iterator[Dict[str, Any]], size: int) -> Iterator[List[Dict[str, Any]]]:

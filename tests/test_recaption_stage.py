@@ -180,16 +180,62 @@ def test_precomputed_captions_join_by_key_sha256_or_url_and_count_misses(tmp_pat
     entries = {}
     for key, sample in raw.items():
         meta = json.loads(sample["json"])
-        entries.update({f"{key}.jpg": sample["jpg"], f"{key}.txt": sample["txt"], f"{key}.json": json.dumps({**meta, "url": meta["meta"]["url"]}).encode()})
+        # img2dataset's sha256 (--compute_hash sha256) hashes the image as DOWNLOADED, before its re-encoding: other bytes
+        downloaded = hashlib.sha256(f"the original download of {key}".encode()).hexdigest()
+        entries.update({f"{key}.jpg": sample["jpg"], f"{key}.txt": sample["txt"],
+                        f"{key}.json": json.dumps({**meta, "url": meta["meta"]["url"], "sha256": downloaded}).encode()})
     os.unlink(tmp_path / "in" / "train-000000.tar")
     tar_of(entries, str(tmp_path / "in" / "train-000000.tar"))
-    rows = [{"key": f"{i:09d}", "url": f"http://img/{i}.jpg", "sha256": hashlib.sha256(jpeg_bytes(i)).hexdigest(),
+    rows = [{"key": f"{i:09d}", "url": f"http://img/{i}.jpg", "sha256": hashlib.sha256(f"the original download of {i:09d}".encode()).hexdigest(),
              "re_caption": f"a detailed recaption of image {i}", "org_caption": f"alt {i}"} for i in range(4)]  # image 4 has no row
     write_release(tmp_path / "part-0.parquet", rows)
     cfg = RecaptionConfig(name="recap", backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "*.parquet")], join_on=join_on))
     stats = recaption_data({"train": str(tmp_path / "in" / "train-*.tar")}, str(tmp_path / "out"), cfg, project_layout(), PIXELS)["train"]
     assert stats["failed"] == {"not_in_parquet": 1}
     assert captions(str(tmp_path / "out" / "train-*.tar"), "recap") == {f"{i:09d}": f"a detailed recaption of image {i}" for i in range(4)}
+
+
+def test_a_sha256_join_on_shards_without_the_download_hash_is_refused_with_the_joins_that_work(tmp_path, shard_factory):
+    from conftest import jpeg_bytes, make_records
+
+    urls = shard_factory(make_records(4), per_shard=4)  # the project's own shards: no KEY.json sha256
+    write_release(tmp_path / "p.parquet", [{"key": f"s{i:05d}", "re_caption": "x", "sha256": hashlib.sha256(jpeg_bytes(i)).hexdigest()} for i in range(4)])
+    cfg = RecaptionConfig(name="recap", backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "p.parquet")], join_on="sha256"))
+    with pytest.raises(ConfigError) as error:
+        recaption_data({"train": urls}, str(tmp_path / "out"), cfg, project_layout(), PIXELS)
+    assert "\n" not in str(error.value) and "has no sha256 in its KEY.json" in str(error.value) and "join_on=url or join_on=key" in str(error.value)
+
+
+@pytest.mark.parametrize("column,values,message", [
+    ("re_caption", [1, 2], "holds int64, not strings"),
+    ("re_caption", [["a"], ["b"]], r"holds list<\w+: string>, not strings"),
+])
+def test_a_caption_column_of_the_wrong_type_is_one_line(tmp_path, column, values, message):
+    pq.write_table(pa.table({"key": ["a", "b"], column: values}), tmp_path / "p.parquet")
+    with pytest.raises(ConfigError, match=message) as error:
+        build_captioner(RecaptionConfig(backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "p.parquet")])))
+    assert "\n" not in str(error.value) and "p.parquet" in str(error.value)
+
+
+def test_a_file_that_is_not_parquet_is_one_line(tmp_path):
+    (tmp_path / "p.parquet").write_bytes(b"key,re_caption\na,x\n")
+    with pytest.raises(ConfigError, match="is not a readable parquet file") as error:
+        build_captioner(RecaptionConfig(backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "p.parquet")])))
+    assert "\n" not in str(error.value)
+
+
+def test_duplicate_parquet_keys_are_counted_when_they_agree_and_refused_when_they_do_not(tmp_path):
+    pq.write_table(pa.table({"key": ["a", "b", "a"], "re_caption": ["x", "y", "x"]}), tmp_path / "p1.parquet")
+    pq.write_table(pa.table({"key": ["b"], "re_caption": ["y"]}), tmp_path / "p2.parquet")
+    captioner = build_captioner(RecaptionConfig(backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "p*.parquet")])))
+    assert captioner.duplicate_rows == 2 and captioner.table == {"a": "x", "b": "y"}
+    pq.write_table(pa.table({"key": ["a", "a"], "re_caption": ["x", "z"]}), tmp_path / "p1.parquet")
+    with pytest.raises(ConfigError, match="key 'a' has rows with different captions"):
+        build_captioner(RecaptionConfig(backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "p1.parquet")])))
+    pq.write_table(pa.table({"key": ["a"], "re_caption": ["x"]}), tmp_path / "p1.parquet")
+    pq.write_table(pa.table({"key": ["a"], "re_caption": ["other"]}), tmp_path / "p2.parquet")
+    with pytest.raises(ConfigError, match="has rows with different captions"):
+        build_captioner(RecaptionConfig(backend="precomputed", precomputed=PrecomputedCaptions(parquet=[str(tmp_path / "p*.parquet")])))
 
 
 def test_precomputed_config_errors_are_one_line(tmp_path):
