@@ -28,6 +28,15 @@ def jpeg_bytes(seed: int, size: int = 16) -> bytes:
     return buffer.getvalue()
 
 
+def noise_jpeg(seed: int, size: int = 40) -> bytes:
+    """A JPEG of random pixels (one crop of it differs from another, unlike a flat colour)."""
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def make_records(n: int, prefix: str = "s") -> List[Record]:
     """n valid records with distinct keys, an original and one recaption each."""
     return [

@@ -3,27 +3,17 @@ global torch and python RNG where it was (num_workers=0 runs the transform in th
 
 from __future__ import annotations
 
-import io
 import random
 
 import pytest
 import torch
-from PIL import Image
 from torchvision import transforms
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
 from captiondata.records import Record
 from captiondata.writer import ShardWriter
-
-
-def noise_jpeg(seed: int, size: int = 40) -> bytes:
-    """A JPEG of random pixels (its crops differ)."""
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+from conftest import noise_jpeg
 
 
 @pytest.fixture(scope="module")

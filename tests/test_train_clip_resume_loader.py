@@ -4,17 +4,15 @@ bit for bit; its result (and the pipeline's train-stage info and published run s
 
 from __future__ import annotations
 
-import io
 import json
-import random
 
 import pytest
 import torch
-from PIL import Image
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.records import Record
 from captiondata.writer import ShardWriter
+from conftest import noise_jpeg
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import caption_loader_factory
 from train_clip.train import train
@@ -29,21 +27,12 @@ class Crash(RuntimeError):
     """The simulated failure of a victim run."""
 
 
-def noise_jpeg(seed: int, size: int = 48) -> bytes:
-    """A JPEG of random pixels (a crop of it differs from another crop, unlike a flat colour)."""
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     """40 samples in 4 real tar shards (keys restart in every shard: a sample is (shard, key))."""
     out = tmp_path_factory.mktemp("shards")
     writer = ShardWriter(str(out), "train", max_count=10)
-    writer.write_all([Record(key=f"k{i % 10:03d}", image=noise_jpeg(i), original=f"alt text {i}",
+    writer.write_all([Record(key=f"k{i % 10:03d}", image=noise_jpeg(i, 48), original=f"alt text {i}",
                              recaptions=[f"a dense recaption of sample {i}"]) for i in range(40)])
     writer.close()
     return str(out / "train-*.tar")
