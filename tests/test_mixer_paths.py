@@ -130,3 +130,24 @@ def test_dit_feature_batches_coin_and_recaption_choice(tmp_path, p):
             draws.extend((key, epoch, t) for key, t in zip(batch["key"], batch["text"]))
     assert len(draws) == 1200
     check_mix(draws, p, 3, seed=11)
+
+
+@pytest.mark.parametrize("strategy", ["original", "mix", "concat"])
+def test_fallback_to_several_recaptions_keeps_the_draw_and_chooses_uniformly(strategy):
+    # no original: every sample falls back to a recaption, still chosen uniformly by its own draw; ``drawn`` keeps the
+    # coin's verdict (None for concat, which draws no coin)
+    cfg = MixConfig(strategy=strategy, p=1.0, seed=2)
+    counts = Counter()
+    for i in range(3000):
+        choice = choose_caption(None, ["r0", "r1", "r2"], cfg, f"k{i}", 1)
+        assert (choice.emitted, choice.fallback) == ("recap", True)
+        assert choice.drawn == {"original": "original", "mix": "original", "concat": None}[strategy]
+        counts[choice.text] += 1
+    statistic = sum((counts[r] - 1000) ** 2 / 1000 for r in ("r0", "r1", "r2"))
+    assert statistic < chi2.ppf(0.999, 2), counts
+
+
+@pytest.mark.parametrize("strategy", ["recap", "mix"])
+def test_fallback_to_the_original_keeps_the_draw(strategy):
+    choice = choose_caption("o", [], MixConfig(strategy=strategy, p=0.0), "k", 0)
+    assert (choice.text, choice.drawn, choice.emitted, choice.fallback) == ("o", "recap", "original", True)
