@@ -100,6 +100,10 @@ def test_non_finite_scores_name_the_scores_and_the_rows():
     with pytest.raises(BrokenModelError) as caught:
         classification_ranks(bad, good, torch.tensor([0, 1, 2]))
     assert str(caught.value) == "zero-shot logits: 1 of 3 queries in rows 0-2 have NaN or infinite scores"
+    bad[2, 1] = float("inf")
+    with pytest.raises(BrokenModelError) as caught:
+        classification_ranks(bad, good, torch.tensor([0, 1, 2]))
+    assert str(caught.value) == "zero-shot logits: 2 of 3 queries in rows 0-2 have NaN or infinite scores"
 
 
 def test_the_block_size_changes_no_count():

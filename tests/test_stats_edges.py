@@ -91,3 +91,49 @@ def test_paired_refusals_are_one_line():
     with pytest.raises(ValueError) as caught:
         paired_test(QueryValues([1, 0]), QueryValues([1]))
     assert str(caught.value) == "paired test needs the same queries: 2 vs 1"
+
+
+def test_the_defaults_are_the_ones_documented():
+    # calls without the settings give what the explicit Resampling() defaults give (same seed 0, same sample counts)
+    rng = np.random.default_rng(2)
+    a, b = QueryValues(rng.random(60)), QueryValues(rng.random(60))
+    s = Resampling()
+    assert paired_test(a, b).to_dict() == paired_test(a, b, s.bootstrap_samples, s.permutation_samples, s.confidence, s.seed).to_dict()
+    assert bootstrap_ci(a) == bootstrap_ci(a, s.bootstrap_samples, s.confidence, s.seed)
+    assert bootstrap_distribution(a, 40).tolist() == bootstrap_distribution(a, 40, seed=0).tolist()
+    assert bootstrap_distribution(a, 40, seed=1).tolist() != bootstrap_distribution(a, 40).tolist()
+
+
+def test_paired_result_json_form():
+    result = paired_test(QueryValues([1.0]), QueryValues([0.0]), bootstrap_samples=5, permutation_samples=9)
+    assert result.to_dict() == {"difference": 1.0, "interval": [1.0, 1.0], "p_value": 1.0, "n": 1,
+                                "method": "paired bootstrap percentile interval; two-sided sign-flip permutation p-value"}
+    none = paired_test(QueryValues([1.0]), QueryValues([0.0]), bootstrap_samples=0, permutation_samples=9).to_dict()
+    assert none["interval"] is None
+
+
+def test_values_and_groups_of_any_shape_are_flattened_and_checked():
+    metric = QueryValues([[1.0, 0.0], [1.0, 1.0]], groups=[["a", "b"], ["b", "b"]])
+    assert metric.values.shape == (4,) and metric.groups.tolist() == [0, 1, 1, 1] and metric.n == 4
+    assert metric.statistic() == pytest.approx((1.0 + 2 / 3) / 2)
+    with pytest.raises(ValueError) as caught:
+        QueryValues([1.0, 0.0], groups=[0])
+    assert str(caught.value) == "groups has 1 entries for 2 values"
+
+
+def test_weighted_stat_rows_missing_the_last_class():
+    from evals.results.bootstrap import weighted_stat
+
+    values, groups = np.array([1.0, 0.0, 1.0]), np.array([0, 1, 2])
+    weights = np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])  # rows 2 and 3 lack class 2 (class 0 too)
+    assert weighted_stat(values, groups, weights).tolist() == pytest.approx([2 / 3, 1 / 2, 0.0])
+
+
+def test_index_resampling_draws_every_query():
+    # 5000 distinct values (index resampling) with one outlier at index 0: a resample holds it with P = 1 - (1 - 1/n)^n
+    values = np.arange(5000) / 5000.0
+    values[0] = 1e6
+    draws = bootstrap_distribution(QueryValues(values), 2000, seed=0)  # 3 chunks of 838 resamples
+    assert draws.shape == (2000,)
+    share = float((draws > 100).mean())
+    assert abs(share - (1 - (1 - 1 / 5000) ** 5000)) < 5 * math.sqrt(0.25 / 2000)
