@@ -77,10 +77,41 @@ def data_root() -> str:
     return os.path.abspath(default_data_root())
 
 
+# CI sets RECAP_HARNESS_STRICT=1 (.ci/run): then an absent real-data root ends the run with one line, and an absent
+# real-data folder or declared test dependency fails its test instead of skipping it. Elsewhere they skip, with the
+# reason in the summary (``-rs`` in pyproject's addopts).
+STRICT = os.environ.get("RECAP_HARNESS_STRICT", "") not in ("", "0")
+
+
+def pytest_configure(config) -> None:
+    """Strict mode: stop before collecting anything when the real-data root is absent (one line on stderr, pytest's
+    usage-error status 4)."""
+    root = os.path.abspath(default_data_root())
+    if STRICT and not os.path.isdir(root):
+        raise pytest.UsageError(f"RECAP_HARNESS_STRICT=1: the real-data root {root} is absent; set RECAP_DATA_ROOT")
+
+
 def require_real(path: str) -> None:
-    """Skip (with the reason) when a real-data folder is absent."""
+    """Skip (with the reason) when a real-data folder is absent; fail instead under RECAP_HARNESS_STRICT=1."""
     if not os.path.isdir(path):
-        pytest.skip(f"real data folder {path} is absent; set RECAP_DATA_ROOT")
+        message = f"real data folder {path} is absent; set RECAP_DATA_ROOT"
+        if STRICT:
+            pytest.fail(f"RECAP_HARNESS_STRICT=1: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+def require_module(name: str, install: str):
+    """Import a declared test dependency: skip with ``install`` as the reason when it is missing, fail under
+    RECAP_HARNESS_STRICT=1 (a declared dependency missing in CI is a packaging bug, not an optional component)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        message = f"{name} is not importable ({error}); {install}"
+        if STRICT:
+            pytest.fail(f"RECAP_HARNESS_STRICT=1: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

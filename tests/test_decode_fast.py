@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from captiondata.config import default_data_root
+from conftest import require_real
 from captiondata.decode import BadSample, _draft_request, decode_image, jpeg_fast_size
 
 
@@ -80,8 +81,8 @@ def test_fast_path_refusals_go_through_pillow():
 def test_fast_path_equals_pillow_on_real_images(folder, pattern):
     root = os.path.join(default_data_root(), folder)
     files = sorted(glob.glob(os.path.join(root, pattern)))
-    if not files:
-        pytest.skip(f"{root} is absent")
+    require_real(root)
+    assert files, f"{root} holds no {pattern}"
     for path in files[:: max(1, len(files) // 300)]:
         with open(path, "rb") as handle:
             data = handle.read()

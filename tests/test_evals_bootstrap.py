@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 from sklearn.metrics import balanced_accuracy_score
 
 import evals.results.bootstrap as bootstrap
@@ -23,17 +24,21 @@ def test_two_query_case_by_hand():
     assert bootstrap_ci(QueryValues([0.0, 1.0]), samples=20000, seed=1) == (0.0, 1.0)
 
 
-def test_interval_width_matches_binomial_standard_error():
+def test_interval_endpoints_are_the_binomial_quantiles():
+    # the bootstrap law of a hit rate 200/400 is Binomial(400, 1/2) / 400: its 2.5% / 97.5% points are 0.451 and 0.549
     values = np.zeros(400)
-    values[:200] = 1.0  # p = 0.5, se = sqrt(p (1 - p) / n) = 0.025
-    lo, hi = bootstrap_ci(QueryValues(values), samples=4000, seed=0)
-    assert lo < 0.5 < hi
-    assert abs((hi - lo) - 2 * 1.96 * 0.025) < 0.012
+    values[:200] = 1.0
+    lo, hi = bootstrap_ci(QueryValues(values), samples=40000, seed=0)
+    assert abs(lo - binom.ppf(0.025, 400, 0.5) / 400) <= 1.5 / 400 and abs(hi - binom.ppf(0.975, 400, 0.5) / 400) <= 1.5 / 400
 
 
-def test_seeded_and_reproducible():
+def test_the_seed_alone_fixes_the_resamples():
     metric = QueryValues(np.random.default_rng(0).random(100) < 0.3)
-    assert bootstrap_ci(metric, 300, seed=5) == bootstrap_ci(metric, 300, seed=5)
+    first = bootstrap_distribution(metric, 300, seed=5)
+    np.random.seed(123)  # numpy's global state plays no part
+    np.random.random(10)
+    assert np.array_equal(bootstrap_distribution(metric, 300, seed=5), first)
+    assert not np.array_equal(bootstrap_distribution(metric, 300, seed=6), first)
 
 
 def test_grouped_statistic_is_sklearn_balanced_accuracy():
@@ -57,8 +62,9 @@ def test_count_resampling_matches_index_resampling(groups, monkeypatch):
 
 def test_continuous_values_use_index_resampling():
     values = np.random.default_rng(4).random(5000)  # 5000 distinct levels > MAX_LEVELS
-    lo, hi = bootstrap_ci(QueryValues(values), samples=500)
-    assert lo < values.mean() < hi
+    lo, hi = bootstrap_ci(QueryValues(values), samples=4000)
+    se = values.std() / np.sqrt(values.size)  # the mean of 5000 draws is normal to a good approximation
+    assert abs(lo - (values.mean() - 1.96 * se)) < 0.15 * se and abs(hi - (values.mean() + 1.96 * se)) < 0.15 * se
 
 
 def test_paired_identical_checkpoints():

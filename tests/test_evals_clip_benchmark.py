@@ -13,8 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-cb_cls = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification", reason="pip install clip-benchmark")
-cb_ret = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval", reason="pip install clip-benchmark")
+from conftest import require_module, require_real  # noqa: E402
+
+cb_cls = require_module("clip_benchmark.metrics.zeroshot_classification", "pip install -e '.[dev]'")
+cb_ret = require_module("clip_benchmark.metrics.zeroshot_retrieval", "pip install -e '.[dev]'")
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402  (a clip-benchmark dependency)
 from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
@@ -140,8 +142,7 @@ def test_end_to_end_retrieval_on_clip_benchmark_wds_matches(tiny, tmp_path):
 
 def real(path):
     root = os.path.join(os.path.abspath(default_data_root()), path)
-    if not os.path.isdir(root):
-        pytest.skip(f"real data folder {root} is absent; set RECAP_DATA_ROOT")
+    require_real(root)
     return root
 
 

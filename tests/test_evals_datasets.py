@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import require_real
 from harness_infra.errors import ConfigError
 from evals.tasks.config import TaskConfig
 from evals.tasks.datasets import (open_eval_dataset, caption_folder, clip_benchmark_wds, evenly_spaced, flickr8k, image_folder,
@@ -94,7 +95,6 @@ def test_build_dataset_from_task_config(tmp_path, monkeypatch):
 
 def test_real_cifar10_folder_is_read_through_the_data_root(data_root):
     root = os.path.join(data_root, "cifar10")
-    if not os.path.isdir(root):
-        pytest.skip(f"real data folder {root} is absent; set RECAP_DATA_ROOT")
+    require_real(root)
     data = image_folder(root, "test")
     assert len(data) == 10000 and len(data.classes) == 10

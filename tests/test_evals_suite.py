@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
+import torch
+from PIL import Image
 
 from evals.tasks.config import EvalConfig, TaskConfig
 from evals.results.records import read_record
 from evals.tasks.registry import ImageTextEmbedder
 from evals.tasks.suite import evaluate_checkpoint, model_info, run_task
-from evals.tasks.testing import (caption_records, tiny_clip, write_caption_folder, write_cb_classification,
-                           write_project_shards)
+from evals.tasks.testing import (caption_records, jpeg, random_image, tiny_clip, write_caption_folder,
+                           write_cb_classification, write_project_shards)
 
 
 
@@ -33,6 +36,18 @@ def tasks(tmp_path):
     ]
 
 
+def hand_top1_hits(tiny, labels, classnames, template):
+    """Top-1 hits by hand: each tar image (``random_image(i)`` as JPEG) through preprocess and encode_image, each class's
+    one prompt through encode_text, both L2-normalised; a hit when the true class has the largest cosine."""
+    model, tokenizer, preprocess = tiny
+    with torch.no_grad():
+        images = torch.stack([preprocess(Image.open(io.BytesIO(jpeg(random_image(i)))).convert("RGB")) for i in range(len(labels))])
+        image_emb = torch.nn.functional.normalize(model.encode_image(images).double(), dim=-1)
+        text_emb = torch.nn.functional.normalize(model.encode_text(tokenizer([template.format(c=c) for c in classnames])).double(), dim=-1)
+    scores = image_emb @ text_emb.T
+    return [float(int(scores[i].argmax()) == label) for i, label in enumerate(labels)]
+
+
 def test_run_task_results(tiny, tasks, tmp_path):
     embedder = ImageTextEmbedder(*tiny)
     cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), bootstrap_samples=100, tasks=tasks)
@@ -40,7 +55,9 @@ def test_run_task_results(tiny, tasks, tmp_path):
     assert cls.n["classes"] == 3 and cls.metrics["top5"] is None
     assert cls.undefined["top5"] == "top-5 accuracy is undefined with 3 classes (< 5)"
     hits = cls.per_query["top1"].values
-    top1, n = float(hits.mean()), len(hits)
+    expected = hand_top1_hits(tiny, [0, 1, 2, 1, 0, 2], ["ant", "bee", "cow"], "a photo of a {c}.")
+    assert hits.tolist() == expected  # each image's hit, counted by hand from the model's own towers
+    top1, n = sum(expected) / len(expected), len(expected)
     assert cls.metrics["top1"] == pytest.approx(top1)
     wald = 1.96 * (top1 * (1 - top1) / n) ** 0.5  # the percentile bootstrap of a proportion is close to the Wald interval
     lo, hi = cls.intervals["top1"]

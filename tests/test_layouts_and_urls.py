@@ -79,7 +79,9 @@ def test_shard_spec_forms(shard_factory, tmp_path):
 
 
 def test_fsspec_url(shard_factory):
-    fsspec = pytest.importorskip("fsspec", reason="fsspec is needed for object-store URLs")
+    from conftest import require_module
+
+    fsspec = require_module("fsspec", "fsspec is a declared dependency: pip install -e .")
     spec = shard_factory(make_records(4), per_shard=10)
     data = open(expand_shards(spec)[0], "rb").read()
     with fsspec.open("memory://bucket/train-000000.tar", "wb") as handle:

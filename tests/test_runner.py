@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from harness_infra.errors import ConfigError
 from evals.results.bootstrap import QueryValues
@@ -124,6 +125,21 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     assert shard_dir(again) == info["out_dir"]
 
 
+TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]  # matplotlib's C0..C3
+
+
+def png_rgb(path) -> np.ndarray:
+    """H x W x 3 uint8 pixels of a PNG, decoded by PIL (fails on anything that is not a PNG)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def colour_pixels(pixels: np.ndarray, colour) -> np.ndarray:
+    """H x W mask of the pixels exactly of ``colour``."""
+    return (pixels == np.asarray(colour, dtype=pixels.dtype)).all(axis=-1)
+
+
 def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny", git=None) -> None:
     """A published retrieval record with a run section and per-query hits (and the run's git provenance if given)."""
     metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
@@ -159,7 +175,9 @@ def test_tables_from_fixture_records(tmp_path):
     assert "python -m evals.run +experiment=clip_mix_0.5" in table
     csv = open(tmp_path / "toy.csv").read().splitlines()
     assert csv[0].startswith("data,model,experiment,strategy,p") and len(csv) == 1 + 4 * 4
-    assert os.path.getsize(tmp_path / "toy_toy_retrieval.png") > 1000
+    pixels = png_rgb(tmp_path / "toy_toy_retrieval.png")
+    assert pixels.shape == (504, 1008, 3)  # 8.4 x 4.2 inches at 120 dpi
+    assert all(colour_pixels(pixels, c).sum() > 100 for c in TAB10[:4])  # a curve per metric, each in its own colour
 
 
 def test_two_models_get_their_own_baselines_and_plots(tmp_path):
@@ -292,7 +310,10 @@ def test_text_to_image_runs_get_their_own_table_in_their_own_units(tmp_path):
     delta = float((better - base).mean())
     assert f"(+{delta:.4g}*)" in table  # CLIP score: paired over the same prompts, significant
     assert "lower is better for fid, kid" in table
-    assert os.path.getsize(tmp_path / "toy_t2i_toy_raw_fid.png") > 1000
+    pixels = png_rgb(tmp_path / "toy_t2i_toy_raw_fid.png")
+    assert pixels.shape == (504, 1344, 3)  # one panel per unit (FID, KID): (4.6 x 2 + 2) x 4.2 inches at 120 dpi
+    fid_panel, kid_panel = np.split(colour_pixels(pixels, TAB10[0]), 2, axis=1)
+    assert fid_panel.sum() > 100 and kid_panel.sum() > 100  # a curve in each
     assert "(for a generator" not in open(tmp_path / "toy.md").read()  # the CLIP table keeps its own words
 
 
@@ -306,7 +327,11 @@ def test_an_interval_that_does_not_hold_its_point_is_still_plotted(tmp_path):
     record["intervals"]["fid"] = [50.0, 55.0]
     path.write_text(json.dumps(record))
     write_tables(str(tmp_path), "toy", "t2i")
-    assert os.path.getsize(tmp_path / "toy_t2i_toy_raw_fid.png") > 1000
+    pixels = png_rgb(tmp_path / "toy_t2i_toy_raw_fid.png").astype(int)
+    blue = (pixels[..., 2] - pixels[..., 0] > 60)[:, : pixels.shape[1] // 2]  # C0 and its anti-aliased edges, FID panel
+    rows = np.nonzero(blue[:, np.bincount(np.nonzero(blue)[1]).argmax()])[0]  # the column of the point and its bar
+    # the interval [50, 55] (its bar and end caps) spans most of the axes' height above the marker at 48, with a gap between
+    assert rows.max() - rows.min() > 250 and rows.size < rows.max() - rows.min() + 1, (rows.min(), rows.max(), rows.size)
 
 
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):

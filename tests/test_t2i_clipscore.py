@@ -60,5 +60,47 @@ def test_expert_agreement_of_a_tiny_random_clip_on_real_judgments(data_root, tmp
 
     root = os.path.join(data_root, "flickr8k")
     require_real(root)
-    out = expert_agreement(tiny_open_clip(), root, EvalConfig(cache_dir=str(tmp_path)), max_pairs=60)
-    assert out["pairs"] == 60 and out["judgments"] == 180 and abs(out["tau_c"]) < 30
+    embedder = tiny_open_clip()
+    out = expert_agreement(embedder, root, EvalConfig(cache_dir=str(tmp_path)), max_pairs=60)
+    assert out["pairs"] == 60 and out["judgments"] == 180
+    assert out["tau_c"] == pytest.approx(hand_tau_c(embedder, root, 60), abs=1e-6)
+
+
+def hand_tau_c(embedder, root: str, pairs: int) -> float:
+    """100 x scipy's tau-c of CLIP-S (2.5 max(cos, 0), each pair encoded on its own) against the three ratings per pair,
+    the first ``pairs`` rows of ExpertAnnotations.txt read here with the captions of Flickr8k.token.txt."""
+    from PIL import Image
+
+    with open(os.path.join(root, "Flickr8k.token.txt"), encoding="utf-8") as handle:
+        captions = dict(line.rstrip("\n").split("\t", 1) for line in handle if "\t" in line)
+    with open(os.path.join(root, "ExpertAnnotations.txt"), encoding="utf-8") as handle:
+        rows = [line.split("\t") for line in handle if line.strip()][:pairs]
+    scores, ratings = [], []
+    with torch.no_grad():
+        for image, candidate, *votes in rows:
+            pixels = embedder.preprocess(Image.open(os.path.join(root, "images", image)).convert("RGB"))[None]
+            img = torch.nn.functional.normalize(embedder.model.encode_image(pixels).double(), dim=-1)
+            txt = torch.nn.functional.normalize(embedder.model.encode_text(embedder.tokenizer([captions[candidate].strip()])).double(), dim=-1)
+            for vote in votes:
+                scores.append(2.5 * max(float((img * txt).sum()), 0.0))
+                ratings.append(int(vote))
+    return 100.0 * scipy.stats.kendalltau(scores, ratings, variant="c").statistic
+
+
+def test_expert_agreement_against_scipy_on_a_hand_made_expert_folder(tmp_path):
+    """The protocol on a written Flickr8k-Expert folder (5 images, 8 judged pairs): tau-c = scipy's on CLIP-S by hand."""
+    from evals.tasks.testing import random_image
+    from test_t2i_tasks import tiny_open_clip
+
+    (tmp_path / "images").mkdir()
+    for i in range(5):
+        random_image(i).save(tmp_path / "images" / f"im{i}.jpg", quality=95)
+    words = ["a red square", "two blue circles", "a dog runs", "noise on a wall", "grey sky"]
+    (tmp_path / "Flickr8k.token.txt").write_text("".join(f"im{i}.jpg#0\t{w} .\n" for i, w in enumerate(words)))
+    rows = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 3), (4, 4), (4, 0)]
+    votes = [(4, 3, 4), (1, 2, 1), (3, 3, 2), (2, 1, 1), (1, 1, 2), (4, 4, 3), (3, 2, 4), (1, 1, 1)]
+    (tmp_path / "ExpertAnnotations.txt").write_text("".join(f"im{a}.jpg\tim{b}.jpg#0\t{r[0]}\t{r[1]}\t{r[2]}\n" for (a, b), r in zip(rows, votes)))
+    embedder = tiny_open_clip()
+    out = expert_agreement(embedder, str(tmp_path), EvalConfig())
+    assert (out["pairs"], out["judgments"]) == (8, 24)
+    assert out["tau_c"] == pytest.approx(hand_tau_c(embedder, str(tmp_path), 8), abs=1e-6)

@@ -37,6 +37,22 @@ def helper_fid(a, b) -> float:
     return float(np.real(((mu2 - mu1) ** 2).sum() + np.trace(s2 + s1 - 2 * root)))
 
 
+def reference_fid_interval(reference, generated: torch.Tensor, samples: int, confidence: float, seed: int, point: float):
+    """The centred FID interval written out independently (the module docstring's definition): resample the generated
+    rows with ``default_rng(seed).integers`` (one draw of N indices per resample), FID of each resample by
+    ``helper_fid`` (scipy sqrtm, numpy covariance), bias = median - point, (q_lo - bias, q_hi - bias) clamped at 0."""
+    rng = np.random.default_rng(seed)
+    x = generated.double().numpy()
+    values = []
+    for _ in range(samples):
+        rows = x[rng.integers(0, x.shape[0], x.shape[0])]
+        values.append(helper_fid(reference, {"mean": torch.from_numpy(rows.mean(axis=0)), "cov": torch.from_numpy(np.cov(rows, rowvar=False))}))
+    alpha = (1 - confidence) / 2
+    bias = float(np.median(values)) - point
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return (max(0.0, lo - bias), max(0.0, hi - bias)), bias
+
+
 def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_known_shift():
     ex = tiny_extractor()
     ref = gaussian_stats(400, 16, 0)
@@ -108,8 +124,9 @@ def test_fid_kid_intervals_and_kid_equals_torchmetrics():
     ex = tiny_extractor()
     ref, gen = gaussian_stats(300, 8, 4), gaussian_stats(120, 8, 5, shift=0.5)
     result = F.fid_kid(ref, gen, ex, bootstrap_samples=50, kid_subsets_count=20, kid_subset_size=100, seed=3)
-    lo, hi = result.fid_interval
-    assert lo <= result.fid <= hi and "bootstrap over the 120 generated images" in result.fid_method
+    expected, _ = reference_fid_interval(ref, gen["features"], 50, 0.95, 3, result.fid)
+    assert result.fid_interval == pytest.approx(expected, rel=1e-6) and expected[0] < result.fid < expected[1]
+    assert "bootstrap over the 120 generated images" in result.fid_method
     kid, std = F.torchmetrics_kid(ref["features"], gen["features"], ex, 20, 100, 3)
     assert result.kid == pytest.approx(kid, rel=1e-9) and result.kid_std == pytest.approx(std, rel=1e-6)
     assert result.kid_interval[0] <= result.kid <= result.kid_interval[1] and "subsets of 100" in result.kid_method
@@ -122,12 +139,16 @@ def test_fid_interval_is_centred_on_the_fid_even_when_resampling_inflates_it():
     ref, gen = gaussian_stats(400, 32, 4), gaussian_stats(40, 32, 5, shift=0.2)
     fid = F.fid_from_features(ref, gen["features"].double().numpy())
     (lo, hi), bias = F.bootstrap_fid(ref, gen["features"], 200, 0.95, 0, fid)
-    assert bias > 2.0 and lo <= fid <= hi  # the bias is a large share of the FID here
+    (ref_lo, ref_hi), ref_bias = reference_fid_interval(ref, gen["features"], 200, 0.95, 0, fid)
+    assert (lo, hi) == pytest.approx((ref_lo, ref_hi), rel=1e-6) and bias == pytest.approx(ref_bias, rel=1e-6)
+    assert bias > 2.0 and lo < fid < hi  # the bias is a large share of the FID here
     assert 2 * fid - (hi + bias) < fid and 2 * fid - (lo + bias) < fid  # the basic interval lies wholly below the FID
     ref8, gen8 = gaussian_stats(400, 8, 4), gaussian_stats(10, 8, 5, shift=0.2)  # through fid_kid (8 features, as the extractor)
     result = F.fid_kid(ref8, gen8, tiny_extractor(), bootstrap_samples=200, kid_subsets_count=5, kid_subset_size=10)
     _, bias8 = F.bootstrap_fid(ref8, gen8["features"], 200, 0.95, 0, result.fid)
-    assert bias8 > 0 and result.fid_interval[0] <= result.fid <= result.fid_interval[1]
+    expected8, ref_bias8 = reference_fid_interval(ref8, gen8["features"], 200, 0.95, 0, result.fid)
+    assert bias8 == pytest.approx(ref_bias8, rel=1e-6) and bias8 > 0
+    assert result.fid_interval == pytest.approx(expected8, rel=1e-6, abs=1e-9)
     assert f"bootstrap bias {round(bias8, 3)}" in result.fid_method
 
 

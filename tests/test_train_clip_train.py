@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -34,6 +35,17 @@ def quick(stages, **kw) -> TrainConfig:
     """A fast CPU training config."""
     defaults = dict(threads=1, log_every=2, progress_bar=False, weight_decay=0.0)
     return TrainConfig(stages=stages, **{**defaults, **kw})
+
+
+def file_digests(root: str) -> dict:
+    """sha256 of every file under root, by relative path."""
+    digests = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                digests[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
+    return digests
 
 
 def read_jsonl(path) -> list:
@@ -86,19 +98,32 @@ def test_final_checkpoint_and_export_hold_the_same_weights_and_load_in_open_clip
 def test_resuming_a_finished_run_changes_nothing(clipa_run):
     cfg = quick([StageConfig(image_size=32, samples=1280, batch_size=32, lr=2e-3, warmup_steps=4),
                  StageConfig(image_size=48, samples=128, batch_size=32, lr=2e-4)], resume="latest")
+    before = file_digests(clipa_run.out_dir)
+    weights = ckpt.load_checkpoint(clipa_run.checkpoint_path)["model"]
     again = train(micro(), cfg, None, None, clipa_run.out_dir, loader_factory=synthetic_factory(320, seed=0))
     assert again.resumed_from == clipa_run.checkpoint_path and again.steps == 44
+    assert again.final_loss == clipa_run.final_loss and again.checkpoint_path == clipa_run.checkpoint_path
+    after = file_digests(clipa_run.out_dir)
+    # the log is appended to, train_config.json records the latest invocation (resume = latest) and TensorBoard opens a
+    # new (empty) events file per writer; every other file - checkpoints, export, metrics, epochs, the earlier events -
+    # is byte for byte the finished run's, and nothing else is added
+    rewritten = {"train.log", "train_config.json"}
+    assert {k: v for k, v in before.items() if k not in rewritten} == {k: after.get(k) for k in before if k not in rewritten}
+    assert all(k.startswith("tensorboard" + os.sep) for k in set(after) - set(before)), sorted(set(after) - set(before))
+    resumed = ckpt.load_checkpoint(again.checkpoint_path)["model"]
+    assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
 
 
 def test_caption_loader_glue_with_accumulation_and_checkpointing(shard_factory, tmp_path):
     spec = shard_factory(make_records(40), per_shard=10)
     data_cfg = DataConfig(builder="none", train_shards=spec, num_workers=0, shuffle_buffer=10)
     cfg = quick([StageConfig(image_size=32, samples=96, batch_size=8, lr=1e-3)], accum_steps=2, log_every=1)
-    result = train(micro(grad_checkpointing=True), cfg, data_cfg, MixConfig(p=0.5), str(tmp_path / "run"))
+    result = train(micro(grad_checkpointing=True), cfg, data_cfg, MixConfig(p=0.2), str(tmp_path / "run"))
     assert (result.steps, result.global_batch) == (6, [16])
     epochs = read_jsonl(tmp_path / "run" / "epochs.jsonl")
     assert epochs[0]["samples"] == 40 and epochs[0]["skipped_total"] == 0
-    assert 0.0 < epochs[0]["original_fraction"] < 1.0  # p = 0.5 = probability of the ORIGINAL caption
+    # p = 0.2 = probability of the ORIGINAL caption; 40 draws: a 99.9% binomial bound (+-0.208) that excludes 1 - p
+    assert abs(epochs[0]["original_fraction"] - 0.2) <= 3.2905 * (0.2 * 0.8 / 40) ** 0.5, epochs[0]
 
 
 def test_refusals(tmp_path):
