@@ -28,8 +28,10 @@ LOAD_LINE = "DiffusionPipeline.from_pretrained(EXPORT, trust_remote_code=True)"
 
 
 def scheduler_config(scheduler: Any) -> Dict[str, Any]:
-    """A diffusers scheduler's config as ``save_pretrained`` writes it (with ``_class_name``)."""
-    return {**dict(scheduler.config), "_class_name": type(scheduler).__name__}
+    """A diffusers scheduler's config exactly as ``save_pretrained`` writes it and the harness's loader reads it back
+    (``_class_name`` included, diffusers' in-memory ``_use_default_values`` not: with it, ``from_config`` would give
+    a DPM-Solver++ built from DDPM's config its own ``timestep_spacing`` instead of the file's ``leading``)."""
+    return json.loads(scheduler.to_json_string())
 
 
 def save_diffusers_pipeline(folder: str, transformer: Any, train_scheduler: Any, train_cfg: DitTrainConfig, vae: Any, text: Any,
