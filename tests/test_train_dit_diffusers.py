@@ -17,7 +17,7 @@ import torch
 from captiondata.builders.scenes import scene_records
 from captiondata.config import DataConfig, MixConfig
 from captiondata.writer import ShardWriter
-from train_dit.config import DitModelConfig, DitTrainConfig, ImageSpaceSpec, SampleSpec
+from train_dit.config import DitModelConfig, DitTrainConfig, ImageSpaceSpec, SampleSpec, TextEncoderSpec
 from train_dit.image import tiny_vae_config
 
 PROMPTS = ["a red circle", "a large blue dotted square at the top left"]
@@ -25,8 +25,10 @@ SEEDS = [7, 8]
 GUIDANCE, STEPS = 10.0, 10
 THREADS = 1  # the thread count of every test (conftest.one_thread); the diffusers process uses the same
 COMMAND = "python -m evals.run trainer=dit mix.p=0.3 experiment=card-test"
-# name -> (image space, objective, prediction, sampler)
+# name -> (image space, objective, prediction, sampler); "-openclip": an open_clip text tower (a harness CLIP export),
+# which is no diffusers component
 EXPORTS = {
+    "pixel-ddpm-openclip": ("pixels", "ddpm", None, "ddpm"),
     "pixel-ddpm": ("pixels", "ddpm", None, "ddpm"),
     "pixel-dpm": ("pixels", "ddpm", None, "dpm++"),
     "latent-ddpm": ("vae", "ddpm", None, "ddpm"),
@@ -39,13 +41,27 @@ EXPORTS = {
 DIFFUSERS_SCRIPT = r"""
 import json, sys, torch
 from diffusers import DDPMScheduler, DiffusionPipeline
-exports, out, prompts, seeds, guidance, steps, threads = json.loads(sys.argv[1])
+exports, out, prompts, seeds, guidance, steps, threads, embeds_path = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
+embeds = torch.load(embeds_path)
 images, defaults = {}, {}
 for name, path in exports.items():
     pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
     gens = lambda: [torch.Generator().manual_seed(s) for s in seeds]
+    if name.endswith("-openclip"):  # no text encoder in the export: the caller's prompt embeddings
+        try:
+            pipe(prompts)
+        except ValueError as error:
+            defaults[name + "-error"] = str(error)
+        text = embeds[name]
+        images[name] = pipe(prompt_embeds=text["cond"][0], prompt_attention_mask=text["cond"][1], negative_prompt_embeds=text["null"][0],
+                            negative_prompt_attention_mask=text["null"][1], num_inference_steps=steps, guidance_scale=guidance,
+                            generator=gens(), output_type="pt").images
+        default = pipe(prompt_embeds=text["cond"][0][:1], prompt_attention_mask=text["cond"][1][:1], negative_prompt_embeds=text["null"][0],
+                       negative_prompt_attention_mask=text["null"][1], num_inference_steps=2).images
+        defaults[name] = [type(default[0]).__name__, list(default[0].size), type(pipe).__name__, pipe.vae is None]
+        continue
     images[name] = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens(), output_type="pt").images
     default = pipe(prompts[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images  # output_type="pil"
     defaults[name] = [type(default[0]).__name__, list(default[0].size), type(pipe).__name__, pipe.vae is None]
@@ -66,14 +82,14 @@ def scene_shards(folder: str, n: int = 32) -> str:
     return os.path.join(folder, "train-*.tar")
 
 
-def train_export(out: str, shards: str, space: str, objective: str, prediction: str, sampler: str) -> str:
+def train_export(out: str, shards: str, space: str, objective: str, prediction: str, sampler: str, text: TextEncoderSpec) -> str:
     """A DiT-micro trained 2 steps of 16 on the scenes at 32 px (pixels, or 4x4x4 latents of a random AutoencoderKL
-    with patch 2), p = 0.3; its export folder."""
+    with patch 2) conditioned on ``text``, p = 0.3; its export folder."""
     from train_dit.train import train
 
     image_space = ImageSpaceSpec(kind="vae", config=tiny_vae_config()) if space == "vae" else ImageSpaceSpec()
     model = DitModelConfig(name="DiT-micro", preset="DiT-micro", image_size=32, patch_size=2 if space == "vae" else None,
-                           image_space=image_space)
+                           image_space=image_space, text_encoder=text)
     cfg = DitTrainConfig(samples=32, batch_size=16, lr=1e-3, device="cpu", tensorboard=False, progress_bar=False, deterministic=True,
                          log_every=1, features=False, scheduler=objective, prediction=prediction,
                          sample=SampleSpec(sampler=sampler, steps=STEPS, guidance_scale=GUIDANCE))
@@ -82,21 +98,56 @@ def train_export(out: str, shards: str, space: str, objective: str, prediction: 
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> Dict[str, str]:
-    root = tmp_path_factory.mktemp("dit_diffusers")
-    shards = scene_shards(str(root / "shards"))
-    return {name: train_export(str(root / name), shards, *spec) for name, spec in EXPORTS.items()}
+def clip_text(tmp_path_factory) -> TextEncoderSpec:
+    """An open_clip text tower with fixed weights: a random RecapCLIP-nano exported as the CLIP train stage does."""
+    import open_clip
+
+    import train_clip.models  # noqa: F401  (registers RecapCLIP-nano)
+    from train_clip.config import ClipModelConfig
+    from train_clip.models import export_model
+
+    folder = str(tmp_path_factory.mktemp("clip_text") / "clip")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        export_model(open_clip.create_model("RecapCLIP-nano").eval(), ClipModelConfig(name="RecapCLIP-nano"), 64, folder)
+    return TextEncoderSpec(kind="clip_export", name=folder)
 
 
 @pytest.fixture(scope="module")
-def diffusers_run(exports, tmp_path_factory) -> dict:
+def exports(tmp_path_factory, clip_text) -> Dict[str, str]:
+    root = tmp_path_factory.mktemp("dit_diffusers")
+    shards = scene_shards(str(root / "shards"))
+    return {name: train_export(str(root / name), shards, *spec, clip_text if name.endswith("-openclip") else TextEncoderSpec())
+            for name, spec in EXPORTS.items()}
+
+
+def harness_embeddings(spec: TextEncoderSpec) -> dict:
+    """The prompts' and the empty caption's features as the harness conditions on them (``train_dit.text``: each
+    encoded alone, zero-padded to ``max_length``), for exports without a diffusers text encoder."""
+    from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
+
+    threads = torch.get_num_threads()  # module fixtures run before conftest's one_thread: use the tests' count
+    torch.set_num_threads(THREADS)
+    try:
+        encoder = TextEncoder(spec)
+        rows = [unpad_features(*encoder.encode([prompt]))[0] for prompt in PROMPTS]
+        null = null_condition(encoder)[0]
+    finally:
+        torch.set_num_threads(threads)
+    return {"cond": pad_features(rows, length=spec.max_length), "null": pad_features([null], length=spec.max_length)}
+
+
+@pytest.fixture(scope="module")
+def diffusers_run(exports, clip_text, tmp_path_factory) -> dict:
     """The DIFFUSERS_SCRIPT's results, run in a subprocess (diffusers' module cache in a temporary folder) with one
     torch thread, as the tests run (conftest's ``one_thread``): CPU GEMMs round differently for another count, and guidance 10 with DPM-Solver++'s
     thresholding turns that into 2.7e-5 between two harness runs with 1 and 2 threads (measured)."""
     folder = tmp_path_factory.mktemp("diffusers_process")
     out = str(folder / "images.pt")
     env = {**os.environ, "HF_MODULES_CACHE": str(folder / "modules"), "HF_HUB_OFFLINE": "1"}
-    args = json.dumps([exports, out, PROMPTS, SEEDS, GUIDANCE, STEPS, THREADS])
+    embeds = str(folder / "embeds.pt")
+    torch.save({name: harness_embeddings(clip_text) for name in exports if name.endswith("-openclip")}, embeds)
+    args = json.dumps([exports, out, PROMPTS, SEEDS, GUIDANCE, STEPS, THREADS, embeds])
     done = subprocess.run([sys.executable, "-c", DIFFUSERS_SCRIPT, args], cwd=str(folder), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return {**torch.load(out, weights_only=False), "threads": THREADS}
@@ -152,6 +203,16 @@ def test_the_default_output_type_works_without_a_vae(diffusers_run):
     """Pixel space: vae=None and the default output_type gives PIL images at the export's image size."""
     assert diffusers_run["defaults"]["pixel-ddpm"] == ["Image", [32, 32], "RecapDiTPipeline", True]
     assert diffusers_run["defaults"]["latent-ddpm"] == ["Image", [32, 32], "RecapDiTPipeline", False]
+    assert diffusers_run["defaults"]["pixel-ddpm-openclip"] == ["Image", [32, 32], "RecapDiTPipeline", True]
+
+
+def test_an_open_clip_text_tower_is_left_to_prompt_embeds(exports, diffusers_run):
+    """An open_clip text tower is no diffusers component: the export names none, and prompts without embeddings are
+    refused in one line (its images, from the harness's own embeddings, are checked above)."""
+    with open(os.path.join(exports["pixel-ddpm-openclip"], "model_index.json"), encoding="utf-8") as handle:
+        index = json.load(handle)
+    assert index["text_encoder"] == [None, None] and index["tokenizer"] == [None, None]
+    assert diffusers_run["defaults"]["pixel-ddpm-openclip-error"].startswith("this export has no text_encoder/tokenizer")
 
 
 def test_the_model_card_names_the_data_p_budget_and_command(exports):
