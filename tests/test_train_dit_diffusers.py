@@ -226,3 +226,12 @@ def test_the_model_card_names_the_data_p_budget_and_command(exports):
     assert any(line.startswith("- **train shards**: ") and line.endswith("train-*.tar") for line in lines)
     assert any(line.startswith("- **final training loss**: ") for line in lines)
     assert "- **objective**: flow (sample prediction)" in lines
+
+
+def test_the_card_command_defaults_to_this_process_command_line(monkeypatch):
+    from train_dit.hub import process_command
+
+    monkeypatch.setattr(sys, "argv", [os.path.join("/src", "evals", "run.py"), "+experiment=dit_scenes", "mix.p=0.5"])
+    assert process_command() == "python -m evals.run +experiment=dit_scenes mix.p=0.5"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "a b"])
+    assert process_command() == "python bench.py 'a b'"

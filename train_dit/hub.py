@@ -57,10 +57,13 @@ def save_diffusers_pipeline(folder: str, transformer: Any, train_scheduler: Any,
 
 
 def process_command() -> str:
-    """This process's command line (``python -m evals.run ...`` shows as ``python .../evals/run.py ...``)."""
+    """This process's command line; the harness's entry point (``sys.argv[0]`` = ``.../evals/run.py`` under
+    ``python -m evals.run``) is written as ``python -m evals.run``."""
     import shlex
 
-    return shlex.join(["python", *sys.argv])
+    argv = list(sys.argv) or [""]
+    head = ["-m", "evals.run"] if os.path.normpath(argv[0]).endswith(os.path.join("evals", "run.py")) else argv[:1]
+    return shlex.join(["python", *head, *argv[1:]])
 
 
 def _lines(pairs: Dict[str, Any]) -> List[str]:
