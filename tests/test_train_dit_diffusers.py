@@ -45,6 +45,10 @@ exports, out, prompts, seeds, guidance, steps, threads, embeds_path = json.loads
 torch.set_num_threads(threads)
 embeds = torch.load(embeds_path)
 images, defaults = {}, {}
+try:  # without trust_remote_code diffusers refuses the export's pipeline.py in one line
+    DiffusionPipeline.from_pretrained(exports["pixel-ddpm"])
+except ValueError as error:
+    defaults["untrusted-error"] = str(error)
 for name, path in exports.items():
     pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
@@ -204,6 +208,7 @@ def test_the_default_output_type_works_without_a_vae(diffusers_run):
     assert diffusers_run["defaults"]["pixel-ddpm"] == ["Image", [32, 32], "RecapDiTPipeline", True]
     assert diffusers_run["defaults"]["latent-ddpm"] == ["Image", [32, 32], "RecapDiTPipeline", False]
     assert diffusers_run["defaults"]["pixel-ddpm-openclip"] == ["Image", [32, 32], "RecapDiTPipeline", True]
+    assert "Pass `trust_remote_code=True`" in diffusers_run["defaults"]["untrusted-error"]
 
 
 def test_an_open_clip_text_tower_is_left_to_prompt_embeds(exports, diffusers_run):
