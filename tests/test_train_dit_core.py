@@ -386,6 +386,8 @@ def test_export_loads_with_from_pretrained(trained_export):
     scheduler = DDPMScheduler.from_pretrained(os.path.join(trained_export, "scheduler"))
     assert scheduler.config.num_train_timesteps == 1000 and scheduler.config.beta_schedule == "linear"
     assert scheduler.config.beta_start == 1e-4 and scheduler.config.beta_end == 0.02
+    assert scheduler.config.clip_sample  # scheduler/ samples (pixel space: x0 kept in [-1, 1]); train_scheduler/ trained
+    assert not DDPMScheduler.from_pretrained(os.path.join(trained_export, "train_scheduler")).config.clip_sample
     with open(os.path.join(trained_export, "dit_pipeline.json"), encoding="utf-8") as handle:
         described = json.load(handle)
     assert described["text_encoder"]["name"] == "minilm" and described["latent"] == [3, 32, 32] and described["prediction"] == "epsilon"

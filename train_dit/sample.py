@@ -1,8 +1,10 @@
 """Generate images from prompts with classifier-free guidance, from a DiT export; write them with their settings.
 
 ``DitPipeline.from_pretrained(export_dir)`` loads what ``train_dit.train.export`` wrote: ``transformer/`` (diffusers
-``PixArtTransformer2DModel.from_pretrained``), ``scheduler/`` (the training scheduler's config), the text encoder
-and image space named in ``dit_pipeline.json`` (a VAE from ``vae/`` when the run used a random-weight one).
+``PixArtTransformer2DModel.from_pretrained``), ``train_scheduler/`` (the training scheduler's config; ``scheduler/``
+in format-1 exports, where it was the training one), the text encoder and image space named in ``dit_pipeline.json``
+(the autoencoder from ``vae/``). The same export loads in plain diffusers as ``train_dit.hub_pipeline.RecapDiTPipeline``
+(``DiffusionPipeline.from_pretrained(export_dir, trust_remote_code=True)``), which samples the same images.
 ``generate(prompts, seeds, ...)``: image i starts from noise drawn by ``torch.Generator().manual_seed(seeds[i])`` and
 every later draw of its sampler (DDPM's variance noise) comes from that generator too, so an image depends on its
 prompt and seed only, not on the batch it is in or the rank that draws it (bitwise with ``batch_invariant=True``,
@@ -58,7 +60,8 @@ class DitPipeline:
             description = json.load(handle)
         target = torch.device(device)
         model = PixArtTransformer2DModel.from_pretrained(os.path.join(export_dir, transformer)).to(target).eval()
-        with open(os.path.join(export_dir, "scheduler", "scheduler_config.json"), encoding="utf-8") as handle:
+        trained = "train_scheduler" if os.path.isdir(os.path.join(export_dir, "train_scheduler")) else "scheduler"  # format 1: scheduler/
+        with open(os.path.join(export_dir, trained, "scheduler_config.json"), encoding="utf-8") as handle:
             scheduler_config = json.load(handle)
         objective = "flow" if is_flow(scheduler_config) else "ddpm"
         prediction = description.setdefault("prediction", PREDICTIONS_OF[objective][0])

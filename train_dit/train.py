@@ -95,21 +95,23 @@ class Session:
     checkpoint_path: str = ""
     saved_steps: List[int] = field(default_factory=list)
     resumed: List[Dict[str, Any]] = field(default_factory=list)
+    command: Optional[str] = None
 
 
 def train(model_cfg: DitModelConfig, train_cfg: DitTrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
-          out_dir: str, source_factory: Optional[SourceFactory] = None) -> DitTrainResult:
+          out_dir: str, source_factory: Optional[SourceFactory] = None, command: Optional[str] = None) -> DitTrainResult:
     """Train the DiT on caption shards (``data_cfg``, ``mix_cfg``) into ``out_dir`` (identical on every rank).
 
     ``source_factory(session)`` replaces the caption loader (tests: in-memory batches of ``{"image" [B, 3, H, W] in
-    [0, 1], "text": [str]}``). Resuming (``train.resume``) restores weights, EMA, optimizer, RNG and data position.
+    [0, 1], "text": [str]}``). ``command``: the command line the model card records (default: this process's).
+    Resuming (``train.resume``) restores weights, EMA, optimizer, RNG and data position.
     Raises ``harness_infra.errors.BrokenModelError`` (``training.guard.check_finite_loss``) naming the step and the last
     good checkpoint when a loss is not finite on any rank.
     """
     started = time.perf_counter()
     with runtime(train_cfg.threads, train_cfg.deterministic):
         env = init_distributed(train_cfg.device, train_cfg.dist_backend)
-        session = Session(model_cfg, train_cfg, data_cfg, mix_cfg, os.path.abspath(out_dir), env)
+        session = Session(model_cfg, train_cfg, data_cfg, mix_cfg, os.path.abspath(out_dir), env, command=command)
         with run_logging(session.out_dir, env, ("train_dit", "training", "captiondata")):
             try:
                 return run(session, source_factory, started)
@@ -155,7 +157,7 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
     position = train_steps(session, train_model, model, ema, optimizer, schedule, source, position, steps)
     train_time = time.perf_counter() - loop_started
     save(session, model, ema, optimizer, schedule, position)
-    export_dir = export(session, model, ema, latent)
+    export_dir = export(session, model, ema, latent, position)
     return DitTrainResult(out_dir=session.out_dir, checkpoint_path=session.checkpoint_path, export_dir=export_dir, model_name=model_cfg.name,
                           steps=position.step, samples_seen=position.samples_seen, global_batch=[cfg.global_batch(env.world_size)],
                           parameters=parameter_count(model), wall_time_s=time.perf_counter() - started, train_time_s=train_time,
@@ -323,26 +325,40 @@ def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: tor
 
 
 def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
-    """``dit_pipeline.json``: what a user needs beside the transformer and scheduler to sample (text encoder and image
-    space references, image size, prediction type, default sampling settings)."""
+    """``dit_pipeline.json``: what the harness's loader needs beside the transformer and training scheduler to sample
+    (text encoder and image space references, image size, prediction type, default sampling settings)."""
     model_cfg, cfg = session.model_cfg, session.train_cfg
     text = asdict(model_cfg.text_encoder)
     if text["kind"] == "clip_export":
         text["name"] = os.path.abspath(text["name"])
     space = asdict(model_cfg.image_space)
-    if space["config"] is not None:
-        space = {**space, "config": None, "path": "vae", "note": "random-weight autoencoder of the run, saved in vae/"}
-    return {"format": 1, "family": "dit", "model_name": model_cfg.name, "text_encoder": text, "image_space": space,
+    if space["kind"] != "pixels":
+        space = {**space, "config": None, "path": "vae", "subfolder": None, "note": "the run's autoencoder, saved in vae/"}
+    return {"format": 2, "family": "dit", "model_name": model_cfg.name, "text_encoder": text, "image_space": space,
             "scaling_factor": session.space.scaling_factor, "image_size": model_cfg.image_size,
             "latent": [session.space.channels, latent, latent], "prediction": cfg.resolved_prediction,
             "scheduler": cfg.scheduler, "null_condition": "the text encoder's features of the empty caption",
             "weights": "EMA", "sample_defaults": asdict(cfg.sample)}
 
 
-def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int) -> str:
-    """Write ``out_dir/export`` (rank 0): ``transformer/`` (EMA weights, diffusers ``save_pretrained``),
-    ``transformer_online/`` (the trained weights), ``scheduler/``, ``vae/`` for a random-weight autoencoder, and
-    ``dit_pipeline.json``; written in a temporary folder and renamed into place."""
+def card_facts(session: Session, position: ckpt.Position) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(budget, metrics) of the model card: samples, steps, global batch, ranks; final loss and held-out errors."""
+    cfg, env = session.train_cfg, session.env
+    budget = {"samples seen": position.samples_seen, "steps": position.step, "global batch": cfg.global_batch(env.world_size),
+              "ranks": env.world_size, "train.samples": cfg.samples}
+    metrics = {"final training loss": session.last_loss} if session.last_loss is not None else {}
+    metrics.update({f"held-out {name}": value for name, value in (session.validation or {}).items()})
+    return budget, metrics
+
+
+def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int, position: ckpt.Position) -> str:
+    """Write ``out_dir/export`` (rank 0), a diffusers pipeline (``train_dit.hub``: ``model_index.json``,
+    ``pipeline.py``, ``transformer/`` = EMA weights, ``scheduler/`` = the sampling scheduler, ``vae/`` in latent
+    space, ``text_encoder/`` + ``tokenizer/`` for a Hugging Face text encoder, ``README.md`` model card) plus
+    ``transformer_online/`` (the trained weights), ``train_scheduler/`` and ``dit_pipeline.json``; written in a
+    temporary folder and renamed into place."""
+    from train_dit.hub import LOAD_LINE, model_card, process_command, save_diffusers_pipeline, write_model_card
+
     export_dir = os.path.join(session.out_dir, EXPORT_DIR)
     if session.env.is_main:
         staging = tempfile.mkdtemp(prefix=".export-", dir=session.out_dir)
@@ -351,17 +367,18 @@ def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int)
             bare.save_pretrained(os.path.join(staging, "transformer_online"))
             averaged = type(bare).from_config(bare.config)
             ema.copy_to(averaged.parameters())
-            averaged.save_pretrained(os.path.join(staging, "transformer"))
-            training_scheduler(session.train_cfg).save_pretrained(os.path.join(staging, "scheduler"))
-            if session.space.vae is not None and session.model_cfg.image_space.config is not None:
-                session.space.vae.save_pretrained(os.path.join(staging, "vae"))
+            sampler = save_diffusers_pipeline(staging, averaged, training_scheduler(session.train_cfg), session.train_cfg, session.space.vae,
+                                              session.text, session.space.scaling_factor)
             atomic_write_json(os.path.join(staging, PIPELINE_FILE), pipeline_description(session, latent))
+            budget, metrics = card_facts(session, position)
+            write_model_card(staging, model_card(session.model_cfg, session.train_cfg, session.data_cfg, session.mix_cfg, sampler, budget,
+                                                 metrics, session.command or process_command()))
             if os.path.isdir(export_dir):
                 shutil.rmtree(export_dir)
             os.replace(staging, export_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("exported %s (PixArtTransformer2DModel.from_pretrained(%r); train_dit.sample.DitPipeline.from_pretrained(%r))",
-                 export_dir, os.path.join(export_dir, "transformer"), export_dir)
+        log.info("exported %s (diffusers: %s; train_dit.sample.DitPipeline.from_pretrained(%r))", export_dir,
+                 LOAD_LINE.replace("EXPORT", repr(export_dir)), export_dir)
     barrier(session.env)
     return export_dir
