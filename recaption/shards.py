@@ -30,6 +30,7 @@ from captiondata.decode import BadSample, decode_image, decode_json
 from captiondata.reader import DEFAULT_MAX_PIXELS, raw_samples
 from captiondata.writer import write_raw_shard
 from harness_infra.atomic import atomic_write_json
+from harness_infra.progress import Progress
 from recaption.captioner import TRANSIENT_FAILURES, Caption, Captioner, Item
 
 log = logging.getLogger(__name__)
@@ -165,9 +166,10 @@ class ShardRecaptioner:
         except (ValueError, AttributeError):
             return None
 
-    def recaption_shard(self, in_url: str, out_path: str) -> ShardStats:
+    def recaption_shard(self, in_url: str, out_path: str, progress: Optional[Progress] = None) -> ShardStats:
         """Write ``out_path`` (atomically, then its completion file) from ``in_url``, or retry the transient failures of
-        a previous output of it; returns the shard's statistics (over every sample of the output, not this pass)."""
+        a previous output of it; returns the shard's statistics (over every sample of the output, not this pass).
+        ``progress`` counts the samples of each batch as they are written."""
         started = time.perf_counter()
         previous = read_done(out_path) or read_retry(out_path)
         retry = previous is not None  # the previous output holds every sample; only transient failures are redone
@@ -198,6 +200,8 @@ class ShardRecaptioner:
                 for raw in batch:
                     self.count(raw, stats, words, vocabulary)
                     yield raw
+                if progress is not None:
+                    progress.update(len(batch))
 
         shard = write_raw_shard(out_path, annotated())
         stats.captioned_this_pass, stats.seconds = generated, round(time.perf_counter() - started, 3)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from captiondata.reader import expand_shards
 from harness_infra.atomic import atomic_write_json, clear_partial_files
+from harness_infra.progress import Progress
 from harness_infra.ranks import rank, wait_until, world_size
 from recaption.captioner import Captioner, build_captioner
 from recaption.shards import ShardRecaptioner, done_path, read_done
@@ -49,13 +50,17 @@ def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout:
     if not todo:
         return 0
     worker = ShardRecaptioner(make_captioner(cfg), cfg, layout, max_pixels, exif_transpose)
+    # shards have no length up front: the total is estimated from the shards finished so far
+    progress = Progress(f"recaption {split} (rank {shard_rank})" if shard_world > 1 else f"recaption {split}", unit="image")
     try:
-        for i, url in todo:
+        for done_shards, (i, url) in enumerate(todo, 1):
             clear_shard_partials(output_path(out_dir, split, i))
-            stats = worker.recaption_shard(url, output_path(out_dir, split, i))
+            stats = worker.recaption_shard(url, output_path(out_dir, split, i), progress)
+            progress.set_total(round(progress.count / done_shards * len(todo)))
             log.info("%s: %d samples, %d captioned now, %d kept, failed %s, %.1f images/s", os.path.basename(output_path(out_dir, split, i)),
                      stats.samples, stats.captioned_this_pass, stats.reused, stats.failed or "none", stats.captioned_this_pass / max(stats.seconds, 1e-9))
     finally:
+        progress.close()
         worker.close()
     return len(todo)
 

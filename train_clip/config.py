@@ -148,6 +148,7 @@ class TrainConfig:
     resume: Optional[str] = setting(None, key=False)
     log_every: int = setting(10, key=False)
     tensorboard: bool = setting(True, key=False)
+    wandb_project: Optional[str] = setting(None, key=False)  # log to Weights & Biases too (training.monitor)
     progress_bar: bool = setting(True, key=False)
     local_loss: bool = True
     gather_with_grad: bool = True

@@ -163,7 +163,8 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
         session.image_features = frozen_image_features(session, model, data_cfg)
     total_steps = sum(s.num_steps(env.world_size, cfg.accum_steps) for s in cfg.stages)
     session.monitor = RunMonitor(session.out_dir, env, total_steps, position.step, position.samples_seen, cfg.log_every,
-                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar, wandb_project=cfg.wandb_project,
+                                 run_config=asdict(cfg))
     session.checkpoint_path = resume_path or ""
     for index in range(position.stage, len(cfg.stages)):
         if index > position.stage:

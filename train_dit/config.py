@@ -261,6 +261,7 @@ class DitTrainConfig:
     resume: Optional[str] = setting(None, key=False)
     log_every: int = setting(10, key=False)
     tensorboard: bool = setting(True, key=False)
+    wandb_project: Optional[str] = setting(None, key=False)  # log to Weights & Biases too (training.monitor)
     progress_bar: bool = setting(True, key=False)
     dist_backend: Optional[str] = setting(None, key=False)
     feature_cache_dir: Optional[str] = setting(None, key=False)

@@ -33,6 +33,7 @@ from captiondata.reader import expand_shards, raw_samples, valid_records
 from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import ConfigError
 from harness_infra.identity import file_identity, preprocess_identity
+from harness_infra.progress import Progress
 from train_dit.image import ImageSpace, to_model_range
 from train_dit.text import TextEncoder, unpad_features
 
@@ -164,15 +165,22 @@ def ensure_features(data_cfg: DataConfig, mix_cfg: MixConfig, text: TextEncoder,
     transform = pixel_transform(image_size)
     urls = expand_shards(data_cfg.shards("train"))
     if cache_dir is None:
-        return FeatureStore([compute_shard_features(u, data_cfg, mix_cfg, text, space, transform, flip, batch_size) for u in urls], urls)
+        with Progress("dit features", total=len(urls), unit="shard", enabled=rank == 0) as progress:
+            parts = []
+            for url in urls:
+                parts.append(compute_shard_features(url, data_cfg, mix_cfg, text, space, transform, flip, batch_size))
+                progress.update()
+        return FeatureStore(parts, urls)
     cache, base = EmbeddingCache(cache_dir), feature_cache_key(text, space, transform, data_cfg, mix_cfg, flip)
     mine, computed = urls[rank::world_size], 0
-    for number, url in enumerate(mine, 1):
-        key = {**base, "shard": file_identity(url, mtime=True)}
-        if cache.load(FEATURE_CACHE_KIND, key, quiet=True) is None:
-            cache.save(FEATURE_CACHE_KIND, key, compute_shard_features(url, data_cfg, mix_cfg, text, space, transform, flip, batch_size))
-            computed += 1
-            log.info("dit features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url))
+    with Progress("dit features", total=len(mine), unit="shard", enabled=rank == 0) as progress:
+        for number, url in enumerate(mine, 1):
+            key = {**base, "shard": file_identity(url, mtime=True)}
+            if cache.load(FEATURE_CACHE_KIND, key, quiet=True) is None:
+                cache.save(FEATURE_CACHE_KIND, key, compute_shard_features(url, data_cfg, mix_cfg, text, space, transform, flip, batch_size))
+                computed += 1
+                log.debug("dit features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url))
+            progress.update()
     log.info("dit features: rank %d computed %d and found %d of its %d shard(s) in %s", rank, computed, len(mine) - computed, len(mine), cache_dir)
     barrier()
     parts = []

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from harness_infra.atomic import atomic_write, atomic_write_json, atomic_write_text
 from harness_infra.errors import cli_main, require
+from harness_infra.progress import Progress
 from train_dit.config import PREDICTIONS_OF, SAMPLERS, ImageSpaceSpec, TextEncoderSpec
 from train_dit.diffusion import is_flow, model_timestep, sampling_scheduler, velocity_from_sample
 from train_dit.image import ImageSpace, to_unit_range
@@ -143,6 +144,7 @@ def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, s
     mine = list(range(rank, len(prompts), world_size))
     folder = os.path.join(out_dir, "images")
     os.makedirs(folder, exist_ok=True)
+    progress = Progress("dit sampling", total=len(mine), unit="image", enabled=rank == 0)
     for start in range(0, len(mine), batch_size):
         chunk = mine[start:start + batch_size]
         images = pipeline.generate([prompts[i] for i in chunk], [seed + i for i in chunk], guidance_scale, steps, sampler, batch_size)
@@ -152,6 +154,8 @@ def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, s
                               {"index": index, "prompt": prompts[index], "seed": seed + index, "guidance_scale": guidance_scale,
                                "steps": steps, "sampler": sampler, "batch_invariant": pipeline.batch_invariant,
                                "batch_size": batch_size, "export": export_dir})
+        progress.update(len(chunk))
+    progress.close()
     return mine
 
 

@@ -148,7 +148,8 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
              steps, cfg.global_batch(env.world_size))
     source = source_factory(session) if source_factory is not None else caption_source(session)
     session.monitor = RunMonitor(session.out_dir, env, steps, position.step, position.samples_seen, cfg.log_every,
-                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar, wandb_project=cfg.wandb_project,
+                                 run_config=asdict(cfg))
     session.checkpoint_path = resume_path or ""
     train_model = wrap_ddp(model, env)
     if model_cfg.torch_compile:

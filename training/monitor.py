@@ -1,4 +1,10 @@
-"""What a run reports: a tqdm bar (loss, samples/s, ETA), TensorBoard scalars, ``metrics.jsonl`` and epoch summaries.
+"""What a run reports: a tqdm bar (loss, samples/s, ETA), TensorBoard scalars, optionally Weights & Biases,
+``metrics.jsonl`` and epoch summaries.
+
+W&B (``train.wandb_project``, as open_clip_train's ``--report-to wandb --wandb-project-name``) gets the same scalars
+under the same names as TensorBoard (``train/loss``, ``val/NAME``, ``data/original_fraction``) at the same steps. Its
+run id is derived from the run folder, so a resumed run continues its W&B run (``resume="allow"``); its files go
+under the run folder (``wandb/``). ``WANDB_MODE=offline`` works without a server (``wandb sync`` uploads later).
 
 While the bar shows, console log records go through ``tqdm.write`` (``logging_redirect_tqdm`` on the root logger's
 console handler), so an INFO line never lands on the bar's line.
@@ -13,6 +19,7 @@ Only rank 0 writes; the logged loss is the mean over ranks.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +32,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from harness_infra.atomic import atomic_write_text
+from harness_infra.errors import ConfigError
 from training.distributed import DistEnv, all_reduce_mean
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,18 @@ def truncate_jsonl(path: str, last_step: int) -> Tuple[List[Dict[str, Any]], int
     return [record for _, record in kept], torn
 
 
+def start_wandb(project: str, out_dir: str, config: Optional[Dict[str, Any]] = None) -> Any:
+    """A W&B run of ``project`` for the run folder ``out_dir`` (id: sha256 of its absolute path, 16 hex digits).
+    Raises ConfigError (one line) when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(f"train.wandb_project={project!r} needs wandb: pip install 'recap-harness[wandb]' (or pip install wandb)") from None
+    folder = os.path.abspath(out_dir)
+    return wandb.init(project=project, id=hashlib.sha256(folder.encode()).hexdigest()[:16], name=os.path.basename(folder),
+                      dir=folder, resume="allow", config=config or {}, reinit="finish_previous")
+
+
 def read_epochs(out_dir: str) -> List[Dict[str, Any]]:
     """The epoch reports of a finished run in ``out_dir`` (``epochs.jsonl``; [] when it has none), in order."""
     path = os.path.join(out_dir, EPOCHS_FILE)
@@ -70,12 +90,14 @@ class RunMonitor:
     """Progress bar, TensorBoard and jsonl metrics for one training run (all ranks call it; rank 0 writes)."""
 
     def __init__(self, out_dir: str, env: DistEnv, total_steps: int, start_step: int, samples_seen: int,
-                 log_every: int, tensorboard: bool = True, progress_bar: bool = True) -> None:
+                 log_every: int, tensorboard: bool = True, progress_bar: bool = True, wandb_project: Optional[str] = None,
+                 run_config: Optional[Dict[str, Any]] = None) -> None:
         self.env, self.log_every, self.writes = env, log_every, env.is_main
         self.metrics_path = os.path.join(out_dir, METRICS_FILE)
         self.epochs_path = os.path.join(out_dir, EPOCHS_FILE)
         self.validation_path = os.path.join(out_dir, VALIDATION_FILE)
         self.writer = None
+        self.wandb = None
         self.reported: Set[Tuple[int, int]] = set()  # (stage, epoch) already in epochs.jsonl
         self.torn_lines: Dict[str, int] = {}  # jsonl file name -> torn last lines dropped on resume (the run's info)
         if self.writes:
@@ -90,6 +112,8 @@ class RunMonitor:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1)
+            if wandb_project:
+                self.wandb = start_wandb(wandb_project, out_dir, run_config)
         # a bar only on a terminal: redirected to a file, its carriage-return updates would bury the log lines
         on_terminal = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -125,9 +149,7 @@ class RunMonitor:
         if self.writes:
             self._append(self.metrics_path, record)
             self.bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}", refresh=False)
-            if self.writer is not None:
-                for key in ("loss", "lr", "samples_per_s", *named):
-                    self.writer.add_scalar(f"train/{key}", record[key], step)
+            self._scalars({f"train/{key}": record[key] for key in ("loss", "lr", "samples_per_s", *named)}, step)
             log.debug("step %d: %s", step, record)
         return record
 
@@ -151,9 +173,8 @@ class RunMonitor:
                  "(p = P(original), over trained samples), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
                  read_text, fraction_text, stats.get("skipped") or "none")
         self._append(self.epochs_path, {"epoch": epoch, "stage": stage, "step": self.step, "global_batch": global_batch, **stats})
-        if self.writer is not None and fraction is not None:
-            self.writer.add_scalar("data/original_fraction", fraction, self.step)
-            self.writer.add_scalar("data/skipped_total", stats.get("skipped_total", 0), self.step)
+        if fraction is not None:
+            self._scalars({"data/original_fraction": fraction, "data/skipped_total": stats.get("skipped_total", 0)}, self.step)
 
     def validation(self, step: int, samples_seen: int, values: Dict[str, float]) -> None:
         """Record held-out scores of ``step`` (rank 0 computes them): ``validation.jsonl``, TensorBoard ``val/NAME``
@@ -161,14 +182,22 @@ class RunMonitor:
         if not self.writes:
             return
         self._append(self.validation_path, {"step": step, "samples_seen": samples_seen, **values})
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(f"val/{name}", value, step)
+        self._scalars({f"val/{name}": value for name, value in values.items()}, step)
         log.info("validation at step %d: %s", step, ", ".join(f"{name} {value:.4f}" for name, value in values.items() if "@" not in name))
 
+    def _scalars(self, values: Dict[str, Any], step: int) -> None:
+        """The same named scalars to TensorBoard and W&B (each when on), at ``step``."""
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log({name: float(value) for name, value in values.items()}, step=step)
+
     def close(self) -> None:
-        """Flush and close the bar and TensorBoard; console logging goes back to its own handlers."""
+        """Flush and close the bar, TensorBoard and W&B; console logging goes back to its own handlers."""
         self.bar.close()
         self.console.close()
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -22,6 +22,7 @@ from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import BrokenModelError, ConfigError
 from evals.tasks.config import EvalConfig
 from harness_infra.identity import model_fingerprint, preprocess_identity, texts_fingerprint, tokenizer_identity
+from harness_infra.progress import Progress
 from evals.tasks.imageprep import SplitPreprocess, image_loader
 from evals.tasks.textstats import tokenize_with_truncation
 from towers.pretrained import trunk_of
@@ -147,12 +148,15 @@ def _run_images(forward: Any, model: torch.nn.Module, preprocess: Any, data: Dat
     chunks: List[torch.Tensor] = []
     targets: List[Any] = []
     device = torch.device(cfg.device)
-    with eval_mode(model), torch.inference_mode(), autocast(cfg):
+    total = len(data) if hasattr(data, "__len__") else None
+    with eval_mode(model), torch.inference_mode(), autocast(cfg), \
+            Progress(f"image embeddings of {getattr(data, 'name', 'the data set')}", total=total, unit="image") as progress:
         for arrays, batch_targets in image_loader(data, split, cfg.batch_size, cfg.num_workers):
             pixels = split.tensor_stage(arrays).to(device, non_blocking=True)
             out = forward(pixels).float()
             chunks.append((F.normalize(out, dim=-1) if normalize else out).cpu())
             targets.extend(batch_targets)
+            progress.update(len(batch_targets))
     if not chunks:
         raise ConfigError(f"data set {getattr(data, 'name', '?')} yielded no images")
     return torch.cat(chunks), targets
@@ -207,7 +211,7 @@ def _encode_text_batches(model: torch.nn.Module, tokenizer: Any, texts: List[str
     out: Optional[torch.Tensor] = None
     truncated = torch.zeros(len(texts), dtype=torch.bool)
     chunk = cfg.batch_size * TEXT_CHUNK_BATCHES
-    with eval_mode(model), torch.inference_mode(), autocast(cfg):
+    with eval_mode(model), torch.inference_mode(), autocast(cfg), Progress("text embeddings", total=len(texts), unit="text") as progress:
         for start in range(0, len(texts), chunk):
             tokens, cut = tokenize_with_truncation(tokenizer, texts[start:start + chunk], context_length)
             truncated[start:start + len(cut)] = cut
@@ -222,6 +226,7 @@ def _encode_text_batches(model: torch.nn.Module, tokenizer: Any, texts: List[str
                 if out is None:
                     out = torch.empty(len(texts), features.shape[1], dtype=torch.float32)
                 out[start + batch_index] = features
+            progress.update(len(cut))
     return out, truncated
 
 

@@ -41,6 +41,7 @@ from PIL import Image
 from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import BrokenModelError, ConfigError
 from harness_infra.identity import model_fingerprint
+from harness_infra.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,12 @@ def extract_features(images: Iterable[Any], extractor: FidInceptionFeatures, bat
     chunks: List[torch.Tensor] = []
     batch: List[torch.Tensor] = []
 
+    progress = Progress("FID Inception features", total=len(images) if hasattr(images, "__len__") else None, unit="image")
+
     def flush() -> None:
         if batch:
             chunks.append(extractor(torch.stack(batch).to(device)).cpu())
+            progress.update(len(batch))
             batch.clear()
 
     for image in images:
@@ -137,6 +141,7 @@ def extract_features(images: Iterable[Any], extractor: FidInceptionFeatures, bat
         if len(batch) == batch_size:
             flush()
     flush()
+    progress.close()
     if not chunks:
         raise ConfigError("FID: no images to extract features from")
     return check_embeddings(torch.cat(chunks), "FID Inception features", distinct_inputs=False)

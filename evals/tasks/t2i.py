@@ -33,6 +33,7 @@ from harness_infra.atomic import atomic_write, atomic_write_json
 from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import BrokenModelError, ConfigError
 from harness_infra.identity import sha256_json, texts_fingerprint
+from harness_infra.progress import Progress
 
 log = logging.getLogger(__name__)
 IMAGES_DIR = "t2i-images"
@@ -123,13 +124,15 @@ def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: Ta
                 return [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(len(prompts))]
     images: List[Image.Image] = []
     seeds = [task.sample_seed + i for i in range(len(prompts))]
+    progress = Progress(f"{task.name}: generating", total=len(prompts), unit="image")
     for start in range(0, len(prompts), task.generate_batch):
         out = generator.generate(list(prompts[start:start + task.generate_batch]), seeds[start:start + task.generate_batch],
                                  task.guidance_scale, task.steps, task.sampler, task.generate_batch, task.batch_invariant)
         if isinstance(out, torch.Tensor):
             check_generated(out, task.name)
         images.extend(to_pil(image) for image in out)
-        log.info("%s: generated %d of %d images", task.name, len(images), len(prompts))
+        progress.update(len(out))
+    progress.close()
     check_generated(images, task.name)
     if folder is not None:
         os.makedirs(folder, exist_ok=True)
