@@ -1,6 +1,9 @@
-"""This process's place in a torchrun job, and the one rule for work that rank 0 does while the others wait.
+"""This process's place in a torchrun or SLURM job, and the one rule for work that rank 0 does while the others wait.
 
-Ranks come from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); a plain process is rank 0 of 1.
+Ranks come from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) when any of it is set, else from
+SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``: one ``srun`` task per GPU, e.g. the
+``hydra/launcher=slurm_gpus`` launcher); a plain process is rank 0 of 1. torchrun's win when both are set (torchrun
+started inside a SLURM allocation, one task per node). ``launcher()`` says which one the numbers came from.
 ``rank0_builds`` is how every stage that writes shared files (shards, caches) runs under DDP: rank 0 builds and
 writes a completion marker last; every other rank polls for that marker, and a build that never completes is a
 ``TimeoutError`` naming the marker and the rank, never a silent hang.
@@ -17,19 +20,39 @@ DEFAULT_WAIT_S = 24 * 3600.0  # the longest a rank waits for rank 0's build (a s
 POLL_S = 2.0
 
 
+TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+SLURM = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+def launcher() -> str:
+    """``torchrun`` when any of torchrun's variables is set, else ``slurm`` when ``SLURM_PROCID`` and
+    ``SLURM_NTASKS`` are, else ``none`` (a plain process)."""
+    if any(name in os.environ for name in TORCHRUN):
+        return "torchrun"
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        return "slurm"
+    return "none"
+
+
+def _read(index: int, default: str) -> int:
+    """The ``index``-th number (rank, world size, local rank) from the launcher that started this process."""
+    names = {"torchrun": TORCHRUN, "slurm": SLURM}.get(launcher())
+    return int(os.environ.get(names[index], default)) if names else int(default)
+
+
 def rank() -> int:
-    """Global rank under torchrun (``RANK``), 0 for a plain process."""
-    return int(os.environ.get("RANK", "0"))
+    """Global rank (``RANK``, else ``SLURM_PROCID``), 0 for a plain process."""
+    return _read(0, "0")
 
 
 def world_size() -> int:
-    """Number of processes in the job (``WORLD_SIZE``), 1 for a plain process."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Number of processes in the job (``WORLD_SIZE``, else ``SLURM_NTASKS``), 1 for a plain process."""
+    return _read(1, "1")
 
 
 def local_rank() -> int:
-    """Rank on this node (``LOCAL_RANK``), 0 for a plain process."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """Rank on this node (``LOCAL_RANK``, else ``SLURM_LOCALID``), 0 for a plain process."""
+    return _read(2, "0")
 
 
 def is_main() -> bool:

@@ -11,9 +11,10 @@ without ``-m`` says to add it (``check_experiment``, ``sweep_jobs``), a value Hy
 shows its quoted form (``parse_overrides``), and a run past the data stage with no experiment is refused rather than
 trained and published as "default" (``require_experiment``).
 
-Under torchrun every rank composes the same config, so the same stage folders; the Hydra run directory (logs and
-``.hydra/``) is fixed once for all ranks from torchrun's run id, and only rank 0 writes ``.hydra/``. Rank 0 logs
-INFO; the other ranks log WARNING and above, prefixed with their rank (``rank_logging``).
+Under torchrun (or ``srun`` tasks, harness_infra.ranks) every rank composes the same config, so the same stage
+folders; the Hydra run directory (logs and ``.hydra/``) is fixed once for all ranks from torchrun's run id (SLURM's
+job and step ids), and only rank 0 writes ``.hydra/``. Rank 0 logs INFO; the other ranks log WARNING and
+above, prefixed with their rank (``rank_logging``).
 
 Importing this module loads no model library (configs are dataclasses that import neither torch nor open_clip), so
 ``--help`` and a config error answer in about a second.
@@ -38,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness_infra.errors import BrokenModelError, ConfigError, LabelError, one_line, require
-from harness_infra.ranks import is_main, rank, world_size
+from harness_infra.ranks import is_main, launcher, rank, world_size
 from pipeline.schema import HarnessConfig, validate
 
 log = logging.getLogger("pipeline")
@@ -181,16 +182,32 @@ def prevalidate(overrides: List[str], multirun: bool) -> int:
     return len(jobs)
 
 
+def debug_last(argv: List[str]) -> List[str]:
+    """``debug=NAME`` / ``+debug=NAME`` moved to just after ``+experiment=NAME`` as ``+debug=NAME``, so the debug
+    overlay (conf/debug/) is applied after the experiment and its short settings win whatever the order typed (Hydra
+    applies appended config groups in command-line order). Other arguments keep their order."""
+    debug = ["+" + a.lstrip("+") for a in argv if a.lstrip("+").startswith("debug=")]
+    rest = [a for a in argv if not a.lstrip("+").startswith("debug=")]
+    experiment = [i for i, a in enumerate(rest) if a.lstrip("+").startswith("experiment=")]
+    at = experiment[-1] + 1 if experiment else next((i for i, a in enumerate(argv) if a.lstrip("+").startswith("debug=")), 0)
+    return rest[:at] + debug + rest[at:]
+
+
 def torchrun_overrides(overrides: List[str]) -> List[str]:
-    """Under torchrun: one Hydra run directory for all ranks (from the run id), ``.hydra/`` written by rank 0 only."""
+    """Under torchrun or ``srun``: one Hydra run directory for all ranks (from torchrun's run id, or SLURM's job and
+    step ids: ``slurm-JOB.STEP``), ``.hydra/`` written by rank 0 only."""
     if world_size() <= 1:
         return []
     extra = []
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        if run_id == "none":
-            run_id = f"{os.environ.get('MASTER_ADDR', 'local')}-{os.environ.get('MASTER_PORT', '0')}"
-        extra.append(f"hydra.run.dir=${{run.out_root}}/hydra/${{experiment}}/torchrun-{run_id}")
+        if launcher() == "slurm":
+            run_id = f"slurm-{os.environ.get('SLURM_JOB_ID', '0')}.{os.environ.get('SLURM_STEP_ID', '0')}"
+        else:
+            run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+            if run_id == "none":
+                run_id = f"{os.environ.get('MASTER_ADDR', 'local')}-{os.environ.get('MASTER_PORT', '0')}"
+            run_id = f"torchrun-{run_id}"
+        extra.append(f"hydra.run.dir=${{run.out_root}}/hydra/${{experiment}}/{run_id}")
     if not is_main():
         extra.append("hydra.output_subdir=null")
     return extra
@@ -260,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     show = "--traceback" in argv or os.environ.get("RECAP_TRACEBACK") == "1"
     if show:
         os.environ["RECAP_TRACEBACK"] = "1"  # jobs re-raise with the stack instead of printing one line
-    argv = [a for a in argv if a != "--traceback"]
+    argv = debug_last([a for a in argv if a != "--traceback"])
     hydra_only = any(a.split("=")[0] in HYDRA_FLAGS for a in argv)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if not a.startswith("-")]

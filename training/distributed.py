@@ -1,8 +1,10 @@
-"""torchrun-style distributed set-up: ranks from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR env vars.
+"""Distributed set-up under torchrun or SLURM: ranks from harness_infra.ranks (torchrun's RANK / WORLD_SIZE /
+LOCAL_RANK, else SLURM's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID).
 
-Single node: ``torchrun --nproc_per_node=N -m train_clip ...``. Several nodes: the same on every node with
-``--nnodes``, ``--node_rank`` and ``--master_addr``/``--rdzv_endpoint``. Without those variables the trainer
-runs as one process. The run directory is not derived here: every rank is handed the same ``out_dir``.
+Single node: ``torchrun --nproc_per_node=N -m evals.run ...``. Several nodes: the same on every node with
+``--nnodes`` and ``--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT``. Under SLURM without torchrun (``srun``, one task
+per GPU) the group meets at the first host of ``SLURM_JOB_NODELIST`` (harness_infra.slurm.rendezvous). Without
+either the trainer runs as one process. The run directory is not derived here: every rank gets the same ``out_dir``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from harness_infra import ranks, slurm
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +56,20 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(device_preference: str = "auto", backend: Optional[str] = None) -> DistEnv:
-    """Join the process group described by torchrun's env vars (no-op for a single process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group of a torchrun or SLURM job (no-op for a single process); see the module docstring.
+    Raises ``ConfigError`` for a SLURM job of several tasks with no master host (harness_infra.slurm.rendezvous)."""
+    world_size, rank, local_rank = ranks.world_size(), ranks.rank(), ranks.local_rank()
     device = pick_device(device_preference, local_rank)
     owns_group = False
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+        init_method = slurm.rendezvous() if ranks.launcher() == "slurm" else "env://"
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=30))
         owns_group = True
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
-    log.info("rank %d of %d (local rank %d) on %s", rank, world_size, local_rank, device)
+    log.info("rank %d of %d (local rank %d, from %s) on %s", rank, world_size, local_rank, ranks.launcher(), device)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device, owns_group=owns_group)
 
 
