@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tomllib
 
-import yaml
+from omegaconf import OmegaConf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What pip writes for a [project.scripts] entry "recap-harness = pipeline.cli:main" (pip's console-script template).
@@ -65,6 +65,6 @@ def test_debug_fast_composes_in_either_order_and_shortens_the_run(capsys):
         assert fast.mix == full.mix and fast.model == full.model  # the experiment itself is unchanged
     assert sum(s.num_steps(1, 1) for s in full.train.stages) > 100
     assert main(["debug=fast", "+experiment=clip_mix", "--cfg", "job"]) == 0  # the CLI path: no "+", debug typed first
-    shown = yaml.safe_load(capsys.readouterr().out)
+    shown = OmegaConf.to_container(OmegaConf.create(capsys.readouterr().out))
     assert shown["train"]["stages"] == [{**shown["train"]["stages"][0], "samples": 64, "batch_size": 32}]
     assert shown["data"]["build_size"] == 200
