@@ -19,7 +19,7 @@ from harness_infra.atomic import atomic_write_json, clear_partial_files
 from captiondata.writer import ShardWriter
 
 log = logging.getLogger(__name__)
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the zero-shot split in CLIP_benchmark's layout (0.tar.., nshards.txt)
 BUILD_INFO = "build-info.json"
 
 
@@ -63,7 +63,9 @@ ZEROSHOT_DIR = "zeroshot"
 
 def split_folder(cfg: DataConfig, split: str) -> str:
     """Where a split's shards go: shard_dir, except the zero-shot split, which is laid out as a
-    CLIP_benchmark webdataset folder (``zeroshot/test/*.tar`` beside ``zeroshot/classnames.txt``)."""
+    CLIP_benchmark webdataset folder (``zeroshot/test/{0..n-1}.tar`` + ``nshards.txt`` beside ``zeroshot/classnames.txt``
+    and ``zeroshot_classification_templates.txt``): ``clip_benchmark eval --dataset wds/zeroshot --dataset_root
+    SHARD_DIR/zeroshot`` reads it."""
     return os.path.join(cfg.shard_dir, ZEROSHOT_DIR, "test") if split == "zeroshot" else cfg.shard_dir
 
 
@@ -100,7 +102,7 @@ def build_shards(cfg: DataConfig, overwrite: bool = False) -> Dict[str, Any]:
     clear_partial_files(cfg.shard_dir, recursive=True)  # a killed build's unfinished shards: this build owns the folder
     manifests = {}
     for split, records in split_records(cfg).items():
-        writer = ShardWriter(split_folder(cfg, split), split, max_count=cfg.samples_per_shard, overwrite=True)
+        writer = ShardWriter(split_folder(cfg, split), split, max_count=cfg.samples_per_shard, overwrite=True, clip_benchmark=split == "zeroshot")
         try:
             writer.write_all(records)
         except BaseException:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional
 
 import webdataset as wds
 from PIL import Image
 
-from harness_infra.atomic import AtomicFile, atomic_write_json, file_sha256
+from harness_infra.atomic import AtomicFile, atomic_write_bytes, atomic_write_json, file_sha256
 from captiondata.records import Record
 
 
@@ -47,23 +48,31 @@ def record_members(record: Record) -> Dict[str, Any]:
     return sample
 
 
+NSHARDS = "nshards.txt"
+_CB_MEMBER = re.compile(r"(\d+\.tar|nshards\.txt)")
+
+
 class ShardWriter:
     """Write Records into ``{folder}/{prefix}-{index:06d}.tar`` shards of at most ``max_count`` samples.
 
-    Refuses to overwrite existing shards of the same prefix unless ``overwrite`` is set; ``close``
-    writes ``{prefix}-manifest.json`` (shard names, sizes, sha256, sample counts) last.
+    With ``clip_benchmark=True`` the folder is a split of CLIP_benchmark's webdataset layout instead
+    (``clip_benchmark.datasets.builder.build_wds_dataset``): shards ``0.tar``, ``1.tar``, ... and ``nshards.txt``
+    (their count), written by ``close`` before the manifest. Refuses to overwrite existing shards of the same prefix
+    (any shard of a CLIP_benchmark folder) unless ``overwrite`` is set; ``close`` writes ``{prefix}-manifest.json``
+    (shard names, sizes, sha256, sample counts) last.
     """
 
-    def __init__(self, folder: str, prefix: str, max_count: int = 1000, overwrite: bool = False) -> None:
+    def __init__(self, folder: str, prefix: str, max_count: int = 1000, overwrite: bool = False, clip_benchmark: bool = False) -> None:
         if max_count <= 0:
             raise ValueError(f"max_count={max_count} must be positive")
         os.makedirs(folder, exist_ok=True)
-        existing = sorted(f for f in os.listdir(folder) if f.startswith(prefix + "-") and f.endswith((".tar", "-manifest.json")))
+        existing = sorted(f for f in os.listdir(folder) if (f.startswith(prefix + "-") and f.endswith((".tar", "-manifest.json")))
+                          or (clip_benchmark and _CB_MEMBER.fullmatch(f)))
         if existing and not overwrite:
             raise FileExistsError(f"{folder} already holds {prefix} shards ({existing[0]}, ...); pass overwrite=True to replace them")
         for name in existing:
             os.unlink(os.path.join(folder, name))
-        self.folder, self.prefix, self.max_count = folder, prefix, max_count
+        self.folder, self.prefix, self.max_count, self.clip_benchmark = folder, prefix, max_count, clip_benchmark
         self.shards: List[Dict[str, Any]] = []
         self._writer: Optional[wds.TarWriter] = None
         self._file: Optional[AtomicFile] = None
@@ -71,7 +80,8 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         """Start a new shard under a temporary name."""
-        self._file = AtomicFile(os.path.join(self.folder, f"{self.prefix}-{len(self.shards):06d}.tar"))
+        name = f"{len(self.shards)}.tar" if self.clip_benchmark else f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._file = AtomicFile(os.path.join(self.folder, name))
         # GNU format with a fixed mtime: byte-reproducible shards without per-member pax headers
         self._writer = wds.TarWriter(self._file.handle, format="GNU_FORMAT", mtime=0)
         self._count = 0
@@ -107,6 +117,8 @@ class ShardWriter:
         """Finish the last shard and write the manifest; return it."""
         self._finish_current()
         manifest = {"prefix": self.prefix, "samples": sum(s["count"] for s in self.shards), "shards": self.shards}
+        if self.clip_benchmark:
+            atomic_write_bytes(os.path.join(self.folder, NSHARDS), f"{len(self.shards)}\n".encode())
         atomic_write_json(os.path.join(self.folder, f"{self.prefix}-manifest.json"), manifest)
         return manifest
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -119,7 +120,7 @@ def launch(out_dir: Path, throttle_s: float = 0.0) -> subprocess.Popen:
 
 def final_weights(out_dir: Path) -> dict:
     """The exported state dict of a finished run."""
-    return torch.load(out_dir / "export" / "open_clip_pytorch_model.bin", weights_only=True)["state_dict"]
+    return load_file(out_dir / "export" / "open_clip_model.safetensors")
 
 
 def test_sigkilled_run_resumes_to_bitwise_identical_weights(tmp_path):

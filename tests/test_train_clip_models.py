@@ -8,6 +8,7 @@ import os
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import train_clip  # noqa: F401
 from harness_infra.errors import ConfigError
@@ -87,10 +88,17 @@ def test_export_loads_with_open_clip_by_name_and_by_local_dir(tmp_path):
     cfg = micro_cfg(tmp_path)
     model = create_clip(cfg, 32, CPU, seed=1).eval()
     export_dir = str(tmp_path / "export")
-    weights = export_model(model, cfg, 32, export_dir)
-    assert "state_dict" in torch.load(weights, weights_only=True)
-    with open(os.path.join(export_dir, "open_clip_config.json")) as handle:
-        assert json.load(handle)["model_cfg"] == resolved_model_config(cfg, 32)
+    card = {"model": cfg.name, "data": "shards/train-*.tar", "strategy": "mix", "p": 0.25, "command": "recap run x",
+            "budget": {"steps": 3, "samples_seen": 12, "global_batch": [4]}}
+    weights = export_model(model, cfg, 32, export_dir, card=card)
+    # open_clip's hub layout (push_to_hf_hub): safetensors weights, {model_cfg, preprocess_cfg} config, model card
+    assert os.path.basename(weights) == open_clip.constants.HF_SAFE_WEIGHTS_NAME
+    assert set(load_file(weights)) == set(model.state_dict())
+    with open(os.path.join(export_dir, open_clip.constants.HF_CONFIG_NAME)) as handle:
+        config = json.load(handle)
+    assert config["model_cfg"] == resolved_model_config(cfg, 32) and config["preprocess_cfg"]["size"] == [32, 32]
+    readme = open(os.path.join(export_dir, "README.md"), encoding="utf-8").read()
+    assert "p = 0.25" in readme and "shards/train-*.tar" in readme and '"steps": 3' in readme and "recap run x" in readme
     image, text = torch.randn(2, 3, 32, 32), create_tokenizer(cfg)(["one", "two"])
     by_name, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=weights)
     by_dir = load_exported(export_dir)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.records import Record
@@ -73,7 +74,7 @@ def crashing_factory(data_cfg: DataConfig, mix_cfg: MixConfig, after: int):
 
 def exported(out_dir) -> dict:
     """The exported state dict."""
-    return torch.load(out_dir / "export" / "open_clip_pytorch_model.bin", weights_only=True)["state_dict"]
+    return load_file(out_dir / "export" / "open_clip_model.safetensors")
 
 
 def losses(out_dir) -> list:

@@ -23,13 +23,13 @@ from open_clip.model import resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from harness_infra.errors import ConfigError, require
-from harness_infra.atomic import atomic_torch_save, atomic_write_text
+from harness_infra.atomic import atomic_write_bytes, atomic_write_text
 from train_clip.config import ClipModelConfig
 from towers import fid_inception  # noqa: F401  (registers the timm model of RecapLiT-* configs)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-EXPORT_WEIGHTS = "open_clip_pytorch_model.bin"
+EXPORT_WEIGHTS = "open_clip_model.safetensors"  # open_clip.constants.HF_SAFE_WEIGHTS_NAME
 EXPORT_CONFIG = "open_clip_config.json"
 _registered = False
 
@@ -174,21 +174,32 @@ def resize_for_stage(model: torch.nn.Module, cfg: ClipModelConfig, image_size: i
     return resized
 
 
-def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, export_dir: str, tokenizer: Any = None) -> str:
-    """Write weights + open_clip_config.json; loads with create_model_and_transforms(name | 'local-dir:DIR', pretrained=FILE).
+def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, export_dir: str, tokenizer: Any = None,
+                 card: Optional[Dict[str, Any]] = None) -> str:
+    """Write open_clip's hub layout (as ``open_clip.push_to_hf_hub`` does): ``open_clip_model.safetensors`` (the state
+    dict), ``open_clip_config.json`` ({model_cfg, preprocess_cfg}, plus model_name) and, with ``card`` (the facts of
+    ``train_clip.model_card.model_card``), README.md. Loads with create_model_and_transforms('local-dir:DIR') or
+    (name, pretrained=FILE); returns the weights' path.
 
     A Hugging Face text tower's tokenizer (``tokenizer.tokenizer`` of open_clip's ``HFTokenizer``) is saved into the
     folder too: open_clip's ``get_tokenizer('local-dir:DIR')`` reads an HF tokenizer from DIR itself.
     """
+    from safetensors.torch import save as safetensors_bytes
+
+    from train_clip.model_card import MODEL_CARD, model_card
+
+    os.makedirs(export_dir, exist_ok=True)
     weights = os.path.join(export_dir, EXPORT_WEIGHTS)
-    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    atomic_torch_save({"state_dict": state}, weights)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write_bytes(weights, safetensors_bytes(state))
     config = {"model_cfg": resolved_model_config(cfg, image_size), "preprocess_cfg": dict(model.visual.preprocess_cfg),
               "model_name": cfg.name}
     if config["model_cfg"]["text_cfg"].get("hf_tokenizer_name"):
         require(hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "save_pretrained"),
                 "exporting a model with a Hugging Face text tower needs its open_clip HFTokenizer")
         save_hf_tokenizer(tokenizer.tokenizer, export_dir)
+    if card is not None:
+        atomic_write_text(os.path.join(export_dir, MODEL_CARD), model_card(card))
     atomic_write_text(os.path.join(export_dir, EXPORT_CONFIG), json.dumps(config, indent=2) + "\n")
     return weights
 

@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import os
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Dict, List, Optional
@@ -26,7 +28,7 @@ from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import DataStream, LoaderFactory, LoaderRequest, caption_loader_factory
 from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
 from train_clip.frozen_features import FeatureInputCLIP, train_split_features
-from train_clip.models import (create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
+from train_clip.models import (EXPORT_WEIGHTS, create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
                                train_transform)
 from towers.text_trim import TrimmedTextCLIP, text_pad_id, trim_pad_id, trim_padding
 from training.guard import check_finite_loss, check_finite_weights
@@ -173,7 +175,7 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
             position = ckpt.Position(stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch)
         position = run_recipe_stage(session, model, index, position, payload)
         payload = None
-    return finish(session, model, position, global_batches, started, resume_path)
+    return finish(session, model, position, global_batches, started, resume_path, card_facts(data_cfg, mix_cfg))
 
 
 def frozen_image_features(session: Session, model: torch.nn.Module, data_cfg: Optional[DataConfig]) -> Any:
@@ -198,15 +200,24 @@ def check_resumable(payload: Dict[str, Any], session: Session, path: str) -> Non
              position["epoch"], position["batch_in_epoch"])
 
 
+def card_facts(data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig]) -> Dict[str, Any]:
+    """The data and caption-mixture facts of the export's model card (``train_clip.model_card``)."""
+    return {"data": data_cfg.train_shards or data_cfg.name if data_cfg is not None else "in-memory source (no data config)",
+            "strategy": mix_cfg.strategy if mix_cfg is not None else "n/a", "p": mix_cfg.p_original if mix_cfg is not None else None,
+            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+
+
 def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, global_batches: List[int], started: float,
-           resume_path: Optional[str]) -> TrainResult:
-    """Export the final weights (rank 0) and describe the run."""
+           resume_path: Optional[str], facts: Optional[Dict[str, Any]] = None) -> TrainResult:
+    """Export the final weights (rank 0) with a model card of ``facts`` (``card_facts``) and describe the run."""
     export_dir = os.path.join(session.out_dir, EXPORT_DIR)
     final_size = session.train_cfg.stages[-1].image_size
-    export_path = os.path.join(export_dir, "open_clip_pytorch_model.bin")
+    export_path = os.path.join(export_dir, EXPORT_WEIGHTS)
     check_finite_weights(unwrap(model), f"model {session.model_cfg.name} after step {position.step}")
     if session.env.is_main:
-        export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir, session.tokenizer)
+        card = {"model": session.model_cfg.name, **(facts or card_facts(None, None)),
+                "budget": {"steps": position.step, "samples_seen": position.samples_seen, "global_batch": global_batches}}
+        export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir, session.tokenizer, card=card)
         log.info("exported %s (load: open_clip.create_model_and_transforms(%r, pretrained=%r) or 'local-dir:%s')",
                  export_path, session.model_cfg.name, export_path, export_dir)
     barrier(session.env)
