@@ -7,6 +7,7 @@ import os
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import train_clip  # noqa: F401  (registers the RecapLiT configs and the timm FID Inception)
 from harness_infra.errors import ConfigError
@@ -97,7 +98,7 @@ def test_lit_run_trains_only_the_unlocked_parts_and_reuses_the_feature_cache(tmp
     monkeypatch.setattr(frozen_features, "compute_trunk_features", no_recompute)
     again = train(lit_model(), lit_recipe(cache), data_cfg, MixConfig(p=0.5), str(tmp_path / "run2"))
     assert again.steps == 6 and sorted(os.listdir(cache)) == sorted(files)
-    exported = torch.load(again.export_path, map_location="cpu", weights_only=True)["state_dict"]
+    exported = load_file(again.export_path)  # open_clip_model.safetensors
     assert all(torch.equal(exported[k], after[k]) for k in after)  # same seed, same cached features: same weights
 
 
