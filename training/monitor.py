@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from harness_infra.atomic import atomic_write_text
 from harness_infra.errors import ConfigError
+from harness_infra.progress import on_terminal
 from training.distributed import DistEnv, all_reduce_mean
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,8 @@ class RunMonitor:
             if wandb_project:
                 self.wandb = start_wandb(wandb_project, out_dir, run_config)
         # a bar only on a terminal: redirected to a file, its carriage-return updates would bury the log lines
-        on_terminal = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                        disable=not (self.writes and progress_bar and on_terminal))
+                        disable=not (self.writes and progress_bar and on_terminal(sys.stderr)))
         self.console = contextlib.ExitStack()  # while the bar shows, console log lines print above it (tqdm.write)
         if not self.bar.disable:
             self.console.enter_context(logging_redirect_tqdm())
