@@ -55,9 +55,7 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
     prompts = prompts_of(cfg, ctx.infos)
     device = f"cuda:{local_rank()}" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
     pipeline = DitPipeline.from_pretrained(export_dir, device, "transformer" if spec.use_ema else "transformer_online")
-    pipeline.batch_invariant = spec.batch_invariant
-    write_samples(pipeline, prompts, out_dir, spec.seed, spec.guidance_scale, spec.steps, spec.sampler, spec.batch_size,
-                  rank(), world_size(), export_dir)
+    write_samples(pipeline, prompts, out_dir, spec, rank(), world_size(), export_dir)
     folder = os.path.join(out_dir, "images")
     if rank() != 0:
         return {"images": len(prompts)}
