@@ -40,6 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness_infra.errors import BrokenModelError, ConfigError, LabelError, one_line, require
 from harness_infra.ranks import is_main, launcher, rank, world_size
+from harness_infra.stagecache import canonical
 from pipeline.schema import HarnessConfig, validate
 
 log = logging.getLogger("pipeline")
@@ -168,7 +169,8 @@ def compose_config(overrides: List[str]) -> Tuple[HarnessConfig, Dict[str, Any]]
         raise ConfigError(explain(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    return validate(cfg), OmegaConf.to_container(cfg, resolve=True)
+    harness = validate(cfg)
+    return harness, canonical(harness)  # the published config is the typed one (eval tasks with their kind's defaults)
 
 
 def prevalidate(overrides: List[str], multirun: bool) -> int:
@@ -253,7 +255,7 @@ def walk(cfg: DictConfig) -> Dict[str, Any]:
     from pipeline.runner import run_experiment
 
     harness = validate(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = canonical(harness)  # what the stages use: each eval task typed by its kind, with that kind's defaults
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     p_text = "n/a (concat)" if harness.mix.p_original is None else f"{harness.mix.p_original:g}"
     log.info("experiment %s: p = %s (probability of the ORIGINAL caption), strategy %s", harness.experiment, p_text, harness.mix.strategy)

@@ -104,9 +104,25 @@ def test_yaml_files_build_typed_configs(path):
     assert isinstance(cfg, EvalConfig) and cfg.tasks and all(isinstance(t, TaskConfig) for t in cfg.tasks)
 
 
-def test_a_wrong_task_key_in_a_composed_config_is_one_line_naming_it():
+@pytest.mark.parametrize("override,named", [
+    ("eval.tasks.0.templates=cifar", "eval task smoke_raw_fid: templates is not a key of FidTaskConfig"),  # another kind's key
+    ("eval.tasks.0.guidance_scale=3.0", "guidance_scale"),  # no kind's key (it lives under generation)
+    ("+eval.tasks.0.guidance_scale=3.0", "eval.tasks.0.guidance_scale is not a key of TaskEntry"),
+    ("eval.tasks.0.generation.sampler=heun", "eval task smoke_raw_fid: generation.sampler='heun' is unknown"),
+])
+def test_a_wrong_task_key_in_a_composed_config_is_one_line_naming_it(override, named):
     from pipeline.cli import compose_config
 
     with pytest.raises(ConfigError) as info:
-        compose_config(["+experiment=dit_smoke", "eval=t2i_smoke", "+eval.tasks.0.guidance_scale=3.0"])
-    assert "eval task smoke_raw_fid: guidance_scale is not a key of FidTaskConfig" in str(info.value) and "\n" not in str(info.value)
+        compose_config(["+experiment=dit_smoke", "eval=t2i_smoke", override])
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_any_task_key_a_file_left_out_is_overridden_without_a_plus():
+    from pipeline.cli import compose_config
+
+    cfg, resolved = compose_config(["+experiment=dit_smoke", "eval=t2i_smoke", "eval.tasks.0.max_samples=3", "eval.tasks.2.generation.steps=7",
+                                    "eval.task_defaults.generation.seed=4"])
+    fid, judge = cfg.eval.tasks[0], cfg.eval.tasks[2]
+    assert (fid.max_samples, fid.generation.steps, fid.generation.seed, cfg.eval.tasks[1].max_samples) == (3, 5, 4, 8)
+    assert (judge.generation.steps, judge.generation.sampler, judge.judge_rubric) == (7, "dpm++", "alignment_1to5")  # the kind's defaults

@@ -14,9 +14,6 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torch
-from PIL import Image
-
 from harness_infra.atomic import atomic_write, atomic_write_json
 from harness_infra.errors import require
 from harness_infra.progress import Progress
@@ -78,8 +75,11 @@ def generate_batches(generate: Callable[[List[str], List[int], GenerationSpec], 
     progress.close()
 
 
-def to_pil(image: Any) -> Image.Image:
-    """A generated image (3 x H x W float in [0, 1], or PIL) as 8-bit RGB: round(255 x clamp(x, 0, 1))."""
+def to_pil(image: Any) -> Any:
+    """A generated image (3 x H x W float in [0, 1], or PIL) as an 8-bit RGB PIL image: round(255 x clamp(x, 0, 1))."""
+    import torch  # here, not at import: configs import this module, and composing a config loads no model library
+    from PIL import Image
+
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

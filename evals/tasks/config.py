@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from harness_infra.errors import ConfigError, one_line, require
 from harness_infra.stagecache import setting
@@ -228,6 +229,42 @@ TASK_CONFIGS: Dict[str, Type[TaskConfig]] = {
 }
 
 
+UNSET = "<unset>"  # an entry key no file or override set: its kind's default (or eval.task_defaults') applies
+
+
+def entry_schema(name: str, kinds: Sequence[type]) -> type:
+    """The composition-time type of a task entry: every field of every kind in ``kinds`` (nested dataclasses as entries
+    of their own), each ``Any`` defaulting to ``UNSET``. Hydra types ``eval.tasks`` with it, so a key no kind has is
+    a one-line error at composition and ``eval.tasks.N.key=value`` overrides any key a file left out; the kind's own
+    config (``task_config``) then types the keys that were set and rejects another kind's."""
+    entries: Dict[str, Any] = {}
+    for kind in kinds:
+        hints = typing.get_type_hints(kind)
+        for f in dataclasses.fields(kind):
+            if f.name not in entries and dataclasses.is_dataclass(hints[f.name]):
+                sub = entry_schema(f"{hints[f.name].__name__}Entry", [hints[f.name]])
+                entries[f.name] = (f.name, sub, field(default_factory=sub))
+            elif f.name not in entries:
+                entries[f.name] = (f.name, Any, field(default=UNSET))
+    entry = dataclasses.make_dataclass(name, list(entries.values()))
+    entry.__module__ = __name__
+    return entry
+
+
+def set_keys(entry: Any) -> Dict[str, Any]:
+    """The keys of a task entry (a mapping or an ``entry_schema`` instance) that were set, nested ones included."""
+    items = dataclasses.asdict(entry).items() if dataclasses.is_dataclass(entry) else dict(entry).items()
+    out = {}
+    for key, value in items:
+        if isinstance(value, Mapping):
+            value = set_keys(value)
+            if not value:
+                continue
+        if not (isinstance(value, str) and value == UNSET):
+            out[key] = value
+    return out
+
+
 def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> TaskConfig:
     """The typed config of one task from a mapping (a ``conf/eval`` list entry) and/or keywords: ``defaults`` (an
     ``eval.task_defaults``) under the task's own keys, merged into its kind's structured schema (``TASK_CONFIGS[task]``,
@@ -236,7 +273,8 @@ def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[M
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    own = {**dict(fields or {}), **kwargs}
+    own = {**set_keys(fields or {}), **kwargs}
+    defaults = set_keys(defaults or {})
     name = own.get("name", "?")
     kind = own.get("task")
     require(kind in TASK_CONFIGS, f"eval task {name}: task={kind!r} is unknown; choose one of {', '.join(TASK_CONFIGS)}")
@@ -259,6 +297,9 @@ def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[M
         raise ConfigError(f"eval task {name}: " + (f"{key}: " if key else "") + str(exc).splitlines()[0]) from None
     except ValueError as exc:
         raise ConfigError(f"eval task {name}: {one_line(exc)}") from None
+
+
+TaskEntry = entry_schema("TaskEntry", list(dict.fromkeys(TASK_CONFIGS.values())))
 
 
 @dataclass
@@ -300,8 +341,8 @@ class EvalConfig:
     trim_text_padding: bool = True
     trunk_feature_cache: bool = False
     max_lost_share: float = setting(0.01, key=False)
-    tasks: List[Any] = field(default_factory=list)
-    task_defaults: Dict[str, Any] = setting(default_factory=dict, key=False)  # already merged into each task, which the key holds
+    tasks: List[TaskEntry] = field(default_factory=list)  # type: ignore[valid-type]
+    task_defaults: TaskEntry = setting(default_factory=TaskEntry, key=False)  # type: ignore[valid-type]  # merged into each task (the key holds those)
 
     def __post_init__(self) -> None:
         self.ks = tuple(int(k) for k in self.ks)
