@@ -65,6 +65,15 @@ def test_a_wrong_task_key_or_type_is_one_line_naming_it(fields, defaults, named)
     assert named in str(info.value) and str(info.value).startswith("eval task t: ") and "\n" not in str(info.value)
 
 
+def test_every_registered_task_has_a_config_of_its_kind():
+    from evals.tasks.config import TASK_CONFIGS, T2ITaskConfig
+    from evals.tasks.registry import GENERATOR, TASKS
+
+    assert set(TASK_CONFIGS) == set(TASKS)
+    assert {name for name, kind in TASK_CONFIGS.items() if issubclass(kind, T2ITaskConfig)} == \
+        {name for name, spec in TASKS.items() if spec.evaluates == GENERATOR}
+
+
 def test_each_task_kind_has_its_own_config_and_keys():
     assert type(task_config(name="r", task="long_retrieval", format="caption_folder", path="u")) is RetrievalTaskConfig
     zeroshot = task_config(name="z", task="zeroshot_classification", path="cifar10", templates="cifar")

@@ -279,7 +279,7 @@ def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[M
     kind = own.get("task")
     require(kind in TASK_CONFIGS, f"eval task {name}: task={kind!r} is unknown; choose one of {', '.join(TASK_CONFIGS)}")
     schema = TASK_CONFIGS[kind]
-    for source, where in ((defaults or {}, "eval.task_defaults."), (own, "")):
+    for source, where in ((defaults, "eval.task_defaults."), (own, "")):
         unknown = [key for key in source if key not in {f.name for f in dataclasses.fields(schema)}]
         if unknown:
             names = [f.name for f in dataclasses.fields(schema)]
@@ -287,7 +287,7 @@ def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[M
             raise ConfigError(f"eval task {name}: {where}{unknown[0]} is not a key of {schema.__name__} (task={kind} has: {', '.join(names)}"
                               + (f"; did you mean {close[0]}?" if close else "") + ")")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), dict(defaults or {}), own)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), defaults, own)
         return OmegaConf.to_object(merged)
     except ConfigError as exc:  # a __post_init__'s (GenerationSpec's names only its own key)
         message = str(exc)
@@ -320,9 +320,9 @@ class EvalConfig:
     run the trunk once per data set and only their projection heads per model. max_lost_share: the largest share of a
     task's samples that may be skipped (bad images, labels or captions, dotted keys; counted by reason in the record)
     before the task fails instead of publishing (``evals.tasks.suite.check_lost_share``). tasks: the tasks, each a
-    mapping typed by its kind (``task_config``); task_defaults: keys every task takes unless it sets them (merged under
-    each task's own, nested mappings such as ``generation`` key by key; each must be a key of every task's kind), so a
-    file of similar tasks states what they share once.
+    ``TaskEntry`` at composition (``entry_schema``) and then typed by its kind (``task_config``); task_defaults: keys
+    every task takes unless it sets them (merged under each task's own, nested ones such as ``generation`` key by key;
+    each must be a key of every task's kind), so a file of similar tasks states what they share once.
     """
 
     batch_size: int = setting(256, key=False)
