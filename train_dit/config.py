@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
-from training.generation import SAMPLERS, GenerationSpec
+from training.generation import GenerationSpec
 
 __all__ = ["ConfigError", "DitModelConfig", "DitTrainConfig", "ImageSpaceSpec", "SampleSpec", "TextEncoderSpec", "PRESETS"]
 
