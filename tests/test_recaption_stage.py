@@ -351,3 +351,11 @@ def test_waiting_for_a_split_that_never_finishes_times_out_naming_it(tmp_path):
     with pytest.raises(TimeoutError, match=rf"recaption of train in {tmp_path} was not completed .* within 0 s"):
         wait_for_split(str(tmp_path), "train", 2, timeout_s=0.2)
     assert __import__("time").monotonic() - started < 5
+
+
+def test_an_unknown_failure_reason_is_a_value_error_naming_the_known_ones():
+    from recaption.captioner import FAILURE_REASONS
+
+    assert Caption.failed("timeout").reason == "timeout"
+    with pytest.raises(ValueError, match=rf"unknown caption failure reason 'oops': one of {FAILURE_REASONS[0]}"):
+        Caption.failed("oops")

@@ -215,3 +215,18 @@ def test_the_feature_extractor_stays_in_eval_mode():
     assert not ex.training and not ex.trunk.training
     ex.train(True)
     assert not ex.trunk.training
+
+
+def test_the_pixel_fingerprint_reads_tensors_and_the_rgb_pixels_of_any_image_mode():
+    tensors = [torch.full((3, 8, 8), v, dtype=torch.uint8) for v in (1, 2)]
+    assert F.pixels_fingerprint(tensors) == F.pixels_fingerprint([t.clone() for t in tensors])
+    assert F.pixels_fingerprint(tensors) != F.pixels_fingerprint(tensors[::-1])
+    rgba = Image.new("RGBA", (8, 8), (10, 20, 30, 128))
+    assert F.pixels_fingerprint([rgba]) == F.pixels_fingerprint([rgba.convert("RGB")])  # the identity is the RGB pixels
+
+
+def test_statistics_built_on_a_miss_from_a_callable_equal_the_direct_ones(tmp_path):
+    ex = tiny_extractor()
+    images = [Image.new("RGB", (24, 24), (i * 30, 60, 90)) for i in range(5)]
+    stats, cached = F.cached_statistics(lambda: images, "five", ex, EmbeddingCache(str(tmp_path)))
+    assert not cached and torch.equal(stats["features"], F.extract_features(images, ex))
