@@ -123,7 +123,7 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
     # read back from the marker (a cwd-relative shard_dir in it, as older versions wrote): the stage's own folder wins
     again = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
-    assert shard_dir(again) == info["out_dir"]
+    assert shard_dir(again) == info.out_dir
 
 
 TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]  # matplotlib's C0..C3

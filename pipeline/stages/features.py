@@ -19,7 +19,7 @@ from harness_infra.stagecache import key_fields
 from pipeline.families import family_of
 from pipeline.infos import DataInfo, FeaturesInfo
 from pipeline.registry import RunContext, Stage
-from pipeline.stages.recaption import read_key, recaptioned_data, recaptions
+from pipeline.stages.recaption import read_key, recaption_output, recaptioned_data
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
@@ -29,7 +29,7 @@ def key(ctx: RunContext) -> Dict[str, Any]:
            "image_size": cfg.model.image_size, "flip": cfg.train.flip, "data": key_fields(cfg.data),
            "concat_separator": cfg.mix.concat_separator if cfg.mix.strategy == "concat" else None,
            "data_fingerprint": ctx.output(DataInfo).fingerprint}
-    recaptioned = recaptions(ctx)
+    recaptioned = recaption_output(ctx)
     if recaptioned is not None:
         key["recaption"] = read_key(cfg, recaptioned)
     return key

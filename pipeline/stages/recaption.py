@@ -37,7 +37,7 @@ def key(ctx: RunContext) -> Dict[str, Any]:
             "max_image_pixels": cfg.data.max_image_pixels, "exif_transpose": cfg.data.exif_transpose}
 
 
-def recaptions(ctx: RunContext) -> Optional[RecaptionInfo]:
+def recaption_output(ctx: RunContext) -> Optional[RecaptionInfo]:
     """The recaption stage's output for a stage reading it (None when the run lists no recaption stage). RuntimeError
     on a rank other than 0 that ran the stage itself (rank 0 alone reports it; before the typed outputs such a rank
     failed on the missing ``member`` key)."""
@@ -103,7 +103,7 @@ def recaptioned_data(ctx: RunContext) -> Any:
     (``layout_mode=add``) or replacing (``replace``) the layout's recaption sources; other splits as built."""
     cfg = ctx.cfg
     data = data_for_training(cfg, ctx.output(DataInfo))
-    info = recaptions(ctx)
+    info = recaption_output(ctx)
     if info is None:
         return data
     from captiondata.config import CaptionField

@@ -20,7 +20,7 @@ from training.monitor import read_epochs
 from pipeline.families import family_of, train_result_info
 from pipeline.infos import DataInfo, TrainInfo
 from pipeline.registry import RunContext, Stage
-from pipeline.stages.recaption import read_key, recaptioned_data, recaptions
+from pipeline.stages.recaption import read_key, recaption_output, recaptioned_data
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
@@ -28,7 +28,7 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     cfg = ctx.cfg
     key = {"trainer": cfg.trainer, "model": key_fields(cfg.model), "train": key_fields(cfg.train), "mix": key_fields(cfg.mix),
            "data": key_fields(cfg.data), "data_fingerprint": ctx.output(DataInfo).fingerprint}
-    recaptioned = recaptions(ctx)
+    recaptioned = recaption_output(ctx)
     if recaptioned is not None:  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
         key["recaption"] = {**read_key(cfg, recaptioned), "splits": list(cfg.recaption.splits)}
     return key
@@ -41,7 +41,7 @@ def min_coverage(cfg: Any) -> float:
 
 def recaption_failures(ctx: RunContext) -> Dict[str, int]:
     """The recaption stage's failures by reason on the train split ({} without a recaption stage)."""
-    info = recaptions(ctx)
+    info = recaption_output(ctx)
     return dict(((info.splits if info is not None else None) or {}).get("train", {}).get("failed") or {})
 
 
