@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 EMBEDDER = "image_text_embedder"
 GENERATOR = "image_generator"
@@ -45,12 +45,16 @@ class ImageGenerator:
     ``pipeline``: anything with ``generate(prompts, seeds, guidance_scale, steps, sampler, batch_size)`` returning
     N x 3 x H x W float images in [0, 1] (or N PIL images), image i a function of (prompt i, seed i) alone
     (``train_dit.sample.DitPipeline``). ``weights_id``: identity of its weights (keys the image cache; None = the
-    sha256 of ``pipeline.transformer``'s state dict). ``description``: what it is (recorded).
+    sha256 of ``pipeline.transformer``'s state dict). ``description``: what it is (recorded). ``evaluator_loader``:
+    how a CLIP export folder named as a task's evaluator loads (``load(folder, device) -> ImageTextEmbedder``), passed
+    in by whoever builds the generator (the pipeline's DiT family passes its CLIP family's loader, since the tasks sit
+    beside ``train_clip``, not above it); None: such an evaluator is a ConfigError.
     """
 
     pipeline: Any
     weights_id: Optional[str] = None
     description: Dict[str, Any] = field(default_factory=dict)
+    evaluator_loader: Optional[Callable[[str, str], ImageTextEmbedder]] = None
     kind: str = GENERATOR
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], guidance_scale: float, steps: int, sampler: str,
@@ -68,21 +72,6 @@ class ImageGenerator:
 
             self.weights_id = model_fingerprint(self.pipeline.transformer)
         return self.weights_id
-
-
-_CLIP_EXPORT_LOADER: List[Callable[[str, str], ImageTextEmbedder]] = []
-
-
-def set_clip_export_loader(load: Callable[[str, str], ImageTextEmbedder]) -> None:
-    """Register how a CLIP export folder of this harness loads as an ``ImageTextEmbedder`` (``load(folder, device)``):
-    the pipeline registers its CLIP family's loader, since the evaluation tasks sit beside ``train_clip``, not above it.
-    The text-to-image tasks use it for an evaluator given as an export folder (the Recap-CLIP score)."""
-    _CLIP_EXPORT_LOADER[:] = [load]
-
-
-def clip_export_loader() -> Optional[Callable[[str, str], ImageTextEmbedder]]:
-    """The registered CLIP export loader, or None."""
-    return _CLIP_EXPORT_LOADER[0] if _CLIP_EXPORT_LOADER else None
 
 
 @dataclass(frozen=True)
