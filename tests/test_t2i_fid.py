@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+# imported at collection, not inside the tests: mutation testing (tests/MUTATION.md) forks every mutant's run from the
+# process that collected the tests, and torchmetrics' FID/KID modules take seconds to import
+import torchmetrics.image.fid  # noqa: F401
+import torchmetrics.image.kid  # noqa: F401
 from PIL import Image, ImageFilter
 
 from conftest import require_real
