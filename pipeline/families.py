@@ -4,7 +4,7 @@ A ``Family`` names the typed configs of its ``model:`` and ``train:`` groups (re
 ``model/{name}_schema`` and ``train/{name}_schema``, which every file of those groups extends), the stages it walks,
 how the train stage prepares its recipe, the function that trains it from the mixed caption shards, the function
 that loads its export as the kind of model the eval tasks take (``evals.tasks.registry.KINDS``; a generator gets the
-loader of a CLIP export passed in, for a task whose evaluator is one), its table kind (``evals.tables``), and, for a
+loader of a CLIP export passed in, for a task whose evaluator is one), its table kind (``report.tables``), and, for a
 family that has them, how its features are precomputed and how it samples images. The stages ask the family
 (``family_of(cfg)``) and never branch on its name. Adding a family = its package plus one entry in ``FAMILIES``.
 """
@@ -47,7 +47,7 @@ class Family:
     ``train(model_cfg, train_cfg, data_cfg, mix_cfg, out_dir) -> result`` (a dataclass with ``export_dir``,
     ``samples_seen``, ``global_batch``, ``steps``); ``load(export_dir, device) -> evaluable`` of kind ``produces``;
     ``stages``: the stage names a run of this family may list; ``prepare(recipe, cfg) -> recipe``: the recipe the
-    train stage trains with; ``table_kind``: ``evals.tables.write_tables``' family argument (``clip``: retrieval and
+    train stage trains with; ``table_kind``: ``report.tables.write_tables``' family argument (``clip``: retrieval and
     zero-shot tables, ``t2i``: text-to-image tables); ``build_features(cfg, data) -> FeaturesInfo``: the features
     stage's work on the (recaptioned) data config, None when the family has no feature cache stage; ``sampling``: the
     sample stage's functions, None when the family does not generate images.

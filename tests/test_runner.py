@@ -16,7 +16,7 @@ from harness_infra.errors import ConfigError
 from evals.results.bootstrap import QueryValues
 from evals.results.records import write_record
 from pipeline.cli import main
-from evals.tables import write_tables
+from report.tables import write_tables
 
 SMALL = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
          "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
@@ -261,7 +261,7 @@ def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
 
 
 def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
-    from evals.tables import delta_vs_baseline
+    from report.tables import delta_vs_baseline
 
     base = {"metrics": {"fid": 36.2, "t2i_R@1": 0.2}, "whole_set_interval_methods": {"fid": "bootstrap over images"}}
     run = {"metrics": {"fid": 27.8, "t2i_R@1": 0.3}, "whole_set_interval_methods": {"fid": "bootstrap over images"}}
@@ -337,7 +337,7 @@ def test_an_interval_that_does_not_hold_its_point_is_still_plotted(tmp_path):
 
 
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
-    from evals.tables import load_records, metric_rows, plot_series
+    from report.tables import load_records, metric_rows, plot_series
 
     rng = np.random.default_rng(3)
     for label, p, budget in (("full_1.0", 1.0, 80000), ("full_0.5", 0.5, 80000), ("smoke_1.0", 1.0, 512), ("smoke_0.5", 0.5, 512)):
@@ -362,7 +362,7 @@ def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
 
 
 def test_identical_results_of_a_rerun_collapse_into_one_row(tmp_path):
-    from evals.tables import load_records
+    from report.tables import load_records
 
     hits = np.random.default_rng(4).random(100) < 0.5
     for label, created in (("first", "2026-01-01T00:00:00+00:00"), ("rerun", "2026-02-01T00:00:00+00:00")):

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> TablesInfo:
     """Write ``{results_dir}/{data}.md`` or ``{data}_{kind}.md`` (the family's ``table_kind``), ``.csv`` and the plots."""
-    from evals.tables import write_tables
+    from report.tables import write_tables
 
     results = ctx.cfg.run.results_dir
     log.info("tables from %s", os.path.join(results, RECORDS_DIR))
