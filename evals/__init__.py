@@ -1,7 +1,5 @@
-"""Evaluations and the harness's entry point.
-
-``evals.run``: ``python -m evals.run`` (a thin shell over ``pipeline.cli``). ``evals.tables``: comparison tables and
-plots from published records (``python -m evals.tables``). ``evals.tasks``: the registered tasks (zero-shot
-classification, retrieval, caption diagnostics). ``evals.results``: task results, bootstrap and paired tests, records.
-This package file imports nothing, so each of those sits in its own layer (see pyproject's import-linter contracts).
+"""Evaluations: ``evals.tasks`` (the registered tasks: zero-shot classification, retrieval, caption diagnostics,
+text-to-image) and ``evals.results`` (task results, bootstrap intervals and paired tests, records). One package on
+the families' layer: it imports no family, and nothing above it (the front door ``python -m evals.run`` and
+``python -m evals.tables`` are command aliases of ``pipeline.cli`` and ``report.tables``).
 """

@@ -13,23 +13,24 @@ from harness_infra.provenance import provenance
 from evals.results.records import read_per_query, read_record, records_lock, write_record
 from harness_infra.locks import exclusive
 from harness_infra.stagecache import content_hash
+from pipeline.infos import EvalInfo, StageInfo
 
 RECORDS_DIR = "records"
 
 
-def recaption_section(infos: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def recaption_section(infos: Dict[str, StageInfo]) -> Optional[Dict[str, Any]]:
     """The recaption stage's coverage and failures by reason per split (None without a recaption stage)."""
     info = infos.get("recaption")
-    if not info:
+    if info is None:
         return None
     return {split: {"samples": stats["samples"], "with_recaption": stats["with_recaption"],
                     "coverage": stats["with_recaption"] / stats["samples"] if stats["samples"] else None,
                     "failed": stats["failed"], "input_skipped": stats.get("input_skipped", {})}
-            for split, stats in (info.get("splits") or {}).items()}
+            for split, stats in (info.splits or {}).items()}
 
 
-def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, Dict[str, Any]],
-                eval_info: Dict[str, Any]) -> Dict[str, Any]:
+def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo],
+                eval_info: EvalInfo) -> Dict[str, Any]:
     """What ran, how, on what, where and how long: attached to every record of the run. ``p`` is the label,
     ``realised_p`` the share of trained samples whose text was the original, ``mixture`` the checked mixture
     (``captiondata.realised``: coverage, fallbacks, tolerances), ``recaption`` the recaptioner's coverage and failures."""
@@ -43,27 +44,27 @@ def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos:
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": cfg.train.seed,
-        "samples_seen": train_info.get("samples_seen"),
-        "global_batch": train_info.get("global_batch"),
-        "steps": train_info.get("steps"),
-        "resumed": train_info.get("resumed"),  # [{"from_step", "at"}], [] never resumed; None: trained before it was recorded
-        "train_samples_per_s": train_info.get("samples_per_s"),
+        "samples_seen": train_info.samples_seen,
+        "global_batch": train_info.global_batch,
+        "steps": train_info.steps,
+        "resumed": train_info.resumed,  # [{"from_step", "at"}], [] never resumed; None: trained before it was recorded
+        "train_samples_per_s": train_info.samples_per_s,
         "config_hash": content_hash(resolved),
         "resolved_config": resolved,
-        "data_fingerprint": data_info.get("fingerprint"),
-        "realised_p": (train_info.get("mixture") or {}).get("realised_original_fraction"),
-        "mixture": train_info.get("mixture"),
+        "data_fingerprint": data_info.fingerprint,
+        "realised_p": (train_info.mixture or {}).get("realised_original_fraction"),
+        "mixture": train_info.mixture,
         "recaption": recaption_section(infos),
         "trainer": cfg.trainer,
-        "train_hash": train_info.get("hash"),
-        "eval_hash": eval_info.get("hash"),
-        "wall_time_s": {name: info.get("wall_time_s") for name, info in {**infos, "eval": eval_info}.items()},
+        "train_hash": train_info.hash,
+        "eval_hash": eval_info.hash,
+        "wall_time_s": {name: info.wall_time_s for name, info in {**infos, "eval": eval_info}.items()},
         **provenance(),
     }
 
 
-def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, Dict[str, Any]],
-                    eval_info: Dict[str, Any]) -> List[str]:
+def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo],
+                    eval_info: EvalInfo) -> List[str]:
     """Copy each eval record (and its per-query sidecar) into results/records; never overwrite.
 
     A record already published from the same eval stage output is left alone; a re-evaluation is
@@ -73,7 +74,7 @@ def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], in
     run = run_section(cfg, resolved, overrides, infos, eval_info)
     os.makedirs(folder, exist_ok=True)
     with exclusive(records_lock(folder)):  # a parallel identical run finds this one's records, never half of them
-        return [publish_one(source, folder, cfg.experiment, eval_info["hash"], run) for source in eval_info["records"]]
+        return [publish_one(source, folder, cfg.experiment, eval_info.hash, run) for source in eval_info.records]
 
 
 def publish_one(source: str, folder: str, experiment: str, eval_hash: str, run: Dict[str, Any]) -> str:

@@ -138,7 +138,7 @@ def validate(cfg: DictConfig) -> HarnessConfig:
         raise ConfigError(one_line(exc)) from None
     if not isinstance(harness, HarnessConfig):
         raise ConfigError("the composed config is not a HarnessConfig; does conf/config.yaml list harness_schema first?")
-    from pipeline.registry import check_stage_list  # imports the stage modules, so not at schema registration
+    from pipeline.registry import check_stage_list, stages  # imports the stage modules, so not at schema registration
 
     check_stage_list(harness.run.stages)
     family = FAMILIES.get(harness.trainer)
@@ -147,8 +147,12 @@ def validate(cfg: DictConfig) -> HarnessConfig:
         value = getattr(harness, group)
         require(isinstance(value, expected), f"{group}: a {type(value).__name__} is not a {expected.__name__} of trainer={family.name}; "
                                              f"pick a {group}/ file that extends {family.name}_schema")
-    require("recaption" not in harness.run.stages or harness.recaption is not None,
-            "run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite")
+    for name in harness.run.stages:
+        owners = "|".join(other.name for other in FAMILIES.values() if name in other.stages)
+        require(name in family.stages, f"run.stages lists {name}, a stage trainer={family.name} does not run; drop it or set trainer={owners}")
+        check = stages()[name].check
+        if check is not None:
+            check(harness)
     if "recaption" in harness.run.stages:
         from recaption.preflight import preflight
 

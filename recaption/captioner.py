@@ -64,8 +64,9 @@ class Caption:
 
     @staticmethod
     def failed(reason: str) -> "Caption":
-        """A failure with one of ``FAILURE_REASONS``."""
-        assert reason in FAILURE_REASONS, reason
+        """A failure with one of ``FAILURE_REASONS``; ValueError for any other reason."""
+        if reason not in FAILURE_REASONS:
+            raise ValueError(f"unknown caption failure reason {reason!r}: one of {', '.join(FAILURE_REASONS)}")
         return Caption(None, reason)
 
 

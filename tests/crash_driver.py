@@ -51,6 +51,7 @@ def write(folder: str) -> int:
 
 def publish(results_dir: str, *sources: str) -> int:
     """Publish ``sources`` as the eval output of one fixed run, once ``results_dir/go`` exists."""
+    from pipeline.infos import DataInfo, EvalInfo, TrainInfo
     from pipeline.publish import publish_records
 
     while not os.path.exists(os.path.join(results_dir, "go")):
@@ -58,8 +59,8 @@ def publish(results_dir: str, *sources: str) -> int:
     cfg = SimpleNamespace(experiment="exp", mix=SimpleNamespace(p_original=0.5, strategy="mix"), model=SimpleNamespace(name="m"),
                           data=SimpleNamespace(name="d"), train=SimpleNamespace(seed=0), trainer="clip",
                           run=SimpleNamespace(results_dir=results_dir))
-    infos = {"data": {"fingerprint": "f"}, "train": {"hash": "t"}}
-    print(json.dumps(publish_records(cfg, {}, [], infos, {"hash": "e", "records": list(sources)})))
+    infos = {"data": DataInfo(fingerprint="f"), "train": TrainInfo(hash="t")}
+    print(json.dumps(publish_records(cfg, {}, [], infos, EvalInfo(hash="e", records=list(sources)))))
     return 0
 
 

@@ -119,6 +119,9 @@ def test_overrides_reach_typed_config():
     ("model.no_such=1", "Key 'no_such' not in 'ClipModelConfig'"),
     ("run.stages=[train,eval]", "run.stages: 'train' needs data before it"),
     ("run.stages=[data,train,evaluate]", "run.stages: 'evaluate' is not a stage"),
+    ("run.stages=[data,train,recaption]", "run.stages: 'train' reads the output of recaption, so recaption must come before it"),
+    ("run.stages=[data,train,features]", "run.stages: 'train' reads the output of features, so features must come before it"),
+    ("run.stages=[data,features,train,eval]", "run.stages lists features, a stage trainer=clip does not run; drop it or set trainer=dit"),
     ("run.rerun=tables", "run.rerun='tables' is not one of run.stages"),
     ("trainer=dit", "trainer"),
 ])

@@ -164,7 +164,7 @@ def test_a_pipeline_killed_in_eval_publish_or_tables_completes_on_the_next_run(t
     where = [f"run.out_root={tmp_path}/runs", f"run.results_dir={tmp_path}/results"]
     kills = [("evals.results.records.atomic_write_text", f"{tmp_path}/runs/eval/"),      # eval: between a per-query file and its record
              ("evals.results.records.atomic_write_text", f"{tmp_path}/results/records/"),  # publish: the same point
-             ("evals.tables.atomic_write_bytes", "scenes.md")]                             # tables
+             ("report.tables.atomic_write_bytes", "scenes.md")]                             # tables
     for index, (target, marker) in enumerate(kills):
         killed = drive(target, marker, "pipeline", *SMOKE, *where)
         assert killed.returncode == 9, killed.stderr[-3000:]

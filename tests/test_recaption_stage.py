@@ -281,3 +281,81 @@ def test_a_captioner_that_cannot_run_fails_before_the_data_stage(tmp_path, overr
     with pytest.raises(ConfigError) as info:
         compose_config(["+experiment=clip_smoke", *overrides, "run.stages=[data,recaption]", f"run.out_root={tmp_path}"])
     assert message in str(info.value) and not os.listdir(tmp_path)  # nothing built, no stage folder left behind
+
+
+def test_the_split_manifest_lists_every_output_shard_with_its_count_and_hash(tmp_path):
+    from harness_infra.atomic import file_sha256
+    from recaption.stage import load_manifest
+
+    spec = write_input(str(tmp_path / "in"), 5, per_shard=2)
+    urls, out = sorted(glob.glob(spec)), str(tmp_path / "out")
+    cfg = RecaptionConfig(name="llava", backend="hf", model="x", batch_size=2, num_workers=0)
+    recaption_split(urls, out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: Flaky(set()))
+    finish_split(out, "train", len(urls), 1.0)
+    manifest = load_manifest(out, "train")
+    assert manifest["prefix"] == "train" and manifest["samples"] == 5
+    assert manifest["shards"] == [
+        {"name": f"train-{i:06d}.tar", "count": n, "bytes": os.path.getsize(f"{out}/train-{i:06d}.tar"),
+         "sha256": file_sha256(f"{out}/train-{i:06d}.tar")} for i, n in enumerate((2, 2, 1))]
+
+
+class Sizes(Flaky):
+    """Records the size of every image it is asked to caption."""
+
+    def __init__(self):
+        super().__init__(failing=set())
+        self.sizes = {}
+
+    def caption(self, items):
+        self.sizes.update({i.key: i.image.size for i in items})
+        return super().caption(items)
+
+
+def exif_rotated_jpeg(width: int, height: int) -> bytes:
+    """A width x height JPEG whose EXIF orientation (6: rotate 90 degrees clockwise) makes it height x width upright."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), (200, 30, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("exif_transpose, expected", [(None, (20, 40)), (True, (20, 40)), (False, (40, 20))])
+def test_recaption_data_applies_the_exif_orientation_unless_told_not_to(tmp_path, exif_transpose, expected):
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tar_of({"a.jpg": exif_rotated_jpeg(40, 20), "a.txt": b"a red block"}, str(folder / "train-000000.tar"))
+    captioner = Sizes()
+    cfg = RecaptionConfig(name="llava", backend="hf", model="x", batch_size=2, num_workers=0)
+    kwargs = {} if exif_transpose is None else {"exif_transpose": exif_transpose}  # None: the default
+    started = time.perf_counter()
+    stats = recaption_data({"train": str(folder / "train-*.tar")}, str(tmp_path / "out"), cfg, project_layout(), PIXELS,
+                           make_captioner=lambda c: captioner, **kwargs)["train"]
+    wall = time.perf_counter() - started
+    assert captioner.sizes == {"a": expected}
+    assert stats["seconds"] <= round(wall, 2) + 0.01 and stats["images_per_s"] >= 1 / wall  # one image in this run's own time
+    assert captions(str(tmp_path / "out" / "train-*.tar")) == {"a": "caption of a"}
+
+
+def test_waiting_for_a_split_that_never_finishes_times_out_naming_it(tmp_path):
+    from recaption.stage import wait_for_split
+
+    started = __import__("time").monotonic()
+    with pytest.raises(TimeoutError, match=rf"recaption of train in {tmp_path} was not completed .* within 0 s"):
+        wait_for_split(str(tmp_path), "train", 2, timeout_s=0.2)
+    assert __import__("time").monotonic() - started < 5
+
+
+def test_an_unknown_failure_reason_is_a_value_error_naming_the_known_ones():
+    from recaption.captioner import FAILURE_REASONS
+
+    assert Caption.failed("timeout").reason == "timeout"
+    with pytest.raises(ValueError, match=rf"unknown caption failure reason 'oops': one of {FAILURE_REASONS[0]}"):
+        Caption.failed("oops")

@@ -16,7 +16,7 @@ from harness_infra.errors import ConfigError
 from evals.results.bootstrap import QueryValues
 from evals.results.records import write_record
 from pipeline.cli import main
-from evals.tables import write_tables
+from report.tables import write_tables
 
 SMALL = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
          "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
@@ -109,6 +109,7 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     import dataclasses
 
     from pipeline.cli import compose_config
+    from pipeline.infos import DataInfo
     from pipeline.registry import RunContext, stages
     from pipeline.runner import run_cached
     from pipeline.stages.data import shard_dir
@@ -116,13 +117,13 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     cfg, _ = compose_config(["+experiment=clip_smoke", "run.out_root=cache/runs"])
-    fake = dataclasses.replace(stages()["data"], run=lambda ctx, out_dir: {"fingerprint": "x", "shard_dir": "cache/relative"})
+    fake = dataclasses.replace(stages()["data"], run=lambda ctx, out_dir: DataInfo(fingerprint="x", extra={"shard_dir": "cache/relative"}))
     info = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
-    assert shard_dir(info) == info["out_dir"] and os.path.isabs(info["out_dir"]) and info["out_dir"].startswith(str(tmp_path))
+    assert shard_dir(info) == info.out_dir and os.path.isabs(info.out_dir) and info.out_dir.startswith(str(tmp_path))
     assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
     # read back from the marker (a cwd-relative shard_dir in it, as older versions wrote): the stage's own folder wins
     again = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
-    assert shard_dir(again) == info["out_dir"]
+    assert shard_dir(again) == info.out_dir
 
 
 TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]  # matplotlib's C0..C3
@@ -196,6 +197,7 @@ def test_two_models_get_their_own_baselines_and_plots(tmp_path):
                          + [(["+experiment=flickr8k_lit_concat"], "concat", None)])
 def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p):
     from pipeline.cli import compose_config
+    from pipeline.infos import DataInfo
     from pipeline.registry import RunContext
     from pipeline.stages.train import key
 
@@ -203,7 +205,7 @@ def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p)
     assert cfg.model.tower is not None and cfg.model.tower.lock_image and not cfg.model.tower.lock_text
     assert cfg.train.frozen_image_features and cfg.eval.trunk_feature_cache and cfg.data.name == "flickr8k"
     assert cfg.mix.strategy == strategy and (p is None or cfg.mix.p == p)
-    assert "feature_cache_dir" not in key(RunContext(cfg, {}, [], {"data": {"fingerprint": "x"}}))["train"]  # where features live never retrains
+    assert "feature_cache_dir" not in key(RunContext(cfg, {}, [], {"data": DataInfo(fingerprint="x")}))["train"]  # where features live never retrains
     with pytest.raises(ConfigError, match="model.tower.image_size"):
         compose_config([*overrides, "model.tower.image_size=0"])
 
@@ -259,7 +261,7 @@ def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
 
 
 def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
-    from evals.tables import delta_vs_baseline
+    from report.tables import delta_vs_baseline
 
     base = {"metrics": {"fid": 36.2, "t2i_R@1": 0.2}, "whole_set_interval_methods": {"fid": "bootstrap over images"}}
     run = {"metrics": {"fid": 27.8, "t2i_R@1": 0.3}, "whole_set_interval_methods": {"fid": "bootstrap over images"}}
@@ -335,7 +337,7 @@ def test_an_interval_that_does_not_hold_its_point_is_still_plotted(tmp_path):
 
 
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
-    from evals.tables import load_records, metric_rows, plot_series
+    from report.tables import load_records, metric_rows, plot_series
 
     rng = np.random.default_rng(3)
     for label, p, budget in (("full_1.0", 1.0, 80000), ("full_0.5", 0.5, 80000), ("smoke_1.0", 1.0, 512), ("smoke_0.5", 0.5, 512)):
@@ -360,7 +362,7 @@ def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
 
 
 def test_identical_results_of_a_rerun_collapse_into_one_row(tmp_path):
-    from evals.tables import load_records
+    from report.tables import load_records
 
     hits = np.random.default_rng(4).random(100) < 0.5
     for label, created in (("first", "2026-01-01T00:00:00+00:00"), ("rerun", "2026-02-01T00:00:00+00:00")):
@@ -399,6 +401,7 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     from evals.tasks.config import task_config
     from evals.tasks.testing import write_cb_classification
     from pipeline.cli import compose_config
+    from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
     from pipeline.stages.data import user_shard_fingerprint
     from pipeline.stages.eval import key as eval_key
@@ -416,7 +419,7 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     task = task_config(name="outside", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
     cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
-    infos = {"data": {"fingerprint": "x", "out_dir": str(tmp_path / "data")}, "train": {"hash": "t"}}
+    infos = {"data": DataInfo(fingerprint="x", out_dir=str(tmp_path / "data")), "train": TrainInfo(hash="t")}
     first = eval_key(RunContext(cfg, {}, [], infos))
     tar = os.path.join(root, "test", "0.tar")
     blob = open(tar, "rb").read()
@@ -435,6 +438,7 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
 
     from evals.tasks.config import task_config
     from pipeline.cli import compose_config
+    from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
     from pipeline.stages.eval import key as eval_key
 
@@ -446,7 +450,7 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
                       evaluator=str(tmp_path / "train" / "clip_mix_p0.0-*" / "export"))
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
-    infos = {"data": {"fingerprint": "x", "out_dir": str(data_dir)}, "train": {"hash": "t"}}
+    infos = {"data": DataInfo(fingerprint="x", out_dir=str(data_dir)), "train": TrainInfo(hash="t")}
     first = eval_key(RunContext(cfg, {}, [], infos))
     (export / "open_clip_pytorch_model.bin").write_bytes(b"weights two")  # same size, retrained
     assert eval_key(RunContext(cfg, {}, [], infos)) != first
@@ -462,6 +466,7 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
     from evals.tasks.t2i import experiment_export, resolve_evaluator
     from harness_infra.errors import ConfigError
     from pipeline.cli import compose_config
+    from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
     from pipeline.stages.eval import key as eval_key
 
@@ -475,7 +480,7 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
     data_dir = tmp_path / "data"
     task = task_config(name="recap_clip", task="clip_score", path=f"{data_dir}/test-*.tar", evaluator_experiment="clip_mix_p0.0")
     base, _ = compose_config(["+experiment=clip_smoke"])
-    infos = {"data": {"fingerprint": "x", "out_dir": str(data_dir)}, "train": {"hash": "t"}}
+    infos = {"data": DataInfo(fingerprint="x", out_dir=str(data_dir)), "train": TrainInfo(hash="t")}
 
     def key_under(root):
         cfg = dc.replace(base, eval=dc.replace(base.eval, tasks=[task]), run=dc.replace(base.run, out_root=str(root)))

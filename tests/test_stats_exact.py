@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import binom
 
 from evals.results.bootstrap import QueryValues, bootstrap_ci, bootstrap_distribution, paired_test, percentile_interval
-from evals.tables import SIGNIFICANCE, cell
+from report.tables import SIGNIFICANCE, cell
 
 
 def balanced_mean(values, groups):

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+# imported at collection, not inside the tests: mutation testing (tests/MUTATION.md) forks every mutant's run from the
+# process that collected the tests, and torchmetrics' FID/KID modules take seconds to import
+import torchmetrics.image.fid  # noqa: F401
+import torchmetrics.image.kid  # noqa: F401
 from PIL import Image, ImageFilter
 
 from conftest import require_real
@@ -184,3 +188,49 @@ def test_fid_equals_fid_helper_on_real_images(data_root, tmp_path):
                for r in (1, 4)]
     grows = [F.torchmetrics_fid(stats[0], s, ex) for s in [stats[0]] + blurred]
     assert grows[0] < 1e-3 and grows[0] < grows[1] < grows[2]
+
+
+def test_a_finished_fid_is_cached_per_pair_of_sets_and_settings(tmp_path, monkeypatch):
+    ex = tiny_extractor()
+    cache = EmbeddingCache(str(tmp_path))
+    ref, gen = gaussian_stats(200, 8, 7), gaussian_stats(60, 8, 8, shift=0.3)
+    ref_key, gen_key = F.statistics_key(ex.weights_id, "ref"), F.statistics_key(ex.weights_id, "gen")
+    settings = dict(bootstrap_samples=20, kid_subsets_count=4, kid_subset_size=30, confidence=0.9, seed=1)
+    first = F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, **settings)
+    direct = F.fid_kid(ref, gen, ex, 20, 4, 30, 0.9, 1)
+    assert first.fid == direct.fid and first.fid_interval == direct.fid_interval and first.kid == direct.kid
+    assert first.kid_interval == direct.kid_interval and not first.reference_cached
+    calls = []
+    monkeypatch.setattr(F, "fid_kid", lambda *a, **k: calls.append(a) or direct)
+    again = F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, reference_cached=True, generated_cached=True, **settings)
+    assert not calls and again.fid == first.fid and tuple(again.fid_interval) == tuple(first.fid_interval)
+    assert again.kid_std == first.kid_std and again.n_generated == 60 and again.fid_method == first.fid_method
+    assert (again.reference_cached, again.generated_cached) == (True, True)  # the flags are this call's, not the cache's
+    for change in ({"bootstrap_samples": 21}, {"kid_subsets_count": 5}, {"kid_subset_size": 31}, {"confidence": 0.95}, {"seed": 2}):
+        F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, **{**settings, **change})
+    F.cached_fid_kid(ref, F.statistics_key(ex.weights_id, "ref2"), gen, gen_key, ex, cache, **settings)
+    F.cached_fid_kid(ref, ref_key, gen, F.statistics_key(ex.weights_id, "gen2"), ex, cache, **settings)
+    assert len(calls) == 7  # every setting and either set's key is part of the cached result's key
+
+
+def test_the_feature_extractor_stays_in_eval_mode():
+    ex = tiny_extractor()
+    ex.train()
+    assert not ex.training and not ex.trunk.training
+    ex.train(True)
+    assert not ex.trunk.training
+
+
+def test_the_pixel_fingerprint_reads_tensors_and_the_rgb_pixels_of_any_image_mode():
+    tensors = [torch.full((3, 8, 8), v, dtype=torch.uint8) for v in (1, 2)]
+    assert F.pixels_fingerprint(tensors) == F.pixels_fingerprint([t.clone() for t in tensors])
+    assert F.pixels_fingerprint(tensors) != F.pixels_fingerprint(tensors[::-1])
+    rgba = Image.new("RGBA", (8, 8), (10, 20, 30, 128))
+    assert F.pixels_fingerprint([rgba]) == F.pixels_fingerprint([rgba.convert("RGB")])  # the identity is the RGB pixels
+
+
+def test_statistics_built_on_a_miss_from_a_callable_equal_the_direct_ones(tmp_path):
+    ex = tiny_extractor()
+    images = [Image.new("RGB", (24, 24), (i * 30, 60, 90)) for i in range(5)]
+    stats, cached = F.cached_statistics(lambda: images, "five", ex, EmbeddingCache(str(tmp_path)))
+    assert not cached and torch.equal(stats["features"], F.extract_features(images, ex))

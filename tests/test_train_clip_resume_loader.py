@@ -135,6 +135,7 @@ def test_a_pipeline_train_stage_that_resumes_says_from_which_steps_and_when(shar
     from datetime import datetime, timezone
 
     from pipeline.cli import compose_config
+    from pipeline.infos import DataInfo, EvalInfo
     from pipeline.publish import run_section
     from pipeline.registry import RunContext
     from pipeline.stages.train import run as run_train_stage
@@ -146,11 +147,11 @@ def test_a_pipeline_train_stage_that_resumes_says_from_which_steps_and_when(shar
             train(model(), recipe(3), data_cfg, mix_cfg, str(out), loader_factory=crashing_factory(data_cfg, mix_cfg, crash_after))
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     cfg = dataclasses.replace(cfg, model=model(), train=recipe(3), data=data_cfg, mix=mix_cfg)
-    infos = {"data": {"fingerprint": "x"}}
+    infos = {"data": DataInfo(fingerprint="x")}
     info = run_train_stage(RunContext(cfg, {}, [], infos), str(out))
-    assert info["steps"] == SAMPLES // BATCH and [r["from_step"] for r in info["resumed"]] == [6, 9]
-    times = [datetime.fromisoformat(r["at"]) for r in info["resumed"]]
+    assert info.steps == SAMPLES // BATCH and [r["from_step"] for r in info.resumed] == [6, 9]
+    times = [datetime.fromisoformat(r["at"]) for r in info.resumed]
     assert all(t.utcoffset().total_seconds() == 0 for t in times)
     assert started <= times[0] <= times[1] <= datetime.now(timezone.utc)
-    run = run_section(cfg, {}, [], {**infos, "train": info}, {"hash": "e"})
-    assert run["resumed"] == info["resumed"] and run["steps"] == SAMPLES // BATCH
+    run = run_section(cfg, {}, [], {**infos, "train": info}, EvalInfo(hash="e"))
+    assert run["resumed"] == info.resumed and run["steps"] == SAMPLES // BATCH

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from training.generation import GenerationSpec
 
@@ -48,11 +48,15 @@ class ImageGenerator:
     in [0, 1] (or N PIL images) sampled as the ``training.generation.GenerationSpec`` says, image i a function of
     (prompt i, seed i) alone (``train_dit.sample.DitPipeline``). ``weights_id``: identity of its weights (keys the
     image cache; None = the sha256 of ``pipeline.transformer``'s state dict). ``description``: what it is (recorded).
+    ``evaluator_loader``: how a CLIP export folder named as a task's evaluator loads (``load(folder, device) ->
+    ImageTextEmbedder``), passed in by whoever builds the generator (the pipeline's DiT family passes its CLIP family's
+    loader, since the tasks sit beside ``train_clip``, not above it); None: such an evaluator is a ConfigError.
     """
 
     pipeline: Any
     weights_id: Optional[str] = None
     description: Dict[str, Any] = field(default_factory=dict)
+    evaluator_loader: Optional[Callable[[str, str], ImageTextEmbedder]] = None
     kind: str = GENERATOR
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], spec: GenerationSpec) -> Any:
@@ -66,21 +70,6 @@ class ImageGenerator:
 
             self.weights_id = model_fingerprint(self.pipeline.transformer)
         return self.weights_id
-
-
-_CLIP_EXPORT_LOADER: List[Callable[[str, str], ImageTextEmbedder]] = []
-
-
-def set_clip_export_loader(load: Callable[[str, str], ImageTextEmbedder]) -> None:
-    """Register how a CLIP export folder of this harness loads as an ``ImageTextEmbedder`` (``load(folder, device)``):
-    the pipeline registers its CLIP family's loader, since the evaluation tasks sit beside ``train_clip``, not above it.
-    The text-to-image tasks use it for an evaluator given as an export folder (the Recap-CLIP score)."""
-    _CLIP_EXPORT_LOADER[:] = [load]
-
-
-def clip_export_loader() -> Optional[Callable[[str, str], ImageTextEmbedder]]:
-    """The registered CLIP export loader, or None."""
-    return _CLIP_EXPORT_LOADER[0] if _CLIP_EXPORT_LOADER else None
 
 
 @dataclass(frozen=True)

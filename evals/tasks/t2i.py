@@ -32,7 +32,7 @@ from evals.results.bootstrap import QueryValues
 from evals.results.task_result import TaskResult
 from evals.tasks.config import (ClipScoreTaskConfig, EvalConfig, FidTaskConfig, JudgeTaskConfig, PromptFollowingTaskConfig, T2ITaskConfig,
                                  resolve_data_path)
-from evals.tasks.registry import ImageGenerator, ImageTextEmbedder, clip_export_loader
+from evals.tasks.registry import ImageGenerator, ImageTextEmbedder
 from harness_infra.atomic import atomic_write_json
 from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import BrokenModelError, ConfigError
@@ -241,15 +241,14 @@ def resolve_evaluator(task: Any, out_root: str) -> Any:
     return dataclasses.replace(task, evaluator=experiment_export(out_root, task.evaluator_experiment), evaluator_experiment=None)
 
 
-def load_evaluator(spec: str, device: str) -> Tuple[ImageTextEmbedder, str]:
+def load_evaluator(spec: str, device: str, loader: Optional[Any] = None) -> Tuple[ImageTextEmbedder, str]:
     """(embedder, name) of a CLIP evaluator: an export folder of a CLIP this harness trained (a glob matching exactly one
-    folder, e.g. ``cache/runs/train/clip_mix_p0.0-*/export``; loaded through the loader the pipeline registers,
-    ``registry.set_clip_export_loader``) or an open_clip ``NAME[:PRETRAINED]``."""
+    folder, e.g. ``cache/runs/train/clip_mix_p0.0-*/export``; loaded by ``loader(folder, device)``, the generator's
+    ``evaluator_loader``) or an open_clip ``NAME[:PRETRAINED]``."""
     from evals.tasks.suite import load_open_clip
 
     path = evaluator_path(spec)
     if os.path.isdir(path):
-        loader = clip_export_loader()
         if loader is None:
             raise ConfigError(f"evaluator {spec}: loading a harness CLIP export needs the pipeline's loader (run through python -m evals.run)")
         folder = os.path.normpath(path)
@@ -293,7 +292,7 @@ def run_clip_score_task(generator: ImageGenerator, task: ClipScoreTaskConfig, cf
     if task.evaluator is None:
         raise ConfigError(f"eval task {task.name}: evaluator_experiment={task.evaluator_experiment} is resolved under run.out_root by the "
                           "pipeline's eval stage (python -m evals.run); elsewhere set evaluator to its export folder")
-    embedder, name = load_evaluator(task.evaluator, cfg.device)
+    embedder, name = load_evaluator(task.evaluator, cfg.device, generator.evaluator_loader)
     prompt_set = open_prompt_set(task)
     images = generated_images(generator, prompt_set.prompts, task, cfg)
     scores, truncated = clip_score_values(embedder, images, prompt_set.prompts, cfg)

@@ -1,8 +1,8 @@
 """The data stage: build the configured data set's caption shards into a keyed folder, or fingerprint user shards.
 
 Key: the builder's own settings (``captiondata.build.builder_settings``: everything that determines the shard
-bytes). Its info: ``fingerprint`` (shard names, counts and SHA-256s; for user shards names and sizes), which is what
-every later stage keys on instead of the build settings. Under torchrun rank 0 builds, the others wait.
+bytes). Its output (``DataInfo``): ``fingerprint`` (shard names, counts and SHA-256s, ``shard_fingerprint``; for user
+shards names and sizes), which is what every later stage keys on instead of the build settings. Under torchrun rank 0 builds, the others wait.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from captiondata.build import build_shards, builder_settings
 from captiondata.config import DataConfig
 from captiondata.reader import expand_shards
 from harness_infra.stagecache import content_hash
+from pipeline.infos import DataInfo
 from pipeline.registry import RunContext, Stage
 
 
 def shard_fingerprint(manifests: Dict[str, Any]) -> str:
-    """Hash of every split's shard names, sample counts and SHA-256s."""
+    """Hash of every split's shard names, sample counts and SHA-256s (``manifests``: split -> a shard manifest with
+    ``shards: [{name, count, sha256}]``, as the shard writer and the recaption stage write them)."""
     return content_hash({split: [(s["name"], s["count"], s["sha256"]) for s in m["shards"]] for split, m in sorted(manifests.items())})
 
 
@@ -49,24 +51,25 @@ def key(ctx: RunContext) -> Optional[Dict[str, Any]]:
     return None if ctx.cfg.data.builder == "none" else builder_settings(ctx.cfg.data)
 
 
-def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
+def run(ctx: RunContext, out_dir: Optional[str]) -> DataInfo:
     """Build the shards into ``out_dir`` (or fingerprint user shards when there is no folder)."""
     if out_dir is None:
-        return {"shard_dir": None, **user_shard_fingerprint(ctx.cfg.data)}
+        user = user_shard_fingerprint(ctx.cfg.data)
+        return DataInfo(fingerprint=user["fingerprint"], shards=user["shards"])
     built = build_shards(dataclasses.replace(ctx.cfg.data, shard_dir=out_dir), overwrite=True)
-    return {"fingerprint": shard_fingerprint(built["manifests"]),
-            "samples": {split: m["samples"] for split, m in built["manifests"].items()}, "build_seconds": built["build_seconds"]}
+    return DataInfo(fingerprint=shard_fingerprint(built["manifests"]),
+                    samples={split: m["samples"] for split, m in built["manifests"].items()}, build_seconds=built["build_seconds"])
 
 
-def shard_dir(info: Dict[str, Any]) -> Optional[str]:
+def shard_dir(info: DataInfo) -> Optional[str]:
     """The absolute folder of built shards (the stage's own folder), None for user shards."""
-    return info.get("out_dir")
+    return info.out_dir
 
 
-def data_for_training(cfg: Any, info: Dict[str, Any]) -> DataConfig:
+def data_for_training(cfg: Any, info: DataInfo) -> DataConfig:
     """The data config pointing at the built shards (user shards as configured)."""
     folder = shard_dir(info)
     return dataclasses.replace(cfg.data, shard_dir=folder) if folder else cfg.data
 
 
-STAGE = Stage(name="data", needs=(), key=key, run=run, ranks="rank0_builds", label=lambda ctx: ctx.cfg.data.name)
+STAGE = Stage(name="data", needs=(), output=DataInfo, key=key, run=run, ranks="rank0_builds", label=lambda ctx: ctx.cfg.data.name)

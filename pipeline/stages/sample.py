@@ -1,5 +1,5 @@
-"""The sample stage (``trainer=dit``): the trained DiT's export generates images from prompts with classifier-free
-guidance; each rank draws its share (prompt i on rank i mod world size, seed ``sample.seed + i``), writes
+"""The sample stage (a family with ``Family.sampling``): the trained export generates images from prompts with
+classifier-free guidance; each rank draws its share (prompt i on rank i mod world size, seed ``sample.seed + i``), writes
 ``images/{i:05d}.png`` + ``.json`` (prompt, seed, guidance scale, steps, sampler), and rank 0 waits for every
 image, then writes ``prompts.jsonl`` and ``grid.png`` (prompts under the images).
 
@@ -18,20 +18,23 @@ import torch
 from harness_infra.errors import require
 from harness_infra.ranks import local_rank, rank, wait_until, world_size
 from harness_infra.stagecache import key_fields
+from pipeline.families import family_of
+from pipeline.infos import DataInfo, SampleInfo, TrainInfo
 from pipeline.registry import RunContext, Stage
 from pipeline.stages.recaption import recaptioned_data
 
 
-def prompts_of(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> List[str]:
+def prompts_of(ctx: RunContext) -> List[str]:
     """The prompts to sample (see the module docstring)."""
     from captiondata.counters import SampleCounters
     from captiondata.reader import expand_shards, raw_samples, valid_records
-    from train_dit.sample import prompts_from_records
 
+    cfg = ctx.cfg
+    prompts_from_records = family_of(cfg).sampling.prompts_from_records
     spec = cfg.train.sample
     if spec.prompts:
         return list(spec.prompts)
-    data = recaptioned_data(cfg, infos)
+    data = recaptioned_data(ctx)
     counters = SampleCounters(max_workers=1)
     records = valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters, data.max_member_bytes), data.layout, counters, data.max_image_pixels)
     prompts = prompts_from_records(records, spec.prompt_source, spec.num_prompts)
@@ -41,28 +44,26 @@ def prompts_of(cfg: Any, infos: Dict[str, Dict[str, Any]]) -> List[str]:
 
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the images."""
-    require(ctx.cfg.trainer == "dit", f"run.stages lists sample, which samples a DiT, but trainer={ctx.cfg.trainer}")
-    return {"train_hash": ctx.infos["train"]["hash"], "sample": key_fields(ctx.cfg.train.sample),
-            "data_fingerprint": ctx.infos["data"]["fingerprint"]}
+    return {"train_hash": ctx.output(TrainInfo).hash, "sample": key_fields(ctx.cfg.train.sample),
+            "data_fingerprint": ctx.output(DataInfo).fingerprint}
 
 
-def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
+def run(ctx: RunContext, out_dir: Optional[str]) -> SampleInfo:
     """Generate this rank's share; on rank 0 wait for all, then index them and draw the grid."""
-    from train_dit.sample import DitPipeline, write_grid, write_samples
-
+    sampling = family_of(ctx.cfg).sampling
     cfg, spec = ctx.cfg, ctx.cfg.train.sample
-    export_dir = ctx.infos["train"]["export_dir"]
-    prompts = prompts_of(cfg, ctx.infos)
+    export_dir = ctx.output(TrainInfo).export_dir
+    prompts = prompts_of(ctx)
     device = f"cuda:{local_rank()}" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
-    pipeline = DitPipeline.from_pretrained(export_dir, device, "transformer" if spec.use_ema else "transformer_online")
-    write_samples(pipeline, prompts, out_dir, spec, rank(), world_size(), export_dir)
+    pipeline = sampling.open(export_dir, device, spec.use_ema)
+    sampling.write_samples(pipeline, prompts, out_dir, spec, rank(), world_size(), export_dir)
     folder = os.path.join(out_dir, "images")
     if rank() != 0:
-        return {"images": len(prompts)}
+        return SampleInfo(images=len(prompts))
     wait_until(lambda: all(os.path.isfile(os.path.join(folder, f"{i:05d}.json")) for i in range(len(prompts))), f"{len(prompts)} samples in {folder}")
-    grid_path = write_grid(out_dir, prompts, spec.grid_columns)
-    return {"images": len(prompts), "grid": grid_path, "sampler": spec.sampler, "steps": spec.steps, "guidance_scale": spec.guidance_scale,
-            "seed": spec.seed, "export_dir": export_dir}
+    grid_path = sampling.write_grid(out_dir, prompts, spec.grid_columns)
+    return SampleInfo(images=len(prompts), grid=grid_path, sampler=spec.sampler, steps=spec.steps, guidance_scale=spec.guidance_scale,
+                      seed=spec.seed, export_dir=export_dir)
 
 
-STAGE = Stage(name="sample", needs=("train",), key=key, run=run, ranks="all")
+STAGE = Stage(name="sample", needs=("train",), after=("recaption",), output=SampleInfo, key=key, run=run, ranks="all")

@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from evals.results.records import records_lock
 from harness_infra.atomic import clear_partial_files
 from harness_infra.locks import exclusive
+from pipeline.families import family_of
+from pipeline.infos import TablesInfo
 from pipeline.publish import RECORDS_DIR
 from pipeline.registry import RunContext, Stage
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
-    """Write ``{results_dir}/{data}.md`` (CLIPs) or ``{data}_t2i.md`` (the DiT family), ``.csv`` and the plots."""
-    from evals.tables import write_tables
+def run(ctx: RunContext, out_dir: Optional[str]) -> TablesInfo:
+    """Write ``{results_dir}/{data}.md`` or ``{data}_{kind}.md`` (the family's ``table_kind``), ``.csv`` and the plots."""
+    from report.tables import write_tables
 
     results = ctx.cfg.run.results_dir
     log.info("tables from %s", os.path.join(results, RECORDS_DIR))
     with exclusive(records_lock(os.path.join(results, RECORDS_DIR))):  # a parallel job's newer records are never dropped
         clear_partial_files(results)  # tables, CSVs and plots are written only here, under this lock
-        family = "t2i" if ctx.cfg.trainer == "dit" else "clip"
-        return {"table": write_tables(results, ctx.cfg.data.name, family)}
+        return TablesInfo(table=write_tables(results, ctx.cfg.data.name, family_of(ctx.cfg).table_kind))
 
 
-STAGE = Stage(name="tables", needs=("eval",), run=run, ranks="rank0")
+STAGE = Stage(name="tables", needs=("eval",), output=TablesInfo, run=run, ranks="rank0")

@@ -10,8 +10,6 @@ run resumes from its latest checkpoint in the same folder.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Any, Dict, Optional
 
 from captiondata.realised import MIN_COVERAGE, check_fields, check_mixture, field_presence, needed_sources, realised_mixture, sum_epochs
@@ -19,19 +17,20 @@ from captiondata.reader import expand_shards
 from harness_infra.ranks import is_main
 from harness_infra.stagecache import key_fields
 from training.monitor import read_epochs
-from pipeline.families import FAMILIES, train_result_info
+from pipeline.families import family_of, train_result_info
+from pipeline.infos import DataInfo, TrainInfo
 from pipeline.registry import RunContext, Stage
-from pipeline.stages.recaption import recaptioned_data
+from pipeline.stages.recaption import read_key, recaption_output, recaptioned_data
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the trained weights."""
     cfg = ctx.cfg
     key = {"trainer": cfg.trainer, "model": key_fields(cfg.model), "train": key_fields(cfg.train), "mix": key_fields(cfg.mix),
-           "data": key_fields(cfg.data), "data_fingerprint": ctx.infos["data"]["fingerprint"]}
-    if "recaption" in ctx.infos:  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
-        key["recaption"] = {"fingerprint": ctx.infos["recaption"]["fingerprint"], "member": ctx.infos["recaption"]["member"],
-                            "layout_mode": cfg.recaption.layout_mode, "splits": list(cfg.recaption.splits)}
+           "data": key_fields(cfg.data), "data_fingerprint": ctx.output(DataInfo).fingerprint}
+    recaptioned = recaption_output(ctx)
+    if recaptioned is not None:  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
+        key["recaption"] = {**read_key(cfg, recaptioned), "splits": list(cfg.recaption.splits)}
     return key
 
 
@@ -40,32 +39,30 @@ def min_coverage(cfg: Any) -> float:
     return cfg.recaption.min_coverage if cfg.recaption is not None else MIN_COVERAGE
 
 
-def recaption_failures(infos: Dict[str, Dict[str, Any]]) -> Dict[str, int]:
+def recaption_failures(ctx: RunContext) -> Dict[str, int]:
     """The recaption stage's failures by reason on the train split ({} without a recaption stage)."""
-    return dict(((infos.get("recaption") or {}).get("splits") or {}).get("train", {}).get("failed") or {})
+    info = recaption_output(ctx)
+    return dict(((info.splits if info is not None else None) or {}).get("train", {}).get("failed") or {})
 
 
-def run(ctx: RunContext, out_dir: Optional[str]) -> Dict[str, Any]:
+def run(ctx: RunContext, out_dir: Optional[str]) -> TrainInfo:
     """Check the train split has the caption fields the label needs, train (resuming from the folder's latest
     checkpoint), then check the realised mixture against the label (``captiondata.realised``): a LabelError publishes
     nothing. Returns the family's result with the ``mixture`` section every record carries."""
     cfg = ctx.cfg
-    recipe = cfg.train
-    if hasattr(recipe, "resume"):
-        recipe = dataclasses.replace(recipe, resume="latest")
-    if getattr(recipe, "feature_cache_dir", "unset") is None:
-        recipe = dataclasses.replace(recipe, feature_cache_dir=os.path.join(cfg.run.out_root, "features"))
-    data = recaptioned_data(cfg, ctx.infos)
+    family = family_of(cfg)
+    recipe = family.prepare(cfg.train, cfg)
+    data = recaptioned_data(ctx)
     needed = needed_sources(cfg.mix.strategy, cfg.mix.p_original)
-    failures = recaption_failures(ctx.infos)
+    failures = recaption_failures(ctx)
     check_fields(field_presence(expand_shards(data.shards("train")), data.layout), data.layout, needed, min_coverage(cfg), failures)
-    result = FAMILIES[cfg.trainer].train(cfg.model, recipe, data, cfg.mix, out_dir)
-    info = train_result_info(result)
+    info = TrainInfo.from_json(train_result_info(family.train(cfg.model, recipe, data, cfg.mix, out_dir)))
     if not is_main():  # rank 0 reads the run's epoch reports and checks them
         return info
     mixture = realised_mixture(sum_epochs(read_epochs(out_dir)), cfg.mix.strategy, cfg.mix.p_original, min_coverage(cfg))
     check_mixture(mixture, failures)
-    return {**info, "mixture": mixture}
+    return info.replace(mixture=mixture)
 
 
-STAGE = Stage(name="train", needs=("data",), key=key, run=run, ranks="all", version=2)  # 2: records carry the checked mixture  # after recaption when run.stages lists it
+STAGE = Stage(name="train", needs=("data",), after=("recaption", "features"), output=TrainInfo, key=key, run=run, ranks="all",
+              version=2)  # 2: records carry the checked mixture

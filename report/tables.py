@@ -1,0 +1,361 @@
+"""Comparison tables and plots across runs: ``python -m report.tables [--results-dir results]``.
+
+For each data set and model family (CLIPs, scored by the embedder tasks; text-to-image models, scored by the
+generator tasks): one row per trained run (p, strategy, model, samples seen), one column per main metric with its
+95% interval, the delta against the p = 1 baseline of the same model, data and training budget, and ``*`` where the
+paired test (sign-flip permutation over the same queries, or the same prompts and seeds) gives p-value < 0.05.
+Whole-set metrics (FID, KID) have no per-query values: their delta is the plain difference, without a test.
+Writes ``results/{data}.md`` + ``.csv`` (CLIPs) and ``results/{data}_t2i.md`` + ``.csv`` (text-to-image: the
+paper's Table 7 in shape), and one PNG per task (metric against p with interval bars). Metrics declared as
+fractions by their task (``TaskSpec.percent``) are shown in %, the others (FID, KID, CLIP score, a 1-5 rating) in
+their own unit. p is the probability of the ORIGINAL caption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from harness_infra.atomic import atomic_write, atomic_write_bytes
+from evals.results.records import compare_records, read_record
+from evals.tasks.registry import GENERATOR, TASKS
+
+log = logging.getLogger(__name__)
+MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}  # declared with each task
+FAMILIES = {"clip": ("CLIP trained on caption mixtures", ""),
+            "t2i": ("text-to-image DiT trained on caption mixtures (the paper's Table 7 in shape)", "_t2i")}
+SIGNIFICANCE = 0.05
+RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
+
+
+def load_records(results_dir: str) -> List[Dict[str, Any]]:
+    """Published records that carry a run section; the newest per (model weights, task, evaluation data, and the
+    row it belongs to: training data name, strategy, p).
+
+    Identical results collapse: a re-run that trained bitwise-identical weights (another config hash, same model) and
+    evaluated them on the same data set is one row, not two; records without a weights id fall back to the train run.
+    The same weights reached by two experiments of different tables (p = 1 never reads recaptions, so it is the same
+    run on the scenes and on their CoCa-recaptioned copy) stay a row in each.
+    """
+    newest: Dict[tuple, Dict[str, Any]] = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "records", "*.json"))):
+        record = read_record(path)
+        run = record.get("run")
+        if not run:
+            continue
+        record["path"] = path
+        weights = (record.get("model") or {}).get("weights_id") or run["train_hash"]
+        key = (weights, record["task_name"], (record.get("dataset") or {}).get("fingerprint"), run.get("data"), run.get("strategy"), run.get("p"))
+        if key not in newest or record["created"] >= newest[key]["created"]:
+            newest[key] = record
+    return list(newest.values())
+
+
+def run_seed(run: Dict[str, Any]) -> int:
+    """The training seed of a run (records published before the ``seed`` field carry it in the resolved config)."""
+    if run.get("seed") is not None:
+        return int(run["seed"])
+    return int(((run.get("resolved_config") or {}).get("train") or {}).get("seed", 0))
+
+
+def run_commit(run: Dict[str, Any]) -> Optional[str]:
+    """The commit checked out when the record's command ran (its first 7 hex digits, ``+ uncommitted changes`` when
+    the tree was dirty), or None for records without git provenance. A command alone does not reproduce a run: the
+    defaults it leaves out are those of this commit (a train stage found in the cache has the same content key, so
+    the same resolved config, even if an earlier commit trained it)."""
+    git = run.get("git") or {}
+    if not git.get("commit"):
+        return None
+    return str(git["commit"])[:7] + (" + uncommitted changes" if git.get("dirty") else "")
+
+
+def is_baseline(run: Dict[str, Any]) -> bool:
+    """The p = 1 (alt-text only) run."""
+    return run["strategy"] in ("mix", "original") and run["p"] == 1.0
+
+
+def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The p = 1 record of the same model, data, training budget, seed, task and eval data."""
+    run = record["run"]
+    for other in records:
+        o = other["run"]
+        if (is_baseline(o) and other["task_name"] == record["task_name"] and o["model"] == run["model"] and o["data"] == run["data"]
+                and o["samples_seen"] == run["samples_seen"] and run_seed(o) == run_seed(run)
+                and (other.get("dataset") or {}).get("fingerprint") == (record.get("dataset") or {}).get("fingerprint")):
+            return other
+    return None
+
+
+def delta_vs_baseline(record: Dict[str, Any], base: Optional[Dict[str, Any]], metric: str, test: Any) -> Optional[float]:
+    """Metric minus the p = 1 run's: the paired difference for per-query metrics, the plain difference for whole-set
+    metrics (FID: no per-query values, so no paired test and no star), 0 for the baseline itself."""
+    if base is None:
+        return None
+    if base is record:
+        return 0.0
+    if test is not None:
+        return test.difference
+    value, reference = record["metrics"].get(metric), base["metrics"].get(metric)
+    is_whole_set = metric in record.get("whole_set_interval_methods", {})
+    return value - reference if is_whole_set and value is not None and reference is not None else None
+
+
+def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
+    """Long table: one row per (run, task, metric) with value, interval, delta vs baseline and paired p-value."""
+    rows = []
+    for record in records:
+        run, task = record["run"], record["task"]
+        base = baseline_for(record, records)
+        paired = compare_records(record["path"], base["path"]) if base is not None and base is not record else {}
+        spec = TASKS.get(task)
+        for metric in MAIN_METRICS.get(task, ()):
+            value = record["metrics"].get(metric)
+            interval = record["intervals"].get(metric) or [None, None]
+            test = paired.get(metric)
+            rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
+                         "commit": run_commit(run),
+                         "family": "t2i" if spec.evaluates == GENERATOR else "clip", "percent": spec.percent,
+                         "lower_is_better": metric in spec.lower_is_better,
+                         "task": record["task_name"], "dataset": (record.get("dataset") or {}).get("fingerprint"), "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
+                         "n": record["n"].get("image_queries") or record["n"].get("images"),
+                         "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
+                         "delta_p_value": test.p_value if test else None})
+    return pd.DataFrame(rows)
+
+
+def separate_data_versions(long: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
+    """(``long`` with a ``table_task`` column, one note per task that was scored on more than one version of its data
+    set). ``table_task`` is the task's name, or ``task@version`` (the content fingerprint's shortest unique prefix of at
+    least 8 characters; ``unknown`` for records without one) when the task has several versions: tables and plots
+    group by it, so a column or a curve never joins values measured on different data (a zero-shot set rebuilt, or
+    subsampled, between two evaluations). ``task`` keeps the registered name (the CSV has both and ``dataset``)."""
+    notes: List[str] = []
+    shown = long["task"].copy()
+    for task, rows in long.groupby("task"):
+        versions = list(dict.fromkeys(None if missing(v) else str(v) for v in rows["dataset"]))
+        if len(versions) < 2:
+            continue
+        known = [v for v in versions if v is not None]
+        width = 8
+        while len({v[:width] for v in known}) < len(known):
+            width += 4
+        label = {v: (v[:width] if v is not None else "unknown") for v in versions}
+        mask = long["task"] == task
+        shown[mask] = [f"{task}@{label[None if missing(v) else str(v)]}" for v in long.loc[mask, "dataset"]]
+        sizes = {v: rows.loc[rows["dataset"].isna() if v is None else rows["dataset"] == v, "n"].iloc[0] for v in versions}
+        described = ", ".join(label[v] + ("" if missing(sizes[v]) else f": n = {int(sizes[v])}") for v in versions)
+        notes.append(f"{task} was scored on {len(versions)} versions of its data set ({described}): each has its own "
+                     "columns and plot (task@version); values on different versions are not comparable.")
+    return long.assign(table_task=shown), notes
+
+
+def missing(value: Any) -> bool:
+    """None or NaN."""
+    return value is None or pd.isna(value)
+
+
+def percent(value: Optional[float]) -> str:
+    """A fraction as a percentage with one decimal, or n/a."""
+    return "n/a" if missing(value) else f"{100 * value:.1f}"
+
+
+def shown(value: Optional[float], as_percent: bool, sign: bool = False) -> str:
+    """A metric as the tables show it: a fraction in % with one decimal, any other value (FID, KID, a CLIP score)
+    with four significant digits; ``sign`` prefixes + or -; n/a when missing."""
+    if missing(value):
+        return "n/a"
+    if as_percent:
+        return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
+    return f"{value:+.4g}" if sign else f"{value:.4g}"
+
+
+def cell(row: pd.Series) -> str:
+    """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant); fractions in %."""
+    as_percent = bool(row.get("percent", True))
+    text = f"{shown(row['value'], as_percent)} [{shown(row['ci_low'], as_percent)}, {shown(row['ci_high'], as_percent)}]"
+    if not missing(row["delta_vs_p1"]) and not (row["p"] == 1.0 and row["strategy"] in ("mix", "original")):
+        star = "*" if not missing(row["delta_p_value"]) and row["delta_p_value"] < SIGNIFICANCE else ""
+        text += f" ({shown(row['delta_vs_p1'], as_percent, sign=True)}{star})"
+    return text
+
+
+def wide_table(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, one column per task:metric cell, sorted by strategy then p."""
+    task = long["table_task"] if "table_task" in long else long["task"]
+    realised = long["realised_p"] if "realised_p" in long else pd.Series(None, index=long.index, dtype=float)
+    long = long.assign(column=task + " " + long["metric"], cell=long.apply(cell, axis=1),
+                       p=long["p"].astype(float).fillna(-1.0),  # concat has no p; pivot drops missing index values
+                       realised_p=realised.astype(float).fillna(-1.0))
+    index = ["model", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash"]
+    wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index().fillna("not scored")
+    wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
+    wide = wide.sort_values(["model", "samples_seen", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
+    wide["p"] = [p_label(p, r) for p, r in zip(wide["p"], wide.pop("realised_p"))]
+    return wide
+
+
+def p_label(p: float, realised: float) -> str:
+    """The p column: the label, with the realised original fraction beside it where the two differ at the fourth
+    decimal (``0.5 (realised 0.4987)``); negative values stand for none (concat has no p; older records no realised)."""
+    if p < 0:
+        return "n/a"
+    if realised < 0 or f"{realised:.4f}" == f"{p:.4f}":
+        return f"{p:g}"
+    return f"{p:g} (realised {realised:.4f})"
+
+
+def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "clip", notes: Sequence[str] = ()) -> str:
+    """The markdown page of one data set and model family (``FAMILIES``), with its commands (each with its commit:
+    ``run_commit``) and ``notes`` (a line each, after the table: data-set versions kept apart)."""
+    produced = long.dropna(subset=["command"])
+    commands = sorted({f"{c}    # at commit {k}" if isinstance(k, str) else c for c, k in zip(produced["command"], produced["commit"])})
+    units = "metric in % with its 95% bootstrap interval"
+    if family == "t2i":
+        lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))
+        units = ("fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each with its "
+                 "95% interval (FID: bootstrap over the generated images, centred on the FID; KID: over subsets)"
+                 + (f"; lower is better for {', '.join(lower)}, higher for the rest" if lower else ""))
+    test = (f"paired permutation test over the test queries, p-value < {SIGNIFICANCE}" if family == "clip" else
+            f"paired permutation test over the same prompts and seeds, p-value < {SIGNIFICANCE}; whole-set metrics such as FID "
+            "and KID get no test")
+    lines = [f"# {data}: {FAMILIES[family][0]}", "",
+             f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
+             f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
+             "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), ""]
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by (each command with the commit whose defaults it ran under, where the record has it):", ""]
+    lines += [f"    {c}" for c in commands]
+    return "\n".join(lines) + "\n"
+
+
+DODGE = 0.012  # x offset between metrics (in p units): equal values (top-1 = mean per-class recall on a balanced set) stay visible
+LINESTYLES = ("-", ":", "-.", (0, (5, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
+    """The curves of one task's plot: one per (metric, training budget, seed), never joining different budgets or seeds.
+
+    Each: {metric, label, style (the budget/seed rank), marker (the metric's), x (p + the metric's dodge), y, err_low,
+    err_high (percent)} for mixed runs, and {..., "concat": y} lines for concat runs. Metrics are dodged sideways by
+    ``DODGE`` and get their own marker, so a metric equal to another (top-1 = mean per-class recall on a balanced set)
+    stays visible.
+    """
+    budgets = rows["samples_seen"].fillna(-1).astype(int)
+    groups = sorted({(int(b), int(s)) for b, s in zip(budgets, rows["seed"])})
+    metrics = list(dict.fromkeys(rows["metric"]))
+    several_budgets, several_seeds = len({b for b, _ in groups}) > 1, len({s for _, s in groups}) > 1
+    series: List[Dict[str, Any]] = []
+    for index, metric in enumerate(metrics):
+        offset = (index - (len(metrics) - 1) / 2) * DODGE
+        for rank, (budget, seed) in enumerate(groups):
+            runs = rows[(rows["metric"] == metric) & (budgets == budget) & (rows["seed"] == seed)]
+            if runs.empty:
+                continue
+            parts = ([f"{budget:,} samples"] if several_budgets else []) + ([f"seed {seed}"] if several_seeds else [])
+            label = f"{metric} ({', '.join(parts)})" if parts else metric
+            base = {"metric": metric, "index": index, "label": label, "style": rank, "marker": MARKERS[index % len(MARKERS)],
+                    "samples_seen": budget, "seed": seed}
+            scale = 100.0 if "percent" not in runs or bool(runs["percent"].iloc[0]) else 1.0  # fractions in %
+            mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
+            if not mixed.empty:
+                series.append({**base, "x": (mixed["p"].astype(float) + offset).tolist(), "y": (mixed["value"] * scale).tolist(),
+                               "err_low": ((mixed["value"] - mixed["ci_low"]) * scale).tolist(),
+                               "err_high": ((mixed["ci_high"] - mixed["value"]) * scale).tolist()})
+            for _, concat in runs[runs["strategy"] == "concat"].iterrows():
+                series.append({**base, "label": f"{label} (concat)", "concat": float(concat["value"]) * scale})
+    return series
+
+
+def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
+    """Each main metric of ``task`` against p with 95% interval bars (``plot_series``); concat runs drawn as horizontal
+    dashed lines. Fractions share one axis in %; metrics in their own units (FID and KID) get one axis each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = long[long["task"] == task]
+    as_percent = "percent" not in rows or bool(rows["percent"].iloc[0])
+    panels = [rows] if as_percent else [rows[rows["metric"] == m] for m in dict.fromkeys(rows["metric"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.4 if as_percent else 4.6 * len(panels) + 2.0, 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        curves = plot_series(panel)
+        series_metrics = len({c["metric"] for c in curves})
+        for curve in curves:
+            color = f"C{curve['index']}"
+            if "concat" in curve:  # interleaved dashes (offset per metric): equal concat values show every colour
+                count = max(series_metrics, 1)
+                dashes = (2.0 * curve["index"], (2.0, 2.0 * (count - 1))) if count > 1 else "--"
+                ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
+            else:  # intervals drawn from their ends, so one that does not hold its point (a percentile bootstrap) still shows
+                ax.plot(curve["x"], curve["y"], marker=curve["marker"], color=color, label=curve["label"],
+                        linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)],
+                        markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
+                low = [y - e for y, e in zip(curve["y"], curve["err_low"])]
+                high = [y + e for y, e in zip(curve["y"], curve["err_high"])]
+                ax.vlines(curve["x"], low, high, color=color, linewidth=1.0)
+                ax.scatter(curve["x"] * 2, low + high, marker="_", color=color, s=40)
+        ax.set_xlabel("p = probability of the ORIGINAL caption")
+        if as_percent:
+            ax.set_ylabel("%")
+            ax.set_title(f"{data}: {task}")
+        else:
+            metric = panel["metric"].iloc[0]
+            lower = "lower_is_better" in panel and bool(panel["lower_is_better"].iloc[0])
+            ax.set_ylabel(metric + (" (lower is better)" if lower else ""))
+            ax.set_title(f"{data}: {task}" if len(panels) == 1 else f"{task}: {metric}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over the data
+    if not as_percent and len(panels) > 1:
+        fig.suptitle(data)
+    fig.tight_layout()
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_tables(results_dir: str = "results", data_name: Optional[str] = None, family: Optional[str] = None) -> Optional[str]:
+    """Write every data set's tables (md + csv, one per model family of ``FAMILIES``) and plots; return the markdown
+    path of ``data_name`` and ``family`` (its first family when None or absent; else the last written)."""
+    records = load_records(results_dir)
+    if not records:
+        log.warning("no published records in %s/records", results_dir)
+        return None
+    long = metric_rows(records)
+    written: Dict[str, str] = {}
+    for (data, family_name), group in long.groupby(["data", "family"]):
+        suffix = FAMILIES[family_name][1]
+        group, notes = separate_data_versions(group)
+        wide = wide_table(group)
+        md_path = os.path.join(results_dir, f"{data}{suffix}.md")
+        atomic_write_bytes(md_path, markdown(data, wide, group, family_name, notes).encode("utf-8"))
+        atomic_write_bytes(os.path.join(results_dir, f"{data}{suffix}.csv"), group.to_csv(index=False).encode("utf-8"))
+        plotted = group.assign(task=group["table_task"])  # one curve per data-set version
+        for task in plotted["task"].unique():
+            models = plotted[plotted["task"] == task]["model"].unique()
+            for model in models:  # one plot per model: p-curves of different models are different experiments
+                name = f"{data}{suffix}_{task}.png" if len(models) == 1 else f"{data}{suffix}_{task}_{model}.png"
+                rows = plotted[plotted["model"] == model]
+                plot(data if len(models) == 1 else f"{data}, {model}", task, rows, os.path.join(results_dir, name))
+        log.info("wrote %s (%d runs)", md_path, len(wide))
+        written.setdefault(data, md_path)
+        written[(data, family_name)] = md_path
+    return written.get((data_name, family)) or written.get(data_name, md_path)
+
+
+def main() -> None:
+    """CLI: rebuild all tables from the published records."""
+    parser = argparse.ArgumentParser(description="Rebuild results tables and plots from results/records.")
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    path = write_tables(args.results_dir)
+    print(f"table: {path}" if path else f"no records in {args.results_dir}/records")
+
+
+if __name__ == "__main__":
+    main()
