@@ -1,8 +1,8 @@
 """The eval stage: load the trained family's export as the kind of model it produces and run every configured task.
 
 Key: the train stage's hash, the eval settings that change numbers (declared on each field) and the tasks, with
-paths under the data stage's folder written as ``@data`` so moving ``run.out_root`` changes nothing (a CLIP-score
-evaluator named by experiment enters as that name plus the content of its export under ``run.out_root``). One record per
+paths under the data stage's folder written as ``@data`` so moving ``run.out_root`` changes nothing (an evaluator
+named by experiment enters as that name plus the content of its export under ``run.out_root``). One record per
 task in the stage folder; on rank 0 they are then published to ``{run.results_dir}/records`` with the run's
 provenance (every time, so a deleted published record comes back; never overwriting one).
 """
