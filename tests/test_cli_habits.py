@@ -56,7 +56,8 @@ def test_the_console_script_installs_and_answers_hydras_bash_completion(tmp_path
 
 
 def test_debug_fast_composes_in_either_order_and_shortens_the_run(capsys):
-    from pipeline.cli import compose_config, debug_last, main
+    from pipeline.cli import debug_last, main
+    from pipeline.overrides import compose_config
 
     full, _ = compose_config(["+experiment=clip_mix"])
     for typed in (["+experiment=clip_mix", "+debug=fast"], ["+debug=fast", "+experiment=clip_mix"], ["debug=fast", "+experiment=clip_mix"]):

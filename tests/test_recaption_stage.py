@@ -273,7 +273,7 @@ def test_bad_recaption_values_fail_with_one_line(kwargs, message):
     (["+recaption=vllm"], "pip install vllm"),
 ])
 def test_a_captioner_that_cannot_run_fails_before_the_data_stage(tmp_path, overrides, message):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from recaption.backends.vllm import vllm_missing_reason
 
     if "+recaption=vllm" in overrides and not vllm_missing_reason():
