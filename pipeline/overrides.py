@@ -86,12 +86,12 @@ def parse_overrides(overrides: List[str]) -> List[Any]:
 
 
 def sweep_jobs(overrides: List[str], multirun: bool) -> List[List[str]]:
-    """Override lists of every job: with -m, the cartesian product of the comma-separated (choice) sweeps, in the order
+    """Override lists of every job: with -m, the cartesian product of the discrete sweeps (``a,b``, ``range``), in the order
     Hydra's basic sweeper launches them (keys in command-line order, a repeated key's last value kept); else one job.
 
     Hydra's public override parser gives each override's sweep values (``Override.sweep_string_iterator``). A sweep
-    value without ``-m`` is a one-line error that says to add it; a range or interval sweep (which only a sweeper
-    plugin expands) is one too.
+    value without ``-m`` is a one-line error that says to add it; an interval sweep (which only a sweeper plugin
+    expands) is one too.
     """
     parsed = parse_overrides(overrides)
     if not multirun:
@@ -107,8 +107,8 @@ def sweep_jobs(overrides: List[str], multirun: bool) -> List[List[str]]:
         elif override.is_discrete_sweep():
             choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise ConfigError(f"{override.input_line}: the basic sweeper expands only comma-separated values; "
-                              "use a sweeper plugin (hydra/sweeper=...) for range or interval sweeps")
+            raise ConfigError(f"{override.input_line}: the basic sweeper expands only discrete sweeps (a,b,c; range; choice); "
+                              "use a sweeper plugin (hydra/sweeper=...) for an interval")
     return [list(job) for job in itertools.product(*choices.values())]
 
 

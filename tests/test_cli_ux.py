@@ -253,11 +253,12 @@ def test_sweep_jobs_are_the_basic_sweepers_jobs_in_its_order():
 
     from pipeline.overrides import sweep_jobs
 
-    for overrides in (["+experiment=clip_mix", "mix.p=0,0.5,1", "train.seed=1,2"],
+    for overrides in (["+experiment=clip_mix", "mix.p=0,0.5,1", "train.seed=range(1,3)"],
                       ["mix.p=0.2", "train.seed=3,1,2", "mix.p=0,1", "run.name=x"],
                       ["+experiment=clip_mix_0.8"]):
         expected = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
         assert sweep_jobs(overrides, multirun=True) == expected
     assert len(sweep_jobs(["mix.p=0,0.5,1", "train.seed=1,2"], multirun=True)) == 6
-    with pytest.raises(ConfigError, match=r"^mix.p=range\(0,1\): the basic sweeper expands only comma-separated values"):
-        sweep_jobs(["mix.p=range(0,1)"], multirun=True)
+    assert sweep_jobs(["train.seed=range(1,4)"], multirun=True) == [["train.seed=1"], ["train.seed=2"], ["train.seed=3"]]
+    with pytest.raises(ConfigError, match=r"^mix.p=interval\(0,1\): the basic sweeper expands only discrete sweeps"):
+        sweep_jobs(["mix.p=interval(0,1)"], multirun=True)
