@@ -98,7 +98,7 @@ def main() -> None:
                 gen_stats, _ = F.cached_statistics(images, gen_fingerprint, extractor, cache, "fid-generated", args.batch)
                 value = F.cached_fid_kid(ref_stats, F.statistics_key(extractor.weights_id, ref_fingerprint), gen_stats,
                                          F.statistics_key(extractor.weights_id, gen_fingerprint), extractor, cache, bootstrap_samples=0,
-                                         kid_subsets_count=10, kid_subset_size=len(images)).fid
+                                         kid_subsets_count=10, kid_subset_size=len(images), confidence=0.95, seed=0).fid
             else:  # a new generated set: features and torchmetrics' compute run, only the reference statistics are reused
                 gen_stats = F.feature_statistics(F.extract_features(images, extractor, args.batch))
                 value = F.torchmetrics_fid(ref_stats, gen_stats, extractor)

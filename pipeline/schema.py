@@ -39,7 +39,7 @@ class RunConfig:
     ``pipeline.registry.STAGES``; a stage's inputs must come before it). ``rerun``: a stage to run even when complete.
     ``stop_after``: last stage to run (null = all of ``stages``). ``name``: the label of a run composed without an
     experiment overlay (``experiment`` is then this name, see conf/config.yaml); giving it is how such a run past the
-    data stage is asked for (``pipeline.cli.require_experiment``); an experiment overlay labels its runs itself.
+    data stage is asked for (``pipeline.overrides.require_experiment``); an experiment overlay labels its runs itself.
     """
 
     out_root: str = "cache/runs"

@@ -225,7 +225,7 @@ class ShardRecaptioner:
         stats.samples += 1
         status = self.status(raw)
         if status != "ok" or self.caption_member not in raw:
-            reason = status or "generation_error"
+            reason = status if status not in (None, "ok") else "generation_error"  # never captioned, or an "ok" whose caption is gone
             stats.failed[reason] = stats.failed.get(reason, 0) + 1
             stats.failed_keys.append(raw["__key__"])
             stats.transient_keys += [raw["__key__"]] if reason in TRANSIENT_FAILURES else []

@@ -56,7 +56,8 @@ def test_the_console_script_installs_and_answers_hydras_bash_completion(tmp_path
 
 
 def test_debug_fast_composes_in_either_order_and_shortens_the_run(capsys):
-    from pipeline.cli import compose_config, debug_last, main
+    from pipeline.cli import debug_last, main
+    from pipeline.overrides import compose_config
 
     full, _ = compose_config(["+experiment=clip_mix"])
     for typed in (["+experiment=clip_mix", "+debug=fast"], ["+debug=fast", "+experiment=clip_mix"], ["debug=fast", "+experiment=clip_mix"]):
@@ -69,3 +70,20 @@ def test_debug_fast_composes_in_either_order_and_shortens_the_run(capsys):
     shown = OmegaConf.to_container(OmegaConf.create(capsys.readouterr().out))
     assert shown["train"]["stages"] == [{**shown["train"]["stages"][0], "samples": 64, "batch_size": 32}]
     assert shown["data"]["build_size"] == 200
+
+
+def test_no_package_changes_the_environment_at_import_and_the_entry_point_sets_passive_openmp():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = ROOT
+    imported = subprocess.run([sys.executable, "-c", "import os, train_clip, train_clip.config, train_dit, pipeline.cli, evals, recaption, "
+                               "report; print(os.environ.get('OMP_WAIT_POLICY'))"], env=env, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "None"
+    entered = subprocess.run([sys.executable, "-c", "import os, sys; from pipeline.cli import main; sys.argv = ['x']; main(['--help']); "
+                              "print(os.environ.get('OMP_WAIT_POLICY'))"], env=env, capture_output=True, text=True, check=True)
+    assert entered.stdout.strip().splitlines()[-1] == "PASSIVE"
+    kept = subprocess.run([sys.executable, "-c", "import os; from pipeline.cli import passive_openmp; passive_openmp(); "
+                           "print(os.environ['OMP_WAIT_POLICY'])"], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "ACTIVE"  # the user's own setting wins

@@ -17,7 +17,8 @@ import sys
 import pytest
 
 from harness_infra.errors import ConfigError
-from pipeline.cli import CONF_DIR, compose_config, main, parse_overrides, prevalidate, rank_logging
+from pipeline.cli import main, rank_logging
+from pipeline.overrides import CONF_DIR, compose_config, parse_overrides, prevalidate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experiment")) if f.endswith(".yaml"))
@@ -244,3 +245,20 @@ def test_run_script_one_line_for_user_errors_and_a_traceback_for_bugs(monkeypatc
     monkeypatch.setattr(sys, "argv", ["bench", "--traceback"])
     with pytest.raises(ConfigError):
         run_script(bad_config)
+
+
+def test_sweep_jobs_are_the_basic_sweepers_jobs_in_its_order():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference: what Hydra launches
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pipeline.overrides import sweep_jobs
+
+    for overrides in (["+experiment=clip_mix", "mix.p=0,0.5,1", "train.seed=range(1,3)"],
+                      ["mix.p=0.2", "train.seed=3,1,2", "mix.p=0,1", "run.name=x"],
+                      ["+experiment=clip_mix_0.8"]):
+        expected = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+        assert sweep_jobs(overrides, multirun=True) == expected
+    assert len(sweep_jobs(["mix.p=0,0.5,1", "train.seed=1,2"], multirun=True)) == 6
+    assert sweep_jobs(["train.seed=range(1,4)"], multirun=True) == [["train.seed=1"], ["train.seed=2"], ["train.seed=3"]]
+    with pytest.raises(ConfigError, match=r"^mix.p=interval\(0,1\): the basic sweeper expands only discrete sweeps"):
+        sweep_jobs(["mix.p=interval(0,1)"], multirun=True)

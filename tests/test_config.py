@@ -14,7 +14,8 @@ from captiondata.reader import decode_record, raw_samples
 from captiondata.counters import SampleCounters
 from harness_infra.errors import ConfigError
 from harness_infra.stagecache import canonical
-from pipeline.cli import CONF_DIR, compose_config, main, sweep_jobs
+from pipeline.cli import main
+from pipeline.overrides import CONF_DIR, compose_config, sweep_jobs
 
 EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experiment")) if f.endswith(".yaml"))
 README_LAYOUT = "data.layout.recaptions=[{member: json, field: recaptions}, {member: llava.txt}]"

@@ -120,7 +120,7 @@ def test_yaml_files_build_typed_configs(path):
     ("eval.tasks.0.generation.sampler=heun", "eval task smoke_raw_fid: generation.sampler='heun' is unknown"),
 ])
 def test_a_wrong_task_key_in_a_composed_config_is_one_line_naming_it(override, named):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     with pytest.raises(ConfigError) as info:
         compose_config(["+experiment=dit_smoke", "eval=t2i_smoke", override])
@@ -128,7 +128,7 @@ def test_a_wrong_task_key_in_a_composed_config_is_one_line_naming_it(override, n
 
 
 def test_any_task_key_a_file_left_out_is_overridden_without_a_plus():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     cfg, resolved = compose_config(["+experiment=dit_smoke", "eval=t2i_smoke", "eval.tasks.0.max_samples=3", "eval.tasks.2.generation.steps=7",
                                     "eval.task_defaults.generation.seed=4"])

@@ -11,7 +11,7 @@ import pytest
 from evals.results.bootstrap import QueryValues
 from evals.tasks.config import EvalConfig
 from evals.results.records import build_record, compare_records, read_per_query, read_record, record_stem, write_record
-from evals.results.task_result import TaskResult, compare_results
+from evals.results.task_result import TaskResult
 
 CFG = EvalConfig(bootstrap_samples=200, permutation_samples=999)
 
@@ -61,8 +61,8 @@ def test_paired_comparison_from_records(tmp_path):
     assert set(tests) == {"t2i_R@1", "mean_per_class_recall"}
     assert tests["t2i_R@1"].difference == pytest.approx(a.mean() - b.mean())
     assert tests["t2i_R@1"].p_value < 0.01 and tests["t2i_R@1"].interval[0] > 0
-    same = compare_results(result(a), result(a))
-    assert same["t2i_R@1"].p_value == 1.0
+    same = compare_records(path_a, path_a, CFG)
+    assert same["t2i_R@1"].p_value == 1.0 and same["t2i_R@1"].difference == 0.0
 
 
 def test_comparison_refuses_different_data(tmp_path):

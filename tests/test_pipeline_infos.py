@@ -64,7 +64,7 @@ def test_every_stage_declares_its_output_type_and_only_registered_stages_to_foll
 
 
 def test_the_runner_writes_the_typed_output_into_the_marker_and_reads_it_back(tmp_path):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.runner import run_cached
 
     cfg, _ = compose_config(["+experiment=clip_smoke", f"run.out_root={tmp_path}"])
@@ -91,7 +91,7 @@ def test_a_stage_listed_before_one_whose_output_it_reads_is_a_one_line_error(nam
 
 
 def recaption_cfg():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     cfg, _ = compose_config(["+experiment=clip_smoke", "+recaption=hf", "recaption.layout_mode=replace"])
     return cfg
@@ -120,7 +120,7 @@ def test_train_and_features_keys_equal_the_formulas_they_replaced():
 
 
 def dit_cfg():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     return compose_config(["+experiment=dit_smoke"])[0]
 
@@ -145,7 +145,7 @@ def test_no_stage_module_names_a_family():
 
 
 def test_a_family_stage_under_another_family_is_a_one_line_error():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     with pytest.raises(ConfigError) as info:
         compose_config(["+experiment=clip_smoke", "run.stages=[data,train,sample]"])

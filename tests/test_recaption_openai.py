@@ -95,7 +95,7 @@ def test_preflight_makes_one_request_and_fails_in_one_line_before_anything_is_bu
         with pytest.raises(EndpointRefused) as info:
             preflight(openai_cfg(refused.url))
         assert "\n" not in str(info.value) and "HTTP 401" in str(info.value) and len(refused.seen) == 1
-        from pipeline.cli import compose_config
+        from pipeline.overrides import compose_config
 
         with pytest.raises(EndpointRefused):
             compose_config(["+experiment=clip_smoke", "+recaption=openai", f"recaption.openai.base_url={refused.url}",

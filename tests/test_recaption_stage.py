@@ -273,7 +273,7 @@ def test_bad_recaption_values_fail_with_one_line(kwargs, message):
     (["+recaption=vllm"], "pip install vllm"),
 ])
 def test_a_captioner_that_cannot_run_fails_before_the_data_stage(tmp_path, overrides, message):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from recaption.backends.vllm import vllm_missing_reason
 
     if "+recaption=vllm" in overrides and not vllm_missing_reason():
@@ -359,3 +359,32 @@ def test_an_unknown_failure_reason_is_a_value_error_naming_the_known_ones():
     assert Caption.failed("timeout").reason == "timeout"
     with pytest.raises(ValueError, match=rf"unknown caption failure reason 'oops': one of {FAILURE_REASONS[0]}"):
         Caption.failed("oops")
+
+
+def test_split_statistics_of_hand_made_completion_records():
+    from recaption.stage import split_statistics
+
+    def done(samples, failed, histogram, vocabulary, captioned, tokens, truncated=0, transient=(), skipped=None):
+        record = {"samples": samples, "failed": failed, "word_histogram": histogram, "vocabulary": vocabulary,
+                  "captioned_this_pass": captioned, "tokens": tokens, "truncated": truncated, "transient_keys": list(transient)}
+        return record if skipped is None else {**record, "input_skipped": skipped}
+
+    dones = [done(5, {"empty_output": 1}, {"3": 2, "5": 2}, ["a", "b"], 4, 40, truncated=1, skipped={"truncated_tar": 2}),
+             done(4, {"timeout": 2, "empty_output": 1}, {"4": 1}, ["b", "c", "d"], 0, 0, transient=("k1", "k2"),
+                  skipped={"truncated_tar": 1, "duplicate_key": 3}),
+             done(2, {}, {"9": 1, "3": 1}, ["e"], 2, 20)]  # an old record without input_skipped
+    stats = split_statistics(dones, 2.0)
+    # captions: 3,3,5,5 | 4 | 9,3 -> sorted 3,3,3,4,5,5,9: mean 32 / 7, median (4th of 7) 4
+    assert stats == {
+        "shards": 3, "samples": 11, "with_recaption": 7, "failed": {"empty_output": 2, "timeout": 2}, "failed_total": 4,
+        "transient_failures": 2, "input_skipped": {"truncated_tar": 3, "duplicate_key": 3}, "empty": 2, "truncated": 1,
+        "words_per_caption_mean": 32 / 7, "words_per_caption_median": 4, "distinct_words": 5, "generated_this_run": 6,
+        "images_per_s": 3.0, "tokens_per_s": 30.0, "seconds": 2.0}
+    even = split_statistics([done(2, {}, {"2": 1, "6": 1}, [], 0, 0)], 0.0)
+    assert even["words_per_caption_median"] == 2  # the lower middle of an even count
+    assert even["images_per_s"] is None and even["tokens_per_s"] is None and even["empty"] == 0
+    nothing = split_statistics([done(1, {"undecodable_image": 1}, {}, [], 0, 0)], 0.004)
+    assert nothing["words_per_caption_mean"] is None and nothing["words_per_caption_median"] is None
+    assert nothing["images_per_s"] == 0.0 and nothing["tokens_per_s"] is None and nothing["seconds"] == 0.0
+    timed = split_statistics([done(1, {}, {"1": 1}, ["x"], 1, 7)], 0.125)
+    assert timed["seconds"] == 0.12 and timed["tokens_per_s"] == 56.0  # seconds rounded to 2 decimals for the record

@@ -108,7 +108,7 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
 def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     import dataclasses
 
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo
     from pipeline.registry import RunContext, stages
     from pipeline.runner import run_cached
@@ -196,7 +196,7 @@ def test_two_models_get_their_own_baselines_and_plots(tmp_path):
 @pytest.mark.parametrize("overrides,strategy,p", [(["+experiment=flickr8k_lit_mix", f"mix.p={p}"], "mix", p) for p in (0.0, 0.2, 0.5, 0.8, 1.0)]
                          + [(["+experiment=flickr8k_lit_concat"], "concat", None)])
 def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo
     from pipeline.registry import RunContext
     from pipeline.stages.train import key
@@ -383,7 +383,7 @@ def test_identical_results_of_a_rerun_collapse_into_one_row(tmp_path):
 
 
 def test_user_runs_publish_outside_the_committed_study():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     cfg, _ = compose_config(["+experiment=clip_mix_0.8"])
     results = cfg.run.results_dir
@@ -400,7 +400,7 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     from captiondata.config import DataConfig
     from evals.tasks.config import task_config
     from evals.tasks.testing import write_cb_classification
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
     from pipeline.stages.data import user_shard_fingerprint
@@ -437,7 +437,7 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
     import dataclasses as dc
 
     from evals.tasks.config import task_config
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
     from pipeline.stages.eval import key as eval_key
@@ -465,7 +465,7 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
     from evals.tasks.config import task_config
     from evals.tasks.t2i import experiment_export, resolve_evaluator
     from harness_infra.errors import ConfigError
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
     from pipeline.stages.eval import key as eval_key

@@ -75,7 +75,7 @@ def test_the_shipped_slurm_launcher_runs_one_task_per_gpu(gpus, nodes):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from pipeline.cli import CONF_DIR  # importing pipeline.cli registers the typed schemas the config names
+    from pipeline.overrides import CONF_DIR  # importing pipeline.overrides registers the typed schemas the config names
 
     overrides = ["hydra/launcher=slurm_gpus"] + ([f"hydra.launcher.gpus_per_node={gpus}", f"hydra.launcher.nodes={nodes}"] if gpus else [])
     GlobalHydra.instance().clear()

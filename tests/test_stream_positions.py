@@ -47,7 +47,9 @@ def stream_of(source, epoch=0, batch=0):
 @pytest.mark.parametrize("sized", [False, True])
 def test_batches_follow_epoch_order_and_positions_count_every_batch(sized):
     stream, reports = stream_of(ListSource(3, sized=sized))
-    ids = [stream.next_batch()["id"] for _ in range(7)]
+    stream.take(2)
+    assert (stream.epoch, stream.batch_in_epoch) == (0, 2)
+    ids = [(0, 0), (0, 1)] + [stream.next_batch()["id"] for _ in range(5)]
     assert ids == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
     assert (stream.epoch, stream.batch_in_epoch) == (2, 1)
     assert [e for e, _ in reports] == [0, 1]
@@ -92,7 +94,8 @@ def test_a_resume_past_a_known_epoch_end_warns_that_the_data_changed(caplog):
     stream, reports = stream_of(ListSource(3, sized=True), epoch=0, batch=5)
     with caplog.at_level(logging.WARNING, logger="training.stream"):
         assert stream.next_batch()["id"] == (1, 0)
-    assert "resumed at batch 5 of epoch 0, which has 3 batches here" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "resumed at batch 5 of epoch 0, which has 3 batches here: the data, batch size or rank count changed since the checkpoint"]
     assert reports[0][0] == 0 and reports[0][1]["resumed_at_batch"] == 5
 
 
@@ -132,9 +135,22 @@ def test_a_partial_epoch_end_after_a_resume_says_where_it_resumed():
     assert [(e, s["samples"], s.get("resumed_at_batch")) for e, s in reports][1] == (1, 2, None)
 
 
-def test_an_empty_epoch_is_one_line_naming_the_epoch_and_the_counts():
-    stream, _ = stream_of(ListSource(0))
-    with pytest.raises(ConfigError, match=r"^epoch 0 gave no full batch: the loader read 0 valid samples \(skipped none\); every rank"):
+@pytest.mark.parametrize("sized", [False, True])
+def test_an_empty_epoch_is_one_line_naming_the_epoch_and_the_counts(sized):
+    stream, _ = stream_of(ListSource(0, sized=sized))
+    with pytest.raises(ConfigError) as error:
+        stream.next_batch()
+    assert str(error.value) == ("epoch 0 gave no full batch: the loader read 0 valid samples (skipped none); every rank needs at least "
+                                "one full batch per epoch: lower the batch size, add data, or set data.resampled=true")
+
+
+def test_an_empty_epoch_names_the_skipped_samples():
+    class Skipping(ListSource):
+        def epoch_stats(self):
+            return {**super().epoch_stats(), "skipped": {"undecodable_image": 3}}
+
+    stream, _ = stream_of(Skipping(0))
+    with pytest.raises(ConfigError, match=r"^epoch 0 gave no full batch: the loader read 0 valid samples \(skipped \{'undecodable_image': 3\}\)"):
         stream.next_batch()
 
 
@@ -164,6 +180,10 @@ def test_trained_counts_and_with_trained_by_hand():
     assert concat["original_fraction"] is None and concat["concat_fraction"] == 1.0
     plain = with_trained(loader, {"samples": 4})
     assert plain["original_fraction"] == 0.3 and "concat_fraction" not in plain  # no sources: the loader's own
+    recap_only = with_trained(loader, {"samples": 4, "recap": 4})  # p = 0: no original trained
+    assert recap_only["original_fraction"] == 0.0 and recap_only["concat_fraction"] == 0.0
+    originals_only = with_trained(loader, {"samples": 4, "original": 4})
+    assert originals_only["original_fraction"] == 1.0
     empty = with_trained(loader, {"samples": 0, "original": 0})
     assert empty["original_fraction"] is None and empty["concat_fraction"] is None
 
@@ -201,7 +221,11 @@ class TwoRanks:
 
         self.other, self.gathered = other, []
         monkeypatch.setattr(stream_module, "gather_objects", self.gather)
-        monkeypatch.setattr(stream_module, "all_ranks_have", lambda flag, env: flag and other_has())
+        def all_ranks_have(flag, env):
+            assert env.world_size == 2
+            return flag and other_has()
+
+        monkeypatch.setattr(stream_module, "all_ranks_have", all_ranks_have)
 
     def gather(self, obj, env):
         assert env.world_size == 2
@@ -240,3 +264,11 @@ def test_loader_totals_are_summed_over_ranks_when_the_source_exposes_them(monkey
     assert stats["samples"] == 10 and stats["original_fraction"] == 0.6
     plain = ListSource(2)
     assert summed_epoch_stats(plain, DistEnv(rank=0, world_size=2))["samples"] == 0  # no totals: this rank's own
+
+
+def test_an_epoch_empty_on_some_rank_says_so_over_the_ranks(monkeypatch):
+    TwoRanks(monkeypatch, other=lambda mine: {}, other_has=lambda: False)
+    stream = DataStream(ListSource(3, sized=False), DistEnv(rank=0, world_size=2), 0, 0, lambda e, s: None)
+    with pytest.raises(ConfigError, match=r"^epoch 0 gave no full batch to some rank: the loader read 2 valid samples over 2 ranks "
+                                          r"\(skipped none\); every rank needs"):
+        stream.next_batch()

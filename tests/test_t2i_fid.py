@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 from conftest import require_real
 from evals.tasks import fid as F
 from harness_infra.cache import EmbeddingCache
-from harness_infra.errors import BrokenModelError
+from harness_infra.errors import BrokenModelError, ConfigError
 
 
 def tiny_extractor(seed: int = 0) -> F.FidInceptionFeatures:
@@ -127,7 +127,7 @@ def test_cache_key_changes_with_weights_resize_and_images(tmp_path):
 def test_fid_kid_intervals_and_kid_equals_torchmetrics():
     ex = tiny_extractor()
     ref, gen = gaussian_stats(300, 8, 4), gaussian_stats(120, 8, 5, shift=0.5)
-    result = F.fid_kid(ref, gen, ex, bootstrap_samples=50, kid_subsets_count=20, kid_subset_size=100, seed=3)
+    result = F.fid_kid(ref, gen, ex, bootstrap_samples=50, kid_subsets_count=20, kid_subset_size=100, confidence=0.95, seed=3)
     expected, _ = reference_fid_interval(ref, gen["features"], 50, 0.95, 3, result.fid)
     assert result.fid_interval == pytest.approx(expected, rel=1e-6) and expected[0] < result.fid < expected[1]
     assert "bootstrap over the 120 generated images" in result.fid_method
@@ -148,12 +148,13 @@ def test_fid_interval_is_centred_on_the_fid_even_when_resampling_inflates_it():
     assert bias > 2.0 and lo < fid < hi  # the bias is a large share of the FID here
     assert 2 * fid - (hi + bias) < fid and 2 * fid - (lo + bias) < fid  # the basic interval lies wholly below the FID
     ref8, gen8 = gaussian_stats(400, 8, 4), gaussian_stats(10, 8, 5, shift=0.2)  # through fid_kid (8 features, as the extractor)
-    result = F.fid_kid(ref8, gen8, tiny_extractor(), bootstrap_samples=200, kid_subsets_count=5, kid_subset_size=10)
+    result = F.fid_kid(ref8, gen8, tiny_extractor(), bootstrap_samples=200, kid_subsets_count=5, kid_subset_size=10, confidence=0.95, seed=0)
     _, bias8 = F.bootstrap_fid(ref8, gen8["features"], 200, 0.95, 0, result.fid)
     expected8, ref_bias8 = reference_fid_interval(ref8, gen8["features"], 200, 0.95, 0, result.fid)
     assert bias8 == pytest.approx(ref_bias8, rel=1e-6) and bias8 > 0
     assert result.fid_interval == pytest.approx(expected8, rel=1e-6, abs=1e-9)
-    assert f"bootstrap bias {round(bias8, 3)}" in result.fid_method
+    assert result.fid_method == ("bootstrap over the 10 generated images (200 resamples, reference statistics fixed), percentiles "
+                                 f"shifted by the bootstrap bias {round(bias8, 3)} to centre on the FID, clamped at 0")
 
 
 def test_constant_or_nan_generated_features_are_a_broken_model():
@@ -161,7 +162,7 @@ def test_constant_or_nan_generated_features_are_a_broken_model():
     ref = gaussian_stats(50, 8, 6)
     constant = F.feature_statistics(torch.ones(20, 8))
     with pytest.raises(BrokenModelError, match="identical"):
-        F.fid_kid(ref, constant, ex, bootstrap_samples=0, kid_subsets_count=2)
+        F.fid_kid(ref, constant, ex, bootstrap_samples=0, kid_subsets_count=2, kid_subset_size=10, confidence=0.95, seed=0)
     with pytest.raises(BrokenModelError, match="NaN"):
         F.extract_features([torch.full((3, 16, 16), float("nan"))], F.FidInceptionFeatures(torch.nn.Flatten(), num_features=768))
 
@@ -199,7 +200,7 @@ def test_a_finished_fid_is_cached_per_pair_of_sets_and_settings(tmp_path, monkey
     first = F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, **settings)
     direct = F.fid_kid(ref, gen, ex, 20, 4, 30, 0.9, 1)
     assert first.fid == direct.fid and first.fid_interval == direct.fid_interval and first.kid == direct.kid
-    assert first.kid_interval == direct.kid_interval and not first.reference_cached
+    assert first.kid_interval == direct.kid_interval and first.reference_cached is False and first.generated_cached is False
     calls = []
     monkeypatch.setattr(F, "fid_kid", lambda *a, **k: calls.append(a) or direct)
     again = F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, reference_cached=True, generated_cached=True, **settings)
@@ -234,3 +235,51 @@ def test_statistics_built_on_a_miss_from_a_callable_equal_the_direct_ones(tmp_pa
     images = [Image.new("RGB", (24, 24), (i * 30, 60, 90)) for i in range(5)]
     stats, cached = F.cached_statistics(lambda: images, "five", ex, EmbeddingCache(str(tmp_path)))
     assert not cached and torch.equal(stats["features"], F.extract_features(images, ex))
+
+
+def settings(**change):
+    return {**dict(bootstrap_samples=20, kid_subsets_count=6, kid_subset_size=1000, confidence=0.95, seed=0), **change}
+
+
+def test_fid_needs_two_generated_images_and_says_how_many_it_got():
+    ex, ref = tiny_extractor(), gaussian_stats(50, 8, 9)
+    with pytest.raises(ConfigError, match=r"^FID needs at least 2 generated images, got 1$"):
+        F.fid_kid(ref, F.feature_statistics(torch.randn(1, 8)), ex, **settings())
+    two = F.fid_kid(ref, F.feature_statistics(torch.tensor([[0.0] * 8, [0.5] * 8])), ex, **settings())
+    assert two.n_generated == 2 and two.fid > 0  # two images half a unit apart are not a constant generator
+
+
+def test_a_constant_generator_is_features_within_1e_6_of_the_first_and_the_error_counts_images():
+    ex, ref = tiny_extractor(), gaussian_stats(50, 8, 9)
+    near = torch.zeros(3, 8)
+    near[1], near[2] = 0.9e-6, -0.9e-6  # every row within 1e-6 of the first (but 1.8e-6 from the second)
+    with pytest.raises(BrokenModelError, match=r"^all 3 generated images have identical FID features"):
+        F.fid_kid(ref, F.feature_statistics(near), ex, **settings())
+
+
+def test_kid_subsets_are_no_larger_than_either_set_and_its_interval_is_the_subset_percentiles():
+    ex, ref, gen = tiny_extractor(), gaussian_stats(50, 8, 10), gaussian_stats(12, 8, 11, shift=0.4)
+    result = F.fid_kid(ref, gen, ex, **settings(kid_subsets_count=40, confidence=0.9, seed=5))
+    assert result.kid_method == "percentiles of KID over 40 random subsets of 12 images (splits: spread of a size-12 estimate)"
+    values = F.kid_subsets(ref["features"].double(), gen["features"].double(), 40, 12, 5)
+    assert result.kid_interval == pytest.approx(tuple(np.quantile(values, [0.05, 0.95])), rel=1e-12)
+    small_ref = F.fid_kid(gaussian_stats(9, 8, 12), gen, ex, **settings())
+    assert "subsets of 9 images" in small_ref.kid_method
+
+
+def test_the_fid_interval_is_none_without_resamples_and_defined_from_one_and_below_one_for_close_sets():
+    ex, ref = tiny_extractor(), gaussian_stats(400, 8, 13)
+    none = F.fid_kid(ref, gaussian_stats(100, 8, 14), ex, **settings(bootstrap_samples=0))
+    assert none.fid_interval is None and "bootstrap bias None" in none.fid_method
+    one = F.fid_kid(ref, gaussian_stats(100, 8, 14), ex, **settings(bootstrap_samples=1))
+    assert one.fid_interval is not None and one.fid_interval[0] == one.fid_interval[1]
+    close = F.fid_kid(ref, gaussian_stats(400, 8, 13, shift=0.01), ex, **settings(bootstrap_samples=50))
+    assert close.fid < 0.01 and 0.0 <= close.fid_interval[0] <= close.fid_interval[1] < 1.0
+
+
+def test_the_psd_square_root_of_a_rank_deficient_covariance_is_finite_and_squares_back():
+    x = np.random.default_rng(0).normal(size=(3, 8))
+    cov = np.cov(x, rowvar=False)  # rank 2 in 8 dimensions: eigenvalues of about -1e-16 from rounding
+    assert np.linalg.eigvalsh(cov).min() < 0
+    root = F._psd_sqrt(cov)
+    assert np.isfinite(root).all() and np.allclose(root @ root, cov, atol=1e-10) and np.allclose(root, root.T)

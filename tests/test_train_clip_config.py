@@ -56,7 +56,7 @@ def group_files(group: str, dit: bool) -> list:
 
 @pytest.mark.parametrize("path", group_files("model", dit=False), ids=lambda p: p.stem)
 def test_model_group_files_are_typed_and_name_open_clip_models(path):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     cfg = compose_config([f"model={path.stem}"])[0].model
     assert isinstance(cfg, ClipModelConfig) and open_clip.get_model_config(cfg.name) is not None, cfg.name
@@ -64,7 +64,7 @@ def test_model_group_files_are_typed_and_name_open_clip_models(path):
 
 @pytest.mark.parametrize("path", group_files("train", dit=False), ids=lambda p: p.stem)
 def test_train_group_files_are_typed(path):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     cfg = compose_config([f"train={path.stem}"])[0].train
     assert isinstance(cfg, TrainConfig) and all(isinstance(s, StageConfig) for s in cfg.stages)
@@ -72,7 +72,7 @@ def test_train_group_files_are_typed(path):
 
 @pytest.mark.parametrize("path", group_files("model", dit=True) + group_files("train", dit=True), ids=lambda p: p.stem)
 def test_dit_group_files_are_typed_by_the_dit_family(path):
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from train_dit.config import DitModelConfig, DitTrainConfig
 
     cfg = compose_config(["trainer=dit", f"{path.parent.name}={path.stem}"])[0]
@@ -85,7 +85,7 @@ def test_a_typo_in_a_group_file_fails_at_composition():
 
 
 def test_clipa_file_encodes_the_paper_recipe():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     cfg = compose_config(["train=clipa"])[0].train
     first, second = cfg.stages
@@ -94,7 +94,7 @@ def test_clipa_file_encodes_the_paper_recipe():
 
 
 def test_project_config_composes_with_these_groups():
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
 
     harness, _ = compose_config(["model=b16_base", "train=tiny_clipa_cpu"])
     assert harness.model.name == "RecapCLIP-ViT-B-16-text-base"

@@ -134,7 +134,7 @@ def test_a_pipeline_train_stage_that_resumes_says_from_which_steps_and_when(shar
     import dataclasses
     from datetime import datetime, timezone
 
-    from pipeline.cli import compose_config
+    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, EvalInfo
     from pipeline.publish import run_section
     from pipeline.registry import RunContext

@@ -12,12 +12,3 @@ from the command line. ``import train_clip.models`` registers this package's ope
 composes into a Hydra config (and ``python -m evals.run --help`` answers) without torch or open_clip.
 """
 
-import os
-import sys
-
-if "torch" not in sys.modules:
-    # OpenMP threads that sleep rather than spin while idle. On a shared CPU, spinning threads of one process
-    # stall each other whenever a core is taken by someone else (measured 5x slower steps on 2 busy cores).
-    # Read once when torch loads, so only effective when train_clip is imported first; an explicit
-    # OMP_WAIT_POLICY in the environment wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -72,9 +72,9 @@ def with_trained(stats: Dict[str, Any], trained: Dict[str, int]) -> Dict[str, An
     trained samples (``read_original_fraction`` keeps the loader's own), ``concat_fraction`` likewise."""
     out = {**stats, "samples_read": stats.get("samples"), "read_original_fraction": stats.get("original_fraction"),
            "samples": trained.get("samples", 0)}
-    n = trained.get("samples", 0)
+    n = out["samples"]
     if any(k in trained for k in ("original", "recap", "concat")):
-        out["original_fraction"] = trained.get("original", 0) / n if n and not trained.get("concat", 0) else None
+        out["original_fraction"] = trained.get("original", 0) / n if n and not trained.get("concat") else None
         out["concat_fraction"] = trained.get("concat", 0) / n if n else None
     return out
 

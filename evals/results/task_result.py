@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from evals.results.bootstrap import PairedResult, QueryValues, bootstrap_ci, paired_test
+from evals.results.bootstrap import QueryValues, bootstrap_ci
 
 
 @dataclass
@@ -56,12 +56,3 @@ class TaskResult:
         """Bootstrap interval of every defined metric (same seed for each: resamples of the same queries)."""
         for name, values in self.per_query.items():
             self.intervals[name] = bootstrap_ci(values, samples, confidence, seed)
-
-
-def compare_results(a: TaskResult, b: TaskResult, bootstrap_samples: int = 1000, permutation_samples: int = 10000,
-                    confidence: float = 0.95, seed: int = 0) -> Dict[str, PairedResult]:
-    """Paired test (A minus B) of every metric defined in both results; same task and data set required."""
-    if a.task != b.task or a.dataset.get("fingerprint") != b.dataset.get("fingerprint"):
-        raise ValueError("paired comparison needs the same task on the same data set (fingerprints differ)")
-    return {name: paired_test(a.per_query[name], b.per_query[name], bootstrap_samples, permutation_samples, confidence, seed)
-            for name in a.per_query if name in b.per_query}

@@ -295,11 +295,13 @@ class FidResult:
     generated_cached: bool
 
 
-def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: FidInceptionFeatures, bootstrap_samples: int = 100,
-            kid_subsets_count: int = 100, kid_subset_size: int = 1000, confidence: float = 0.95, seed: int = 0,
+def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: FidInceptionFeatures, bootstrap_samples: int,
+            kid_subsets_count: int, kid_subset_size: int, confidence: float, seed: int,
             reference_cached: bool = False, generated_cached: bool = False) -> FidResult:
-    """FID and KID (torchmetrics) with their intervals (see the module docstring). Raises BrokenModelError when the
-    generated features are all identical (a constant generator: its covariance is 0 and FID would still be a number)."""
+    """FID and KID (torchmetrics) with their intervals (see the module docstring); the settings come from the T2I
+    task's config (its defaults are the one set). Raises ConfigError for fewer than 2 generated images, and
+    BrokenModelError when every generated image's features lie within 1e-6 of the first's (a constant generator: its
+    covariance is 0 and FID would still be a number)."""
     gen = generated["features"]
     if gen.shape[0] < 2:
         raise ConfigError(f"FID needs at least 2 generated images, got {gen.shape[0]}")
@@ -322,8 +324,8 @@ def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: Fid
 
 
 def cached_fid_kid(reference: Dict[str, Any], reference_key: Dict[str, Any], generated: Dict[str, Any], generated_key: Dict[str, Any],
-                   extractor: FidInceptionFeatures, cache: EmbeddingCache, bootstrap_samples: int = 100, kid_subsets_count: int = 100,
-                   kid_subset_size: int = 1000, confidence: float = 0.95, seed: int = 0, reference_cached: bool = False,
+                   extractor: FidInceptionFeatures, cache: EmbeddingCache, bootstrap_samples: int, kid_subsets_count: int,
+                   kid_subset_size: int, confidence: float, seed: int, reference_cached: bool = False,
                    generated_cached: bool = False) -> FidResult:
     """``fid_kid``, stored per (reference statistics key, generated statistics key, interval settings, torchmetrics
     version): a repeated evaluation of the same two sets skips torchmetrics' O(D^3) ``compute`` (a general 2048 x 2048

@@ -26,11 +26,6 @@ def token_counts(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     return np.array(counts, dtype=np.int64)
 
 
-def truncated_count(tokenizer: Any, texts: Sequence[str], context_length: int) -> int:
-    """Number of texts whose token count exceeds the context length (they lose their tail)."""
-    return int((token_counts(tokenizer, texts) > context_length).sum())
-
-
 def _is_plain_simple_tokenizer(tokenizer: Any) -> bool:
     """open_clip's SimpleTokenizer without a reduction strategy (its truncation rule is known exactly)."""
     from open_clip.tokenizer import SimpleTokenizer
