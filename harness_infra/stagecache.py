@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from harness_infra.atomic import atomic_write_json
 from harness_infra.identity import sha256_json
 
 MARKER = "_COMPLETE.json"
+HASH_LENGTH = 16  # hex digits of a stage folder's key hash
 KEY_METADATA = "stage_key"
 KEY_ROLES = (True, False, "build")
 
@@ -62,9 +64,19 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
-def content_hash(obj: Any, length: int = 16) -> str:
+def content_hash(obj: Any, length: int = HASH_LENGTH) -> str:
     """Hex SHA-256 prefix of the canonical JSON of ``obj`` (dataclasses included)."""
     return sha256_json(canonical(obj))[:length]
+
+
+def complete_folders(out_root: str, stage: str, label: str) -> List[str]:
+    """The complete (marker present) folders ``{out_root}/{stage}/{label}-{hash}`` of one label, sorted, absolute:
+    every finished run of that label, whatever its key (another label that merely starts with ``label`` is not one)."""
+    folder = os.path.join(out_root, stage)
+    pattern = re.compile(re.escape(label) + f"-[0-9a-f]{{{HASH_LENGTH}}}")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [os.path.abspath(os.path.join(folder, name)) for name in names
+            if pattern.fullmatch(name) and os.path.isfile(os.path.join(folder, name, MARKER))]
 
 
 class StageDir:

@@ -32,11 +32,12 @@ import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from harness_infra.errors import BrokenModelError, ConfigError, LabelError, one_line
 from harness_infra.ranks import is_main, launcher, rank, world_size
+from harness_infra.stagecache import canonical
 from pipeline.messages import explain
 from pipeline.overrides import CONF_DIR, prevalidate
 from pipeline.schema import validate
@@ -118,7 +119,7 @@ def walk(cfg: DictConfig) -> Dict[str, Any]:
     from pipeline.runner import run_experiment
 
     harness = validate(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = canonical(harness)  # what the stages use: each eval task typed by its kind, with that kind's defaults
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     p_text = "n/a (concat)" if harness.mix.p_original is None else f"{harness.mix.p_original:g}"
     log.info("experiment %s: p = %s (probability of the ORIGINAL caption), strategy %s", harness.experiment, p_text, harness.mix.strategy)

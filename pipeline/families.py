@@ -29,7 +29,7 @@ class Sampling:
     """How a generating family's sample stage draws images (its own functions).
 
     ``open(export_dir, device, use_ema) -> pipeline`` (EMA or trained weights); ``write_samples(pipeline, prompts,
-    out_dir, seed, guidance_scale, steps, sampler, batch_size, rank, world_size, export_dir)`` writes
+    out_dir, spec, rank, world_size, export_dir)`` (``spec``: a ``training.generation.GenerationSpec``) writes
     ``images/{i:05d}.png`` + ``.json`` of this rank's share; ``write_grid(out_dir, prompts, columns) -> path``;
     ``prompts_from_records(records, source, n) -> prompts`` (original caption, first recaption or both).
     """

@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, OverrideParseException
-from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness_infra.errors import ConfigError, one_line, require
+from harness_infra.stagecache import canonical
 from pipeline.messages import explain
 from pipeline.schema import HarnessConfig, validate
 
@@ -123,7 +123,8 @@ def compose_config(overrides: List[str]) -> Tuple[HarnessConfig, Dict[str, Any]]
         raise ConfigError(explain(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    return validate(cfg), OmegaConf.to_container(cfg, resolve=True)
+    harness = validate(cfg)
+    return harness, canonical(harness)  # the published config is the typed one (eval tasks with their kind's defaults)
 
 
 def prevalidate(overrides: List[str], multirun: bool) -> int:

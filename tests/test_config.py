@@ -28,11 +28,47 @@ def test_every_experiment_composes_and_validates(name):
     assert resolved["mix"]["p"] == cfg.mix.p and cfg.trainer == ("dit" if name.startswith("dit_") else "clip")
 
 
+def hydra_composed(overrides):
+    """What Hydra composes, resolved, before typing (``evals.tasks.config.UNSET`` for task keys no file set)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def assert_set_keys_kept(given, typed):
+    """Every key a file or override set holds the value the typed config has."""
+    from evals.tasks.config import UNSET
+
+    for key, value in given.items():
+        if isinstance(value, dict):
+            assert_set_keys_kept(value, typed.get(key) or {})
+        elif value != UNSET:
+            assert key in typed and typed[key] == value, key
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_published_config_is_the_typed_config_the_stages_use(name):
-    for extra in ([], [README_LAYOUT]):
-        cfg, resolved = compose_config([f"+experiment={name}", *extra])
-        assert resolved == canonical(cfg)
+    for extra in ([], [README_LAYOUT], ["eval=t2i_scenes", "eval.tasks.1.max_samples=9"]):
+        cfg, published = compose_config([f"+experiment={name}", *extra])
+        assert published == canonical(cfg)
+        composed = hydra_composed([f"+experiment={name}", *extra])
+        tasks, given = published["eval"].pop("tasks"), composed["eval"].pop("tasks")
+        defaults = composed["eval"].pop("task_defaults")
+        assert published["eval"].pop("task_defaults") == defaults
+        assert published == composed  # everything but the tasks exactly as Hydra composed it
+        assert len(tasks) == len(given) and tasks
+        for typed, entry in zip(tasks, given):  # each task: the keys it set, the shared ones, its kind's defaults
+            assert_set_keys_kept(entry, typed)
+            assert_set_keys_kept({k: v for k, v in defaults.items() if k not in entry or entry[k] == "<unset>"}, typed)
+        if "eval=t2i_scenes" in extra:
+            assert tasks[1]["max_samples"] == 9 and tasks[0]["max_samples"] == 500 and tasks[0]["kid_subsets"] == 100
 
 
 def test_the_mix_study_is_one_overlay_swept_over_p():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from captiondata.decode import BadSample
-from evals.tasks.config import EvalConfig, TaskConfig
+from evals.tasks.config import EvalConfig, ZeroShotTaskConfig
 from evals.tasks.datasets import (caption_folder, check_labels, clip_benchmark_wds, dataset_labels, image_folder, open_eval_dataset,
                                   project_shards, task_fingerprint)
 from evals.tasks.embeddings import encode_images
@@ -61,8 +61,8 @@ def test_a_data_sets_own_template_file_is_named_in_its_error(tmp_path, monkeypat
     monkeypatch.setenv("RECAP_DATA_ROOT", str(tmp_path))
     write_cb_classification(str(tmp_path / "set"), [0, 1], ["cat", "dog"], ["a photo of a {}."])
     with pytest.raises(ConfigError, match="zeroshot_classification_templates.txt: template 'a photo of a {}.' has the field"):
-        open_eval_dataset(TaskConfig(name="s", format="clip_benchmark_wds", path="set"))
-    assert open_eval_dataset(TaskConfig(name="s", format="clip_benchmark_wds", path="set", templates="photo")).templates == ["a photo of a {c}."]
+        open_eval_dataset(ZeroShotTaskConfig(name="s", format="clip_benchmark_wds", path="set"))
+    assert open_eval_dataset(ZeroShotTaskConfig(name="s", format="clip_benchmark_wds", path="set", templates="photo")).templates == ["a photo of a {c}."]
 
 
 def test_template_without_placeholder_no_longer_scores_perfectly(tiny, tmp_path):
@@ -229,9 +229,9 @@ def test_every_file_set_identity_follows_content(tmp_path):
     before = project_shards(spec).fingerprint
     edit_member_in_place(str(tmp_path / "proj" / "test-000000.tar"), "k00001.txt", b"photo 1", b"photo 9")
     assert project_shards(spec).fingerprint != before
-    task = TaskConfig(name="t", path=folder, templates="photo")
-    assert task_fingerprint(task) != task_fingerprint(TaskConfig(name="t", path=folder, templates="cifar"))
-    assert task_fingerprint(task) != task_fingerprint(TaskConfig(name="t", path=folder, templates="photo", exif_transpose=False))
+    task = ZeroShotTaskConfig(name="t", path=folder, templates="photo")
+    assert task_fingerprint(task) != task_fingerprint(ZeroShotTaskConfig(name="t", path=folder, templates="cifar"))
+    assert task_fingerprint(task) != task_fingerprint(ZeroShotTaskConfig(name="t", path=folder, templates="photo", exif_transpose=False))
 
 
 def test_content_hash_memo_is_not_fooled_by_restored_mtime(tmp_path):
@@ -319,7 +319,7 @@ def test_class_folder_labels_are_checked_against_the_class_names(tmp_path, monke
     monkeypatch.setenv("RECAP_DATA_ROOT", str(tmp_path))
     write_image_folder(str(tmp_path / "tiny"), ["a", "b", "c"], 1)
     (tmp_path / "names.txt").write_text("alpha\nbeta\n")
-    data = open_eval_dataset(TaskConfig(name="tiny3", path="tiny", classnames=str(tmp_path / "names.txt"), templates="photo"))
+    data = open_eval_dataset(ZeroShotTaskConfig(name="tiny3", path="tiny", classnames=str(tmp_path / "names.txt"), templates="photo"))
     with pytest.raises(ConfigError, match="tiny3: label 2 is outside"):
         check_labels(data, len(data.classes))
     check_labels(data, 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.tasks.config import EvalConfig, TaskConfig
+from evals.tasks.config import EvalConfig, task_config
 from evals.tasks.registry import ImageTextEmbedder
 from evals.tasks.suite import evaluate_checkpoint, run_task
 from evals.tasks.testing import caption_records, tiny_clip, write_cb_classification, write_project_shards
@@ -17,8 +17,8 @@ def tasks(tmp_path):
     cls_root = write_cb_classification(str(tmp_path / "cls"), [0, 1, 2, 3, 4, 5] * 2, ["ant", "bee", "cow", "dog", "eel", "fox"],
                                        ["a photo of a {c}."])
     shards = write_project_shards(str(tmp_path / "shards"), caption_records(6, references_per_image=2))
-    return [TaskConfig(name="cls6", task="zeroshot_classification", format="clip_benchmark_wds", path=cls_root),
-            TaskConfig(name="ret", task="retrieval", format="project_shards", path=shards)]
+    return [task_config(name="cls6", task="zeroshot_classification", format="clip_benchmark_wds", path=cls_root),
+            task_config(name="ret", task="retrieval", format="project_shards", path=shards)]
 
 
 def nan_projection_clip():
@@ -59,7 +59,7 @@ def test_six_classes_named_missile_score_chance_with_ties_counted(tmp_path, capl
     # CLIP_benchmark gives 0.167 on this toy set (torch.topk on identical logits); the old rule gave 0.533
     root = write_cb_classification(str(tmp_path / "missile"), [0, 1, 2, 3, 4, 5] * 5, ["missile"] * 6, ["a photo of a {c}."])
     embedder = ImageTextEmbedder(*tiny_clip(seed=0))
-    task = TaskConfig(name="missile6", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
+    task = task_config(name="missile6", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
     with caplog.at_level("WARNING"):
         result = run_task(embedder, task, EvalConfig(bootstrap_samples=0))
     assert result.metrics["top1"] == pytest.approx(1 / 6)
@@ -78,7 +78,7 @@ def test_identical_images_in_a_retrieval_set_are_counted_ties(tmp_path):
     records = [Record(key=f"k{i}", image=same if i < 2 else jpeg(random_image(i)), original=f"caption {i}", recaptions=[],
                       references=[f"caption {i}"]) for i in range(5)]
     shards = write_project_shards(str(tmp_path / "dup"), records)
-    result = run_task(ImageTextEmbedder(*tiny_clip(seed=1)), TaskConfig(name="dup", task="retrieval", format="project_shards", path=shards),
+    result = run_task(ImageTextEmbedder(*tiny_clip(seed=1)), task_config(name="dup", task="retrieval", format="project_shards", path=shards),
                       EvalConfig(bootstrap_samples=0, batch_size=8))
     # captions 0 and 1 each tie between the two identical images: each query's R@1 can be at most 1/2
     per_query = result.per_query["t2i_R@1"].values

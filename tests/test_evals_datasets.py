@@ -8,7 +8,7 @@ import pytest
 
 from conftest import require_real
 from harness_infra.errors import ConfigError
-from evals.tasks.config import TaskConfig
+from evals.tasks.config import ZeroShotTaskConfig
 from evals.tasks.datasets import (open_eval_dataset, caption_folder, clip_benchmark_wds, evenly_spaced, flickr8k, image_folder,
                             project_shards)
 from evals.tasks.testing import (caption_records, write_caption_folder, write_cb_classification, write_cb_retrieval,
@@ -87,9 +87,9 @@ def test_flickr8k_raw_layout(tmp_path):
 def test_build_dataset_from_task_config(tmp_path, monkeypatch):
     monkeypatch.setenv("RECAP_DATA_ROOT", str(tmp_path))
     write_image_folder(str(tmp_path / "tiny"), ["x", "y"], 2)
-    data = open_eval_dataset(TaskConfig(name="t", path="tiny", templates="photo"))
+    data = open_eval_dataset(ZeroShotTaskConfig(name="t", path="tiny", templates="photo"))
     assert len(data) == 4 and data.classes == ["x", "y"] and data.templates == ["a photo of a {c}."]
-    data = open_eval_dataset(TaskConfig(name="t", path="tiny", classnames="imagenet"))
+    data = open_eval_dataset(ZeroShotTaskConfig(name="t", path="tiny", classnames="imagenet"))
     assert len(data.classes) == 1000 and len(data.templates) == 80  # open_clip's ImageNet names and templates
 
 

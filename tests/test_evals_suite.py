@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evals.tasks.config import EvalConfig, TaskConfig
+from evals.tasks.config import EvalConfig, task_config
 from evals.results.records import read_record
 from evals.tasks.registry import ImageTextEmbedder
 from evals.tasks.suite import evaluate_checkpoint, model_info, run_task
@@ -29,10 +29,10 @@ def tasks(tmp_path):
     shards = write_project_shards(str(tmp_path / "shards"), caption_records(6, references_per_image=2))
     long_root = write_caption_folder(str(tmp_path / "long"), [("a very long description " * 12) + str(i) for i in range(4)] + ["short one"])
     return [
-        TaskConfig(name="cls3", task="zeroshot_classification", format="clip_benchmark_wds", path=cls_root),
-        TaskConfig(name="ret", task="retrieval", format="project_shards", path=shards),
-        TaskConfig(name="long", task="long_retrieval", format="caption_folder", path=long_root),
-        TaskConfig(name="diag", task="caption_diagnostics", format="project_shards", path=shards),
+        task_config(name="cls3", task="zeroshot_classification", format="clip_benchmark_wds", path=cls_root),
+        task_config(name="ret", task="retrieval", format="project_shards", path=shards),
+        task_config(name="long", task="long_retrieval", format="caption_folder", path=long_root),
+        task_config(name="diag", task="caption_diagnostics", format="project_shards", path=shards),
     ]
 
 

@@ -237,17 +237,17 @@ def tiny_clip():
 
 
 def test_an_evaluation_that_loses_a_third_of_its_set_fails_instead_of_publishing(tmp_path):
-    from evals.tasks.config import EvalConfig, TaskConfig
+    from evals.tasks.config import EvalConfig, task_config
     from evals.tasks.suite import evaluate_checkpoint
 
     root = clip_benchmark_classification(str(tmp_path / "set"), shards=3, n_per_shard=20, dotted_shard=1)
-    task = TaskConfig(name="wds_cls", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
+    task = task_config(name="wds_cls", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
     cfg = EvalConfig(tasks=[task], bootstrap_samples=10, permutation_samples=10, cache_dir=None, records_dir=str(tmp_path / "records"))
     with pytest.raises(LabelError, match=r"eval task wds_cls: 20 of 60 samples lost \(33\.3% > eval\.max_lost_share=0\.01\): dotted_key 20"):
         evaluate_checkpoint(tiny_clip(), cfg, checkpoint="tiny")
     assert not glob.glob(str(tmp_path / "records" / "*.json"))
     clean = clip_benchmark_classification(str(tmp_path / "clean"), shards=3, n_per_shard=20)
-    cfg.tasks = [TaskConfig(name="wds_cls", task="zeroshot_classification", format="clip_benchmark_wds", path=clean)]
+    cfg.tasks = [task_config(name="wds_cls", task="zeroshot_classification", format="clip_benchmark_wds", path=clean)]
     records = evaluate_checkpoint(tiny_clip(), cfg, checkpoint="tiny")
     assert records[0]["n"]["images"] == 60 and not records[0]["dataset"].get("skipped")
 

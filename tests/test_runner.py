@@ -398,7 +398,7 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     import dataclasses as dc
 
     from captiondata.config import DataConfig
-    from evals.tasks.config import TaskConfig
+    from evals.tasks.config import task_config
     from evals.tasks.testing import write_cb_classification
     from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
@@ -417,7 +417,7 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
 
     root = write_cb_classification(str(tmp_path / "cls"), [0, 1, 0, 1], ["ant", "bee"], ["a photo of a {c}."], per_shard=4)
     cfg, _ = compose_config(["+experiment=clip_smoke"])
-    task = TaskConfig(name="outside", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
+    task = task_config(name="outside", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
     cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
     infos = {"data": DataInfo(fingerprint="x", out_dir=str(tmp_path / "data")), "train": TrainInfo(hash="t")}
     first = eval_key(RunContext(cfg, {}, [], infos))
@@ -436,7 +436,7 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
     """A CLIP-score evaluator named by a glob enters the eval stage key by the content of its export folder."""
     import dataclasses as dc
 
-    from evals.tasks.config import TaskConfig
+    from evals.tasks.config import task_config
     from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
     from pipeline.registry import RunContext
@@ -446,7 +446,7 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
     export.mkdir(parents=True)
     (export / "open_clip_pytorch_model.bin").write_bytes(b"weights one")
     data_dir = tmp_path / "data"
-    task = TaskConfig(name="recap_clip", task="clip_score", format="project_shards", path=f"{data_dir}/test-*.tar",
+    task = task_config(name="recap_clip", task="clip_score", format="project_shards", path=f"{data_dir}/test-*.tar",
                       evaluator=str(tmp_path / "train" / "clip_mix_p0.0-*" / "export"))
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
@@ -454,3 +454,51 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
     first = eval_key(RunContext(cfg, {}, [], infos))
     (export / "open_clip_pytorch_model.bin").write_bytes(b"weights two")  # same size, retrained
     assert eval_key(RunContext(cfg, {}, [], infos)) != first
+
+
+def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path):
+    """evaluator_experiment resolves to the one complete train stage of that experiment under run.out_root; the eval key
+    holds the name and the export's content (not the folder), and none or several runs are a one-line ConfigError."""
+    import dataclasses as dc
+    import json as _json
+
+    from evals.tasks.config import task_config
+    from evals.tasks.t2i import experiment_export, resolve_evaluator
+    from harness_infra.errors import ConfigError
+    from pipeline.overrides import compose_config
+    from pipeline.infos import DataInfo, TrainInfo
+    from pipeline.registry import RunContext
+    from pipeline.stages.eval import key as eval_key
+
+    def trained(root, digest, weights):
+        folder = root / "train" / f"clip_mix_p0.0-{digest}"
+        (folder / "export").mkdir(parents=True)
+        (folder / "export" / "open_clip_model.safetensors").write_bytes(weights)
+        (folder / "_COMPLETE.json").write_text(_json.dumps({}))
+        return folder
+
+    data_dir = tmp_path / "data"
+    task = task_config(name="recap_clip", task="clip_score", path=f"{data_dir}/test-*.tar", evaluator_experiment="clip_mix_p0.0")
+    base, _ = compose_config(["+experiment=clip_smoke"])
+    infos = {"data": DataInfo(fingerprint="x", out_dir=str(data_dir)), "train": TrainInfo(hash="t")}
+
+    def key_under(root):
+        cfg = dc.replace(base, eval=dc.replace(base.eval, tasks=[task]), run=dc.replace(base.run, out_root=str(root)))
+        return eval_key(RunContext(cfg, {}, [], infos))
+
+    with pytest.raises(ConfigError, match=r"evaluator_experiment=clip_mix_p0.0: no complete train stage"):
+        key_under(tmp_path / "a")
+    folder = trained(tmp_path / "a", "0123456789abcdef", b"weights one")
+    (tmp_path / "a" / "train" / "clip_mix_p0.0-fedcba9876543210" / "export").mkdir(parents=True)  # no marker: unfinished
+    (tmp_path / "a" / "train" / "clip_mix_p0.0_x-0123456789abcdef").mkdir()  # another experiment's label
+    assert experiment_export(str(tmp_path / "a"), "clip_mix_p0.0") == str(folder / "export")
+    assert resolve_evaluator(task, str(tmp_path / "a")).evaluator == str(folder / "export")
+    first = key_under(tmp_path / "a")
+    trained(tmp_path / "b", "0123456789abcdef", b"weights one")
+    assert key_under(tmp_path / "b") == first  # moving run.out_root changes nothing
+    (folder / "export" / "open_clip_model.safetensors").write_bytes(b"weights two")  # retrained
+    assert key_under(tmp_path / "a") != first
+    trained(tmp_path / "a", "00000000000000aa", b"weights three")
+    with pytest.raises(ConfigError) as info:
+        key_under(tmp_path / "a")
+    assert "2 trained runs" in str(info.value) and "\n" not in str(info.value)

@@ -16,7 +16,7 @@ from captiondata.builders.scenes import parse_scene_description, scene_record
 from captiondata.writer import ShardWriter
 from evals.tasks import prompt_following as P
 from evals.tasks import t2i
-from evals.tasks.config import EvalConfig, TaskConfig
+from evals.tasks.config import EvalConfig, T2ITaskConfig, task_config
 from evals.tasks.registry import TASKS, GENERATOR, ImageGenerator, ImageTextEmbedder
 from evals.tasks.suite import evaluate_checkpoint
 from harness_infra.errors import BrokenModelError, ConfigError
@@ -47,14 +47,17 @@ class Oracle:
                 self.by_prompt[text] = image
         self.transformer = torch.nn.Linear(2, 2)
         self.calls = 0
+        self.batches = []  # (batch size, batch_invariant) of each call
 
-    def generate(self, prompts, seeds, guidance_scale, steps, sampler, batch_size):
+    def generate(self, prompts, seeds, spec):
         self.calls += len(prompts)
+        self.batches.append((len(prompts), spec.batch_invariant))
         return torch.stack([self.by_prompt[p] for p in prompts])
 
 
-def task(name: str, kind: str, spec: str, **kw) -> TaskConfig:
-    return TaskConfig(name=name, task=kind, format="project_shards", path=spec, steps=3, sampler="ddpm", guidance_scale=2.0, **kw)
+def task(name: str, kind: str, spec: str, batch_invariant: bool = True, generate_batch: int = 16, **kw) -> T2ITaskConfig:
+    generation = {"steps": 3, "sampler": "ddpm", "guidance_scale": 2.0, "batch_invariant": batch_invariant, "batch_size": generate_batch}
+    return task_config(name=name, task=kind, path=spec, generation=generation, **kw)
 
 
 def cfg_for(tmp_path, tasks=()) -> EvalConfig:
@@ -90,20 +93,19 @@ def test_prompt_set_and_cached_generation_with_settings_recorded(tmp_path, scene
 
 
 def test_batched_generation_is_keyed_by_its_batch_and_sets_the_pipelines_mode(tmp_path, scene_shards):
-    """batch_invariant=false: the pipeline runs whole batches (its attribute set per task) and, since an image then
-    depends on its batch at float rounding, generate_batch enters the image cache key; invariant runs ignore it."""
+    """batch_invariant=false: the pipeline runs whole batches (the task's spec says so) and, since an image then
+    depends on its batch at float rounding, the batch size enters the image cache key; invariant runs ignore it."""
     spec, records = scene_shards
     oracle = Oracle(records)
-    oracle.batch_invariant = True
     gen, cfg = ImageGenerator(oracle, weights_id="oracle"), cfg_for(tmp_path)
     prompts = [r.original for r in records[:6]]
-    t2i.generated_images(gen, prompts, task("p", "fid", spec, batch_invariant=False, generate_batch=3), cfg)
-    assert oracle.batch_invariant is False and oracle.calls == 6
+    t2i.generated_images(gen, prompts, task("p", "fid", spec, batch_invariant=False, generate_batch=4), cfg)
+    assert oracle.batches == [(4, False), (2, False)] and oracle.calls == 6
     t2i.generated_images(gen, prompts, task("p", "fid", spec, batch_invariant=False, generate_batch=2), cfg)
     assert oracle.calls == 12  # another batch size: other images, generated again
     t2i.generated_images(gen, prompts, task("p", "fid", spec, generate_batch=3), cfg)
     t2i.generated_images(gen, prompts, task("p", "fid", spec, generate_batch=2), cfg)
-    assert oracle.batch_invariant is True and oracle.calls == 18  # one prompt at a time: the batch size changes nothing
+    assert oracle.batches[-2:] == [(3, True), (3, True)] and oracle.calls == 18  # one prompt at a time: the batch size changes nothing
     assert len(os.listdir(os.path.join(cfg.cache_dir, t2i.IMAGES_DIR))) == 3
 
 
@@ -216,7 +218,7 @@ def test_generator_tasks_are_registered_and_rejected_on_a_clip(tmp_path, scene_s
     assert {name for name, s in TASKS.items() if s.evaluates == GENERATOR} == {"fid", "clip_score", "prompt_following", "vlm_judge"}
     with pytest.raises(ConfigError, match="evaluates an image_generator"):
         evaluate_checkpoint(tiny_open_clip(), cfg_for(tmp_path, [task("f", "fid", spec)]), "clip", write=False)
-    with pytest.raises(ConfigError, match="needs evaluator"):
+    with pytest.raises(ConfigError, match="clip_score needs one of evaluator"):
         task("c", "clip_score", spec)
     with pytest.raises(ConfigError, match="prompt_source"):
         task("c", "fid", spec, prompt_source="both")

@@ -4,20 +4,24 @@ diffusers' from_pretrained, and bad config values fail in one line."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from types import SimpleNamespace
 from typing import Any, Dict, Iterator, List
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from captiondata.builders.scenes import scene_records
 from captiondata.config import DataConfig, MixConfig
 from captiondata.writer import ShardWriter
 from harness_infra.errors import ConfigError
 from train_dit.config import DitModelConfig, DitTrainConfig, ImageSpaceSpec, SampleSpec
+from training.generation import GenerationSpec, generate_batches
 from train_dit.image import tiny_vae_config
 from train_dit.text import TextEncoder
 
@@ -102,11 +106,11 @@ def scene_val_shards(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def trained_export(tmp_path_factory) -> str:
-    """A DiT-micro trained 4 steps on colours, exported."""
+    """A DiT-micro trained 4 steps on colours, exported (its scheduler/ is DDPM's, the paper's sampler)."""
     from train_dit.train import train
 
     out = str(tmp_path_factory.mktemp("dit_export"))
-    train(DitModelConfig(**MICRO), recipe(samples=64), None, None, out, source_factory=colour_factory())
+    train(DitModelConfig(**MICRO), recipe(samples=64, sample=SampleSpec(sampler="ddpm")), None, None, out, source_factory=colour_factory())
     return os.path.join(out, "export")
 
 
@@ -357,20 +361,28 @@ def test_cached_features_follow_the_same_caption_draw_as_clip(tmp_path, scene_sh
 
 # --- sampling and export ---------------------------------------------------------------------------------------
 
+def sample_all(pipe: Any, prompts: List[str], spec: GenerationSpec) -> torch.Tensor:
+    """Every image of ``prompts`` through the one generation loop."""
+    return torch.cat([images for _, images in generate_batches(pipe.generate, prompts, spec, show=False)])
+
+
 def test_sampling_depends_on_prompt_and_seed_only(trained_export):
+    import dataclasses
+
     from train_dit.sample import DitPipeline
 
     pipe = DitPipeline.from_pretrained(trained_export)
     prompts = ["red", "a large blue dotted square at the top left", "green", "yellow"]
     for sampler, steps in (("ddpm", 8), ("dpm++", 5)):
-        four = pipe.generate(prompts, [10, 11, 12, 13], 10.0, steps, sampler, batch_size=4)
-        ones = pipe.generate(prompts, [10, 11, 12, 13], 10.0, steps, sampler, batch_size=1)
-        again = pipe.generate(prompts[2:3], [12], 10.0, steps, sampler, batch_size=1)
-        other = pipe.generate(prompts[2:3], [99], 10.0, steps, sampler, batch_size=1)
+        spec = GenerationSpec(guidance_scale=10.0, steps=steps, sampler=sampler, seed=10, batch_size=4)
+        four = sample_all(pipe, prompts, spec)  # seeds 10..13
+        ones = sample_all(pipe, prompts, dataclasses.replace(spec, batch_size=1))
+        again = pipe.generate(prompts[2:3], [12], spec)
+        other = pipe.generate(prompts[2:3], [99], spec)
         assert four.shape == (4, 3, 32, 32) and torch.equal(four, ones) and torch.equal(four[2:3], again)
         assert not torch.equal(again, other)
-    pipe.batch_invariant = False  # whole batches: the same images up to float rounding
-    batched = pipe.generate(prompts, [10, 11, 12, 13], 10.0, 5, "dpm++", batch_size=4)
+    # whole batches: the same images up to float rounding
+    batched = sample_all(pipe, prompts, GenerationSpec(guidance_scale=10.0, steps=5, sampler="dpm++", seed=10, batch_size=4, batch_invariant=False))
     assert (batched - four).abs().max() < 1e-4
 
 
@@ -417,7 +429,7 @@ def test_latent_space_with_a_random_autoencoder_trains_exports_and_samples(tmp_p
         json.dump({**payload, "prediction": "epsilon"}, handle)
     with pytest.raises(ConfigError, match="prediction='epsilon', which does not fit its flow scheduler; expected one of velocity, sample"):
         DitPipeline.from_pretrained(result.export_dir)
-    images = pipe.generate(["a red circle"], [0], 4.0, 3, "euler")
+    images = pipe.generate(["a red circle"], [0], GenerationSpec(guidance_scale=4.0, steps=3, sampler="euler"))
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
 
@@ -428,7 +440,8 @@ def test_the_sample_cli_writes_what_the_pipeline_generates(tmp_path, trained_exp
     from PIL import Image
 
     from harness_infra.errors import cli_main
-    from train_dit.sample import DitPipeline, main, to_pil
+    from train_dit.sample import DitPipeline, main
+    from training.generation import to_pil
 
     out = tmp_path / "samples"
     argv = [trained_export, "--shards", scene_val_shards, "--out", str(out), "--num-prompts", "3", "--steps", "3",
@@ -439,7 +452,7 @@ def test_the_sample_cli_writes_what_the_pipeline_generates(tmp_path, trained_exp
     with open(out / "prompts.jsonl", encoding="utf-8") as handle:
         written = [json.loads(line) for line in handle]
     assert [w["prompt"] for w in written] == prompts and [w["seed"] for w in written] == [0, 1, 2]
-    expected = DitPipeline.from_pretrained(trained_export).generate(prompts, [0, 1, 2], 2.0, 3, "ddpm")
+    expected = DitPipeline.from_pretrained(trained_export).generate(prompts, [0, 1, 2], GenerationSpec(guidance_scale=2.0, steps=3, sampler="ddpm"))
     for index, image in enumerate(expected):
         assert np.array_equal(np.asarray(Image.open(out / "images" / f"{index:05d}.png")), np.asarray(to_pil(image)))
     assert (out / "grid.png").stat().st_size > 1000
@@ -448,6 +461,62 @@ def test_the_sample_cli_writes_what_the_pipeline_generates(tmp_path, trained_exp
         cli_main(lambda: main(argv))
     err = capsys.readouterr().err.strip()
     assert caught.value.code == 2 and err == f"error: --out {out} exists; choose a new folder"
+
+
+def test_training_samples_and_the_t2i_task_write_the_same_images(tmp_path, trained_export):
+    """One spec, one model: the sample stage's writer (``write_samples``, on two ranks) and the T2I tasks' generation
+    (``evals.tasks.t2i.generated_images``) write byte-identical PNGs, and each side file keeps its fields."""
+    import dataclasses
+    import glob
+
+    from evals.tasks import t2i
+    from evals.tasks.config import EvalConfig, task_config
+    from evals.tasks.registry import ImageGenerator
+    from train_dit.sample import DitPipeline, write_samples
+
+    spec = GenerationSpec(guidance_scale=2.0, steps=3, sampler="dpm++", seed=5, batch_size=2)
+    prompts = ["a red circle", "a large blue dotted square at the top left", "green"]
+    pipe = DitPipeline.from_pretrained(trained_export)
+    sample_dir = tmp_path / "sample"
+    assert write_samples(pipe, prompts, str(sample_dir), spec, 0, 2, trained_export) == [0, 2]
+    assert write_samples(pipe, prompts, str(sample_dir), spec, 1, 2, trained_export) == [1]
+    task = task_config(name="t", task="fid", path="unused-*.tar", generation=dataclasses.asdict(spec))
+    images = t2i.generated_images(ImageGenerator(pipe, weights_id="w"), prompts, task, EvalConfig(cache_dir=str(tmp_path / "eval")))
+    (folder,) = glob.glob(str(tmp_path / "eval" / t2i.IMAGES_DIR / "*"))
+    for index, image in enumerate(images):
+        ours = (sample_dir / "images" / f"{index:05d}.png").read_bytes()
+        assert ours == open(os.path.join(folder, f"{index:05d}.png"), "rb").read()
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), np.asarray(image))
+        shared = {"index": index, "prompt": prompts[index], "seed": 5 + index, "guidance_scale": 2.0, "steps": 3, "sampler": "dpm++",
+                  "batch_invariant": True}
+        sample_side = json.loads((sample_dir / "images" / f"{index:05d}.json").read_text())
+        with open(os.path.join(folder, f"{index:05d}.json"), encoding="utf-8") as handle:
+            eval_side = json.load(handle)
+        assert sample_side == {**shared, "batch_size": 2, "export": trained_export}
+        assert eval_side == {**shared, "generate_batch": 2, "generator": "w"}
+
+
+def test_sampling_has_one_set_of_defaults():
+    """The sample stage, the T2I tasks and the sample CLI all take training.generation.GenerationSpec's defaults (the
+    committed scenes_t2i.md settings: DPM-Solver++ 25 steps at guidance 4, seed 0, batch 16, batch-invariant), and the
+    samplers' own signatures carry none."""
+    import dataclasses
+    import inspect
+
+    from evals.tasks.config import task_config
+    from evals.tasks.registry import ImageGenerator
+    from train_dit.sample import DitPipeline
+
+    base = GenerationSpec()
+    assert dataclasses.astuple(base) == (4.0, 25, "dpm++", 0, 16, True)
+    names = [f.name for f in dataclasses.fields(GenerationSpec)]
+    assert {n: getattr(SampleSpec(), n) for n in names} == dataclasses.asdict(base)
+    assert DitTrainConfig().sample.sampler == DitTrainConfig(scheduler="flow").sample.sampler == base.sampler  # fits both objectives
+    for kind in ("fid", "clip_score", "prompt_following", "vlm_judge"):
+        extra = {"evaluator": "ViT-B-32:x"} if kind == "clip_score" else {}
+        assert task_config(name="t", task=kind, path="x", **extra).generation == base
+    for method in (DitPipeline.generate, ImageGenerator.generate):
+        assert all(p.default is inspect.Parameter.empty for p in inspect.signature(method).parameters.values())
 
 
 # --- samplers -------------------------------------------------------------------------------------------------

@@ -160,7 +160,9 @@ def diffusers_run(exports, clip_text, tmp_path_factory) -> dict:
 def harness_images(export: str, sampler: str) -> torch.Tensor:
     from train_dit.sample import DitPipeline
 
-    return DitPipeline.from_pretrained(export).generate(PROMPTS, SEEDS, GUIDANCE, STEPS, sampler)
+    from training.generation import GenerationSpec
+
+    return DitPipeline.from_pretrained(export).generate(PROMPTS, SEEDS, GenerationSpec(guidance_scale=GUIDANCE, steps=STEPS, sampler=sampler))
 
 
 @pytest.mark.parametrize("name", list(EXPORTS))

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
+from training.generation import GenerationSpec
 
 __all__ = ["ConfigError", "DitModelConfig", "DitTrainConfig", "ImageSpaceSpec", "SampleSpec", "TextEncoderSpec", "PRESETS"]
 
@@ -31,7 +32,6 @@ PRESETS: Dict[str, Tuple[int, int, int, int]] = {
 TEXT_KINDS = ("hf", "open_clip", "clip_export")
 IMAGE_KINDS = ("pixels", "vae", "tiny_vae")
 SCHEDULERS = ("ddpm", "flow")
-SAMPLERS = ("ddpm", "dpm++", "euler")
 SAMPLERS_OF = {"ddpm": ("ddpm", "dpm++"), "flow": ("euler", "dpm++")}  # the samplers that fit each training objective
 PREDICTIONS_OF = {"ddpm": ("epsilon",), "flow": ("velocity", "sample")}  # what the transformer outputs, per objective
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -167,38 +167,27 @@ class DitModelConfig:
 
 
 @dataclass
-class SampleSpec:
-    """How the sample stage generates: prompts, seeds, guidance, sampler (not part of the train key).
+class SampleSpec(GenerationSpec):
+    """How the sample stage generates (not part of the train key): the shared ``training.generation.GenerationSpec``
+    (guidance scale, steps, sampler, seed, batch size, batch_invariant; its defaults) plus where the prompts come from.
 
     ``prompts``: explicit prompts; when empty, ``num_prompts`` prompts come from the first samples of
     ``prompt_split`` (``prompt_source``: their ``original`` caption, ``recap`` (first recaption) or ``both``, the
-    paper's raw and COCO-Recap prompts, alternating: 12 prompts = 6 samples). Image i uses seed ``seed + i`` whatever the batch size or rank count.
-    ``sampler``: ``ddpm`` (the paper: 250 steps), ``dpm++`` (DPM-Solver++ multistep, about 25 steps) or ``euler``
-    (flow matching's Euler sampler); ``guidance_scale``: classifier-free guidance (the paper: 10; 1 = no guidance).
-    ``use_ema``: sample with the EMA weights (the export's ``transformer/``) or the trained weights (``transformer_online/``).
-    ``batch_invariant``: run the transformer one prompt at a time so an image is bitwise independent of batch size
-    (``false``: batched, faster on a GPU, equal up to float rounding).
+    paper's raw and COCO-Recap prompts, alternating: 12 prompts = 6 samples). Image i uses seed ``seed + i`` whatever
+    the batch size or rank count. ``use_ema``: sample with the EMA weights (the export's ``transformer/``) or the
+    trained weights (``transformer_online/``). ``grid_columns``: columns of ``grid.png``.
     """
 
     prompts: List[str] = field(default_factory=list)
     prompt_split: str = "val"
     prompt_source: str = "both"
     num_prompts: int = 16
-    seed: int = 0
-    guidance_scale: float = 10.0
-    steps: int = 250
-    sampler: str = "ddpm"
-    batch_size: int = 16
     device: str = setting("auto", key=False)
     grid_columns: int = 4
-    batch_invariant: bool = True
     use_ema: bool = True
 
     def __post_init__(self) -> None:
-        require(self.sampler in SAMPLERS, f"train.sample.sampler={self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
-        require(self.guidance_scale >= 0, f"train.sample.guidance_scale={self.guidance_scale} must be >= 0 (1 = no guidance)")
-        require(self.steps > 0, f"train.sample.steps={self.steps} must be positive")
-        require(self.batch_size > 0, f"train.sample.batch_size={self.batch_size} must be positive")
+        self.check("train.sample")
         require(self.num_prompts > 0, f"train.sample.num_prompts={self.num_prompts} must be positive")
         require(self.prompt_split in ("train", "val", "test"), f"train.sample.prompt_split={self.prompt_split!r}; choose train, val or test")
         require(self.prompt_source in PROMPT_SOURCES, f"train.sample.prompt_source={self.prompt_source!r}; choose one of {', '.join(PROMPT_SOURCES)}")

@@ -5,16 +5,18 @@
 in format-1 exports, where it was the training one), the text encoder and image space named in ``dit_pipeline.json``
 (the autoencoder from ``vae/``). The same export loads in plain diffusers as ``train_dit.hub_pipeline.RecapDiTPipeline``
 (``DiffusionPipeline.from_pretrained(export_dir, trust_remote_code=True)``), which samples the same images.
-``generate(prompts, seeds, ...)``: image i starts from noise drawn by ``torch.Generator().manual_seed(seeds[i])`` and
+``generate(prompts, seeds, spec)`` samples one batch as a ``training.generation.GenerationSpec`` says (the one loop
+over batches and seeds is ``training.generation.generate_batches``): image i starts from noise drawn by ``torch.Generator().manual_seed(seeds[i])`` and
 every later draw of its sampler (DDPM's variance noise) comes from that generator too, so an image depends on its
-prompt and seed only, not on the batch it is in or the rank that draws it (bitwise with ``batch_invariant=True``,
+prompt and seed only, not on the batch it is in or the rank that draws it (bitwise with ``spec.batch_invariant``,
 the default, which runs the transformer one prompt at a time; ``False`` batches it, faster on a GPU, and results then
 differ across batch sizes at float rounding, about 1e-6). Guidance: prediction = uncond + scale x
 (cond - uncond), uncond = the null condition (the empty caption's features, as in training's caption dropout); an
 x0-predicting export (``"prediction": "sample"``) is guided in x0 and stepped with its exact velocity (the two are
 affine in each other at one x_t, so guiding either is the same).
 ``write_samples`` shards prompts over ranks (prompt i on rank i mod world size) and writes ``images/{i:05d}.png``
-plus ``images/{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler, export).
+plus ``images/{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler, batch_invariant, batch_size, export) with
+``training.generation.write_image``, the writer the text-to-image evaluation uses too.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from harness_infra.atomic import atomic_write, atomic_write_json, atomic_write_text
+from harness_infra.atomic import atomic_write, atomic_write_text
 from harness_infra.errors import cli_main, require
-from harness_infra.progress import Progress
-from train_dit.config import PREDICTIONS_OF, SAMPLERS, ImageSpaceSpec, TextEncoderSpec
+from training.generation import GenerationSpec, generate_batches, image_record, write_image
+from train_dit.config import PREDICTIONS_OF, ImageSpaceSpec, TextEncoderSpec
 from train_dit.diffusion import is_flow, model_timestep, sampling_scheduler, velocity_from_sample
 from train_dit.image import ImageSpace, to_unit_range
 from train_dit.model import predict
@@ -42,7 +44,8 @@ PIPELINE_FILE = "dit_pipeline.json"
 
 @dataclass
 class DitPipeline:
-    """A trained DiT ready to sample: transformer, scheduler config, text encoder, image space, null condition."""
+    """A trained DiT ready to sample: transformer, scheduler config, text encoder, image space, null condition
+    (``generate`` samples one batch; see the module docstring)."""
 
     transformer: torch.nn.Module
     scheduler_config: Dict[str, Any]
@@ -50,7 +53,6 @@ class DitPipeline:
     space: ImageSpace
     description: Dict[str, Any]
     device: torch.device
-    batch_invariant: bool = True
 
     @classmethod
     def from_pretrained(cls, export_dir: str, device: str = "cpu", transformer: str = "transformer") -> "DitPipeline":
@@ -80,21 +82,21 @@ class DitPipeline:
         return list(self.description["latent"])
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int], guidance_scale: float = 10.0, steps: int = 250,
-                 sampler: str = "ddpm", batch_size: int = 16) -> torch.Tensor:
-        """Images [N, 3, H, W] in [0, 1] for ``prompts`` with per-image ``seeds`` (see the module docstring)."""
-        require(sampler in SAMPLERS, f"sampler={sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
-        require(guidance_scale >= 0, f"guidance_scale={guidance_scale} must be >= 0")
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], spec: GenerationSpec) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1] of one batch: ``prompts`` with per-image ``seeds``, sampled with ``spec``'s
+        guidance scale, steps, sampler and ``batch_invariant`` (its seed and batch size are the caller's loop's,
+        ``training.generation.generate_batches``). ConfigError when the prompt and seed counts differ."""
         require(len(prompts) == len(seeds), f"{len(prompts)} prompts but {len(seeds)} seeds")
-        out = [self._generate_batch(list(prompts[i:i + batch_size]), list(seeds[i:i + batch_size]), guidance_scale, steps, sampler)
-               for i in range(0, len(prompts), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, 3, 1, 1)
+        if not prompts:
+            return torch.zeros(0, 3, 1, 1)
+        return self._generate_batch(list(prompts), list(seeds), spec)
 
-    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, half: int) -> torch.Tensor:
+    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, half: int,
+                 batch_invariant: bool) -> torch.Tensor:
         """The transformer's prediction for the whole batch, or (``batch_invariant``) one prompt at a time: CPU GEMMs
         round differently for different row counts (measured 6e-7 on a batch of 8 vs rows alone), so only a fixed
         per-prompt shape ([uncond, cond] of that prompt) makes an image independent of the batch it is generated in."""
-        if not self.batch_invariant:
+        if not batch_invariant:
             return predict(self.transformer, x, timesteps, text, mask).float()
         count = half or x.shape[0]
         rows = [[i, i + half] if half else [i] for i in range(count)]
@@ -103,8 +105,9 @@ class DitPipeline:
             return torch.cat(outs)
         return torch.cat([torch.cat([o[:1] for o in outs]), torch.cat([o[1:] for o in outs])])
 
-    def _generate_batch(self, prompts: List[str], seeds: List[int], scale: float, steps: int, sampler: str) -> torch.Tensor:
+    def _generate_batch(self, prompts: List[str], seeds: List[int], spec: GenerationSpec) -> torch.Tensor:
         """One batch of the reverse process with guidance."""
+        scale, steps, sampler = spec.guidance_scale, spec.steps, spec.sampler
         scheduler = sampling_scheduler(self.scheduler_config, sampler, pixel_space=self.space.vae is None)
         scheduler.set_timesteps(steps, device=self.device)
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
@@ -120,7 +123,7 @@ class DitPipeline:
             if hasattr(scheduler, "scale_model_input"):  # DDPM/DPM-Solver (identity there); flow matching has none
                 model_in = scheduler.scale_model_input(model_in, t)
             timesteps = torch.full((model_in.shape[0],), model_timestep(scheduler, index, t), device=self.device)
-            out = self._predict(model_in, timesteps, text, mask, len(prompts) if guided else 0)
+            out = self._predict(model_in, timesteps, text, mask, len(prompts) if guided else 0, spec.batch_invariant)
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + scale * (cond - uncond)
@@ -131,31 +134,16 @@ class DitPipeline:
         return to_unit_range(self.space.decode(x)).cpu()
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] in [0, 1] -> RGB PIL image."""
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array, "RGB")
-
-
-def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, seed: int, guidance_scale: float, steps: int,
-                  sampler: str, batch_size: int, rank: int = 0, world_size: int = 1, export_dir: Optional[str] = None) -> List[int]:
-    """Generate this rank's share of ``prompts`` (indices rank, rank + world_size, ...; image i has seed ``seed + i``)
-    into ``out_dir/images``; returns the indices written. Each PNG and its JSON are written atomically."""
+def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, spec: GenerationSpec, rank: int = 0, world_size: int = 1,
+                  export_dir: Optional[str] = None) -> List[int]:
+    """Generate this rank's share of ``prompts`` (indices rank, rank + world_size, ...; image i has seed
+    ``spec.seed + i``) into ``out_dir/images``; returns the indices written. Each PNG and its JSON are written atomically."""
     mine = list(range(rank, len(prompts), world_size))
     folder = os.path.join(out_dir, "images")
     os.makedirs(folder, exist_ok=True)
-    progress = Progress("dit sampling", total=len(mine), unit="image", enabled=rank == 0)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start:start + batch_size]
-        images = pipeline.generate([prompts[i] for i in chunk], [seed + i for i in chunk], guidance_scale, steps, sampler, batch_size)
+    for chunk, images in generate_batches(pipeline.generate, prompts, spec, mine, "dit sampling", show=rank == 0):
         for index, image in zip(chunk, images):
-            atomic_write(os.path.join(folder, f"{index:05d}.png"), lambda handle, im=image: to_pil(im).save(handle, format="PNG"))
-            atomic_write_json(os.path.join(folder, f"{index:05d}.json"),
-                              {"index": index, "prompt": prompts[index], "seed": seed + index, "guidance_scale": guidance_scale,
-                               "steps": steps, "sampler": sampler, "batch_invariant": pipeline.batch_invariant,
-                               "batch_size": batch_size, "export": export_dir})
-        progress.update(len(chunk))
-    progress.close()
+            write_image(folder, image, image_record(index, prompts[index], spec, batch_size=spec.batch_size, export=export_dir))
     return mine
 
 
@@ -209,7 +197,8 @@ def sample_grid(images: Sequence[Image.Image], captions: Sequence[str], columns:
 def main(argv: Optional[List[str]] = None) -> None:
     """CLI: ``python -m train_dit.sample EXPORT --shards SPEC --out DIR`` samples any export with the prompts of a
     shard spec (e.g. a data stage's ``val-*.tar``) and writes ``DIR/images``, ``DIR/prompts.jsonl`` and
-    ``DIR/grid.png``, as the pipeline's sample stage does; settings default to the export's ``sample_defaults``."""
+    ``DIR/grid.png``, as the pipeline's sample stage does; settings default to the export's ``sample_defaults``, then to
+    ``training.generation.GenerationSpec``'s."""
     import argparse
 
     from captiondata.config import CaptionLayout
@@ -232,9 +221,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     value = lambda name, fallback: getattr(args, name) if getattr(args, name) is not None else defaults.get(name, fallback)  # noqa: E731
     prompts = prompts_from_records(iter_samples(args.shards, CaptionLayout()), value("prompt_source", "both"), value("num_prompts", 12))
     require(bool(prompts), f"--shards {args.shards}: no captions to prompt with")
-    pipeline.batch_invariant = bool(defaults.get("batch_invariant", True))
-    write_samples(pipeline, prompts, args.out, value("seed", 0), value("guidance_scale", 4.0), value("steps", 50), value("sampler", "euler"),
-                  value("batch_size", 16), export_dir=args.export)
+    fallback = GenerationSpec()
+    spec = GenerationSpec(**{name: value(name, getattr(fallback, name)) for name in ("guidance_scale", "steps", "sampler", "seed", "batch_size")},
+                          batch_invariant=bool(defaults.get("batch_invariant", fallback.batch_invariant)))
+    write_samples(pipeline, prompts, args.out, spec, export_dir=args.export)
     print(write_grid(args.out, prompts, int(defaults.get("grid_columns", 4))))
 
 

@@ -18,6 +18,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from training.generation import GenerationSpec
+
 EMBEDDER = "image_text_embedder"
 GENERATOR = "image_generator"
 KINDS = (EMBEDDER, GENERATOR)
@@ -42,13 +44,13 @@ class ImageTextEmbedder:
 class ImageGenerator:
     """A text-to-image model as the generator tasks take it.
 
-    ``pipeline``: anything with ``generate(prompts, seeds, guidance_scale, steps, sampler, batch_size)`` returning
-    N x 3 x H x W float images in [0, 1] (or N PIL images), image i a function of (prompt i, seed i) alone
-    (``train_dit.sample.DitPipeline``). ``weights_id``: identity of its weights (keys the image cache; None = the
-    sha256 of ``pipeline.transformer``'s state dict). ``description``: what it is (recorded). ``evaluator_loader``:
-    how a CLIP export folder named as a task's evaluator loads (``load(folder, device) -> ImageTextEmbedder``), passed
-    in by whoever builds the generator (the pipeline's DiT family passes its CLIP family's loader, since the tasks sit
-    beside ``train_clip``, not above it); None: such an evaluator is a ConfigError.
+    ``pipeline``: anything with ``generate(prompts, seeds, spec)`` returning one batch of N x 3 x H x W float images
+    in [0, 1] (or N PIL images) sampled as the ``training.generation.GenerationSpec`` says, image i a function of
+    (prompt i, seed i) alone (``train_dit.sample.DitPipeline``). ``weights_id``: identity of its weights (keys the
+    image cache; None = the sha256 of ``pipeline.transformer``'s state dict). ``description``: what it is (recorded).
+    ``evaluator_loader``: how a CLIP export folder named as a task's evaluator loads (``load(folder, device) ->
+    ImageTextEmbedder``), passed in by whoever builds the generator (the pipeline's DiT family passes its CLIP family's
+    loader, since the tasks sit beside ``train_clip``, not above it); None: such an evaluator is a ConfigError.
     """
 
     pipeline: Any
@@ -57,13 +59,9 @@ class ImageGenerator:
     evaluator_loader: Optional[Callable[[str, str], ImageTextEmbedder]] = None
     kind: str = GENERATOR
 
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int], guidance_scale: float, steps: int, sampler: str,
-                 batch_size: int = 16, batch_invariant: Optional[bool] = None) -> Any:
-        """The pipeline's images for ``prompts`` with per-image ``seeds``; ``batch_invariant`` (when given) sets the
-        pipeline's attribute of that name (one prompt at a time: images independent of ``batch_size``)."""
-        if batch_invariant is not None and hasattr(self.pipeline, "batch_invariant"):
-            self.pipeline.batch_invariant = batch_invariant
-        return self.pipeline.generate(prompts, seeds, guidance_scale=guidance_scale, steps=steps, sampler=sampler, batch_size=batch_size)
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], spec: GenerationSpec) -> Any:
+        """The pipeline's images for one batch of ``prompts`` with per-image ``seeds``."""
+        return self.pipeline.generate(prompts, seeds, spec)
 
     def identity(self) -> str:
         """``weights_id``, computed from the pipeline's transformer the first time when not given."""

@@ -5,11 +5,14 @@ Prompt set (``open_prompt_set``): the first ``max_samples`` samples of project s
 stage wrote); prompt = the sample's original caption (raw, the paper's COCO) or its first recaption (the paper's
 COCO-Recap), reference image = the sample's image. Samples without that caption are skipped and counted.
 
-Generation (``generated_images``): prompt i with seed ``sample_seed + i``, the task's guidance scale, steps and sampler;
-the images (8-bit RGB, as PNG) are what every metric reads. With ``cfg.cache_dir`` they are written to
-``{cache_dir}/t2i-images/{key}/{i:05d}.png`` with ``{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler,
-generator) and reused by every task asking for the same (generator weights, prompts, seeds, settings). A generator
-whose images hold NaN/inf or are all identical is a ``BrokenModelError``, never a score.
+Generation (``generated_images``): the task's ``generation`` spec (``training.generation.GenerationSpec``, the one the
+DiT's sample stage uses) through the one generation loop (``training.generation.generate_batches``: prompt i with seed
+``generation.seed + i``); the images (8-bit RGB, as PNG) are what every metric reads. With ``cfg.cache_dir`` they are
+written by the shared writer (``training.generation.write_image``) to ``{cache_dir}/t2i-images/{key}/{i:05d}.png``
+with ``{i:05d}.json`` (prompt, seed, guidance scale, steps, sampler, batch_invariant, generate_batch, generator) and
+reused by every task asking for the same (generator weights, prompts, seeds, settings). A generator whose images hold
+NaN/inf or are all identical is a ``BrokenModelError``, never a score. The CLIP-score evaluator of an experiment is
+its train stage's export under ``run.out_root`` (``experiment_export``).
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from PIL import Image
 
 from evals.results.bootstrap import QueryValues
 from evals.results.task_result import TaskResult
-from evals.tasks.config import EvalConfig, TaskConfig, resolve_data_path
+from evals.tasks.config import (ClipScoreTaskConfig, EvalConfig, FidTaskConfig, JudgeTaskConfig, PromptFollowingTaskConfig, T2ITaskConfig,
+                                 resolve_data_path)
 from evals.tasks.registry import ImageGenerator, ImageTextEmbedder
-from harness_infra.atomic import atomic_write, atomic_write_json
+from harness_infra.atomic import atomic_write_json
 from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import BrokenModelError, ConfigError
 from harness_infra.identity import sha256_json, texts_fingerprint
-from harness_infra.progress import Progress
+from harness_infra.stagecache import complete_folders
+from training.generation import generate_batches, image_record, to_pil, write_image
 
 log = logging.getLogger(__name__)
 IMAGES_DIR = "t2i-images"
@@ -56,7 +61,7 @@ class PromptSet:
         return {"name": self.name, "fingerprint": self.fingerprint, "n_prompts": len(self.prompts), **self.counts}
 
 
-def open_prompt_set(task: TaskConfig) -> PromptSet:
+def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
     """The task's prompt set (see the module docstring). ConfigError when no sample has the chosen caption."""
     from captiondata.counters import SampleCounters
     from captiondata.reader import iter_samples
@@ -84,13 +89,6 @@ def open_prompt_set(task: TaskConfig) -> PromptSet:
                      {f"skipped_no_{task.prompt_source}_caption": skipped})
 
 
-def to_pil(image: Any) -> Image.Image:
-    """A generated image (3 x H x W float in [0, 1], or PIL) as 8-bit RGB: round(255 x clamp(x, 0, 1))."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), "RGB")
-
-
 def check_generated(images: Any, what: str) -> None:
     """BrokenModelError when generated images hold NaN/inf, or when N >= 2 images are all identical."""
     if isinstance(images, torch.Tensor):
@@ -104,15 +102,15 @@ def check_generated(images: Any, what: str) -> None:
         raise BrokenModelError(f"all {len(arrays)} images generated for {what} are identical (a constant or collapsed generator)")
 
 
-def generation_settings(task: TaskConfig) -> Dict[str, Any]:
+def generation_settings(task: T2ITaskConfig) -> Dict[str, Any]:
     """What a generated image depends on besides the generator and its prompt: seed rule, guidance, steps, sampler, and
     the batch it is generated in unless the generator runs each prompt alone (``batch_invariant``)."""
-    batching = {"batch_invariant": True} if task.batch_invariant else {"batch_invariant": False, "generate_batch": task.generate_batch}
-    return {"seed": f"{task.sample_seed} + index", "guidance_scale": task.guidance_scale, "steps": task.steps, "sampler": task.sampler,
-            **batching}
+    spec = task.generation
+    batching = {"batch_invariant": True} if spec.batch_invariant else {"batch_invariant": False, "generate_batch": spec.batch_size}
+    return {"seed": f"{spec.seed} + index", "guidance_scale": spec.guidance_scale, "steps": spec.steps, "sampler": spec.sampler, **batching}
 
 
-def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: TaskConfig, cfg: EvalConfig) -> List[Image.Image]:
+def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: T2ITaskConfig, cfg: EvalConfig) -> List[Image.Image]:
     """The generator's images of ``prompts`` (see the module docstring), from the image cache when present."""
     key = {"generator": generator.identity(), "prompts": texts_fingerprint(prompts), **generation_settings(task)}
     folder = None if cfg.cache_dir is None else os.path.join(cfg.cache_dir, IMAGES_DIR, sha256_json(key)[:32])
@@ -122,37 +120,29 @@ def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: Ta
             if json.load(handle).get("key") == key:
                 log.info("generated images from cache %s", folder)
                 return [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(len(prompts))]
+    spec = task.generation
     images: List[Image.Image] = []
-    seeds = [task.sample_seed + i for i in range(len(prompts))]
-    progress = Progress(f"{task.name}: generating", total=len(prompts), unit="image")
-    for start in range(0, len(prompts), task.generate_batch):
-        out = generator.generate(list(prompts[start:start + task.generate_batch]), seeds[start:start + task.generate_batch],
-                                 task.guidance_scale, task.steps, task.sampler, task.generate_batch, task.batch_invariant)
+    for _, out in generate_batches(generator.generate, prompts, spec, label=f"{task.name}: generating"):
         if isinstance(out, torch.Tensor):
             check_generated(out, task.name)
         images.extend(to_pil(image) for image in out)
-        progress.update(len(out))
-    progress.close()
     check_generated(images, task.name)
     if folder is not None:
         os.makedirs(folder, exist_ok=True)
         for index, (image, prompt) in enumerate(zip(images, prompts)):
-            atomic_write(os.path.join(folder, f"{index:05d}.png"), lambda handle, im=image: im.save(handle, format="PNG"))
-            atomic_write_json(os.path.join(folder, f"{index:05d}.json"),
-                              {"index": index, "prompt": prompt, "seed": seeds[index], "guidance_scale": task.guidance_scale,
-                               "steps": task.steps, "sampler": task.sampler, "batch_invariant": task.batch_invariant,
-                               "generate_batch": task.generate_batch, "generator": generator.identity()})
+            write_image(folder, image, image_record(index, prompt, spec, generate_batch=spec.batch_size, generator=generator.identity()))
         atomic_write_json(done, {"key": key, "images": len(images)})
     return images
 
 
-def _result(task: TaskConfig, prompt_set: PromptSet, images: List[Image.Image]) -> TaskResult:
+def _result(task: T2ITaskConfig, prompt_set: PromptSet, images: List[Image.Image]) -> TaskResult:
     """A TaskResult carrying the prompt set and the generation settings every T2I number is reported with."""
     result = TaskResult(task=task.task, dataset=prompt_set.describe())
     result.n = {"generated": len(images), "prompts": len(prompt_set.prompts)}
-    result.extra = {"prompt_source": task.prompt_source, "guidance_scale": task.guidance_scale, "steps": task.steps,
-                    "sampler": task.sampler, "sample_seed": task.sample_seed, "batch_invariant": task.batch_invariant,
-                    "generate_batch": task.generate_batch, "image_size": list(images[0].size) if images else None}
+    spec = task.generation
+    result.extra = {"prompt_source": task.prompt_source, "guidance_scale": spec.guidance_scale, "steps": spec.steps,
+                    "sampler": spec.sampler, "sample_seed": spec.seed, "batch_invariant": spec.batch_invariant,
+                    "generate_batch": spec.batch_size, "image_size": list(images[0].size) if images else None}
     return result
 
 
@@ -177,7 +167,7 @@ def references_at_size(prompt_set: PromptSet, size: Tuple[int, int]) -> Tuple[Li
     return [resize(image) for image in prompt_set.references], fingerprint, original
 
 
-def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_fid_task(generator: ImageGenerator, task: FidTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
     """FID and KID of the generated images against the prompt set's reference images (``evals.tasks.fid``)."""
     from evals.tasks import fid as F
 
@@ -201,7 +191,7 @@ def run_fid_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, m
                          "reference_statistics_cached": ref_hit, "generated_features_cached": gen_hit,
                          "reference_size": list(references[0].size), "reference_resized_from": resized})
     log.info("%s: FID %.3f, KID %.5f (%d generated vs %d reference images, guidance %s, %d %s steps)", task.name, out.fid, out.kid,
-             out.n_generated, out.n_reference, task.guidance_scale, task.steps, task.sampler)
+             out.n_generated, out.n_reference, task.generation.guidance_scale, task.generation.steps, task.generation.sampler)
     return result
 
 
@@ -226,6 +216,29 @@ def evaluator_fingerprint(spec: str) -> str:
         return spec
     files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names)
     return files_fingerprint(files, path)
+
+
+def experiment_export(out_root: str, experiment: str) -> str:
+    """The export folder of the one complete train stage of ``experiment`` under ``out_root``
+    (``{out_root}/train/{experiment}-{hash}/export``). ConfigError (one line) when none or several match."""
+    folders = [folder for folder in complete_folders(out_root, "train", experiment) if os.path.isdir(os.path.join(folder, "export"))]
+    if not folders:
+        raise ConfigError(f"evaluator_experiment={experiment}: no complete train stage of that experiment under {out_root}/train "
+                          "(train that CLIP experiment first, or set evaluator to an export folder)")
+    if len(folders) > 1:
+        raise ConfigError(f"evaluator_experiment={experiment}: {len(folders)} trained runs under {out_root}/train "
+                          f"({', '.join(os.path.basename(f) for f in folders[:3])}); set evaluator to the export folder of one")
+    return os.path.join(folders[0], "export")
+
+
+def resolve_evaluator(task: Any, out_root: str) -> Any:
+    """``task`` with its ``evaluator_experiment`` (if any) replaced by that experiment's export folder as ``evaluator``
+    (``experiment_export``); any other task as given."""
+    import dataclasses
+
+    if getattr(task, "evaluator_experiment", None) is None:
+        return task
+    return dataclasses.replace(task, evaluator=experiment_export(out_root, task.evaluator_experiment), evaluator_experiment=None)
 
 
 def load_evaluator(spec: str, device: str, loader: Optional[Any] = None) -> Tuple[ImageTextEmbedder, str]:
@@ -271,11 +284,14 @@ class GeneratedImages(torch.utils.data.Dataset):
         return self.images[index], index
 
 
-def run_clip_score_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_clip_score_task(generator: ImageGenerator, task: ClipScoreTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
     """CLIP score of every generated image with its prompt under ``task.evaluator``; the evaluator's Kendall tau-c with
     the Flickr8k-Expert judgments is computed (cached embeddings) and recorded beside its name."""
     from evals.tasks.clipscore import expert_agreement
 
+    if task.evaluator is None:
+        raise ConfigError(f"eval task {task.name}: evaluator_experiment={task.evaluator_experiment} is resolved under run.out_root by the "
+                          "pipeline's eval stage (python -m evals.run); elsewhere set evaluator to its export folder")
     embedder, name = load_evaluator(task.evaluator, cfg.device, generator.evaluator_loader)
     prompt_set = open_prompt_set(task)
     images = generated_images(generator, prompt_set.prompts, task, cfg)
@@ -292,7 +308,7 @@ def run_clip_score_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalCo
     return result
 
 
-def run_prompt_following_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_prompt_following_task(generator: ImageGenerator, task: PromptFollowingTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
     """Exact prompt following on the scenes (``evals.tasks.prompt_following``); ConfigError when the recognizer's
     held-out accuracy is below the threshold (no score published)."""
     from evals.tasks import prompt_following as P
@@ -316,7 +332,7 @@ def run_prompt_following_task(generator: ImageGenerator, task: TaskConfig, cfg: 
     return result
 
 
-def run_judge_task(generator: ImageGenerator, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_judge_task(generator: ImageGenerator, task: JudgeTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
     """Mean 1-5 VLM-judge rating (``evals.tasks.judge``); undefined (with the reason) when no judge is configured."""
     from evals.tasks.judge import JudgeConfig, VlmJudge
 

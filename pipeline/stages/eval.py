@@ -1,7 +1,8 @@
 """The eval stage: load the trained family's export as the kind of model it produces and run every configured task.
 
 Key: the train stage's hash, the eval settings that change numbers (declared on each field) and the tasks, with
-paths under the data stage's folder written as ``@data`` so moving ``run.out_root`` changes nothing. One record per
+paths under the data stage's folder written as ``@data`` so moving ``run.out_root`` changes nothing (an evaluator
+named by experiment enters as that name plus the content of its export under ``run.out_root``). One record per
 task in the stage folder; on rank 0 they are then published to ``{run.results_dir}/records`` with the run's
 provenance (every time, so a deleted published record comes back; never overwriting one).
 """
@@ -54,20 +55,22 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     outside = {t.name: task_fingerprint(t) for t in resolved if not t.path.startswith(folder)}
     key = {"train_hash": ctx.output(TrainInfo).hash, "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
            "data_fingerprint": data.fingerprint, "eval_sets": outside}
-    evaluators = {t.name: t.evaluator for t in resolved if getattr(t, "evaluator", None)}
-    if evaluators:  # an evaluator's weights decide the numbers: a retrained evaluator re-runs the evaluation
-        from evals.tasks.t2i import evaluator_fingerprint
+    scored = [t for t in resolved if getattr(t, "evaluator", None) or getattr(t, "evaluator_experiment", None)]
+    if scored:  # an evaluator's weights decide the numbers: a retrained evaluator re-runs the evaluation
+        from evals.tasks.t2i import evaluator_fingerprint, resolve_evaluator
 
-        key["evaluators"] = {name: evaluator_fingerprint(spec) for name, spec in evaluators.items()}
+        key["evaluators"] = {t.name: evaluator_fingerprint(resolve_evaluator(t, ctx.cfg.run.out_root).evaluator) for t in scored}
     return key
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> EvalInfo:
     """Evaluate the export on every task; one record per task under ``out_dir/records``."""
     from evals.tasks.suite import evaluate_checkpoint
+    from evals.tasks.t2i import resolve_evaluator
 
     cfg = ctx.cfg
-    eval_cfg = dataclasses.replace(cfg.eval, tasks=resolve_task_paths(cfg, ctx.output(DataInfo)), records_dir=os.path.join(out_dir, "records"),
+    tasks = [resolve_evaluator(t, cfg.run.out_root) for t in resolve_task_paths(cfg, ctx.output(DataInfo))]
+    eval_cfg = dataclasses.replace(cfg.eval, tasks=tasks, records_dir=os.path.join(out_dir, "records"),
                                    cache_dir=cache_under_out_root(cfg.eval.cache_dir, cfg.run.out_root))
     evaluable = family_of(cfg).load(ctx.output(TrainInfo).export_dir, eval_cfg.device)
     records = evaluate_checkpoint(evaluable, eval_cfg, checkpoint=cfg.experiment, on_exists="new_name")

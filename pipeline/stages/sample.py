@@ -56,9 +56,7 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> SampleInfo:
     prompts = prompts_of(ctx)
     device = f"cuda:{local_rank()}" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
     pipeline = sampling.open(export_dir, device, spec.use_ema)
-    pipeline.batch_invariant = spec.batch_invariant
-    sampling.write_samples(pipeline, prompts, out_dir, spec.seed, spec.guidance_scale, spec.steps, spec.sampler, spec.batch_size,
-                           rank(), world_size(), export_dir)
+    sampling.write_samples(pipeline, prompts, out_dir, spec, rank(), world_size(), export_dir)
     folder = os.path.join(out_dir, "images")
     if rank() != 0:
         return SampleInfo(images=len(prompts))
