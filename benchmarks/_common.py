@@ -14,8 +14,13 @@ from typing import Callable, NoReturn
 
 from harness_infra.errors import ConfigError, one_line
 
-PIP_NAMES = {"clip_benchmark": "clip-benchmark", "sklearn": "scikit-learn", "open_clip_train": "open_clip_torch[training]",
-             "sentence_transformers": "sentence-transformers", "vllm": "vllm"}  # module -> what to pip install
+PIP_NAMES = {
+    "clip_benchmark": "clip-benchmark",
+    "sklearn": "scikit-learn",
+    "open_clip_train": "open_clip_torch[training]",
+    "sentence_transformers": "sentence-transformers",
+    "vllm": "vllm",
+}  # module -> what to pip install
 
 
 def run_script(main: Callable[[], object]) -> NoReturn:
@@ -31,7 +36,9 @@ def run_script(main: Callable[[], object]) -> NoReturn:
     except ModuleNotFoundError as exc:
         if show or not exc.name:
             raise
-        fail(f"{one_line(exc)}: this benchmark needs it (pip install {PIP_NAMES.get(exc.name.split('.')[0], exc.name)})")
+        fail(
+            f"{one_line(exc)}: this benchmark needs it (pip install {PIP_NAMES.get(exc.name.split('.')[0], exc.name)})"
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="scenes in the shards")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--space", choices=("pixels", "vae"), default="pixels")
-    parser.add_argument("--throughput", default=None, help="a preset (DiT-B/4) to time alone first, on the GPU when there is one")
+    parser.add_argument(
+        "--throughput", default=None, help="a preset (DiT-B/4) to time alone first, on the GPU when there is one"
+    )
     parser.add_argument("--throughput-batch", type=int, default=256)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU")
     args = parser.parse_args()
@@ -58,7 +60,6 @@ def main() -> None:
     from captiondata.config import DataConfig, MixConfig
     from captiondata.loader import CaptionLoader
     from captiondata.writer import ShardWriter
-    from training.distributed import DistEnv
     from train_dit.config import DitModelConfig, DitTrainConfig, ImageSpaceSpec
     from train_dit.diffusion import noisy_inputs, training_scheduler
     from train_dit.features import FeatureBatches, ensure_features, pixel_transform
@@ -66,6 +67,7 @@ def main() -> None:
     from train_dit.model import build_transformer, parameter_count, predict
     from train_dit.text import TextEncoder, null_condition
     from train_dit.train import Session, prepare_batch, sample_generators
+    from training.distributed import DistEnv
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -76,7 +78,9 @@ def main() -> None:
     data = DataConfig(builder="none", train_shards=f"{folder}/shards/train-*.tar", num_workers=0, shuffle_buffer=256)
     mix = MixConfig(p=0.5)
     if args.space == "vae":
-        model_cfg = DitModelConfig(image_size=64, patch_size=1, image_space=ImageSpaceSpec(kind="vae", config=tiny_vae_config()))
+        model_cfg = DitModelConfig(
+            image_size=64, patch_size=1, image_space=ImageSpaceSpec(kind="vae", config=tiny_vae_config())
+        )
     else:
         model_cfg = DitModelConfig()
     train_cfg = DitTrainConfig(batch_size=args.batch, device="cpu")
@@ -91,10 +95,22 @@ def main() -> None:
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     scheduler = training_scheduler(train_cfg)
-    cached = iter(FeatureBatches(CaptionLoader(data, mix, tokenize=None, batch_size=args.batch, image_features=store.images,
-                                               num_workers=0), store).iterate())
-    on_the_fly = iter(CaptionLoader(data, mix, image_transform=pixel_transform(model_cfg.image_size), tokenize=None,
-                                    batch_size=args.batch, num_workers=0).iterate())
+    cached = iter(
+        FeatureBatches(
+            CaptionLoader(data, mix, tokenize=None, batch_size=args.batch, image_features=store.images, num_workers=0),
+            store,
+        ).iterate()
+    )
+    on_the_fly = iter(
+        CaptionLoader(
+            data,
+            mix,
+            image_transform=pixel_transform(model_cfg.image_size),
+            tokenize=None,
+            batch_size=args.batch,
+            num_workers=0,
+        ).iterate()
+    )
 
     def step(source, number: int) -> float:
         """One training step from ``source``; seconds."""
@@ -118,13 +134,19 @@ def main() -> None:
                 times[name].append(elapsed)
     cached_rate = args.batch / statistics.median(times["cached"])
     fly_rate = args.batch / statistics.median(times["fly"])
-    print(f"model {model_cfg.name}: {parameter_count(model)} parameters, {space.channels}x{latent}x{latent} x0 "
-          f"({args.space}, {model_cfg.image_size} px), {(latent // model_cfg.resolved_patch) ** 2} tokens, text MiniLM-L6 (384 d), "
-          f"batch {args.batch}, {args.threads} threads, {args.steps} timed steps per side")
-    print(f"feature cache: {len(store.images.keys)} images, {len(store.index)} texts, {store.nbytes() / 1e6:.1f} MB "
-          f"({store.nbytes() / len(store.images.keys) / 1e3:.1f} kB per image, {store.nbytes() / len(store.images.keys) * 1e6 / 1e9:.1f} GB "
-          f"per million images), built in {build_s:.1f} s ({len(store.images.keys) / build_s:.1f} images/s)")
-    print(f"dit: cached {cached_rate:.1f} samples/s vs on-the-fly {fly_rate:.1f} samples/s, ratio {cached_rate / fly_rate:.2f}")
+    print(
+        f"model {model_cfg.name}: {parameter_count(model)} parameters, {space.channels}x{latent}x{latent} x0 "
+        f"({args.space}, {model_cfg.image_size} px), {(latent // model_cfg.resolved_patch) ** 2} tokens, text MiniLM-L6 (384 d), "
+        f"batch {args.batch}, {args.threads} threads, {args.steps} timed steps per side"
+    )
+    print(
+        f"feature cache: {len(store.images.keys)} images, {len(store.index)} texts, {store.nbytes() / 1e6:.1f} MB "
+        f"({store.nbytes() / len(store.images.keys) / 1e3:.1f} kB per image, {store.nbytes() / len(store.images.keys) * 1e6 / 1e9:.1f} GB "
+        f"per million images), built in {build_s:.1f} s ({len(store.images.keys) / build_s:.1f} images/s)"
+    )
+    print(
+        f"dit: cached {cached_rate:.1f} samples/s vs on-the-fly {fly_rate:.1f} samples/s, ratio {cached_rate / fly_rate:.2f}"
+    )
 
 
 def forward_flops(depth: int, width: int, tokens: int, text_tokens: int, text_dim: int, patch_dim: int) -> float:
@@ -168,11 +190,13 @@ def preset_throughput(preset: str, batch: int, steps: int, peak_tflops: float | 
             times.append(time.perf_counter() - began)
     rate = batch / statistics.median(times)
     tokens = (32 // cfg.resolved_patch) ** 2
-    flops = 3 * forward_flops(cfg.resolved_depth, cfg.resolved_width, tokens, 77, 768, 4 * cfg.resolved_patch ** 2)
+    flops = 3 * forward_flops(cfg.resolved_depth, cfg.resolved_width, tokens, 77, 768, 4 * cfg.resolved_patch**2)
     mfu = f", MFU {rate * flops / (peak_tflops * 1e12):.1%} of {peak_tflops:g} TFLOP/s" if peak_tflops else ""
-    print(f"{preset}: {parameter_count(model) / 1e6:.1f}M parameters, {tokens} tokens, batch {batch}, "
-          f"{'bf16 autocast on ' + torch.cuda.get_device_name() if cuda else 'fp32 on CPU'}: {rate:.1f} samples/s, "
-          f"{rate * flops / 1e12:.2f} TFLOP/s{mfu}")
+    print(
+        f"{preset}: {parameter_count(model) / 1e6:.1f}M parameters, {tokens} tokens, batch {batch}, "
+        f"{'bf16 autocast on ' + torch.cuda.get_device_name() if cuda else 'fp32 on CPU'}: {rate:.1f} samples/s, "
+        f"{rate * flops / 1e12:.2f} TFLOP/s{mfu}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,16 +41,21 @@ from typing import Any, Dict, List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-
 from _common import run_script  # noqa: E402
 
 MODELS = {
     # the default: harness overhead (decode, preprocessing, tokenisation, scoring) dominates its time
-    "tiny": dict(embed_dim=64, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)),
+    "tiny": dict(
+        embed_dim=64,
+        vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+    ),
     # 64 px / patch 8 (64 image tokens): vision compute, identical on both sides, dominates classification
-    "small": dict(embed_dim=128, vision_cfg=dict(image_size=64, layers=4, width=128, patch_size=8, head_width=32),
-                  text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=4, layers=4)),
+    "small": dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=64, layers=4, width=128, patch_size=8, head_width=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=4, layers=4),
+    ),
 }
 
 
@@ -104,7 +109,9 @@ def write_digits_folder(root: str) -> None:
         Image.fromarray(np.round(image * 255 / 16).astype(np.uint8), "L").save(os.path.join(folder, f"{index:04d}.png"))
 
 
-def write_cifar_wds(root: str, files: List[str], labels: List[int], classes: List[str], templates: List[str], shards: int = 10) -> None:
+def write_cifar_wds(
+    root: str, files: List[str], labels: List[int], classes: List[str], templates: List[str], shards: int = 10
+) -> None:
     """CLIP_benchmark's webdataset layout of the given JPEGs (their bytes as stored) with ``.cls`` labels."""
     import io
     import tarfile
@@ -118,7 +125,11 @@ def write_cifar_wds(root: str, files: List[str], labels: List[int], classes: Lis
                     info = tarfile.TarInfo(f"s{index:06d}.{suffix}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-    for name, lines in (("test/nshards.txt", [str(shards)]), ("classnames.txt", classes), ("zeroshot_classification_templates.txt", templates)):
+    for name, lines in (
+        ("test/nshards.txt", [str(shards)]),
+        ("classnames.txt", classes),
+        ("zeroshot_classification_templates.txt", templates),
+    ):
         with open(os.path.join(root, name), "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
 
@@ -137,7 +148,13 @@ def cb_kind(kind: str, model, preprocess, tokenizer, args) -> Tuple[Dict[str, fl
     cb_cls.accuracy = cb_accuracy
     if kind == "flickr8k_retrieval":
         data = Flickr(args.flickr_images, args.flickr_ann, transform=preprocess)
-        loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, shuffle=False, collate_fn=image_captions_collate_fn)
+        loader = DataLoader(
+            data,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            shuffle=False,
+            collate_fn=image_captions_collate_fn,
+        )
         out = cb_ret.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
         metrics = {}
         for k in (1, 5, 10):
@@ -174,10 +191,18 @@ def ours_kind(kind: str, model, preprocess, tokenizer, args, precision: str = "f
     from harness_infra import identity
 
     identity._SHA256_MEMO.clear()  # uncached: the content fingerprint reads every file again
-    cfg = EvalConfig(batch_size=args.batch_size, num_workers=args.workers, cache_dir=None, bootstrap_samples=args.bootstrap, precision=precision)
+    cfg = EvalConfig(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        cache_dir=None,
+        bootstrap_samples=args.bootstrap,
+        precision=precision,
+    )
     if kind == "flickr8k_retrieval":
         data = flickr8k(args.flickr_root, "test")
-        return dict(evaluate_retrieval(model, tokenizer, preprocess, data, cfg, model_id="benchmark").metrics), len(data)
+        return dict(evaluate_retrieval(model, tokenizer, preprocess, data, cfg, model_id="benchmark").metrics), len(
+            data
+        )
     if kind == "cifar10_wds":
         data = clip_benchmark_wds(args.wds_dir, "test", "classification")
         n = args.n_cifar
@@ -189,15 +214,27 @@ def ours_kind(kind: str, model, preprocess, tokenizer, args, precision: str = "f
         data = image_folder(args.digits_dir, None, "digits")
         data.classes, data.templates = list(DIGIT_NAMES), list(DIGIT_TEMPLATES)
         n = len(data)
-    return dict(evaluate_zeroshot_classification(model, tokenizer, preprocess, data, cfg, model_id="benchmark").metrics), n
+    return dict(
+        evaluate_zeroshot_classification(model, tokenizer, preprocess, data, cfg, model_id="benchmark").metrics
+    ), n
 
 
 def model_seconds(kind: str, model, tokenizer, args) -> float:
     """The model's own forward time on this kind's images (random pixels) and texts: the floor of any harness."""
     from evals.tasks.prompts import CIFAR_TEMPLATES
 
-    n = {"cifar10_folder": args.n_cifar, "cifar10_wds": args.n_cifar, "digits_folder": 1797, "flickr8k_retrieval": 1000}[kind]
-    texts = {"cifar10_folder": 10 * len(CIFAR_TEMPLATES), "cifar10_wds": 10 * len(CIFAR_TEMPLATES), "digits_folder": 10, "flickr8k_retrieval": 5000}[kind]
+    n = {
+        "cifar10_folder": args.n_cifar,
+        "cifar10_wds": args.n_cifar,
+        "digits_folder": 1797,
+        "flickr8k_retrieval": 1000,
+    }[kind]
+    texts = {
+        "cifar10_folder": 10 * len(CIFAR_TEMPLATES),
+        "cifar10_wds": 10 * len(CIFAR_TEMPLATES),
+        "digits_folder": 10,
+        "flickr8k_retrieval": 5000,
+    }[kind]
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
     pixels = torch.randn(min(n, args.batch_size), 3, size, size)
@@ -225,16 +262,24 @@ def metric_diff(ref: Dict[str, float], mine: Dict[str, Any]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default=None, help="folder with cifar10/ and flickr8k/ (default $RECAP_DATA_ROOT)")
+    parser.add_argument(
+        "--data-root", default=None, help="folder with cifar10/ and flickr8k/ (default $RECAP_DATA_ROOT)"
+    )
     parser.add_argument("--cifar-n", type=int, default=10000, help="CIFAR-10 test images (evenly spaced subset)")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both suites (1: steady timings on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for both suites (1: steady timings on a shared machine)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for both suites")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples in our suite (0 = none)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per side per kind, alternating order; median ratio")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per side per kind, alternating order; median ratio"
+    )
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated task kinds: " + ", ".join(KINDS))
-    parser.add_argument("--bf16", action="store_true", help="also run our suite in bf16 autocast (speed and metric change)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also run our suite in bf16 autocast (speed and metric change)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -254,8 +299,10 @@ def main() -> None:
     args.cifar_files, args.cifar_classes, args.n_cifar = cifar.files, cifar.classes, len(cifar)
     flickr = flickr8k(args.flickr_root, "test")
     print(f"model: random-init open_clip CLIP '{args.model}' {MODELS[args.model]}, seed {args.seed}")
-    print(f"settings: batch {args.batch_size}, torch threads {args.threads}, loader workers {args.workers}, fp32, cpu, "
-          f"{args.repeats} alternating repeats per kind, median ratio; our bootstrap {args.bootstrap}")
+    print(
+        f"settings: batch {args.batch_size}, torch threads {args.threads}, loader workers {args.workers}, fp32, cpu, "
+        f"{args.repeats} alternating repeats per kind, median ratio; our bootstrap {args.bootstrap}"
+    )
     model, preprocess = build_model(args.model, args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,7 +323,7 @@ def main() -> None:
             ratios, ours_t, ref_t = [], [], []
             for repeat in range(args.repeats):
                 times = {}
-                for side in (("cb", "ours") if repeat % 2 == 0 else ("ours", "cb")):
+                for side in ("cb", "ours") if repeat % 2 == 0 else ("ours", "cb"):
                     tokenizer = fresh_tokenizer(model)
                     start = time.perf_counter()
                     if side == "cb":
@@ -288,20 +335,37 @@ def main() -> None:
                 ours_t.append(times["ours"])
                 ref_t.append(times["cb"])
             bound = statistics.median(ref_t) / model_seconds(kind, model, fresh_tokenizer(model), args)
-            row = dict(kind=kind, n=n, ratio=statistics.median(ratios), ours=n / statistics.median(ours_t), ref=n / statistics.median(ref_t),
-                       diff=metric_diff(ref, ours), bound=bound, ratios=ratios)
+            row = dict(
+                kind=kind,
+                n=n,
+                ratio=statistics.median(ratios),
+                ours=n / statistics.median(ours_t),
+                ref=n / statistics.median(ref_t),
+                diff=metric_diff(ref, ours),
+                bound=bound,
+                ratios=ratios,
+            )
             if args.bf16:
                 tokenizer = fresh_tokenizer(model)
                 start = time.perf_counter()
                 low, _ = ours_kind(kind, model, preprocess, tokenizer, args, precision="bf16")
                 row["bf16"] = (n / (time.perf_counter() - start), metric_diff(ours, low))
             rows.append(row)
-            print(f"eval {kind}: ours {row['ours']:.0f} images/s vs CLIP_benchmark {row['ref']:.0f} images/s, ratio {row['ratio']:.2f} "
-                  f"(repeats {' '.join(f'{r:.2f}' for r in ratios)}; max |metric diff| {row['diff']:.1e}; model_bound {bound:.2f}"
-                  + (f"; bf16: {row['bf16'][0]:.0f} images/s, max |metric change| vs fp32 {row['bf16'][1]:.1e}" if args.bf16 else "") + ")",
-                  flush=True)
+            print(
+                f"eval {kind}: ours {row['ours']:.0f} images/s vs CLIP_benchmark {row['ref']:.0f} images/s, ratio {row['ratio']:.2f} "
+                f"(repeats {' '.join(f'{r:.2f}' for r in ratios)}; max |metric diff| {row['diff']:.1e}; model_bound {bound:.2f}"
+                + (
+                    f"; bf16: {row['bf16'][0]:.0f} images/s, max |metric change| vs fp32 {row['bf16'][1]:.1e}"
+                    if args.bf16
+                    else ""
+                )
+                + ")",
+                flush=True,
+            )
     worst = min(rows, key=lambda r: r["ratio"])
-    print(f"eval: ours {worst['ours']:.0f} images/s vs CLIP_benchmark {worst['ref']:.0f} images/s, ratio {worst['ratio']:.2f}")
+    print(
+        f"eval: ours {worst['ours']:.0f} images/s vs CLIP_benchmark {worst['ref']:.0f} images/s, ratio {worst['ratio']:.2f}"
+    )
 
 
 if __name__ == "__main__":

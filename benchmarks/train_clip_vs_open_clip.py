@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from _common import run_script  # noqa: E402
+
 from harness_infra.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("benchmark")
@@ -94,20 +95,33 @@ def parse_args() -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", required=True, help="folder with train-*.tar caption shards (or where to build them)")
-    p.add_argument("--build", action="store_true", help="build Flickr8k shards into --shards first (python -m captiondata.build)")
-    p.add_argument("--synthetic", type=int, default=0, help="write this many synthetic samples into --shards instead of Flickr8k")
+    p.add_argument(
+        "--build", action="store_true", help="build Flickr8k shards into --shards first (python -m captiondata.build)"
+    )
+    p.add_argument(
+        "--synthetic", type=int, default=0, help="write this many synthetic samples into --shards instead of Flickr8k"
+    )
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--context-length", type=int, default=128, help="text context length of both models (the paper: 128)")
-    p.add_argument("--settings", default="p1:fp32,p0:fp32,p1:bf16,p0:bf16",
-                   help="comma-separated pP:PRECISION settings (P in 0, 1; PRECISION fp32 or bf16); the first gives the last line")
+    p.add_argument(
+        "--context-length", type=int, default=128, help="text context length of both models (the paper: 128)"
+    )
+    p.add_argument(
+        "--settings",
+        default="p1:fp32,p0:fp32,p1:bf16,p0:bf16",
+        help="comma-separated pP:PRECISION settings (P in 0, 1; PRECISION fp32 or bf16); the first gives the last line",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="runs of each trainer (alternating); medians are reported")
     p.add_argument("--peer-dir", default="/tmp/oct_peer", help="isolated site dir for the peer's webdataset 0.2.86")
-    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "unset"],
-                   help="OMP_WAIT_POLICY for BOTH trainers (default PASSIVE: the same for both, so the ratio measures the "
-                        "trainers and not OpenMP spinning on a busy machine; 'unset' lets each pick its own)")
+    p.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        choices=["PASSIVE", "ACTIVE", "unset"],
+        help="OMP_WAIT_POLICY for BOTH trainers (default PASSIVE: the same for both, so the ratio measures the "
+        "trainers and not OpenMP spinning on a busy machine; 'unset' lets each pick its own)",
+    )
     p.add_argument("--work-dir", default=None, help="run folders (default: a temporary folder)")
     return p.parse_args()
 
@@ -128,7 +142,9 @@ def synthetic_records(count: int):
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         caption = " ".join(rng.choice(words) for _ in range(rng.randint(5, 12)))
-        yield Record(key=f"syn{index:06d}", image=buffer.getvalue(), original=caption, recaptions=[caption + " in detail"])
+        yield Record(
+            key=f"syn{index:06d}", image=buffer.getvalue(), original=caption, recaptions=[caption + " in detail"]
+        )
 
 
 def build_shards(args: argparse.Namespace) -> None:
@@ -155,7 +171,10 @@ def ensure_peer(peer_dir: str) -> None:
     """webdataset 0.2.86 in an isolated folder for open_clip_train (which ships inside open_clip_torch)."""
     if glob.glob(os.path.join(peer_dir, "webdataset-0.2.86*")):
         return
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", peer_dir, "--no-deps", "webdataset==0.2.86"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--target", peer_dir, "--no-deps", "webdataset==0.2.86"],
+        check=True,
+    )
 
 
 def peer_model_dir(work: str, context_length: int) -> str:
@@ -214,7 +233,7 @@ def run_process(cmd: List[str], env: Dict[str, str], log_path: str) -> Dict[str,
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{cmd[2][:40]!r}... failed (exit {proc.returncode}); see {log_path}")
-    return {**json.loads(lines[-1][len("RESULT "):]), "wall_s": wall}
+    return {**json.loads(lines[-1][len("RESULT ") :]), "wall_s": wall}
 
 
 def trainer_env(args: argparse.Namespace, pythonpath: str) -> Dict[str, str]:
@@ -239,22 +258,70 @@ def parse_settings(text: str) -> List[tuple]:
 
 def run_ours(args: argparse.Namespace, spec: str, work: str, tag: str, p: int, precision: str) -> Dict[str, float]:
     """This project's trainer on the shards."""
-    settings = {"spec": spec, "workers": args.workers, "steps": args.steps, "batch": args.batch_size, "lr": 5e-4,
-                "warmup": 5, "wd": 0.1, "clip": 1.0, "threads": args.threads, "model": MODEL, "out": os.path.join(work, f"ours{tag}"),
-                "p": p, "precision": precision, "context_length": args.context_length}
+    settings = {
+        "spec": spec,
+        "workers": args.workers,
+        "steps": args.steps,
+        "batch": args.batch_size,
+        "lr": 5e-4,
+        "warmup": 5,
+        "wd": 0.1,
+        "clip": 1.0,
+        "threads": args.threads,
+        "model": MODEL,
+        "out": os.path.join(work, f"ours{tag}"),
+        "p": p,
+        "precision": precision,
+        "context_length": args.context_length,
+    }
     env = trainer_env(args, str(REPO))
     result = run_process([sys.executable, "-c", OURS, json.dumps(settings)], env, os.path.join(work, f"ours{tag}.log"))
     return {**result, "samples_per_s": args.steps * args.batch_size / result["train_time_s"]}
 
 
-def run_peer(args: argparse.Namespace, urls: List[str], model_dir: str, work: str, tag: str, precision: str) -> Dict[str, float]:
+def run_peer(
+    args: argparse.Namespace, urls: List[str], model_dir: str, work: str, tag: str, precision: str
+) -> Dict[str, float]:
     """open_clip_train on the same shards with the same settings."""
-    cmd = [sys.executable, "-c", PEER, "--train-data", "::".join(urls), "--dataset-type", "webdataset",
-           "--train-num-samples", str(args.steps * args.batch_size), "--batch-size", str(args.batch_size),
-           "--epochs", "1", "--workers", str(args.workers), "--model", f"local-dir:{model_dir}",
-           "--precision", "fp32" if precision == "fp32" else "amp_bf16",
-           "--lr", "5e-4", "--warmup", "5", "--wd", "0.1", "--grad-clip-norm", "1.0", "--seed", "0",
-           "--log-every-n-steps", "10", "--logs", os.path.join(work, f"peer{tag}"), "--name", "peer", "--report-to", ""]
+    cmd = [
+        sys.executable,
+        "-c",
+        PEER,
+        "--train-data",
+        "::".join(urls),
+        "--dataset-type",
+        "webdataset",
+        "--train-num-samples",
+        str(args.steps * args.batch_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        "1",
+        "--workers",
+        str(args.workers),
+        "--model",
+        f"local-dir:{model_dir}",
+        "--precision",
+        "fp32" if precision == "fp32" else "amp_bf16",
+        "--lr",
+        "5e-4",
+        "--warmup",
+        "5",
+        "--wd",
+        "0.1",
+        "--grad-clip-norm",
+        "1.0",
+        "--seed",
+        "0",
+        "--log-every-n-steps",
+        "10",
+        "--logs",
+        os.path.join(work, f"peer{tag}"),
+        "--name",
+        "peer",
+        "--report-to",
+        "",
+    ]
     env = trainer_env(args, args.peer_dir)
     result = run_process(cmd, env, os.path.join(work, f"peer{tag}.log"))
     return {**result, "samples_per_s": args.steps * args.batch_size / result["train_time_s"]}
@@ -270,8 +337,16 @@ def main() -> None:
     urls = sorted(glob.glob(os.path.join(os.path.abspath(args.shards), "train-*.tar")))
     work = args.work_dir or tempfile.mkdtemp(prefix="clip_bench_")
     model_dir = peer_model_dir(work, args.context_length)
-    log.info("%d shards, %d steps x batch %d, context %d, %d threads, %d loader worker(s), work dir %s",
-             len(urls), args.steps, args.batch_size, args.context_length, args.threads, args.workers, work)
+    log.info(
+        "%d shards, %d steps x batch %d, context %d, %d threads, %d loader worker(s), work dir %s",
+        len(urls),
+        args.steps,
+        args.batch_size,
+        args.context_length,
+        args.threads,
+        args.workers,
+        work,
+    )
     lines = []
     for p, precision in settings:
         peer_urls = urls if p == 1 else recaption_as_txt(urls, os.path.join(work, "peer_recaption_shards"))
@@ -279,17 +354,34 @@ def main() -> None:
         for index in range(args.repeats):
             tag = f"_p{p}_{precision}_{index}"
             ours.append(run_ours(args, "::".join(urls), work, tag, p, precision))
-            log.info("p%d %s train_clip run %d: %.1f samples/s (loop %.1f s, process %.1f s)", p, precision, index,
-                     ours[-1]["samples_per_s"], ours[-1]["train_time_s"], ours[-1]["wall_s"])
+            log.info(
+                "p%d %s train_clip run %d: %.1f samples/s (loop %.1f s, process %.1f s)",
+                p,
+                precision,
+                index,
+                ours[-1]["samples_per_s"],
+                ours[-1]["train_time_s"],
+                ours[-1]["wall_s"],
+            )
             peer.append(run_peer(args, peer_urls, model_dir, work, tag, precision))
-            log.info("p%d %s open_clip_train run %d: %.1f samples/s (loop %.1f s, process %.1f s)", p, precision, index,
-                     peer[-1]["samples_per_s"], peer[-1]["train_time_s"], peer[-1]["wall_s"])
+            log.info(
+                "p%d %s open_clip_train run %d: %.1f samples/s (loop %.1f s, process %.1f s)",
+                p,
+                precision,
+                index,
+                peer[-1]["samples_per_s"],
+                peer[-1]["train_time_s"],
+                peer[-1]["wall_s"],
+            )
         x = statistics.median(r["samples_per_s"] for r in ours)
         y = statistics.median(r["samples_per_s"] for r in peer)
         lines.append((x, y))
-        print(f"setting ctx {args.context_length} p{p} {precision}: train_clip {x:.1f} samples/s vs open_clip_train {y:.1f} "
-              f"samples/s, ratio {x / y:.2f} (end to end: {statistics.median(r['wall_s'] for r in ours):.1f} s vs "
-              f"{statistics.median(r['wall_s'] for r in peer):.1f} s)", flush=True)
+        print(
+            f"setting ctx {args.context_length} p{p} {precision}: train_clip {x:.1f} samples/s vs open_clip_train {y:.1f} "
+            f"samples/s, ratio {x / y:.2f} (end to end: {statistics.median(r['wall_s'] for r in ours):.1f} s vs "
+            f"{statistics.median(r['wall_s'] for r in peer):.1f} s)",
+            flush=True,
+        )
     x, y = lines[0]
     print(f"train_clip: {x:.1f} samples/s vs open_clip_train {y:.1f} samples/s, ratio {x / y:.2f}")
 

@@ -11,7 +11,9 @@ from harness_infra.stagecache import setting
 
 STRATEGIES = ("mix", "original", "recap", "concat")
 DEFAULT_MAX_PIXELS = 64_000_000  # data.max_image_pixels and the evaluation tasks' max_image_pixels
-DEFAULT_MAX_MEMBER_BYTES = 4 * DEFAULT_MAX_PIXELS  # data.max_member_bytes: an uncompressed 8-bit RGBA image at the pixel limit
+DEFAULT_MAX_MEMBER_BYTES = (
+    4 * DEFAULT_MAX_PIXELS
+)  # data.max_member_bytes: an uncompressed 8-bit RGBA image at the pixel limit
 
 
 @dataclass
@@ -78,8 +80,13 @@ class MixConfig:
     concat_separator: str = " "
 
     def __post_init__(self) -> None:
-        require(self.strategy in STRATEGIES, f"mix.strategy={self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
-        require(0.0 <= float(self.p) <= 1.0, f"mix.p={self.p} is outside [0, 1] (p = probability of the ORIGINAL caption)")
+        require(
+            self.strategy in STRATEGIES,
+            f"mix.strategy={self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}",
+        )
+        require(
+            0.0 <= float(self.p) <= 1.0, f"mix.p={self.p} is outside [0, 1] (p = probability of the ORIGINAL caption)"
+        )
 
     @property
     def p_original(self) -> Optional[float]:
@@ -90,7 +97,10 @@ class MixConfig:
 
 def default_data_root() -> str:
     """Folder of shared real data sets: $RECAP_DATA_ROOT, else ../shared/data next to the checkout."""
-    return os.environ.get("RECAP_DATA_ROOT", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"))
+    return os.environ.get(
+        "RECAP_DATA_ROOT",
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"),
+    )
 
 
 @dataclass
@@ -134,16 +144,28 @@ class DataConfig:
     scene_image_size: int = setting(64, key="build")
 
     def __post_init__(self) -> None:
-        require(self.builder in ("scenes", "flickr8k", "none"), f"data.builder={self.builder!r} is unknown; choose scenes, flickr8k or none")
+        require(
+            self.builder in ("scenes", "flickr8k", "none"),
+            f"data.builder={self.builder!r} is unknown; choose scenes, flickr8k or none",
+        )
         require(self.samples_per_shard > 0, f"data.samples_per_shard={self.samples_per_shard} must be positive")
         require(self.num_workers >= 0, f"data.num_workers={self.num_workers} must be >= 0")
         require(self.shuffle_buffer >= 0, f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0")
-        require(self.build_size is None or self.build_size > 0, f"data.build_size={self.build_size} must be positive or null")
+        require(
+            self.build_size is None or self.build_size > 0,
+            f"data.build_size={self.build_size} must be positive or null",
+        )
         require(self.scene_image_size >= 16, f"data.scene_image_size={self.scene_image_size} must be >= 16")
         require(self.max_image_pixels > 0, f"data.max_image_pixels={self.max_image_pixels} must be positive")
         require(self.max_member_bytes > 0, f"data.max_member_bytes={self.max_member_bytes} must be positive")
-        require(not self.resampled or (self.epoch_samples or 0) > 0, "data.resampled=true needs data.epoch_samples > 0 (a fixed epoch length)")
-        require(self.builder != "none" or bool(self.train_shards or self.test_shards), "data.builder=none needs data.train_shards or data.test_shards")
+        require(
+            not self.resampled or (self.epoch_samples or 0) > 0,
+            "data.resampled=true needs data.epoch_samples > 0 (a fixed epoch length)",
+        )
+        require(
+            self.builder != "none" or bool(self.train_shards or self.test_shards),
+            "data.builder=none needs data.train_shards or data.test_shards",
+        )
 
     def shards(self, split: str) -> str:
         """Shard spec of a split: the explicit ``{split}_shards`` or the builder's output in shard_dir."""

@@ -37,7 +37,7 @@ MIX_EVENTS = (
     "emitted_concat",
     "fallback_to_original",
     "fallback_to_recap",
-    "no_original",   # samples read without an original caption (the layout's original field absent or empty)
+    "no_original",  # samples read without an original caption (the layout's original field absent or empty)
     "no_recaption",  # samples read without any recaption
 )
 # Conversions of decodable images (``captiondata.decode.decode_image`` reports them; nothing is skipped).
@@ -70,7 +70,9 @@ class SampleCounters:
         info = get_worker_info()
         row = 0 if info is None else info.id + 1
         if row >= self.table.shape[0]:
-            raise ValueError(f"more loader workers ({row}) than SampleCounters was sized for ({self.table.shape[0] - 1})")
+            raise ValueError(
+                f"more loader workers ({row}) than SampleCounters was sized for ({self.table.shape[0] - 1})"
+            )
         return row
 
     def add(self, name: str, n: int = 1) -> None:
@@ -112,7 +114,9 @@ def summarize(totals: Dict[str, int]) -> Dict[str, object]:
         "skipped_total": sum(skipped.values()),
         "skipped": skipped,
         "converted": {event: totals[event] for event in DECODE_EVENTS if totals.get(event, 0)},
-        "original_fraction": totals.get("emitted_original", 0) / samples if samples and not totals.get("emitted_concat", 0) else None,
+        "original_fraction": totals.get("emitted_original", 0) / samples
+        if samples and not totals.get("emitted_concat", 0)
+        else None,
         "concat_fraction": totals.get("emitted_concat", 0) / samples if samples else None,
         "drawn_original_fraction": totals.get("drawn_original", 0) / draws if draws else None,
         "fallback_to_original": totals.get("fallback_to_original", 0),
@@ -122,4 +126,3 @@ def summarize(totals: Dict[str, int]) -> Dict[str, object]:
         "no_original": totals.get("no_original", 0),
         "no_recaption": totals.get("no_recaption", 0),
     }
-

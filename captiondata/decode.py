@@ -35,7 +35,10 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from captiondata.config import DEFAULT_MAX_PIXELS
-DECODER_VERSION = "rgb8/2"  # bump when decode_image maps some bytes to different pixels (it enters evaluation identities)
+
+DECODER_VERSION = (
+    "rgb8/2"  # bump when decode_image maps some bytes to different pixels (it enters evaluation identities)
+)
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 Count = Optional[Callable[[str], Any]]
@@ -160,7 +163,7 @@ def jpeg_fast_size(data: bytes, exif_transpose: bool = True) -> Optional[Tuple[i
         length = (data[pos + 2] << 8) | data[pos + 3]
         if length < 2 or pos + 2 + length > n:
             return None
-        body = data[pos + 4:pos + 2 + length]
+        body = data[pos + 4 : pos + 2 + length]
         if marker == 0xDA:  # start of scan: every header segment has been seen
             return size
         if marker in _JPEG_SOF_FAST:
@@ -195,19 +198,22 @@ def png_fast_size(data: bytes) -> Optional[Tuple[int, int, int]]:
         return None
     pos, size = 8, None
     while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
         end = pos + 12 + length
         if end > len(data):
             return None
         if kind == b"IDAT":
             return size
-        if zlib.crc32(data[pos + 4:pos + 8 + length]) != int.from_bytes(data[pos + 8 + length:end], "big"):
+        if zlib.crc32(data[pos + 4 : pos + 8 + length]) != int.from_bytes(data[pos + 8 + length : end], "big"):
             return None
         if kind == b"IHDR":
             if length != 13 or size is not None:
                 return None
-            width, height = int.from_bytes(data[pos + 8:pos + 12], "big"), int.from_bytes(data[pos + 12:pos + 16], "big")
+            width, height = (
+                int.from_bytes(data[pos + 8 : pos + 12], "big"),
+                int.from_bytes(data[pos + 12 : pos + 16], "big"),
+            )
             depth, colour = data[pos + 16], data[pos + 17]
             if depth != 8 or colour not in (0, 2) or not width or not height:
                 return None
@@ -228,8 +234,12 @@ def _tv_decode(data: bytes, png: bool = False) -> Optional[np.ndarray]:
             import torch
             import torchvision.io  # noqa: F401  (registers torch.ops.image)
 
-            op = _FAST_JPEG["op"] = (torch, torch.ops.image.decode_jpeg, torch.ops.image.decode_png,
-                                     torchvision.io.ImageReadMode.UNCHANGED.value)
+            op = _FAST_JPEG["op"] = (
+                torch,
+                torch.ops.image.decode_jpeg,
+                torch.ops.image.decode_png,
+                torchvision.io.ImageReadMode.UNCHANGED.value,
+            )
         except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - torchvision is a dependency
             return None
     torch, decode_jpeg, decode_png, unchanged = op
@@ -255,8 +265,12 @@ def _fast_jpeg_agrees() -> bool:
         rng = np.random.default_rng(0)
         base = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).resize((75, 53))
         ok = True
-        for image, options in ((base, dict(subsampling=2)), (base, dict(subsampling=0, quality=95)),
-                               (base, dict(progressive=True)), (base.convert("L"), {})):
+        for image, options in (
+            (base, dict(subsampling=2)),
+            (base, dict(subsampling=0, quality=95)),
+            (base, dict(progressive=True)),
+            (base.convert("L"), {}),
+        ):
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", **options)
             data = buffer.getvalue()
@@ -308,8 +322,14 @@ def _draft_is_identity(data: bytes, draft: DraftRule, exif_transpose: bool) -> b
     return size is not None and draft(size[0], size[1]) == 1
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True, count: Count = None,
-                 draft: Optional[DraftRule] = None, as_array: bool = False) -> Any:
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    exif_transpose: bool = True,
+    count: Count = None,
+    draft: Optional[DraftRule] = None,
+    as_array: bool = False,
+) -> Any:
     """Decode image bytes to 8-bit RGB; refuse empty, undecodable, truncated or over-``max_pixels`` images.
 
     data: the encoded file. max_pixels: width x height above which the image is refused (``image_too_large``); it is

@@ -30,12 +30,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms.functional import pil_to_tensor
 
-from harness_infra.errors import require
 from captiondata.config import DataConfig, MixConfig
 from captiondata.counters import SampleCounters, summarize
 from captiondata.decode import BadSample
 from captiondata.mixer import choose_caption
 from captiondata.reader import decode_record, expand_shards, raw_samples
+from harness_infra.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,18 @@ class ImageFeatures:
 
     def __post_init__(self) -> None:
         require(len(self.keys) == len(self.features), f"{len(self.keys)} keys for {len(self.features)} feature rows")
-        require(self.shards is None or len(self.shards) == len(self.keys), f"{len(self.keys)} keys for {len(self.shards or [])} shard names")
+        require(
+            self.shards is None or len(self.shards) == len(self.keys),
+            f"{len(self.keys)} keys for {len(self.shards or [])} shard names",
+        )
         shards = self.shards if self.shards is not None else [None] * len(self.keys)
         self.index = {(shard, key): row for row, (shard, key) in enumerate(zip(shards, self.keys))}
-        require(len(self.index) == len(self.keys), "image feature (shard, key) pairs must be unique" if self.shards is not None
-                else "image feature keys must be unique (give shards= when keys repeat across shards)")
+        require(
+            len(self.index) == len(self.keys),
+            "image feature (shard, key) pairs must be unique"
+            if self.shards is not None
+            else "image feature keys must be unique (give shards= when keys repeat across shards)",
+        )
 
     def get(self, key: str, shard: Optional[str] = None) -> Optional[torch.Tensor]:
         """The feature row of the sample ``key`` of ``shard`` (the shard is ignored when the features have none), or None."""
@@ -88,7 +95,10 @@ def split_normalize(transform: Callable) -> Optional[Tuple[Callable, torch.Tenso
     if not isinstance(transform, transforms.Compose) or not steps or len(steps) < 2:
         return None
     to_tensor, normalize = steps[-2], steps[-1]
-    if not (isinstance(to_tensor, transforms.ToTensor) and isinstance(normalize, transforms.Normalize)) or normalize.inplace:
+    if (
+        not (isinstance(to_tensor, transforms.ToTensor) and isinstance(normalize, transforms.Normalize))
+        or normalize.inplace
+    ):
         return None
     mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
     std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
@@ -112,7 +122,9 @@ def draft_rule(transform: Callable) -> Optional[Callable[[int, int], int]]:
     from torchvision import transforms
 
     steps = list(getattr(transform, "transforms", [transform]))
-    while steps and (type(steps[0]).__name__ == "MaybeConvertMode" or getattr(steps[0], "__name__", "") == "_convert_to_rgb"):
+    while steps and (
+        type(steps[0]).__name__ == "MaybeConvertMode" or getattr(steps[0], "__name__", "") == "_convert_to_rgb"
+    ):
         steps = steps[1:]
     if not steps:
         return None
@@ -246,8 +258,15 @@ class MixedCaptionDataset(IterableDataset):
             raws = ({**raw, "__feature__": self.image_features.get(raw["__key__"], raw["__url__"])} for raw in raws)
         for raw in shuffled(raws, self.data_cfg.shuffle_buffer, rng):
             try:
-                record = decode_record(raw, self.data_cfg.layout, self.data_cfg.max_image_pixels, decode=self.image_features is None,
-                                       exif_transpose=self.data_cfg.exif_transpose, count=self.counters.add, draft=self.draft)
+                record = decode_record(
+                    raw,
+                    self.data_cfg.layout,
+                    self.data_cfg.max_image_pixels,
+                    decode=self.image_features is None,
+                    exif_transpose=self.data_cfg.exif_transpose,
+                    count=self.counters.add,
+                    draft=self.draft,
+                )
             except BadSample as bad:
                 self.counters.add(bad.reason)
                 continue
@@ -257,7 +276,9 @@ class MixedCaptionDataset(IterableDataset):
                     self.counters.add("no_image_feature")
                     continue
             else:
-                image = seeded_transform(self.image_transform, record.image, augment_seed(self.seed, raw["__url__"], record.key, self.epoch))
+                image = seeded_transform(
+                    self.image_transform, record.image, augment_seed(self.seed, raw["__url__"], record.key, self.epoch)
+                )
                 if self.batch_normalize is not None:
                     image = pil_to_tensor(image)
             choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
@@ -266,7 +287,13 @@ class MixedCaptionDataset(IterableDataset):
                 self.counters.add("no_original")
             if not record.recaptions:
                 self.counters.add("no_recaption")
-            yield {"image": image, "text": choice.text, "key": record.key, "source": choice.emitted, "shard": raw["__url__"]}
+            yield {
+                "image": image,
+                "text": choice.text,
+                "key": record.key,
+                "source": choice.emitted,
+                "shard": raw["__url__"],
+            }
 
     def _count_choice(self, choice: Any) -> None:
         """Record the mixer's draw, what was emitted and any fallback."""
@@ -341,17 +368,37 @@ class CaptionLoader:
         self.num_workers = data_cfg.num_workers if num_workers is None else num_workers
         self.counters = SampleCounters(max_workers=max(1, self.num_workers))
         urls = expand_shards(data_cfg.shards(split))
-        require(data_cfg.resampled or len(urls) >= world_size,
-                f"data: {len(urls)} {split} shard(s) for {world_size} ranks: finite epochs give each rank whole shards (a shard is "
-                f"never split), so {world_size - len(urls)} rank(s) would get no data; write at least {world_size} shards "
-                f"(ideally a multiple of ranks x workers = {world_size * max(1, self.num_workers)}) or set data.resampled=true")
+        require(
+            data_cfg.resampled or len(urls) >= world_size,
+            f"data: {len(urls)} {split} shard(s) for {world_size} ranks: finite epochs give each rank whole shards (a shard is "
+            f"never split), so {world_size - len(urls)} rank(s) would get no data; write at least {world_size} shards "
+            f"(ideally a multiple of ranks x workers = {world_size * max(1, self.num_workers)}) or set data.resampled=true",
+        )
         slots = max(1, self.num_workers) * world_size
         if not data_cfg.resampled and len(urls) < slots:
-            log.warning("only %d shard(s) for %d worker(s) x %d rank(s): some workers get no data; write more, smaller shards or set data.resampled=true", len(urls), max(1, self.num_workers), world_size)
+            log.warning(
+                "only %d shard(s) for %d worker(s) x %d rank(s): some workers get no data; write more, smaller shards or set data.resampled=true",
+                len(urls),
+                max(1, self.num_workers),
+                world_size,
+            )
         transform = image_transform if image_transform is not None else _to_tensor
         draft = bool(getattr(data_cfg, "jpeg_draft", False)) if jpeg_draft is None else jpeg_draft
-        self.dataset = MixedCaptionDataset(urls, data_cfg, mix_cfg, transform, tokenize, batch_size, rank, world_size, seed, drop_last,
-                                           self.counters, image_features, draft)
+        self.dataset = MixedCaptionDataset(
+            urls,
+            data_cfg,
+            mix_cfg,
+            transform,
+            tokenize,
+            batch_size,
+            rank,
+            world_size,
+            seed,
+            drop_last,
+            self.counters,
+            image_features,
+            draft,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: shard order, shuffle and caption draws all depend on it."""
@@ -360,7 +407,9 @@ class CaptionLoader:
     def __len__(self) -> int:
         per_worker = self.dataset.batches_per_worker(self.num_workers)
         if per_worker is None:
-            raise TypeError("batches per epoch are unknown in finite mode; set data.resampled=true for a fixed epoch length")
+            raise TypeError(
+                "batches per epoch are unknown in finite mode; set data.resampled=true for a fixed epoch length"
+            )
         return per_worker * max(1, self.num_workers)
 
     def iterate(self, skip_batches: int = 0) -> Iterator[Dict[str, Any]]:
@@ -368,15 +417,28 @@ class CaptionLoader:
         self.counters.reset()
         # the workers' base seed from a generator of our own: by default DataLoader draws it from the global torch RNG,
         # which would move the trainer's RNG once per epoch (and at a different point in a resumed run)
-        generator = torch.Generator().manual_seed(derived_seed(self.dataset.seed, self.dataset.epoch, self.dataset.rank, "workers"))
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-                            prefetch_factor=4 if self.num_workers else None, generator=generator)
+        generator = torch.Generator().manual_seed(
+            derived_seed(self.dataset.seed, self.dataset.epoch, self.dataset.rank, "workers")
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
+            generator=generator,
+        )
         for index, batch in enumerate(loader):
             if index >= skip_batches:
                 yield batch
         stats = self.epoch_stats()  # this rank's view; the trainer's monitor logs the epoch once, over all ranks
-        log.debug("epoch %d: %d samples, original fraction %s (p = P(original)), skipped %s",
-                 self.dataset.epoch, stats["samples"], _fmt(stats["original_fraction"]), stats["skipped"] or "none")
+        log.debug(
+            "epoch %d: %d samples, original fraction %s (p = P(original)), skipped %s",
+            self.dataset.epoch,
+            stats["samples"],
+            _fmt(stats["original_fraction"]),
+            stats["skipped"] or "none",
+        )
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         return self.iterate()

@@ -50,7 +50,9 @@ def choose_caption(original: Optional[str], recaptions: List[str], cfg: MixConfi
         raise ValueError(f"sample {key!r} has neither an original caption nor a recaption")
     if cfg.strategy == "concat":
         if original is not None and recaptions:
-            return Choice(original + cfg.concat_separator + _pick_recap(recaptions, cfg, key, epoch), None, "concat", False)
+            return Choice(
+                original + cfg.concat_separator + _pick_recap(recaptions, cfg, key, epoch), None, "concat", False
+            )
         return _fallback(original, recaptions, cfg, key, epoch, drawn=None)
     if cfg.strategy == "mix":
         p_original = cfg.p_original
@@ -64,7 +66,9 @@ def choose_caption(original: Optional[str], recaptions: List[str], cfg: MixConfi
     return _fallback(original, recaptions, cfg, key, epoch, drawn=drawn)
 
 
-def _fallback(original: Optional[str], recaptions: List[str], cfg: MixConfig, key: str, epoch: int, drawn: Optional[str]) -> Choice:
+def _fallback(
+    original: Optional[str], recaptions: List[str], cfg: MixConfig, key: str, epoch: int, drawn: Optional[str]
+) -> Choice:
     """The source that exists, flagged as a fallback."""
     if original is not None:
         return Choice(original, drawn, "original", True)

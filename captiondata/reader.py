@@ -10,28 +10,30 @@ from __future__ import annotations
 import bz2
 import glob
 import gzip
+import importlib
 import logging
 import lzma
 import os
 import struct
 import tarfile
-from zlib import error as zlib_error
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlparse
+from zlib import error as zlib_error
 
-import importlib
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from captiondata.captions import extract_captions
-from harness_infra.errors import ConfigError
 from captiondata.config import DEFAULT_MAX_MEMBER_BYTES, CaptionLayout
 from captiondata.counters import SampleCounters
 from captiondata.decode import DEFAULT_MAX_PIXELS, BadSample, Count, DraftRule, decode_image
 from captiondata.records import Record
+from harness_infra.errors import ConfigError
 
 log = logging.getLogger(__name__)
-wds_gopen = importlib.import_module("webdataset.gopen")  # the module; ``webdataset.gopen`` the attribute is the function
+wds_gopen = importlib.import_module(
+    "webdataset.gopen"
+)  # the module; ``webdataset.gopen`` the attribute is the function
 
 
 def _is_local(url: str) -> bool:
@@ -52,7 +54,7 @@ def expand_shards(spec: Union[str, List[str]]) -> List[str]:
             if not _is_local(url):
                 urls.append(url)
                 continue
-            path = url[len("file://"):] if url.startswith("file://") else url
+            path = url[len("file://") :] if url.startswith("file://") else url
             matches = sorted(glob.glob(os.path.expanduser(path))) if glob.has_magic(path) else [path]
             found = [m for m in matches if os.path.isfile(m)]
             if not found:
@@ -65,7 +67,7 @@ def open_shard(url: str) -> IO[bytes]:
     """A readable byte stream for a shard: local file, any webdataset gopen scheme (pipe:, http(s), gs, ...),
     else fsspec (s3://, gcs://, memory://, ...)."""
     if _is_local(url):
-        return open(url[len("file://"):] if url.startswith("file://") else url, "rb")
+        return open(url[len("file://") :] if url.startswith("file://") else url, "rb")
     scheme = urlparse(url).scheme
     if scheme in wds_gopen.gopen_schemes:
         return wds_gopen.gopen(url, "rb")
@@ -146,7 +148,7 @@ def _pax_records(data: bytes) -> Dict[str, str]:
     """The ``LENGTH KEY=VALUE`` newline-ended records of a pax extended header (UTF-8, as tarfile decodes them)."""
     out: Dict[str, str] = {}
     pos = 0
-    while pos < len(data) and data[pos:pos + 1] != b"\0":
+    while pos < len(data) and data[pos : pos + 1] != b"\0":
         space = data.find(b" ", pos)
         try:
             length = int(data[pos:space]) if space > pos else 0
@@ -154,14 +156,19 @@ def _pax_records(data: bytes) -> Dict[str, str]:
             length = 0
         if length <= 0 or pos + length > len(data):
             raise TarFormatError("bad pax record")
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
     return out
 
 
-def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Optional[Callable[[str], bool]] = None,
-             seekable: bool = False, max_size: Optional[int] = None) -> Iterator[Tuple[str, Optional[bytes]]]:
+def iter_tar(
+    stream: IO[bytes],
+    state: Optional[Dict[str, Any]] = None,
+    want: Optional[Callable[[str], bool]] = None,
+    seekable: bool = False,
+    max_size: Optional[int] = None,
+) -> Iterator[Tuple[str, Optional[bytes]]]:
     """(name, bytes) of each regular member of an uncompressed tar read from ``stream`` in order. With ``want``, a
     member whose name it rejects comes as (name, None) and its data is skipped (by ``stream.seek`` when ``seekable``,
     else read and discarded in 1 MiB chunks); so does a member larger than ``max_size`` bytes (never allocated).
@@ -195,7 +202,9 @@ def iter_tar(stream: IO[bytes], state: Optional[Dict[str, Any]] = None, want: Op
             return
         try:
             checksum = _tar_number(header[148:156])
-            valid = checksum == sum(header) - sum(header[148:156]) + 256 or checksum == 256 + sum(_SIGNED_SUMS.unpack(header))
+            valid = checksum == sum(header) - sum(header[148:156]) + 256 or checksum == 256 + sum(
+                _SIGNED_SUMS.unpack(header)
+            )
             size = _tar_number(header[124:136]) if valid else -1
         except TarFormatError:
             valid = False
@@ -289,7 +298,9 @@ class _Replay:
         return out + self.raw.read(size - len(out)) if len(out) < size else out
 
 
-def _tar_members(url: str, counters: SampleCounters, max_member_bytes: Optional[int] = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[tuple]:
+def _tar_members(
+    url: str, counters: SampleCounters, max_member_bytes: Optional[int] = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[tuple]:
     """(name, bytes) of each regular member; (name, None) for a member over ``max_member_bytes`` (its data skipped
     unread or read and discarded in chunks, never held). A truncated or corrupt tar ends the shard, counted, with a
     final (None, name) where name is the member that was cut (None when a header was cut).
@@ -346,14 +357,20 @@ def _intact(sample: Dict[str, Any], counters: SampleCounters) -> bool:
     lost = dotted_key_samples(sample)
     if lost:
         counters.add("dotted_key", lost)
-        log.warning("%s: %d sample(s) under key %r lost: webdataset takes the key up to the first dot of a member's base name "
-                    "(members %s); rename the members so keys have no dot (e.g. img_000001.jpg)", sample["__url__"], lost,
-                    sample["__key__"], ", ".join(sorted(s for s in sample if not s.startswith("__"))[:3]))
+        log.warning(
+            "%s: %d sample(s) under key %r lost: webdataset takes the key up to the first dot of a member's base name "
+            "(members %s); rename the members so keys have no dot (e.g. img_000001.jpg)",
+            sample["__url__"],
+            lost,
+            sample["__key__"],
+            ", ".join(sorted(s for s in sample if not s.startswith("__"))[:3]),
+        )
     return not lost
 
 
-def raw_samples(urls: Iterable[str], counters: SampleCounters,
-                max_member_bytes: Optional[int] = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Dict[str, Any]]:
+def raw_samples(
+    urls: Iterable[str], counters: SampleCounters, max_member_bytes: Optional[int] = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[Dict[str, Any]]:
     """Group consecutive tar members by key into dicts {__key__, __url__, suffix: bytes}.
 
     Keys are webdataset's (``base_plus_ext``: everything before the first dot of the base name). A key that repeats
@@ -368,8 +385,13 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters,
         broken = False
         for name, data in _tar_members(url, counters, max_member_bytes):
             if name is None:  # truncation: drop the sample the cut member belonged to (unknown: the last one)
-                if data is not None and current is not None and base_plus_ext(data)[0] != current["__key__"] and not broken \
-                        and _intact(current, counters):
+                if (
+                    data is not None
+                    and current is not None
+                    and base_plus_ext(data)[0] != current["__key__"]
+                    and not broken
+                    and _intact(current, counters)
+                ):
                     yield current
                 current = None
                 break
@@ -397,8 +419,15 @@ def raw_samples(urls: Iterable[str], counters: SampleCounters,
             yield current
 
 
-def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = DEFAULT_MAX_PIXELS, decode: bool = True,
-                  exif_transpose: bool = True, count: Count = None, draft: Optional[DraftRule] = None) -> Record:
+def decode_record(
+    raw: Dict[str, Any],
+    layout: CaptionLayout,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode: bool = True,
+    exif_transpose: bool = True,
+    count: Count = None,
+    draft: Optional[DraftRule] = None,
+) -> Record:
     """Validate one raw sample into a Record (image decoded to RGB by ``decode_image`` unless ``decode`` is False;
     ``exif_transpose``, ``count`` and ``draft`` are passed to it: ``count`` receives each image conversion's name,
     ``draft`` allows JPEG draft decoding).
@@ -423,8 +452,13 @@ def decode_record(raw: Dict[str, Any], layout: CaptionLayout, max_pixels: int = 
     )
 
 
-def valid_records(raws: Iterable[Dict[str, Any]], layout: CaptionLayout, counters: SampleCounters, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  exif_transpose: bool = True) -> Iterator[Record]:
+def valid_records(
+    raws: Iterable[Dict[str, Any]],
+    layout: CaptionLayout,
+    counters: SampleCounters,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    exif_transpose: bool = True,
+) -> Iterator[Record]:
     """Decoded Records; bad samples skipped and counted by reason, image conversions counted by kind."""
     for raw in raws:
         try:

@@ -49,8 +49,18 @@ def needed_sources(strategy: str, p: Optional[float]) -> Dict[str, bool]:
 def sum_epochs(epochs: Iterable[Dict[str, Any]]) -> Dict[str, int]:
     """Counts over a run's epoch reports (``epochs.jsonl`` lines: the loader's summary plus what was trained):
     samples trained and their originals, samples read, draws, fallbacks and samples without each source."""
-    total = {"trained": 0, "trained_original": 0, "trained_concat": 0, "read": 0, "drawn_original": 0, "drawn_recap": 0,
-             "fallback_to_original": 0, "fallback_to_recap": 0, "no_original": 0, "no_recaption": 0}
+    total = {
+        "trained": 0,
+        "trained_original": 0,
+        "trained_concat": 0,
+        "read": 0,
+        "drawn_original": 0,
+        "drawn_recap": 0,
+        "fallback_to_original": 0,
+        "fallback_to_recap": 0,
+        "no_original": 0,
+        "no_recaption": 0,
+    }
     for epoch in epochs:
         trained = int(epoch.get("samples") or 0)
         total["trained"] += trained
@@ -60,12 +70,21 @@ def sum_epochs(epochs: Iterable[Dict[str, Any]]) -> Dict[str, int]:
             total["trained_concat"] += int(round(float(epoch["concat_fraction"]) * trained))
         read = epoch.get("samples_read")
         total["read"] += int(read if read is not None else trained)
-        for name in ("drawn_original", "drawn_recap", "fallback_to_original", "fallback_to_recap", "no_original", "no_recaption"):
+        for name in (
+            "drawn_original",
+            "drawn_recap",
+            "fallback_to_original",
+            "fallback_to_recap",
+            "no_original",
+            "no_recaption",
+        ):
             total[name] += int(epoch.get(name) or 0)
     return total
 
 
-def realised_mixture(counts: Dict[str, int], strategy: str, p: Optional[float], min_coverage: float = MIN_COVERAGE) -> Dict[str, Any]:
+def realised_mixture(
+    counts: Dict[str, int], strategy: str, p: Optional[float], min_coverage: float = MIN_COVERAGE
+) -> Dict[str, Any]:
     """The record's ``mixture`` section: the label, what was realised, coverage, fallbacks and the tolerances.
 
     ``realised_original_fraction`` = trained originals / trained samples (None under ``concat`` or when nothing was
@@ -75,15 +94,27 @@ def realised_mixture(counts: Dict[str, int], strategy: str, p: Optional[float], 
     draws = counts["drawn_original"] + counts["drawn_recap"]
     counted = read > 0 and (draws > 0 or strategy != "mix")
     out: Dict[str, Any] = {
-        "p_label": p, "strategy": strategy, "min_coverage": min_coverage, "samples_trained": trained, "samples_read": read,
-        "realised_original_fraction": counts["trained_original"] / trained if trained and strategy != "concat" else None,
-        "drawn_original_fraction": counts["drawn_original"] / draws if draws else None, "draws": draws,
-        "coverage": {"original": 1.0 - counts["no_original"] / read if read else None,
-                     "recaption": 1.0 - counts["no_recaption"] / read if read else None},
+        "p_label": p,
+        "strategy": strategy,
+        "min_coverage": min_coverage,
+        "samples_trained": trained,
+        "samples_read": read,
+        "realised_original_fraction": counts["trained_original"] / trained
+        if trained and strategy != "concat"
+        else None,
+        "drawn_original_fraction": counts["drawn_original"] / draws if draws else None,
+        "draws": draws,
+        "coverage": {
+            "original": 1.0 - counts["no_original"] / read if read else None,
+            "recaption": 1.0 - counts["no_recaption"] / read if read else None,
+        },
         "missing": {"original": counts["no_original"], "recaption": counts["no_recaption"]},
         "fallbacks": {"to_original": counts["fallback_to_original"], "to_recap": counts["fallback_to_recap"]},
-        "tolerance": {"z": Z_SCORE, "coin": tolerance(p, draws) if p is not None and draws else None,
-                      "realised": tolerance(p, trained) if p is not None and trained else None},
+        "tolerance": {
+            "z": Z_SCORE,
+            "coin": tolerance(p, draws) if p is not None and draws else None,
+            "realised": tolerance(p, trained) if p is not None and trained else None,
+        },
         "checked": counted,
     }
     if not counted:
@@ -103,23 +134,29 @@ def check_mixture(mixture: Dict[str, Any], failures: Optional[Dict[str, int]] = 
         coverage = mixture["coverage"][source]
         if needed and coverage is not None and coverage < mixture["min_coverage"]:
             because = f"; recaption failures: {by_count(failures)}" if source == "recaption" and failures else ""
-            raise LabelError(f"{label}: {source} coverage {coverage:.4f} < min_coverage={mixture['min_coverage']:g} "
-                             f"({mixture['missing'][source]} of {read} samples read had no {source}; fallbacks to original "
-                             f"{mixture['fallbacks']['to_original']}, to recap {mixture['fallbacks']['to_recap']}){because}; nothing published")
+            raise LabelError(
+                f"{label}: {source} coverage {coverage:.4f} < min_coverage={mixture['min_coverage']:g} "
+                f"({mixture['missing'][source]} of {read} samples read had no {source}; fallbacks to original "
+                f"{mixture['fallbacks']['to_original']}, to recap {mixture['fallbacks']['to_recap']}){because}; nothing published"
+            )
     if p is None:
         return
     drawn, coin = mixture["drawn_original_fraction"], mixture["tolerance"]["coin"]
     if drawn is not None and abs(drawn - p) > coin:
-        raise LabelError(f"{label}: the mixer drew the original for {drawn:.4f} of {mixture['draws']} draws, outside p +- {coin:.4f} "
-                         f"(binomial, z={Z_SCORE:g}); nothing published")
+        raise LabelError(
+            f"{label}: the mixer drew the original for {drawn:.4f} of {mixture['draws']} draws, outside p +- {coin:.4f} "
+            f"(binomial, z={Z_SCORE:g}); nothing published"
+        )
     realised, noise = mixture["realised_original_fraction"], mixture["tolerance"]["realised"]
     if realised is None or noise is None:
         return
     fallback_share = (mixture["fallbacks"]["to_original"] + mixture["fallbacks"]["to_recap"]) / read if read else 0.0
     if abs(realised - p) > noise + fallback_share:
-        raise LabelError(f"{label}: realised original fraction {realised:.4f} over {mixture['samples_trained']} trained samples is "
-                         f"outside p +- {noise + fallback_share:.4f} (binomial z={Z_SCORE:g} {noise:.4f} + fallback share "
-                         f"{fallback_share:.4f}); nothing published")
+        raise LabelError(
+            f"{label}: realised original fraction {realised:.4f} over {mixture['samples_trained']} trained samples is "
+            f"outside p +- {noise + fallback_share:.4f} (binomial z={Z_SCORE:g} {noise:.4f} + fallback share "
+            f"{fallback_share:.4f}); nothing published"
+        )
 
 
 FIELD_CHECK_SAMPLES = 1000  # samples read from the first shards before training to check the layout's fields
@@ -139,7 +176,14 @@ def field_presence(urls: Iterable[str], layout: Any, limit: int = FIELD_CHECK_SA
     from captiondata.decode import BadSample, decode_json
     from captiondata.reader import raw_samples
 
-    out: Dict[str, Any] = {"read": 0, "no_original": 0, "no_recaption": 0, "members": {}, "json_fields": {}, "first_shard": None}
+    out: Dict[str, Any] = {
+        "read": 0,
+        "no_original": 0,
+        "no_recaption": 0,
+        "members": {},
+        "json_fields": {},
+        "first_shard": None,
+    }
     for raw in raw_samples(urls, SampleCounters(max_workers=0)):
         out["first_shard"] = out["first_shard"] or raw["__url__"]
         out["read"] += 1
@@ -164,8 +208,13 @@ def field_presence(urls: Iterable[str], layout: Any, limit: int = FIELD_CHECK_SA
     return out
 
 
-def check_fields(presence: Dict[str, Any], layout: Any, needed: Dict[str, bool], min_coverage: float = MIN_COVERAGE,
-                 failures: Optional[Dict[str, int]] = None) -> None:
+def check_fields(
+    presence: Dict[str, Any],
+    layout: Any,
+    needed: Dict[str, bool],
+    min_coverage: float = MIN_COVERAGE,
+    failures: Optional[Dict[str, int]] = None,
+) -> None:
     """ConfigError when a caption source the label needs is missing in more than ``1 - min_coverage`` of the samples
     ``field_presence`` read: one line naming the layout field, the counts, and the members and JSON fields the samples
     have (img2dataset writes the alt-text to ``.txt`` and ``json.caption``: ``data/layout=img2dataset``)."""
@@ -182,9 +231,17 @@ def check_fields(presence: Dict[str, Any], layout: Any, needed: Dict[str, bool],
             continue
         specs = [layout.original] if source == "original" else list(layout.recaptions)
         looked = " or ".join(_describe(s) for s in specs) or "nothing (data.layout.recaptions is empty)"
-        hint = ("; img2dataset writes the alt-text to .txt and json.caption: use data/layout=img2dataset (or "
-                "recap_datacomp_img2dataset)") if "caption" in presence["json_fields"] else ""
+        hint = (
+            (
+                "; img2dataset writes the alt-text to .txt and json.caption: use data/layout=img2dataset (or "
+                "recap_datacomp_img2dataset)"
+            )
+            if "caption" in presence["json_fields"]
+            else ""
+        )
         because = f"; recaption failures: {by_count(failures)}" if source == "recaption" and failures else ""
-        raise ConfigError(f"data.layout: the {source} caption ({looked}) is missing or empty in {missing} of {read} samples read from "
-                          f"{presence['first_shard']} (min_coverage={min_coverage:g}); the samples have members {have} and JSON fields "
-                          f"{fields}{hint}{because}")
+        raise ConfigError(
+            f"data.layout: the {source} caption ({looked}) is missing or empty in {missing} of {read} samples read from "
+            f"{presence['first_shard']} (min_coverage={min_coverage:g}); the samples have members {have} and JSON fields "
+            f"{fields}{hint}{because}"
+        )

@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional
 import webdataset as wds
 from PIL import Image
 
-from harness_infra.atomic import AtomicFile, atomic_write_bytes, atomic_write_json, file_sha256
 from captiondata.records import Record
+from harness_infra.atomic import AtomicFile, atomic_write_bytes, atomic_write_json, file_sha256
 
 
 def encode_image(image: Any, ext: str, quality: int = 95) -> bytes:
@@ -62,14 +62,22 @@ class ShardWriter:
     (shard names, sizes, sha256, sample counts) last.
     """
 
-    def __init__(self, folder: str, prefix: str, max_count: int = 1000, overwrite: bool = False, clip_benchmark: bool = False) -> None:
+    def __init__(
+        self, folder: str, prefix: str, max_count: int = 1000, overwrite: bool = False, clip_benchmark: bool = False
+    ) -> None:
         if max_count <= 0:
             raise ValueError(f"max_count={max_count} must be positive")
         os.makedirs(folder, exist_ok=True)
-        existing = sorted(f for f in os.listdir(folder) if (f.startswith(prefix + "-") and f.endswith((".tar", "-manifest.json")))
-                          or (clip_benchmark and _CB_MEMBER.fullmatch(f)))
+        existing = sorted(
+            f
+            for f in os.listdir(folder)
+            if (f.startswith(prefix + "-") and f.endswith((".tar", "-manifest.json")))
+            or (clip_benchmark and _CB_MEMBER.fullmatch(f))
+        )
         if existing and not overwrite:
-            raise FileExistsError(f"{folder} already holds {prefix} shards ({existing[0]}, ...); pass overwrite=True to replace them")
+            raise FileExistsError(
+                f"{folder} already holds {prefix} shards ({existing[0]}, ...); pass overwrite=True to replace them"
+            )
         for name in existing:
             os.unlink(os.path.join(folder, name))
         self.folder, self.prefix, self.max_count, self.clip_benchmark = folder, prefix, max_count, clip_benchmark
@@ -93,7 +101,14 @@ class ShardWriter:
         self._writer.close()  # webdataset's TarWriter leaves the file it was given open
         self._file.commit()
         final = self._file.path
-        self.shards.append({"name": os.path.basename(final), "count": self._count, "bytes": os.path.getsize(final), "sha256": file_sha256(final)})
+        self.shards.append(
+            {
+                "name": os.path.basename(final),
+                "count": self._count,
+                "bytes": os.path.getsize(final),
+                "sha256": file_sha256(final),
+            }
+        )
         self._writer, self._file = None, None
 
     def write(self, record: Record) -> None:
@@ -136,7 +151,6 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
 
 
 def write_raw_shard(path: str, samples: Iterable[Dict[str, Any]]) -> Dict[str, Any]:

@@ -84,7 +84,9 @@ def clear_partial_files(folder: str, name: str = "", recursive: bool = False) ->
     file would be removed too. A missing folder removes nothing.
     """
     pattern = TMP_PREFIX + "*" + glob.escape(name) + "*"
-    where = os.path.join(glob.escape(folder), "**", pattern) if recursive else os.path.join(glob.escape(folder), pattern)
+    where = (
+        os.path.join(glob.escape(folder), "**", pattern) if recursive else os.path.join(glob.escape(folder), pattern)
+    )
     removed = 0
     for leftover in glob.glob(where, recursive=recursive):
         if os.path.isfile(leftover):

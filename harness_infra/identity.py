@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # torch is imported where a model is fingerprinted, so config
 
 def sha256_json(obj: Any) -> str:
     """sha256 hex digest of ``obj`` serialised as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+    ).hexdigest()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -73,7 +75,9 @@ def file_sha256(path: str) -> str:
         return hit
     started = time.time_ns()
     with open(path, "rb") as handle:  # small files in one read (file_digest zero-fills a 256 KiB buffer per call)
-        digest = (hashlib.sha256(handle.read()) if stat.st_size <= 1 << 20 else hashlib.file_digest(handle, "sha256")).hexdigest()
+        digest = (
+            hashlib.sha256(handle.read()) if stat.st_size <= 1 << 20 else hashlib.file_digest(handle, "sha256")
+        ).hexdigest()
     if started - max(stat.st_mtime_ns, stat.st_ctime_ns) > RACY_NS:
         with _SHA256_MEMO_LOCK:
             if len(_SHA256_MEMO) >= SHA256_MEMO_MAX:
@@ -84,7 +88,7 @@ def file_sha256(path: str) -> str:
 
 def is_remote(path: str) -> bool:
     """True for a URL with a scheme other than file:// (``s3://``, ``https://``, ...) and for a ``pipe:`` command."""
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = path[len("file://") :] if path.startswith("file://") else path
     return "://" in local or local.startswith("pipe:")
 
 
@@ -95,15 +99,24 @@ def file_identity(path: str, root: Optional[str] = None, mtime: bool = False, co
     """
     if is_remote(path):
         return [path, -1]
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = path[len("file://") :] if path.startswith("file://") else path
     prefix = root.rstrip(os.sep) + os.sep if root else ""
-    rest = local[len(prefix):] if root and local.startswith(prefix) else ""
-    if rest and os.path.isabs(local) == os.path.isabs(root) and os.sep + "." not in os.sep + rest and os.sep * 2 not in os.sep + rest:
+    rest = local[len(prefix) :] if root and local.startswith(prefix) else ""
+    if (
+        rest
+        and os.path.isabs(local) == os.path.isabs(root)
+        and os.sep + "." not in os.sep + rest
+        and os.sep * 2 not in os.sep + rest
+    ):
         name = rest  # what relpath returns for a plain path under root, without its normalisation cost
     else:
         name = os.path.relpath(local, root) if root else os.path.basename(local)
     stat = os.stat(local)
-    return [name.replace(os.sep, "/"), stat.st_size] + ([stat.st_mtime_ns] if mtime else []) + ([file_sha256(local)] if content else [])
+    return (
+        [name.replace(os.sep, "/"), stat.st_size]
+        + ([stat.st_mtime_ns] if mtime else [])
+        + ([file_sha256(local)] if content else [])
+    )
 
 
 def files_fingerprint(paths: Iterable[str], root: Optional[str] = None) -> str:

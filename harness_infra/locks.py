@@ -18,7 +18,9 @@ import fcntl
 import os
 from typing import Dict, Iterator, Tuple
 
-_HELD: Dict[Tuple[int, str], int] = {}  # (pid, real path) -> nesting depth; the pid keeps a forked child from inheriting
+_HELD: Dict[
+    Tuple[int, str], int
+] = {}  # (pid, real path) -> nesting depth; the pid keeps a forked child from inheriting
 
 
 @contextlib.contextmanager

@@ -52,16 +52,26 @@ class Progress:
     monotonic; default ``now_s``) and ``every_s`` (default ``EVERY_S``) set the log lines' timing. Use as a context manager or
     call ``close``; the closing log line says the count, the rate and the time taken."""
 
-    def __init__(self, desc: str, total: Optional[int] = None, unit: str = "it", every_s: Optional[float] = None,
-                 enabled: Optional[bool] = None, stream: Optional[TextIO] = None,
-                 clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(
+        self,
+        desc: str,
+        total: Optional[int] = None,
+        unit: str = "it",
+        every_s: Optional[float] = None,
+        enabled: Optional[bool] = None,
+        stream: Optional[TextIO] = None,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
         self.desc, self.total, self.unit = desc, total, unit
         self.every_s = EVERY_S if every_s is None else every_s
         self.clock = now_s if clock is None else clock
         self.enabled = is_main() if enabled is None else enabled
         stream = sys.stderr if stream is None else stream
-        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=stream, unit_scale=False) \
-            if self.enabled and on_terminal(stream) else None
+        self.bar = (
+            tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=stream, unit_scale=False)
+            if self.enabled and on_terminal(stream)
+            else None
+        )
         self.count = 0
         self.started = self.last_line = self.clock()
         self.closed = False

@@ -69,8 +69,13 @@ def wait_until(done: Callable[[], bool], what: str, timeout_s: float = DEFAULT_W
         time.sleep(poll_s)
 
 
-def rank0_builds(build: Callable[[], T], done: Callable[[], bool], read: Callable[[], T], what: str,
-                 timeout_s: float = DEFAULT_WAIT_S) -> T:
+def rank0_builds(
+    build: Callable[[], T],
+    done: Callable[[], bool],
+    read: Callable[[], T],
+    what: str,
+    timeout_s: float = DEFAULT_WAIT_S,
+) -> T:
     """Rank 0 runs ``build()`` (which must make ``done()`` true, marker last) and returns its value; every other
     rank waits for ``done()`` and returns ``read()``. ``what`` names the output in the timeout message."""
     if is_main():

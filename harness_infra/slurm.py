@@ -20,8 +20,8 @@ from typing import List, Mapping, Optional
 
 from harness_infra.errors import ConfigError
 
-DEFAULT_PORT = 29500          # torchrun's default master port, for a SLURM job without SLURM_JOB_ID
-PORT_BASE, PORT_SPAN = 20000, 20000   # the port of job J is 20000 + J % 20000 (in [20000, 40000))
+DEFAULT_PORT = 29500  # torchrun's default master port, for a SLURM job without SLURM_JOB_ID
+PORT_BASE, PORT_SPAN = 20000, 20000  # the port of job J is 20000 + J % 20000 (in [20000, 40000))
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
 
 
@@ -101,5 +101,7 @@ def rendezvous(environ: Optional[Mapping[str, str]] = None) -> str:
     environ = os.environ if environ is None else environ
     addr = master_addr(environ)
     if addr is None:
-        raise ConfigError("SLURM_NTASKS > 1 but neither MASTER_ADDR nor SLURM_JOB_NODELIST is set: start the tasks with srun")
+        raise ConfigError(
+            "SLURM_NTASKS > 1 but neither MASTER_ADDR nor SLURM_JOB_NODELIST is set: start the tasks with srun"
+        )
     return f"tcp://{addr}:{master_port(environ)}"

@@ -44,8 +44,11 @@ def key_fields(obj: Any, builder: bool = False) -> Any:
     """The canonical part of a config that determines a stage's output: fields with ``key=True`` (and with
     ``key="build"`` when ``builder``), recursing into nested dataclasses, lists and dicts."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: key_fields(getattr(obj, f.name), builder) for f in dataclasses.fields(obj)
-                if key_role(f) is True or (builder and key_role(f) == "build")}
+        return {
+            f.name: key_fields(getattr(obj, f.name), builder)
+            for f in dataclasses.fields(obj)
+            if key_role(f) is True or (builder and key_role(f) == "build")
+        }
     if isinstance(obj, dict):
         return {str(k): key_fields(v, builder) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
@@ -75,8 +78,11 @@ def complete_folders(out_root: str, stage: str, label: str) -> List[str]:
     folder = os.path.join(out_root, stage)
     pattern = re.compile(re.escape(label) + f"-[0-9a-f]{{{HASH_LENGTH}}}")
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    return [os.path.abspath(os.path.join(folder, name)) for name in names
-            if pattern.fullmatch(name) and os.path.isfile(os.path.join(folder, name, MARKER))]
+    return [
+        os.path.abspath(os.path.join(folder, name))
+        for name in names
+        if pattern.fullmatch(name) and os.path.isfile(os.path.join(folder, name, MARKER))
+    ]
 
 
 class StageDir:

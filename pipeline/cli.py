@@ -44,7 +44,20 @@ from pipeline.schema import validate
 
 log = logging.getLogger("pipeline")
 USAGE = "usage: python -m evals.run [-m] [--traceback] +experiment=NAME [key=value ...]   (--help lists config groups)"
-HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p", "--shell-completion", "-sc")
+HYDRA_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--package",
+    "-p",
+    "--shell-completion",
+    "-sc",
+)
 USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, HydraException, OmegaConfBaseException)
 
 
@@ -55,7 +68,11 @@ def debug_last(argv: List[str]) -> List[str]:
     debug = ["+" + a.lstrip("+") for a in argv if a.lstrip("+").startswith("debug=")]
     rest = [a for a in argv if not a.lstrip("+").startswith("debug=")]
     experiment = [i for i, a in enumerate(rest) if a.lstrip("+").startswith("experiment=")]
-    at = experiment[-1] + 1 if experiment else next((i for i, a in enumerate(argv) if a.lstrip("+").startswith("debug=")), 0)
+    at = (
+        experiment[-1] + 1
+        if experiment
+        else next((i for i, a in enumerate(argv) if a.lstrip("+").startswith("debug=")), 0)
+    )
     return rest[:at] + debug + rest[at:]
 
 
@@ -95,7 +112,9 @@ def run_job(cfg: DictConfig) -> Dict[str, Any]:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
-    except LabelError as exc:  # the run did not do what its label says (realised mixture, coverage, lost samples): exit 4
+    except (
+        LabelError
+    ) as exc:  # the run did not do what its label says (realised mixture, coverage, lost samples): exit 4
         if os.environ.get("RECAP_TRACEBACK") == "1":
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
@@ -122,7 +141,12 @@ def walk(cfg: DictConfig) -> Dict[str, Any]:
     resolved = canonical(harness)  # what the stages use: each eval task typed by its kind, with that kind's defaults
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     p_text = "n/a (concat)" if harness.mix.p_original is None else f"{harness.mix.p_original:g}"
-    log.info("experiment %s: p = %s (probability of the ORIGINAL caption), strategy %s", harness.experiment, p_text, harness.mix.strategy)
+    log.info(
+        "experiment %s: p = %s (probability of the ORIGINAL caption), strategy %s",
+        harness.experiment,
+        p_text,
+        harness.mix.strategy,
+    )
     started = time.perf_counter()
     outcome = run_experiment(harness, resolved, overrides)
     if is_main():
@@ -158,13 +182,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        unknown = [a for a in argv if a.startswith("-") and a not in ("-m", "--multirun") and a.split("=")[0] not in HYDRA_FLAGS]
+        unknown = [
+            a
+            for a in argv
+            if a.startswith("-") and a not in ("-m", "--multirun") and a.split("=")[0] not in HYDRA_FLAGS
+        ]
         if unknown and not hydra_only:
             raise ConfigError(f"unknown option {unknown[0]!r}; {USAGE}")
-        inspect = [a.split("=")[0] for a in argv if a.split("=")[0] in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
+        inspect = [
+            a.split("=")[0]
+            for a in argv
+            if a.split("=")[0] in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+        ]
         if multirun and inspect:  # Hydra raises a ValueError with a stack for this pair
             flag = inspect[0]
-            raise ConfigError(f"{flag} inspects one job, -m runs a sweep: drop -m and give one value per key (e.g. mix.p=0) to inspect a sweep's job")
+            raise ConfigError(
+                f"{flag} inspects one job, -m runs a sweep: drop -m and give one value per key (e.g. mix.p=0) to inspect a sweep's job"
+            )
         if not hydra_only:
             prevalidate(overrides, multirun)
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors reach the handler below instead of Hydra's report

@@ -104,7 +104,9 @@ def _load_dit(export_dir: str, device: str) -> ImageGenerator:
     from train_dit.sample import DitPipeline
 
     pipeline = DitPipeline.from_pretrained(export_dir, device)
-    return ImageGenerator(pipeline, description={"export_dir": export_dir, **pipeline.description}, evaluator_loader=_load_clip)
+    return ImageGenerator(
+        pipeline, description={"export_dir": export_dir, **pipeline.description}, evaluator_loader=_load_clip
+    )
 
 
 def _dit_features(cfg: Any, data: Any) -> FeaturesInfo:
@@ -120,10 +122,19 @@ def _dit_features(cfg: Any, data: Any) -> FeaturesInfo:
     space = ImageSpace(cfg.model.image_space, device, seed=cfg.train.seed)
     space.check(cfg.model)
     cache_dir = feature_cache_dir(cfg)
-    store = ensure_features(data, cfg.mix, text, space, cfg.model.image_size, cfg.train.flip, cache_dir, cfg.train.feature_batch_size)
-    return FeaturesInfo(cache_dir=os.path.abspath(cache_dir), images=len(store.images.keys), texts=len(store.index),
-                        bytes=store.nbytes(), bytes_per_million_images=bytes_per_million(store),
-                        x0_shape=list(store.images.features.shape[1:]), text_dim=text.dim, skipped=store.skipped)
+    store = ensure_features(
+        data, cfg.mix, text, space, cfg.model.image_size, cfg.train.flip, cache_dir, cfg.train.feature_batch_size
+    )
+    return FeaturesInfo(
+        cache_dir=os.path.abspath(cache_dir),
+        images=len(store.images.keys),
+        texts=len(store.index),
+        bytes=store.nbytes(),
+        bytes_per_million_images=bytes_per_million(store),
+        x0_shape=list(store.images.features.shape[1:]),
+        text_dim=text.dim,
+        skipped=store.skipped,
+    )
 
 
 def _open_dit(export_dir: str, device: str, use_ema: bool) -> Any:
@@ -135,21 +146,43 @@ def _open_dit(export_dir: str, device: str, use_ema: bool) -> Any:
 
 def _dit_sample(name: str) -> Callable[..., Any]:
     """``train_dit.sample.{name}``, imported when called."""
+
     def call(*args: Any, **kwargs: Any) -> Any:
         from train_dit import sample
 
         return getattr(sample, name)(*args, **kwargs)
+
     return call
 
 
-DIT_SAMPLING = Sampling(open=_open_dit, write_samples=_dit_sample("write_samples"), write_grid=_dit_sample("write_grid"),
-                        prompts_from_records=_dit_sample("prompts_from_records"))
+DIT_SAMPLING = Sampling(
+    open=_open_dit,
+    write_samples=_dit_sample("write_samples"),
+    write_grid=_dit_sample("write_grid"),
+    prompts_from_records=_dit_sample("prompts_from_records"),
+)
 
-FAMILIES: Dict[str, Family] = {family.name: family for family in (
-    Family("clip", ClipModelConfig, TrainConfig, EMBEDDER, _train_clip, _load_clip, prepare_recipe, table_kind="clip"),
-    Family("dit", DitModelConfig, DitTrainConfig, GENERATOR, _train_dit, _load_dit, prepare_recipe, table_kind="t2i",
-           stages=(*COMMON_STAGES, "features", "sample"), build_features=_dit_features, sampling=DIT_SAMPLING),
-)}
+FAMILIES: Dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "clip", ClipModelConfig, TrainConfig, EMBEDDER, _train_clip, _load_clip, prepare_recipe, table_kind="clip"
+        ),
+        Family(
+            "dit",
+            DitModelConfig,
+            DitTrainConfig,
+            GENERATOR,
+            _train_dit,
+            _load_dit,
+            prepare_recipe,
+            table_kind="t2i",
+            stages=(*COMMON_STAGES, "features", "sample"),
+            build_features=_dit_features,
+            sampling=DIT_SAMPLING,
+        ),
+    )
+}
 
 
 def family_of(cfg: Any) -> Family:

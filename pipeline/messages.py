@@ -30,13 +30,17 @@ def explain(exc: BaseException) -> str:
 def valid_keys_hint(cause: BaseException) -> str:
     """For a key that is not in the config ("Key 'pp' not in 'MixConfig'"): the keys its parent has and the closest
     one (" (mix has: strategy, p, seed, concat_separator; did you mean mix.p?)"); else ""."""
-    parent, key, full_key = getattr(cause, "parent_node", None), getattr(cause, "key", None), getattr(cause, "full_key", None)
+    parent, key, full_key = (
+        getattr(cause, "parent_node", None),
+        getattr(cause, "key", None),
+        getattr(cause, "full_key", None),
+    )
     if not isinstance(parent, DictConfig) or not isinstance(key, str) or "not in" not in str(cause):
         return ""
     keys = [str(k) for k in parent.keys() if k != "hydra"]
     if key in keys or not keys:
         return ""
-    prefix = str(full_key)[:-len(key)] if full_key and str(full_key).endswith(key) else ""
+    prefix = str(full_key)[: -len(key)] if full_key and str(full_key).endswith(key) else ""
     close = difflib.get_close_matches(key, keys, n=1)
     guess = f"; did you mean {prefix}{close[0]}?" if close else ""
     return f" ({prefix.rstrip('.') or 'the config'} has: {', '.join(keys)}{guess})"

@@ -21,7 +21,9 @@ from harness_infra.stagecache import canonical
 from pipeline.messages import explain
 from pipeline.schema import HarnessConfig, validate
 
-CONF_DIR = os.environ.get("RECAP_CONF_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf"))
+CONF_DIR = os.environ.get(
+    "RECAP_CONF_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+)
 
 
 def experiment_names() -> List[str]:
@@ -40,9 +42,11 @@ def check_experiment(overrides: List[str]) -> None:
         for name in value.split(","):
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1)
-                raise ConfigError(f"unknown experiment {name!r}; choose one of {', '.join(names)}"
-                                  + (f" (did you mean {close[0]}?)" if close else "")
-                                  + ("" if key.startswith("+") else f"; to name a run of the base config, write run.name={name}"))
+                raise ConfigError(
+                    f"unknown experiment {name!r}; choose one of {', '.join(names)}"
+                    + (f" (did you mean {close[0]}?)" if close else "")
+                    + ("" if key.startswith("+") else f"; to name a run of the base config, write run.name={name}")
+                )
             require(key.startswith("+"), f"{override}: experiments are added to the config, write +experiment={value}")
 
 
@@ -52,14 +56,19 @@ def require_experiment(overrides: List[str], harness: HarnessConfig) -> None:
     mix.p=0.5`` would train and publish a run called "default"; building shards alone (``run.stop_after=data``) needs
     none. ``run.name`` with an experiment is refused (the experiment labels its runs)."""
     keys = {o.partition("=")[0].lstrip("+") for o in overrides}
-    require(not {"experiment", "run.name"} <= keys, "run.name names a run composed without an experiment; "
-                                                     "+experiment=NAME labels its runs itself: drop one")
+    require(
+        not {"experiment", "run.name"} <= keys,
+        "run.name names a run composed without an experiment; +experiment=NAME labels its runs itself: drop one",
+    )
     if keys & {"experiment", "run.name"}:
         return
     stages = harness.run.stages
-    walked = stages[:stages.index(harness.run.stop_after) + 1] if harness.run.stop_after else stages
-    require(walked == ["data"], f"no experiment chosen: add +experiment=NAME, one of {', '.join(experiment_names())} "
-                                f"(or, to train the base config composed from groups, name the run: run.name=NAME)")
+    walked = stages[: stages.index(harness.run.stop_after) + 1] if harness.run.stop_after else stages
+    require(
+        walked == ["data"],
+        f"no experiment chosen: add +experiment=NAME, one of {', '.join(experiment_names())} "
+        f"(or, to train the base config composed from groups, name the run: run.name=NAME)",
+    )
 
 
 def parse_overrides(overrides: List[str]) -> List[Any]:
@@ -74,14 +83,18 @@ def parse_overrides(overrides: List[str]) -> List[Any]:
                 parser.parse_overrides([override])
             except OverrideParseException as exc:
                 key, _, value = override.partition("=")
-                raise ConfigError(f"{override}: Hydra's override grammar rejects this value ({one_line(exc)}); quote it for "
-                                  f"Hydra inside the shell's quotes: '{key}=\"{value}\"'") from None
+                raise ConfigError(
+                    f"{override}: Hydra's override grammar rejects this value ({one_line(exc)}); quote it for "
+                    f"Hydra inside the shell's quotes: '{key}=\"{value}\"'"
+                ) from None
         raise
     for before, override in zip(parsed, parsed[1:]):  # Hydra keeps the last of repeated keys, so a shell's expansion of
-        key = override.get_key_element()             # unquoted braces or a glob (adjacent words) would train on one shard
+        key = override.get_key_element()  # unquoted braces or a glob (adjacent words) would train on one shard
         if key == before.get_key_element() and override.input_line != before.input_line:
-            raise ConfigError(f"{key} is given twice in a row ({before.input_line}, {override.input_line}): the shell expanded "
-                              f"unquoted braces or a glob into one word per value; quote the override, '{key}=\"...\"'")
+            raise ConfigError(
+                f"{key} is given twice in a row ({before.input_line}, {override.input_line}): the shell expanded "
+                f"unquoted braces or a glob into one word per value; quote the override, '{key}=\"...\"'"
+            )
     return parsed
 
 
@@ -107,8 +120,10 @@ def sweep_jobs(overrides: List[str], multirun: bool) -> List[List[str]]:
         elif override.is_discrete_sweep():
             choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise ConfigError(f"{override.input_line}: the basic sweeper expands only discrete sweeps (a,b,c; range; choice); "
-                              "use a sweeper plugin (hydra/sweeper=...) for an interval")
+            raise ConfigError(
+                f"{override.input_line}: the basic sweeper expands only discrete sweeps (a,b,c; range; choice); "
+                "use a sweeper plugin (hydra/sweeper=...) for an interval"
+            )
     return [list(job) for job in itertools.product(*choices.values())]
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
-from harness_infra.provenance import provenance
 from evals.results.records import read_per_query, read_record, records_lock, write_record
 from harness_infra.locks import exclusive
+from harness_infra.provenance import provenance
 from harness_infra.stagecache import content_hash
 from pipeline.infos import EvalInfo, StageInfo
 
@@ -23,14 +23,21 @@ def recaption_section(infos: Dict[str, StageInfo]) -> Optional[Dict[str, Any]]:
     info = infos.get("recaption")
     if info is None:
         return None
-    return {split: {"samples": stats["samples"], "with_recaption": stats["with_recaption"],
-                    "coverage": stats["with_recaption"] / stats["samples"] if stats["samples"] else None,
-                    "failed": stats["failed"], "input_skipped": stats.get("input_skipped", {})}
-            for split, stats in (info.splits or {}).items()}
+    return {
+        split: {
+            "samples": stats["samples"],
+            "with_recaption": stats["with_recaption"],
+            "coverage": stats["with_recaption"] / stats["samples"] if stats["samples"] else None,
+            "failed": stats["failed"],
+            "input_skipped": stats.get("input_skipped", {}),
+        }
+        for split, stats in (info.splits or {}).items()
+    }
 
 
-def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo],
-                eval_info: EvalInfo) -> Dict[str, Any]:
+def run_section(
+    cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo], eval_info: EvalInfo
+) -> Dict[str, Any]:
     """What ran, how, on what, where and how long: attached to every record of the run. ``p`` is the label,
     ``realised_p`` the share of trained samples whose text was the original, ``mixture`` the checked mixture
     (``captiondata.realised``: coverage, fallbacks, tolerances), ``recaption`` the recaptioner's coverage and failures."""
@@ -63,8 +70,9 @@ def run_section(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos:
     }
 
 
-def publish_records(cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo],
-                    eval_info: EvalInfo) -> List[str]:
+def publish_records(
+    cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo], eval_info: EvalInfo
+) -> List[str]:
     """Copy each eval record (and its per-query sidecar) into results/records; never overwrite.
 
     A record already published from the same eval stage output is left alone; a re-evaluation is

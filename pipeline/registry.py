@@ -24,8 +24,15 @@ from pipeline.infos import StageInfo
 T = TypeVar("T", bound=StageInfo)
 
 RANK_POLICIES = ("rank0_builds", "all", "rank0")
-STAGE_MODULES = ("pipeline.stages.data", "pipeline.stages.recaption", "pipeline.stages.features", "pipeline.stages.train",
-                 "pipeline.stages.sample", "pipeline.stages.eval", "pipeline.stages.tables")
+STAGE_MODULES = (
+    "pipeline.stages.data",
+    "pipeline.stages.recaption",
+    "pipeline.stages.features",
+    "pipeline.stages.train",
+    "pipeline.stages.sample",
+    "pipeline.stages.eval",
+    "pipeline.stages.tables",
+)
 
 
 @dataclass
@@ -83,7 +90,9 @@ class Stage:
         if self.ranks not in RANK_POLICIES:
             raise ValueError(f"stage {self.name}: ranks={self.ranks!r}; choose one of {', '.join(RANK_POLICIES)}")
         if self.output.STAGE != self.name:
-            raise ValueError(f"stage {self.name}: output {self.output.__name__} is the output of stage {self.output.STAGE!r}")
+            raise ValueError(
+                f"stage {self.name}: output {self.output.__name__} is the output of stage {self.output.STAGE!r}"
+            )
 
 
 def _load() -> Dict[str, Stage]:
@@ -112,5 +121,8 @@ def check_stage_list(names: List[str]) -> None:
         require(name not in names[:index], f"run.stages lists {name!r} twice")
         missing = [need for need in registry[name].needs if need not in names[:index]]
         require(not missing, f"run.stages: {name!r} needs {', '.join(missing)} before it")
-        late = [other for other in registry[name].after if other in names[index + 1:]]
-        require(not late, f"run.stages: {name!r} reads the output of {', '.join(late)}, so {', '.join(late)} must come before it")
+        late = [other for other in registry[name].after if other in names[index + 1 :]]
+        require(
+            not late,
+            f"run.stages: {name!r} reads the output of {', '.join(late)}, so {', '.join(late)} must come before it",
+        )

@@ -60,7 +60,11 @@ def run_cached(ctx: RunContext, stage: Stage, step: str) -> StageInfo:
     if stage.ranks == "rank0_builds":
         return rank0_builds(build, folder.complete, read, what=folder.marker)
     if stage.ranks == "all" and not is_main():  # a collective stage: every rank works, rank 0 writes the marker
-        return read() if folder.complete() and is_settled() else timed(lambda: stage.run(ctx, folder.path)).replace(hash=folder.hash, out_dir=folder.path)
+        return (
+            read()
+            if folder.complete() and is_settled()
+            else timed(lambda: stage.run(ctx, folder.path)).replace(hash=folder.hash, out_dir=folder.path)
+        )
     return build()
 
 
@@ -78,7 +82,7 @@ def run_experiment(cfg: Any, resolved: Dict[str, Any], overrides: List[str]) -> 
     ctx = RunContext(cfg, resolved, overrides)
     names = cfg.run.stages
     last = names.index(cfg.run.stop_after) if cfg.run.stop_after else len(names) - 1
-    for index, name in enumerate(names[:last + 1]):
+    for index, name in enumerate(names[: last + 1]):
         stage = registry[name]
         if stage.ranks == "rank0" and not is_main():
             break

@@ -21,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from captiondata.config import DataConfig, MixConfig
 from evals.tasks.config import EvalConfig
-from recaption.config import RecaptionConfig
 from harness_infra.errors import ConfigError, one_line, require
 from pipeline.families import FAMILIES
+from recaption.config import RecaptionConfig
 
 DEFAULT_STAGES = ["data", "train", "eval", "tables"]
 
@@ -50,8 +50,14 @@ class RunConfig:
     name: str = "default"
 
     def __post_init__(self) -> None:  # the stage names themselves are checked by ``validate`` (importing the stages)
-        require(self.rerun in (None, *self.stages), f"run.rerun={self.rerun!r} is not one of run.stages ({', '.join(self.stages)})")
-        require(self.stop_after in (None, *self.stages), f"run.stop_after={self.stop_after!r} is not one of run.stages ({', '.join(self.stages)})")
+        require(
+            self.rerun in (None, *self.stages),
+            f"run.rerun={self.rerun!r} is not one of run.stages ({', '.join(self.stages)})",
+        )
+        require(
+            self.stop_after in (None, *self.stages),
+            f"run.stop_after={self.stop_after!r} is not one of run.stages ({', '.join(self.stages)})",
+        )
 
 
 @dataclass
@@ -119,9 +125,11 @@ def check_known_keys(cfg: DictConfig) -> None:
     kind = OmegaConf.get_type(node)
     names = [f.name for f in dataclasses.fields(kind)]
     close = difflib.get_close_matches(key, names, n=1)
-    raise ConfigError(f"{found} is not a key of {kind.__name__} ({parent or 'the config'} has: {', '.join(names)}"
-                      + (f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else "")
-                      + "); Hydra's + adds keys only where the typed config allows them")
+    raise ConfigError(
+        f"{found} is not a key of {kind.__name__} ({parent or 'the config'} has: {', '.join(names)}"
+        + (f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else "")
+        + "); Hydra's + adds keys only where the typed config allows them"
+    )
 
 
 def validate(cfg: DictConfig) -> HarnessConfig:
@@ -137,7 +145,9 @@ def validate(cfg: DictConfig) -> HarnessConfig:
     except ValueError as exc:  # a __post_init__ re-wrapped by OmegaConf
         raise ConfigError(one_line(exc)) from None
     if not isinstance(harness, HarnessConfig):
-        raise ConfigError("the composed config is not a HarnessConfig; does conf/config.yaml list harness_schema first?")
+        raise ConfigError(
+            "the composed config is not a HarnessConfig; does conf/config.yaml list harness_schema first?"
+        )
     from pipeline.registry import check_stage_list, stages  # imports the stage modules, so not at schema registration
 
     check_stage_list(harness.run.stages)
@@ -145,11 +155,17 @@ def validate(cfg: DictConfig) -> HarnessConfig:
     require(family is not None, f"trainer={harness.trainer!r} is unknown; choose one of {', '.join(FAMILIES)}")
     for group, expected in (("model", family.model_config), ("train", family.train_config)):
         value = getattr(harness, group)
-        require(isinstance(value, expected), f"{group}: a {type(value).__name__} is not a {expected.__name__} of trainer={family.name}; "
-                                             f"pick a {group}/ file that extends {family.name}_schema")
+        require(
+            isinstance(value, expected),
+            f"{group}: a {type(value).__name__} is not a {expected.__name__} of trainer={family.name}; "
+            f"pick a {group}/ file that extends {family.name}_schema",
+        )
     for name in harness.run.stages:
         owners = "|".join(other.name for other in FAMILIES.values() if name in other.stages)
-        require(name in family.stages, f"run.stages lists {name}, a stage trainer={family.name} does not run; drop it or set trainer={owners}")
+        require(
+            name in family.stages,
+            f"run.stages lists {name}, a stage trainer={family.name} does not run; drop it or set trainer={owners}",
+        )
         check = stages()[name].check
         if check is not None:
             check(harness)

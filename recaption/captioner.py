@@ -19,13 +19,13 @@ from PIL import Image
 
 FAILURE_REASONS = (
     "undecodable_image",  # the image member is missing, corrupt or over the pixel limit
-    "missing_original",   # a text-only rewrite with no alt-text to rewrite
-    "not_in_parquet",     # precomputed captions: no row for this key/sha256/url
-    "generation_error",   # the model raised while generating this batch
-    "server_error",       # an HTTP error after every retry (429, 5xx), another 4xx for this item, or a malformed response
-    "timeout",            # no answer within the timeout after every retry
-    "empty_output",       # generated text empty after stripping
-    "over_length",        # more words than recaption.max_words
+    "missing_original",  # a text-only rewrite with no alt-text to rewrite
+    "not_in_parquet",  # precomputed captions: no row for this key/sha256/url
+    "generation_error",  # the model raised while generating this batch
+    "server_error",  # an HTTP error after every retry (429, 5xx), another 4xx for this item, or a malformed response
+    "timeout",  # no answer within the timeout after every retry
+    "empty_output",  # generated text empty after stripping
+    "over_length",  # more words than recaption.max_words
 )
 TRANSIENT_FAILURES = ("generation_error", "server_error", "timeout")  # may succeed when tried again; the others cannot
 BACKENDS = {
@@ -76,8 +76,7 @@ class Captioner(Protocol):
 
     identity: Dict[str, Any]
 
-    def caption(self, items: List[Item]) -> List[Caption]:
-        ...
+    def caption(self, items: List[Item]) -> List[Caption]: ...
 
 
 def build_captioner(cfg: Any) -> Captioner:
@@ -88,9 +87,13 @@ def build_captioner(cfg: Any) -> Captioner:
 
 def generation_identity(cfg: Any) -> Dict[str, Any]:
     """The generation parameters every backend records: prompt, conditioning, greedy decoding, token cap."""
-    return {"prompt": cfg.prompt, "condition_on_original": cfg.condition_on_original,
-            "conditioned_prompt": cfg.conditioned_prompt if cfg.condition_on_original else None,
-            "decoding": "greedy", "max_new_tokens": cfg.max_new_tokens}
+    return {
+        "prompt": cfg.prompt,
+        "condition_on_original": cfg.condition_on_original,
+        "conditioned_prompt": cfg.conditioned_prompt if cfg.condition_on_original else None,
+        "decoding": "greedy",
+        "max_new_tokens": cfg.max_new_tokens,
+    }
 
 
 def finish_text(text: Optional[str], cfg: Any, tokens: int = 0, truncated: bool = False) -> Caption:

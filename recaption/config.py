@@ -15,10 +15,14 @@ from harness_infra.stagecache import setting
 
 BACKENDS = ("precomputed", "hf", "vllm", "openai", "coca", "rewrite")
 PAPER_PROMPT = "Please generate a detailed caption of this image. Please be as descriptive as possible."
-CONDITIONED_PROMPT = ("Please generate a detailed caption of this image. Please be as descriptive as possible. "
-                      "The image's web alt-text, which may be noisy or unrelated, is: \"{original}\"")
-REWRITE_PROMPT = ("Rewrite this image alt-text as one detailed, fluent caption of the image. Keep every fact it states and "
-                  "invent nothing. Alt-text: \"{original}\"")
+CONDITIONED_PROMPT = (
+    "Please generate a detailed caption of this image. Please be as descriptive as possible. "
+    'The image\'s web alt-text, which may be noisy or unrelated, is: "{original}"'
+)
+REWRITE_PROMPT = (
+    "Rewrite this image alt-text as one detailed, fluent caption of the image. Keep every fact it states and "
+    'invent nothing. Alt-text: "{original}"'
+)
 LAYOUT_MODES = ("replace", "add")
 JOIN_KEYS = ("key", "sha256", "url")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -106,22 +110,50 @@ class RecaptionConfig:
     precomputed: PrecomputedCaptions = field(default_factory=PrecomputedCaptions)
 
     def __post_init__(self) -> None:
-        require(bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
-                f"recaption.name={self.name!r} must be a non-empty member name of letters, digits, '_' or '-'")
-        require(self.backend in BACKENDS, f"recaption.backend={self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
-        require(self.backend == "precomputed" or bool(self.model), f"recaption.model must name the {self.backend} captioner (path, hub id or served name)")
-        require(self.backend != "precomputed" or bool(self.precomputed.parquet), "recaption.precomputed.parquet must list the Recap-DataComp parquet files")
-        require(self.precomputed.join_on in JOIN_KEYS, f"recaption.precomputed.join_on={self.precomputed.join_on!r} is unknown; choose one of {', '.join(JOIN_KEYS)}")
+        require(
+            bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
+            f"recaption.name={self.name!r} must be a non-empty member name of letters, digits, '_' or '-'",
+        )
+        require(
+            self.backend in BACKENDS,
+            f"recaption.backend={self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}",
+        )
+        require(
+            self.backend == "precomputed" or bool(self.model),
+            f"recaption.model must name the {self.backend} captioner (path, hub id or served name)",
+        )
+        require(
+            self.backend != "precomputed" or bool(self.precomputed.parquet),
+            "recaption.precomputed.parquet must list the Recap-DataComp parquet files",
+        )
+        require(
+            self.precomputed.join_on in JOIN_KEYS,
+            f"recaption.precomputed.join_on={self.precomputed.join_on!r} is unknown; choose one of {', '.join(JOIN_KEYS)}",
+        )
         require(self.max_new_tokens > 0, f"recaption.max_new_tokens={self.max_new_tokens} must be positive")
-        require(self.max_words is None or self.max_words > 0, f"recaption.max_words={self.max_words} must be positive or null")
+        require(
+            self.max_words is None or self.max_words > 0,
+            f"recaption.max_words={self.max_words} must be positive or null",
+        )
         require(self.batch_size > 0, f"recaption.batch_size={self.batch_size} must be positive")
         require(self.num_workers >= 0, f"recaption.num_workers={self.num_workers} must be >= 0")
-        require(self.precision in PRECISIONS, f"recaption.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
-        require(len(self.splits) > 0 and all(s in ("train", "val", "test") for s in self.splits),
-                f"recaption.splits={list(self.splits)} must list some of train, val, test")
-        require(self.layout_mode in LAYOUT_MODES, f"recaption.layout_mode={self.layout_mode!r} is unknown; choose replace or add")
+        require(
+            self.precision in PRECISIONS,
+            f"recaption.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}",
+        )
+        require(
+            len(self.splits) > 0 and all(s in ("train", "val", "test") for s in self.splits),
+            f"recaption.splits={list(self.splits)} must list some of train, val, test",
+        )
+        require(
+            self.layout_mode in LAYOUT_MODES,
+            f"recaption.layout_mode={self.layout_mode!r} is unknown; choose replace or add",
+        )
         require("{original}" in self.conditioned_prompt, "recaption.conditioned_prompt must contain {original}")
-        require(self.backend != "rewrite" or "{original}" in self.prompt, "recaption.prompt of the rewrite backend must contain {original} (the alt-text)")
+        require(
+            self.backend != "rewrite" or "{original}" in self.prompt,
+            "recaption.prompt of the rewrite backend must contain {original} (the alt-text)",
+        )
         require(self.engine in ("local", "ray"), f"recaption.engine={self.engine!r} is unknown; choose local or ray")
         require(0.0 <= self.min_coverage <= 1.0, f"recaption.min_coverage={self.min_coverage} must be in [0, 1]")
         require(self.ray_actors > 0, f"recaption.ray_actors={self.ray_actors} must be positive")
@@ -129,7 +161,10 @@ class RecaptionConfig:
         require(self.openai.max_retries >= 0, f"recaption.openai.max_retries={self.openai.max_retries} must be >= 0")
         require(self.openai.backoff_s >= 0, f"recaption.openai.backoff_s={self.openai.backoff_s} must be >= 0")
         require(self.openai.timeout_s > 0, f"recaption.openai.timeout_s={self.openai.timeout_s} must be positive")
-        require(self.openai.image_format in ("jpeg", "png"), f"recaption.openai.image_format={self.openai.image_format!r}: choose jpeg or png")
+        require(
+            self.openai.image_format in ("jpeg", "png"),
+            f"recaption.openai.image_format={self.openai.image_format!r}: choose jpeg or png",
+        )
 
     def prompt_for(self, original: Optional[str]) -> str:
         """The instruction for one sample: conditioned on its alt-text when configured and present."""

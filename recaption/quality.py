@@ -29,8 +29,17 @@ def score_caption(caption: str, objects: Sequence[Dict[str, Any]]) -> Dict[str, 
     """Counts for one caption against its scene's groups (summable over captions)."""
     truth = {group["shape"]: group for group in objects}
     claimed = parse_scene_description(caption)
-    counts = {"claims": 0, "correct_claims": 0, "true_attributes": len(objects) * len(ATTRIBUTES), "recalled_attributes": 0,
-              "groups": len(objects), "mentioned_groups": 0, "invented": 0, "count_errors": 0, "captions_with_invented": 0}
+    counts = {
+        "claims": 0,
+        "correct_claims": 0,
+        "true_attributes": len(objects) * len(ATTRIBUTES),
+        "recalled_attributes": 0,
+        "groups": len(objects),
+        "mentioned_groups": 0,
+        "invented": 0,
+        "count_errors": 0,
+        "captions_with_invented": 0,
+    }
     mentioned = set()
     for group in claimed:
         stated = [a for a in ATTRIBUTES if a in group]
@@ -52,14 +61,19 @@ def score_caption(caption: str, objects: Sequence[Dict[str, Any]]) -> Dict[str, 
 
 def summarise(totals: Dict[str, int], captions: int) -> Dict[str, Optional[float]]:
     """Rates from summed counts."""
+
     def ratio(a: str, b: str) -> Optional[float]:
         return totals[a] / totals[b] if totals[b] else None
 
-    return {"captions": captions, "attribute_precision": ratio("correct_claims", "claims"),
-            "attribute_recall": ratio("recalled_attributes", "true_attributes"), "object_recall": ratio("mentioned_groups", "groups"),
-            "invented_per_caption": totals["invented"] / captions if captions else None,
-            "captions_with_invented": totals["captions_with_invented"] / captions if captions else None,
-            "count_errors_per_caption": totals["count_errors"] / captions if captions else None}
+    return {
+        "captions": captions,
+        "attribute_precision": ratio("correct_claims", "claims"),
+        "attribute_recall": ratio("recalled_attributes", "true_attributes"),
+        "object_recall": ratio("mentioned_groups", "groups"),
+        "invented_per_caption": totals["invented"] / captions if captions else None,
+        "captions_with_invented": totals["captions_with_invented"] / captions if captions else None,
+        "count_errors_per_caption": totals["count_errors"] / captions if captions else None,
+    }
 
 
 def score_pairs(pairs: Iterable[Tuple[str, Sequence[Dict[str, Any]]]]) -> Dict[str, Optional[float]]:
@@ -71,12 +85,29 @@ def score_pairs(pairs: Iterable[Tuple[str, Sequence[Dict[str, Any]]]]) -> Dict[s
             totals[name] = totals.get(name, 0) + value
         n += 1
     if not n:
-        return summarise({k: 0 for k in ("claims", "correct_claims", "true_attributes", "recalled_attributes", "groups",
-                                         "mentioned_groups", "invented", "count_errors", "captions_with_invented")}, 0)
+        return summarise(
+            {
+                k: 0
+                for k in (
+                    "claims",
+                    "correct_claims",
+                    "true_attributes",
+                    "recalled_attributes",
+                    "groups",
+                    "mentioned_groups",
+                    "invented",
+                    "count_errors",
+                    "captions_with_invented",
+                )
+            },
+            0,
+        )
     return summarise(totals, n)
 
 
-def scene_caption_pairs(spec: str, member: str, indices: Optional[Tuple[int, int]] = None) -> List[Tuple[str, List[Dict[str, Any]]]]:
+def scene_caption_pairs(
+    spec: str, member: str, indices: Optional[Tuple[int, int]] = None
+) -> List[Tuple[str, List[Dict[str, Any]]]]:
     """(caption in ``member``, scene groups from ``KEY.json`` meta) of every scenes sample of a shard spec that has
     both, optionally only scenes whose index lies in ``[start, stop)`` (e.g. the captioner's own training scenes
     apart from the rest); samples without the member are skipped (the recaption stage counts them as failures)."""
@@ -113,5 +144,7 @@ if __name__ == "__main__":
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: {str(exc).splitlines()[0]}") from None
     if not summary["captions"]:
-        raise SystemExit(f"error: no scenes sample in {args.shards} has a {args.member} member and scene-graph metadata")
+        raise SystemExit(
+            f"error: no scenes sample in {args.shards} has a {args.member} member and scene-graph metadata"
+        )
     print(json.dumps(summary, indent=2))

@@ -110,7 +110,14 @@ def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int, exif_transpose: b
         image = decode_image(image_bytes, max_pixels, exif_transpose) if image_bytes is not None else None
     except BadSample:
         image = None
-    return Item(raw["__key__"], image, original_caption(raw, layout), image_bytes, json_field(raw, "url"), json_field(raw, "sha256"))
+    return Item(
+        raw["__key__"],
+        image,
+        original_caption(raw, layout),
+        image_bytes,
+        json_field(raw, "url"),
+        json_field(raw, "sha256"),
+    )
 
 
 def batches(samples: Iterator[Dict[str, Any]], size: int) -> Iterator[List[Dict[str, Any]]]:
@@ -128,7 +135,14 @@ def batches(samples: Iterator[Dict[str, Any]], size: int) -> Iterator[List[Dict[
 class ShardRecaptioner:
     """Recaption shards with one loaded captioner; images decode in ``num_workers`` threads while the model generates."""
 
-    def __init__(self, captioner: Captioner, cfg: Any, layout: Any, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True) -> None:
+    def __init__(
+        self,
+        captioner: Captioner,
+        cfg: Any,
+        layout: Any,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        exif_transpose: bool = True,
+    ) -> None:
         self.captioner, self.cfg, self.layout, self.max_pixels = captioner, cfg, layout, max_pixels
         self.exif_transpose = exif_transpose
         self.caption_member, self.provenance_member = f"{cfg.name}.txt", f"{cfg.name}.json"
@@ -151,10 +165,15 @@ class ShardRecaptioner:
 
     def provenance(self, item: Item, caption: Caption) -> bytes:
         """The ``KEY.{name}.json`` member: captioner identity, effective prompt, generation facts, time, outcome."""
-        record = {**self.captioner.identity, "prompt_used": self.cfg.prompt_for(item.original),
-                  "conditioned_on_original": bool(self.cfg.condition_on_original and item.original),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tokens": caption.tokens,
-                  "truncated": caption.truncated, "status": "ok" if caption.text is not None else caption.reason}
+        record = {
+            **self.captioner.identity,
+            "prompt_used": self.cfg.prompt_for(item.original),
+            "conditioned_on_original": bool(self.cfg.condition_on_original and item.original),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tokens": caption.tokens,
+            "truncated": caption.truncated,
+            "status": "ok" if caption.text is not None else caption.reason,
+        }
         return json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
     def status(self, raw: Dict[str, Any]) -> Optional[str]:
@@ -206,18 +225,32 @@ class ShardRecaptioner:
         shard = write_raw_shard(out_path, annotated())
         stats.captioned_this_pass, stats.seconds = generated, round(time.perf_counter() - started, 3)
         stats.reused = stats.samples - generated - len(stats.failed_keys)
-        skipped = {k: v for k, v in counters.totals().items() if v and k in ("truncated_tar", "unreadable_shard", "duplicate_key")}
+        skipped = {
+            k: v
+            for k, v in counters.totals().items()
+            if v and k in ("truncated_tar", "unreadable_shard", "duplicate_key")
+        }
         stats.word_histogram, stats.vocabulary = dict(words), sorted(vocabulary)
-        atomic_write_json(done_path(out_path), {"source": in_url, "shard": shard, "retried": retry, "input_skipped": skipped,
-                                                **stats.__dict__})
+        atomic_write_json(
+            done_path(out_path),
+            {"source": in_url, "shard": shard, "retried": retry, "input_skipped": skipped, **stats.__dict__},
+        )
         if os.path.isfile(retry_path(out_path)):
             os.unlink(retry_path(out_path))
         if skipped:
-            log.warning("%s: the input shard %s lost samples before captioning: %s", os.path.basename(out_path), in_url, skipped)
+            log.warning(
+                "%s: the input shard %s lost samples before captioning: %s", os.path.basename(out_path), in_url, skipped
+            )
         if stats.failed:
             transient = sum(n for reason, n in stats.failed.items() if reason in TRANSIENT_FAILURES)
-            log.warning("%s: %d of %d samples failed (%s); kept without a recaption; %d transient failures are retried on the next run",
-                        os.path.basename(out_path), len(stats.failed_keys), stats.samples, stats.failed, transient)
+            log.warning(
+                "%s: %d of %d samples failed (%s); kept without a recaption; %d transient failures are retried on the next run",
+                os.path.basename(out_path),
+                len(stats.failed_keys),
+                stats.samples,
+                stats.failed,
+                transient,
+            )
         return stats
 
     def count(self, raw: Dict[str, Any], stats: "ShardStats", words: Counter, vocabulary: set) -> None:
@@ -225,7 +258,9 @@ class ShardRecaptioner:
         stats.samples += 1
         status = self.status(raw)
         if status != "ok" or self.caption_member not in raw:
-            reason = status if status not in (None, "ok") else "generation_error"  # never captioned, or an "ok" whose caption is gone
+            reason = (
+                status if status not in (None, "ok") else "generation_error"
+            )  # never captioned, or an "ok" whose caption is gone
             stats.failed[reason] = stats.failed.get(reason, 0) + 1
             stats.failed_keys.append(raw["__key__"])
             stats.transient_keys += [raw["__key__"]] if reason in TRANSIENT_FAILURES else []

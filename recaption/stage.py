@@ -36,9 +36,18 @@ def pending(done: Optional[Dict[str, Any]], retry_failed: bool = True) -> bool:
     return done is None or (retry_failed and bool(done.get("transient_keys")))
 
 
-def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout: Any, max_pixels: int,
-                    make_captioner: Callable[[Any], Captioner] = build_captioner, shard_rank: Optional[int] = None,
-                    shard_world: Optional[int] = None, exif_transpose: bool = True) -> int:
+def recaption_split(
+    urls: List[str],
+    out_dir: str,
+    split: str,
+    cfg: Any,
+    layout: Any,
+    max_pixels: int,
+    make_captioner: Callable[[Any], Captioner] = build_captioner,
+    shard_rank: Optional[int] = None,
+    shard_world: Optional[int] = None,
+    exif_transpose: bool = True,
+) -> int:
     """Recaption this rank's share of ``urls`` into ``out_dir``; returns how many shards it (re)wrote.
 
     The captioner is loaded only when some shard of this rank's share is pending (a resumed run that finds everything
@@ -51,14 +60,23 @@ def recaption_split(urls: List[str], out_dir: str, split: str, cfg: Any, layout:
         return 0
     worker = ShardRecaptioner(make_captioner(cfg), cfg, layout, max_pixels, exif_transpose)
     # shards have no length up front: the total is estimated from the shards finished so far
-    progress = Progress(f"recaption {split} (rank {shard_rank})" if shard_world > 1 else f"recaption {split}", unit="image")
+    progress = Progress(
+        f"recaption {split} (rank {shard_rank})" if shard_world > 1 else f"recaption {split}", unit="image"
+    )
     try:
         for done_shards, (i, url) in enumerate(todo, 1):
             clear_shard_partials(output_path(out_dir, split, i))
             stats = worker.recaption_shard(url, output_path(out_dir, split, i), progress)
             progress.set_total(round(progress.count / done_shards * len(todo)))
-            log.info("%s: %d samples, %d captioned now, %d kept, failed %s, %.1f images/s", os.path.basename(output_path(out_dir, split, i)),
-                     stats.samples, stats.captioned_this_pass, stats.reused, stats.failed or "none", stats.captioned_this_pass / max(stats.seconds, 1e-9))
+            log.info(
+                "%s: %d samples, %d captioned now, %d kept, failed %s, %.1f images/s",
+                os.path.basename(output_path(out_dir, split, i)),
+                stats.samples,
+                stats.captioned_this_pass,
+                stats.reused,
+                stats.failed or "none",
+                stats.captioned_this_pass / max(stats.seconds, 1e-9),
+            )
     finally:
         progress.close()
         worker.close()
@@ -74,16 +92,21 @@ def clear_shard_partials(out_path: str) -> None:
 
 def wait_for_split(out_dir: str, split: str, count: int, timeout_s: float = 24 * 3600.0) -> None:
     """Block until every output shard of ``split`` has its completion file (the other ranks' shares)."""
-    wait_until(lambda: all(os.path.isfile(done_path(output_path(out_dir, split, i))) for i in range(count)),
-               f"recaption of {split} in {out_dir}", timeout_s)
+    wait_until(
+        lambda: all(os.path.isfile(done_path(output_path(out_dir, split, i))) for i in range(count)),
+        f"recaption of {split} in {out_dir}",
+        timeout_s,
+    )
 
 
 def finish_split(out_dir: str, split: str, count: int, seconds: float) -> Dict[str, Any]:
     """Write ``{split}-manifest.json`` (shard names, counts, sha256s) and return the split's statistics."""
     dones = [read_done(output_path(out_dir, split, i)) for i in range(count)]
     shards = [d["shard"] for d in dones]
-    atomic_write_json(os.path.join(out_dir, f"{split}-manifest.json"),
-                      {"prefix": split, "samples": sum(s["count"] for s in shards), "shards": shards})
+    atomic_write_json(
+        os.path.join(out_dir, f"{split}-manifest.json"),
+        {"prefix": split, "samples": sum(s["count"] for s in shards), "shards": shards},
+    )
     return split_statistics(dones, seconds)
 
 
@@ -115,19 +138,34 @@ def split_statistics(dones: List[Dict[str, Any]], seconds: float) -> Dict[str, A
     captioned = sum(d["captioned_this_pass"] for d in dones)
     tokens = sum(d["tokens"] for d in dones)
     return {
-        "shards": len(dones), "samples": sum(d["samples"] for d in dones), "with_recaption": captions,
-        "failed": failed, "failed_total": sum(failed.values()), "transient_failures": sum(len(d["transient_keys"]) for d in dones),
-        "input_skipped": input_skipped, "empty": failed.get("empty_output", 0),
+        "shards": len(dones),
+        "samples": sum(d["samples"] for d in dones),
+        "with_recaption": captions,
+        "failed": failed,
+        "failed_total": sum(failed.values()),
+        "transient_failures": sum(len(d["transient_keys"]) for d in dones),
+        "input_skipped": input_skipped,
+        "empty": failed.get("empty_output", 0),
         "truncated": sum(d["truncated"] for d in dones),
         "words_per_caption_mean": sum(w * n for w, n in ordered) / captions if captions else None,
-        "words_per_caption_median": median, "distinct_words": len(vocabulary),
-        "generated_this_run": captioned, "images_per_s": captioned / seconds if seconds > 0 else None,
-        "tokens_per_s": tokens / seconds if seconds > 0 and tokens else None, "seconds": round(seconds, 2),
+        "words_per_caption_median": median,
+        "distinct_words": len(vocabulary),
+        "generated_this_run": captioned,
+        "images_per_s": captioned / seconds if seconds > 0 else None,
+        "tokens_per_s": tokens / seconds if seconds > 0 and tokens else None,
+        "seconds": round(seconds, 2),
     }
 
 
-def recaption_data(spec_by_split: Dict[str, str], out_dir: str, cfg: Any, layout: Any, max_pixels: int,
-                   make_captioner: Callable[[Any], Captioner] = build_captioner, exif_transpose: bool = True) -> Dict[str, Any]:
+def recaption_data(
+    spec_by_split: Dict[str, str],
+    out_dir: str,
+    cfg: Any,
+    layout: Any,
+    max_pixels: int,
+    make_captioner: Callable[[Any], Captioner] = build_captioner,
+    exif_transpose: bool = True,
+) -> Dict[str, Any]:
     """Recaption the configured splits (local engine, torchrun-aware); on rank 0 wait for every rank and return
     {split: statistics}; other ranks return {} once their share is written."""
     started = time.perf_counter()

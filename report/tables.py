@@ -21,16 +21,30 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from harness_infra.atomic import atomic_write, atomic_write_bytes
 from evals.results.records import compare_records, read_record
 from evals.tasks.registry import GENERATOR, TASKS
+from harness_infra.atomic import atomic_write, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}  # declared with each task
-FAMILIES = {"clip": ("CLIP trained on caption mixtures", ""),
-            "t2i": ("text-to-image DiT trained on caption mixtures (the paper's Table 7 in shape)", "_t2i")}
+FAMILIES = {
+    "clip": ("CLIP trained on caption mixtures", ""),
+    "t2i": ("text-to-image DiT trained on caption mixtures (the paper's Table 7 in shape)", "_t2i"),
+}
 SIGNIFICANCE = 0.05
-RUN_COLUMNS = ["data", "model", "experiment", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash", "command"]
+RUN_COLUMNS = [
+    "data",
+    "model",
+    "experiment",
+    "strategy",
+    "p",
+    "realised_p",
+    "seed",
+    "samples_seen",
+    "global_batch",
+    "train_hash",
+    "command",
+]
 
 
 def load_records(results_dir: str) -> List[Dict[str, Any]]:
@@ -50,7 +64,14 @@ def load_records(results_dir: str) -> List[Dict[str, Any]]:
             continue
         record["path"] = path
         weights = (record.get("model") or {}).get("weights_id") or run["train_hash"]
-        key = (weights, record["task_name"], (record.get("dataset") or {}).get("fingerprint"), run.get("data"), run.get("strategy"), run.get("p"))
+        key = (
+            weights,
+            record["task_name"],
+            (record.get("dataset") or {}).get("fingerprint"),
+            run.get("data"),
+            run.get("strategy"),
+            run.get("p"),
+        )
         if key not in newest or record["created"] >= newest[key]["created"]:
             newest[key] = record
     return list(newest.values())
@@ -84,14 +105,22 @@ def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optio
     run = record["run"]
     for other in records:
         o = other["run"]
-        if (is_baseline(o) and other["task_name"] == record["task_name"] and o["model"] == run["model"] and o["data"] == run["data"]
-                and o["samples_seen"] == run["samples_seen"] and run_seed(o) == run_seed(run)
-                and (other.get("dataset") or {}).get("fingerprint") == (record.get("dataset") or {}).get("fingerprint")):
+        if (
+            is_baseline(o)
+            and other["task_name"] == record["task_name"]
+            and o["model"] == run["model"]
+            and o["data"] == run["data"]
+            and o["samples_seen"] == run["samples_seen"]
+            and run_seed(o) == run_seed(run)
+            and (other.get("dataset") or {}).get("fingerprint") == (record.get("dataset") or {}).get("fingerprint")
+        ):
             return other
     return None
 
 
-def delta_vs_baseline(record: Dict[str, Any], base: Optional[Dict[str, Any]], metric: str, test: Any) -> Optional[float]:
+def delta_vs_baseline(
+    record: Dict[str, Any], base: Optional[Dict[str, Any]], metric: str, test: Any
+) -> Optional[float]:
     """Metric minus the p = 1 run's: the paired difference for per-query metrics, the plain difference for whole-set
     metrics (FID: no per-query values, so no paired test and no star), 0 for the baseline itself."""
     if base is None:
@@ -117,14 +146,26 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
             value = record["metrics"].get(metric)
             interval = record["intervals"].get(metric) or [None, None]
             test = paired.get(metric)
-            rows.append({**{c: run.get(c) for c in RUN_COLUMNS}, "seed": run_seed(run), "global_batch": str(run.get("global_batch")),
-                         "commit": run_commit(run),
-                         "family": "t2i" if spec.evaluates == GENERATOR else "clip", "percent": spec.percent,
-                         "lower_is_better": metric in spec.lower_is_better,
-                         "task": record["task_name"], "dataset": (record.get("dataset") or {}).get("fingerprint"), "metric": metric, "value": value, "ci_low": interval[0], "ci_high": interval[1],
-                         "n": record["n"].get("image_queries") or record["n"].get("images"),
-                         "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
-                         "delta_p_value": test.p_value if test else None})
+            rows.append(
+                {
+                    **{c: run.get(c) for c in RUN_COLUMNS},
+                    "seed": run_seed(run),
+                    "global_batch": str(run.get("global_batch")),
+                    "commit": run_commit(run),
+                    "family": "t2i" if spec.evaluates == GENERATOR else "clip",
+                    "percent": spec.percent,
+                    "lower_is_better": metric in spec.lower_is_better,
+                    "task": record["task_name"],
+                    "dataset": (record.get("dataset") or {}).get("fingerprint"),
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": interval[0],
+                    "ci_high": interval[1],
+                    "n": record["n"].get("image_queries") or record["n"].get("images"),
+                    "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
+                    "delta_p_value": test.p_value if test else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -147,10 +188,14 @@ def separate_data_versions(long: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]
         label = {v: (v[:width] if v is not None else "unknown") for v in versions}
         mask = long["task"] == task
         shown[mask] = [f"{task}@{label[None if missing(v) else str(v)]}" for v in long.loc[mask, "dataset"]]
-        sizes = {v: rows.loc[rows["dataset"].isna() if v is None else rows["dataset"] == v, "n"].iloc[0] for v in versions}
+        sizes = {
+            v: rows.loc[rows["dataset"].isna() if v is None else rows["dataset"] == v, "n"].iloc[0] for v in versions
+        }
         described = ", ".join(label[v] + ("" if missing(sizes[v]) else f": n = {int(sizes[v])}") for v in versions)
-        notes.append(f"{task} was scored on {len(versions)} versions of its data set ({described}): each has its own "
-                     "columns and plot (task@version); values on different versions are not comparable.")
+        notes.append(
+            f"{task} was scored on {len(versions)} versions of its data set ({described}): each has its own "
+            "columns and plot (task@version); values on different versions are not comparable."
+        )
     return long.assign(table_task=shown), notes
 
 
@@ -177,7 +222,9 @@ def shown(value: Optional[float], as_percent: bool, sign: bool = False) -> str:
 def cell(row: pd.Series) -> str:
     """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant); fractions in %."""
     as_percent = bool(row.get("percent", True))
-    text = f"{shown(row['value'], as_percent)} [{shown(row['ci_low'], as_percent)}, {shown(row['ci_high'], as_percent)}]"
+    text = (
+        f"{shown(row['value'], as_percent)} [{shown(row['ci_low'], as_percent)}, {shown(row['ci_high'], as_percent)}]"
+    )
     if not missing(row["delta_vs_p1"]) and not (row["p"] == 1.0 and row["strategy"] in ("mix", "original")):
         star = "*" if not missing(row["delta_p_value"]) and row["delta_p_value"] < SIGNIFICANCE else ""
         text += f" ({shown(row['delta_vs_p1'], as_percent, sign=True)}{star})"
@@ -188,11 +235,18 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per task:metric cell, sorted by strategy then p."""
     task = long["table_task"] if "table_task" in long else long["task"]
     realised = long["realised_p"] if "realised_p" in long else pd.Series(None, index=long.index, dtype=float)
-    long = long.assign(column=task + " " + long["metric"], cell=long.apply(cell, axis=1),
-                       p=long["p"].astype(float).fillna(-1.0),  # concat has no p; pivot drops missing index values
-                       realised_p=realised.astype(float).fillna(-1.0))
+    long = long.assign(
+        column=task + " " + long["metric"],
+        cell=long.apply(cell, axis=1),
+        p=long["p"].astype(float).fillna(-1.0),  # concat has no p; pivot drops missing index values
+        realised_p=realised.astype(float).fillna(-1.0),
+    )
     index = ["model", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash"]
-    wide = long.pivot_table(index=index, columns="column", values="cell", aggfunc="first").reset_index().fillna("not scored")
+    wide = (
+        long.pivot_table(index=index, columns="column", values="cell", aggfunc="first")
+        .reset_index()
+        .fillna("not scored")
+    )
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
     wide = wide.sort_values(["model", "samples_seen", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
     wide["p"] = [p_label(p, r) for p, r in zip(wide["p"], wide.pop("realised_p"))]
@@ -213,21 +267,41 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
     """The markdown page of one data set and model family (``FAMILIES``), with its commands (each with its commit:
     ``run_commit``) and ``notes`` (a line each, after the table: data-set versions kept apart)."""
     produced = long.dropna(subset=["command"])
-    commands = sorted({f"{c}    # at commit {k}" if isinstance(k, str) else c for c, k in zip(produced["command"], produced["commit"])})
+    commands = sorted(
+        {
+            f"{c}    # at commit {k}" if isinstance(k, str) else c
+            for c, k in zip(produced["command"], produced["commit"])
+        }
+    )
     units = "metric in % with its 95% bootstrap interval"
     if family == "t2i":
         lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))
-        units = ("fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each with its "
-                 "95% interval (FID: bootstrap over the generated images, centred on the FID; KID: over subsets)"
-                 + (f"; lower is better for {', '.join(lower)}, higher for the rest" if lower else ""))
-    test = (f"paired permutation test over the test queries, p-value < {SIGNIFICANCE}" if family == "clip" else
-            f"paired permutation test over the same prompts and seeds, p-value < {SIGNIFICANCE}; whole-set metrics such as FID "
-            "and KID get no test")
-    lines = [f"# {data}: {FAMILIES[family][0]}", "",
-             f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
-             f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
-             "variation, which rows with several seeds show).", "", wide.to_markdown(index=False), ""]
-    lines += [f"Note: {note}" for note in notes] + ([""] if notes else []) + ["Produced by (each command with the commit whose defaults it ran under, where the record has it):", ""]
+        units = (
+            "fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each with its "
+            "95% interval (FID: bootstrap over the generated images, centred on the FID; KID: over subsets)"
+            + (f"; lower is better for {', '.join(lower)}, higher for the rest" if lower else "")
+        )
+    test = (
+        f"paired permutation test over the test queries, p-value < {SIGNIFICANCE}"
+        if family == "clip"
+        else f"paired permutation test over the same prompts and seeds, p-value < {SIGNIFICANCE}; whole-set metrics such as FID "
+        "and KID get no test"
+    )
+    lines = [
+        f"# {data}: {FAMILIES[family][0]}",
+        "",
+        f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
+        f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
+        "variation, which rows with several seeds show).",
+        "",
+        wide.to_markdown(index=False),
+        "",
+    ]
+    lines += (
+        [f"Note: {note}" for note in notes]
+        + ([""] if notes else [])
+        + ["Produced by (each command with the commit whose defaults it ran under, where the record has it):", ""]
+    )
     lines += [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
 
@@ -258,14 +332,27 @@ def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
                 continue
             parts = ([f"{budget:,} samples"] if several_budgets else []) + ([f"seed {seed}"] if several_seeds else [])
             label = f"{metric} ({', '.join(parts)})" if parts else metric
-            base = {"metric": metric, "index": index, "label": label, "style": rank, "marker": MARKERS[index % len(MARKERS)],
-                    "samples_seen": budget, "seed": seed}
+            base = {
+                "metric": metric,
+                "index": index,
+                "label": label,
+                "style": rank,
+                "marker": MARKERS[index % len(MARKERS)],
+                "samples_seen": budget,
+                "seed": seed,
+            }
             scale = 100.0 if "percent" not in runs or bool(runs["percent"].iloc[0]) else 1.0  # fractions in %
             mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
             if not mixed.empty:
-                series.append({**base, "x": (mixed["p"].astype(float) + offset).tolist(), "y": (mixed["value"] * scale).tolist(),
-                               "err_low": ((mixed["value"] - mixed["ci_low"]) * scale).tolist(),
-                               "err_high": ((mixed["ci_high"] - mixed["value"]) * scale).tolist()})
+                series.append(
+                    {
+                        **base,
+                        "x": (mixed["p"].astype(float) + offset).tolist(),
+                        "y": (mixed["value"] * scale).tolist(),
+                        "err_low": ((mixed["value"] - mixed["ci_low"]) * scale).tolist(),
+                        "err_high": ((mixed["ci_high"] - mixed["value"]) * scale).tolist(),
+                    }
+                )
             for _, concat in runs[runs["strategy"] == "concat"].iterrows():
                 series.append({**base, "label": f"{label} (concat)", "concat": float(concat["value"]) * scale})
     return series
@@ -282,7 +369,9 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     rows = long[long["task"] == task]
     as_percent = "percent" not in rows or bool(rows["percent"].iloc[0])
     panels = [rows] if as_percent else [rows[rows["metric"] == m] for m in dict.fromkeys(rows["metric"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(8.4 if as_percent else 4.6 * len(panels) + 2.0, 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(8.4 if as_percent else 4.6 * len(panels) + 2.0, 4.2), squeeze=False
+    )
     for ax, panel in zip(axes[0], panels):
         curves = plot_series(panel)
         series_metrics = len({c["metric"] for c in curves})
@@ -293,9 +382,15 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
                 dashes = (2.0 * curve["index"], (2.0, 2.0 * (count - 1))) if count > 1 else "--"
                 ax.axhline(curve["concat"], color=color, linestyle=dashes, linewidth=1.2, label=curve["label"])
             else:  # intervals drawn from their ends, so one that does not hold its point (a percentile bootstrap) still shows
-                ax.plot(curve["x"], curve["y"], marker=curve["marker"], color=color, label=curve["label"],
-                        linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)],
-                        markerfacecolor=color if curve["style"] == 0 else "white")  # hollow markers: another budget or seed
+                ax.plot(
+                    curve["x"],
+                    curve["y"],
+                    marker=curve["marker"],
+                    color=color,
+                    label=curve["label"],
+                    linestyle=LINESTYLES[curve["style"] % len(LINESTYLES)],
+                    markerfacecolor=color if curve["style"] == 0 else "white",
+                )  # hollow markers: another budget or seed
                 low = [y - e for y, e in zip(curve["y"], curve["err_low"])]
                 high = [y + e for y, e in zip(curve["y"], curve["err_high"])]
                 ax.vlines(curve["x"], low, high, color=color, linewidth=1.0)
@@ -310,7 +405,9 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
             ax.set_ylabel(metric + (" (lower is better)" if lower else ""))
             ax.set_title(f"{data}: {task}" if len(panels) == 1 else f"{task}: {metric}")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over the data
+    axes[0][-1].legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )  # outside the axes: never over the data
     if not as_percent and len(panels) > 1:
         fig.suptitle(data)
     fig.tight_layout()
@@ -318,7 +415,9 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def write_tables(results_dir: str = "results", data_name: Optional[str] = None, family: Optional[str] = None) -> Optional[str]:
+def write_tables(
+    results_dir: str = "results", data_name: Optional[str] = None, family: Optional[str] = None
+) -> Optional[str]:
     """Write every data set's tables (md + csv, one per model family of ``FAMILIES``) and plots; return the markdown
     path of ``data_name`` and ``family`` (its first family when None or absent; else the last written)."""
     records = load_records(results_dir)

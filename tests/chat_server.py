@@ -61,7 +61,9 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
             if isinstance(fault, tuple):
                 return self._reply(*fault)
             if isinstance(fault, int):
-                return self._reply(fault, {"error": {"message": f"injected {fault}"}}, {"Retry-After": "0"} if fault == 429 else {})
+                return self._reply(
+                    fault, {"error": {"message": f"injected {fault}"}}, {"Retry-After": "0"} if fault == 429 else {}
+                )
             content = body["messages"][0]["content"]
             uri = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
             text = next(c["text"] for c in content if c["type"] == "text")
@@ -69,9 +71,19 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
             with self.server.lock:
                 self.server.prompts.append(text)
             answer = "I cannot tell." if fault == "garbage" else self.server.answer(image, text)
-            self._reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                              "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-                              "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
+            self._reply(
+                200,
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+                },
+            )
         finally:
             with self.server.lock:
                 self.server.in_flight -= 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 
 import numpy
-
 from clip_benchmark import cli
 from clip_benchmark.metrics import zeroshot_classification
 

@@ -40,8 +40,13 @@ def noise_jpeg(seed: int, size: int = 40) -> bytes:
 def make_records(n: int, prefix: str = "s") -> List[Record]:
     """n valid records with distinct keys, an original and one recaption each."""
     return [
-        Record(key=f"{prefix}{i:05d}", image=jpeg_bytes(i), original=f"alt text {i}", recaptions=[f"a dense recaption of sample {i}"],
-               references=[f"reference {i} a", f"reference {i} b"])
+        Record(
+            key=f"{prefix}{i:05d}",
+            image=jpeg_bytes(i),
+            original=f"alt text {i}",
+            recaptions=[f"a dense recaption of sample {i}"],
+            references=[f"reference {i} a", f"reference {i} b"],
+        )
         for i in range(n)
     ]
 
@@ -116,8 +121,8 @@ def require_module(name: str, install: str):
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory) -> str:
-    """A tiny random-weight LLaVA saved once per session (recaption.testing.save_tiny_vlm)."""
-    from recaption.testing import save_tiny_vlm
+    """A tiny random-weight LLaVA saved once per session (tests/tiny_vlm.py: save_tiny_vlm)."""
+    from tiny_vlm import save_tiny_vlm
 
     return save_tiny_vlm(str(tmp_path_factory.mktemp("tiny_vlm")))
 
@@ -157,8 +162,24 @@ def served_vlm(tiny_vlm):
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", tiny_vlm, "--host", "127.0.0.1", "--port", str(port),
-                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            tiny_vlm,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -168,7 +189,9 @@ def served_vlm(tiny_vlm):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {server.stdout.read().decode()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"transformers serve did not start: {server.stdout.read().decode()[-2000:]}"
+                    ) from None
                 time.sleep(0.5)
         yield base
     finally:

@@ -56,9 +56,15 @@ def publish(results_dir: str, *sources: str) -> int:
 
     while not os.path.exists(os.path.join(results_dir, "go")):
         time.sleep(0.005)
-    cfg = SimpleNamespace(experiment="exp", mix=SimpleNamespace(p_original=0.5, strategy="mix"), model=SimpleNamespace(name="m"),
-                          data=SimpleNamespace(name="d"), train=SimpleNamespace(seed=0), trainer="clip",
-                          run=SimpleNamespace(results_dir=results_dir))
+    cfg = SimpleNamespace(
+        experiment="exp",
+        mix=SimpleNamespace(p_original=0.5, strategy="mix"),
+        model=SimpleNamespace(name="m"),
+        data=SimpleNamespace(name="d"),
+        train=SimpleNamespace(seed=0),
+        trainer="clip",
+        run=SimpleNamespace(results_dir=results_dir),
+    )
     infos = {"data": DataInfo(fingerprint="f"), "train": TrainInfo(hash="t")}
     print(json.dumps(publish_records(cfg, {}, [], infos, EvalInfo(hash="e", records=list(sources)))))
     return 0

@@ -17,10 +17,15 @@ def readme_test_block() -> str:
 
 
 def test_ci_runs_the_readme_block_it_extracts():
-    printed = subprocess.run(["bash", os.path.join(ROOT, ".ci", "run"), "--print-command"], capture_output=True, text=True,
-                             check=True, cwd=ROOT).stdout.rstrip("\n")
+    printed = subprocess.run(
+        ["bash", os.path.join(ROOT, ".ci", "run"), "--print-command"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.rstrip("\n")
     assert printed == readme_test_block()
-    assert printed.endswith("python -m pytest -q") and "pip install -e \".[dev]\"" in printed
+    assert printed.endswith("python -m pytest -q") and 'pip install -e ".[dev]"' in printed
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as handle:
         script = handle.read()
-    assert 'bash -euo pipefail -c "$readme"' in script and "pytest -q" not in script.replace("*\"pytest\"*", "")
+    assert 'bash -euo pipefail -c "$readme"' in script and "pytest -q" not in script.replace('*"pytest"*', "")

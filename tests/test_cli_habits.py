@@ -46,13 +46,25 @@ def run_script(tmp_path, args, comp_line=None):
 
 def test_the_console_script_installs_and_answers_hydras_bash_completion(tmp_path):
     install = run_script(tmp_path, ["-sc", "install=bash"])
-    assert install.strip().splitlines()[-1].endswith("complete -o nospace -o default -F hydra_bash_completion recap-harness")
-    experiments = sorted(name[:-5] for name in os.listdir(os.path.join(ROOT, "conf", "experiment")) if name.endswith(".yaml"))
+    assert (
+        install.strip()
+        .splitlines()[-1]
+        .endswith("complete -o nospace -o default -F hydra_bash_completion recap-harness")
+    )
+    experiments = sorted(
+        name[:-5] for name in os.listdir(os.path.join(ROOT, "conf", "experiment")) if name.endswith(".yaml")
+    )
     clip_mix = run_script(tmp_path, ["-sc", "query=bash"], comp_line="recap-harness +experiment=clip_mix").split()
-    assert sorted(clip_mix) == [f"+experiment={e}" for e in experiments if e.startswith("clip_mix")] == ["+experiment=clip_mix", "+experiment=clip_mix_0.8"]
+    assert (
+        sorted(clip_mix)
+        == [f"+experiment={e}" for e in experiments if e.startswith("clip_mix")]
+        == ["+experiment=clip_mix", "+experiment=clip_mix_0.8"]
+    )
     every = run_script(tmp_path, ["-sc", "query=bash"], comp_line="recap-harness +experiment=").split()
     assert sorted(every) == [f"+experiment={e}" for e in experiments]
-    assert run_script(tmp_path, ["-sc", "query=bash"], comp_line="recap-harness +experiment=clip_mix +debug=").split() == ["+debug=fast"]
+    assert run_script(
+        tmp_path, ["-sc", "query=bash"], comp_line="recap-harness +experiment=clip_mix +debug="
+    ).split() == ["+debug=fast"]
 
 
 def test_debug_fast_composes_in_either_order_and_shortens_the_run(capsys):
@@ -60,7 +72,11 @@ def test_debug_fast_composes_in_either_order_and_shortens_the_run(capsys):
     from pipeline.overrides import compose_config
 
     full, _ = compose_config(["+experiment=clip_mix"])
-    for typed in (["+experiment=clip_mix", "+debug=fast"], ["+debug=fast", "+experiment=clip_mix"], ["debug=fast", "+experiment=clip_mix"]):
+    for typed in (
+        ["+experiment=clip_mix", "+debug=fast"],
+        ["+debug=fast", "+experiment=clip_mix"],
+        ["debug=fast", "+experiment=clip_mix"],
+    ):
         fast, _ = compose_config(debug_last(typed))
         assert [s.num_steps(1, 1) for s in fast.train.stages] == [2]  # one stage of 64 samples / batch 32
         assert (fast.data.build_size, fast.data.num_workers, fast.eval.bootstrap_samples) == (200, 0, 20)
@@ -78,12 +94,42 @@ def test_no_package_changes_the_environment_at_import_and_the_entry_point_sets_p
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = ROOT
-    imported = subprocess.run([sys.executable, "-c", "import os, train_clip, train_clip.config, train_dit, pipeline.cli, evals, recaption, "
-                               "report; print(os.environ.get('OMP_WAIT_POLICY'))"], env=env, capture_output=True, text=True, check=True)
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, train_clip, train_clip.config, train_dit, pipeline.cli, evals, recaption, "
+            "report; print(os.environ.get('OMP_WAIT_POLICY'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert imported.stdout.strip() == "None"
-    entered = subprocess.run([sys.executable, "-c", "import os, sys; from pipeline.cli import main; sys.argv = ['x']; main(['--help']); "
-                              "print(os.environ.get('OMP_WAIT_POLICY'))"], env=env, capture_output=True, text=True, check=True)
+    entered = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from pipeline.cli import main; sys.argv = ['x']; main(['--help']); "
+            "print(os.environ.get('OMP_WAIT_POLICY'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert entered.stdout.strip().splitlines()[-1] == "PASSIVE"
-    kept = subprocess.run([sys.executable, "-c", "import os; from pipeline.cli import passive_openmp; passive_openmp(); "
-                           "print(os.environ['OMP_WAIT_POLICY'])"], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
+    kept = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; from pipeline.cli import passive_openmp; passive_openmp(); "
+            "print(os.environ['OMP_WAIT_POLICY'])",
+        ],
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert kept.stdout.strip() == "ACTIVE"  # the user's own setting wins

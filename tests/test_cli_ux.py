@@ -38,14 +38,19 @@ def readme_commands() -> list:
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             if "evals.run" in words:
-                commands.append([w for w in words[words.index("evals.run") + 1:] if not w.startswith("-")])
+                commands.append([w for w in words[words.index("evals.run") + 1 :] if not w.startswith("-")])
     return commands
 
 
 def test_help_answers_without_loading_torch_or_open_clip():
     """``python -m evals.run --help`` lists the config groups; importing and composing loads no model library."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "evals.run", "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "evals.run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     for group in ("data:", "mix:", "trainer:", "model:", "train:", "eval:", "experiment:"):
         assert group in done.stdout
@@ -63,10 +68,15 @@ def test_inspecting_a_sweep_is_one_line_not_hydras_stack(capsys):
 def test_a_key_not_in_the_config_keeps_the_reason_and_lists_the_keys(capsys):
     assert main(["+experiment=clip_mix_0.8", "mix.pp=0.5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: Could not override 'mix.pp': Key 'pp' not in 'MixConfig' "
-                   "(mix has: strategy, p, seed, concat_separator; did you mean mix.p?)")
+    assert err == (
+        "error: Could not override 'mix.pp': Key 'pp' not in 'MixConfig' "
+        "(mix has: strategy, p, seed, concat_separator; did you mean mix.p?)"
+    )
     assert main(["+experiment=clip_mix_0.8", "data.layout.orig=txt"]) == 2
-    assert "(data.layout has: original, recaptions, references, image_members; did you mean data.layout.original?)" in capsys.readouterr().err
+    assert (
+        "(data.layout has: original, recaptions, references, image_members; did you mean data.layout.original?)"
+        in capsys.readouterr().err
+    )
 
 
 def test_no_experiment_is_refused_before_anything_runs(capsys, tmp_path):
@@ -74,15 +84,25 @@ def test_no_experiment_is_refused_before_anything_runs(capsys, tmp_path):
     assert main(["mix.p=0.5", *where]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no experiment chosen: add +experiment=NAME, one of {', '.join(EXPERIMENTS)}")
-    assert err.endswith("(or, to train the base config composed from groups, name the run: run.name=NAME)") and "\n" not in err
-    assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "results")  # nothing trained or published
+    assert (
+        err.endswith("(or, to train the base config composed from groups, name the run: run.name=NAME)")
+        and "\n" not in err
+    )
+    assert not os.path.exists(tmp_path / "runs") and not os.path.exists(
+        tmp_path / "results"
+    )  # nothing trained or published
     assert main(["-m", "mix.p=0,1", *where]) == 2  # a sweep too
     assert prevalidate(["data=flickr8k", "run.stop_after=data"], multirun=False) == 1  # the README's shards-only build
     assert prevalidate(["run.stages=[data]"], multirun=False) == 1
-    assert prevalidate(shlex.split("run.name=my_run model=tiny train=tiny_cpu mix.p=0.5"), multirun=False) == 1  # README: on purpose
+    assert (
+        prevalidate(shlex.split("run.name=my_run model=tiny train=tiny_cpu mix.p=0.5"), multirun=False) == 1
+    )  # README: on purpose
     assert compose_config(["run.name=my_base_run"])[0].experiment == "my_base_run"  # ... and labelled so
-    with pytest.raises(ConfigError, match=r"unknown experiment 'clip_mx'; .* \(did you mean clip_mix\?\); to name a run of the base "
-                                          r"config, write run.name=clip_mx"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown experiment 'clip_mx'; .* \(did you mean clip_mix\?\); to name a run of the base "
+        r"config, write run.name=clip_mx",
+    ):
         prevalidate(["experiment=clip_mx"], multirun=False)
     with pytest.raises(ConfigError, match=r"write \+experiment=clip_mix_0.8"):
         prevalidate(["experiment=clip_mix_0.8"], multirun=False)
@@ -94,20 +114,27 @@ def test_the_readme_shard_override_parses_and_reaches_the_config():
     text = readme()
     block = text.split("<!-- readme: shard override -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     words = shlex.split(block.strip())
-    overrides = words[words.index("evals.run") + 1:]
+    overrides = words[words.index("evals.run") + 1 :]
     assert [o.value() for o in parse_overrides(overrides)][-1] == "/data/recap/train-{000000..000099}.tar"
     cfg, resolved = compose_config(overrides)
     assert cfg.data.train_shards == resolved["data"]["train_shards"] == "/data/recap/train-{000000..000099}.tar"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("data.train_shards=/data/recap/train-{000000..000099}.tar",
-     "error: data.train_shards=/data/recap/train-{000000..000099}.tar: Hydra's override grammar rejects this value "
-     "(mismatched input '{' expecting <EOF>); quote it for Hydra inside the shell's quotes: "
-     "'data.train_shards=\"/data/recap/train-{000000..000099}.tar\"'"),
-    ("data.train_shards=s3://bucket/k=v/train-000000.tar", "quote it for Hydra inside the shell's quotes: "
-     "'data.train_shards=\"s3://bucket/k=v/train-000000.tar\"'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "data.train_shards=/data/recap/train-{000000..000099}.tar",
+            "error: data.train_shards=/data/recap/train-{000000..000099}.tar: Hydra's override grammar rejects this value "
+            "(mismatched input '{' expecting <EOF>); quote it for Hydra inside the shell's quotes: "
+            "'data.train_shards=\"/data/recap/train-{000000..000099}.tar\"'",
+        ),
+        (
+            "data.train_shards=s3://bucket/k=v/train-000000.tar",
+            "quote it for Hydra inside the shell's quotes: 'data.train_shards=\"s3://bucket/k=v/train-000000.tar\"'",
+        ),
+    ],
+)
 def test_an_unquoted_brace_or_equals_is_one_line_with_the_quoted_form(capsys, override, message):
     assert main(["+experiment=clip_mix", "data=recap_datacomp", override]) == 2
     err = capsys.readouterr().err.strip()
@@ -115,7 +142,9 @@ def test_an_unquoted_brace_or_equals_is_one_line_with_the_quoted_form(capsys, ov
 
 
 def test_a_shell_expanded_brace_is_refused_not_cut_to_its_last_shard(capsys):
-    expanded = shlex.split("data.train_shards=/d/train-000000.tar data.train_shards=/d/train-000001.tar")  # bash's {0..1}
+    expanded = shlex.split(
+        "data.train_shards=/d/train-000000.tar data.train_shards=/d/train-000001.tar"
+    )  # bash's {0..1}
     assert main(["+experiment=clip_mix", "data=recap_datacomp", *expanded]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.train_shards is given twice in a row") and "quote the override" in err
@@ -142,41 +171,67 @@ def test_ranks_other_than_0_log_warnings_only_with_their_rank(monkeypatch):
         rank_logging()
         log.info("info of rank %s", rank)
         log.warning("warning of rank %s", rank)
-    assert stream.getvalue().splitlines() == ["[pipeline][INFO] - info of rank 0", "[pipeline][WARNING] - warning of rank 0",
-                                              "[rank 1][pipeline][WARNING] - warning of rank 1"]
+    assert stream.getvalue().splitlines() == [
+        "[pipeline][INFO] - info of rank 0",
+        "[pipeline][WARNING] - warning of rank 0",
+        "[rank 1][pipeline][WARNING] - warning of rank 1",
+    ]
 
 
 def test_each_epoch_is_logged_once_and_above_the_progress_bar(shard_factory, tmp_path, capsys, monkeypatch):
     """A 2-epoch run with the bar on: one INFO line per epoch, each on its own line (never after the bar's text)."""
-    from captiondata.config import DataConfig, MixConfig
     from conftest import make_records
+
+    from captiondata.config import DataConfig, MixConfig
     from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
     from train_clip.train import train
 
-    micro = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}
+    micro = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
+    }
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # the bar is drawn on a terminal only
-    root, handler = logging.getLogger(), logging.StreamHandler(sys.stderr)  # stderr as pytest captures it, as Hydra's console
+    root, handler = (
+        logging.getLogger(),
+        logging.StreamHandler(sys.stderr),
+    )  # stderr as pytest captures it, as Hydra's console
     handler.setFormatter(logging.Formatter("LOG %(name)s: %(message)s"))
     levels = {name: logging.getLogger(name).level for name in ("training", "captiondata", "train_clip")}
     root.addHandler(handler)
     for name in levels:  # Hydra's job logging: the project's loggers at INFO
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        data = DataConfig(builder="none", train_shards=shard_factory(make_records(16), per_shard=8), num_workers=0, shuffle_buffer=0)
-        cfg = TrainConfig(stages=[StageConfig(image_size=32, samples=32, batch_size=8, lr=1e-3)], threads=1, log_every=1,
-                          progress_bar=True, tensorboard=False, checkpoint_every_steps=0, device="cpu")
-        result = train(ClipModelConfig(name="TestCLIP-ux", inline=micro), cfg, data, MixConfig(p=0.5), str(tmp_path / "run"))
+        data = DataConfig(
+            builder="none", train_shards=shard_factory(make_records(16), per_shard=8), num_workers=0, shuffle_buffer=0
+        )
+        cfg = TrainConfig(
+            stages=[StageConfig(image_size=32, samples=32, batch_size=8, lr=1e-3)],
+            threads=1,
+            log_every=1,
+            progress_bar=True,
+            tensorboard=False,
+            checkpoint_every_steps=0,
+            device="cpu",
+        )
+        result = train(
+            ClipModelConfig(name="TestCLIP-ux", inline=micro), cfg, data, MixConfig(p=0.5), str(tmp_path / "run")
+        )
     finally:
         root.removeHandler(handler)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
     err = capsys.readouterr().err
     assert result.steps == 4 and "%|" in err  # two epochs of 2 steps; the bar was drawn
-    shown = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if "LOG " in line]  # what a terminal shows of each line
+    shown = [
+        line.rsplit("\r", 1)[-1] for line in err.split("\n") if "LOG " in line
+    ]  # what a terminal shows of each line
     assert shown and all(line.startswith("LOG ") for line in shown), shown  # no log text after the bar's on one line
     epochs = [line for line in shown if re.search(r"\bepoch [01]\b", line)]
-    assert [line.split(" done")[0] for line in epochs] == ["LOG training.monitor: epoch 0", "LOG training.monitor: epoch 1"], epochs
+    assert [line.split(" done")[0] for line in epochs] == [
+        "LOG training.monitor: epoch 0",
+        "LOG training.monitor: epoch 1",
+    ], epochs
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
@@ -191,10 +246,17 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
 
 # -- benchmarks ----------------------------------------------------------------------------------------------------
 
+
 def bench(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     """``python benchmarks/NAME.py ARGS`` with extra environment variables."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{name}.py"), *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
 
 
 def test_a_benchmark_ends_in_one_line():
@@ -204,15 +266,22 @@ def test_a_benchmark_ends_in_one_line():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,message", [
-    ("eval_vs_clip_benchmark", "error: image folder /nonexistent/cifar10/test does not exist"),
-    ("loader", "error: Flickr8k folder '/nonexistent/flickr8k' lacks"),
-    ("lit_feature_cache", "error: [Errno 2] No such file or directory: '/nonexistent/flickr8k/Flickr8k.token.txt'"),
-    ("recaption", "error: Flickr8k not found at /nonexistent/flickr8k"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("eval_vs_clip_benchmark", "error: image folder /nonexistent/cifar10/test does not exist"),
+        ("loader", "error: Flickr8k folder '/nonexistent/flickr8k' lacks"),
+        ("lit_feature_cache", "error: [Errno 2] No such file or directory: '/nonexistent/flickr8k/Flickr8k.token.txt'"),
+        ("recaption", "error: Flickr8k not found at /nonexistent/flickr8k"),
+    ],
+)
 def test_every_benchmark_ends_in_one_line_without_its_data(name, message):
     done = bench(name, RECAP_DATA_ROOT="/nonexistent")
-    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 2
+        and done.stderr.strip().splitlines()[-1].startswith(message)
+        and "Traceback" not in done.stderr
+    )
 
 
 def test_run_script_one_line_for_user_errors_and_a_traceback_for_bugs(monkeypatch, capsys):
@@ -233,10 +302,16 @@ def test_run_script_one_line_for_user_errors_and_a_traceback_for_bugs(monkeypatc
     def bug():
         raise RuntimeError("a bug")
 
-    for main_function, code, line in ((bad_config, 2, "error: --steps=0 must be positive"),
-                                      (missing_package, 2, "error: No module named 'clip_benchmark_not_installed': this benchmark "
-                                                           "needs it (pip install clip_benchmark_not_installed)"),
-                                      (lambda: None, 0, "")):
+    for main_function, code, line in (
+        (bad_config, 2, "error: --steps=0 must be positive"),
+        (
+            missing_package,
+            2,
+            "error: No module named 'clip_benchmark_not_installed': this benchmark "
+            "needs it (pip install clip_benchmark_not_installed)",
+        ),
+        (lambda: None, 0, ""),
+    ):
         with pytest.raises(SystemExit) as done:
             run_script(main_function)
         assert done.value.code == code and capsys.readouterr().err.strip() == line
@@ -253,12 +328,18 @@ def test_sweep_jobs_are_the_basic_sweepers_jobs_in_its_order():
 
     from pipeline.overrides import sweep_jobs
 
-    for overrides in (["+experiment=clip_mix", "mix.p=0,0.5,1", "train.seed=range(1,3)"],
-                      ["mix.p=0.2", "train.seed=3,1,2", "mix.p=0,1", "run.name=x"],
-                      ["+experiment=clip_mix_0.8"]):
+    for overrides in (
+        ["+experiment=clip_mix", "mix.p=0,0.5,1", "train.seed=range(1,3)"],
+        ["mix.p=0.2", "train.seed=3,1,2", "mix.p=0,1", "run.name=x"],
+        ["+experiment=clip_mix_0.8"],
+    ):
         expected = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
         assert sweep_jobs(overrides, multirun=True) == expected
     assert len(sweep_jobs(["mix.p=0,0.5,1", "train.seed=1,2"], multirun=True)) == 6
-    assert sweep_jobs(["train.seed=range(1,4)"], multirun=True) == [["train.seed=1"], ["train.seed=2"], ["train.seed=3"]]
+    assert sweep_jobs(["train.seed=range(1,4)"], multirun=True) == [
+        ["train.seed=1"],
+        ["train.seed=2"],
+        ["train.seed=3"],
+    ]
     with pytest.raises(ConfigError, match=r"^mix.p=interval\(0,1\): the basic sweeper expands only discrete sweeps"):
         sweep_jobs(["mix.p=interval(0,1)"], multirun=True)

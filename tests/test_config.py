@@ -10,8 +10,8 @@ import tarfile
 import pytest
 
 from captiondata.config import CaptionField
-from captiondata.reader import decode_record, raw_samples
 from captiondata.counters import SampleCounters
+from captiondata.reader import decode_record, raw_samples
 from harness_infra.errors import ConfigError
 from harness_infra.stagecache import canonical
 from pipeline.cli import main
@@ -83,10 +83,17 @@ def test_the_mix_study_is_one_overlay_swept_over_p():
 def test_a_layout_override_survives_the_data_preset_and_reaches_the_reader(tmp_path):
     cfg, resolved = compose_config(["+experiment=clip_mix", README_LAYOUT])
     assert [(f.member, f.field) for f in cfg.data.layout.recaptions] == [("json", "recaptions"), ("llava.txt", None)]
-    assert resolved["data"]["layout"]["recaptions"] == [{"member": "json", "field": "recaptions"}, {"member": "llava.txt", "field": None}]
+    assert resolved["data"]["layout"]["recaptions"] == [
+        {"member": "json", "field": "recaptions"},
+        {"member": "llava.txt", "field": None},
+    ]
     # one sample whose recaptions sit in two members: the reader pools exactly the two the record publishes
-    members = {"k0.jpg": b"\xff\xd8", "k0.txt": b"alt text", "k0.json": b'{"recaptions": ["a dense json recaption"]}',
-               "k0.llava.txt": b"a llava recaption"}
+    members = {
+        "k0.jpg": b"\xff\xd8",
+        "k0.txt": b"alt text",
+        "k0.json": b'{"recaptions": ["a dense json recaption"]}',
+        "k0.llava.txt": b"a llava recaption",
+    }
     path = tmp_path / "s.tar"
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
@@ -97,8 +104,12 @@ def test_a_layout_override_survives_the_data_preset_and_reaches_the_reader(tmp_p
     record = decode_record(raw, cfg.data.layout, decode=False)
     assert record.original == "alt text" and record.recaptions == ["a dense json recaption", "a llava recaption"]
     # the recap_datacomp preset applies where the user set nothing, and a user's field wins over it
-    preset, _ = compose_config(["+experiment=clip_mix", "data=recap_datacomp", "data.train_shards=/x.tar", "data.layout.original.field=alt"])
-    assert preset.data.layout.original == CaptionField("json", "alt") and preset.data.layout.recaptions == [CaptionField("txt", None)]
+    preset, _ = compose_config(
+        ["+experiment=clip_mix", "data=recap_datacomp", "data.train_shards=/x.tar", "data.layout.original.field=alt"]
+    )
+    assert preset.data.layout.original == CaptionField("json", "alt") and preset.data.layout.recaptions == [
+        CaptionField("txt", None)
+    ]
 
 
 def test_overrides_reach_typed_config():
@@ -107,27 +118,41 @@ def test_overrides_reach_typed_config():
     assert cfg.data.layout.recaptions[0].field == "recaptions"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("mix.p=1.5", "mix.p=1.5 is outside [0, 1]"),
-    ("mix.p=-0.1", "mix.p=-0.1 is outside [0, 1]"),
-    ("mix.strategy=sometimes", "mix.strategy='sometimes' is unknown"),
-    ("train.stages.0.batch_size=-4", "batch_size=-4 must be positive"),
-    ("data.num_workers=-1", "data.num_workers=-1 must be >= 0"),
-    ("data.builder=laion", "data.builder='laion' is unknown"),
-    ("mix.p=often", "often"),
-    ("data.no_such_key=1", "Could not override 'data.no_such_key': Key 'no_such_key' not in 'DataConfig'"),
-    ("mix.pp=0.5", "Could not override 'mix.pp': Key 'pp' not in 'MixConfig'"),
-    ("model.no_such=1", "Key 'no_such' not in 'ClipModelConfig'"),
-    ("run.stages=[train,eval]", "run.stages: 'train' needs data before it"),
-    ("run.stages=[data,train,evaluate]", "run.stages: 'evaluate' is not a stage"),
-    ("run.stages=[data,train,recaption]", "run.stages: 'train' reads the output of recaption, so recaption must come before it"),
-    ("run.stages=[data,train,features]", "run.stages: 'train' reads the output of features, so features must come before it"),
-    ("run.stages=[data,features,train,eval]", "run.stages lists features, a stage trainer=clip does not run; drop it or set trainer=dit"),
-    ("run.rerun=tables", "run.rerun='tables' is not one of run.stages"),
-    ("trainer=dit", "trainer"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("mix.p=1.5", "mix.p=1.5 is outside [0, 1]"),
+        ("mix.p=-0.1", "mix.p=-0.1 is outside [0, 1]"),
+        ("mix.strategy=sometimes", "mix.strategy='sometimes' is unknown"),
+        ("train.stages.0.batch_size=-4", "batch_size=-4 must be positive"),
+        ("data.num_workers=-1", "data.num_workers=-1 must be >= 0"),
+        ("data.builder=laion", "data.builder='laion' is unknown"),
+        ("mix.p=often", "often"),
+        ("data.no_such_key=1", "Could not override 'data.no_such_key': Key 'no_such_key' not in 'DataConfig'"),
+        ("mix.pp=0.5", "Could not override 'mix.pp': Key 'pp' not in 'MixConfig'"),
+        ("model.no_such=1", "Key 'no_such' not in 'ClipModelConfig'"),
+        ("run.stages=[train,eval]", "run.stages: 'train' needs data before it"),
+        ("run.stages=[data,train,evaluate]", "run.stages: 'evaluate' is not a stage"),
+        (
+            "run.stages=[data,train,recaption]",
+            "run.stages: 'train' reads the output of recaption, so recaption must come before it",
+        ),
+        (
+            "run.stages=[data,train,features]",
+            "run.stages: 'train' reads the output of features, so features must come before it",
+        ),
+        (
+            "run.stages=[data,features,train,eval]",
+            "run.stages lists features, a stage trainer=clip does not run; drop it or set trainer=dit",
+        ),
+        ("run.rerun=tables", "run.rerun='tables' is not one of run.stages"),
+        ("trainer=dit", "trainer"),
+    ],
+)
 def test_bad_values_fail_with_one_line(override, message):
-    overrides = ["+experiment=clip_mix_0.8", override] + (["run.stages=[data,train,eval]"] if override.startswith("run.rerun") else [])
+    overrides = ["+experiment=clip_mix_0.8", override] + (
+        ["run.stages=[data,train,eval]"] if override.startswith("run.rerun") else []
+    )
     with pytest.raises(ConfigError) as info:
         compose_config(overrides)
     text = str(info.value)
@@ -140,12 +165,21 @@ def test_main_prints_one_line_and_exits_nonzero(capsys):
     assert err.startswith("error: mix.p=2.0 is outside [0, 1]") and "\n" not in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["+experiment=clip_mix_0.9"], "error: unknown experiment 'clip_mix_0.9'; choose one of clip_coca_recap_mix, clip_concat"),
-    (["experiment=clip_mix_0.8"], "error: experiment=clip_mix_0.8: experiments are added to the config, write +experiment=clip_mix_0.8"),
-    (["+experiment=clip_mix", "mix.p=0,0.5"], "error: mix.p=0,0.5 is a sweep; add -m to run one job per value"),
-    (["-m", "+experiment=clip_mix", "mix.p=0,1.5"], "error: mix.p=1.5 is outside [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["+experiment=clip_mix_0.9"],
+            "error: unknown experiment 'clip_mix_0.9'; choose one of clip_coca_recap_mix, clip_concat",
+        ),
+        (
+            ["experiment=clip_mix_0.8"],
+            "error: experiment=clip_mix_0.8: experiments are added to the config, write +experiment=clip_mix_0.8",
+        ),
+        (["+experiment=clip_mix", "mix.p=0,0.5"], "error: mix.p=0,0.5 is a sweep; add -m to run one job per value"),
+        (["-m", "+experiment=clip_mix", "mix.p=0,1.5"], "error: mix.p=1.5 is outside [0, 1]"),
+    ],
+)
 def test_command_line_mistakes_are_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -153,8 +187,18 @@ def test_command_line_mistakes_are_one_line(capsys, argv, message):
 
 
 def test_missing_data_path_is_one_line(capsys, tmp_path):
-    assert main(["+experiment=clip_mix_0.8", "data=flickr8k", f"data.source={tmp_path}/nowhere", f"run.out_root={tmp_path}",
-                 f"run.results_dir={tmp_path}/results"]) == 2
+    assert (
+        main(
+            [
+                "+experiment=clip_mix_0.8",
+                "data=flickr8k",
+                f"data.source={tmp_path}/nowhere",
+                f"run.out_root={tmp_path}",
+                f"run.results_dir={tmp_path}/results",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "lacks Flickr8k.token.txt" in errors[0] and "Traceback" not in err

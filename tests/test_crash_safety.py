@@ -37,14 +37,24 @@ def leftovers(folder) -> list:
     """Temporary files and per-query files without their JSON under ``folder``."""
     names = [os.path.relpath(p, folder) for p in glob.glob(os.path.join(str(folder), "**", "*"), recursive=True)]
     names += [os.path.relpath(p, folder) for p in glob.glob(os.path.join(str(folder), "**", ".tmp-*"), recursive=True)]
-    return sorted(n for n in names if os.path.basename(n).startswith(".tmp-")
-                  or (n.endswith(SIDECAR_SUFFIX) and not os.path.exists(os.path.join(str(folder), n[: -len(SIDECAR_SUFFIX)] + ".json"))))
+    return sorted(
+        n
+        for n in names
+        if os.path.basename(n).startswith(".tmp-")
+        or (
+            n.endswith(SIDECAR_SUFFIX)
+            and not os.path.exists(os.path.join(str(folder), n[: -len(SIDECAR_SUFFIX)] + ".json"))
+        )
+    )
 
 
-@pytest.mark.parametrize("target, marker", [
-    ("evals.results.records.atomic_write_text", "r.json"),  # after the per-query file, before the JSON
-    ("harness_infra.atomic._link_new", SIDECAR_SUFFIX),     # the per-query file written, not yet given its name
-])
+@pytest.mark.parametrize(
+    "target, marker",
+    [
+        ("evals.results.records.atomic_write_text", "r.json"),  # after the per-query file, before the JSON
+        ("harness_infra.atomic._link_new", SIDECAR_SUFFIX),  # the per-query file written, not yet given its name
+    ],
+)
 def test_a_record_writer_killed_midway_leaves_nothing_the_next_writer_trips_on(tmp_path, target, marker):
     killed = drive(target, marker, "write", str(tmp_path))
     assert killed.returncode == 9, killed.stderr
@@ -64,7 +74,9 @@ def test_a_second_write_of_a_name_still_gets_a_new_name(tmp_path):
     first = write_record(record, str(tmp_path), {"m": QueryValues(np.ones(3), None)}, stem="r")
     second = write_record(record, str(tmp_path), {"m": QueryValues(np.zeros(3), None)}, stem="r", on_exists="new_name")
     assert (os.path.basename(first), os.path.basename(second)) == ("r.json", "r-1.json")
-    assert read_per_query(first)["m"].values.tolist() == [1.0, 1.0, 1.0] and read_per_query(second)["m"].values.sum() == 0
+    assert (
+        read_per_query(first)["m"].values.tolist() == [1.0, 1.0, 1.0] and read_per_query(second)["m"].values.sum() == 0
+    )
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         write_record(record, str(tmp_path), None, stem="r")
 
@@ -73,7 +85,9 @@ def test_two_processes_publishing_the_same_records_publish_each_once(tmp_path):
     sources = []
     for index in range(24):  # many records: a wide window for the two publishers to interleave
         record = {"checkpoint": "c", "task": f"t{index}", "task_name": f"t{index}", "metrics": {"m": float(index)}}
-        per_query = {"m": QueryValues(np.full(5, float(index)), None)} if index % 2 else None  # even ones: whole-set only
+        per_query = (
+            {"m": QueryValues(np.full(5, float(index)), None)} if index % 2 else None
+        )  # even ones: whole-set only
         sources.append(write_record(record, str(tmp_path / "eval"), per_query))
     results = tmp_path / "results"
     results.mkdir()
@@ -84,7 +98,9 @@ def test_two_processes_publishing_the_same_records_publish_each_once(tmp_path):
     published = [json.loads(out) for out, _ in outputs]
     assert published[0] == published[1]  # the second found the first one's records and published nothing new
     folder = results / "records"
-    assert sorted(os.path.basename(p) for p in glob.glob(str(folder / "*.json"))) == sorted(f"exp__t{i}__e.json" for i in range(24))
+    assert sorted(os.path.basename(p) for p in glob.glob(str(folder / "*.json"))) == sorted(
+        f"exp__t{i}__e.json" for i in range(24)
+    )
     assert len(glob.glob(str(folder / ("*" + SIDECAR_SUFFIX)))) == 12 and leftovers(folder) == []
     for index in range(1, 24, 2):
         assert read_per_query(str(folder / f"exp__t{index}__e.json"))["m"].values.tolist() == [float(index)] * 5
@@ -114,20 +130,25 @@ def scenes(folder) -> DataConfig:
 
 def shard_listing(folder) -> dict:
     """Every file of a build folder (relative name -> sha256)."""
-    return {os.path.relpath(p, folder): file_sha256(p) for p in glob.glob(os.path.join(str(folder), "**", "*.tar"), recursive=True)}
+    return {
+        os.path.relpath(p, folder): file_sha256(p)
+        for p in glob.glob(os.path.join(str(folder), "**", "*.tar"), recursive=True)
+    }
 
 
 @pytest.mark.slow  # about 25 s: the scenes builder draws its images
 def test_a_killed_data_build_leaves_no_temporary_files_after_the_next_build(tmp_path):
     reference = build_shards(scenes(tmp_path / "clean"))
-    script = ("import os, sys, harness_infra.atomic as a\n"
-              "real = a.AtomicFile.commit\n"
-              "def commit(self):\n"
-              "    if self.path.endswith('-000002.tar'): os._exit(9)\n"
-              "    real(self)\n"
-              "a.AtomicFile.commit = commit\n"
-              "from captiondata.build import build_shards\nfrom captiondata.config import DataConfig\n"
-              f"build_shards(DataConfig(name='scenes', builder='scenes', shard_dir={str(tmp_path / 'killed')!r}, build_size=40, samples_per_shard=6))\n")
+    script = (
+        "import os, sys, harness_infra.atomic as a\n"
+        "real = a.AtomicFile.commit\n"
+        "def commit(self):\n"
+        "    if self.path.endswith('-000002.tar'): os._exit(9)\n"
+        "    real(self)\n"
+        "a.AtomicFile.commit = commit\n"
+        "from captiondata.build import build_shards\nfrom captiondata.config import DataConfig\n"
+        f"build_shards(DataConfig(name='scenes', builder='scenes', shard_dir={str(tmp_path / 'killed')!r}, build_size=40, samples_per_shard=6))\n"
+    )
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 9, killed.stderr
     assert glob.glob(str(tmp_path / "killed" / ".tmp-*-000002.tar"))  # the kill left the unfinished shard
@@ -135,7 +156,9 @@ def test_a_killed_data_build_leaves_no_temporary_files_after_the_next_build(tmp_
 
     rebuilt = build_shards(scenes(tmp_path / "killed"))
     assert glob.glob(str(tmp_path / "killed" / "**" / ".tmp-*"), recursive=True) == []
-    assert shard_listing(tmp_path / "killed") == shard_listing(tmp_path / "clean") != {}  # byte-identical to a clean build
+    assert (
+        shard_listing(tmp_path / "killed") == shard_listing(tmp_path / "clean") != {}
+    )  # byte-identical to a clean build
     assert rebuilt["manifests"] == reference["manifests"]
     for split, manifest in rebuilt["manifests"].items():
         for shard in manifest["shards"]:
@@ -144,8 +167,16 @@ def test_a_killed_data_build_leaves_no_temporary_files_after_the_next_build(tmp_
                 assert len({m.name.split(".")[0] for m in tar.getmembers()}) == shard["count"]
 
 
-SMOKE = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
-         "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
+SMOKE = [
+    "+experiment=clip_smoke",
+    "data.build_size=200",
+    "train.stages.0.samples=128",
+    "train.stages.0.batch_size=32",
+    "eval.tasks.0.max_samples=120",
+    "eval.tasks.1.max_samples=120",
+    "eval.bootstrap_samples=50",
+    "eval.permutation_samples=200",
+]
 TASKS = ["scenes_compositional_retrieval", "scenes_zeroshot"]
 
 
@@ -162,9 +193,14 @@ def complete_records(results) -> list:
 @pytest.mark.slow  # about 70 s: four smoke runs of the pipeline, three of them killed
 def test_a_pipeline_killed_in_eval_publish_or_tables_completes_on_the_next_run(tmp_path):
     where = [f"run.out_root={tmp_path}/runs", f"run.results_dir={tmp_path}/results"]
-    kills = [("evals.results.records.atomic_write_text", f"{tmp_path}/runs/eval/"),      # eval: between a per-query file and its record
-             ("evals.results.records.atomic_write_text", f"{tmp_path}/results/records/"),  # publish: the same point
-             ("report.tables.atomic_write_bytes", "scenes.md")]                             # tables
+    kills = [
+        (
+            "evals.results.records.atomic_write_text",
+            f"{tmp_path}/runs/eval/",
+        ),  # eval: between a per-query file and its record
+        ("evals.results.records.atomic_write_text", f"{tmp_path}/results/records/"),  # publish: the same point
+        ("report.tables.atomic_write_bytes", "scenes.md"),
+    ]  # tables
     for index, (target, marker) in enumerate(kills):
         killed = drive(target, marker, "pipeline", *SMOKE, *where)
         assert killed.returncode == 9, killed.stderr[-3000:]
@@ -194,8 +230,10 @@ def test_the_lock_is_reentrant_in_one_process_and_still_excludes_another(tmp_pat
     from harness_infra.locks import exclusive
 
     lock = str(tmp_path / "x.lock")
-    probe = ("import fcntl, sys\nh = open(sys.argv[1], 'a+b')\n"
-             "try:\n    fcntl.flock(h.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)\n")
+    probe = (
+        "import fcntl, sys\nh = open(sys.argv[1], 'a+b')\n"
+        "try:\n    fcntl.flock(h.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)\n"
+    )
     with exclusive(lock):
         with exclusive(lock):  # a writer that locks its folder, called by a caller holding that lock: no self-deadlock
             assert subprocess.run([sys.executable, "-c", probe, lock]).returncode == 1

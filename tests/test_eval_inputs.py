@@ -11,17 +11,40 @@ import tarfile
 from collections import Counter
 
 import pytest
-import torch
+from eval_helpers import (
+    caption_records,
+    jpeg,
+    random_image,
+    tiny_clip,
+    write_caption_folder,
+    write_cb_classification,
+    write_cb_retrieval,
+    write_image_folder,
+    write_project_shards,
+)
 
 from captiondata.decode import BadSample
 from evals.tasks.config import EvalConfig, ZeroShotTaskConfig
-from evals.tasks.datasets import (caption_folder, check_labels, clip_benchmark_wds, dataset_labels, image_folder, open_eval_dataset,
-                                  project_shards, task_fingerprint)
+from evals.tasks.datasets import (
+    caption_folder,
+    check_labels,
+    clip_benchmark_wds,
+    dataset_labels,
+    image_folder,
+    open_eval_dataset,
+    project_shards,
+    task_fingerprint,
+)
 from evals.tasks.embeddings import encode_images
-from evals.tasks.prompts import (check_template, duplicate_names, imagenet_classnames, load_classnames, load_templates, read_classnames,
-                                 render)
-from evals.tasks.testing import (caption_records, jpeg, random_image, tiny_clip, write_caption_folder, write_cb_classification,
-                                 write_cb_retrieval, write_image_folder, write_project_shards)
+from evals.tasks.prompts import (
+    check_template,
+    duplicate_names,
+    imagenet_classnames,
+    load_classnames,
+    load_templates,
+    read_classnames,
+    render,
+)
 from harness_infra.errors import ConfigError
 from harness_infra.identity import file_identity, file_sha256, files_fingerprint
 
@@ -42,10 +65,19 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 # --- item 3: templates and class names -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("template, problem", [
-    ("a photo of a {}.", "{}"), ("a {x} of a {c}.", "{x}"), ("a photo of a {0}.", "{0}"), ("a photo of a {c.upper}.", "{c.upper}"),
-    ("a photo of a {c", "unbalanced"), ("a photo of a c}.", "unbalanced"), ("a photo of an object.", "no {c} placeholder"),
-])
+
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("a photo of a {}.", "{}"),
+        ("a {x} of a {c}.", "{x}"),
+        ("a photo of a {0}.", "{0}"),
+        ("a photo of a {c.upper}.", "{c.upper}"),
+        ("a photo of a {c", "unbalanced"),
+        ("a photo of a c}.", "unbalanced"),
+        ("a photo of an object.", "no {c} placeholder"),
+    ],
+)
 def test_bad_templates_are_one_line_config_errors(tmp_path, template, problem):
     path = tmp_path / "templates.txt"
     path.write_text(f"a photo of a {{c}}.\n{template}\n", encoding="utf-8")
@@ -60,9 +92,13 @@ def test_bad_templates_are_one_line_config_errors(tmp_path, template, problem):
 def test_a_data_sets_own_template_file_is_named_in_its_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RECAP_DATA_ROOT", str(tmp_path))
     write_cb_classification(str(tmp_path / "set"), [0, 1], ["cat", "dog"], ["a photo of a {}."])
-    with pytest.raises(ConfigError, match="zeroshot_classification_templates.txt: template 'a photo of a {}.' has the field"):
+    with pytest.raises(
+        ConfigError, match="zeroshot_classification_templates.txt: template 'a photo of a {}.' has the field"
+    ):
         open_eval_dataset(ZeroShotTaskConfig(name="s", format="clip_benchmark_wds", path="set"))
-    assert open_eval_dataset(ZeroShotTaskConfig(name="s", format="clip_benchmark_wds", path="set", templates="photo")).templates == ["a photo of a {c}."]
+    assert open_eval_dataset(
+        ZeroShotTaskConfig(name="s", format="clip_benchmark_wds", path="set", templates="photo")
+    ).templates == ["a photo of a {c}."]
 
 
 def test_template_without_placeholder_no_longer_scores_perfectly(tiny, tmp_path):
@@ -71,7 +107,9 @@ def test_template_without_placeholder_no_longer_scores_perfectly(tiny, tmp_path)
     model, tokenizer, preprocess = tiny
     data = clip_benchmark_wds(write_cb_classification(str(tmp_path), [0, 1, 2] * 3, ["cat", "dog", "eel"]), "test")
     with pytest.raises(ConfigError, match="no {c} placeholder"):  # every class got the same prompt: top-1 was 1.0
-        evaluate_zeroshot_classification(model, tokenizer, preprocess, data, EvalConfig(**CFG), templates=["a photo of an animal."])
+        evaluate_zeroshot_classification(
+            model, tokenizer, preprocess, data, EvalConfig(**CFG), templates=["a photo of an animal."]
+        )
 
 
 def test_template_file_bom_blank_lines_and_duplicates(tmp_path, caplog):
@@ -102,7 +140,9 @@ def test_classnames_bom_blank_lines_duplicates_and_encoding(tmp_path, caplog):
     one_line(exc)
     names = imagenet_classnames()
     counts = Counter(n.casefold() for n in names)
-    assert duplicate_names(names) == {n: [i for i, m in enumerate(names) if m.casefold() == n] for n, k in counts.items() if k > 1}
+    assert duplicate_names(names) == {
+        n: [i for i, m in enumerate(names) if m.casefold() == n] for n, k in counts.items() if k > 1
+    }
     assert duplicate_names(names) == {"missile": [657, 744], "sunglasses": [836, 837]}
 
 
@@ -113,6 +153,7 @@ def test_clip_benchmark_classnames_lose_their_bom(tmp_path):
 
 
 # --- item 5: text read as the training reader reads it -------------------------------------------------------------
+
 
 def write_tar(path, samples):
     """A tar of {key: {suffix: bytes}} samples."""
@@ -127,13 +168,16 @@ def write_tar(path, samples):
 def test_webdataset_retrieval_skips_and_counts_undecodable_and_empty_captions(tmp_path):
     os.makedirs(tmp_path / "test")
     image = jpeg(random_image(0))
-    write_tar(tmp_path / "test" / "0.tar", {
-        "a": {"jpg": image, "txt": "caf&eacute; &amp; bar\n\x00\n  two   spaces ".encode("utf-8")},
-        "b": {"jpg": image, "txt": "caf\xe9s".encode("latin-1")},
-        "c": {"jpg": image, "txt": b"&nbsp;\n\x00"},
-        "d": {"jpg": image},
-        "e": {"jpg": image, "txt": "\ufeffplain".encode("utf-8")},
-    })
+    write_tar(
+        tmp_path / "test" / "0.tar",
+        {
+            "a": {"jpg": image, "txt": "caf&eacute; &amp; bar\n\x00\n  two   spaces ".encode("utf-8")},
+            "b": {"jpg": image, "txt": "caf\xe9s".encode("latin-1")},
+            "c": {"jpg": image, "txt": b"&nbsp;\n\x00"},
+            "d": {"jpg": image},
+            "e": {"jpg": image, "txt": "\ufeffplain".encode("utf-8")},
+        },
+    )
     data = clip_benchmark_wds(str(tmp_path), "test", kind="retrieval")
     assert [captions for _, captions in data] == [["café & bar", "two spaces"], ["plain"]]  # never 'caf\ufffds'
     assert data.describe()["skipped"] == {"non_utf8_text": 1, "empty_caption": 1, "missing_caption": 1}
@@ -142,8 +186,15 @@ def test_webdataset_retrieval_skips_and_counts_undecodable_and_empty_captions(tm
 def test_webdataset_labels_and_caption_folders_count_bad_text(tmp_path):
     os.makedirs(tmp_path / "cls" / "test")
     image = jpeg(random_image(0))
-    write_tar(tmp_path / "cls" / "test" / "0.tar", {"a": {"jpg": image, "cls": b" 1\n"}, "b": {"jpg": image, "cls": b"\xff1"},
-                                                    "c": {"jpg": image, "cls": b"one"}, "d": {"jpg": image}})
+    write_tar(
+        tmp_path / "cls" / "test" / "0.tar",
+        {
+            "a": {"jpg": image, "cls": b" 1\n"},
+            "b": {"jpg": image, "cls": b"\xff1"},
+            "c": {"jpg": image, "cls": b"one"},
+            "d": {"jpg": image},
+        },
+    )
     (tmp_path / "cls" / "classnames.txt").write_text("x\ny\n")
     data = clip_benchmark_wds(str(tmp_path / "cls"), "test")
     assert [label for _, label in data] == [1]
@@ -163,13 +214,16 @@ def test_flickr8k_token_file_with_bom_and_entities(tmp_path):
     os.makedirs(tmp_path / "images")
     for i in range(3):
         random_image(i).save(tmp_path / "images" / f"im{i}.jpg")
-    (tmp_path / "Flickr8k.token.txt").write_bytes("\ufeffim0.jpg#0\tA dog &amp; a cat .\nim1.jpg#0\t&nbsp;\nim2.jpg#0\tA bird .\n".encode("utf-8"))
+    (tmp_path / "Flickr8k.token.txt").write_bytes(
+        "\ufeffim0.jpg#0\tA dog &amp; a cat .\nim1.jpg#0\t&nbsp;\nim2.jpg#0\tA bird .\n".encode("utf-8")
+    )
     (tmp_path / "Flickr_8k.testImages.txt").write_bytes("\ufeffim0.jpg\nim1.jpg\nim2.jpg\n".encode("utf-8"))
     data = flickr8k(str(tmp_path), "test")
     assert data.targets == [["A dog & a cat ."], ["A bird ."]] and data.describe()["skipped"] == {"empty_caption": 1}
 
 
 # --- item 8: identity by content -------------------------------------------------------------------------------------
+
 
 def edit_member_in_place(tar_path: str, member: str, old: bytes, new: bytes) -> None:
     """Overwrite bytes of one tar member's data without changing any size (tar members are padded to 512 bytes)."""
@@ -231,7 +285,9 @@ def test_every_file_set_identity_follows_content(tmp_path):
     assert project_shards(spec).fingerprint != before
     task = ZeroShotTaskConfig(name="t", path=folder, templates="photo")
     assert task_fingerprint(task) != task_fingerprint(ZeroShotTaskConfig(name="t", path=folder, templates="cifar"))
-    assert task_fingerprint(task) != task_fingerprint(ZeroShotTaskConfig(name="t", path=folder, templates="photo", exif_transpose=False))
+    assert task_fingerprint(task) != task_fingerprint(
+        ZeroShotTaskConfig(name="t", path=folder, templates="photo", exif_transpose=False)
+    )
 
 
 def test_content_hash_memo_is_not_fooled_by_restored_mtime(tmp_path):
@@ -245,10 +301,13 @@ def test_content_hash_memo_is_not_fooled_by_restored_mtime(tmp_path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...and rsync -t / touch -r put the mtime back
     assert os.path.getsize(path) == 4 and file_sha256(str(path)) != first  # ctime moved: re-hashed
     assert file_identity("https://host/x/0.tar") == ["https://host/x/0.tar", -1]  # remote: the spec, never fetched
-    assert files_fingerprint(["s3://bucket/0.tar", "pipe:cat 0.tar"]) == files_fingerprint(["pipe:cat 0.tar", "s3://bucket/0.tar"])
+    assert files_fingerprint(["s3://bucket/0.tar", "pipe:cat 0.tar"]) == files_fingerprint(
+        ["pipe:cat 0.tar", "s3://bucket/0.tar"]
+    )
 
 
 # --- item 9: class folders -------------------------------------------------------------------------------------------
+
 
 def test_corrupt_image_in_a_class_folder_is_skipped_and_counted_like_webdataset(tiny, tmp_path):
     from evals.tasks.zeroshot import evaluate_zeroshot_classification
@@ -269,8 +328,16 @@ def test_corrupt_image_in_a_class_folder_is_skipped_and_counted_like_webdataset(
         result = evaluate_zeroshot_classification(model, tokenizer, preprocess, again, cached)
         assert result.n["images"] == 5 and result.dataset["skipped"] == {"corrupt_image": 1}
     os.makedirs(tmp_path / "wds" / "test")
-    write_tar(tmp_path / "wds" / "test" / "0.tar", {f"s{i}": {"jpg": jpeg(random_image(i)) if i != 4 else b"\xff\xd8\xff\xe0 not a jpeg",
-                                                             "cls": str(i // 3).encode()} for i in range(6)})
+    write_tar(
+        tmp_path / "wds" / "test" / "0.tar",
+        {
+            f"s{i}": {
+                "jpg": jpeg(random_image(i)) if i != 4 else b"\xff\xd8\xff\xe0 not a jpeg",
+                "cls": str(i // 3).encode(),
+            }
+            for i in range(6)
+        },
+    )
     (tmp_path / "wds" / "classnames.txt").write_text("cat\ndog\n")
     wds = clip_benchmark_wds(str(tmp_path / "wds"), "test")
     wds.templates = ["a photo of a {c}."]
@@ -285,16 +352,22 @@ def test_corrupt_images_skip_with_loader_workers_too(tiny, tmp_path):
         with open(os.path.join(folder, "test", name), "wb") as handle:
             handle.write(b"GIF89a broken")
     data = image_folder(folder, "test")
-    embeddings, targets = encode_images(model, preprocess, data, EvalConfig(**{**CFG, "batch_size": 2, "num_workers": 2}))
+    embeddings, targets = encode_images(
+        model, preprocess, data, EvalConfig(**{**CFG, "batch_size": 2, "num_workers": 2})
+    )
     assert targets == [0, 0, 0, 1, 1, 1] and embeddings.shape[0] == 6
     assert data.describe()["skipped"] == {"corrupt_image": 2}
     os.makedirs(tmp_path / "wds" / "test")
     for shard in range(2):  # one bad sample per shard: each worker counts its own
-        write_tar(tmp_path / "wds" / "test" / f"{shard}.tar", {f"s{shard}{i}": {"jpg": jpeg(random_image(i)) if i else b"GIF89a broken",
-                                                                                "cls": b"1"} for i in range(3)})
+        write_tar(
+            tmp_path / "wds" / "test" / f"{shard}.tar",
+            {f"s{shard}{i}": {"jpg": jpeg(random_image(i)) if i else b"GIF89a broken", "cls": b"1"} for i in range(3)},
+        )
     (tmp_path / "wds" / "classnames.txt").write_text("cat\ndog\n")
     wds = clip_benchmark_wds(str(tmp_path / "wds"), "test")
-    embeddings, targets = encode_images(model, preprocess, wds, EvalConfig(**{**CFG, "batch_size": 2, "num_workers": 2}))
+    embeddings, targets = encode_images(
+        model, preprocess, wds, EvalConfig(**{**CFG, "batch_size": 2, "num_workers": 2})
+    )
     assert targets == [1, 1, 1, 1] and wds.describe()["skipped"] == {"corrupt_image": 2}
 
 
@@ -304,7 +377,9 @@ def test_out_of_range_label_fails_before_any_image_is_encoded(tiny, tmp_path, mo
     from evals.tasks.zeroshot import evaluate_zeroshot_classification
 
     model, tokenizer, preprocess = tiny
-    root = write_cb_classification(str(tmp_path / "set"), [0, 1, bad, 2, 1], ["cat", "dog", "eel"], ["a photo of a {c}."])
+    root = write_cb_classification(
+        str(tmp_path / "set"), [0, 1, bad, 2, 1], ["cat", "dog", "eel"], ["a photo of a {c}."]
+    )
     data = clip_benchmark_wds(root, "test")
     monkeypatch.setattr(datasets, "decode_image", lambda *a, **k: pytest.fail("an image was decoded"))
     monkeypatch.setattr(model, "encode_image", lambda *a, **k: pytest.fail("an image was encoded"))
@@ -319,7 +394,9 @@ def test_class_folder_labels_are_checked_against_the_class_names(tmp_path, monke
     monkeypatch.setenv("RECAP_DATA_ROOT", str(tmp_path))
     write_image_folder(str(tmp_path / "tiny"), ["a", "b", "c"], 1)
     (tmp_path / "names.txt").write_text("alpha\nbeta\n")
-    data = open_eval_dataset(ZeroShotTaskConfig(name="tiny3", path="tiny", classnames=str(tmp_path / "names.txt"), templates="photo"))
+    data = open_eval_dataset(
+        ZeroShotTaskConfig(name="tiny3", path="tiny", classnames=str(tmp_path / "names.txt"), templates="photo")
+    )
     with pytest.raises(ConfigError, match="tiny3: label 2 is outside"):
         check_labels(data, len(data.classes))
     check_labels(data, 3)

@@ -8,7 +8,13 @@ from scipy.stats import binom
 from sklearn.metrics import balanced_accuracy_score
 
 import evals.results.bootstrap as bootstrap
-from evals.results.bootstrap import QueryValues, bootstrap_ci, bootstrap_distribution, paired_test, permutation_distribution
+from evals.results.bootstrap import (
+    QueryValues,
+    bootstrap_ci,
+    bootstrap_distribution,
+    paired_test,
+    permutation_distribution,
+)
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0])
@@ -29,7 +35,10 @@ def test_interval_endpoints_are_the_binomial_quantiles():
     values = np.zeros(400)
     values[:200] = 1.0
     lo, hi = bootstrap_ci(QueryValues(values), samples=40000, seed=0)
-    assert abs(lo - binom.ppf(0.025, 400, 0.5) / 400) <= 1.5 / 400 and abs(hi - binom.ppf(0.975, 400, 0.5) / 400) <= 1.5 / 400
+    assert (
+        abs(lo - binom.ppf(0.025, 400, 0.5) / 400) <= 1.5 / 400
+        and abs(hi - binom.ppf(0.975, 400, 0.5) / 400) <= 1.5 / 400
+    )
 
 
 def test_the_seed_alone_fixes_the_resamples():

@@ -12,11 +12,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import require_module, require_real  # noqa: E402
 
 cb_cls = require_module("clip_benchmark.metrics.zeroshot_classification", "pip install -e '.[dev]'")
 cb_ret = require_module("clip_benchmark.metrics.zeroshot_retrieval", "pip install -e '.[dev]'")
+from eval_helpers import tiny_clip, write_cb_retrieval, write_image_folder  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402  (a clip-benchmark dependency)
 from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
@@ -26,7 +26,6 @@ from evals.tasks.config import EvalConfig  # noqa: E402
 from evals.tasks.datasets import clip_benchmark_wds, flickr8k, image_folder  # noqa: E402
 from evals.tasks.prompts import CIFAR_TEMPLATES  # noqa: E402
 from evals.tasks.retrieval import evaluate_retrieval, retrieval_result  # noqa: E402
-from evals.tasks.testing import tiny_clip, write_cb_retrieval, write_image_folder  # noqa: E402
 from evals.tasks.zeroshot import classification_result, evaluate_zeroshot_classification  # noqa: E402
 
 TOL = 1e-4
@@ -45,7 +44,6 @@ def patched_accuracy(monkeypatch):
     monkeypatch.setattr(cb_cls, "accuracy", cb_accuracy)
 
 
-
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_clip(seed=0, context_length=77)
@@ -61,7 +59,7 @@ def test_classification_metrics_on_same_embeddings(n_classes):
     labels = torch.randint(0, n_classes, (400,), generator=torch.Generator().manual_seed(2))
     ours = classification_result(images, labels, weights, CFG)
     logits = 100.0 * images @ weights.T
-    acc1, = cb_accuracy(logits, labels, topk=(1,))
+    (acc1,) = cb_accuracy(logits, labels, topk=(1,))
     assert abs(ours.metrics["top1"] - acc1) < TOL
     assert abs(ours.metrics["mean_per_class_recall"] - balanced_accuracy_score(labels, logits.argmax(dim=1))) < TOL
     if n_classes >= 5:
@@ -101,8 +99,12 @@ def test_end_to_end_classification_matches(tiny, tmp_path):
     classes = ["apple", "bus", "cat", "dog", "eel", "fox"]
     root = write_image_folder(str(tmp_path), classes, 5)
     data = image_folder(root, "test")
-    ours = evaluate_zeroshot_classification(model, tokenizer, preprocess, data, CFG, templates=list(CIFAR_TEMPLATES[:4]))
-    ref = cb_classification(model, tokenizer, preprocess, os.path.join(root, "test"), classes, list(CIFAR_TEMPLATES[:4]))
+    ours = evaluate_zeroshot_classification(
+        model, tokenizer, preprocess, data, CFG, templates=list(CIFAR_TEMPLATES[:4])
+    )
+    ref = cb_classification(
+        model, tokenizer, preprocess, os.path.join(root, "test"), classes, list(CIFAR_TEMPLATES[:4])
+    )
     assert abs(ours.metrics["top1"] - ref["acc1"]) < TOL
     assert abs(ours.metrics["top5"] - ref["acc5"]) < TOL
     assert abs(ours.metrics["mean_per_class_recall"] - ref["mean_per_class_recall"]) < TOL
@@ -126,13 +128,17 @@ def cb_retrieval(model, tokenizer, dataset, batch_size=16):
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=image_captions_collate_fn)
     out = cb_ret.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
-    return {**{f"t2i_R@{k}": out[f"image_retrieval_recall@{k}"] for k in (1, 5, 10)},
-            **{f"i2t_R@{k}": out[f"text_retrieval_recall@{k}"] for k in (1, 5, 10)}}
+    return {
+        **{f"t2i_R@{k}": out[f"image_retrieval_recall@{k}"] for k in (1, 5, 10)},
+        **{f"i2t_R@{k}": out[f"text_retrieval_recall@{k}"] for k in (1, 5, 10)},
+    }
 
 
 def test_end_to_end_retrieval_on_clip_benchmark_wds_matches(tiny, tmp_path):
     model, tokenizer, preprocess = tiny
-    captions = [[f"caption {j} of picture {i}" + " with extra words" * (i % 3) for j in range(1 + i % 4)] for i in range(30)]
+    captions = [
+        [f"caption {j} of picture {i}" + " with extra words" * (i % 3) for j in range(1 + i % 4)] for i in range(30)
+    ]
     data = clip_benchmark_wds(write_cb_retrieval(str(tmp_path), captions), "test", kind="retrieval")
     ours = evaluate_retrieval(model, tokenizer, preprocess, data, CFG)
     ref = cb_retrieval(model, tokenizer, CaptionList(data, preprocess))
@@ -153,8 +159,15 @@ def test_real_cifar10_subset_matches(tiny):
     ours = evaluate_zeroshot_classification(model, tokenizer, preprocess, data, CFG, templates=list(CIFAR_TEMPLATES))
     folder = ImageFolder(os.path.join(root, "test"))
     position = {path: i for i, (path, _) in enumerate(folder.samples)}
-    ref = cb_classification(model, tokenizer, preprocess, os.path.join(root, "test"), data.classes, list(CIFAR_TEMPLATES),
-                            [position[f] for f in data.files])
+    ref = cb_classification(
+        model,
+        tokenizer,
+        preprocess,
+        os.path.join(root, "test"),
+        data.classes,
+        list(CIFAR_TEMPLATES),
+        [position[f] for f in data.files],
+    )
     for ours_name, ref_name in (("top1", "acc1"), ("top5", "acc5"), ("mean_per_class_recall", "mean_per_class_recall")):
         assert abs(ours.metrics[ours_name] - ref[ref_name]) < TOL
 
@@ -167,7 +180,10 @@ def test_real_flickr8k_subset_matches(tiny, tmp_path):
     data = flickr8k(root, "test", max_samples=250)
     ours = evaluate_retrieval(model, tokenizer, preprocess, data, CFG)
     ann = tmp_path / "ann.txt"
-    ann.write_text("image,caption\n" + "".join(f"{os.path.basename(f)},{c}\n" for f, cs in zip(data.files, data.targets) for c in cs))
+    ann.write_text(
+        "image,caption\n"
+        + "".join(f"{os.path.basename(f)},{c}\n" for f, cs in zip(data.files, data.targets) for c in cs)
+    )
     ref = cb_retrieval(model, tokenizer, Flickr(os.path.join(root, "images"), str(ann), transform=preprocess))
     assert ours.n == {"images": 250, "texts": 1250, "image_queries": 250, "tied_t2i_queries": 0, "tied_i2t_queries": 0}
     for name, value in ref.items():

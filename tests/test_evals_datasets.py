@@ -5,14 +5,27 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import require_real
-from harness_infra.errors import ConfigError
+from eval_helpers import (
+    caption_records,
+    write_caption_folder,
+    write_cb_classification,
+    write_cb_retrieval,
+    write_image_folder,
+    write_project_shards,
+)
+
 from evals.tasks.config import ZeroShotTaskConfig
-from evals.tasks.datasets import (open_eval_dataset, caption_folder, clip_benchmark_wds, evenly_spaced, flickr8k, image_folder,
-                            project_shards)
-from evals.tasks.testing import (caption_records, write_caption_folder, write_cb_classification, write_cb_retrieval,
-                           write_image_folder, write_project_shards)
+from evals.tasks.datasets import (
+    caption_folder,
+    clip_benchmark_wds,
+    evenly_spaced,
+    flickr8k,
+    image_folder,
+    open_eval_dataset,
+    project_shards,
+)
+from harness_infra.errors import ConfigError
 
 
 def test_image_folder_order_labels_and_fingerprint(tmp_path):
@@ -78,7 +91,9 @@ def test_flickr8k_raw_layout(tmp_path):
     write_caption_folder(str(tmp_path / "src"), ["x", "y"])
     for i in range(2):
         os.replace(tmp_path / "src" / "image" / f"{i:04d}.jpg", tmp_path / "images" / f"im{i}.jpg")
-    (tmp_path / "Flickr8k.token.txt").write_text("im0.jpg#0\tA dog .\nim0.jpg#1\tA cat .\nim1.jpg#0\tA bird .\nghost.jpg#0\tNo image\n")
+    (tmp_path / "Flickr8k.token.txt").write_text(
+        "im0.jpg#0\tA dog .\nim0.jpg#1\tA cat .\nim1.jpg#0\tA bird .\nghost.jpg#0\tNo image\n"
+    )
     (tmp_path / "Flickr_8k.testImages.txt").write_text("im1.jpg\nim0.jpg\nghost.jpg\n")
     data = flickr8k(str(tmp_path), "test")
     assert data.targets == [["A bird ."], ["A dog .", "A cat ."]]

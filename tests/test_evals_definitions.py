@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from eval_helpers import tiny_clip
 
 from evals.tasks.config import EvalConfig
 from evals.tasks.retrieval import retrieval_result
-from evals.tasks.testing import tiny_clip
 from evals.tasks.zeroshot import build_classifier, classification_result
 
 
@@ -36,7 +36,9 @@ def test_five_classes_define_top5_and_four_do_not():
     labels = torch.arange(10) % 5
     five = classification_result(emb, labels, F.normalize(torch.randn(5, 8), dim=-1), EvalConfig(bootstrap_samples=0))
     assert five.metrics["top5"] == 1.0
-    four = classification_result(emb, labels % 4, F.normalize(torch.randn(4, 8), dim=-1), EvalConfig(bootstrap_samples=0))
+    four = classification_result(
+        emb, labels % 4, F.normalize(torch.randn(4, 8), dim=-1), EvalConfig(bootstrap_samples=0)
+    )
     assert four.metrics["top5"] is None and "4 classes" in four.undefined["top5"]
 
 

@@ -7,12 +7,12 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_helpers import jpeg, random_image, tiny_clip, write_project_shards
 from PIL import Image
 
 from captiondata.records import Record
 from evals.tasks.config import EvalConfig
 from evals.tasks.diagnostics import caption_diagnostics, shard_diagnostics, summary
-from evals.tasks.testing import jpeg, random_image, tiny_clip, write_project_shards
 
 
 def test_summary_by_hand():
@@ -30,7 +30,9 @@ def records():
 def test_statistics_per_source(tmp_path):
     model, tokenizer, preprocess = tiny_clip()
     spec = write_project_shards(str(tmp_path), records())
-    stats, per_pair = shard_diagnostics(spec, tokenizer, context_length=6, cfg=EvalConfig(batch_size=1), model=model, preprocess=preprocess)
+    stats, per_pair = shard_diagnostics(
+        spec, tokenizer, context_length=6, cfg=EvalConfig(batch_size=1), model=model, preprocess=preprocess
+    )
     original, recap, refs = stats["original"], stats["recaption"], stats["references"]
     assert (original["samples"], original["samples_with_source"], original["n_captions"]) == (2, 2, 2)
     assert original["words"] == {"mean": 1.5, "median": 1.5, "p95": pytest.approx(1.95), "max": 2.0}

@@ -8,18 +8,17 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_helpers import random_image, tiny_clip, write_image_folder
 
-from harness_infra.errors import ConfigError
 from evals.tasks.config import EvalConfig
 from evals.tasks.datasets import image_folder
 from evals.tasks.embeddings import encode_images, encode_texts, text_context_length
-from towers.text_trim import can_trim_text, encode_text_trimmed, token_lengths
 from evals.tasks.imageprep import SplitPreprocess
-from evals.tasks.testing import random_image, tiny_clip, write_image_folder
 from evals.tasks.textstats import token_counts, tokenize_with_truncation
+from harness_infra.errors import ConfigError
+from towers.text_trim import can_trim_text, encode_text_trimmed, token_lengths
 
 TEXTS = ["a dog", "two cats on a sofa in the sun", "", "a very " + "long " * 40 + "caption", "A photo of a {c}."]
-
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,9 @@ def test_split_preprocess_falls_back_for_other_pipelines():
     preprocess = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])  # no Normalize: not split
     split = SplitPreprocess(preprocess)
     images = [random_image(i) for i in range(3)]
-    assert torch.equal(split.tensor_stage([split.pil_stage(im) for im in images]), torch.stack([preprocess(im) for im in images]))
+    assert torch.equal(
+        split.tensor_stage([split.pil_stage(im) for im in images]), torch.stack([preprocess(im) for im in images])
+    )
 
 
 def test_trimmed_text_encoding_matches_full_context(tiny):
@@ -120,8 +121,9 @@ def test_text_cache_hit_returns_truncation(tiny, tmp_path, monkeypatch):
 
 
 def test_loader_workers_split_shards_without_loss(tiny, tmp_path):
+    from eval_helpers import caption_records, write_project_shards
+
     from evals.tasks.datasets import project_shards
-    from evals.tasks.testing import caption_records, write_project_shards
 
     model, _, preprocess = tiny
     data = project_shards(write_project_shards(str(tmp_path), caption_records(9, 1), per_shard=2), name="p")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from evals.results.bootstrap import QueryValues
-from evals.tasks.config import EvalConfig
 from evals.results.records import build_record, compare_records, read_per_query, read_record, record_stem, write_record
 from evals.results.task_result import TaskResult
+from evals.tasks.config import EvalConfig
 
 CFG = EvalConfig(bootstrap_samples=200, permutation_samples=999)
 
@@ -27,9 +27,15 @@ def result(hits, fingerprint="fp"):
 
 def test_record_contents_and_roundtrip(tmp_path):
     hits = np.array([1, 0, 1, 1, 0, 1], dtype=float)
-    record = build_record(result(hits), "runs/p0.8/epoch_3.pt", {"weights_id": "abc", "preprocess": "Compose(...)"}, CFG)
+    record = build_record(
+        result(hits), "runs/p0.8/epoch_3.pt", {"weights_id": "abc", "preprocess": "Compose(...)"}, CFG
+    )
     path = write_record(record, str(tmp_path), result(hits).per_query)
-    assert os.path.basename(path) == "runs_p0.8_epoch_3.pt__retrieval.json" == record_stem("runs/p0.8/epoch_3.pt", "retrieval") + ".json"
+    assert (
+        os.path.basename(path)
+        == "runs_p0.8_epoch_3.pt__retrieval.json"
+        == record_stem("runs/p0.8/epoch_3.pt", "retrieval") + ".json"
+    )
     stored = read_record(path)
     assert stored["metrics"]["t2i_R@1"] == pytest.approx(4 / 6) and stored["metrics"]["t2i_R@10"] is None
     assert "undefined" in stored["undefined"]["t2i_R@10"] and stored["intervals"]["t2i_R@10"] is None

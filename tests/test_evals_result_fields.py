@@ -36,7 +36,10 @@ def test_classification_result_fields_against_hand_values():
     assert result.metrics["top1"] == pytest.approx(4 / 6) and result.per_query["top1"].values.tolist() == hits
     assert result.metrics["mean_per_class_recall"] == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)
     assert result.metrics["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(labels.numpy(), predicted))
-    assert result.metrics["top5"] is None and result.undefined["top5"] == "top-5 accuracy is undefined with 3 classes (< 5)"
+    assert (
+        result.metrics["top5"] is None
+        and result.undefined["top5"] == "top-5 accuracy is undefined with 3 classes (< 5)"
+    )
 
 
 def test_classes_present_and_tied_queries_are_counted():
@@ -78,7 +81,11 @@ def test_retrieval_result_fields_against_hand_ranks():
 
 
 def test_retrieval_without_any_positive_is_a_one_line_error():
-    images, texts, owner = torch.stack([axis(0), axis(1)]), torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+    images, texts, owner = (
+        torch.stack([axis(0), axis(1)]),
+        torch.zeros(0, 4, dtype=torch.float64),
+        torch.zeros(0, dtype=torch.int64),
+    )
     with pytest.raises(ConfigError) as caught:
         retrieval_result(images, texts, owner, CFG, dataset={"name": "toy"})
     assert str(caught.value) == "retrieval on toy: no query has a positive (0 captions, 2 images)"

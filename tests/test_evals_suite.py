@@ -7,15 +7,21 @@ import os
 
 import pytest
 import torch
+from eval_helpers import (
+    caption_records,
+    jpeg,
+    random_image,
+    tiny_clip,
+    write_caption_folder,
+    write_cb_classification,
+    write_project_shards,
+)
 from PIL import Image
 
-from evals.tasks.config import EvalConfig, task_config
 from evals.results.records import read_record
+from evals.tasks.config import EvalConfig, task_config
 from evals.tasks.registry import ImageTextEmbedder
 from evals.tasks.suite import evaluate_checkpoint, model_info, run_task
-from evals.tasks.testing import (caption_records, jpeg, random_image, tiny_clip, write_caption_folder,
-                           write_cb_classification, write_project_shards)
-
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +31,13 @@ def tiny():
 
 @pytest.fixture
 def tasks(tmp_path):
-    cls_root = write_cb_classification(str(tmp_path / "cls"), [0, 1, 2, 1, 0, 2], ["ant", "bee", "cow"], ["a photo of a {c}."])
+    cls_root = write_cb_classification(
+        str(tmp_path / "cls"), [0, 1, 2, 1, 0, 2], ["ant", "bee", "cow"], ["a photo of a {c}."]
+    )
     shards = write_project_shards(str(tmp_path / "shards"), caption_records(6, references_per_image=2))
-    long_root = write_caption_folder(str(tmp_path / "long"), [("a very long description " * 12) + str(i) for i in range(4)] + ["short one"])
+    long_root = write_caption_folder(
+        str(tmp_path / "long"), [("a very long description " * 12) + str(i) for i in range(4)] + ["short one"]
+    )
     return [
         task_config(name="cls3", task="zeroshot_classification", format="clip_benchmark_wds", path=cls_root),
         task_config(name="ret", task="retrieval", format="project_shards", path=shards),
@@ -41,9 +51,13 @@ def hand_top1_hits(tiny, labels, classnames, template):
     one prompt through encode_text, both L2-normalised; a hit when the true class has the largest cosine."""
     model, tokenizer, preprocess = tiny
     with torch.no_grad():
-        images = torch.stack([preprocess(Image.open(io.BytesIO(jpeg(random_image(i)))).convert("RGB")) for i in range(len(labels))])
+        images = torch.stack(
+            [preprocess(Image.open(io.BytesIO(jpeg(random_image(i)))).convert("RGB")) for i in range(len(labels))]
+        )
         image_emb = torch.nn.functional.normalize(model.encode_image(images).double(), dim=-1)
-        text_emb = torch.nn.functional.normalize(model.encode_text(tokenizer([template.format(c=c) for c in classnames])).double(), dim=-1)
+        text_emb = torch.nn.functional.normalize(
+            model.encode_text(tokenizer([template.format(c=c) for c in classnames])).double(), dim=-1
+        )
     scores = image_emb @ text_emb.T
     return [float(int(scores[i].argmax()) == label) for i, label in enumerate(labels)]
 
@@ -59,25 +73,39 @@ def test_run_task_results(tiny, tasks, tmp_path):
     assert hits.tolist() == expected  # each image's hit, counted by hand from the model's own towers
     top1, n = sum(expected) / len(expected), len(expected)
     assert cls.metrics["top1"] == pytest.approx(top1)
-    wald = 1.96 * (top1 * (1 - top1) / n) ** 0.5  # the percentile bootstrap of a proportion is close to the Wald interval
+    wald = (
+        1.96 * (top1 * (1 - top1) / n) ** 0.5
+    )  # the percentile bootstrap of a proportion is close to the Wald interval
     lo, hi = cls.intervals["top1"]
     assert lo == pytest.approx(max(top1 - wald, 0.0), abs=0.08) and hi == pytest.approx(min(top1 + wald, 1.0), abs=0.08)
     ret = run_task(embedder, tasks[1], cfg)
     assert ret.n == {"images": 6, "texts": 12, "image_queries": 6, "tied_t2i_queries": 0, "tied_i2t_queries": 0}
-    assert ret.metrics["t2i_R@5"] is not None and ret.metrics["t2i_R@10"] is None and "6 candidate images" in ret.undefined["t2i_R@10"]
+    assert (
+        ret.metrics["t2i_R@5"] is not None
+        and ret.metrics["t2i_R@10"] is None
+        and "6 candidate images" in ret.undefined["t2i_R@10"]
+    )
     assert ret.metrics["i2t_R@10"] is not None  # 12 candidate captions
     long = run_task(embedder, tasks[2], cfg)
-    assert long.task == "long_retrieval" and long.extra["context_length"] == 32 and long.extra["captions_truncated"] == 4
+    assert (
+        long.task == "long_retrieval" and long.extra["context_length"] == 32 and long.extra["captions_truncated"] == 4
+    )
     diag = run_task(embedder, tasks[3], cfg)
     assert diag.extra["sources"]["references"]["n_captions"] == 12 and "original_mean_cosine" in diag.metrics
 
 
 def test_evaluate_checkpoint_writes_one_record_per_task(tiny, tasks, tmp_path):
     embedder = ImageTextEmbedder(*tiny)
-    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), records_dir=str(tmp_path / "records"), bootstrap_samples=50, tasks=tasks[:3])
+    cfg = EvalConfig(
+        cache_dir=str(tmp_path / "cache"), records_dir=str(tmp_path / "records"), bootstrap_samples=50, tasks=tasks[:3]
+    )
     records = evaluate_checkpoint(embedder, cfg, "p0.8/step100")
     names = sorted(os.listdir(tmp_path / "records"))
-    assert [n for n in names if n.endswith(".json")] == ["p0.8_step100__cls3.json", "p0.8_step100__long.json", "p0.8_step100__ret.json"]
+    assert [n for n in names if n.endswith(".json")] == [
+        "p0.8_step100__cls3.json",
+        "p0.8_step100__long.json",
+        "p0.8_step100__ret.json",
+    ]
     stored = read_record(records[1]["path"])
     assert stored["model"]["weights_id"] == model_info(embedder, cfg)["weights_id"]
     assert stored["model"]["context_length"] == 32 and "Normalize" in stored["model"]["preprocess"]
@@ -98,5 +126,8 @@ def test_a_task_for_another_kind_of_model_is_refused_before_running(tiny, tasks)
     class Generator:
         kind: str = "image_generator"
 
-    with pytest.raises(ConfigError, match="task=zeroshot_classification evaluates an image_text_embedder, but this model is an image_generator"):
+    with pytest.raises(
+        ConfigError,
+        match="task=zeroshot_classification evaluates an image_text_embedder, but this model is an image_generator",
+    ):
         evaluate_checkpoint(Generator(), EvalConfig(tasks=tasks), "gen")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import numpy as np
 
 from evals.tasks.topk import classification_ranks, hit_probability, positive_ranks, retrieval_ranks
 from harness_infra.errors import BrokenModelError

@@ -1,6 +1,5 @@
 """Hostile inputs: each one is skipped and counted (or a one-line config error), the good samples all read."""
 
-import gzip
 import io
 import json
 import subprocess
@@ -54,9 +53,9 @@ def test_base256_size_header_is_counted_not_overflow(tmp_path):
     _tar([("a.txt", b"x"), ("b.txt", b"y")], path)
     data = bytearray(path.read_bytes())
     header = 1024  # second member's header (a: 512 header + 512 data)
-    data[header + 124:header + 136] = b"\x80" + (1 << 80).to_bytes(11, "big")
-    data[header + 148:header + 156] = b"        "
-    data[header + 148:header + 156] = b"%06o\0 " % sum(data[header:header + 512])
+    data[header + 124 : header + 136] = b"\x80" + (1 << 80).to_bytes(11, "big")
+    data[header + 148 : header + 156] = b"        "
+    data[header + 148 : header + 156] = b"%06o\0 " % sum(data[header : header + 512])
     path.write_bytes(bytes(data))
     keys, totals = _keys(path)
     assert keys == ["a"] and totals["truncated_tar"] == 1
@@ -73,6 +72,7 @@ def test_deep_and_huge_int_json_counted_as_bad_json(tmp_path):
     members = []
     for key, payload in (("a", None), ("b", deep), ("c", huge), ("d", None)):
         from PIL import Image
+
         buffer = io.BytesIO()
         Image.new("RGB", (4, 4)).save(buffer, "PNG")
         members.append((f"{key}.png", buffer.getvalue()))
@@ -88,13 +88,18 @@ def test_deep_and_huge_int_json_counted_as_bad_json(tmp_path):
 def _layout_reading_json():
     from captiondata.config import CaptionField, CaptionLayout
 
-    return CaptionLayout(image_members=["png"], original=CaptionField(member="json", field="k"),
-                         recaptions=[CaptionField(member="txt")])
+    return CaptionLayout(
+        image_members=["png"], original=CaptionField(member="json", field="k"), recaptions=[CaptionField(member="txt")]
+    )
 
 
 def test_plus_cannot_add_unknown_key_through_cli():
-    proc = subprocess.run([sys.executable, "-m", "evals.run", "+experiment=clip_smoke", "run.stop_after=data",
-                           "+mix.probability=0.9"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evals.run", "+experiment=clip_smoke", "run.stop_after=data", "+mix.probability=0.9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "mix.probability" in lines[0] and lines[0].startswith("error:")

@@ -7,11 +7,11 @@ import json
 import tarfile
 
 import pytest
+from conftest import jpeg_bytes, make_records
 
-from harness_infra.errors import ConfigError
 from captiondata.config import CaptionField, CaptionLayout, DataConfig, recap_datacomp_layout
 from captiondata.reader import expand_shards, iter_samples
-from conftest import jpeg_bytes, make_records
+from harness_infra.errors import ConfigError
 
 
 def write_img2dataset_shard(path, n: int) -> None:
@@ -19,10 +19,21 @@ def write_img2dataset_shard(path, n: int) -> None:
     with tarfile.open(path, "w") as tar:
         for i in range(n):
             key = f"{i:09d}"
-            meta = {"url": f"http://example.com/{i}.jpg", "key": key, "status": "success", "org_caption": f"IMG_{i}.jpg",
-                    "re_clip_score": 0.3, "org_clip_score": 0.2, "width": 16, "height": 16}
-            for name, data in ((f"{key}.jpg", jpeg_bytes(i)), (f"{key}.txt", f"A detailed recaption {i}.".encode()),
-                               (f"{key}.json", json.dumps(meta).encode())):
+            meta = {
+                "url": f"http://example.com/{i}.jpg",
+                "key": key,
+                "status": "success",
+                "org_caption": f"IMG_{i}.jpg",
+                "re_clip_score": 0.3,
+                "org_clip_score": 0.2,
+                "width": 16,
+                "height": 16,
+            }
+            for name, data in (
+                (f"{key}.jpg", jpeg_bytes(i)),
+                (f"{key}.txt", f"A detailed recaption {i}.".encode()),
+                (f"{key}.json", json.dumps(meta).encode()),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -32,7 +43,9 @@ def test_recap_datacomp_layout(tmp_path):
     path = tmp_path / "00000.tar"
     write_img2dataset_shard(path, 3)
     records = list(iter_samples(str(path), recap_datacomp_layout()))
-    assert [(r.original, r.recaptions) for r in records] == [(f"IMG_{i}.jpg", [f"A detailed recaption {i}."]) for i in range(3)]
+    assert [(r.original, r.recaptions) for r in records] == [
+        (f"IMG_{i}.jpg", [f"A detailed recaption {i}."]) for i in range(3)
+    ]
 
 
 def test_recap_datacomp_preset_via_config(tmp_path):
@@ -55,12 +68,18 @@ def test_project_layout_and_several_recaptions(shard_factory):
 def test_recaptions_pooled_from_several_members(tmp_path):
     path = tmp_path / "x.tar"
     with tarfile.open(path, "w") as tar:
-        for name, data in (("a.jpg", jpeg_bytes(0)), ("a.txt", b"alt"), ("a.llava.txt", b"recap one"),
-                           ("a.json", json.dumps({"v2": {"re_caption": "recap two"}}).encode())):
+        for name, data in (
+            ("a.jpg", jpeg_bytes(0)),
+            ("a.txt", b"alt"),
+            ("a.llava.txt", b"recap one"),
+            ("a.json", json.dumps({"v2": {"re_caption": "recap two"}}).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    layout = CaptionLayout(original=CaptionField("txt"), recaptions=[CaptionField("llava.txt"), CaptionField("json", "v2.re_caption")])
+    layout = CaptionLayout(
+        original=CaptionField("txt"), recaptions=[CaptionField("llava.txt"), CaptionField("json", "v2.re_caption")]
+    )
     (record,) = iter_samples(str(path), layout)
     assert (record.original, record.recaptions) == ("alt", ["recap one", "recap two"])
 

@@ -7,13 +7,13 @@ import random
 
 import pytest
 import torch
+from conftest import noise_jpeg
 from torchvision import transforms
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
 from captiondata.records import Record
 from captiondata.writer import ShardWriter
-from conftest import noise_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +21,44 @@ def spec(tmp_path_factory) -> str:
     """24 samples in 4 shards; keys restart in every shard."""
     out = tmp_path_factory.mktemp("augment")
     writer = ShardWriter(str(out), "train", max_count=6)
-    writer.write_all([Record(key=f"k{i % 6}", image=noise_jpeg(i), original=f"alt {i}", recaptions=[f"recap {i}"]) for i in range(24)])
+    writer.write_all(
+        [
+            Record(key=f"k{i % 6}", image=noise_jpeg(i), original=f"alt {i}", recaptions=[f"recap {i}"])
+            for i in range(24)
+        ]
+    )
     writer.close()
     return str(out / "train-*.tar")
 
 
 def augmenting() -> transforms.Compose:
     """A random crop (torch RNG) in a random order with a random flip (python ``random``: RandomOrder)."""
-    return transforms.Compose([transforms.RandomOrder([transforms.RandomResizedCrop(16, scale=(0.3, 1.0)),
-                                                       transforms.RandomHorizontalFlip()]), transforms.ToTensor()])
+    return transforms.Compose(
+        [
+            transforms.RandomOrder(
+                [transforms.RandomResizedCrop(16, scale=(0.3, 1.0)), transforms.RandomHorizontalFlip()]
+            ),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 def images(spec: str, workers: int, epoch: int, batch_size: int = 4, skip: int = 0) -> dict:
     """(shard file, key) -> augmented image of one epoch."""
-    loader = CaptionLoader(DataConfig(builder="none", train_shards=spec, num_workers=workers, shuffle_buffer=5), MixConfig(p=0.5),
-                           image_transform=augmenting(), batch_size=batch_size, seed=3, num_workers=workers)
+    loader = CaptionLoader(
+        DataConfig(builder="none", train_shards=spec, num_workers=workers, shuffle_buffer=5),
+        MixConfig(p=0.5),
+        image_transform=augmenting(),
+        batch_size=batch_size,
+        seed=3,
+        num_workers=workers,
+    )
     loader.set_epoch(epoch)
-    return {(shard.rsplit("/", 1)[-1], key): image for batch in loader.iterate(skip_batches=skip)
-            for shard, key, image in zip(batch["shard"], batch["key"], batch["image"])}
+    return {
+        (shard.rsplit("/", 1)[-1], key): image
+        for batch in loader.iterate(skip_batches=skip)
+        for shard, key, image in zip(batch["shard"], batch["key"], batch["image"])
+    }
 
 
 def test_a_samples_augmentation_depends_on_the_sample_and_epoch_not_on_order_workers_or_skipping(spec):

@@ -16,8 +16,10 @@ from captiondata.loader import CaptionLoader, draft_rule
 from captiondata.records import Record
 
 
-@pytest.mark.parametrize("target,scale,ratio", [(112, (0.9, 1.0), (3 / 4, 4 / 3)), (64, (0.5, 1.0), (3 / 4, 4 / 3)),
-                                                 (100, (0.08, 1.0), (0.5, 2.0))])
+@pytest.mark.parametrize(
+    "target,scale,ratio",
+    [(112, (0.9, 1.0), (3 / 4, 4 / 3)), (64, (0.5, 1.0), (3 / 4, 4 / 3)), (100, (0.08, 1.0), (0.5, 2.0))],
+)
 def test_random_resized_crop_rule_keeps_every_crop_at_least_the_target(target, scale, ratio):
     crop = transforms.RandomResizedCrop(target, scale=scale, ratio=ratio)
     rule = draft_rule(transforms.Compose([crop]))
@@ -25,7 +27,11 @@ def test_random_resized_crop_rule_keeps_every_crop_at_least_the_target(target, s
     for width, height in [(512, 512), (640, 427), (300, 1000), (2000, 1500), (113, 113)]:
         factor = rule(width, height)
         if factor == 1:  # no draft: crops are what they are without it
-            assert width < 2 * target or height < 2 * target or (width * height * scale[0] * min(ratio[0], 1 / ratio[1])) / 4 < (target + 1) ** 2
+            assert (
+                width < 2 * target
+                or height < 2 * target
+                or (width * height * scale[0] * min(ratio[0], 1 / ratio[1])) / 4 < (target + 1) ** 2
+            )
             continue
         drafted = Image.new("RGB", (-(-width // factor), -(-height // factor)))
         smallest = min(min(crop.get_params(drafted, crop.scale, crop.ratio)[2:]) for _ in range(400))
@@ -54,12 +60,19 @@ def photo_jpeg(seed: int, size: int) -> bytes:
 
 
 def test_loader_with_draft_yields_the_same_samples_close_pixels(shard_factory):
-    records = [Record(key=f"k{i:03d}", image=photo_jpeg(i, 512), original=f"alt {i}", recaptions=[f"recap {i}"], references=[])
-               for i in range(12)]
+    records = [
+        Record(key=f"k{i:03d}", image=photo_jpeg(i, 512), original=f"alt {i}", recaptions=[f"recap {i}"], references=[])
+        for i in range(12)
+    ]
     spec = shard_factory(records, per_shard=6)
     cfg = DataConfig(builder="none", train_shards=spec, num_workers=0, shuffle_buffer=0)
-    transform = transforms.Compose([transforms.Resize(112, interpolation=transforms.InterpolationMode.BICUBIC),
-                                    transforms.CenterCrop(112), transforms.ToTensor()])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(112, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(112),
+            transforms.ToTensor(),
+        ]
+    )
     full = list(CaptionLoader(cfg, MixConfig(p=1.0), image_transform=transform, batch_size=4, jpeg_draft=False))
     draft = list(CaptionLoader(cfg, MixConfig(p=1.0), image_transform=transform, batch_size=4, jpeg_draft=True))
     assert [b["key"] for b in full] == [b["key"] for b in draft] and len(full) == 3

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import make_records
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
 from captiondata.mixer import choose_caption, uniform
-from conftest import make_records
 
 Z_999 = 3.2905  # two-sided 99.9% normal quantile
 

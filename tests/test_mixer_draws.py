@@ -12,7 +12,11 @@ import pytest
 from captiondata.config import MixConfig
 from captiondata.mixer import Choice, choose_caption, uniform
 
-KEYS = [f"k{i:04d}" for i in range(300)] + ["sample/with spaces", "ünïcode-key", "bad\udcffbytes"]  # a lone surrogate: os.fsdecode
+KEYS = [f"k{i:04d}" for i in range(300)] + [
+    "sample/with spaces",
+    "ünïcode-key",
+    "bad\udcffbytes",
+]  # a lone surrogate: os.fsdecode
 
 
 def reference_uniform(seed: int, key: str, epoch: int, purpose: str) -> float:
@@ -22,7 +26,9 @@ def reference_uniform(seed: int, key: str, epoch: int, purpose: str) -> float:
 
 @pytest.mark.parametrize("seed, epoch, purpose", [(0, 0, "p"), (7, 3, "which-recap"), (123, 1, "p")])
 def test_uniform_is_the_documented_blake2b_draw(seed, epoch, purpose):
-    assert [uniform(seed, k, epoch, purpose) for k in KEYS] == [reference_uniform(seed, k, epoch, purpose) for k in KEYS]
+    assert [uniform(seed, k, epoch, purpose) for k in KEYS] == [
+        reference_uniform(seed, k, epoch, purpose) for k in KEYS
+    ]
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
@@ -64,7 +70,9 @@ def test_fallbacks_draw_the_recaption_with_the_same_inputs(strategy):
             if strategy == "recap":
                 assert choice == Choice(["r0", "r1", "r2", "r3"][index], "recap", "recap", False)
             else:
-                assert choice == Choice(["r0", "r1", "r2", "r3"][index], drawn, "recap", True) and choice.fallback is True
+                assert (
+                    choice == Choice(["r0", "r1", "r2", "r3"][index], drawn, "recap", True) and choice.fallback is True
+                )
 
 
 def test_neither_source_is_a_one_line_error_naming_the_sample():

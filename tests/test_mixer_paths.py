@@ -13,21 +13,26 @@ from collections import Counter
 from typing import Iterable, List, Tuple
 
 import pytest
+from conftest import jpeg_bytes
 from scipy.stats import chi2, chi2_contingency
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
 from captiondata.mixer import choose_caption, uniform
 from captiondata.records import Record
-from conftest import jpeg_bytes
 
 Z_999 = 3.2905  # two-sided 99.9% normal quantile
 PS = [0.2, 0.5, 0.8]
 
 
 def record(i: int, n_recaps: int, image: bytes = b"") -> Record:
-    return Record(key=f"k{i:05d}", image=image or jpeg_bytes(i), original=f"orig {i}",
-                  recaptions=[f"recap{j} {i}" for j in range(n_recaps)], references=[f"orig {i}"])
+    return Record(
+        key=f"k{i:05d}",
+        image=image or jpeg_bytes(i),
+        original=f"orig {i}",
+        recaptions=[f"recap{j} {i}" for j in range(n_recaps)],
+        references=[f"orig {i}"],
+    )
 
 
 def check_mix(draws: Iterable[Tuple[str, int, str]], p: float, n_recaps: int, seed: int) -> None:
@@ -100,7 +105,9 @@ def test_clip_loader_factory_coin_and_recaption_choice(three_recap_shards, p):
     from train_clip.data import LoaderRequest, caption_loader_factory
 
     data = DataConfig(builder="none", train_shards=three_recap_shards, num_workers=0, shuffle_buffer=16)
-    loader = caption_loader_factory(data, MixConfig(p=p, seed=9))(LoaderRequest(0, 16, lambda im: torch.zeros(1), list, 25, 0, 1, 3))
+    loader = caption_loader_factory(data, MixConfig(p=p, seed=9))(
+        LoaderRequest(0, 16, lambda im: torch.zeros(1), list, 25, 0, 1, 3)
+    )
     check_mix(loader_draws(loader, 8), p, 3, seed=9)
 
 
@@ -113,16 +120,22 @@ def test_dit_feature_batches_coin_and_recaption_choice(tmp_path, p):
     from train_dit.image import ImageSpace
     from train_dit.text import TextEncoder
 
-    records = [dataclasses.replace(r, original=f"orig {i}", recaptions=[f"recap{j} {i}" for j in range(3)])
-               for i, r in enumerate(scene_records("train", 24))]
+    records = [
+        dataclasses.replace(r, original=f"orig {i}", recaptions=[f"recap{j} {i}" for j in range(3)])
+        for i, r in enumerate(scene_records("train", 24))
+    ]
     writer = ShardWriter(str(tmp_path / "shards"), "train", max_count=12)
     writer.write_all(records)
     writer.close()
-    data = DataConfig(builder="none", train_shards=str(tmp_path / "shards" / "train-*.tar"), num_workers=0, shuffle_buffer=8)
+    data = DataConfig(
+        builder="none", train_shards=str(tmp_path / "shards" / "train-*.tar"), num_workers=0, shuffle_buffer=8
+    )
     mix = MixConfig(p=p, seed=11)
     text = TextEncoder(DitModelConfig().text_encoder)
     store = ensure_features(data, mix, text, ImageSpace(ImageSpaceSpec()), 32, True, None, 16)
-    batches = FeatureBatches(CaptionLoader(data, mix, tokenize=None, batch_size=8, seed=5, image_features=store.images), store)
+    batches = FeatureBatches(
+        CaptionLoader(data, mix, tokenize=None, batch_size=8, seed=5, image_features=store.images), store
+    )
     draws = []
     for epoch in range(50):
         batches.set_epoch(epoch)

@@ -18,20 +18,75 @@ from pipeline.registry import RunContext, check_stage_list, stages
 
 # markers as the stages wrote them before the typed outputs (field names and values of real runs)
 OLD_MARKERS = {
-    DataInfo: {"stage": "data", "hash": "1f2e", "fingerprint": "ab12", "samples": {"train": 160, "test": 40}, "build_seconds": 3.5,
-               "wall_time_s": 3.61},
-    RecaptionInfo: {"stage": "recaption", "hash": "9c", "fingerprint": "cd34", "member": "llava.txt",
-                    "splits": {"train": {"samples": 10, "with_recaption": 9, "failed": {"timeout": 1}}}, "failed_total": 1,
-                    "transient_failures": 1, "wall_time_s": 12.0},
-    TrainInfo: {"stage": "train", "hash": "77", "out_dir": "/old/train/x-77", "checkpoint_path": "/old/ckpt.pt", "export_dir": "/old/export",
-                "export_path": "/old/export/open_clip_pytorch_model.bin", "model_name": "tiny", "steps": 4, "samples_seen": 128,
-                "global_batch": [32], "wall_time_s": 9.25, "samples_per_s": 40.0, "train_time_s": 3.2, "final_loss": None,
-                "resumed_from": None, "resumed": [], "mixture": {"realised_original_fraction": 0.5}},
-    FeaturesInfo: {"stage": "features", "hash": "5", "cache_dir": "/c", "images": 8, "texts": 24, "bytes": 1024,
-                   "bytes_per_million_images": 1.0e8, "x0_shape": [4, 8, 8], "text_dim": 384, "skipped": 0, "wall_time_s": 1.0},
-    SampleInfo: {"stage": "sample", "hash": "6", "images": 4, "grid": "/s/grid.png", "sampler": "ddpm", "steps": 10,
-                 "guidance_scale": 4.0, "seed": 0, "export_dir": "/e", "wall_time_s": 2.0},
-    EvalInfo: {"stage": "eval", "hash": "8", "records": ["/r/a.json"], "metrics": {"a": {"top1": 0.5}}, "wall_time_s": 4.0},
+    DataInfo: {
+        "stage": "data",
+        "hash": "1f2e",
+        "fingerprint": "ab12",
+        "samples": {"train": 160, "test": 40},
+        "build_seconds": 3.5,
+        "wall_time_s": 3.61,
+    },
+    RecaptionInfo: {
+        "stage": "recaption",
+        "hash": "9c",
+        "fingerprint": "cd34",
+        "member": "llava.txt",
+        "splits": {"train": {"samples": 10, "with_recaption": 9, "failed": {"timeout": 1}}},
+        "failed_total": 1,
+        "transient_failures": 1,
+        "wall_time_s": 12.0,
+    },
+    TrainInfo: {
+        "stage": "train",
+        "hash": "77",
+        "out_dir": "/old/train/x-77",
+        "checkpoint_path": "/old/ckpt.pt",
+        "export_dir": "/old/export",
+        "export_path": "/old/export/open_clip_pytorch_model.bin",
+        "model_name": "tiny",
+        "steps": 4,
+        "samples_seen": 128,
+        "global_batch": [32],
+        "wall_time_s": 9.25,
+        "samples_per_s": 40.0,
+        "train_time_s": 3.2,
+        "final_loss": None,
+        "resumed_from": None,
+        "resumed": [],
+        "mixture": {"realised_original_fraction": 0.5},
+    },
+    FeaturesInfo: {
+        "stage": "features",
+        "hash": "5",
+        "cache_dir": "/c",
+        "images": 8,
+        "texts": 24,
+        "bytes": 1024,
+        "bytes_per_million_images": 1.0e8,
+        "x0_shape": [4, 8, 8],
+        "text_dim": 384,
+        "skipped": 0,
+        "wall_time_s": 1.0,
+    },
+    SampleInfo: {
+        "stage": "sample",
+        "hash": "6",
+        "images": 4,
+        "grid": "/s/grid.png",
+        "sampler": "ddpm",
+        "steps": 10,
+        "guidance_scale": 4.0,
+        "seed": 0,
+        "export_dir": "/e",
+        "wall_time_s": 2.0,
+    },
+    EvalInfo: {
+        "stage": "eval",
+        "hash": "8",
+        "records": ["/r/a.json"],
+        "metrics": {"a": {"top1": 0.5}},
+        "wall_time_s": 4.0,
+    },
 }
 
 
@@ -71,23 +126,41 @@ def test_the_runner_writes_the_typed_output_into_the_marker_and_reads_it_back(tm
     built = DataInfo(fingerprint="f0", samples={"train": 3}, build_seconds=0.5)
     fake = dataclasses.replace(stages()["data"], run=lambda ctx, out_dir: built)
     first = run_cached(RunContext(cfg, {}, []), fake, "[1/1]")
-    folder = StageDir(str(tmp_path), "data", cfg.data.name, {**stages()["data"].key(RunContext(cfg, {}, [])), "stage_version": 1})
+    folder = StageDir(
+        str(tmp_path), "data", cfg.data.name, {**stages()["data"].key(RunContext(cfg, {}, [])), "stage_version": 1}
+    )
     marker = json.load(open(folder.marker))
     assert set(marker) == {"stage", "hash", "fingerprint", "samples", "build_seconds", "wall_time_s"}
-    assert first == DataInfo(fingerprint="f0", samples={"train": 3}, build_seconds=0.5, hash=folder.hash, out_dir=folder.path,
-                             wall_time_s=marker["wall_time_s"])
-    again = run_cached(RunContext(cfg, {}, []), dataclasses.replace(fake, run=lambda ctx, out_dir: pytest.fail("ran again")), "[1/1]")
+    assert first == DataInfo(
+        fingerprint="f0",
+        samples={"train": 3},
+        build_seconds=0.5,
+        hash=folder.hash,
+        out_dir=folder.path,
+        wall_time_s=marker["wall_time_s"],
+    )
+    again = run_cached(
+        RunContext(cfg, {}, []), dataclasses.replace(fake, run=lambda ctx, out_dir: pytest.fail("ran again")), "[1/1]"
+    )
     assert again == first
 
 
-@pytest.mark.parametrize("names,late", [(["data", "train", "recaption"], "recaption"), (["data", "train", "features"], "features"),
-                                        (["data", "features", "recaption"], "recaption")])
+@pytest.mark.parametrize(
+    "names,late",
+    [
+        (["data", "train", "recaption"], "recaption"),
+        (["data", "train", "features"], "features"),
+        (["data", "features", "recaption"], "recaption"),
+    ],
+)
 def test_a_stage_listed_before_one_whose_output_it_reads_is_a_one_line_error(names, late):
     with pytest.raises(ConfigError) as info:
         check_stage_list(names)
     text = str(info.value)
     assert text.startswith("run.stages: ") and f"{late} must come before it" in text and "\n" not in text
-    check_stage_list([n for n in names if n != late][:1] + [late] + [n for n in names if n != late][1:])  # in order: fine
+    check_stage_list(
+        [n for n in names if n != late][:1] + [late] + [n for n in names if n != late][1:]
+    )  # in order: fine
 
 
 def recaption_cfg():
@@ -104,18 +177,41 @@ def test_train_and_features_keys_equal_the_formulas_they_replaced():
     from pipeline.stages.train import key as train_key
 
     cfg = recaption_cfg()
-    infos = {"data": DataInfo(fingerprint="d1"), "recaption": RecaptionInfo(fingerprint="r1", member="llava.txt", out_dir="/r")}
-    old_train = {"trainer": cfg.trainer, "model": key_fields(cfg.model), "train": key_fields(cfg.train), "mix": key_fields(cfg.mix),
-                 "data": key_fields(cfg.data), "data_fingerprint": "d1",
-                 "recaption": {"fingerprint": "r1", "member": "llava.txt", "layout_mode": cfg.recaption.layout_mode,
-                               "splits": list(cfg.recaption.splits)}}
+    infos = {
+        "data": DataInfo(fingerprint="d1"),
+        "recaption": RecaptionInfo(fingerprint="r1", member="llava.txt", out_dir="/r"),
+    }
+    old_train = {
+        "trainer": cfg.trainer,
+        "model": key_fields(cfg.model),
+        "train": key_fields(cfg.train),
+        "mix": key_fields(cfg.mix),
+        "data": key_fields(cfg.data),
+        "data_fingerprint": "d1",
+        "recaption": {
+            "fingerprint": "r1",
+            "member": "llava.txt",
+            "layout_mode": cfg.recaption.layout_mode,
+            "splits": list(cfg.recaption.splits),
+        },
+    }
     assert content_hash(train_key(RunContext(cfg, {}, [], infos))) == content_hash(old_train)
-    assert content_hash(train_key(RunContext(cfg, {}, [], {"data": infos["data"]}))) == content_hash({k: v for k, v in old_train.items() if k != "recaption"})
-    dit = dataclasses.replace(cfg, **{group: value for group, value in vars(dit_cfg()).items() if group in ("trainer", "model", "train")})
-    old_features = {"text_encoder": key_fields(dit.model.text_encoder), "image_space": key_fields(dit.model.image_space),
-                    "image_size": dit.model.image_size, "flip": dit.train.flip, "data": key_fields(dit.data),
-                    "concat_separator": dit.mix.concat_separator if dit.mix.strategy == "concat" else None, "data_fingerprint": "d1",
-                    "recaption": {"fingerprint": "r1", "member": "llava.txt", "layout_mode": dit.recaption.layout_mode}}
+    assert content_hash(train_key(RunContext(cfg, {}, [], {"data": infos["data"]}))) == content_hash(
+        {k: v for k, v in old_train.items() if k != "recaption"}
+    )
+    dit = dataclasses.replace(
+        cfg, **{group: value for group, value in vars(dit_cfg()).items() if group in ("trainer", "model", "train")}
+    )
+    old_features = {
+        "text_encoder": key_fields(dit.model.text_encoder),
+        "image_space": key_fields(dit.model.image_space),
+        "image_size": dit.model.image_size,
+        "flip": dit.train.flip,
+        "data": key_fields(dit.data),
+        "concat_separator": dit.mix.concat_separator if dit.mix.strategy == "concat" else None,
+        "data_fingerprint": "d1",
+        "recaption": {"fingerprint": "r1", "member": "llava.txt", "layout_mode": dit.recaption.layout_mode},
+    }
     assert content_hash(features_key(RunContext(dit, {}, [], infos))) == content_hash(old_features)
 
 
@@ -128,20 +224,44 @@ def dit_cfg():
 def test_recaption_fingerprint_is_the_data_stage_formula():
     from pipeline.stages.data import shard_fingerprint
 
-    manifests = {"train": {"shards": [{"name": "train-000000.tar", "count": 4, "sha256": "aa"}, {"name": "train-000001.tar", "count": 2, "sha256": "bb"}]},
-                 "test": {"shards": [{"name": "test-000000.tar", "count": 3, "sha256": "cc"}]}}
-    inline = content_hash({s: [(m["name"], m["count"], m["sha256"]) for m in manifest["shards"]] for s, manifest in manifests.items()})
-    assert shard_fingerprint(manifests) == inline == content_hash({"test": [["test-000000.tar", 3, "cc"]],
-                                                                  "train": [["train-000000.tar", 4, "aa"], ["train-000001.tar", 2, "bb"]]})
+    manifests = {
+        "train": {
+            "shards": [
+                {"name": "train-000000.tar", "count": 4, "sha256": "aa"},
+                {"name": "train-000001.tar", "count": 2, "sha256": "bb"},
+            ]
+        },
+        "test": {"shards": [{"name": "test-000000.tar", "count": 3, "sha256": "cc"}]},
+    }
+    inline = content_hash(
+        {s: [(m["name"], m["count"], m["sha256"]) for m in manifest["shards"]] for s, manifest in manifests.items()}
+    )
+    assert (
+        shard_fingerprint(manifests)
+        == inline
+        == content_hash(
+            {
+                "test": [["test-000000.tar", 3, "cc"]],
+                "train": [["train-000000.tar", 4, "aa"], ["train-000001.tar", 2, "bb"]],
+            }
+        )
+    )
 
 
 def test_no_stage_module_names_a_family():
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "stages")
     family_words = re.compile(r"trainer ==|\b(dit|clip|train_dit|train_clip)\b", re.IGNORECASE)
-    found = [(name, line) for name in sorted(os.listdir(folder)) if name.endswith(".py")
-             for line in open(os.path.join(folder, name)) if family_words.search(line)]
+    found = [
+        (name, line)
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".py")
+        for line in open(os.path.join(folder, name))
+        if family_words.search(line)
+    ]
     assert found == []
-    assert family_words.search("from train_dit.sample import x") and family_words.search("a CLIP score")  # the pattern bites
+    assert family_words.search("from train_dit.sample import x") and family_words.search(
+        "a CLIP score"
+    )  # the pattern bites
 
 
 def test_a_family_stage_under_another_family_is_a_one_line_error():
@@ -158,7 +278,9 @@ def test_a_harness_export_evaluator_loads_through_the_loader_passed_in(tmp_path)
     export = tmp_path / "clip_mix_p0.0-abc" / "export"
     export.mkdir(parents=True)
     calls = []
-    embedder, name = load_evaluator(str(export), "cpu", lambda folder, device: calls.append((folder, device)) or "embedder")
+    embedder, name = load_evaluator(
+        str(export), "cpu", lambda folder, device: calls.append((folder, device)) or "embedder"
+    )
     assert (embedder, name, calls) == ("embedder", "harness CLIP clip_mix_p0.0-abc", [(str(export), "cpu")])
     with pytest.raises(ConfigError, match="needs the pipeline's loader"):
         load_evaluator(str(export), "cpu")

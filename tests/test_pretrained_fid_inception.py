@@ -8,16 +8,23 @@ import os
 import pytest
 import timm
 import torch
-
 from conftest import require_real
+
 from towers import fid_inception
-from towers.fid_inception import (FID_TIMM_MODEL, TF_MEAN, TF_STD, cache_file, converted_state_dict,
-                                                 feature_agreement, fold_input_normalization, torchscript_path)
+from towers.fid_inception import (
+    FID_TIMM_MODEL,
+    TF_MEAN,
+    TF_STD,
+    cache_file,
+    converted_state_dict,
+    feature_agreement,
+    fold_input_normalization,
+    torchscript_path,
+)
 
 # Measured on 16-64 Flickr8k images: max |diff| ~3e-6 on features of mean magnitude 0.33 (float32 rounding).
 MAX_REL = 1e-4
 MIN_COSINE = 0.99999
-
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +52,27 @@ def test_conversion_covers_every_timm_tensor_and_loads_strictly(pretrained_cache
     trunk = timm.create_model(FID_TIMM_MODEL, num_classes=0)
     result = trunk.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert all(torch.equal(state[f"{k}.bn.weight"], torch.ones_like(state[f"{k}.bn.weight"])) for k in ("Conv2d_4a_3x3", "Mixed_7c.branch_pool"))
+    assert all(
+        torch.equal(state[f"{k}.bn.weight"], torch.ones_like(state[f"{k}.bn.weight"]))
+        for k in ("Conv2d_4a_3x3", "Mixed_7c.branch_pool")
+    )
 
 
 def test_tf_blocks_replace_only_the_pool_branches():
     tf_model, stock = timm.create_model(FID_TIMM_MODEL, num_classes=0), timm.create_model("inception_v3", num_classes=0)
     assert isinstance(tf_model, type(stock)) and tf_model.state_dict().keys() == stock.state_dict().keys()
-    kinds = {name: type(getattr(tf_model, name)).__name__ for name in ("Mixed_5b", "Mixed_6a", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")}
-    assert kinds == {"Mixed_5b": "TFInceptionA", "Mixed_6a": "InceptionB", "Mixed_6e": "TFInceptionC", "Mixed_7a": "InceptionD",
-                     "Mixed_7b": "TFInceptionE", "Mixed_7c": "TFInceptionEMax"}
+    kinds = {
+        name: type(getattr(tf_model, name)).__name__
+        for name in ("Mixed_5b", "Mixed_6a", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+    }
+    assert kinds == {
+        "Mixed_5b": "TFInceptionA",
+        "Mixed_6a": "InceptionB",
+        "Mixed_6e": "TFInceptionC",
+        "Mixed_7a": "InceptionD",
+        "Mixed_7b": "TFInceptionE",
+        "Mixed_7c": "TFInceptionEMax",
+    }
     with pytest.raises(ValueError, match="no downloadable weights"):
         timm.create_model(FID_TIMM_MODEL, pretrained=True)
 
@@ -97,12 +116,16 @@ def test_conversion_is_cached_and_not_repeated(tmp_path, monkeypatch):
     first = converted_state_dict(str(tmp_path))
     path = cache_file(str(tmp_path))
     mtime = os.stat(path).st_mtime_ns
-    monkeypatch.setattr(fid_inception, "convert_torchscript", lambda *a, **k: pytest.fail("reconverted despite a cache hit"))
+    monkeypatch.setattr(
+        fid_inception, "convert_torchscript", lambda *a, **k: pytest.fail("reconverted despite a cache hit")
+    )
     second = converted_state_dict(str(tmp_path))
     assert os.stat(path).st_mtime_ns == mtime and sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
     assert all(torch.equal(first[k], second[k]) for k in first)
     payload = torch.load(path, weights_only=True)
-    assert payload["source_sha256"] == fid_inception.file_sha256(torchscript_path()) and payload["input_norm"] == "openai"
+    assert (
+        payload["source_sha256"] == fid_inception.file_sha256(torchscript_path()) and payload["input_norm"] == "openai"
+    )
 
 
 def test_a_stale_cache_file_is_reconverted(tmp_path):

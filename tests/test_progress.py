@@ -12,10 +12,10 @@ import os
 
 import pytest
 import torch
+from conftest import require_module
 from recaption_helpers import write_input
 
 from captiondata.config import project_layout
-from conftest import require_module
 from harness_infra.progress import Progress, duration
 from recaption.captioner import Caption
 from recaption.config import RecaptionConfig
@@ -51,17 +51,19 @@ def test_durations_read_as_hours_minutes_seconds(seconds, text):
 def test_off_a_terminal_a_line_every_period_with_count_rate_and_eta(caplog):
     clock = Clock()
     caplog.set_level(logging.INFO, logger="progress")
-    with Progress("features", total=1000, unit="image", every_s=30, enabled=True, stream=io.StringIO(), clock=clock) as progress:
+    with Progress(
+        "features", total=1000, unit="image", every_s=30, enabled=True, stream=io.StringIO(), clock=clock
+    ) as progress:
         clock.now += 10
-        progress.update(100)            # 10 s after the start: no line yet
+        progress.update(100)  # 10 s after the start: no line yet
         assert progress_lines(caplog) == []
         clock.now += 30
-        progress.update(300)            # 400 images in 40 s = 10/s; 600 left = 60 s
+        progress.update(300)  # 400 images in 40 s = 10/s; 600 left = 60 s
         assert progress_lines(caplog) == ["features: 400 / 1,000 images (40.0%), 10.0 images/s, ETA 1m00s"]
         clock.now += 5
-        progress.update(50)             # 5 s after the last line: none
+        progress.update(50)  # 5 s after the last line: none
         assert len(progress_lines(caplog)) == 1
-        clock.now += 55                 # 100 s, 1000 images
+        clock.now += 55  # 100 s, 1000 images
         progress.update(550)
     lines = progress_lines(caplog)
     assert lines[1] == "features: 1,000 / 1,000 images (100.0%), 10.0 images/s"
@@ -77,8 +79,10 @@ def test_an_unknown_total_gives_count_and_rate_and_a_total_can_arrive_later(capl
     progress.set_total(20)
     clock.now += 2
     progress.update(4)
-    assert progress_lines(caplog) == ["recaption train: 8 images, 2.0 images/s",
-                                      "recaption train: 12 / 20 images (60.0%), 2.0 images/s, ETA 4s"]
+    assert progress_lines(caplog) == [
+        "recaption train: 8 images, 2.0 images/s",
+        "recaption train: 12 / 20 images (60.0%), 2.0 images/s, ETA 4s",
+    ]
 
 
 def test_other_ranks_and_short_passes_say_nothing(caplog, monkeypatch):
@@ -91,7 +95,7 @@ def test_other_ranks_and_short_passes_say_nothing(caplog, monkeypatch):
         other_rank.update(10)
     assert not other_rank.enabled and progress_lines(caplog) == []
     with Progress("p", total=10, enabled=True, stream=io.StringIO(), every_s=30, clock=clock) as short:
-        short.update(10)                # done before the first period: no line at all
+        short.update(10)  # done before the first period: no line at all
     assert progress_lines(caplog) == []
 
 
@@ -130,21 +134,32 @@ def test_the_recaption_stage_reports_images_and_an_estimated_total(tmp_path, cap
     caplog.set_level(logging.INFO, logger="progress")
     spec = write_input(str(tmp_path / "in"), 9, per_shard=3)
     cfg = RecaptionConfig(name="named", backend="hf", model="x", batch_size=2, num_workers=0)
-    assert recaption_split(sorted(glob.glob(spec)), str(tmp_path / "out"), "train", cfg, project_layout(), 10 ** 8,
-                           make_captioner=lambda _cfg: Named()) == 3
+    assert (
+        recaption_split(
+            sorted(glob.glob(spec)),
+            str(tmp_path / "out"),
+            "train",
+            cfg,
+            project_layout(),
+            10**8,
+            make_captioner=lambda _cfg: Named(),
+        )
+        == 3
+    )
     lines = progress_lines(caplog)
     counts = [int(line.split(": ")[1].split(" ")[0].replace(",", "")) for line in lines[:-1]]
-    assert counts == sorted(counts) and counts[-1] == 9, lines    # per batch: 2, 3, 5, 6, 8, 9 (3 per shard, batches of 2)
+    assert counts == sorted(counts) and counts[-1] == 9, (
+        lines
+    )  # per batch: 2, 3, 5, 6, 8, 9 (3 per shard, batches of 2)
     assert "images" in lines[0] and "/" not in lines[0].split(",")[0]  # the first shard: no total yet
-    assert any("/ 9 images" in line for line in lines)            # after a shard: 3 per shard x 3 shards
+    assert any("/ 9 images" in line for line in lines)  # after a shard: 3 per shard x 3 shards
     assert lines[-1].startswith("recaption train: 9 / 9 images (100.0%)") and "done in" in lines[-1]
 
 
 def test_an_embedding_pass_reports_through_progress(caplog, monkeypatch):
+    import harness_infra.progress as progress_module
     from evals.tasks.config import EvalConfig
     from evals.tasks.embeddings import _encode_text_batches
-
-    import harness_infra.progress as progress_module
 
     monkeypatch.setattr(progress_module, "EVERY_S", 0.0)
     caplog.set_level(logging.INFO, logger="progress")
@@ -154,7 +169,10 @@ def test_an_embedding_pass_reports_through_progress(caplog, monkeypatch):
             return tokens.float()[:, :4] + 1.0
 
     texts = [f"text {i}" for i in range(10)]
-    tokenizer = lambda batch, context_length: torch.tensor([[len(t), i, 1, 2, 0, 0] for i, t in enumerate(batch)])
+
+    def tokenizer(batch, context_length):
+        return torch.tensor([[len(t), i, 1, 2, 0, 0] for i, t in enumerate(batch)])
+
     _encode_text_batches(Tower(), tokenizer, texts, 6, EvalConfig(batch_size=4, trim_text_padding=False))
     lines = progress_lines(caplog)
     assert lines and lines[-1].startswith("text embeddings: 10 / 10 texts (100.0%)"), lines
@@ -175,8 +193,8 @@ def wandb_records(path: str) -> list:
         if block - offset % block < 7:
             offset += block - offset % block
             continue
-        crc, length, kind = struct.unpack("<IHB", blob[offset:offset + 7])
-        data = blob[offset + 7:offset + 7 + length]
+        crc, length, kind = struct.unpack("<IHB", blob[offset : offset + 7])
+        data = blob[offset + 7 : offset + 7 + length]
         if length == 0 and kind == 0:
             break
         assert zlib.crc32(bytes([kind]) + data) & 0xFFFFFFFF == crc, f"bad crc at {offset}"
@@ -191,11 +209,11 @@ def wandb_records(path: str) -> list:
 def test_wandb_offline_holds_the_tensorboard_scalars(tmp_path, monkeypatch):
     wandb = require_module("wandb", "pip install -e '.[wandb]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_train_clip_train import micro, quick
+    from train_helpers import synthetic_factory
     from wandb.proto import wandb_internal_pb2
 
-    from test_train_clip_train import micro, quick
     from train_clip.config import StageConfig
-    from train_clip.data import synthetic_factory
     from train_clip.train import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -9,11 +9,11 @@ import tarfile
 import zlib
 
 import pytest
+from conftest import jpeg_bytes
 
 from captiondata.config import CaptionLayout, project_layout
 from captiondata.counters import SampleCounters
 from captiondata.reader import iter_samples
-from conftest import jpeg_bytes
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -25,10 +25,14 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels (a decompression-bomb stand-in)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def good(tar: tarfile.TarFile, key: str, seed: int) -> None:
@@ -82,8 +86,17 @@ def test_bad_corpus_is_skipped_and_counted(bad_corpus):
     assert keys == ["ok1", "ok2", "ok3", "t1"]
     totals = counters.totals()
     expected = {
-        "corrupt_image": 2, "empty_image": 1, "image_too_large": 1, "missing_caption": 1, "empty_caption": 1,
-        "non_utf8_text": 1, "bad_json": 1, "missing_image": 1, "duplicate_key": 2, "truncated_tar": 1, "unreadable_shard": 1,
+        "corrupt_image": 2,
+        "empty_image": 1,
+        "image_too_large": 1,
+        "missing_caption": 1,
+        "empty_caption": 1,
+        "non_utf8_text": 1,
+        "bad_json": 1,
+        "missing_image": 1,
+        "duplicate_key": 2,
+        "truncated_tar": 1,
+        "unreadable_shard": 1,
     }
     assert {k: totals[k] for k in expected} == expected
 
@@ -118,6 +131,8 @@ def test_layout_with_no_caption_members_counts_missing_caption(tmp_path):
     with tarfile.open(path, "w") as tar:
         good(tar, "a", 1)
     counters = SampleCounters(max_workers=0)
-    layout = CaptionLayout(original=__import__("captiondata.config", fromlist=["CaptionField"]).CaptionField("caption"), recaptions=[])
+    layout = CaptionLayout(
+        original=__import__("captiondata.config", fromlist=["CaptionField"]).CaptionField("caption"), recaptions=[]
+    )
     assert list(iter_samples([str(path)], layout, counters)) == []
     assert counters.totals()["missing_caption"] == 1

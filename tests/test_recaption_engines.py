@@ -15,14 +15,23 @@ from captiondata.config import project_layout
 from recaption.config import OpenAIEndpoint, RecaptionConfig
 from recaption.stage import recaption_data
 
-PIXELS = 10 ** 8
+PIXELS = 10**8
 
 
 def test_ray_data_actor_pool_gives_the_same_captions_as_one_process(tmp_path, tiny_vlm):
     from recaption.ray_data import recaption_with_ray
 
     spec = write_input(str(tmp_path / "in"), 10, per_shard=2)
-    cfg = RecaptionConfig(name="llava", backend="hf", model=tiny_vlm, max_new_tokens=6, batch_size=2, num_workers=0, engine="ray", ray_actors=2)
+    cfg = RecaptionConfig(
+        name="llava",
+        backend="hf",
+        model=tiny_vlm,
+        max_new_tokens=6,
+        batch_size=2,
+        num_workers=0,
+        engine="ray",
+        ray_actors=2,
+    )
     stats = recaption_with_ray({"train": spec}, str(tmp_path / "ray"), cfg, project_layout(), PIXELS)["train"]
     recaption_data({"train": spec}, str(tmp_path / "one"), cfg, project_layout(), PIXELS)
     assert stats["shards"] == 5 and stats["with_recaption"] == 10 and stats["images_per_s"] > 0
@@ -52,8 +61,14 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
             time.sleep(3.0)  # longer than the client's timeout
             return self._reply(504, b"{}")
         if fault in (429, 500, 503):
-            return self._reply(fault, json.dumps({"error": {"message": f"injected {fault}"}}).encode(), retry_after=fault == 429)
-        request = urllib.request.Request(self.server.upstream + self.path.removeprefix("/v1"), data=body, headers={"Content-Type": "application/json"})
+            return self._reply(
+                fault, json.dumps({"error": {"message": f"injected {fault}"}}).encode(), retry_after=fault == 429
+            )
+        request = urllib.request.Request(
+            self.server.upstream + self.path.removeprefix("/v1"),
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as answer:
             self._reply(answer.status, answer.read())
 
@@ -74,18 +89,46 @@ def test_openai_backend_through_a_real_server_with_injected_faults(tmp_path, tin
     proxy = FaultProxy(served_vlm + "/v1", faults=[429, 500, "timeout", 503])
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        endpoint = OpenAIEndpoint(base_url=f"http://127.0.0.1:{proxy.server_address[1]}/v1", concurrency=1, max_retries=4, backoff_s=0.05, timeout_s=2.0)
-        remote = RecaptionConfig(name="llava", backend="openai", model=tiny_vlm, max_new_tokens=6, batch_size=4, num_workers=0, openai=endpoint)
+        endpoint = OpenAIEndpoint(
+            base_url=f"http://127.0.0.1:{proxy.server_address[1]}/v1",
+            concurrency=1,
+            max_retries=4,
+            backoff_s=0.05,
+            timeout_s=2.0,
+        )
+        remote = RecaptionConfig(
+            name="llava",
+            backend="openai",
+            model=tiny_vlm,
+            max_new_tokens=6,
+            batch_size=4,
+            num_workers=0,
+            openai=endpoint,
+        )
         stats = recaption_data({"train": spec}, str(tmp_path / "served"), remote, project_layout(), PIXELS)["train"]
-        assert proxy.seen[:4] == [429, 500, "timeout", 503] and len(proxy.seen) == 8  # four faults retried, four answers
+        assert (
+            proxy.seen[:4] == [429, 500, "timeout", 503] and len(proxy.seen) == 8
+        )  # four faults retried, four answers
         assert stats["failed_total"] == 0
         # greedy decoding through HTTP equals the same model in process
         assert captions(str(tmp_path / "served" / "train-*.tar")) == captions(str(tmp_path / "local" / "train-*.tar"))
         # a server that keeps failing: every retry spent, each sample counted as a server error, none dropped
         proxy.faults = [500] * 100
-        endpoint_once = OpenAIEndpoint(base_url=endpoint.base_url, concurrency=2, max_retries=1, backoff_s=0.05, timeout_s=2.0)
-        failing = RecaptionConfig(name="llava", backend="openai", model=tiny_vlm, max_new_tokens=6, batch_size=4, num_workers=0, openai=endpoint_once)
+        endpoint_once = OpenAIEndpoint(
+            base_url=endpoint.base_url, concurrency=2, max_retries=1, backoff_s=0.05, timeout_s=2.0
+        )
+        failing = RecaptionConfig(
+            name="llava",
+            backend="openai",
+            model=tiny_vlm,
+            max_new_tokens=6,
+            batch_size=4,
+            num_workers=0,
+            openai=endpoint_once,
+        )
         stats = recaption_data({"train": spec}, str(tmp_path / "down"), failing, project_layout(), PIXELS)["train"]
-        assert stats["failed"] == {"server_error": 4} and sorted(members(str(tmp_path / "down" / "train-*.tar"))) == sorted(members(spec))
+        assert stats["failed"] == {"server_error": 4} and sorted(
+            members(str(tmp_path / "down" / "train-*.tar"))
+        ) == sorted(members(spec))
     finally:
         proxy.shutdown()

@@ -26,8 +26,13 @@ print("finished", flush=True)
 def run(model: str, spec: str, out: str) -> subprocess.Popen:
     """The stage in a child process (its log on stderr: one line per finished shard)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, model, spec, out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, model, spec, out],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def finished_shards(out: str) -> int:
@@ -42,7 +47,9 @@ def test_kill_minus_9_at_three_random_points_then_resume_gives_exactly_once(tmp_
     rng = random.Random(7)
     out = str(tmp_path / "killed")
     kills = 0
-    for target in sorted(rng.sample(range(1, 8), 3)):  # kill once at least `target` shards are done, plus a random delay
+    for target in sorted(
+        rng.sample(range(1, 8), 3)
+    ):  # kill once at least `target` shards are done, plus a random delay
         child = run(tiny_vlm, spec, out)
         deadline = time.monotonic() + 240
         while finished_shards(out) < target and child.poll() is None and time.monotonic() < deadline:
@@ -56,7 +63,15 @@ def test_kill_minus_9_at_three_random_points_then_resume_gives_exactly_once(tmp_
     final = run(tiny_vlm, spec, out)
     assert final.wait(timeout=300) == 0
     got, want = members(f"{out}/train-*.tar"), members(f"{reference}/train-*.tar")
-    assert sorted(got) == sorted(members(spec)) == sorted(want)  # every input key once (members() asserts no duplicate member)
+    assert (
+        sorted(got) == sorted(members(spec)) == sorted(want)
+    )  # every input key once (members() asserts no duplicate member)
     assert captions(f"{out}/train-*.tar") == captions(f"{reference}/train-*.tar")
-    assert all({k: v for k, v in got[key].items() if k != "llava.json"} == {k: v for k, v in want[key].items() if k != "llava.json"} for key in want)
-    assert [name for name in os.listdir(out) if name.startswith(".tmp-")] == []  # a killed run's partial files are cleared on resume
+    assert all(
+        {k: v for k, v in got[key].items() if k != "llava.json"}
+        == {k: v for k, v in want[key].items() if k != "llava.json"}
+        for key in want
+    )
+    assert [
+        name for name in os.listdir(out) if name.startswith(".tmp-")
+    ] == []  # a killed run's partial files are cleared on resume

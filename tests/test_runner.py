@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 
 import numpy as np
@@ -12,14 +11,22 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness_infra.errors import ConfigError
 from evals.results.bootstrap import QueryValues
 from evals.results.records import write_record
+from harness_infra.errors import ConfigError
 from pipeline.cli import main
 from report.tables import write_tables
 
-SMALL = ["+experiment=clip_smoke", "data.build_size=200", "train.stages.0.samples=128", "train.stages.0.batch_size=32",
-         "eval.tasks.0.max_samples=120", "eval.tasks.1.max_samples=120", "eval.bootstrap_samples=50", "eval.permutation_samples=200"]
+SMALL = [
+    "+experiment=clip_smoke",
+    "data.build_size=200",
+    "train.stages.0.samples=128",
+    "train.stages.0.batch_size=32",
+    "eval.tasks.0.max_samples=120",
+    "eval.tasks.1.max_samples=120",
+    "eval.bootstrap_samples=50",
+    "eval.permutation_samples=200",
+]
 
 
 def stage_lines(capsys) -> dict:
@@ -78,11 +85,18 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
     assert captured.out.strip() == f"table: {root}/results/scenes.md"
     assert stage_lines_of(captured.err) == {"data": "running", "train": "running", "eval": "running"}
     records = sorted(glob.glob(f"{root}/results/records/*.json"))
-    assert [os.path.basename(r).split("__")[1] for r in records] == ["scenes_compositional_retrieval", "scenes_zeroshot"]
+    assert [os.path.basename(r).split("__")[1] for r in records] == [
+        "scenes_compositional_retrieval",
+        "scenes_zeroshot",
+    ]
     record = json.load(open(records[0]))
     run = record["run"]
     assert run["p"] == 0.5 and run["samples_seen"] == 128 and run["global_batch"] == [32]
-    assert run["git"].keys() == {"commit", "dirty"} and run["packages"]["torch"] and set(run["wall_time_s"]) == {"data", "train", "eval"}
+    assert (
+        run["git"].keys() == {"commit", "dirty"}
+        and run["packages"]["torch"]
+        and set(run["wall_time_s"]) == {"data", "train", "eval"}
+    )
     assert run["command"].startswith("python -m evals.run +experiment=clip_smoke")
     assert record["n"]["images"] == 120
     assert record["metrics"]["t2i_R@1"] == pytest.approx(naive_t2i_recall_at_1(root, 120), abs=1e-6)
@@ -96,9 +110,13 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
     assert stage_lines(capsys) == {"data": "skipped", "train": "running", "eval": "running"}
     table = open(f"{root}/results/scenes.md").read()
     realised = run["realised_p"]  # the share of trained texts that were the original, shown beside the label
-    assert 0 < realised < 1 and realised == pytest.approx(sum(round(e["original_fraction"] * e["samples"]) for e in epochs_of(root, "p0.5"))
-                                                         / sum(e["samples"] for e in epochs_of(root, "p0.5")))
-    assert f"| mix        | 0.5 (realised {realised:.4f}) |" in table and "| mix        | 1                     |" in table
+    assert 0 < realised < 1 and realised == pytest.approx(
+        sum(round(e["original_fraction"] * e["samples"]) for e in epochs_of(root, "p0.5"))
+        / sum(e["samples"] for e in epochs_of(root, "p0.5"))
+    )
+    assert (
+        f"| mix        | 0.5 (realised {realised:.4f}) |" in table and "| mix        | 1                     |" in table
+    )
 
     assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
     assert stage_lines(capsys) == {"data": "skipped", "train": "skipped", "eval": "running"}
@@ -108,8 +126,8 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
 def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     import dataclasses
 
-    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo
+    from pipeline.overrides import compose_config
     from pipeline.registry import RunContext, stages
     from pipeline.runner import run_cached
     from pipeline.stages.data import shard_dir
@@ -117,10 +135,15 @@ def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     cfg, _ = compose_config(["+experiment=clip_smoke", "run.out_root=cache/runs"])
-    fake = dataclasses.replace(stages()["data"], run=lambda ctx, out_dir: DataInfo(fingerprint="x", extra={"shard_dir": "cache/relative"}))
+    fake = dataclasses.replace(
+        stages()["data"], run=lambda ctx, out_dir: DataInfo(fingerprint="x", extra={"shard_dir": "cache/relative"})
+    )
     info = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
     assert shard_dir(info) == info.out_dir and os.path.isabs(info.out_dir) and info.out_dir.startswith(str(tmp_path))
-    assert all(os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path)) for t in resolve_task_paths(cfg, info))
+    assert all(
+        os.path.isabs(t.resolved_path()) and t.resolved_path().startswith(str(tmp_path))
+        for t in resolve_task_paths(cfg, info)
+    )
     # read back from the marker (a cwd-relative shard_dir in it, as older versions wrote): the stage's own folder wins
     again = run_cached(RunContext(cfg, {}, []), fake, "[1/4]")
     assert shard_dir(again) == info.out_dir
@@ -141,15 +164,32 @@ def colour_pixels(pixels: np.ndarray, colour) -> np.ndarray:
     return (pixels == np.asarray(colour, dtype=pixels.dtype)).all(axis=-1)
 
 
-def fixture_record(folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny", git=None) -> None:
+def fixture_record(
+    folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny", git=None
+) -> None:
     """A published retrieval record with a run section and per-query hits (and the run's git provenance if given)."""
     metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
     record = {
-        "task": "retrieval", "task_name": "toy_retrieval", "dataset": {"fingerprint": "f" * 8}, "metrics": metrics,
-        "intervals": {m: [v - 0.01, v + 0.01] for m, v in metrics.items()}, "n": {"images": len(hits), "image_queries": len(hits)},
-        "created": "2026-01-01T00:00:00+00:00", "checkpoint": label,
-        "run": {"experiment": label, "p": p, "strategy": strategy, "model": model, "data": "toy", "samples_seen": 100,
-                "global_batch": [10], "train_hash": label, "eval_hash": "e", "command": f"python -m evals.run +experiment={label}"},
+        "task": "retrieval",
+        "task_name": "toy_retrieval",
+        "dataset": {"fingerprint": "f" * 8},
+        "metrics": metrics,
+        "intervals": {m: [v - 0.01, v + 0.01] for m, v in metrics.items()},
+        "n": {"images": len(hits), "image_queries": len(hits)},
+        "created": "2026-01-01T00:00:00+00:00",
+        "checkpoint": label,
+        "run": {
+            "experiment": label,
+            "p": p,
+            "strategy": strategy,
+            "model": model,
+            "data": "toy",
+            "samples_seen": 100,
+            "global_batch": [10],
+            "train_hash": label,
+            "eval_hash": "e",
+            "command": f"python -m evals.run +experiment={label}",
+        },
     }
     if git is not None:
         record["run"]["git"] = git
@@ -190,14 +230,20 @@ def test_two_models_get_their_own_baselines_and_plots(tmp_path):
     fixture_record(str(tmp_path), 0.5, "mix", strong, "lit_0.5", model="lit")
     table = open(write_tables(str(tmp_path))).read()
     assert table.count("(+0.0)") == 2 * 4  # each p = 0.5 run is compared with its own model's p = 1 run
-    assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {"toy_toy_retrieval_tiny.png", "toy_toy_retrieval_lit.png"}
+    assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {
+        "toy_toy_retrieval_tiny.png",
+        "toy_toy_retrieval_lit.png",
+    }
 
 
-@pytest.mark.parametrize("overrides,strategy,p", [(["+experiment=flickr8k_lit_mix", f"mix.p={p}"], "mix", p) for p in (0.0, 0.2, 0.5, 0.8, 1.0)]
-                         + [(["+experiment=flickr8k_lit_concat"], "concat", None)])
+@pytest.mark.parametrize(
+    "overrides,strategy,p",
+    [(["+experiment=flickr8k_lit_mix", f"mix.p={p}"], "mix", p) for p in (0.0, 0.2, 0.5, 0.8, 1.0)]
+    + [(["+experiment=flickr8k_lit_concat"], "concat", None)],
+)
 def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p):
-    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo
+    from pipeline.overrides import compose_config
     from pipeline.registry import RunContext
     from pipeline.stages.train import key
 
@@ -205,7 +251,9 @@ def test_lit_experiments_compose_to_locked_cached_towers(overrides, strategy, p)
     assert cfg.model.tower is not None and cfg.model.tower.lock_image and not cfg.model.tower.lock_text
     assert cfg.train.frozen_image_features and cfg.eval.trunk_feature_cache and cfg.data.name == "flickr8k"
     assert cfg.mix.strategy == strategy and (p is None or cfg.mix.p == p)
-    assert "feature_cache_dir" not in key(RunContext(cfg, {}, [], {"data": DataInfo(fingerprint="x")}))["train"]  # where features live never retrains
+    assert (
+        "feature_cache_dir" not in key(RunContext(cfg, {}, [], {"data": DataInfo(fingerprint="x")}))["train"]
+    )  # where features live never retrains
     with pytest.raises(ConfigError, match="model.tower.image_size"):
         compose_config([*overrides, "model.tower.image_size=0"])
 
@@ -215,7 +263,12 @@ def test_a_task_scored_on_two_versions_of_its_data_gets_separate_columns_and_a_n
     pivot cell per (run, column) would otherwise show whichever record came first, and a column would mix sets."""
     rng = np.random.default_rng(3)
     old, new = rng.random(300) < 0.2, rng.random(300) < 0.6
-    for label, p, hits, version in (("a_1.0", 1.0, old, "a" * 8), ("a_0.5", 0.5, old, "a" * 8), ("b_1.0", 1.0, new, "b" * 8), ("b_0.5", 0.5, new, "b" * 8)):
+    for label, p, hits, version in (
+        ("a_1.0", 1.0, old, "a" * 8),
+        ("a_0.5", 0.5, old, "a" * 8),
+        ("b_1.0", 1.0, new, "b" * 8),
+        ("b_0.5", 0.5, new, "b" * 8),
+    ):
         fixture_record(str(tmp_path), p, "mix", hits, label)
         path = tmp_path / "records" / f"{label}.json"
         record = json.loads(path.read_text())
@@ -228,11 +281,19 @@ def test_a_task_scored_on_two_versions_of_its_data_gets_separate_columns_and_a_n
     assert "toy_retrieval@aaaaaaaa i2t_R@1" in header and "toy_retrieval@bbbbbbbb i2t_R@1" in header
     rows = [line for line in table.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and all(f"{100 * old.mean():.1f} [" in r and f"{100 * new.mean():.1f} [" in r for r in rows)
-    assert "Note: toy_retrieval was scored on 2 versions of its data set (aaaaaaaa: n = 300, bbbbbbbb: n = 300)" in table
+    assert (
+        "Note: toy_retrieval was scored on 2 versions of its data set (aaaaaaaa: n = 300, bbbbbbbb: n = 300)" in table
+    )
     assert table.count("(+0.0)") == 2 * 4  # p = 0.5 against the p = 1 run on the same version only
-    assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {"toy_toy_retrieval@aaaaaaaa.png", "toy_toy_retrieval@bbbbbbbb.png"}
+    assert {f for f in os.listdir(tmp_path) if f.endswith(".png")} == {
+        "toy_toy_retrieval@aaaaaaaa.png",
+        "toy_toy_retrieval@bbbbbbbb.png",
+    }
     csv = pd.read_csv(tmp_path / "toy.csv")
-    assert set(csv["task"]) == {"toy_retrieval"} and set(csv["table_task"]) == {"toy_retrieval@aaaaaaaa", "toy_retrieval@bbbbbbbb"}
+    assert set(csv["task"]) == {"toy_retrieval"} and set(csv["table_task"]) == {
+        "toy_retrieval@aaaaaaaa",
+        "toy_retrieval@bbbbbbbb",
+    }
     # a record without a dataset section is a version of its own ("unknown"), never merged into a known one
     fixture_record(str(tmp_path), 0.8, "mix", old, "c_0.8")
     path = tmp_path / "records" / "c_0.8.json"
@@ -240,7 +301,9 @@ def test_a_task_scored_on_two_versions_of_its_data_gets_separate_columns_and_a_n
     del record["dataset"]
     path.write_text(json.dumps(record))
     table = open(write_tables(str(tmp_path))).read()
-    assert "(aaaaaaaa: n = 300, bbbbbbbb: n = 300, unknown: n = 300)" in table and "toy_retrieval@unknown i2t_R@1" in table
+    assert (
+        "(aaaaaaaa: n = 300, bbbbbbbb: n = 300, unknown: n = 300)" in table and "toy_retrieval@unknown i2t_R@1" in table
+    )
 
 
 def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
@@ -272,9 +335,25 @@ def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
 
 def test_each_command_is_listed_with_the_commit_whose_defaults_it_ran_under(tmp_path):
     rng = np.random.default_rng(1)
-    fixture_record(str(tmp_path), 1.0, "mix", rng.random(50) < 0.3, "clip_mix_1.0", git={"commit": "1301e08" + "a" * 33, "dirty": False})
-    fixture_record(str(tmp_path), 0.5, "mix", rng.random(50) < 0.3, "clip_mix_0.5", git={"commit": "11892df" + "b" * 33, "dirty": True})
-    fixture_record(str(tmp_path), 0.8, "mix", rng.random(50) < 0.3, "clip_mix_0.8")  # a record from before git provenance
+    fixture_record(
+        str(tmp_path),
+        1.0,
+        "mix",
+        rng.random(50) < 0.3,
+        "clip_mix_1.0",
+        git={"commit": "1301e08" + "a" * 33, "dirty": False},
+    )
+    fixture_record(
+        str(tmp_path),
+        0.5,
+        "mix",
+        rng.random(50) < 0.3,
+        "clip_mix_0.5",
+        git={"commit": "11892df" + "b" * 33, "dirty": True},
+    )
+    fixture_record(
+        str(tmp_path), 0.8, "mix", rng.random(50) < 0.3, "clip_mix_0.8"
+    )  # a record from before git provenance
     table = open(write_tables(str(tmp_path))).read()
     assert "    python -m evals.run +experiment=clip_mix_1.0    # at commit 1301e08\n" in table
     assert "    python -m evals.run +experiment=clip_mix_0.5    # at commit 11892df + uncommitted changes\n" in table
@@ -283,16 +362,45 @@ def test_each_command_is_listed_with_the_commit_whose_defaults_it_ran_under(tmp_
 
 def t2i_fixture_records(folder: str, p: float, fid: float, kid: float, scores: np.ndarray, label: str) -> None:
     """A published DiT run: a FID/KID record (whole-set metrics) and a CLIP-score record (per-prompt values, 0-100)."""
-    run = {"experiment": label, "p": p, "strategy": "mix", "model": "DiT-tiny", "data": "toy", "samples_seen": 100,
-           "global_batch": [10], "train_hash": label, "eval_hash": "e", "command": f"python -m evals.run +experiment={label}"}
-    common = {"dataset": {"fingerprint": "f" * 8}, "created": "2026-01-01T00:00:00+00:00", "checkpoint": label, "run": run}
-    fid_record = {**common, "task": "fid", "task_name": "toy_raw_fid", "metrics": {"fid": fid, "kid": kid},
-                  "intervals": {"fid": [fid - 2.0, fid + 3.0], "kid": [kid - 0.001, kid + 0.002]}, "n": {"images": 50},
-                  "whole_set_interval_methods": {"fid": "basic bootstrap over generated images", "kid": "subsets"}}
+    run = {
+        "experiment": label,
+        "p": p,
+        "strategy": "mix",
+        "model": "DiT-tiny",
+        "data": "toy",
+        "samples_seen": 100,
+        "global_batch": [10],
+        "train_hash": label,
+        "eval_hash": "e",
+        "command": f"python -m evals.run +experiment={label}",
+    }
+    common = {
+        "dataset": {"fingerprint": "f" * 8},
+        "created": "2026-01-01T00:00:00+00:00",
+        "checkpoint": label,
+        "run": run,
+    }
+    fid_record = {
+        **common,
+        "task": "fid",
+        "task_name": "toy_raw_fid",
+        "metrics": {"fid": fid, "kid": kid},
+        "intervals": {"fid": [fid - 2.0, fid + 3.0], "kid": [kid - 0.001, kid + 0.002]},
+        "n": {"images": 50},
+        "whole_set_interval_methods": {"fid": "basic bootstrap over generated images", "kid": "subsets"},
+    }
     write_record(fid_record, os.path.join(folder, "records"), {}, stem=f"{label}_fid")
-    clip_record = {**common, "task": "clip_score", "task_name": "toy_recap_clip", "metrics": {"clip_score": float(scores.mean())},
-                   "intervals": {"clip_score": [float(scores.mean()) - 0.5, float(scores.mean()) + 0.5]}, "n": {"images": len(scores)}}
-    write_record(clip_record, os.path.join(folder, "records"), {"clip_score": QueryValues(scores)}, stem=f"{label}_clip")
+    clip_record = {
+        **common,
+        "task": "clip_score",
+        "task_name": "toy_recap_clip",
+        "metrics": {"clip_score": float(scores.mean())},
+        "intervals": {"clip_score": [float(scores.mean()) - 0.5, float(scores.mean()) + 0.5]},
+        "n": {"images": len(scores)},
+    }
+    write_record(
+        clip_record, os.path.join(folder, "records"), {"clip_score": QueryValues(scores)}, stem=f"{label}_clip"
+    )
 
 
 def test_text_to_image_runs_get_their_own_table_in_their_own_units(tmp_path):
@@ -301,11 +409,17 @@ def test_text_to_image_runs_get_their_own_table_in_their_own_units(tmp_path):
     better = base + 2.0 + rng.random(300)  # the same prompts and seeds, every image scored higher
     t2i_fixture_records(str(tmp_path), 1.0, 48.25, 0.0125, base, "dit_1.0")
     t2i_fixture_records(str(tmp_path), 0.0, 41.5, 0.0100, better, "dit_0.0")
-    fixture_record(str(tmp_path), 1.0, "mix", rng.random(100) < 0.3, "clip_mix_1.0")  # a CLIP on the same data: another table
+    fixture_record(
+        str(tmp_path), 1.0, "mix", rng.random(100) < 0.3, "clip_mix_1.0"
+    )  # a CLIP on the same data: another table
     path = write_tables(str(tmp_path), "toy", "t2i")
     assert path == str(tmp_path / "toy_t2i.md") and os.path.exists(tmp_path / "toy.md")
     table = open(path).read()
-    assert "text-to-image DiT" in table and "toy_retrieval" not in table and "toy_raw_fid" not in open(tmp_path / "toy.md").read()
+    assert (
+        "text-to-image DiT" in table
+        and "toy_retrieval" not in table
+        and "toy_raw_fid" not in open(tmp_path / "toy.md").read()
+    )
     assert "48.25 [46.25, 51.25]" in table  # FID in its own unit, not x100
     assert "41.5 [39.5, 44.5] (-6.75)" in table  # whole-set metric: plain difference, no significance star
     assert "0.0125 [0.0115, 0.0145]" in table
@@ -333,14 +447,23 @@ def test_an_interval_that_does_not_hold_its_point_is_still_plotted(tmp_path):
     blue = (pixels[..., 2] - pixels[..., 0] > 60)[:, : pixels.shape[1] // 2]  # C0 and its anti-aliased edges, FID panel
     rows = np.nonzero(blue[:, np.bincount(np.nonzero(blue)[1]).argmax()])[0]  # the column of the point and its bar
     # the interval [50, 55] (its bar and end caps) spans most of the axes' height above the marker at 48, with a gap between
-    assert rows.max() - rows.min() > 250 and rows.size < rows.max() - rows.min() + 1, (rows.min(), rows.max(), rows.size)
+    assert rows.max() - rows.min() > 250 and rows.size < rows.max() - rows.min() + 1, (
+        rows.min(),
+        rows.max(),
+        rows.size,
+    )
 
 
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
     from report.tables import load_records, metric_rows, plot_series
 
     rng = np.random.default_rng(3)
-    for label, p, budget in (("full_1.0", 1.0, 80000), ("full_0.5", 0.5, 80000), ("smoke_1.0", 1.0, 512), ("smoke_0.5", 0.5, 512)):
+    for label, p, budget in (
+        ("full_1.0", 1.0, 80000),
+        ("full_0.5", 0.5, 80000),
+        ("smoke_1.0", 1.0, 512),
+        ("smoke_0.5", 0.5, 512),
+    ):
         fixture_record(str(tmp_path), p, "mix", rng.random(200) < 0.4, label)
         path = tmp_path / "records" / f"{label}.json"
         record = json.loads(path.read_text())
@@ -350,7 +473,9 @@ def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
     series = plot_series(long[long["task"] == "toy_retrieval"])
     assert len(series) == 4 * 2  # 4 metrics x 2 budgets: the smoke run never joins the full run's curve
     for curve in series:
-        rows = long[(long["metric"] == curve["metric"]) & (long["samples_seen"] == curve["samples_seen"])].sort_values("p")
+        rows = long[(long["metric"] == curve["metric"]) & (long["samples_seen"] == curve["samples_seen"])].sort_values(
+            "p"
+        )
         assert curve["y"] == pytest.approx((rows["value"] * 100).tolist())
         assert f"{curve['samples_seen']:,} samples" in curve["label"]
     # all four metrics hold the same values here (one hit vector): each metric is dodged to its own x positions
@@ -397,11 +522,12 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     change the keys that decide whether a stage runs again."""
     import dataclasses as dc
 
+    from eval_helpers import write_cb_classification
+
     from captiondata.config import DataConfig
     from evals.tasks.config import task_config
-    from evals.tasks.testing import write_cb_classification
-    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
+    from pipeline.overrides import compose_config
     from pipeline.registry import RunContext
     from pipeline.stages.data import user_shard_fingerprint
     from pipeline.stages.eval import key as eval_key
@@ -415,7 +541,9 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert user_shard_fingerprint(data)["fingerprint"] != before
 
-    root = write_cb_classification(str(tmp_path / "cls"), [0, 1, 0, 1], ["ant", "bee"], ["a photo of a {c}."], per_shard=4)
+    root = write_cb_classification(
+        str(tmp_path / "cls"), [0, 1, 0, 1], ["ant", "bee"], ["a photo of a {c}."], per_shard=4
+    )
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     task = task_config(name="outside", task="zeroshot_classification", format="clip_benchmark_wds", path=root)
     cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
@@ -424,8 +552,8 @@ def test_stage_keys_follow_inputs_edited_in_place(tmp_path):
     tar = os.path.join(root, "test", "0.tar")
     blob = open(tar, "rb").read()
     data_at = (blob.index(b"s000000.cls") // 512 + 1) * 512  # the member's data starts at the block after its header
-    assert blob[data_at:data_at + 1] == b"0"
-    edited = blob[:data_at] + b"1" + blob[data_at + 1:]  # label 0 -> 1, same size (tar members are padded)
+    assert blob[data_at : data_at + 1] == b"0"
+    edited = blob[:data_at] + b"1" + blob[data_at + 1 :]  # label 0 -> 1, same size (tar members are padded)
     with open(tar, "wb") as handle:
         handle.write(edited)
     assert os.path.getsize(tar) == len(blob)
@@ -437,8 +565,8 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
     import dataclasses as dc
 
     from evals.tasks.config import task_config
-    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
+    from pipeline.overrides import compose_config
     from pipeline.registry import RunContext
     from pipeline.stages.eval import key as eval_key
 
@@ -446,8 +574,13 @@ def test_a_retrained_evaluator_changes_the_eval_key(tmp_path):
     export.mkdir(parents=True)
     (export / "open_clip_pytorch_model.bin").write_bytes(b"weights one")
     data_dir = tmp_path / "data"
-    task = task_config(name="recap_clip", task="clip_score", format="project_shards", path=f"{data_dir}/test-*.tar",
-                      evaluator=str(tmp_path / "train" / "clip_mix_p0.0-*" / "export"))
+    task = task_config(
+        name="recap_clip",
+        task="clip_score",
+        format="project_shards",
+        path=f"{data_dir}/test-*.tar",
+        evaluator=str(tmp_path / "train" / "clip_mix_p0.0-*" / "export"),
+    )
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     cfg = dc.replace(cfg, eval=dc.replace(cfg.eval, tasks=[task]))
     infos = {"data": DataInfo(fingerprint="x", out_dir=str(data_dir)), "train": TrainInfo(hash="t")}
@@ -465,8 +598,8 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
     from evals.tasks.config import task_config
     from evals.tasks.t2i import experiment_export, resolve_evaluator
     from harness_infra.errors import ConfigError
-    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, TrainInfo
+    from pipeline.overrides import compose_config
     from pipeline.registry import RunContext
     from pipeline.stages.eval import key as eval_key
 
@@ -478,7 +611,9 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
         return folder
 
     data_dir = tmp_path / "data"
-    task = task_config(name="recap_clip", task="clip_score", path=f"{data_dir}/test-*.tar", evaluator_experiment="clip_mix_p0.0")
+    task = task_config(
+        name="recap_clip", task="clip_score", path=f"{data_dir}/test-*.tar", evaluator_experiment="clip_mix_p0.0"
+    )
     base, _ = compose_config(["+experiment=clip_smoke"])
     infos = {"data": DataInfo(fingerprint="x", out_dir=str(data_dir)), "train": TrainInfo(hash="t")}
 
@@ -489,7 +624,9 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
     with pytest.raises(ConfigError, match=r"evaluator_experiment=clip_mix_p0.0: no complete train stage"):
         key_under(tmp_path / "a")
     folder = trained(tmp_path / "a", "0123456789abcdef", b"weights one")
-    (tmp_path / "a" / "train" / "clip_mix_p0.0-fedcba9876543210" / "export").mkdir(parents=True)  # no marker: unfinished
+    (tmp_path / "a" / "train" / "clip_mix_p0.0-fedcba9876543210" / "export").mkdir(
+        parents=True
+    )  # no marker: unfinished
     (tmp_path / "a" / "train" / "clip_mix_p0.0_x-0123456789abcdef").mkdir()  # another experiment's label
     assert experiment_export(str(tmp_path / "a"), "clip_mix_p0.0") == str(folder / "export")
     assert resolve_evaluator(task, str(tmp_path / "a")).evaluator == str(folder / "export")

@@ -64,7 +64,7 @@ def train500() -> List[Record]:
 
 
 @pytest.fixture(scope="module")
-def test400() -> List[Record]:
+def split_test400() -> List[Record]:
     """The first 400 test records (200 swapped pairs)."""
     return list(scene_records("test", 400))
 
@@ -136,7 +136,9 @@ def test_recaption_mentions_every_object(train500: List[Record]) -> None:
         assert 8 <= len(recap.split()) <= 60
         for group in record.meta["objects"]:
             shape = scenes.plural(group["shape"]) if group["count"] > 1 else group["shape"]
-            phrase = f"{group['size']} {group['colour']} {group['texture']} {shape} {POSITION_PHRASES[group['position']]}"
+            phrase = (
+                f"{group['size']} {group['colour']} {group['texture']} {shape} {POSITION_PHRASES[group['position']]}"
+            )
             assert phrase in recap, (phrase, recap)
         assert record.meta["background"] in recap
         assert not colour_words(record.meta["background"])  # background names never contain colour words
@@ -152,11 +154,15 @@ def test_original_is_less_informative(train500: List[Record]) -> None:
         assert recap.lower() not in original.lower() and original != recap
         # No bindings beyond one colour-shape pair, and never a position, texture or size word.
         assert not (len(colour_words(original)) > 1 and shape_words(original))
-        assert not set(words(original)) & (set(TEXTURES) | {"small", "large", "left", "right", "top", "bottom", "center"})
+        assert not set(words(original)) & (
+            set(TEXTURES) | {"small", "large", "left", "right", "top", "bottom", "center"}
+        )
         orig_colours.append(len(colour_words(original)))
         recap_colours.append(len(colour_words(recap)))
     assert np.mean(orig_colours) < 0.5 * np.mean(recap_colours)
-    assert np.mean([len(r.original.split()) for r in train500]) < 0.3 * np.mean([len(r.recaptions[0].split()) for r in train500])
+    assert np.mean([len(r.original.split()) for r in train500]) < 0.3 * np.mean(
+        [len(r.recaptions[0].split()) for r in train500]
+    )
 
 
 def test_original_styles_follow_fixed_probabilities(train500: List[Record]) -> None:
@@ -167,9 +173,9 @@ def test_original_styles_follow_fixed_probabilities(train500: List[Record]) -> N
     assert any(re.fullmatch(r"(IMG_|DSC)\d+\.(jpg|JPG)", r.original) for r in train500)
 
 
-def test_swapped_pairs_share_words_but_not_bindings(test400: List[Record]) -> None:
+def test_swapped_pairs_share_words_but_not_bindings(split_test400: List[Record]) -> None:
     kinds = Counter()
-    for first, second in zip(test400[0::2], test400[1::2]):
+    for first, second in zip(split_test400[0::2], split_test400[1::2]):
         assert first.meta["pair"] == second.meta["pair"] and first.meta["swap"] == second.meta["swap"]
         assert second.meta["partner_index"] == first.meta["index"]
         kinds[first.meta["swap"]] += 1
@@ -180,17 +186,17 @@ def test_swapped_pairs_share_words_but_not_bindings(test400: List[Record]) -> No
         assert first.image.tobytes() != second.image.tobytes()
         assert len(first.meta["objects"]) >= 2
     assert set(kinds) == set(SWAP_KINDS)
-    assert len({r.recaptions[0] for r in test400}) == len(test400)  # every query has one true image
+    assert len({r.recaptions[0] for r in split_test400}) == len(split_test400)  # every query has one true image
 
 
-def test_heldout_combinations_only_outside_train(train500: List[Record], test400: List[Record]) -> None:
+def test_heldout_combinations_only_outside_train(train500: List[Record], split_test400: List[Record]) -> None:
     heldout = set(HELDOUT_COMBOS)
     assert len({c for c, _ in heldout}) == len(heldout) == len({s for _, s in heldout})
     for record in list(scene_records("train", 1500)):
         assert not {(g["colour"], g["shape"]) for g in record.meta["objects"]} & heldout
         assert not record.meta["heldout"]
-    flagged = [r for r in test400 if r.meta["heldout"]]
-    assert 0.15 * len(test400) < len(flagged) < 0.7 * len(test400)
+    flagged = [r for r in split_test400 if r.meta["heldout"]]
+    assert 0.15 * len(split_test400) < len(flagged) < 0.7 * len(split_test400)
     for record in flagged:
         assert {(g["colour"], g["shape"]) for g in record.meta["objects"]} & heldout
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from conftest import make_records
+
 from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader
-from conftest import make_records
 
 
 def loader(spec: str, rank: int, world: int, workers: int, **overrides) -> CaptionLoader:

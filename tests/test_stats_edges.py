@@ -9,15 +9,32 @@ import math
 import numpy as np
 import pytest
 
-from evals.results.bootstrap import (QueryValues, Resampling, bootstrap_ci, bootstrap_distribution, paired_test,
-                                     percentile_interval, permutation_distribution)
+from evals.results.bootstrap import (
+    QueryValues,
+    Resampling,
+    bootstrap_ci,
+    bootstrap_distribution,
+    paired_test,
+    percentile_interval,
+    permutation_distribution,
+)
 
 
 def test_defaults_are_the_resampling_defaults():
     settings = Resampling()
-    assert (settings.bootstrap_samples, settings.permutation_samples, settings.confidence, settings.seed) == (1000, 10000, 0.95, 0)
+    assert (settings.bootstrap_samples, settings.permutation_samples, settings.confidence, settings.seed) == (
+        1000,
+        10000,
+        0.95,
+        0,
+    )
     paired = inspect.signature(paired_test).parameters
-    assert [paired[k].default for k in ("bootstrap_samples", "permutation_samples", "confidence", "seed")] == [1000, 10000, 0.95, 0]
+    assert [paired[k].default for k in ("bootstrap_samples", "permutation_samples", "confidence", "seed")] == [
+        1000,
+        10000,
+        0.95,
+        0,
+    ]
     ci = inspect.signature(bootstrap_ci).parameters
     assert [ci[k].default for k in ("samples", "confidence", "seed")] == [1000, 0.95, 0]
     assert inspect.signature(bootstrap_distribution).parameters["seed"].default == 0
@@ -28,7 +45,9 @@ def test_no_queries_or_no_resamples_give_no_interval_and_one_query_a_point():
     assert bootstrap_ci(QueryValues([]), 100) is None
     assert bootstrap_ci(QueryValues([1.0, 0.0]), 0) is None and bootstrap_ci(QueryValues([1.0, 0.0]), -3) is None
     assert bootstrap_ci(QueryValues([0.25]), 50) == (0.25, 0.25)  # every resample of one query is that query
-    one = bootstrap_ci(QueryValues([1.0, 0.0, 1.0]), 1, seed=2)  # one resample: both ends are its mean, a multiple of 1/3
+    one = bootstrap_ci(
+        QueryValues([1.0, 0.0, 1.0]), 1, seed=2
+    )  # one resample: both ends are its mean, a multiple of 1/3
     assert one[0] == one[1] and round(3 * one[0]) == pytest.approx(3 * one[0])
     assert bootstrap_distribution(QueryValues([1.0, 0.0]), 0).shape == (0,)
 
@@ -51,7 +70,7 @@ def test_every_requested_sign_flip_is_returned_across_chunks():
     x = (np.arange(5000) + 1) / 5000.0  # 5000 distinct magnitudes: signs drawn per query, in chunks of 838 rows
     draws = permutation_distribution(x, 2000, np.random.default_rng(0))
     assert draws.shape == (2000,)
-    assert abs(draws.std() - math.sqrt((x ** 2).sum())) < 0.1 * math.sqrt((x ** 2).sum())  # sd of sum s_i x_i
+    assert abs(draws.std() - math.sqrt((x**2).sum())) < 0.1 * math.sqrt((x**2).sum())  # sd of sum s_i x_i
 
 
 def test_one_query_pair():
@@ -62,8 +81,13 @@ def test_one_query_pair():
 
 def test_singleton_classes_weight_each_query_by_one_over_the_classes():
     # 3 classes of one query each: d = 2/3; |s1/3 + s2/3| >= 2/3 for 2 of the 4 sign patterns: p = 1/2
-    result = paired_test(QueryValues([1, 1, 0], [0, 1, 2]), QueryValues([0, 0, 0], [0, 1, 2]), bootstrap_samples=0,
-                         permutation_samples=20000, seed=3)
+    result = paired_test(
+        QueryValues([1, 1, 0], [0, 1, 2]),
+        QueryValues([0, 0, 0], [0, 1, 2]),
+        bootstrap_samples=0,
+        permutation_samples=20000,
+        seed=3,
+    )
     assert result.difference == pytest.approx(2 / 3)
     assert abs(result.p_value - 0.5) < 5 * math.sqrt(0.25 / 20000)
 
@@ -98,7 +122,10 @@ def test_the_defaults_are_the_ones_documented():
     rng = np.random.default_rng(2)
     a, b = QueryValues(rng.random(60)), QueryValues(rng.random(60))
     s = Resampling()
-    assert paired_test(a, b).to_dict() == paired_test(a, b, s.bootstrap_samples, s.permutation_samples, s.confidence, s.seed).to_dict()
+    assert (
+        paired_test(a, b).to_dict()
+        == paired_test(a, b, s.bootstrap_samples, s.permutation_samples, s.confidence, s.seed).to_dict()
+    )
     assert bootstrap_ci(a) == bootstrap_ci(a, s.bootstrap_samples, s.confidence, s.seed)
     assert bootstrap_distribution(a, 40).tolist() == bootstrap_distribution(a, 40, seed=0).tolist()
     assert bootstrap_distribution(a, 40, seed=1).tolist() != bootstrap_distribution(a, 40).tolist()
@@ -106,8 +133,13 @@ def test_the_defaults_are_the_ones_documented():
 
 def test_paired_result_json_form():
     result = paired_test(QueryValues([1.0]), QueryValues([0.0]), bootstrap_samples=5, permutation_samples=9)
-    assert result.to_dict() == {"difference": 1.0, "interval": [1.0, 1.0], "p_value": 1.0, "n": 1,
-                                "method": "paired bootstrap percentile interval; two-sided sign-flip permutation p-value"}
+    assert result.to_dict() == {
+        "difference": 1.0,
+        "interval": [1.0, 1.0],
+        "p_value": 1.0,
+        "n": 1,
+        "method": "paired bootstrap percentile interval; two-sided sign-flip permutation p-value",
+    }
     none = paired_test(QueryValues([1.0]), QueryValues([0.0]), bootstrap_samples=0, permutation_samples=9).to_dict()
     assert none["interval"] is None
 

@@ -83,7 +83,9 @@ def test_paired_bootstrap_interval_matches_enumeration_with_missing_classes():
     for idx in itertools.product(range(n), repeat=n):
         g = [groups[i] for i in idx]
         law[float(balanced_mean([a[i] for i in idx], g) - balanced_mean([b[i] for i in idx], g))] += 1 / n**n
-    result = paired_test(QueryValues(a, groups), QueryValues(b, groups), bootstrap_samples=40000, permutation_samples=10, seed=2)
+    result = paired_test(
+        QueryValues(a, groups), QueryValues(b, groups), bootstrap_samples=40000, permutation_samples=10, seed=2
+    )
     assert result.difference == pytest.approx(float(balanced_mean(a, groups) - balanced_mean(b, groups)))
     assert_quantile_of_law(result.interval[0], law, 0.025)
     assert_quantile_of_law(result.interval[1], law, 0.975)
@@ -91,7 +93,10 @@ def test_paired_bootstrap_interval_matches_enumeration_with_missing_classes():
 
 def exact_sign_flip_p(x, d):
     """P(|sum_i s_i x_i| >= |d|) over all 2^n equally likely sign patterns."""
-    hits = sum(abs(sum(s * v for s, v in zip(signs, x))) >= abs(d) - 1e-12 for signs in itertools.product((-1, 1), repeat=len(x)))
+    hits = sum(
+        abs(sum(s * v for s, v in zip(signs, x))) >= abs(d) - 1e-12
+        for signs in itertools.product((-1, 1), repeat=len(x))
+    )
     return hits / 2 ** len(x)
 
 
@@ -115,11 +120,15 @@ def test_permutation_p_value_matches_enumeration(grouped):
 
 def test_all_discordant_pairs_p_value_is_the_enumerated_one_and_never_zero():
     # 5 discordant pairs: |sum s_i| = 5 only when all signs agree, p = 2 / 32
-    result = paired_test(QueryValues(np.ones(5)), QueryValues(np.zeros(5)), bootstrap_samples=0, permutation_samples=40000, seed=1)
+    result = paired_test(
+        QueryValues(np.ones(5)), QueryValues(np.zeros(5)), bootstrap_samples=0, permutation_samples=40000, seed=1
+    )
     assert exact_sign_flip_p([1.0] * 5, 5.0) == 2 / 32
     assert abs(result.p_value - 2 / 32) <= 5 * math.sqrt((2 / 32) * (30 / 32) / 40000)
     # 40 discordant pairs: p = 2^-39, so no permutation reaches |d| and the p-value is (1 + 0) / (1 + N), never 0
-    far = paired_test(QueryValues(np.ones(40)), QueryValues(np.zeros(40)), bootstrap_samples=0, permutation_samples=999, seed=1)
+    far = paired_test(
+        QueryValues(np.ones(40)), QueryValues(np.zeros(40)), bootstrap_samples=0, permutation_samples=999, seed=1
+    )
     assert far.p_value == 1 / 1000
 
 
@@ -144,8 +153,18 @@ def test_interval_is_the_exact_binomial_quantiles():
 
 
 def row(delta, p_value, p=0.5, strategy="mix"):
-    return pd.Series({"value": 0.61, "ci_low": 0.59, "ci_high": 0.63, "delta_vs_p1": delta, "delta_p_value": p_value,
-                      "p": p, "strategy": strategy, "percent": True})
+    return pd.Series(
+        {
+            "value": 0.61,
+            "ci_low": 0.59,
+            "ci_high": 0.63,
+            "delta_vs_p1": delta,
+            "delta_p_value": p_value,
+            "p": p,
+            "strategy": strategy,
+            "percent": True,
+        }
+    )
 
 
 def test_star_marks_only_significant_deltas():

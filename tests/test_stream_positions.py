@@ -76,8 +76,19 @@ def test_a_resume_at_a_known_epoch_end_opens_the_next_epoch_without_reading_the_
     stream, reports = stream_of(source, epoch=4, batch=3)
     assert stream.next_batch()["id"] == (5, 0)
     assert source.calls == [(5, 0)]
-    assert reports == [(4, {"samples": 0, "samples_read": 0, "skipped_total": 0, "skipped": {},
-                            "original_fraction": None, "resumed_at_batch": 3})]
+    assert reports == [
+        (
+            4,
+            {
+                "samples": 0,
+                "samples_read": 0,
+                "skipped_total": 0,
+                "skipped": {},
+                "original_fraction": None,
+                "resumed_at_batch": 3,
+            },
+        )
+    ]
     assert (stream.epoch, stream.batch_in_epoch) == (5, 1)
     stream.take(3)  # epoch 5 closes whole: its report is not marked resumed
     assert reports[1][0] == 5 and reports[1][1]["samples"] == 6 and "resumed_at_batch" not in reports[1][1]
@@ -87,7 +98,9 @@ def test_a_resume_at_a_known_epoch_end_logs_where_it_goes_on(caplog):
     stream, _ = stream_of(ListSource(3, sized=True), epoch=4, batch=3)
     with caplog.at_level(logging.INFO, logger="training.stream"):
         stream.next_batch()
-    assert [r.getMessage() for r in caplog.records] == ["resumed at the end of epoch 4 (batch 3): going on with epoch 5"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "resumed at the end of epoch 4 (batch 3): going on with epoch 5"
+    ]
 
 
 def test_a_resume_past_a_known_epoch_end_warns_that_the_data_changed(caplog):
@@ -95,7 +108,8 @@ def test_a_resume_past_a_known_epoch_end_warns_that_the_data_changed(caplog):
     with caplog.at_level(logging.WARNING, logger="training.stream"):
         assert stream.next_batch()["id"] == (1, 0)
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "resumed at batch 5 of epoch 0, which has 3 batches here: the data, batch size or rank count changed since the checkpoint"]
+        "resumed at batch 5 of epoch 0, which has 3 batches here: the data, batch size or rank count changed since the checkpoint"
+    ]
     assert reports[0][0] == 0 and reports[0][1]["resumed_at_batch"] == 5
 
 
@@ -140,8 +154,10 @@ def test_an_empty_epoch_is_one_line_naming_the_epoch_and_the_counts(sized):
     stream, _ = stream_of(ListSource(0, sized=sized))
     with pytest.raises(ConfigError) as error:
         stream.next_batch()
-    assert str(error.value) == ("epoch 0 gave no full batch: the loader read 0 valid samples (skipped none); every rank needs at least "
-                                "one full batch per epoch: lower the batch size, add data, or set data.resampled=true")
+    assert str(error.value) == (
+        "epoch 0 gave no full batch: the loader read 0 valid samples (skipped none); every rank needs at least "
+        "one full batch per epoch: lower the batch size, add data, or set data.resampled=true"
+    )
 
 
 def test_an_empty_epoch_names_the_skipped_samples():
@@ -150,7 +166,10 @@ def test_an_empty_epoch_names_the_skipped_samples():
             return {**super().epoch_stats(), "skipped": {"undecodable_image": 3}}
 
     stream, _ = stream_of(Skipping(0))
-    with pytest.raises(ConfigError, match=r"^epoch 0 gave no full batch: the loader read 0 valid samples \(skipped \{'undecodable_image': 3\}\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^epoch 0 gave no full batch: the loader read 0 valid samples \(skipped \{'undecodable_image': 3\}\)",
+    ):
         stream.next_batch()
 
 
@@ -174,8 +193,13 @@ def test_trained_counts_and_with_trained_by_hand():
     assert trained_counts({}) == {"samples": 0}
     loader = {"samples": 10, "original_fraction": 0.3, "skipped": {}}
     assert with_trained(loader, {"samples": 8, "original": 6, "recap": 2}) == {
-        "samples": 8, "samples_read": 10, "read_original_fraction": 0.3, "skipped": {},
-        "original_fraction": 0.75, "concat_fraction": 0.0}
+        "samples": 8,
+        "samples_read": 10,
+        "read_original_fraction": 0.3,
+        "skipped": {},
+        "original_fraction": 0.75,
+        "concat_fraction": 0.0,
+    }
     concat = with_trained(loader, {"samples": 4, "concat": 4})
     assert concat["original_fraction"] is None and concat["concat_fraction"] == 1.0
     plain = with_trained(loader, {"samples": 4})
@@ -221,6 +245,7 @@ class TwoRanks:
 
         self.other, self.gathered = other, []
         monkeypatch.setattr(stream_module, "gather_objects", self.gather)
+
         def all_ranks_have(flag, env):
             assert env.world_size == 2
             return flag and other_has()
@@ -269,6 +294,9 @@ def test_loader_totals_are_summed_over_ranks_when_the_source_exposes_them(monkey
 def test_an_epoch_empty_on_some_rank_says_so_over_the_ranks(monkeypatch):
     TwoRanks(monkeypatch, other=lambda mine: {}, other_has=lambda: False)
     stream = DataStream(ListSource(3, sized=False), DistEnv(rank=0, world_size=2), 0, 0, lambda e, s: None)
-    with pytest.raises(ConfigError, match=r"^epoch 0 gave no full batch to some rank: the loader read 2 valid samples over 2 ranks "
-                                          r"\(skipped none\); every rank needs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^epoch 0 gave no full batch to some rank: the loader read 2 valid samples over 2 ranks "
+        r"\(skipped none\); every rank needs",
+    ):
         stream.next_batch()

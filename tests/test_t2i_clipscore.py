@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-
 from conftest import require_real
+
 from evals.tasks.clipscore import clip_scores, expert_agreement, kendall_tau_c, read_expert_judgments
 from evals.tasks.config import EvalConfig
 from harness_infra.errors import ConfigError
@@ -24,8 +24,9 @@ def test_clip_score_is_100_times_the_clamped_cosine():
     assert got == pytest.approx(100 * np.maximum(cos, 0), abs=1e-9) and (got == 0).sum() == (cos < 0).sum() > 0
     # where every cosine is positive the mean equals torchmetrics' CLIPScore.compute (clamp of the mean)
     pos = np.abs(txt) * np.sign(img)
-    assert clip_scores(torch.from_numpy(img), torch.from_numpy(pos)).mean() == pytest.approx(max(100 * np.mean(
-        [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(img, pos)]), 0))
+    assert clip_scores(torch.from_numpy(img), torch.from_numpy(pos)).mean() == pytest.approx(
+        max(100 * np.mean([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(img, pos)]), 0)
+    )
 
 
 @pytest.mark.parametrize("kind", ["continuous", "ties", "few_levels"])
@@ -41,10 +42,14 @@ def test_tau_c_equals_scipy_on_the_real_flickr8k_expert_file(data_root):
     require_real(root)
     judgments = read_expert_judgments(root)
     assert judgments.ratings.shape == (5822, 3) and judgments.ratings.min() == 1 and judgments.ratings.max() == 4
-    lengths = np.array([len(c.split()) for c in judgments.captions], dtype=float)  # a weak but real metric: caption length
+    lengths = np.array(
+        [len(c.split()) for c in judgments.captions], dtype=float
+    )  # a weak but real metric: caption length
     metric, human = judgments.flat(lengths)
     assert metric.size == human.size == 3 * 5822
-    assert kendall_tau_c(metric, human) == pytest.approx(scipy.stats.kendalltau(metric, human, variant="c").statistic, abs=1e-12)
+    assert kendall_tau_c(metric, human) == pytest.approx(
+        scipy.stats.kendalltau(metric, human, variant="c").statistic, abs=1e-12
+    )
 
 
 def test_expert_reader_rejects_a_malformed_row(tmp_path):
@@ -80,7 +85,9 @@ def hand_tau_c(embedder, root: str, pairs: int) -> float:
         for image, candidate, *votes in rows:
             pixels = embedder.preprocess(Image.open(os.path.join(root, "images", image)).convert("RGB"))[None]
             img = torch.nn.functional.normalize(embedder.model.encode_image(pixels).double(), dim=-1)
-            txt = torch.nn.functional.normalize(embedder.model.encode_text(embedder.tokenizer([captions[candidate].strip()])).double(), dim=-1)
+            txt = torch.nn.functional.normalize(
+                embedder.model.encode_text(embedder.tokenizer([captions[candidate].strip()])).double(), dim=-1
+            )
             for vote in votes:
                 scores.append(2.5 * max(float((img * txt).sum()), 0.0))
                 ratings.append(int(vote))
@@ -89,7 +96,7 @@ def hand_tau_c(embedder, root: str, pairs: int) -> float:
 
 def test_expert_agreement_against_scipy_on_a_hand_made_expert_folder(tmp_path):
     """The protocol on a written Flickr8k-Expert folder (5 images, 8 judged pairs): tau-c = scipy's on CLIP-S by hand."""
-    from evals.tasks.testing import random_image
+    from eval_helpers import random_image
     from test_t2i_tasks import tiny_open_clip
 
     (tmp_path / "images").mkdir()
@@ -99,7 +106,9 @@ def test_expert_agreement_against_scipy_on_a_hand_made_expert_folder(tmp_path):
     (tmp_path / "Flickr8k.token.txt").write_text("".join(f"im{i}.jpg#0\t{w} .\n" for i, w in enumerate(words)))
     rows = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 3), (4, 4), (4, 0)]
     votes = [(4, 3, 4), (1, 2, 1), (3, 3, 2), (2, 1, 1), (1, 1, 2), (4, 4, 3), (3, 2, 4), (1, 1, 1)]
-    (tmp_path / "ExpertAnnotations.txt").write_text("".join(f"im{a}.jpg\tim{b}.jpg#0\t{r[0]}\t{r[1]}\t{r[2]}\n" for (a, b), r in zip(rows, votes)))
+    (tmp_path / "ExpertAnnotations.txt").write_text(
+        "".join(f"im{a}.jpg\tim{b}.jpg#0\t{r[0]}\t{r[1]}\t{r[2]}\n" for (a, b), r in zip(rows, votes))
+    )
     embedder = tiny_open_clip()
     out = expert_agreement(embedder, str(tmp_path), EvalConfig())
     assert (out["pairs"], out["judgments"]) == (8, 24)

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+
 # imported at collection, not inside the tests: mutation testing (tests/MUTATION.md) forks every mutant's run from the
 # process that collected the tests, and torchmetrics' FID/KID modules take seconds to import
 import torchmetrics.image.fid  # noqa: F401
 import torchmetrics.image.kid  # noqa: F401
+from conftest import require_real
 from PIL import Image, ImageFilter
 
-from conftest import require_real
 from evals.tasks import fid as F
 from harness_infra.cache import EmbeddingCache
 from harness_infra.errors import BrokenModelError, ConfigError
@@ -24,7 +25,9 @@ from harness_infra.errors import BrokenModelError, ConfigError
 def tiny_extractor(seed: int = 0) -> F.FidInceptionFeatures:
     """A small random network in the FID extractor's place (same resize and scaling), 8 features."""
     torch.manual_seed(seed)
-    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 9, stride=8), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    trunk = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 9, stride=8), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
     return F.FidInceptionFeatures(trunk, num_features=8)
 
 
@@ -41,7 +44,9 @@ def helper_fid(a, b) -> float:
     return float(np.real(((mu2 - mu1) ** 2).sum() + np.trace(s2 + s1 - 2 * root)))
 
 
-def reference_fid_interval(reference, generated: torch.Tensor, samples: int, confidence: float, seed: int, point: float):
+def reference_fid_interval(
+    reference, generated: torch.Tensor, samples: int, confidence: float, seed: int, point: float
+):
     """The centred FID interval written out independently (the module docstring's definition): resample the generated
     rows with ``default_rng(seed).integers`` (one draw of N indices per resample), FID of each resample by
     ``helper_fid`` (scipy sqrtm, numpy covariance), bias = median - point, (q_lo - bias, q_hi - bias) clamped at 0."""
@@ -50,7 +55,12 @@ def reference_fid_interval(reference, generated: torch.Tensor, samples: int, con
     values = []
     for _ in range(samples):
         rows = x[rng.integers(0, x.shape[0], x.shape[0])]
-        values.append(helper_fid(reference, {"mean": torch.from_numpy(rows.mean(axis=0)), "cov": torch.from_numpy(np.cov(rows, rowvar=False))}))
+        values.append(
+            helper_fid(
+                reference,
+                {"mean": torch.from_numpy(rows.mean(axis=0)), "cov": torch.from_numpy(np.cov(rows, rowvar=False))},
+            )
+        )
     alpha = (1 - confidence) / 2
     bias = float(np.median(values)) - point
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
@@ -75,7 +85,9 @@ def test_torchmetrics_fid_equals_fid_helper_formula_and_the_fast_bootstrap_formu
     assert value == pytest.approx(helper_fid(ref, gen), rel=1e-8)
     assert F.fid_from_features(ref, gen["features"].numpy()) == pytest.approx(value, rel=1e-6)
     small = gaussian_stats(10, 24, 3)  # N < D: the Gram-matrix branch
-    assert F.fid_from_features(ref, small["features"].numpy()) == pytest.approx(F.torchmetrics_fid(ref, small, ex), rel=1e-6)
+    assert F.fid_from_features(ref, small["features"].numpy()) == pytest.approx(
+        F.torchmetrics_fid(ref, small, ex), rel=1e-6
+    )
 
 
 def test_filled_state_equals_torchmetrics_update_with_the_extractor():
@@ -88,7 +100,9 @@ def test_filled_state_equals_torchmetrics_update_with_the_extractor():
     metric = FrechetInceptionDistance(feature=ex)
     metric.update(real, real=True)
     metric.update(fake, real=False)
-    ours = F.torchmetrics_fid(F.feature_statistics(F.extract_features(real, ex)), F.feature_statistics(F.extract_features(fake, ex)), ex)
+    ours = F.torchmetrics_fid(
+        F.feature_statistics(F.extract_features(real, ex)), F.feature_statistics(F.extract_features(fake, ex)), ex
+    )
     assert ours == pytest.approx(float(metric.compute()), rel=1e-5)
 
 
@@ -127,7 +141,9 @@ def test_cache_key_changes_with_weights_resize_and_images(tmp_path):
 def test_fid_kid_intervals_and_kid_equals_torchmetrics():
     ex = tiny_extractor()
     ref, gen = gaussian_stats(300, 8, 4), gaussian_stats(120, 8, 5, shift=0.5)
-    result = F.fid_kid(ref, gen, ex, bootstrap_samples=50, kid_subsets_count=20, kid_subset_size=100, confidence=0.95, seed=3)
+    result = F.fid_kid(
+        ref, gen, ex, bootstrap_samples=50, kid_subsets_count=20, kid_subset_size=100, confidence=0.95, seed=3
+    )
     expected, _ = reference_fid_interval(ref, gen["features"], 50, 0.95, 3, result.fid)
     assert result.fid_interval == pytest.approx(expected, rel=1e-6) and expected[0] < result.fid < expected[1]
     assert "bootstrap over the 120 generated images" in result.fid_method
@@ -147,14 +163,28 @@ def test_fid_interval_is_centred_on_the_fid_even_when_resampling_inflates_it():
     assert (lo, hi) == pytest.approx((ref_lo, ref_hi), rel=1e-6) and bias == pytest.approx(ref_bias, rel=1e-6)
     assert bias > 2.0 and lo < fid < hi  # the bias is a large share of the FID here
     assert 2 * fid - (hi + bias) < fid and 2 * fid - (lo + bias) < fid  # the basic interval lies wholly below the FID
-    ref8, gen8 = gaussian_stats(400, 8, 4), gaussian_stats(10, 8, 5, shift=0.2)  # through fid_kid (8 features, as the extractor)
-    result = F.fid_kid(ref8, gen8, tiny_extractor(), bootstrap_samples=200, kid_subsets_count=5, kid_subset_size=10, confidence=0.95, seed=0)
+    ref8, gen8 = (
+        gaussian_stats(400, 8, 4),
+        gaussian_stats(10, 8, 5, shift=0.2),
+    )  # through fid_kid (8 features, as the extractor)
+    result = F.fid_kid(
+        ref8,
+        gen8,
+        tiny_extractor(),
+        bootstrap_samples=200,
+        kid_subsets_count=5,
+        kid_subset_size=10,
+        confidence=0.95,
+        seed=0,
+    )
     _, bias8 = F.bootstrap_fid(ref8, gen8["features"], 200, 0.95, 0, result.fid)
     expected8, ref_bias8 = reference_fid_interval(ref8, gen8["features"], 200, 0.95, 0, result.fid)
     assert bias8 == pytest.approx(ref_bias8, rel=1e-6) and bias8 > 0
     assert result.fid_interval == pytest.approx(expected8, rel=1e-6, abs=1e-9)
-    assert result.fid_method == ("bootstrap over the 10 generated images (200 resamples, reference statistics fixed), percentiles "
-                                 f"shifted by the bootstrap bias {round(bias8, 3)} to centre on the FID, clamped at 0")
+    assert result.fid_method == (
+        "bootstrap over the 10 generated images (200 resamples, reference statistics fixed), percentiles "
+        f"shifted by the bootstrap bias {round(bias8, 3)} to centre on the FID, clamped at 0"
+    )
 
 
 def test_constant_or_nan_generated_features_are_a_broken_model():
@@ -162,9 +192,13 @@ def test_constant_or_nan_generated_features_are_a_broken_model():
     ref = gaussian_stats(50, 8, 6)
     constant = F.feature_statistics(torch.ones(20, 8))
     with pytest.raises(BrokenModelError, match="identical"):
-        F.fid_kid(ref, constant, ex, bootstrap_samples=0, kid_subsets_count=2, kid_subset_size=10, confidence=0.95, seed=0)
+        F.fid_kid(
+            ref, constant, ex, bootstrap_samples=0, kid_subsets_count=2, kid_subset_size=10, confidence=0.95, seed=0
+        )
     with pytest.raises(BrokenModelError, match="NaN"):
-        F.extract_features([torch.full((3, 16, 16), float("nan"))], F.FidInceptionFeatures(torch.nn.Flatten(), num_features=768))
+        F.extract_features(
+            [torch.full((3, 16, 16), float("nan"))], F.FidInceptionFeatures(torch.nn.Flatten(), num_features=768)
+        )
 
 
 @pytest.mark.slow
@@ -180,13 +214,23 @@ def test_fid_equals_fid_helper_on_real_images(data_root, tmp_path):
         os.makedirs(tmp_path / name)
         for path in part:
             os.symlink(path, tmp_path / name / os.path.basename(path))
-    reference = FidHelper(device="cpu").compute_fid_score_from_dir(str(tmp_path / "a"), str(tmp_path / "b"), batch_size=8)
+    reference = FidHelper(device="cpu").compute_fid_score_from_dir(
+        str(tmp_path / "a"), str(tmp_path / "b"), batch_size=8
+    )
     ex = F.default_extractor()
-    stats = [F.feature_statistics(F.extract_features([Image.open(p) for p in sorted(glob.glob(str(tmp_path / n / "*.jpg")))], ex, 8))
-             for n in ("a", "b")]
+    stats = [
+        F.feature_statistics(
+            F.extract_features([Image.open(p) for p in sorted(glob.glob(str(tmp_path / n / "*.jpg")))], ex, 8)
+        )
+        for n in ("a", "b")
+    ]
     assert abs(F.torchmetrics_fid(stats[0], stats[1], ex) - reference) < 0.01
-    blurred = [F.feature_statistics(F.extract_features([Image.open(p).filter(ImageFilter.GaussianBlur(r)) for p in files[:24]], ex, 8))
-               for r in (1, 4)]
+    blurred = [
+        F.feature_statistics(
+            F.extract_features([Image.open(p).filter(ImageFilter.GaussianBlur(r)) for p in files[:24]], ex, 8)
+        )
+        for r in (1, 4)
+    ]
     grows = [F.torchmetrics_fid(stats[0], s, ex) for s in [stats[0]] + blurred]
     assert grows[0] < 1e-3 and grows[0] < grows[1] < grows[2]
 
@@ -200,14 +244,29 @@ def test_a_finished_fid_is_cached_per_pair_of_sets_and_settings(tmp_path, monkey
     first = F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, **settings)
     direct = F.fid_kid(ref, gen, ex, 20, 4, 30, 0.9, 1)
     assert first.fid == direct.fid and first.fid_interval == direct.fid_interval and first.kid == direct.kid
-    assert first.kid_interval == direct.kid_interval and first.reference_cached is False and first.generated_cached is False
+    assert (
+        first.kid_interval == direct.kid_interval
+        and first.reference_cached is False
+        and first.generated_cached is False
+    )
     calls = []
     monkeypatch.setattr(F, "fid_kid", lambda *a, **k: calls.append(a) or direct)
-    again = F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, reference_cached=True, generated_cached=True, **settings)
+    again = F.cached_fid_kid(
+        ref, ref_key, gen, gen_key, ex, cache, reference_cached=True, generated_cached=True, **settings
+    )
     assert not calls and again.fid == first.fid and tuple(again.fid_interval) == tuple(first.fid_interval)
     assert again.kid_std == first.kid_std and again.n_generated == 60 and again.fid_method == first.fid_method
-    assert (again.reference_cached, again.generated_cached) == (True, True)  # the flags are this call's, not the cache's
-    for change in ({"bootstrap_samples": 21}, {"kid_subsets_count": 5}, {"kid_subset_size": 31}, {"confidence": 0.95}, {"seed": 2}):
+    assert (again.reference_cached, again.generated_cached) == (
+        True,
+        True,
+    )  # the flags are this call's, not the cache's
+    for change in (
+        {"bootstrap_samples": 21},
+        {"kid_subsets_count": 5},
+        {"kid_subset_size": 31},
+        {"confidence": 0.95},
+        {"seed": 2},
+    ):
         F.cached_fid_kid(ref, ref_key, gen, gen_key, ex, cache, **{**settings, **change})
     F.cached_fid_kid(ref, F.statistics_key(ex.weights_id, "ref2"), gen, gen_key, ex, cache, **settings)
     F.cached_fid_kid(ref, ref_key, gen, F.statistics_key(ex.weights_id, "gen2"), ex, cache, **settings)
@@ -260,7 +319,10 @@ def test_a_constant_generator_is_features_within_1e_6_of_the_first_and_the_error
 def test_kid_subsets_are_no_larger_than_either_set_and_its_interval_is_the_subset_percentiles():
     ex, ref, gen = tiny_extractor(), gaussian_stats(50, 8, 10), gaussian_stats(12, 8, 11, shift=0.4)
     result = F.fid_kid(ref, gen, ex, **settings(kid_subsets_count=40, confidence=0.9, seed=5))
-    assert result.kid_method == "percentiles of KID over 40 random subsets of 12 images (splits: spread of a size-12 estimate)"
+    assert (
+        result.kid_method
+        == "percentiles of KID over 40 random subsets of 12 images (splits: spread of a size-12 estimate)"
+    )
     values = F.kid_subsets(ref["features"].double(), gen["features"].double(), 40, 12, 5)
     assert result.kid_interval == pytest.approx(tuple(np.quantile(values, [0.05, 0.95])), rel=1e-12)
     small_ref = F.fid_kid(gaussian_stats(9, 8, 12), gen, ex, **settings())

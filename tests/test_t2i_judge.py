@@ -30,7 +30,16 @@ def images(n: int):
 
 
 def test_parse_rating():
-    assert [parse_rating(t) for t in ("4", "Rating: 3/5", "**5**", "I'd say 2.", "10", "none", None, "12 then 3")] == [4, 3, 5, 2, None, None, None, 3]
+    assert [parse_rating(t) for t in ("4", "Rating: 3/5", "**5**", "I'd say 2.", "10", "none", None, "12 then 3")] == [
+        4,
+        3,
+        5,
+        2,
+        None,
+        None,
+        None,
+        3,
+    ]
 
 
 def test_ratings_through_a_loopback_server_are_cached_and_bounded_in_concurrency(server, tmp_path):
@@ -74,4 +83,6 @@ def test_judge_against_transformers_serve_with_the_tiny_vlm(tiny_vlm, served_vlm
     cfg = JudgeConfig(f"{served_vlm}/v1", tiny_vlm, concurrency=2, timeout_s=60, max_retries=1)
     ratings, counts = VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])
     assert counts["rated"] + counts["unparseable"] == 3 and counts["server_error"] == counts["timeout"] == 0
-    assert VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])[1]["cached"] == 3
+    assert (
+        VlmJudge(cfg, str(tmp_path)).rate(images(3), ["a red circle", "two blue squares", "a star"])[1]["cached"] == 3
+    )

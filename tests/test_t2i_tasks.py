@@ -17,7 +17,7 @@ from captiondata.writer import ShardWriter
 from evals.tasks import prompt_following as P
 from evals.tasks import t2i
 from evals.tasks.config import EvalConfig, T2ITaskConfig, task_config
-from evals.tasks.registry import TASKS, GENERATOR, ImageGenerator, ImageTextEmbedder
+from evals.tasks.registry import GENERATOR, TASKS, ImageGenerator, ImageTextEmbedder
 from evals.tasks.suite import evaluate_checkpoint
 from harness_infra.errors import BrokenModelError, ConfigError
 
@@ -42,7 +42,9 @@ class Oracle:
         self.by_prompt = {}
         for i, r in enumerate(records):
             other = records[(i + shift) % len(records)]
-            image = torch.from_numpy(np.asarray(other.image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255).permute(2, 0, 1)
+            image = torch.from_numpy(
+                np.asarray(other.image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+            ).permute(2, 0, 1)
             for text in [r.original] + r.recaptions:
                 self.by_prompt[text] = image
         self.transformer = torch.nn.Linear(2, 2)
@@ -55,21 +57,37 @@ class Oracle:
         return torch.stack([self.by_prompt[p] for p in prompts])
 
 
-def task(name: str, kind: str, spec: str, batch_invariant: bool = True, generate_batch: int = 16, **kw) -> T2ITaskConfig:
-    generation = {"steps": 3, "sampler": "ddpm", "guidance_scale": 2.0, "batch_invariant": batch_invariant, "batch_size": generate_batch}
+def task(
+    name: str, kind: str, spec: str, batch_invariant: bool = True, generate_batch: int = 16, **kw
+) -> T2ITaskConfig:
+    generation = {
+        "steps": 3,
+        "sampler": "ddpm",
+        "guidance_scale": 2.0,
+        "batch_invariant": batch_invariant,
+        "batch_size": generate_batch,
+    }
     return task_config(name=name, task=kind, path=spec, generation=generation, **kw)
 
 
 def cfg_for(tmp_path, tasks=()) -> EvalConfig:
-    return EvalConfig(cache_dir=str(tmp_path / "cache"), records_dir=str(tmp_path / "records"), bootstrap_samples=100, tasks=list(tasks))
+    return EvalConfig(
+        cache_dir=str(tmp_path / "cache"),
+        records_dir=str(tmp_path / "records"),
+        bootstrap_samples=100,
+        tasks=list(tasks),
+    )
 
 
 def tiny_open_clip() -> ImageTextEmbedder:
     import open_clip
 
     torch.manual_seed(0)
-    model = open_clip.CLIP(embed_dim=16, vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16),
-                           text_cfg=open_clip.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+    model = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16),
+        text_cfg=open_clip.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    )
     preprocess = open_clip.image_transform(32, is_train=False)
     return ImageTextEmbedder(model.eval(), open_clip.get_tokenizer("ViT-B-32", context_length=16), preprocess)
 
@@ -77,19 +95,35 @@ def tiny_open_clip() -> ImageTextEmbedder:
 def test_prompt_set_and_cached_generation_with_settings_recorded(tmp_path, scene_shards):
     spec, records = scene_shards
     gen = ImageGenerator(Oracle(records), weights_id="oracle")
-    raw, recap = (t2i.open_prompt_set(task("p", "fid", spec, prompt_source=s, max_samples=10)) for s in ("original", "recap"))
-    assert raw.prompts == [r.original for r in records[:10]] and recap.prompts == [r.recaptions[0] for r in records[:10]]
+    raw, recap = (
+        t2i.open_prompt_set(task("p", "fid", spec, prompt_source=s, max_samples=10)) for s in ("original", "recap")
+    )
+    assert raw.prompts == [r.original for r in records[:10]] and recap.prompts == [
+        r.recaptions[0] for r in records[:10]
+    ]
     assert raw.reference_fingerprint == recap.reference_fingerprint and raw.fingerprint != recap.fingerprint
     cfg, config = cfg_for(tmp_path), task("p", "fid", spec, prompt_source="recap", max_samples=10)
     first = t2i.generated_images(gen, recap.prompts, config, cfg)
     again = t2i.generated_images(gen, recap.prompts, config, cfg)
-    assert gen.pipeline.calls == 10 and [np.asarray(a).tolist() == np.asarray(b).tolist() for a, b in zip(first, again)] == [True] * 10
+    assert (
+        gen.pipeline.calls == 10
+        and [np.asarray(a).tolist() == np.asarray(b).tolist() for a, b in zip(first, again)] == [True] * 10
+    )
     folder = os.path.join(cfg.cache_dir, t2i.IMAGES_DIR)
     (sub,) = os.listdir(folder)
     with open(os.path.join(folder, sub, "00003.json")) as handle:
         meta = json.load(handle)
-    assert meta == {"index": 3, "prompt": recap.prompts[3], "seed": 3, "guidance_scale": 2.0, "steps": 3, "sampler": "ddpm",
-                    "batch_invariant": True, "generate_batch": 16, "generator": "oracle"}
+    assert meta == {
+        "index": 3,
+        "prompt": recap.prompts[3],
+        "seed": 3,
+        "guidance_scale": 2.0,
+        "steps": 3,
+        "sampler": "ddpm",
+        "batch_invariant": True,
+        "generate_batch": 16,
+        "generator": "oracle",
+    }
 
 
 def test_batched_generation_is_keyed_by_its_batch_and_sets_the_pipelines_mode(tmp_path, scene_shards):
@@ -105,7 +139,9 @@ def test_batched_generation_is_keyed_by_its_batch_and_sets_the_pipelines_mode(tm
     assert oracle.calls == 12  # another batch size: other images, generated again
     t2i.generated_images(gen, prompts, task("p", "fid", spec, generate_batch=3), cfg)
     t2i.generated_images(gen, prompts, task("p", "fid", spec, generate_batch=2), cfg)
-    assert oracle.batches[-2:] == [(3, True), (3, True)] and oracle.calls == 18  # one prompt at a time: the batch size changes nothing
+    assert (
+        oracle.batches[-2:] == [(3, True), (3, True)] and oracle.calls == 18
+    )  # one prompt at a time: the batch size changes nothing
     assert len(os.listdir(os.path.join(cfg.cache_dir, t2i.IMAGES_DIR))) == 3
 
 
@@ -124,7 +160,9 @@ def test_broken_generators_get_a_clear_error_not_a_score(tmp_path, scene_shards)
 
     for broken, message in ((Constant(records), "identical"), (NaN(records), "NaN")):
         with pytest.raises(BrokenModelError, match=message):
-            t2i.run_fid_task(ImageGenerator(broken, weights_id="b"), task("f", "fid", spec, max_samples=6), cfg_for(tmp_path))
+            t2i.run_fid_task(
+                ImageGenerator(broken, weights_id="b"), task("f", "fid", spec, max_samples=6), cfg_for(tmp_path)
+            )
 
 
 def test_clip_score_equals_the_formula_and_truncation_keeps_the_end_token(tmp_path, scene_shards):
@@ -152,15 +190,22 @@ def test_fid_task_oracle_is_near_zero_and_grows_when_images_darken(tmp_path, sce
 
     spec, records = scene_shards
     torch.manual_seed(0)
-    small = F.FidInceptionFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 9, stride=8), torch.nn.Tanh(),
-                                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), num_features=6)
+    small = F.FidInceptionFeatures(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 9, stride=8), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        ),
+        num_features=6,
+    )
     monkeypatch.setattr(F, "default_extractor", lambda device="cpu": small)
     cfg = cfg_for(tmp_path)
     oracle = task("fid_oracle", "fid", spec, max_samples=N, fid_bootstrap=20, kid_subsets=5, kid_subset_size=10)
     result = t2i.run_fid_task(ImageGenerator(Oracle(records, size=64), weights_id="oracle"), oracle, cfg)
     assert result.metrics["fid"] < 0.01 and result.n == {"generated": N, "prompts": N, "reference": N}
     assert result.extra["guidance_scale"] == 2.0 and result.extra["steps"] == 3 and result.extra["sampler"] == "ddpm"
-    assert "bootstrap over the 24 generated images" in result.interval_methods["fid"] and "subsets" in result.interval_methods["kid"]
+    assert (
+        "bootstrap over the 24 generated images" in result.interval_methods["fid"]
+        and "subsets" in result.interval_methods["kid"]
+    )
     again = t2i.run_fid_task(ImageGenerator(Oracle(records, size=64), weights_id="oracle"), oracle, cfg)
     assert again.extra["reference_statistics_cached"] and again.metrics["fid"] == result.metrics["fid"]
 
@@ -198,24 +243,49 @@ def test_recognizer_threshold_is_enforced():
 
 
 def test_score_prompt_checks_only_what_the_prompt_states():
-    groups = parse_scene_description("Two small red striped circles at the top left and a large blue solid square in the center.")
+    groups = parse_scene_description(
+        "Two small red striped circles at the top left and a large blue solid square in the center."
+    )
     cells = np.zeros((9, 4), dtype=np.int64)
-    cells[0] = [1 + 0, 0, 1, 0]   # two small red circles, top left
-    cells[4] = [1 + 1, 4, 0, 1]   # a large blue square, center
-    assert P.score_prompt(groups, cells) == {"object": 1.0, "colour": 1.0, "count": 1.0, "position": 1.0, "overall": 1.0}
+    cells[0] = [1 + 0, 0, 1, 0]  # two small red circles, top left
+    cells[4] = [1 + 1, 4, 0, 1]  # a large blue square, center
+    assert P.score_prompt(groups, cells) == {
+        "object": 1.0,
+        "colour": 1.0,
+        "count": 1.0,
+        "position": 1.0,
+        "overall": 1.0,
+    }
     moved = cells.copy()
     moved[[0, 8]] = moved[[8, 0]]
-    assert P.score_prompt(groups, moved) == {"object": 1.0, "colour": 1.0, "count": 1.0, "position": 0.0, "overall": 0.0}
+    assert P.score_prompt(groups, moved) == {
+        "object": 1.0,
+        "colour": 1.0,
+        "count": 1.0,
+        "position": 0.0,
+        "overall": 0.0,
+    }
     recoloured = cells.copy()
     recoloured[4, 1] = 3  # green
     assert P.score_prompt(groups, recoloured)["colour"] == 0.0
     terse = parse_scene_description("red circle icon")
-    assert P.score_prompt(terse, cells) == {"object": 1.0, "colour": 1.0, "count": None, "position": None, "overall": 1.0}
+    assert P.score_prompt(terse, cells) == {
+        "object": 1.0,
+        "colour": 1.0,
+        "count": None,
+        "position": None,
+        "overall": 1.0,
+    }
 
 
 def test_generator_tasks_are_registered_and_rejected_on_a_clip(tmp_path, scene_shards):
     spec, _ = scene_shards
-    assert {name for name, s in TASKS.items() if s.evaluates == GENERATOR} == {"fid", "clip_score", "prompt_following", "vlm_judge"}
+    assert {name for name, s in TASKS.items() if s.evaluates == GENERATOR} == {
+        "fid",
+        "clip_score",
+        "prompt_following",
+        "vlm_judge",
+    }
     with pytest.raises(ConfigError, match="evaluates an image_generator"):
         evaluate_checkpoint(tiny_open_clip(), cfg_for(tmp_path, [task("f", "fid", spec)]), "clip", write=False)
     with pytest.raises(ConfigError, match="clip_score needs one of evaluator"):
@@ -227,7 +297,9 @@ def test_generator_tasks_are_registered_and_rejected_on_a_clip(tmp_path, scene_s
 def test_judge_task_without_a_judge_is_undefined_and_recorded(tmp_path, scene_shards):
     spec, records = scene_shards
     cfg = cfg_for(tmp_path, [task("judge", "vlm_judge", spec, max_samples=4)])
-    (record,) = evaluate_checkpoint(ImageGenerator(Oracle(records), weights_id="oracle", description={"name": "oracle"}), cfg, "oracle")
+    (record,) = evaluate_checkpoint(
+        ImageGenerator(Oracle(records), weights_id="oracle", description={"name": "oracle"}), cfg, "oracle"
+    )
     assert record["metrics"] == {"judge_rating": None} and "no judge configured" in record["undefined"]["judge_rating"]
     assert record["model"]["weights_id"] == "oracle" and os.path.isfile(record["path"])
 
@@ -243,9 +315,19 @@ def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "runs"
-    command = [sys.executable, "-m", "evals.run", "+experiment=dit_smoke", "eval=t2i_smoke", f"run.out_root={out}",
-               f"run.results_dir={tmp_path / 'results'}", "run.stages=[data,features,train,eval,tables]"]
-    done = subprocess.run(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1200)
+    command = [
+        sys.executable,
+        "-m",
+        "evals.run",
+        "+experiment=dit_smoke",
+        "eval=t2i_smoke",
+        f"run.out_root={out}",
+        f"run.results_dir={tmp_path / 'results'}",
+        "run.stages=[data,features,train,eval,tables]",
+    ]
+    done = subprocess.run(
+        command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1200
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = {}
     for path in glob.glob(str(out / "eval" / "*" / "records" / "*.json")):
@@ -256,7 +338,10 @@ def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
     fid = records["smoke_recap_fid"]
     assert fid["metrics"]["fid"] > 0 and fid["n"]["generated"] == fid["n"]["reference"] == 8
     assert (fid["extra"]["guidance_scale"], fid["extra"]["steps"], fid["extra"]["sampler"]) == (10.0, 5, "dpm++")
-    assert "bootstrap" in fid["whole_set_interval_methods"]["fid"] and records["smoke_judge"]["metrics"]["judge_rating"] is None
+    assert (
+        "bootstrap" in fid["whole_set_interval_methods"]["fid"]
+        and records["smoke_judge"]["metrics"]["judge_rating"] is None
+    )
     assert fid["extra"]["reference_statistics_cached"]  # raw and recap prompts share their reference images
     tables = glob.glob(str(tmp_path / "results" / "*.md"))
     assert [os.path.basename(t) for t in tables] == ["scenes_t2i.md"]  # the DiT family's own table (Table 7 in shape)
@@ -270,10 +355,18 @@ def test_whole_set_records_publish_and_compare_without_per_query_values(tmp_path
 
     spec, records = scene_shards
     torch.manual_seed(0)
-    small = F.FidInceptionFeatures(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 9, stride=8), torch.nn.Tanh(),
-                                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), num_features=6)
+    small = F.FidInceptionFeatures(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 9, stride=8), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        ),
+        num_features=6,
+    )
     monkeypatch.setattr(F, "default_extractor", lambda device="cpu": small)
     config = task("fid", "fid", spec, max_samples=12, fid_bootstrap=5, kid_subsets=3, kid_subset_size=6)
-    paths = [evaluate_checkpoint(ImageGenerator(Oracle(records, shift=s), weights_id=f"g{s}"), cfg_for(tmp_path / str(s), [config]), f"g{s}")[0]["path"]
-             for s in (0, 1)]
+    paths = [
+        evaluate_checkpoint(
+            ImageGenerator(Oracle(records, shift=s), weights_id=f"g{s}"), cfg_for(tmp_path / str(s), [config]), f"g{s}"
+        )[0]["path"]
+        for s in (0, 1)
+    ]
     assert compare_records(paths[0], paths[1]) == {}

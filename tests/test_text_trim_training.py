@@ -10,8 +10,11 @@ from open_clip.tokenizer import SimpleTokenizer
 
 from towers.text_trim import TrimmedTextCLIP, trim_pad_id, trim_padding
 
-CFG = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
-           text_cfg=dict(context_length=128, vocab_size=49408, width=32, heads=2, layers=2))
+CFG = dict(
+    embed_dim=32,
+    vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+    text_cfg=dict(context_length=128, vocab_size=49408, width=32, heads=2, layers=2),
+)
 
 
 def loss_and_grads(model, forward, images, tokens):
@@ -42,17 +45,26 @@ def test_trimmed_step_equals_the_full_context_step():
     assert full_grads.keys() == trim_grads.keys()
     for name, grad in full_grads.items():
         if name == "positional_embedding":  # rows past the longest caption get exactly zero gradient either way
-            assert torch.count_nonzero(grad[trimmed_tokens.shape[1]:]) == 0
+            assert torch.count_nonzero(grad[trimmed_tokens.shape[1] :]) == 0
             grad = grad[: trimmed_tokens.shape[1]]
             trim = trim_grads[name]
-            assert close(trim[: trimmed_tokens.shape[1]], grad) and torch.count_nonzero(trim[trimmed_tokens.shape[1]:]) == 0
+            assert (
+                close(trim[: trimmed_tokens.shape[1]], grad)
+                and torch.count_nonzero(trim[trimmed_tokens.shape[1] :]) == 0
+            )
             continue
         assert close(trim_grads[name], grad), name
 
 
 def test_trimming_is_refused_where_it_would_not_be_exact():
-    bidirectional = open_clip.CLIP(**{**CFG, "text_cfg": {**CFG["text_cfg"], "no_causal_mask": True, "pool_type": "first"}})
+    bidirectional = open_clip.CLIP(
+        **{**CFG, "text_cfg": {**CFG["text_cfg"], "no_causal_mask": True, "pool_type": "first"}}
+    )
     assert trim_pad_id(bidirectional) is None
-    coca = open_clip.CoCa(embed_dim=32, vision_cfg=CFG["vision_cfg"], text_cfg={**CFG["text_cfg"], "context_length": 16},
-                          multimodal_cfg=dict(context_length=16, width=32, heads=2, layers=1, vocab_size=49408))
+    coca = open_clip.CoCa(
+        embed_dim=32,
+        vision_cfg=CFG["vision_cfg"],
+        text_cfg={**CFG["text_cfg"], "context_length": 16},
+        multimodal_cfg=dict(context_length=16, width=32, heads=2, layers=1, vocab_size=49408),
+    )
     assert trim_pad_id(coca) is None

@@ -24,13 +24,15 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness_infra.atomic import atomic_torch_save
+from harness_infra.atomic import atomic_torch_save  # noqa: E402
 from harness_infra.errors import ConfigError  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 
-MICRO = {"embed_dim": 32,
-         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
@@ -84,15 +86,26 @@ def test_resume_resolution(tmp_path):
 
 def run_micro(out_dir: str, throttle_s: float = 0.0):
     """Train the micro model through two stages (32 px, then 48 px) on synthetic pairs, checkpointing every 2 steps."""
+    from train_helpers import synthetic_factory
+
     from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
-    from train_clip.data import synthetic_factory
     from train_clip.train import train
 
     model_cfg = ClipModelConfig(name="TestCLIP-micro", inline=MICRO)
-    train_cfg = TrainConfig(stages=[StageConfig(image_size=32, samples=96, batch_size=16, lr=1e-3, warmup_steps=2),
-                                    StageConfig(image_size=48, samples=32, batch_size=16, lr=1e-4)],
-                            threads=1, deterministic=True, checkpoint_every_steps=2, keep_checkpoints=2, resume="latest",
-                            log_every=1, progress_bar=False, tensorboard=False)
+    train_cfg = TrainConfig(
+        stages=[
+            StageConfig(image_size=32, samples=96, batch_size=16, lr=1e-3, warmup_steps=2),
+            StageConfig(image_size=48, samples=32, batch_size=16, lr=1e-4),
+        ],
+        threads=1,
+        deterministic=True,
+        checkpoint_every_steps=2,
+        keep_checkpoints=2,
+        resume="latest",
+        log_every=1,
+        progress_bar=False,
+        tensorboard=False,
+    )
     factory = synthetic_factory(64, seed=0)
 
     def slow_factory(request):
@@ -114,8 +127,12 @@ def run_micro(out_dir: str, throttle_s: float = 0.0):
 def launch(out_dir: Path, throttle_s: float = 0.0) -> subprocess.Popen:
     """Start a micro run in a fresh Python process."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, __file__, str(out_dir), str(throttle_s)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, __file__, str(out_dir), str(throttle_s)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def final_weights(out_dir: Path) -> dict:

@@ -21,32 +21,62 @@ def scenes(tmp_path_factory):
     from captiondata.build import build_shards
 
     folder = tmp_path_factory.mktemp("scenes")
-    build_shards(DataConfig(name="scenes", builder="scenes", shard_dir=str(folder), build_size=96, samples_per_shard=48))
+    build_shards(
+        DataConfig(name="scenes", builder="scenes", shard_dir=str(folder), build_size=96, samples_per_shard=48)
+    )
     return str(folder)
 
 
 def recipe(**kw) -> TrainConfig:
     stage = StageConfig(image_size=64, samples=80, batch_size=8, lr=2e-3, warmup_steps=2)
-    return TrainConfig(stages=[stage], device="cpu", precision="fp32", progress_bar=False, tensorboard=False, log_every=1, seed=0, **kw)
+    return TrainConfig(
+        stages=[stage], device="cpu", precision="fp32", progress_bar=False, tensorboard=False, log_every=1, seed=0, **kw
+    )
 
 
 def test_coca_trains_on_the_dense_descriptions_and_its_export_captions_shards(scenes, tmp_path):
     data = DataConfig(name="scenes", builder="scenes", shard_dir=scenes, num_workers=0, build_size=96)
-    result = train(ClipModelConfig(name="RecapCoCa-nano"), recipe(), data, MixConfig(strategy="recap"), out_dir=str(tmp_path / "coca"))
+    result = train(
+        ClipModelConfig(name="RecapCoCa-nano"),
+        recipe(),
+        data,
+        MixConfig(strategy="recap"),
+        out_dir=str(tmp_path / "coca"),
+    )
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "coca" / "metrics.jsonl")]
     assert len(losses) == 10 and all(math.isfinite(v) for v in losses)
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0  # contrastive + captioning loss (about 25 at the start) falls
-    cfg = RecaptionConfig(name="coca", backend="coca", model=f"local-dir:{result.export_dir}", max_new_tokens=8, batch_size=16, num_workers=0)
-    stats = recaption_data({"train": f"{scenes}/train-000000.tar"}, str(tmp_path / "recap"), cfg, project_layout(), 10 ** 8)["train"]
+    assert (
+        sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0
+    )  # contrastive + captioning loss (about 25 at the start) falls
+    cfg = RecaptionConfig(
+        name="coca",
+        backend="coca",
+        model=f"local-dir:{result.export_dir}",
+        max_new_tokens=8,
+        batch_size=16,
+        num_workers=0,
+    )
+    stats = recaption_data(
+        {"train": f"{scenes}/train-000000.tar"}, str(tmp_path / "recap"), cfg, project_layout(), 10**8
+    )["train"]
     assert stats["samples"] == 48 and stats["with_recaption"] + stats["failed_total"] == 48
     provenance = [json.loads(m) for m in _members(f"{tmp_path}/recap/train-*.tar", "coca.json")]
-    assert provenance[0]["captioner"] == f"coca:local-dir:{result.export_dir}" and len(provenance[0]["weights_sha256"]) == 64
+    assert (
+        provenance[0]["captioner"] == f"coca:local-dir:{result.export_dir}"
+        and len(provenance[0]["weights_sha256"]) == 64
+    )
 
 
 def test_coca_with_accumulation_is_refused_in_one_line(scenes, tmp_path):
     data = DataConfig(name="scenes", builder="scenes", shard_dir=scenes, num_workers=0, build_size=96)
     with pytest.raises(ConfigError, match="train.accum_steps=2: CoCa"):
-        train(ClipModelConfig(name="RecapCoCa-nano"), recipe(accum_steps=2), data, MixConfig(strategy="recap"), out_dir=str(tmp_path / "c"))
+        train(
+            ClipModelConfig(name="RecapCoCa-nano"),
+            recipe(accum_steps=2),
+            data,
+            MixConfig(strategy="recap"),
+            out_dir=str(tmp_path / "c"),
+        )
 
 
 def _members(spec, suffix):

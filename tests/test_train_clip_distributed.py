@@ -8,16 +8,17 @@ import os
 import warnings
 
 import pytest
-
-from conftest import free_port
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 import train_clip.train  # noqa: F401  (imported before forking, so the ranks start in a second, not in ten)
 
-MICRO = {"embed_dim": 32,
-         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 WORLD = 2
 GLOBAL_BATCH = 8
 
@@ -32,14 +33,17 @@ def model_cfg():
 def global_batch() -> dict:
     """The global batch every comparison uses."""
     g = torch.Generator().manual_seed(7)
-    return {"image": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g), "text": torch.randint(1, 49000, (GLOBAL_BATCH, 16), generator=g)}
+    return {
+        "image": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g),
+        "text": torch.randint(1, 49000, (GLOBAL_BATCH, 16), generator=g),
+    }
 
 
 def gradients_of(env, micro_batches, out_dir: str):
     """Loss (mean over ranks) and gradients of one step of the micro model on ``micro_batches``."""
-    from training.distributed import all_reduce_mean, wrap_ddp
     from train_clip.models import create_clip, register_inline
     from train_clip.step import StepContext, compute_gradients, make_loss
+    from training.distributed import all_reduce_mean, wrap_ddp
     from training.precision import precision_context
 
     cfg = model_cfg()
@@ -54,18 +58,28 @@ def gradients_of(env, micro_batches, out_dir: str):
 
 def short_ddp_run(out_dir: str):
     """A 4-step train() run of the micro model under DDP on synthetic pairs."""
+    from train_helpers import synthetic_factory
+
     from train_clip.config import StageConfig, TrainConfig
-    from train_clip.data import synthetic_factory
     from train_clip.train import train
 
-    cfg = TrainConfig(stages=[StageConfig(image_size=32, samples=64, batch_size=8, lr=1e-3)], threads=1,
-                      checkpoint_every_steps=2, log_every=1, progress_bar=False, tensorboard=False, device="cpu")
+    cfg = TrainConfig(
+        stages=[StageConfig(image_size=32, samples=64, batch_size=8, lr=1e-3)],
+        threads=1,
+        checkpoint_every_steps=2,
+        log_every=1,
+        progress_bar=False,
+        tensorboard=False,
+        device="cpu",
+    )
     return train(model_cfg(), cfg, None, None, out_dir, loader_factory=synthetic_factory(64))
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
     """One rank: gradients without and with accumulation, then a short DDP train() run."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from training.distributed import init_distributed, shutdown
 
@@ -73,13 +87,22 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     local = {k: v.chunk(WORLD)[rank] for k, v in global_batch().items()}
     with warnings.catch_warnings(record=True) as shown:  # every warning a user would see, each time it is raised
         warnings.simplefilter("always")
-        results = {"plain": gradients_of(env, [local], out_dir),
-                   "accum": gradients_of(env, [{k: v.chunk(2)[i] for k, v in local.items()} for i in range(2)], out_dir)}
+        results = {
+            "plain": gradients_of(env, [local], out_dir),
+            "accum": gradients_of(env, [{k: v.chunk(2)[i] for k, v in local.items()} for i in range(2)], out_dir),
+        }
         torch.save(results, os.path.join(out_dir, f"grads_rank{rank}.pt"))
         result = short_ddp_run(os.path.join(out_dir, "run"))
     future = [f"{w.filename}:{w.lineno}: {w.message}" for w in shown if issubclass(w.category, FutureWarning)]
-    torch.save({"steps": result.steps, "samples": result.samples_seen, "global_batch": result.global_batch, "future_warnings": future},
-               os.path.join(out_dir, f"result_rank{rank}.pt"))
+    torch.save(
+        {
+            "steps": result.steps,
+            "samples": result.samples_seen,
+            "global_batch": result.global_batch,
+            "future_warnings": future,
+        },
+        os.path.join(out_dir, f"result_rank{rank}.pt"),
+    )
     shutdown(env)
 
 

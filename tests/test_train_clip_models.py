@@ -13,18 +13,26 @@ from safetensors.torch import load_file
 import train_clip  # noqa: F401
 from harness_infra.errors import ConfigError
 from train_clip.config import ClipModelConfig
-from train_clip.models import (create_clip, create_tokenizer, export_model, load_exported, register_inline,
-                               resize_for_stage, resolved_model_config)
+from train_clip.models import (
+    create_clip,
+    create_tokenizer,
+    export_model,
+    load_exported,
+    register_inline,
+    resize_for_stage,
+    resolved_model_config,
+)
 
-MICRO = {"embed_dim": 32,
-         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 CPU = torch.device("cpu")
 
 # (embed; vision layers/width/heads) and text (layers/width/heads), from the paper's model table.
 VISION = {"S-16": (384, 12, 384, 6), "B-16": (512, 12, 768, 12), "L-16": (768, 24, 1024, 16)}
 TEXT = {"small": (12, 384, 6), "base": (12, 512, 8), "large": (12, 768, 12), "huge": (24, 1024, 16)}
-
 
 
 def micro_cfg(tmp_path, **kw) -> ClipModelConfig:
@@ -88,8 +96,14 @@ def test_export_loads_with_open_clip_by_name_and_by_local_dir(tmp_path):
     cfg = micro_cfg(tmp_path)
     model = create_clip(cfg, 32, CPU, seed=1).eval()
     export_dir = str(tmp_path / "export")
-    card = {"model": cfg.name, "data": "shards/train-*.tar", "strategy": "mix", "p": 0.25, "command": "recap run x",
-            "budget": {"steps": 3, "samples_seen": 12, "global_batch": [4]}}
+    card = {
+        "model": cfg.name,
+        "data": "shards/train-*.tar",
+        "strategy": "mix",
+        "p": 0.25,
+        "command": "recap run x",
+        "budget": {"steps": 3, "samples_seen": 12, "global_batch": [4]},
+    }
     weights = export_model(model, cfg, 32, export_dir, card=card)
     # open_clip's hub layout (push_to_hf_hub): safetensors weights, {model_cfg, preprocess_cfg} config, model card
     assert os.path.basename(weights) == open_clip.constants.HF_SAFE_WEIGHTS_NAME
@@ -98,7 +112,9 @@ def test_export_loads_with_open_clip_by_name_and_by_local_dir(tmp_path):
         config = json.load(handle)
     assert config["model_cfg"] == resolved_model_config(cfg, 32) and config["preprocess_cfg"]["size"] == [32, 32]
     readme = open(os.path.join(export_dir, "README.md"), encoding="utf-8").read()
-    assert "p = 0.25" in readme and "shards/train-*.tar" in readme and '"steps": 3' in readme and "recap run x" in readme
+    assert (
+        "p = 0.25" in readme and "shards/train-*.tar" in readme and '"steps": 3' in readme and "recap run x" in readme
+    )
     image, text = torch.randn(2, 3, 32, 32), create_tokenizer(cfg)(["one", "two"])
     by_name, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=weights)
     by_dir = load_exported(export_dir)

@@ -8,19 +8,28 @@ import json
 
 import pytest
 import torch
+from conftest import noise_jpeg
 from safetensors.torch import load_file
 
 from captiondata.config import DataConfig, MixConfig
 from captiondata.records import Record
 from captiondata.writer import ShardWriter
-from conftest import noise_jpeg
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import caption_loader_factory
 from train_clip.train import train
 
-MICRO = {"embed_dim": 32,  # patch dropout draws from the trainer's global torch RNG at every step
-         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "patch_dropout": 0.25},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MICRO = {
+    "embed_dim": 32,  # patch dropout draws from the trainer's global torch RNG at every step
+    "vision_cfg": {
+        "image_size": 32,
+        "layers": 2,
+        "width": 64,
+        "head_width": 32,
+        "patch_size": 8,
+        "patch_dropout": 0.25,
+    },
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 BATCH, SAMPLES, EPOCH_BATCHES = 8, 120, 5  # 40 samples = 5 batches per epoch, 15 steps = 3 epochs
 
 
@@ -33,8 +42,17 @@ def shards(tmp_path_factory) -> str:
     """40 samples in 4 real tar shards (keys restart in every shard: a sample is (shard, key))."""
     out = tmp_path_factory.mktemp("shards")
     writer = ShardWriter(str(out), "train", max_count=10)
-    writer.write_all([Record(key=f"k{i % 10:03d}", image=noise_jpeg(i, 48), original=f"alt text {i}",
-                             recaptions=[f"a dense recaption of sample {i}"]) for i in range(40)])
+    writer.write_all(
+        [
+            Record(
+                key=f"k{i % 10:03d}",
+                image=noise_jpeg(i, 48),
+                original=f"alt text {i}",
+                recaptions=[f"a dense recaption of sample {i}"],
+            )
+            for i in range(40)
+        ]
+    )
     writer.close()
     return str(out / "train-*.tar")
 
@@ -46,9 +64,17 @@ def data(spec: str, workers: int) -> DataConfig:
 
 def recipe(every: int) -> TrainConfig:
     """One 15-step stage, deterministic kernels, checkpoints every ``every`` steps, resume=latest."""
-    return TrainConfig(stages=[StageConfig(image_size=32, samples=SAMPLES, batch_size=BATCH, lr=1e-3, warmup_steps=2)],
-                       threads=1, deterministic=True, checkpoint_every_steps=every, keep_checkpoints=2, resume="latest",
-                       log_every=1, progress_bar=False, tensorboard=False)
+    return TrainConfig(
+        stages=[StageConfig(image_size=32, samples=SAMPLES, batch_size=BATCH, lr=1e-3, warmup_steps=2)],
+        threads=1,
+        deterministic=True,
+        checkpoint_every_steps=every,
+        keep_checkpoints=2,
+        resume="latest",
+        log_every=1,
+        progress_bar=False,
+        tensorboard=False,
+    )
 
 
 def crashing_factory(data_cfg: DataConfig, mix_cfg: MixConfig, after: int):
@@ -102,19 +128,29 @@ def reference(shards, tmp_path_factory):
     return get
 
 
-CASES = [pytest.param(0, 3, 7, 6, id="workers0-mid-epoch"),  # resumes at step 6 = epoch 1, batch 1
-         pytest.param(0, EPOCH_BATCHES, 6, 5, id="workers0-epoch-end"),  # resumes at step 5 = the end of epoch 0
-         pytest.param(2, 3, 8, 6, id="workers2-mid-epoch")]
+CASES = [
+    pytest.param(0, 3, 7, 6, id="workers0-mid-epoch"),  # resumes at step 6 = epoch 1, batch 1
+    pytest.param(0, EPOCH_BATCHES, 6, 5, id="workers0-epoch-end"),  # resumes at step 5 = the end of epoch 0
+    pytest.param(2, 3, 8, 6, id="workers2-mid-epoch"),
+]
 
 
 @pytest.mark.parametrize("workers, every, crash_after, resumed_step", CASES)
 def test_a_run_resumed_through_the_real_loader_equals_the_uninterrupted_one_bit_for_bit(
-        shards, reference, tmp_path, workers, every, crash_after, resumed_step):
+    shards, reference, tmp_path, workers, every, crash_after, resumed_step
+):
     ref_dir, ref = reference(workers)
     victim = tmp_path / "victim"
     data_cfg, mix_cfg = data(shards, workers), MixConfig(p=0.5)
     with pytest.raises(Crash):
-        train(model(), recipe(every), data_cfg, mix_cfg, str(victim), loader_factory=crashing_factory(data_cfg, mix_cfg, crash_after))
+        train(
+            model(),
+            recipe(every),
+            data_cfg,
+            mix_cfg,
+            str(victim),
+            loader_factory=crashing_factory(data_cfg, mix_cfg, crash_after),
+        )
     assert not (victim / "export").exists()
     resumed = train(model(), recipe(every), data_cfg, mix_cfg, str(victim))
     assert resumed.resumed_from.endswith(f"step_{resumed_step:08d}.pt")
@@ -134,8 +170,8 @@ def test_a_pipeline_train_stage_that_resumes_says_from_which_steps_and_when(shar
     import dataclasses
     from datetime import datetime, timezone
 
-    from pipeline.overrides import compose_config
     from pipeline.infos import DataInfo, EvalInfo
+    from pipeline.overrides import compose_config
     from pipeline.publish import run_section
     from pipeline.registry import RunContext
     from pipeline.stages.train import run as run_train_stage
@@ -144,7 +180,14 @@ def test_a_pipeline_train_stage_that_resumes_says_from_which_steps_and_when(shar
     started = datetime.now(timezone.utc).replace(microsecond=0)
     for crash_after in (7, 4):  # 7 batches: crash after step 7, resume from 6; then 4 more: crash after step 10, from 9
         with pytest.raises(Crash):
-            train(model(), recipe(3), data_cfg, mix_cfg, str(out), loader_factory=crashing_factory(data_cfg, mix_cfg, crash_after))
+            train(
+                model(),
+                recipe(3),
+                data_cfg,
+                mix_cfg,
+                str(out),
+                loader_factory=crashing_factory(data_cfg, mix_cfg, crash_after),
+            )
     cfg, _ = compose_config(["+experiment=clip_smoke"])
     cfg = dataclasses.replace(cfg, model=model(), train=recipe(3), data=data_cfg, mix=mix_cfg)
     infos = {"data": DataInfo(fingerprint="x")}

@@ -11,18 +11,19 @@ import torch.nn.functional as F
 import train_clip  # noqa: F401
 from harness_infra.errors import ConfigError
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
-from training.distributed import DistEnv
 from train_clip.models import create_clip, register_inline
 from train_clip.optim import build_optimizer, no_weight_decay, param_groups
+from train_clip.step import StepContext, compute_gradients, encode, make_loss, train_step
+from training.distributed import DistEnv
 from training.precision import precision_context
 from training.schedule import LRSchedule
-from train_clip.step import StepContext, compute_gradients, encode, make_loss, train_step
 
-MICRO = {"embed_dim": 32,
-         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 CPU = torch.device("cpu")
-
 
 
 @pytest.fixture
@@ -36,7 +37,10 @@ def model(tmp_path):
 def batch(n: int, seed: int = 0) -> dict:
     """A random batch of images and tokens."""
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64), "text": torch.randint(1, 49000, (n, 16), generator=g)}
+    return {
+        "image": torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64),
+        "text": torch.randint(1, 49000, (n, 16), generator=g),
+    }
 
 
 def context(model: torch.nn.Module) -> StepContext:
@@ -95,10 +99,15 @@ def test_no_weight_decay_on_gains_biases_norms_and_logit_scale(model):
     names = {id(p): n for n, p in model.named_parameters()}
     free_names = {names[id(p)] for p in decay_free["params"]}
     assert {"logit_scale", "visual.class_embedding", "ln_final.weight", "visual.conv1.weight"} & free_names == {
-        "logit_scale", "visual.class_embedding", "ln_final.weight"}
+        "logit_scale",
+        "visual.class_embedding",
+        "ln_final.weight",
+    }
     assert all(p.ndim >= 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.2
     assert len(decay_free["params"]) + len(decayed["params"]) == len(list(model.parameters()))
-    assert no_weight_decay("text_projection", torch.zeros(3)) and not no_weight_decay("token_embedding.weight", torch.zeros(3, 3))
+    assert no_weight_decay("text_projection", torch.zeros(3)) and not no_weight_decay(
+        "token_embedding.weight", torch.zeros(3, 3)
+    )
 
 
 def test_optimizer_is_adamw_with_the_configured_hyperparameters(model):

@@ -10,19 +10,21 @@ import os
 import open_clip
 import pytest
 import torch
+from conftest import make_records
+from train_helpers import synthetic_factory
 
+from captiondata.config import DataConfig, MixConfig
 from harness_infra.atomic import atomic_torch_save
 from harness_infra.errors import ConfigError
-from captiondata.config import DataConfig, MixConfig
-from conftest import make_records
-from training import checkpoint as ckpt
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
-from train_clip.data import synthetic_factory
 from train_clip.train import train
+from training import checkpoint as ckpt
 
-MICRO = {"embed_dim": 32,
-         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 METRIC_KEYS = {"step", "samples_seen", "loss", "lr", "samples_per_s", "logit_scale"}
 
 
@@ -58,8 +60,13 @@ def read_jsonl(path) -> list:
 def clipa_run(tmp_path_factory):
     """Two stages on learnable synthetic pairs: 32 px pre-training, then 48 px from stage 1's weights."""
     out_dir = str(tmp_path_factory.mktemp("clipa"))
-    cfg = quick([StageConfig(image_size=32, samples=1280, batch_size=32, lr=2e-3, warmup_steps=4),
-                 StageConfig(image_size=48, samples=128, batch_size=32, lr=2e-4)], checkpoint_every_steps=20)
+    cfg = quick(
+        [
+            StageConfig(image_size=32, samples=1280, batch_size=32, lr=2e-3, warmup_steps=4),
+            StageConfig(image_size=48, samples=128, batch_size=32, lr=2e-4),
+        ],
+        checkpoint_every_steps=20,
+    )
     return train(micro(), cfg, None, None, out_dir, loader_factory=synthetic_factory(320, seed=0))
 
 
@@ -96,8 +103,13 @@ def test_final_checkpoint_and_export_hold_the_same_weights_and_load_in_open_clip
 
 
 def test_resuming_a_finished_run_changes_nothing(clipa_run):
-    cfg = quick([StageConfig(image_size=32, samples=1280, batch_size=32, lr=2e-3, warmup_steps=4),
-                 StageConfig(image_size=48, samples=128, batch_size=32, lr=2e-4)], resume="latest")
+    cfg = quick(
+        [
+            StageConfig(image_size=32, samples=1280, batch_size=32, lr=2e-3, warmup_steps=4),
+            StageConfig(image_size=48, samples=128, batch_size=32, lr=2e-4),
+        ],
+        resume="latest",
+    )
     before = file_digests(clipa_run.out_dir)
     weights = ckpt.load_checkpoint(clipa_run.checkpoint_path)["model"]
     again = train(micro(), cfg, None, None, clipa_run.out_dir, loader_factory=synthetic_factory(320, seed=0))
@@ -108,7 +120,9 @@ def test_resuming_a_finished_run_changes_nothing(clipa_run):
     # new (empty) events file per writer; every other file - checkpoints, export, metrics, epochs, the earlier events -
     # is byte for byte the finished run's, and nothing else is added
     rewritten = {"train.log", "train_config.json"}
-    assert {k: v for k, v in before.items() if k not in rewritten} == {k: after.get(k) for k in before if k not in rewritten}
+    assert {k: v for k, v in before.items() if k not in rewritten} == {
+        k: after.get(k) for k in before if k not in rewritten
+    }
     assert all(k.startswith("tensorboard" + os.sep) for k in set(after) - set(before)), sorted(set(after) - set(before))
     resumed = ckpt.load_checkpoint(again.checkpoint_path)["model"]
     assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
@@ -132,8 +146,14 @@ def test_refusals(tmp_path):
         train(micro(), quick([stage]), None, None, str(tmp_path / "a"), loader_factory=synthetic_factory(32))
     atomic_torch_save({"format": ckpt.FORMAT_VERSION}, ckpt.checkpoint_path(str(tmp_path / "b"), 1))
     with pytest.raises(ConfigError, match="train.resume"):
-        train(micro(), quick([StageConfig(image_size=32, samples=32, batch_size=8)]), None, None, str(tmp_path / "b"),
-              loader_factory=synthetic_factory(32))
+        train(
+            micro(),
+            quick([StageConfig(image_size=32, samples=32, batch_size=8)]),
+            None,
+            None,
+            str(tmp_path / "b"),
+            loader_factory=synthetic_factory(32),
+        )
 
 
 def test_a_resume_drops_a_torn_last_metrics_line_and_reports_the_count(tmp_path):
@@ -144,6 +164,13 @@ def test_a_resume_drops_a_torn_last_metrics_line_and_reports_the_count(tmp_path)
     logged = read_jsonl(metrics)
     with open(metrics, "a", encoding="utf-8") as handle:
         handle.write('{"step": 5, "samples_seen": 16')  # a power loss mid-append
-    again = train(micro(), dataclasses.replace(cfg, resume="latest"), None, None, str(tmp_path), loader_factory=synthetic_factory(128, seed=0))
+    again = train(
+        micro(),
+        dataclasses.replace(cfg, resume="latest"),
+        None,
+        None,
+        str(tmp_path),
+        loader_factory=synthetic_factory(128, seed=0),
+    )
     assert again.resumed_from == first.checkpoint_path and again.torn_jsonl_lines == {"metrics.jsonl": 1}
     assert read_jsonl(metrics) == logged and len(logged) == 4

@@ -86,17 +86,36 @@ def scene_shards(folder: str, n: int = 32) -> str:
     return os.path.join(folder, "train-*.tar")
 
 
-def train_export(out: str, shards: str, space: str, objective: str, prediction: str, sampler: str, text: TextEncoderSpec) -> str:
+def train_export(
+    out: str, shards: str, space: str, objective: str, prediction: str, sampler: str, text: TextEncoderSpec
+) -> str:
     """A DiT-micro trained 2 steps of 16 on the scenes at 32 px (pixels, or 4x4x4 latents of a random AutoencoderKL
     with patch 2) conditioned on ``text``, p = 0.3; its export folder."""
     from train_dit.train import train
 
     image_space = ImageSpaceSpec(kind="vae", config=tiny_vae_config()) if space == "vae" else ImageSpaceSpec()
-    model = DitModelConfig(name="DiT-micro", preset="DiT-micro", image_size=32, patch_size=2 if space == "vae" else None,
-                           image_space=image_space, text_encoder=text)
-    cfg = DitTrainConfig(samples=32, batch_size=16, lr=1e-3, device="cpu", tensorboard=False, progress_bar=False, deterministic=True,
-                         log_every=1, features=False, scheduler=objective, prediction=prediction,
-                         sample=SampleSpec(sampler=sampler, steps=STEPS, guidance_scale=GUIDANCE))
+    model = DitModelConfig(
+        name="DiT-micro",
+        preset="DiT-micro",
+        image_size=32,
+        patch_size=2 if space == "vae" else None,
+        image_space=image_space,
+        text_encoder=text,
+    )
+    cfg = DitTrainConfig(
+        samples=32,
+        batch_size=16,
+        lr=1e-3,
+        device="cpu",
+        tensorboard=False,
+        progress_bar=False,
+        deterministic=True,
+        log_every=1,
+        features=False,
+        scheduler=objective,
+        prediction=prediction,
+        sample=SampleSpec(sampler=sampler, steps=STEPS, guidance_scale=GUIDANCE),
+    )
     data = DataConfig(builder="none", train_shards=shards, num_workers=0, shuffle_buffer=8)
     return train(model, cfg, data, MixConfig(p=0.3), out, command=COMMAND).export_dir
 
@@ -113,7 +132,9 @@ def clip_text(tmp_path_factory) -> TextEncoderSpec:
     folder = str(tmp_path_factory.mktemp("clip_text") / "clip")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        export_model(open_clip.create_model("RecapCLIP-nano").eval(), ClipModelConfig(name="RecapCLIP-nano"), 64, folder)
+        export_model(
+            open_clip.create_model("RecapCLIP-nano").eval(), ClipModelConfig(name="RecapCLIP-nano"), 64, folder
+        )
     return TextEncoderSpec(kind="clip_export", name=folder)
 
 
@@ -121,8 +142,12 @@ def clip_text(tmp_path_factory) -> TextEncoderSpec:
 def exports(tmp_path_factory, clip_text) -> Dict[str, str]:
     root = tmp_path_factory.mktemp("dit_diffusers")
     shards = scene_shards(str(root / "shards"))
-    return {name: train_export(str(root / name), shards, *spec, clip_text if name.endswith("-openclip") else TextEncoderSpec())
-            for name, spec in EXPORTS.items()}
+    return {
+        name: train_export(
+            str(root / name), shards, *spec, clip_text if name.endswith("-openclip") else TextEncoderSpec()
+        )
+        for name, spec in EXPORTS.items()
+    }
 
 
 def harness_embeddings(spec: TextEncoderSpec) -> dict:
@@ -152,17 +177,25 @@ def diffusers_run(exports, clip_text, tmp_path_factory) -> dict:
     embeds = str(folder / "embeds.pt")
     torch.save({name: harness_embeddings(clip_text) for name in exports if name.endswith("-openclip")}, embeds)
     args = json.dumps([exports, out, PROMPTS, SEEDS, GUIDANCE, STEPS, THREADS, embeds])
-    done = subprocess.run([sys.executable, "-c", DIFFUSERS_SCRIPT, args], cwd=str(folder), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", DIFFUSERS_SCRIPT, args],
+        cwd=str(folder),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return {**torch.load(out, weights_only=False), "threads": THREADS}
 
 
 def harness_images(export: str, sampler: str) -> torch.Tensor:
     from train_dit.sample import DitPipeline
-
     from training.generation import GenerationSpec
 
-    return DitPipeline.from_pretrained(export).generate(PROMPTS, SEEDS, GenerationSpec(guidance_scale=GUIDANCE, steps=STEPS, sampler=sampler))
+    return DitPipeline.from_pretrained(export).generate(
+        PROMPTS, SEEDS, GenerationSpec(guidance_scale=GUIDANCE, steps=STEPS, sampler=sampler)
+    )
 
 
 @pytest.mark.parametrize("name", list(EXPORTS))
@@ -195,10 +228,16 @@ def test_the_exported_scheduler_carries_the_harness_sampling_settings(exports):
 
     assert config("pixel-ddpm")["_class_name"] == "DDPMScheduler" and config("pixel-ddpm")["clip_sample"] is True
     assert config("pixel-ddpm", "train_scheduler")["clip_sample"] is False
-    assert config("pixel-dpm")["_class_name"] == "DPMSolverMultistepScheduler" and config("pixel-dpm")["thresholding"] is True
+    assert (
+        config("pixel-dpm")["_class_name"] == "DPMSolverMultistepScheduler"
+        and config("pixel-dpm")["thresholding"] is True
+    )
     assert config("pixel-dpm")["sample_max_value"] == 1.0 and config("pixel-dpm")["algorithm_type"] == "dpmsolver++"
     assert config("latent-ddpm")["clip_sample"] is False
-    assert config("latent-flow-dpm")["use_flow_sigmas"] is True and config("latent-flow-dpm")["prediction_type"] == "flow_prediction"
+    assert (
+        config("latent-flow-dpm")["use_flow_sigmas"] is True
+        and config("latent-flow-dpm")["prediction_type"] == "flow_prediction"
+    )
     with open(os.path.join(exports["pixel-ddpm"], "model_index.json"), encoding="utf-8") as handle:
         index = json.load(handle)
     assert index["_class_name"] == ["pipeline", "RecapDiTPipeline"] and index["vae"] == [None, None]
@@ -219,7 +258,9 @@ def test_an_open_clip_text_tower_is_left_to_prompt_embeds(exports, diffusers_run
     with open(os.path.join(exports["pixel-ddpm-openclip"], "model_index.json"), encoding="utf-8") as handle:
         index = json.load(handle)
     assert index["text_encoder"] == [None, None] and index["tokenizer"] == [None, None]
-    assert diffusers_run["defaults"]["pixel-ddpm-openclip-error"].startswith("this export has no text_encoder/tokenizer")
+    assert diffusers_run["defaults"]["pixel-ddpm-openclip-error"].startswith(
+        "this export has no text_encoder/tokenizer"
+    )
 
 
 def test_the_model_card_names_the_data_p_budget_and_command(exports):

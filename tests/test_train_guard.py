@@ -15,9 +15,11 @@ from training import checkpoint as ckpt
 from training.distributed import DistEnv
 from training.guard import check_finite_loss, check_finite_weights
 
-MICRO = {"embed_dim": 32,
-         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 class PoisonedBatches(InMemoryBatches):
@@ -37,16 +39,37 @@ class PoisonedBatches(InMemoryBatches):
 def poisoned_factory(poison: int):
     def make(request):
         pairs = synthetic_pairs(128, request.image_size, request.tokenize, seed=0)
-        return PoisonedBatches(pairs["image"], pairs["text"], request.batch_size, request.rank, request.world_size,
-                               seed=request.seed, poison=poison)
+        return PoisonedBatches(
+            pairs["image"],
+            pairs["text"],
+            request.batch_size,
+            request.rank,
+            request.world_size,
+            seed=request.seed,
+            poison=poison,
+        )
+
     return make
 
 
 def test_nan_loss_at_step_4_stops_the_run_and_keeps_the_step_2_checkpoint(tmp_path):
-    cfg = TrainConfig(stages=[StageConfig(image_size=32, samples=256, batch_size=16, lr=1e-3)], threads=1, log_every=1,
-                      progress_bar=False, checkpoint_every_steps=2, keep_checkpoints=5)
+    cfg = TrainConfig(
+        stages=[StageConfig(image_size=32, samples=256, batch_size=16, lr=1e-3)],
+        threads=1,
+        log_every=1,
+        progress_bar=False,
+        checkpoint_every_steps=2,
+        keep_checkpoints=5,
+    )
     with pytest.raises(BrokenModelError, match=r"the loss is nan at step 4 .*last good checkpoint: .*step_0*2"):
-        train(ClipModelConfig(name="TestCLIP-guard", inline=MICRO), cfg, None, None, str(tmp_path), loader_factory=poisoned_factory(3))
+        train(
+            ClipModelConfig(name="TestCLIP-guard", inline=MICRO),
+            cfg,
+            None,
+            None,
+            str(tmp_path),
+            loader_factory=poisoned_factory(3),
+        )
     saved = sorted(os.listdir(os.path.join(tmp_path, "checkpoints")))
     assert len(saved) == 1 and "2" in saved[0]  # step 2 only: nothing written at or after the diverged step
     payload = ckpt.load_checkpoint(os.path.join(tmp_path, "checkpoints", saved[0]))

@@ -6,19 +6,22 @@ import json
 import os
 
 import pytest
+from conftest import make_records, require_real
 
 from captiondata.build import build_shards
-from harness_infra.errors import ConfigError
 from captiondata.config import DataConfig, project_layout
 from captiondata.reader import iter_samples
 from captiondata.writer import ShardWriter
-from conftest import make_records, require_real
+from harness_infra.errors import ConfigError
 
 
 def test_writer_is_atomic_and_writes_a_manifest(tmp_path):
     writer = ShardWriter(str(tmp_path), "train", max_count=4)
     writer.write_all(make_records(10))
-    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".tmp-")) == ["train-000000.tar", "train-000001.tar"]
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".tmp-")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]
     assert any(name.startswith(".tmp-") for name in os.listdir(tmp_path))  # the third shard is still open
     manifest = writer.close()
     names = sorted(os.listdir(tmp_path))
@@ -48,7 +51,9 @@ def test_round_trip_keeps_every_field(tmp_path, shard_factory):
     records[2].original = None
     records[0].meta = {"label": 4, "note": "ü"}
     got = list(iter_samples(shard_factory(records), project_layout()))
-    assert [(r.key, r.original, r.recaptions, r.references) for r in got] == [(r.key, r.original, r.recaptions, r.references) for r in records]
+    assert [(r.key, r.original, r.recaptions, r.references) for r in got] == [
+        (r.key, r.original, r.recaptions, r.references) for r in records
+    ]
     assert got[0].meta == {"label": 4, "note": "ü"}
 
 
@@ -76,17 +81,33 @@ def test_flickr8k_records_follow_the_proxy_definition(flickr_root):
 
 
 def test_flickr8k_build_skips_when_done_and_refuses_other_settings(flickr_root, tmp_path):
-    cfg = DataConfig(name="flickr8k", builder="flickr8k", source=flickr_root, shard_dir=str(tmp_path), build_size=30, samples_per_shard=20)
+    cfg = DataConfig(
+        name="flickr8k",
+        builder="flickr8k",
+        source=flickr_root,
+        shard_dir=str(tmp_path),
+        build_size=30,
+        samples_per_shard=20,
+    )
     info = build_shards(cfg)
     assert {k: v["samples"] for k, v in info["manifests"].items()} == {"train": 30, "val": 1000, "test": 1000}
     mtime = os.path.getmtime(tmp_path / "train-000000.tar")
     assert build_shards(cfg) == info and os.path.getmtime(tmp_path / "train-000000.tar") == mtime
-    other = DataConfig(name="flickr8k", builder="flickr8k", source=flickr_root, shard_dir=str(tmp_path), build_size=31, samples_per_shard=20)
+    other = DataConfig(
+        name="flickr8k",
+        builder="flickr8k",
+        source=flickr_root,
+        shard_dir=str(tmp_path),
+        build_size=31,
+        samples_per_shard=20,
+    )
     with pytest.raises(ConfigError, match="built with other settings"):
         build_shards(other)
 
 
 def test_missing_flickr8k_folder_is_a_one_line_error(tmp_path):
-    cfg = DataConfig(name="flickr8k", builder="flickr8k", source=str(tmp_path / "nope"), shard_dir=str(tmp_path / "out"))
+    cfg = DataConfig(
+        name="flickr8k", builder="flickr8k", source=str(tmp_path / "nope"), shard_dir=str(tmp_path / "out")
+    )
     with pytest.raises(ConfigError, match="lacks Flickr8k.token.txt"):
         build_shards(cfg)

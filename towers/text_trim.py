@@ -56,8 +56,11 @@ def can_trim_text(model: torch.nn.Module) -> bool:
     (they mask padding out of attention and pooling): padding trimming is exact."""
     import open_clip
 
-    causal = (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
-              and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+    causal = (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    )
     return causal or text_pad_id(model) is not None
 
 
@@ -84,7 +87,11 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     x = model.ln_final(x)
     x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch.nn.Linear)
+            else x @ model.text_projection
+        )
     return x
 
 
@@ -108,9 +115,11 @@ class TrimmedTextCLIP(torch.nn.Module):
         """Contrastive outputs of a batch of (pixels B x 3 x H x W, tokens B x T)."""
         import torch.nn.functional as F
 
-        out = {"image_features": self.clip.encode_image(image, normalize=True),
-               "text_features": F.normalize(encode_text_trimmed(self.clip, text), dim=-1),
-               "logit_scale": self.clip.logit_scale.exp()}
+        out = {
+            "image_features": self.clip.encode_image(image, normalize=True),
+            "text_features": F.normalize(encode_text_trimmed(self.clip, text), dim=-1),
+            "logit_scale": self.clip.logit_scale.exp(),
+        }
         if getattr(self.clip, "logit_bias", None) is not None:
             out["logit_bias"] = self.clip.logit_bias
         return out

@@ -11,4 +11,3 @@ from the command line. ``import train_clip.models`` registers this package's ope
 ``RecapLiT-*``) and the timm FID Inception; the package file itself loads no model library, so ``train_clip.config``
 composes into a Hydra config (and ``python -m evals.run --help`` answers) without torch or open_clip.
 """
-

@@ -53,15 +53,29 @@ class ClipModelConfig:
             self.tower = TowerSpec(**self.tower)
         if self.tower is not None:
             require(self.inline is None, "model.tower and model.inline are two ways to define the model; set one")
-            require(self.precision == "fp32", f"model.precision={self.precision!r}: pretrained towers are loaded in fp32 (use train.precision for autocast)")
-            require(self.context_length in (None, self.tower.context_length),
-                    f"model.context_length={self.context_length} disagrees with model.tower.context_length={self.tower.context_length}; set the tower's")
+            require(
+                self.precision == "fp32",
+                f"model.precision={self.precision!r}: pretrained towers are loaded in fp32 (use train.precision for autocast)",
+            )
+            require(
+                self.context_length in (None, self.tower.context_length),
+                f"model.context_length={self.context_length} disagrees with model.tower.context_length={self.tower.context_length}; set the tower's",
+            )
             require(not self.quick_gelu, "model.quick_gelu does not apply to pretrained towers")
-        require(self.precision in WEIGHT_PRECISIONS, f"model.precision={self.precision!r} is unknown; choose one of {', '.join(WEIGHT_PRECISIONS)}")
-        require(self.context_length is None or self.context_length > 0, f"model.context_length={self.context_length} must be positive or null")
+        require(
+            self.precision in WEIGHT_PRECISIONS,
+            f"model.precision={self.precision!r} is unknown; choose one of {', '.join(WEIGHT_PRECISIONS)}",
+        )
+        require(
+            self.context_length is None or self.context_length > 0,
+            f"model.context_length={self.context_length} must be positive or null",
+        )
         if self.inline is not None:
             missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in self.inline]
-            require(not missing, f"model.inline lacks {', '.join(missing)} (an open_clip model config needs embed_dim, vision_cfg, text_cfg)")
+            require(
+                not missing,
+                f"model.inline lacks {', '.join(missing)} (an open_clip model config needs embed_dim, vision_cfg, text_cfg)",
+            )
 
 
 @dataclass
@@ -87,9 +101,18 @@ class StageConfig:
         require(self.samples > 0, f"train.stages[].samples={self.samples} must be positive")
         require(self.batch_size > 0, f"train.stages[].batch_size={self.batch_size} must be positive")
         require(self.lr > 0, f"train.stages[].lr={self.lr} must be positive")
-        require(self.warmup_samples is None or self.warmup_steps is None, "train.stages[]: set warmup_samples or warmup_steps, not both")
-        require((self.warmup_samples or 0) >= 0 and (self.warmup_steps or 0) >= 0, "train.stages[].warmup_samples/warmup_steps must be >= 0")
-        require(self.global_batch_size is None or self.global_batch_size > 0, f"train.stages[].global_batch_size={self.global_batch_size} must be positive or null")
+        require(
+            self.warmup_samples is None or self.warmup_steps is None,
+            "train.stages[]: set warmup_samples or warmup_steps, not both",
+        )
+        require(
+            (self.warmup_samples or 0) >= 0 and (self.warmup_steps or 0) >= 0,
+            "train.stages[].warmup_samples/warmup_steps must be >= 0",
+        )
+        require(
+            self.global_batch_size is None or self.global_batch_size > 0,
+            f"train.stages[].global_batch_size={self.global_batch_size} must be positive or null",
+        )
 
     def global_batch(self, world_size: int, accum_steps: int) -> int:
         """Samples per optimizer step over all ranks and micro-steps."""
@@ -160,18 +183,39 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require(len(self.stages) > 0, "train.stages must list at least one stage")
         self.stages = [s if isinstance(s, StageConfig) else StageConfig(**s) for s in self.stages]
-        require(self.schedule in SCHEDULES, f"train.schedule={self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+        require(
+            self.schedule in SCHEDULES,
+            f"train.schedule={self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}",
+        )
         require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas={list(self.betas)} must be two values in [0, 1)")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"train.betas={list(self.betas)} must be two values in [0, 1)",
+        )
         require(self.eps > 0, f"train.eps={self.eps} must be positive")
-        require(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null")
+        require(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null",
+        )
         require(self.accum_steps >= 1, f"train.accum_steps={self.accum_steps} must be >= 1")
-        require(self.precision in TRAIN_PRECISIONS, f"train.precision={self.precision!r} is unknown; choose one of {', '.join(TRAIN_PRECISIONS)}")
+        require(
+            self.precision in TRAIN_PRECISIONS,
+            f"train.precision={self.precision!r} is unknown; choose one of {', '.join(TRAIN_PRECISIONS)}",
+        )
         require(self.device in DEVICES, f"train.device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
         require(self.threads is None or self.threads > 0, f"train.threads={self.threads} must be positive or null")
-        require(self.checkpoint_every_steps >= 0, f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = stage ends only)")
+        require(
+            self.checkpoint_every_steps >= 0,
+            f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = stage ends only)",
+        )
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
         require(self.log_every >= 1, f"train.log_every={self.log_every} must be >= 1")
-        require(self.gather_with_grad or not self.local_loss, "train.local_loss=true needs train.gather_with_grad=true (otherwise other ranks' rows get no gradient)")
+        require(
+            self.gather_with_grad or not self.local_loss,
+            "train.local_loss=true needs train.gather_with_grad=true (otherwise other ranks' rows get no gradient)",
+        )
         require(self.caption_loss_weight >= 0, f"train.caption_loss_weight={self.caption_loss_weight} must be >= 0")
-        require(self.dist_backend in (None, "gloo", "nccl"), f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)")
+        require(
+            self.dist_backend in (None, "gloo", "nccl"),
+            f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)",
+        )

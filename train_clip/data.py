@@ -44,10 +44,19 @@ def caption_loader_factory(data_cfg: Any, mix_cfg: Any) -> LoaderFactory:
         """A CaptionLoader for this rank and stage."""
         from captiondata.loader import CaptionLoader
 
-        return CaptionLoader(data_cfg, mix_cfg, split="train", image_transform=request.image_transform,
-                             tokenize=request.tokenize, batch_size=request.batch_size, rank=request.rank,
-                             world_size=request.world_size, seed=request.seed, drop_last=True,
-                             image_features=request.image_features)
+        return CaptionLoader(
+            data_cfg,
+            mix_cfg,
+            split="train",
+            image_transform=request.image_transform,
+            tokenize=request.tokenize,
+            batch_size=request.batch_size,
+            rank=request.rank,
+            world_size=request.world_size,
+            seed=request.seed,
+            drop_last=True,
+            image_features=request.image_features,
+        )
 
     return make
 
@@ -58,7 +67,15 @@ class InMemoryBatches:
     Each epoch is a permutation drawn from (seed, epoch); rank r takes every world_size-th sample of it.
     """
 
-    def __init__(self, images: torch.Tensor, texts: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
         self.images, self.texts = images, texts
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.epoch, self.served = 0, 0
@@ -84,7 +101,9 @@ class InMemoryBatches:
         return {"samples": self.served, "skipped_total": 0, "skipped": {}, "original_fraction": None}
 
 
-def synthetic_pairs(num_samples: int, image_size: int, tokenize: Callable, seed: int = 0, classes: int = 16) -> Dict[str, torch.Tensor]:
+def synthetic_pairs(
+    num_samples: int, image_size: int, tokenize: Callable, seed: int = 0, classes: int = 16
+) -> Dict[str, torch.Tensor]:
     """Learnable toy pairs: class k = an image with a class-specific colour pattern + the caption "pattern number k"."""
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, classes, (num_samples,), generator=generator)
@@ -97,14 +116,3 @@ def synthetic_pairs(num_samples: int, image_size: int, tokenize: Callable, seed:
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     captions = [f"pattern number {words[k // 10]} {words[k % 10]}" for k in labels.tolist()]
     return {"image": (images - 0.5) / 0.25, "text": tokenize(captions)}
-
-
-def synthetic_factory(num_samples: int, seed: int = 0) -> LoaderFactory:
-    """Factory of in-memory synthetic sources, regenerated at each stage's image size."""
-
-    def make(request: LoaderRequest) -> BatchSource:
-        """Synthetic pairs at the requested image size for this rank."""
-        pairs = synthetic_pairs(num_samples, request.image_size, request.tokenize, seed=seed)
-        return InMemoryBatches(pairs["image"], pairs["text"], request.batch_size, request.rank, request.world_size, seed=request.seed)
-
-    return make

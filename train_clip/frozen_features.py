@@ -24,14 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness_infra.errors import ConfigError
 from captiondata.config import DataConfig
 from captiondata.counters import SampleCounters
 from captiondata.loader import ImageFeatures
 from captiondata.reader import expand_shards, raw_samples, valid_records
+from harness_infra.errors import ConfigError
+from harness_infra.identity import file_identity, model_fingerprint, preprocess_identity
 from towers.pretrained import trunk_of
 from towers.text_trim import encode_text_trimmed
-from harness_infra.identity import file_identity, model_fingerprint, preprocess_identity
 
 log = logging.getLogger(__name__)
 FEATURE_CACHE_KIND = "trunk-shards"
@@ -74,14 +74,22 @@ def feature_cache_key(trunk: nn.Module, transform: Callable, data_cfg: DataConfi
 
     Each shard's entry adds ``"shard": shard_identity(url)`` (name, size, mtime) to this key.
     """
-    return {"format": FEATURE_FORMAT, "trunk": model_fingerprint(trunk), "trunk_class": type(trunk).__name__,
-            "preprocess": preprocess_identity(transform), "layout": asdict(data_cfg.layout),
-            "max_image_pixels": data_cfg.max_image_pixels, "exif_transpose": data_cfg.exif_transpose, "dtype": "float32"}
+    return {
+        "format": FEATURE_FORMAT,
+        "trunk": model_fingerprint(trunk),
+        "trunk_class": type(trunk).__name__,
+        "preprocess": preprocess_identity(transform),
+        "layout": asdict(data_cfg.layout),
+        "max_image_pixels": data_cfg.max_image_pixels,
+        "exif_transpose": data_cfg.exif_transpose,
+        "dtype": "float32",
+    }
 
 
 @torch.inference_mode()
-def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConfig, transform: Callable,
-                           batch_size: int, device: torch.device) -> Dict[str, Any]:
+def compute_trunk_features(
+    trunk: nn.Module, urls: List[str], data_cfg: DataConfig, transform: Callable, batch_size: int, device: torch.device
+) -> Dict[str, Any]:
     """Trunk features of every valid sample of ``urls`` in file order: {keys, features [N, D] float32 CPU, skipped}.
 
     Bad samples (corrupt image, missing caption, duplicate key, truncated shard, ...) are skipped and counted with
@@ -101,8 +109,13 @@ def compute_trunk_features(trunk: nn.Module, urls: List[str], data_cfg: DataConf
             pending.clear()
 
     try:
-        for record in valid_records(raw_samples(urls, counters, data_cfg.max_member_bytes), data_cfg.layout, counters, data_cfg.max_image_pixels,
-                                    data_cfg.exif_transpose):
+        for record in valid_records(
+            raw_samples(urls, counters, data_cfg.max_member_bytes),
+            data_cfg.layout,
+            counters,
+            data_cfg.max_image_pixels,
+            data_cfg.exif_transpose,
+        ):
             keys.append(record.key)
             pending.append(transform(record.image))
             if len(pending) == batch_size:
@@ -133,12 +146,25 @@ def merge_shard_features(parts: List[Dict[str, Any]], urls: List[str]) -> Dict[s
         shards.extend([url] * len(part["keys"]))
         if part["keys"]:
             rows.append(part["features"])
-    return {"keys": keys, "shards": shards, "features": torch.cat(rows) if rows else torch.zeros(0, 0), "skipped": skipped}
+    return {
+        "keys": keys,
+        "shards": shards,
+        "features": torch.cat(rows) if rows else torch.zeros(0, 0),
+        "skipped": skipped,
+    }
 
 
-def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Callable, cache_dir: Optional[str],
-                         batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                         barrier: Callable[[], None] = lambda: None) -> Any:
+def train_split_features(
+    model: nn.Module,
+    data_cfg: DataConfig,
+    transform: Callable,
+    cache_dir: Optional[str],
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+) -> Any:
     """The locked trunk's features of the training split, one cache entry per shard in ``cache_dir``.
 
     With a cache, rank r computes the missing entries of shards r, r + world_size, ...; after ``barrier()`` every
@@ -154,7 +180,9 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
     trunk = trunk_of(model)
     urls = expand_shards(data_cfg.shards("train"))
     if cache_dir is None:
-        merged = merge_shard_features([compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device) for url in urls], urls)
+        merged = merge_shard_features(
+            [compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device) for url in urls], urls
+        )
         return checked_features(merged, len(urls))
     cache, base = EmbeddingCache(cache_dir), feature_cache_key(trunk, transform, data_cfg)
     mine = urls[rank::world_size]
@@ -162,17 +190,35 @@ def train_split_features(model: nn.Module, data_cfg: DataConfig, transform: Call
     for number, url in enumerate(mine, 1):
         key = {**base, "shard": shard_identity(url)}
         if cache.load(FEATURE_CACHE_KIND, key, quiet=True) is None:
-            cache.save(FEATURE_CACHE_KIND, key, compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device))
+            cache.save(
+                FEATURE_CACHE_KIND, key, compute_trunk_features(trunk, [url], data_cfg, transform, batch_size, device)
+            )
             computed += 1
-            log.info("trunk features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url))
-    log.info("trunk features: rank %d computed %d and found %d of its %d shard(s) in %s", rank, computed, len(mine) - computed,
-             len(mine), cache_dir)
+            log.info(
+                "trunk features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url)
+            )
+    log.info(
+        "trunk features: rank %d computed %d and found %d of its %d shard(s) in %s",
+        rank,
+        computed,
+        len(mine) - computed,
+        len(mine),
+        cache_dir,
+    )
     barrier()
     shard_keys = {url: shard_identity(url) for url in urls}
-    missing = [url for url, ident in shard_keys.items() if not os.path.isfile(cache.path(FEATURE_CACHE_KIND, {**base, "shard": ident}))]
+    missing = [
+        url
+        for url, ident in shard_keys.items()
+        if not os.path.isfile(cache.path(FEATURE_CACHE_KIND, {**base, "shard": ident}))
+    ]
     if missing:
-        raise ConfigError(f"image features of shard {missing[0]} are missing from {cache_dir} after every rank computed its share")
-    log.info("trunk features: %d shard entries in %s, each loaded when the loader opens its shard", len(urls), cache_dir)
+        raise ConfigError(
+            f"image features of shard {missing[0]} are missing from {cache_dir} after every rank computed its share"
+        )
+    log.info(
+        "trunk features: %d shard entries in %s, each loaded when the loader opens its shard", len(urls), cache_dir
+    )
     return CachedShardFeatures(cache_dir, base, shard_keys)
 
 
@@ -222,19 +268,30 @@ class CachedShardFeatures:
         if shard not in self.shard_keys:
             raise ConfigError(f"shard {shard} is not in the training split the image features were computed for")
         self._shard, self._index, self._rows = None, {}, None
-        entry = EmbeddingCache(self.cache_dir).load(FEATURE_CACHE_KIND, {**self.base_key, "shard": self.shard_keys[shard]}, quiet=True)
+        entry = EmbeddingCache(self.cache_dir).load(
+            FEATURE_CACHE_KIND, {**self.base_key, "shard": self.shard_keys[shard]}, quiet=True
+        )
         if entry is None:
-            raise ConfigError(f"the cached image features of shard {shard} vanished or changed in {self.cache_dir} during training")
+            raise ConfigError(
+                f"the cached image features of shard {shard} vanished or changed in {self.cache_dir} during training"
+            )
         self._shard, self._index, self._rows = shard, {k: i for i, k in enumerate(entry["keys"])}, entry["features"]
 
 
 def checked_features(merged: Dict[str, Any], shards: int) -> ImageFeatures:
     """ImageFeatures of a merged payload; refuses an empty training set, logs the count and the skips."""
     if not merged["keys"]:
-        raise ConfigError(f"no valid training sample in {shards} shard(s) to compute image features from (skipped: {merged['skipped'] or 'none'})")
+        raise ConfigError(
+            f"no valid training sample in {shards} shard(s) to compute image features from (skipped: {merged['skipped'] or 'none'})"
+        )
     features = ImageFeatures(merged["keys"], merged["features"], merged["shards"])
-    log.info("trunk features: %d images x %d dims from %d shard(s)%s", len(features.keys), features.features.shape[1], shards,
-             f", skipped {merged['skipped']}" if merged["skipped"] else "")
+    log.info(
+        "trunk features: %d images x %d dims from %d shard(s)%s",
+        len(features.keys),
+        features.features.shape[1],
+        shards,
+        f", skipped {merged['skipped']}" if merged["skipped"] else "",
+    )
     return features
 
 
@@ -259,9 +316,11 @@ class FeatureInputCLIP(nn.Module):
 
     def forward(self, trunk_features: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Contrastive outputs of a batch of (trunk features, tokens)."""
-        out = {"image_features": F.normalize(self.clip.visual.head(trunk_features), dim=-1),
-               "text_features": F.normalize(encode_text_trimmed(self.clip, text), dim=-1),
-               "logit_scale": self.clip.logit_scale.exp()}
+        out = {
+            "image_features": F.normalize(self.clip.visual.head(trunk_features), dim=-1),
+            "text_features": F.normalize(encode_text_trimmed(self.clip, text), dim=-1),
+            "logit_scale": self.clip.logit_scale.exp(),
+        }
         if getattr(self.clip, "logit_bias", None) is not None:
             out["logit_bias"] = self.clip.logit_bias
         return out

@@ -19,19 +19,29 @@ def model_card(facts: Dict[str, Any], metrics: Optional[Dict[str, Any]] = None) 
     line saying where the evaluation records go. Raises KeyError when a fact is missing."""
     p = facts["p"]
     lines = [
-        "---", "library_name: open_clip", "license: other", "tags: [clip, open_clip, recap-harness]", "---", "",
-        f"# {facts['model']} (recap-harness)", "",
-        "Loads with `open_clip.create_model_and_transforms('local-dir:THIS_FOLDER')`.", "",
-        "## Training", "",
+        "---",
+        "library_name: open_clip",
+        "license: other",
+        "tags: [clip, open_clip, recap-harness]",
+        "---",
+        "",
+        f"# {facts['model']} (recap-harness)",
+        "",
+        "Loads with `open_clip.create_model_and_transforms('local-dir:THIS_FOLDER')`.",
+        "",
+        "## Training",
+        "",
         f"- data: `{facts['data']}`",
         f"- caption mixture: strategy `{facts['strategy']}`, p = {'n/a (both captions in every text)' if p is None else p}"
         " (p = probability of the ORIGINAL caption)",
         f"- budget: {json.dumps(facts['budget'], sort_keys=True)}",
-        f"- command: `{facts['command']}`", "",
-        "## Metrics", "",
+        f"- command: `{facts['command']}`",
+        "",
+        "## Metrics",
+        "",
     ]
     if metrics:
-        lines += [f"| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+        lines += ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("Not evaluated at export time; the evaluation stage writes its records under `results/records`.")
     return "\n".join(lines) + "\n"

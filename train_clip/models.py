@@ -22,10 +22,10 @@ import torch
 from open_clip.model import resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from harness_infra.errors import ConfigError, require
 from harness_infra.atomic import atomic_write_bytes, atomic_write_text
-from train_clip.config import ClipModelConfig
+from harness_infra.errors import ConfigError, require
 from towers import fid_inception  # noqa: F401  (registers the timm model of RecapLiT-* configs)
+from train_clip.config import ClipModelConfig
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -53,7 +53,10 @@ def register_inline(cfg: ClipModelConfig, out_dir: str) -> None:
     inline = json.loads(json.dumps(cfg.inline))
     known = open_clip.get_model_config(cfg.name)
     if known is not None:
-        require(known == inline, f"model.name={cfg.name!r} is already an open_clip model with another config; give model.inline a new name")
+        require(
+            known == inline,
+            f"model.name={cfg.name!r} is already an open_clip model with another config; give model.inline a new name",
+        )
         return
     path = os.path.join(out_dir, "model_configs", f"{cfg.name}.json")
     atomic_write_text(path, json.dumps(inline, indent=4) + "\n")
@@ -69,7 +72,9 @@ def resolved_model_config(cfg: ClipModelConfig, image_size: int) -> Dict[str, An
         return tower_model_config(cfg.tower)
     model_cfg = open_clip.get_model_config(cfg.name)
     if model_cfg is None:
-        raise ConfigError(f"model.name={cfg.name!r} is not an open_clip model; known: RecapCLIP-* and {', '.join(open_clip.list_models()[:5])}, ...")
+        raise ConfigError(
+            f"model.name={cfg.name!r} is not an open_clip model; known: RecapCLIP-* and {', '.join(open_clip.list_models()[:5])}, ..."
+        )
     model_cfg["vision_cfg"]["image_size"] = image_size
     if cfg.context_length is not None:
         model_cfg["text_cfg"]["context_length"] = cfg.context_length
@@ -88,8 +93,11 @@ def create_clip(cfg: ClipModelConfig, image_size: int, device: torch.device, see
     if cfg.tower is not None:
         from towers.pretrained import create_tower_model
 
-        require(image_size == cfg.tower.image_size, f"train.stages[].image_size={image_size} but model.tower.image_size={cfg.tower.image_size}; "
-                "pretrained towers train at one image size")
+        require(
+            image_size == cfg.tower.image_size,
+            f"train.stages[].image_size={image_size} but model.tower.image_size={cfg.tower.image_size}; "
+            "pretrained towers train at one image size",
+        )
         model = create_tower_model(cfg.name, cfg.tower, device=str(device), seed=seed)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
@@ -125,8 +133,8 @@ def init_coca_decoder(model: torch.nn.Module) -> None:
     decoder = getattr(model, "text_decoder", None)
     if decoder is None or not hasattr(decoder, "cross_attn"):
         return
-    proj_std = (decoder.width ** -0.5) * ((2 * decoder.layers) ** -0.5)
-    attn_std, fc_std = decoder.width ** -0.5, (2 * decoder.width) ** -0.5
+    proj_std = (decoder.width**-0.5) * ((2 * decoder.layers) ** -0.5)
+    attn_std, fc_std = decoder.width**-0.5, (2 * decoder.width) ** -0.5
     with torch.no_grad():
         for block in list(decoder.resblocks) + list(decoder.cross_attn):
             torch.nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
@@ -134,7 +142,7 @@ def init_coca_decoder(model: torch.nn.Module) -> None:
             torch.nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             torch.nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         if decoder.text_projection is not None:
-            torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
+            torch.nn.init.normal_(decoder.text_projection, std=decoder.width**-0.5)
 
 
 def create_tokenizer(cfg: ClipModelConfig) -> Callable:
@@ -147,10 +155,6 @@ def create_tokenizer(cfg: ClipModelConfig) -> Callable:
     return open_clip.get_tokenizer(cfg.name, context_length=cfg.context_length)
 
 
-
-
-
-
 def train_transform(model: torch.nn.Module) -> Callable:
     """open_clip's training image transform for this model's input size and normalisation."""
     return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
@@ -161,7 +165,9 @@ def eval_transform(model: torch.nn.Module) -> Callable:
     return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
 
 
-def resize_for_stage(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, device: torch.device) -> torch.nn.Module:
+def resize_for_stage(
+    model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, device: torch.device
+) -> torch.nn.Module:
     """A model at ``image_size`` carrying ``model``'s weights (ViT positional embeddings resampled by open_clip).
 
     The new model is built by ``create_clip``, so a tower model's locks are applied to it again.
@@ -174,8 +180,14 @@ def resize_for_stage(model: torch.nn.Module, cfg: ClipModelConfig, image_size: i
     return resized
 
 
-def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, export_dir: str, tokenizer: Any = None,
-                 card: Optional[Dict[str, Any]] = None) -> str:
+def export_model(
+    model: torch.nn.Module,
+    cfg: ClipModelConfig,
+    image_size: int,
+    export_dir: str,
+    tokenizer: Any = None,
+    card: Optional[Dict[str, Any]] = None,
+) -> str:
     """Write open_clip's hub layout (as ``open_clip.push_to_hf_hub`` does): ``open_clip_model.safetensors`` (the state
     dict), ``open_clip_config.json`` ({model_cfg, preprocess_cfg}, plus model_name) and, with ``card`` (the facts of
     ``train_clip.model_card.model_card``), README.md. Loads with create_model_and_transforms('local-dir:DIR') or
@@ -192,11 +204,16 @@ def export_model(model: torch.nn.Module, cfg: ClipModelConfig, image_size: int, 
     weights = os.path.join(export_dir, EXPORT_WEIGHTS)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(weights, safetensors_bytes(state))
-    config = {"model_cfg": resolved_model_config(cfg, image_size), "preprocess_cfg": dict(model.visual.preprocess_cfg),
-              "model_name": cfg.name}
+    config = {
+        "model_cfg": resolved_model_config(cfg, image_size),
+        "preprocess_cfg": dict(model.visual.preprocess_cfg),
+        "model_name": cfg.name,
+    }
     if config["model_cfg"]["text_cfg"].get("hf_tokenizer_name"):
-        require(hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "save_pretrained"),
-                "exporting a model with a Hugging Face text tower needs its open_clip HFTokenizer")
+        require(
+            hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "save_pretrained"),
+            "exporting a model with a Hugging Face text tower needs its open_clip HFTokenizer",
+        )
         save_hf_tokenizer(tokenizer.tokenizer, export_dir)
     if card is not None:
         atomic_write_text(os.path.join(export_dir, MODEL_CARD), model_card(card))
@@ -229,7 +246,9 @@ def load_exported(export_dir: str, name: Optional[str] = None) -> torch.nn.Modul
     """Load an export the way open_clip users will: by name with pretrained=FILE, else via local-dir."""
     overrides = prepare_export(export_dir)
     if name is not None:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=os.path.join(export_dir, EXPORT_WEIGHTS), **overrides)
+        model, _, _ = open_clip.create_model_and_transforms(
+            name, pretrained=os.path.join(export_dir, EXPORT_WEIGHTS), **overrides
+        )
     else:
         model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{export_dir}", **overrides)
     return model

@@ -30,7 +30,9 @@ def fused_ok(model: torch.nn.Module) -> bool:
     RecapCLIP-tiny), which is most of this trainer's lead over open_clip_train on small models.
     """
     params = list(model.parameters())
-    return all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
+    return all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params
+    )
 
 
 def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig, stage: StageConfig) -> torch.optim.AdamW:

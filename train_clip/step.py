@@ -36,7 +36,9 @@ class StepContext:
     grad_clip_norm: Optional[float] = None
 
 
-def make_loss(env: DistEnv, local_loss: bool, gather_with_grad: bool, caption_loss_weight: Optional[float] = None) -> ClipLoss:
+def make_loss(
+    env: DistEnv, local_loss: bool, gather_with_grad: bool, caption_loss_weight: Optional[float] = None
+) -> ClipLoss:
     """open_clip's contrastive loss; distributed: local rows against features gathered with gradient.
 
     ``caption_loss_weight`` (a CoCa model): open_clip's ``CoCaLoss`` = contrastive loss + that weight x the
@@ -45,10 +47,22 @@ def make_loss(env: DistEnv, local_loss: bool, gather_with_grad: bool, caption_lo
     if env.distributed and gather_with_grad:
         quiet_open_clip_gather()
     if caption_loss_weight is not None:
-        return CoCaLoss(caption_loss_weight=caption_loss_weight, clip_loss_weight=1.0, local_loss=local_loss,
-                        gather_with_grad=gather_with_grad, cache_labels=True, rank=env.rank, world_size=env.world_size)
-    return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
-                    rank=env.rank, world_size=env.world_size)
+        return CoCaLoss(
+            caption_loss_weight=caption_loss_weight,
+            clip_loss_weight=1.0,
+            local_loss=local_loss,
+            gather_with_grad=gather_with_grad,
+            cache_labels=True,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+    return ClipLoss(
+        local_loss=local_loss,
+        gather_with_grad=gather_with_grad,
+        cache_labels=True,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
 
 
 def quiet_open_clip_gather() -> None:
@@ -59,8 +73,12 @@ def quiet_open_clip_gather() -> None:
     one the loss needs, and the warning (two per rank in every run: image and text features) asks nothing of the
     user. Only that message from ``open_clip.loss`` is ignored; every other warning still shows.
     """
-    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
-                            category=FutureWarning, module=r"open_clip\.loss")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+        category=FutureWarning,
+        module=r"open_clip\.loss",
+    )
 
 
 def encode(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
@@ -72,7 +90,9 @@ def encode(model: torch.nn.Module, batch: Batch) -> Dict[str, torch.Tensor]:
     return dict(zip(keys, out))
 
 
-def contrastive_loss(loss_fn: ClipLoss, image: torch.Tensor, text: torch.Tensor, out: Dict[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    loss_fn: ClipLoss, image: torch.Tensor, text: torch.Tensor, out: Dict[str, torch.Tensor], scale: torch.Tensor
+) -> torch.Tensor:
     """ClipLoss on the given features with the given (exp'd) logit scale; CoCaLoss adds the captioning loss of the
     multimodal decoder's ``logits`` against ``labels`` (the text shifted by one)."""
     if isinstance(loss_fn, CoCaLoss):
@@ -111,8 +131,8 @@ def accumulated_passes(ctx: StepContext, micro_batches: List[Batch]) -> torch.Te
         with sync:
             with ctx.autocast():
                 out = encode(ctx.model, batch)
-                all_images = torch.cat(images[:j] + [out["image_features"]] + images[j + 1:])
-                all_texts = torch.cat(texts[:j] + [out["text_features"]] + texts[j + 1:])
+                all_images = torch.cat(images[:j] + [out["image_features"]] + images[j + 1 :])
+                all_texts = torch.cat(texts[:j] + [out["text_features"]] + texts[j + 1 :])
                 scale = out["logit_scale"] if j == last else out["logit_scale"].detach()
                 loss = contrastive_loss(ctx.loss_fn, all_images, all_texts, out, scale)
             backward(loss, ctx.scaler)
@@ -147,7 +167,9 @@ def compute_gradients(ctx: StepContext, micro_batches: List[Batch]) -> torch.Ten
     return accumulated_passes(ctx, micro_batches)
 
 
-def train_step(ctx: StepContext, micro_batches: List[Batch], before_update: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+def train_step(
+    ctx: StepContext, micro_batches: List[Batch], before_update: Optional[Callable[[torch.Tensor], None]] = None
+) -> torch.Tensor:
     """One optimizer step over ``micro_batches`` (one per accumulation step); returns the detached loss.
 
     ``before_update(loss)`` runs after backward and before the weights change (``training.guard.check_finite_loss``

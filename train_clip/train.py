@@ -20,24 +20,32 @@ from typing import Any, Dict, List, Optional
 import torch
 from open_clip.model import get_input_dtype
 
+from captiondata.config import DataConfig, MixConfig
 from harness_infra.atomic import atomic_write_text
 from harness_infra.errors import require
-from captiondata.config import DataConfig, MixConfig
-from training import checkpoint as ckpt
+from towers.text_trim import TrimmedTextCLIP, text_pad_id, trim_pad_id, trim_padding
 from train_clip.config import ClipModelConfig, StageConfig, TrainConfig
 from train_clip.data import DataStream, LoaderFactory, LoaderRequest, caption_loader_factory
-from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
 from train_clip.frozen_features import FeatureInputCLIP, train_split_features
-from train_clip.models import (EXPORT_WEIGHTS, create_clip, create_tokenizer, eval_transform, export_model, register_inline, resize_for_stage,
-                               train_transform)
-from towers.text_trim import TrimmedTextCLIP, text_pad_id, trim_pad_id, trim_padding
+from train_clip.models import (
+    EXPORT_WEIGHTS,
+    create_clip,
+    create_tokenizer,
+    eval_transform,
+    export_model,
+    register_inline,
+    resize_for_stage,
+    train_transform,
+)
+from train_clip.optim import build_optimizer
+from train_clip.step import StepContext, make_loss, train_step
+from training import checkpoint as ckpt
+from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
 from training.guard import check_finite_loss, check_finite_weights
 from training.monitor import RunMonitor
-from training.runtime import run_logging, runtime, seed_everything
-from train_clip.optim import build_optimizer
-from training.schedule import LRSchedule
-from train_clip.step import StepContext, make_loss, train_step
 from training.precision import precision_context
+from training.runtime import run_logging, runtime, seed_everything
+from training.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
@@ -85,8 +93,14 @@ class Session:
     resumed: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def train(model_cfg: ClipModelConfig, train_cfg: TrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
-          out_dir: str, loader_factory: Optional[LoaderFactory] = None) -> TrainResult:
+def train(
+    model_cfg: ClipModelConfig,
+    train_cfg: TrainConfig,
+    data_cfg: Optional[DataConfig],
+    mix_cfg: Optional[MixConfig],
+    out_dir: str,
+    loader_factory: Optional[LoaderFactory] = None,
+) -> TrainResult:
     """Train CLIP on caption shards (data_cfg, mix_cfg) into ``out_dir``, shared by all ranks; returns a TrainResult.
 
     ``out_dir`` is fixed by the caller and identical on every rank (never derived per rank). ``loader_factory``
@@ -112,9 +126,11 @@ def check_tower_sizes(model_cfg: ClipModelConfig, train_cfg: TrainConfig) -> Non
     if model_cfg.tower is None:
         return
     for index, stage in enumerate(train_cfg.stages):
-        require(stage.image_size == model_cfg.tower.image_size,
-                f"train.stages[{index}].image_size={stage.image_size} but model.tower.image_size={model_cfg.tower.image_size}; "
-                "pretrained towers train at one image size")
+        require(
+            stage.image_size == model_cfg.tower.image_size,
+            f"train.stages[{index}].image_size={stage.image_size} but model.tower.image_size={model_cfg.tower.image_size}; "
+            "pretrained towers train at one image size",
+        )
 
 
 def check_batches(train_cfg: TrainConfig, world_size: int) -> List[int]:
@@ -122,23 +138,33 @@ def check_batches(train_cfg: TrainConfig, world_size: int) -> List[int]:
     batches = []
     for index, stage in enumerate(train_cfg.stages):
         batch = stage.global_batch(world_size, train_cfg.accum_steps)
-        require(stage.global_batch_size is None or stage.global_batch_size == batch,
-                f"train.stages[{index}].global_batch_size={stage.global_batch_size} but batch_size x world_size x accum_steps = "
-                f"{stage.batch_size} x {world_size} x {train_cfg.accum_steps} = {batch}")
+        require(
+            stage.global_batch_size is None or stage.global_batch_size == batch,
+            f"train.stages[{index}].global_batch_size={stage.global_batch_size} but batch_size x world_size x accum_steps = "
+            f"{stage.batch_size} x {world_size} x {train_cfg.accum_steps} = {batch}",
+        )
         batches.append(batch)
     return batches
 
 
-def write_run_config(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], global_batches: List[int]) -> None:
+def write_run_config(
+    session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], global_batches: List[int]
+) -> None:
     """Record the resolved configs and effective global batches in out_dir/train_config.json (rank 0)."""
     if not session.env.is_main:
         return
-    record = {"model": asdict(session.model_cfg), "train": asdict(session.train_cfg),
-              "data": asdict(data_cfg) if is_dataclass(data_cfg) else None,
-              "mix": asdict(mix_cfg) if is_dataclass(mix_cfg) else None,
-              "world_size": session.env.world_size, "global_batch": global_batches,
-              "note": "global batch = batch_size x world_size x accum_steps; p = probability of the ORIGINAL caption"}
-    atomic_write_text(os.path.join(session.out_dir, "train_config.json"), json.dumps(record, indent=2, default=str) + "\n")
+    record = {
+        "model": asdict(session.model_cfg),
+        "train": asdict(session.train_cfg),
+        "data": asdict(data_cfg) if is_dataclass(data_cfg) else None,
+        "mix": asdict(mix_cfg) if is_dataclass(mix_cfg) else None,
+        "world_size": session.env.world_size,
+        "global_batch": global_batches,
+        "note": "global batch = batch_size x world_size x accum_steps; p = probability of the ORIGINAL caption",
+    }
+    atomic_write_text(
+        os.path.join(session.out_dir, "train_config.json"), json.dumps(record, indent=2, default=str) + "\n"
+    )
 
 
 def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], started: float) -> TrainResult:
@@ -164,15 +190,26 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
     if cfg.frozen_image_features:
         session.image_features = frozen_image_features(session, model, data_cfg)
     total_steps = sum(s.num_steps(env.world_size, cfg.accum_steps) for s in cfg.stages)
-    session.monitor = RunMonitor(session.out_dir, env, total_steps, position.step, position.samples_seen, cfg.log_every,
-                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar, wandb_project=cfg.wandb_project,
-                                 run_config=asdict(cfg))
+    session.monitor = RunMonitor(
+        session.out_dir,
+        env,
+        total_steps,
+        position.step,
+        position.samples_seen,
+        cfg.log_every,
+        tensorboard=cfg.tensorboard,
+        progress_bar=cfg.progress_bar,
+        wandb_project=cfg.wandb_project,
+        run_config=asdict(cfg),
+    )
     session.checkpoint_path = resume_path or ""
     for index in range(position.stage, len(cfg.stages)):
         if index > position.stage:
             if cfg.stages[index].image_size != cfg.stages[index - 1].image_size:
                 model = resize_for_stage(model, session.model_cfg, cfg.stages[index].image_size, env.device)
-            position = ckpt.Position(stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch)
+            position = ckpt.Position(
+                stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch
+            )
         position = run_recipe_stage(session, model, index, position, payload)
         payload = None
     return finish(session, model, position, global_batches, started, resume_path, card_facts(data_cfg, mix_cfg))
@@ -181,62 +218,121 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
 def frozen_image_features(session: Session, model: torch.nn.Module, data_cfg: Optional[DataConfig]) -> Any:
     """Features of the locked image trunk over the training split (with a cache, every rank computes its share)."""
     cfg, env = session.train_cfg, session.env
-    require(session.model_cfg.tower is not None, "train.frozen_image_features=true needs pretrained towers (model.tower) with a locked image tower")
+    require(
+        session.model_cfg.tower is not None,
+        "train.frozen_image_features=true needs pretrained towers (model.tower) with a locked image tower",
+    )
     require(data_cfg is not None, "train.frozen_image_features=true reads the training shards: give a data config")
-    return train_split_features(model, data_cfg, eval_transform(model), cfg.feature_cache_dir, cfg.stages[0].batch_size, env.device,
-                                env.rank, env.world_size, lambda: barrier(env))
+    return train_split_features(
+        model,
+        data_cfg,
+        eval_transform(model),
+        cfg.feature_cache_dir,
+        cfg.stages[0].batch_size,
+        env.device,
+        env.rank,
+        env.world_size,
+        lambda: barrier(env),
+    )
 
 
 def check_resumable(payload: Dict[str, Any], session: Session, path: str) -> None:
     """Refuse a checkpoint of another model or stage list; warn when the world size changed."""
     position, stages = payload["position"], session.train_cfg.stages
-    require(payload.get("model_name") == session.model_cfg.name,
-            f"train.resume: {path} holds model {payload.get('model_name')!r}, not model.name={session.model_cfg.name!r}")
-    require(position["stage"] < len(stages), f"train.resume: {path} is in stage {position['stage']} but train.stages has {len(stages)}")
+    require(
+        payload.get("model_name") == session.model_cfg.name,
+        f"train.resume: {path} holds model {payload.get('model_name')!r}, not model.name={session.model_cfg.name!r}",
+    )
+    require(
+        position["stage"] < len(stages),
+        f"train.resume: {path} is in stage {position['stage']} but train.stages has {len(stages)}",
+    )
     if payload.get("world_size") != session.env.world_size:
-        log.warning("resuming a %s-rank checkpoint on %d ranks: the data position is approximate and not bitwise",
-                    payload.get("world_size"), session.env.world_size)
-    log.info("resuming from %s at step %d (stage %d, epoch %d, batch %d)", path, position["step"], position["stage"],
-             position["epoch"], position["batch_in_epoch"])
+        log.warning(
+            "resuming a %s-rank checkpoint on %d ranks: the data position is approximate and not bitwise",
+            payload.get("world_size"),
+            session.env.world_size,
+        )
+    log.info(
+        "resuming from %s at step %d (stage %d, epoch %d, batch %d)",
+        path,
+        position["step"],
+        position["stage"],
+        position["epoch"],
+        position["batch_in_epoch"],
+    )
 
 
 def card_facts(data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig]) -> Dict[str, Any]:
     """The data and caption-mixture facts of the export's model card (``train_clip.model_card``)."""
-    return {"data": data_cfg.train_shards or data_cfg.name if data_cfg is not None else "in-memory source (no data config)",
-            "strategy": mix_cfg.strategy if mix_cfg is not None else "n/a", "p": mix_cfg.p_original if mix_cfg is not None else None,
-            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    return {
+        "data": data_cfg.train_shards or data_cfg.name if data_cfg is not None else "in-memory source (no data config)",
+        "strategy": mix_cfg.strategy if mix_cfg is not None else "n/a",
+        "p": mix_cfg.p_original if mix_cfg is not None else None,
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
 
 
-def finish(session: Session, model: torch.nn.Module, position: ckpt.Position, global_batches: List[int], started: float,
-           resume_path: Optional[str], facts: Optional[Dict[str, Any]] = None) -> TrainResult:
+def finish(
+    session: Session,
+    model: torch.nn.Module,
+    position: ckpt.Position,
+    global_batches: List[int],
+    started: float,
+    resume_path: Optional[str],
+    facts: Optional[Dict[str, Any]] = None,
+) -> TrainResult:
     """Export the final weights (rank 0) with a model card of ``facts`` (``card_facts``) and describe the run."""
     export_dir = os.path.join(session.out_dir, EXPORT_DIR)
     final_size = session.train_cfg.stages[-1].image_size
     export_path = os.path.join(export_dir, EXPORT_WEIGHTS)
     check_finite_weights(unwrap(model), f"model {session.model_cfg.name} after step {position.step}")
     if session.env.is_main:
-        card = {"model": session.model_cfg.name, **(facts or card_facts(None, None)),
-                "budget": {"steps": position.step, "samples_seen": position.samples_seen, "global_batch": global_batches}}
-        export_path = export_model(unwrap(model), session.model_cfg, final_size, export_dir, session.tokenizer, card=card)
-        log.info("exported %s (load: open_clip.create_model_and_transforms(%r, pretrained=%r) or 'local-dir:%s')",
-                 export_path, session.model_cfg.name, export_path, export_dir)
+        card = {
+            "model": session.model_cfg.name,
+            **(facts or card_facts(None, None)),
+            "budget": {"steps": position.step, "samples_seen": position.samples_seen, "global_batch": global_batches},
+        }
+        export_path = export_model(
+            unwrap(model), session.model_cfg, final_size, export_dir, session.tokenizer, card=card
+        )
+        log.info(
+            "exported %s (load: open_clip.create_model_and_transforms(%r, pretrained=%r) or 'local-dir:%s')",
+            export_path,
+            session.model_cfg.name,
+            export_path,
+            export_dir,
+        )
     barrier(session.env)
-    return TrainResult(out_dir=session.out_dir, checkpoint_path=session.checkpoint_path, export_dir=export_dir,
-                       export_path=export_path, model_name=session.model_cfg.name, steps=position.step,
-                       samples_seen=position.samples_seen, global_batch=global_batches,
-                       wall_time_s=time.perf_counter() - started, train_time_s=session.train_time_s,
-                       samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
-                       final_loss=session.last_loss, resumed_from=resume_path, resumed=session.resumed,
-                       torn_jsonl_lines=dict(session.monitor.torn_lines))
+    return TrainResult(
+        out_dir=session.out_dir,
+        checkpoint_path=session.checkpoint_path,
+        export_dir=export_dir,
+        export_path=export_path,
+        model_name=session.model_cfg.name,
+        steps=position.step,
+        samples_seen=position.samples_seen,
+        global_batch=global_batches,
+        wall_time_s=time.perf_counter() - started,
+        train_time_s=session.train_time_s,
+        samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
+        final_loss=session.last_loss,
+        resumed_from=resume_path,
+        resumed=session.resumed,
+        torn_jsonl_lines=dict(session.monitor.torn_lines),
+    )
 
 
-def to_device(batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype],
-              pad_id: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def to_device(
+    batch: Dict[str, Any], device: torch.device, image_dtype: Optional[torch.dtype], pad_id: Optional[int] = None
+) -> Dict[str, torch.Tensor]:
     """Images and tokens on the training device (images in the model's input dtype); with ``pad_id`` (a text tower
     for which trimming is exact: ``towers.text_trim.trim_pad_id``) the all-padding token columns are dropped first."""
     text = batch["text"] if pad_id is None else trim_padding(batch["text"], pad_id)
-    return {"image": batch["image"].to(device=device, dtype=image_dtype, non_blocking=True),
-            "text": text.to(device=device, non_blocking=True)}
+    return {
+        "image": batch["image"].to(device=device, dtype=image_dtype, non_blocking=True),
+        "text": text.to(device=device, non_blocking=True),
+    }
 
 
 @dataclass
@@ -253,16 +349,23 @@ def caption_loss_weight(model: torch.nn.Module, cfg: TrainConfig) -> Optional[fl
     """``train.caption_loss_weight`` for a CoCa (a model with a multimodal text decoder), None for a CLIP."""
     if not hasattr(model, "text_decoder"):
         return None
-    require(cfg.accum_steps == 1, f"train.accum_steps={cfg.accum_steps}: CoCa training here supports accum_steps=1 (the captioning loss is per micro-batch)")
+    require(
+        cfg.accum_steps == 1,
+        f"train.accum_steps={cfg.accum_steps}: CoCa training here supports accum_steps=1 (the captioning loss is per micro-batch)",
+    )
     return cfg.caption_loss_weight
 
 
-def stage_objects(session: Session, model: torch.nn.Module, stage: StageConfig, payload: Optional[Dict[str, Any]]) -> StageState:
+def stage_objects(
+    session: Session, model: torch.nn.Module, stage: StageConfig, payload: Optional[Dict[str, Any]]
+) -> StageState:
     """Optimizer, schedule and scaler for a stage, restored from ``payload`` when resuming inside it."""
     cfg, env = session.train_cfg, session.env
     optimizer = build_optimizer(model, cfg, stage)
     steps = stage.num_steps(env.world_size, cfg.accum_steps)
-    schedule = LRSchedule(optimizer, stage.lr, stage.num_warmup_steps(env.world_size, cfg.accum_steps), steps, cfg.schedule)
+    schedule = LRSchedule(
+        optimizer, stage.lr, stage.num_warmup_steps(env.world_size, cfg.accum_steps), steps, cfg.schedule
+    )
     _, scaler = precision_context(cfg.precision, env.device)
     if payload:
         optimizer.load_state_dict(payload["optimizer"])
@@ -279,11 +382,17 @@ def restore_rank_rng(payload: Dict[str, Any], env: DistEnv, seed: int, step: int
     if len(states) == env.world_size:
         ckpt.restore_rng(states[env.rank])
         return
-    log.warning("checkpoint has RNG states of %d rank(s) but %d run now; reseeding (the run continues, not bitwise)", len(states), env.world_size)
+    log.warning(
+        "checkpoint has RNG states of %d rank(s) but %d run now; reseeding (the run continues, not bitwise)",
+        len(states),
+        env.world_size,
+    )
     seed_everything(seed + 1_000_003 * step + env.rank)
 
 
-def run_recipe_stage(session: Session, model: torch.nn.Module, index: int, position: ckpt.Position, payload: Optional[Dict[str, Any]]) -> ckpt.Position:
+def run_recipe_stage(
+    session: Session, model: torch.nn.Module, index: int, position: ckpt.Position, payload: Optional[Dict[str, Any]]
+) -> ckpt.Position:
     """Train one stage from ``position`` to its last step; saves checkpoints along the way and at the end."""
     cfg, env = session.train_cfg, session.env
     stage = cfg.stages[index]
@@ -293,37 +402,69 @@ def run_recipe_stage(session: Session, model: torch.nn.Module, index: int, posit
     if session.image_features is not None:
         forward_model: torch.nn.Module = FeatureInputCLIP(model)
     elif session.pad_id is not None and text_pad_id(model) is None:
-        forward_model = TrimmedTextCLIP(model)  # causal open_clip text tower: positional embeddings and mask cut to the batch
+        forward_model = TrimmedTextCLIP(
+            model
+        )  # causal open_clip text tower: positional embeddings and mask cut to the batch
     else:
         forward_model = model
     train_model = wrap_ddp(forward_model, env)
     if session.model_cfg.torch_compile:
         train_model = torch.compile(train_model)
     autocast, _ = precision_context(cfg.precision, env.device)
-    ctx = StepContext(train_model, make_loss(env, cfg.local_loss, cfg.gather_with_grad, caption_loss_weight(model, cfg)), state.optimizer, autocast,
-                      state.scaler, cfg.grad_clip_norm)
+    ctx = StepContext(
+        train_model,
+        make_loss(env, cfg.local_loss, cfg.gather_with_grad, caption_loss_weight(model, cfg)),
+        state.optimizer,
+        autocast,
+        state.scaler,
+        cfg.grad_clip_norm,
+    )
     batch_text = f"{global_batch} (= {stage.batch_size} x {env.world_size} ranks x {cfg.accum_steps} accum)"
     log.info("stage %d: %d px, %d steps, global batch %s, lr %g", index, stage.image_size, steps, batch_text, stage.lr)
-    request = LoaderRequest(index, stage.image_size, train_transform(model), session.tokenizer, stage.batch_size,
-                            env.rank, env.world_size, cfg.seed, session.image_features)
-    stream = DataStream(session.loader_factory(request), env, position.epoch, position.batch_in_epoch,
-                        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, index))
+    request = LoaderRequest(
+        index,
+        stage.image_size,
+        train_transform(model),
+        session.tokenizer,
+        stage.batch_size,
+        env.rank,
+        env.world_size,
+        cfg.seed,
+        session.image_features,
+    )
+    stream = DataStream(
+        session.loader_factory(request),
+        env,
+        position.epoch,
+        position.batch_in_epoch,
+        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, index),
+    )
     image_dtype = get_input_dtype(session.model_cfg.precision)
     model.train()
     loop_started, first_samples = time.perf_counter(), position.samples_seen
     while position.stage_step < steps:
         lr = state.schedule.set_step(position.stage_step)
-        guard = functools.partial(check_finite_loss, env=env, step=position.step + 1, last_checkpoint=session.checkpoint_path)
-        loss = train_step(ctx, [to_device(b, env.device, image_dtype, session.pad_id) for b in stream.take(cfg.accum_steps)], guard)
+        guard = functools.partial(
+            check_finite_loss, env=env, step=position.step + 1, last_checkpoint=session.checkpoint_path
+        )
+        loss = train_step(
+            ctx, [to_device(b, env.device, image_dtype, session.pad_id) for b in stream.take(cfg.accum_steps)], guard
+        )
         position.stage_step, position.step = position.stage_step + 1, position.step + 1
         position.samples_seen += global_batch
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
         extra = {"stage": index, "epoch": position.epoch, "global_batch": global_batch}
         scalars = {"logit_scale": model.logit_scale.detach().exp()}
-        record = session.monitor.step_done(position.step, position.samples_seen, loss, lr, scalars, extra, force=position.stage_step == steps)
+        record = session.monitor.step_done(
+            position.step, position.samples_seen, loss, lr, scalars, extra, force=position.stage_step == steps
+        )
         if record is not None:
             session.last_loss = record["loss"]
-        if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0 and position.stage_step < steps:
+        if (
+            cfg.checkpoint_every_steps
+            and position.step % cfg.checkpoint_every_steps == 0
+            and position.stage_step < steps
+        ):
             save(session, state, position)
     session.train_time_s += time.perf_counter() - loop_started
     session.trained_samples += position.samples_seen - first_samples

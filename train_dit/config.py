@@ -15,7 +15,15 @@ from harness_infra.errors import ConfigError, require
 from harness_infra.stagecache import setting
 from training.generation import GenerationSpec
 
-__all__ = ["ConfigError", "DitModelConfig", "DitTrainConfig", "ImageSpaceSpec", "SampleSpec", "TextEncoderSpec", "PRESETS"]
+__all__ = [
+    "ConfigError",
+    "DitModelConfig",
+    "DitTrainConfig",
+    "ImageSpaceSpec",
+    "SampleSpec",
+    "TextEncoderSpec",
+    "PRESETS",
+]
 
 # name -> (depth, width, heads, patch): DiT-S/B/L as in Peebles & Xie (width 384/768/1024, 12/12/24 blocks);
 # DiT-tiny is the CPU configuration of the embedded scenes, 2.8M parameters (see conf/model/dit_tiny.yaml for why).
@@ -56,8 +64,13 @@ class TextEncoderSpec:
     max_length: int = 77
 
     def __post_init__(self) -> None:
-        require(self.kind in TEXT_KINDS, f"model.text_encoder.kind={self.kind!r} is unknown; choose one of {', '.join(TEXT_KINDS)}")
-        require(bool(self.name), "model.text_encoder.name must name the encoder (hub id, open_clip model or export folder)")
+        require(
+            self.kind in TEXT_KINDS,
+            f"model.text_encoder.kind={self.kind!r} is unknown; choose one of {', '.join(TEXT_KINDS)}",
+        )
+        require(
+            bool(self.name), "model.text_encoder.name must name the encoder (hub id, open_clip model or export folder)"
+        )
         require(self.max_length > 1, f"model.text_encoder.max_length={self.max_length} must be > 1")
 
 
@@ -81,12 +94,21 @@ class ImageSpaceSpec:
     sample_posterior: bool = False
 
     def __post_init__(self) -> None:
-        require(self.kind in IMAGE_KINDS, f"model.image_space.kind={self.kind!r} is unknown; choose one of {', '.join(IMAGE_KINDS)}")
+        require(
+            self.kind in IMAGE_KINDS,
+            f"model.image_space.kind={self.kind!r} is unknown; choose one of {', '.join(IMAGE_KINDS)}",
+        )
         if self.kind == "pixels":
             require(self.path is None and self.config is None, "model.image_space.kind=pixels takes no path or config")
         else:
-            require((self.path is None) != (self.config is None), f"model.image_space.kind={self.kind}: set exactly one of path or config")
-        require(self.scaling_factor is None or self.scaling_factor > 0, f"model.image_space.scaling_factor={self.scaling_factor} must be positive or null")
+            require(
+                (self.path is None) != (self.config is None),
+                f"model.image_space.kind={self.kind}: set exactly one of path or config",
+            )
+        require(
+            self.scaling_factor is None or self.scaling_factor > 0,
+            f"model.image_space.scaling_factor={self.scaling_factor} must be positive or null",
+        )
 
 
 @dataclass
@@ -123,15 +145,21 @@ class DitModelConfig:
             value = getattr(self, name)
             require(value is None or value > 0, f"model.{name}={value} must be positive or null")
         require(self.image_size > 0, f"model.image_size={self.image_size} must be positive")
-        require(self.resolved_width % self.resolved_heads == 0,
-                f"model.width={self.resolved_width} is not divisible by model.heads={self.resolved_heads}")
+        require(
+            self.resolved_width % self.resolved_heads == 0,
+            f"model.width={self.resolved_width} is not divisible by model.heads={self.resolved_heads}",
+        )
         if self.image_space.kind != "pixels" and self.image_space.config is None:
             return  # the latent size of a pretrained autoencoder is checked when it is loaded (train_dit.image)
         latent = self.latent_size(self.downsample_factor())
-        require(latent * self.downsample_factor() == self.image_size,
-                f"model.image_size={self.image_size} is not a multiple of the autoencoder's down-sampling {self.downsample_factor()}")
-        require(latent % self.resolved_patch == 0,
-                f"model.patch_size={self.resolved_patch} does not divide the {latent}x{latent} latent grid of model.image_size={self.image_size}")
+        require(
+            latent * self.downsample_factor() == self.image_size,
+            f"model.image_size={self.image_size} is not a multiple of the autoencoder's down-sampling {self.downsample_factor()}",
+        )
+        require(
+            latent % self.resolved_patch == 0,
+            f"model.patch_size={self.resolved_patch} does not divide the {latent}x{latent} latent grid of model.image_size={self.image_size}",
+        )
 
     @property
     def resolved_depth(self) -> int:
@@ -189,9 +217,18 @@ class SampleSpec(GenerationSpec):
     def __post_init__(self) -> None:
         self.check("train.sample")
         require(self.num_prompts > 0, f"train.sample.num_prompts={self.num_prompts} must be positive")
-        require(self.prompt_split in ("train", "val", "test"), f"train.sample.prompt_split={self.prompt_split!r}; choose train, val or test")
-        require(self.prompt_source in PROMPT_SOURCES, f"train.sample.prompt_source={self.prompt_source!r}; choose one of {', '.join(PROMPT_SOURCES)}")
-        require(self.device in DEVICES, f"train.sample.device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+        require(
+            self.prompt_split in ("train", "val", "test"),
+            f"train.sample.prompt_split={self.prompt_split!r}; choose train, val or test",
+        )
+        require(
+            self.prompt_source in PROMPT_SOURCES,
+            f"train.sample.prompt_source={self.prompt_source!r}; choose one of {', '.join(PROMPT_SOURCES)}",
+        )
+        require(
+            self.device in DEVICES,
+            f"train.sample.device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}",
+        )
         require(self.grid_columns > 0, f"train.sample.grid_columns={self.grid_columns} must be positive")
 
 
@@ -267,37 +304,71 @@ class DitTrainConfig:
         require(self.batch_size > 0, f"train.batch_size={self.batch_size} must be positive")
         require(self.lr > 0, f"train.lr={self.lr} must be positive")
         require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas={list(self.betas)} must be two values in [0, 1)")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"train.betas={list(self.betas)} must be two values in [0, 1)",
+        )
         require(self.eps > 0, f"train.eps={self.eps} must be positive")
         require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
-        require(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null")
-        require(self.scheduler in SCHEDULERS, f"train.scheduler={self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}")
+        require(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            f"train.grad_clip_norm={self.grad_clip_norm} must be positive or null",
+        )
+        require(
+            self.scheduler in SCHEDULERS,
+            f"train.scheduler={self.scheduler!r} is unknown; choose one of {', '.join(SCHEDULERS)}",
+        )
         known = sorted({name for names in PREDICTIONS_OF.values() for name in names})
-        require(self.prediction is None or self.prediction in known,
-                f"train.prediction={self.prediction!r} is unknown; choose one of {', '.join(known)}")
-        require(self.resolved_prediction in PREDICTIONS_OF[self.scheduler], f"train.prediction={self.prediction!r} does not fit "
-                f"train.scheduler={self.scheduler}; choose one of {', '.join(PREDICTIONS_OF[self.scheduler])}")
+        require(
+            self.prediction is None or self.prediction in known,
+            f"train.prediction={self.prediction!r} is unknown; choose one of {', '.join(known)}",
+        )
+        require(
+            self.resolved_prediction in PREDICTIONS_OF[self.scheduler],
+            f"train.prediction={self.prediction!r} does not fit "
+            f"train.scheduler={self.scheduler}; choose one of {', '.join(PREDICTIONS_OF[self.scheduler])}",
+        )
         require(self.num_train_timesteps > 1, f"train.num_train_timesteps={self.num_train_timesteps} must be > 1")
-        require(0 < self.beta_start < self.beta_end < 1, f"train.beta_start={self.beta_start}, beta_end={self.beta_end}: need 0 < start < end < 1")
+        require(
+            0 < self.beta_start < self.beta_end < 1,
+            f"train.beta_start={self.beta_start}, beta_end={self.beta_end}: need 0 < start < end < 1",
+        )
         require(self.logit_std > 0, f"train.logit_std={self.logit_std} must be positive")
         require(0 <= self.caption_dropout < 1, f"train.caption_dropout={self.caption_dropout} must be in [0, 1)")
         require(0 < self.ema_decay < 1, f"train.ema_decay={self.ema_decay} must be in (0, 1)")
-        require(self.ema_inv_gamma > 0 and self.ema_power > 0, "train.ema_inv_gamma and train.ema_power must be positive")
-        require(self.precision in PRECISIONS, f"train.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+        require(
+            self.ema_inv_gamma > 0 and self.ema_power > 0, "train.ema_inv_gamma and train.ema_power must be positive"
+        )
+        require(
+            self.precision in PRECISIONS,
+            f"train.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}",
+        )
         require(self.device in DEVICES, f"train.device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
         require(self.threads is None or self.threads > 0, f"train.threads={self.threads} must be positive or null")
-        require(self.checkpoint_every_steps >= 0, f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = at the end only)")
+        require(
+            self.checkpoint_every_steps >= 0,
+            f"train.checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = at the end only)",
+        )
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints} must be >= 1")
         require(self.log_every >= 1, f"train.log_every={self.log_every} must be >= 1")
-        require(self.dist_backend in (None, "gloo", "nccl"), f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)")
-        require(self.val_every_steps >= 0, f"train.val_every_steps={self.val_every_steps} must be >= 0 (0 = no validation)")
+        require(
+            self.dist_backend in (None, "gloo", "nccl"),
+            f"train.dist_backend={self.dist_backend!r} is unknown; choose gloo, nccl or null (auto)",
+        )
+        require(
+            self.val_every_steps >= 0, f"train.val_every_steps={self.val_every_steps} must be >= 0 (0 = no validation)"
+        )
         require(self.val_samples > 0, f"train.val_samples={self.val_samples} must be positive")
-        require(len(self.val_levels) > 0 and all(0 < level < 1 for level in self.val_levels),
-                f"train.val_levels={list(self.val_levels)} must be noise levels in (0, 1)")
+        require(
+            len(self.val_levels) > 0 and all(0 < level < 1 for level in self.val_levels),
+            f"train.val_levels={list(self.val_levels)} must be noise levels in (0, 1)",
+        )
         require(self.feature_batch_size > 0, f"train.feature_batch_size={self.feature_batch_size} must be positive")
-        require(self.sample.sampler in SAMPLERS_OF[self.scheduler],
-                f"train.sample.sampler={self.sample.sampler} does not fit train.scheduler={self.scheduler}; choose one of "
-                f"{', '.join(SAMPLERS_OF[self.scheduler])}")
+        require(
+            self.sample.sampler in SAMPLERS_OF[self.scheduler],
+            f"train.sample.sampler={self.sample.sampler} does not fit train.scheduler={self.scheduler}; choose one of "
+            f"{', '.join(SAMPLERS_OF[self.scheduler])}",
+        )
 
     @property
     def resolved_prediction(self) -> str:

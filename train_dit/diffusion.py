@@ -26,14 +26,23 @@ def training_scheduler(cfg: DitTrainConfig) -> Any:
     """The diffusers scheduler of the recipe (its config is exported beside the transformer)."""
     if cfg.scheduler == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps, shift=1.0)
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear", beta_start=cfg.beta_start,
-                         beta_end=cfg.beta_end, prediction_type="epsilon", variance_type="fixed_small", clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule="linear",
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        prediction_type="epsilon",
+        variance_type="fixed_small",
+        clip_sample=False,
+    )
 
 
 SIGMA_FLOOR = 0.05  # JiT's t_eps: the velocity of an x0 prediction divides by max(sigma, 0.05)
 
 
-def velocity_from_sample(x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, floor: float = SIGMA_FLOOR) -> torch.Tensor:
+def velocity_from_sample(
+    x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, floor: float = SIGMA_FLOOR
+) -> torch.Tensor:
     """The flow velocity (x_t - x0) / max(sigma, floor), shaped like ``x_t`` [B, ...], of an x0 (prediction or truth)
     at noise level ``sigma`` [B]; with ``floor`` = 0 it is exactly the velocity whose Euler or DPM-Solver++ x0 estimate
     (x_t - sigma v) is ``x0`` (sampling, where every sigma the model sees is > 0; sigma = 0 would give inf, not an
@@ -42,7 +51,9 @@ def velocity_from_sample(x0: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tenso
     return (x_t - x0) / (s.clamp_min(floor) if floor > 0 else s)
 
 
-def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generators: List[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noisy_inputs(
+    scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generators: List[torch.Generator]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, model timesteps [B] float, target) for clean ``x0`` [B, C, S, S]; sample i's timestep and noise come
     from ``generators[i]`` (CPU), so they do not depend on the batch or rank the sample is in. The target is what
     the loss compares ``training_output`` with: epsilon (ddpm) or the velocity (flow; floored for ``sample``)."""
@@ -59,7 +70,9 @@ def noisy_inputs(scheduler: Any, cfg: DitTrainConfig, x0: torch.Tensor, generato
     return x_t, steps.to(x0.device, torch.float32), noise
 
 
-def training_output(cfg: DitTrainConfig, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def training_output(
+    cfg: DitTrainConfig, output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """The transformer's output [B, C, S, S] as the loss sees it: itself, or for ``prediction="sample"`` its floored
     velocity (``timesteps`` = 1000 sigma)."""
     if cfg.resolved_prediction != "sample":
@@ -86,17 +99,30 @@ def sampling_scheduler(train_scheduler_config: Dict[str, Any], sampler: str, pix
     that does not fit the objective (``ddpm`` on a flow model, ``euler`` on an epsilon model): built from the other
     objective's config, diffusers would silently sample noise."""
     objective = "flow" if is_flow(train_scheduler_config) else "ddpm"
-    require(sampler in SAMPLERS_OF[objective], f"sampler={sampler!r} does not fit a model trained with scheduler={objective}; "
-            f"choose one of {', '.join(SAMPLERS_OF[objective])}")
+    require(
+        sampler in SAMPLERS_OF[objective],
+        f"sampler={sampler!r} does not fit a model trained with scheduler={objective}; "
+        f"choose one of {', '.join(SAMPLERS_OF[objective])}",
+    )
     if objective == "flow":
         if sampler == "euler":
             return FlowMatchEulerDiscreteScheduler.from_config(train_scheduler_config)
-        return DPMSolverMultistepScheduler(num_train_timesteps=train_scheduler_config.get("num_train_timesteps", 1000),
-                                           algorithm_type="dpmsolver++", solver_order=2, prediction_type="flow_prediction",
-                                           use_flow_sigmas=True, flow_shift=float(train_scheduler_config.get("shift", 1.0)))
+        return DPMSolverMultistepScheduler(
+            num_train_timesteps=train_scheduler_config.get("num_train_timesteps", 1000),
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=float(train_scheduler_config.get("shift", 1.0)),
+        )
     if sampler == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
-                                                       thresholding=pixel_space, sample_max_value=1.0)
+        return DPMSolverMultistepScheduler.from_config(
+            train_scheduler_config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            thresholding=pixel_space,
+            sample_max_value=1.0,
+        )
     return DDPMScheduler.from_config(train_scheduler_config, clip_sample=pixel_space, clip_sample_range=1.0)
 
 

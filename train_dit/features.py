@@ -44,8 +44,13 @@ FEATURE_FORMAT = 1
 
 def pixel_transform(image_size: int) -> Callable:
     """PIL image -> float [3, S, S] in [0, 1]: resize the short side to ``image_size`` (antialiased), centre crop."""
-    return transforms.Compose([transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-                               transforms.CenterCrop(image_size), transforms.ToTensor()])
+    return transforms.Compose(
+        [
+            transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 def candidate_texts(original: Optional[str], recaptions: List[str], mix_cfg: MixConfig) -> List[str]:
@@ -57,17 +62,35 @@ def candidate_texts(original: Optional[str], recaptions: List[str], mix_cfg: Mix
     return list(dict.fromkeys(texts))
 
 
-def feature_cache_key(text: TextEncoder, space: ImageSpace, transform: Callable, data_cfg: DataConfig, mix_cfg: MixConfig,
-                      flip: bool) -> Dict[str, Any]:
+def feature_cache_key(
+    text: TextEncoder, space: ImageSpace, transform: Callable, data_cfg: DataConfig, mix_cfg: MixConfig, flip: bool
+) -> Dict[str, Any]:
     """What the features depend on besides the shard (each shard's entry adds ``"shard": file_identity(url, mtime=True)``)."""
-    return {"format": FEATURE_FORMAT, "text": text.identity(), "image": space.identity(), "preprocess": preprocess_identity(transform),
-            "layout": asdict(data_cfg.layout), "max_image_pixels": data_cfg.max_image_pixels, "exif_transpose": data_cfg.exif_transpose, "flip": flip,
-            "concat_separator": mix_cfg.concat_separator if mix_cfg.strategy == "concat" else None, "dtype": "float16"}
+    return {
+        "format": FEATURE_FORMAT,
+        "text": text.identity(),
+        "image": space.identity(),
+        "preprocess": preprocess_identity(transform),
+        "layout": asdict(data_cfg.layout),
+        "max_image_pixels": data_cfg.max_image_pixels,
+        "exif_transpose": data_cfg.exif_transpose,
+        "flip": flip,
+        "concat_separator": mix_cfg.concat_separator if mix_cfg.strategy == "concat" else None,
+        "dtype": "float16",
+    }
 
 
 @torch.no_grad()
-def compute_shard_features(url: str, data_cfg: DataConfig, mix_cfg: MixConfig, text: TextEncoder, space: ImageSpace,
-                           transform: Callable, flip: bool, batch_size: int) -> Dict[str, Any]:
+def compute_shard_features(
+    url: str,
+    data_cfg: DataConfig,
+    mix_cfg: MixConfig,
+    text: TextEncoder,
+    space: ImageSpace,
+    transform: Callable,
+    flip: bool,
+    batch_size: int,
+) -> Dict[str, Any]:
     """The cache payload of one shard (see the module docstring); bad samples skipped and counted with the loader's
     reasons, so they are exactly the samples the caption loader skips."""
     counters = SampleCounters(max_workers=1)
@@ -85,7 +108,13 @@ def compute_shard_features(url: str, data_cfg: DataConfig, mix_cfg: MixConfig, t
             x0_chunks.append(torch.stack(views, dim=1).half().cpu())
             pending.clear()
 
-    for record in valid_records(raw_samples([url], counters, data_cfg.max_member_bytes), data_cfg.layout, counters, data_cfg.max_image_pixels, data_cfg.exif_transpose):
+    for record in valid_records(
+        raw_samples([url], counters, data_cfg.max_member_bytes),
+        data_cfg.layout,
+        counters,
+        data_cfg.max_image_pixels,
+        data_cfg.exif_transpose,
+    ):
         for candidate in candidate_texts(record.original, record.recaptions, mix_cfg):
             texts.append(candidate)
             owners.append(len(keys))
@@ -96,13 +125,18 @@ def compute_shard_features(url: str, data_cfg: DataConfig, mix_cfg: MixConfig, t
     flush()
     rows: List[torch.Tensor] = []
     for start in range(0, len(texts), batch_size):
-        rows.extend(unpad_features(*text.encode(texts[start:start + batch_size])))
+        rows.extend(unpad_features(*text.encode(texts[start : start + batch_size])))
     counters.flush()
     skipped = {name: count for name, count in counters.totals().items() if count and name != "samples"}
-    return {"keys": keys, "x0": torch.cat(x0_chunks) if x0_chunks else torch.zeros(0),
-            "texts": texts, "text_sample": torch.tensor(owners, dtype=torch.long),
-            "text_lengths": torch.tensor([int(r.shape[0]) for r in rows], dtype=torch.long),
-            "text_features": torch.cat(rows).half() if rows else torch.zeros(0, text.dim, dtype=torch.float16), "skipped": skipped}
+    return {
+        "keys": keys,
+        "x0": torch.cat(x0_chunks) if x0_chunks else torch.zeros(0),
+        "texts": texts,
+        "text_sample": torch.tensor(owners, dtype=torch.long),
+        "text_lengths": torch.tensor([int(r.shape[0]) for r in rows], dtype=torch.long),
+        "text_features": torch.cat(rows).half() if rows else torch.zeros(0, text.dim, dtype=torch.float16),
+        "skipped": skipped,
+    }
 
 
 class FeatureStore:
@@ -130,7 +164,9 @@ class FeatureStore:
             if part["keys"]:
                 x0.append(part["x0"])
             starts = torch.cumsum(part["text_lengths"], 0) - part["text_lengths"]
-            for t, (owner, start, length) in enumerate(zip(part["text_sample"].tolist(), starts.tolist(), part["text_lengths"].tolist())):
+            for t, (owner, start, length) in enumerate(
+                zip(part["text_sample"].tolist(), starts.tolist(), part["text_lengths"].tolist())
+            ):
                 self.index[(url, part["keys"][owner], part["texts"][t])] = (offset + start, length)
             chunks.append(part["text_features"])
             offset += int(part["text_features"].shape[0])
@@ -143,13 +179,18 @@ class FeatureStore:
         """Features [L, D] float32 of ``text`` as a caption of sample ``key`` of ``shard``."""
         found = self.index.get((shard, key, text))
         if found is None:
-            raise KeyError(f"no cached text features for sample {key!r} of {shard} and caption {text[:60]!r}; the feature cache is stale")
+            raise KeyError(
+                f"no cached text features for sample {key!r} of {shard} and caption {text[:60]!r}; the feature cache is stale"
+            )
         start, length = found
-        return self.text_features[start:start + length].float()
+        return self.text_features[start : start + length].float()
 
     def nbytes(self) -> int:
         """Bytes of the stored tensors."""
-        return self.images.features.numel() * self.images.features.element_size() + self.text_features.numel() * self.text_features.element_size()
+        return (
+            self.images.features.numel() * self.images.features.element_size()
+            + self.text_features.numel() * self.text_features.element_size()
+        )
 
 
 def bytes_per_million(store: FeatureStore) -> float:
@@ -157,9 +198,19 @@ def bytes_per_million(store: FeatureStore) -> float:
     return store.nbytes() / max(len(store.images.keys), 1) * 1e6
 
 
-def ensure_features(data_cfg: DataConfig, mix_cfg: MixConfig, text: TextEncoder, space: ImageSpace, image_size: int, flip: bool,
-                    cache_dir: Optional[str], batch_size: int, rank: int = 0, world_size: int = 1,
-                    barrier: Callable[[], None] = lambda: None) -> FeatureStore:
+def ensure_features(
+    data_cfg: DataConfig,
+    mix_cfg: MixConfig,
+    text: TextEncoder,
+    space: ImageSpace,
+    image_size: int,
+    flip: bool,
+    cache_dir: Optional[str],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+) -> FeatureStore:
     """The training split's features, one cache entry per shard in ``cache_dir``: rank r computes the missing entries
     of shards r, r + world_size, ...; after ``barrier()`` every rank reads them all. ``cache_dir=None``: in memory."""
     transform = pixel_transform(image_size)
@@ -177,21 +228,42 @@ def ensure_features(data_cfg: DataConfig, mix_cfg: MixConfig, text: TextEncoder,
         for number, url in enumerate(mine, 1):
             key = {**base, "shard": file_identity(url, mtime=True)}
             if cache.load(FEATURE_CACHE_KIND, key, quiet=True) is None:
-                cache.save(FEATURE_CACHE_KIND, key, compute_shard_features(url, data_cfg, mix_cfg, text, space, transform, flip, batch_size))
+                cache.save(
+                    FEATURE_CACHE_KIND,
+                    key,
+                    compute_shard_features(url, data_cfg, mix_cfg, text, space, transform, flip, batch_size),
+                )
                 computed += 1
-                log.debug("dit features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url))
+                log.debug(
+                    "dit features: shard %d/%d of rank %d computed (%s)", number, len(mine), rank, os.path.basename(url)
+                )
             progress.update()
-    log.info("dit features: rank %d computed %d and found %d of its %d shard(s) in %s", rank, computed, len(mine) - computed, len(mine), cache_dir)
+    log.info(
+        "dit features: rank %d computed %d and found %d of its %d shard(s) in %s",
+        rank,
+        computed,
+        len(mine) - computed,
+        len(mine),
+        cache_dir,
+    )
     barrier()
     parts = []
     for url in urls:
         part = cache.load(FEATURE_CACHE_KIND, {**base, "shard": file_identity(url, mtime=True)}, quiet=True)
         if part is None:
-            raise ConfigError(f"DiT features of shard {url} are missing from {cache_dir} after every rank computed its share")
+            raise ConfigError(
+                f"DiT features of shard {url} are missing from {cache_dir} after every rank computed its share"
+            )
         parts.append(part)
     store = FeatureStore(parts, urls)
-    log.info("dit features: %d images, %d texts, %.1f MB (%.1f GB per million images)%s", len(store.images.keys), len(store.index),
-             store.nbytes() / 1e6, bytes_per_million(store) / 1e9, f", skipped {store.skipped}" if store.skipped else "")
+    log.info(
+        "dit features: %d images, %d texts, %.1f MB (%.1f GB per million images)%s",
+        len(store.images.keys),
+        len(store.index),
+        store.nbytes() / 1e6,
+        bytes_per_million(store) / 1e9,
+        f", skipped {store.skipped}" if store.skipped else "",
+    )
     return store
 
 
@@ -212,8 +284,17 @@ class FeatureBatches:
     def iterate(self, skip_batches: int = 0) -> Iterator[Dict[str, Any]]:
         """This epoch's batches after the first ``skip_batches``."""
         for batch in self.loader.iterate(skip_batches=skip_batches):
-            rows = [self.store.text(key, text, shard) for key, text, shard in zip(batch["key"], batch["text"], batch["shard"])]
-            yield {"x0": batch["image"], "text_rows": rows, "text": batch["text"], "key": batch["key"], "source": batch["source"]}
+            rows = [
+                self.store.text(key, text, shard)
+                for key, text, shard in zip(batch["key"], batch["text"], batch["shard"])
+            ]
+            yield {
+                "x0": batch["image"],
+                "text_rows": rows,
+                "text": batch["text"],
+                "key": batch["key"],
+                "source": batch["source"],
+            }
 
     def epoch_totals(self) -> Dict[str, int]:
         """Raw counter totals of the last epoch on this rank."""

@@ -50,21 +50,40 @@ class RecapDiTPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = ["vae", "text_encoder", "tokenizer"]
 
-    def __init__(self, transformer: Any, scheduler: Any, vae: Any = None, text_encoder: Any = None, tokenizer: Any = None,
-                 prediction: str = "epsilon", scaling_factor: Optional[float] = None, max_sequence_length: int = 77,
-                 default_num_inference_steps: int = 250, default_guidance_scale: float = 10.0) -> None:
+    def __init__(
+        self,
+        transformer: Any,
+        scheduler: Any,
+        vae: Any = None,
+        text_encoder: Any = None,
+        tokenizer: Any = None,
+        prediction: str = "epsilon",
+        scaling_factor: Optional[float] = None,
+        max_sequence_length: int = 77,
+        default_num_inference_steps: int = 250,
+        default_guidance_scale: float = 10.0,
+    ) -> None:
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        self.register_to_config(prediction=prediction, scaling_factor=scaling_factor, max_sequence_length=max_sequence_length,
-                                default_num_inference_steps=default_num_inference_steps, default_guidance_scale=default_guidance_scale)
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self.register_to_config(
+            prediction=prediction,
+            scaling_factor=scaling_factor,
+            max_sequence_length=max_sequence_length,
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=default_guidance_scale,
+        )
 
     @torch.no_grad()
     def encode_prompt(self, prompts: List[str]) -> tuple:
         """(features [B, max_sequence_length, D] float32, mask [B, max_sequence_length] int64): each prompt encoded
         alone (no batch padding), truncated to ``max_sequence_length`` tokens, zero-padded after its last token."""
         if self.text_encoder is None or self.tokenizer is None:
-            raise ValueError("this export has no text_encoder/tokenizer (an open_clip text tower): pass prompt_embeds and "
-                             "prompt_attention_mask (and the negative pair)")
+            raise ValueError(
+                "this export has no text_encoder/tokenizer (an open_clip text tower): pass prompt_embeds and "
+                "prompt_attention_mask (and the negative pair)"
+            )
         length, device = int(self.config.max_sequence_length), self.transformer.device
         rows = []
         for prompt in prompts:
@@ -83,12 +102,27 @@ class RecapDiTPipeline(DiffusionPipeline):
             return float(self.scheduler.sigmas[index]) * self.scheduler.config.num_train_timesteps
         return float(t)
 
-    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, half: int,
-                 batch_invariant: bool) -> torch.Tensor:
+    def _predict(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        mask: torch.Tensor,
+        half: int,
+        batch_invariant: bool,
+    ) -> torch.Tensor:
         """The transformer's output for the batch, or one prompt's [uncond, cond] rows at a time."""
+
         def run(rows: Any) -> torch.Tensor:
-            return self.transformer(x[rows], encoder_hidden_states=text[rows], timestep=timesteps[rows], encoder_attention_mask=mask[rows],
-                                    added_cond_kwargs=NO_SIZE_CONDITIONS, return_dict=False)[0].float()
+            return self.transformer(
+                x[rows],
+                encoder_hidden_states=text[rows],
+                timestep=timesteps[rows],
+                encoder_attention_mask=mask[rows],
+                added_cond_kwargs=NO_SIZE_CONDITIONS,
+                return_dict=False,
+            )[0].float()
+
         if not batch_invariant:
             return run(slice(None))
         count = half or x.shape[0]
@@ -98,11 +132,21 @@ class RecapDiTPipeline(DiffusionPipeline):
         return torch.cat([torch.cat([o[:1] for o in outs]), torch.cat([o[1:] for o in outs])])
 
     @torch.no_grad()
-    def __call__(self, prompt: Union[str, List[str], None] = None, negative_prompt: str = "", num_inference_steps: Optional[int] = None,
-                 guidance_scale: Optional[float] = None, generator: Union[torch.Generator, List[torch.Generator], None] = None,
-                 prompt_embeds: Optional[torch.Tensor] = None, prompt_attention_mask: Optional[torch.Tensor] = None,
-                 negative_prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_attention_mask: Optional[torch.Tensor] = None,
-                 output_type: str = "pil", return_dict: bool = True, batch_invariant: bool = True) -> Any:
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        negative_prompt: str = "",
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        batch_invariant: bool = True,
+    ) -> Any:
         """Generate one image per prompt: ``images`` is a list of PIL images (``output_type="pil"``), [N, H, W, 3]
         numpy (``np``) or [N, 3, H, W] torch (``pt``) in [0, 1], or the final latents (``latent``). Raises
         ValueError for a bad output_type, a generator list of the wrong length or missing text embeddings."""
@@ -119,9 +163,16 @@ class RecapDiTPipeline(DiffusionPipeline):
         if guided and negative_prompt_embeds is None:
             negative_prompt_embeds, negative_prompt_attention_mask = self.encode_prompt([negative_prompt])
         if guided:
-            negative_prompt_embeds = negative_prompt_embeds.expand(n, -1, -1) if negative_prompt_embeds.shape[0] == 1 else negative_prompt_embeds
-            negative_prompt_attention_mask = negative_prompt_attention_mask.expand(n, -1) if negative_prompt_attention_mask.shape[0] == 1 \
+            negative_prompt_embeds = (
+                negative_prompt_embeds.expand(n, -1, -1)
+                if negative_prompt_embeds.shape[0] == 1
+                else negative_prompt_embeds
+            )
+            negative_prompt_attention_mask = (
+                negative_prompt_attention_mask.expand(n, -1)
+                if negative_prompt_attention_mask.shape[0] == 1
                 else negative_prompt_attention_mask
+            )
             text = torch.cat([negative_prompt_embeds, prompt_embeds]).to(device)
             mask = torch.cat([negative_prompt_attention_mask, prompt_attention_mask]).to(device)
         else:
@@ -134,14 +185,20 @@ class RecapDiTPipeline(DiffusionPipeline):
         if generators is not None:
             x = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(device)
         else:
-            x = torch.randn((n, *shape), generator=generator, device=generator.device if generator is not None else "cpu").to(device)
+            x = torch.randn(
+                (n, *shape), generator=generator, device=generator.device if generator is not None else "cpu"
+            ).to(device)
         self.scheduler.set_timesteps(steps, device=device)
         x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        )
         train_steps = self.scheduler.config.num_train_timesteps
         for index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = torch.cat([x, x]) if guided else x
-            if hasattr(self.scheduler, "scale_model_input"):  # DDPM / DPM-Solver (identity there); flow matching has none
+            if hasattr(
+                self.scheduler, "scale_model_input"
+            ):  # DDPM / DPM-Solver (identity there); flow matching has none
                 model_in = self.scheduler.scale_model_input(model_in, t)
             timesteps = torch.full((model_in.shape[0],), self._model_timestep(index, t), device=device)
             out = self._predict(model_in, timesteps, text, mask, n if guided else 0, batch_invariant)
@@ -168,6 +225,8 @@ class RecapDiTPipeline(DiffusionPipeline):
         """Images [N, 3, H, W] in [0, 1] (CPU float32) of x0 [N, C, S, S]: pixels, or VAE-decoded latents / factor."""
         x0 = x0.float()
         if self.vae is not None:
-            factor = self.config.scaling_factor if self.config.scaling_factor is not None else self.vae.config.scaling_factor
+            factor = (
+                self.config.scaling_factor if self.config.scaling_factor is not None else self.vae.config.scaling_factor
+            )
             x0 = self.vae.decode(x0.to(self.vae.dtype) / factor).sample.float()
         return ((x0.clamp(-1, 1) + 1.0) / 2.0).cpu()

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import torch
 
+from harness_infra.errors import require
 from harness_infra.identity import model_fingerprint
 from train_dit.config import DitModelConfig, ImageSpaceSpec
-from harness_infra.errors import require
 
 
 class ImageSpace:
@@ -55,13 +55,19 @@ class ImageSpace:
     def check(self, cfg: DitModelConfig) -> None:
         """One-line ConfigError unless the image size and patch fit this autoencoder."""
         size = self.latent_size(cfg.image_size)
-        require(size * self.downsample == cfg.image_size,
-                f"model.image_size={cfg.image_size} is not a multiple of the autoencoder's down-sampling {self.downsample}")
-        require(size % cfg.resolved_patch == 0,
-                f"model.patch_size={cfg.resolved_patch} does not divide the {size}x{size} latent grid of model.image_size={cfg.image_size}")
+        require(
+            size * self.downsample == cfg.image_size,
+            f"model.image_size={cfg.image_size} is not a multiple of the autoencoder's down-sampling {self.downsample}",
+        )
+        require(
+            size % cfg.resolved_patch == 0,
+            f"model.patch_size={cfg.resolved_patch} does not divide the {size}x{size} latent grid of model.image_size={cfg.image_size}",
+        )
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = False) -> torch.Tensor:
+    def encode(
+        self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None, sample: bool = False
+    ) -> torch.Tensor:
         """x0 [B, C, S, S] float32 of ``pixels`` [B, 3, H, W] in [-1, 1] (``sample``: a posterior draw, AutoencoderKL)."""
         pixels = pixels.to(self.device, torch.float32)
         if self.vae is None:
@@ -83,9 +89,18 @@ class ImageSpace:
 
 def tiny_vae_config() -> dict:
     """A small random-weight ``AutoencoderKL`` config (4 latent channels, 8x down-sampling like the SD VAE) for tests."""
-    return {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 8, 8, 8],
-            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32, "scaling_factor": 0.18215}
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [8, 8, 8, 8],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "sample_size": 32,
+        "scaling_factor": 0.18215,
+    }
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

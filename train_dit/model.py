@@ -24,14 +24,26 @@ NO_SIZE_CONDITIONS = {"resolution": None, "aspect_ratio": None}
 def transformer_config(cfg: DitModelConfig, latent_channels: int, latent_size: int, text_dim: int) -> Dict[str, Any]:
     """The ``PixArtTransformer2DModel`` keyword arguments of ``cfg`` (stored in the export's config.json)."""
     width, heads = cfg.resolved_width, cfg.resolved_heads
-    return {"num_attention_heads": heads, "attention_head_dim": width // heads, "in_channels": latent_channels,
-            "out_channels": latent_channels, "num_layers": cfg.resolved_depth, "cross_attention_dim": width,
-            "sample_size": latent_size, "patch_size": cfg.resolved_patch, "caption_channels": text_dim,
-            "use_additional_conditions": False, "norm_type": "ada_norm_single", "num_embeds_ada_norm": 1000,
-            "interpolation_scale": max(latent_size // 64, 1)}
+    return {
+        "num_attention_heads": heads,
+        "attention_head_dim": width // heads,
+        "in_channels": latent_channels,
+        "out_channels": latent_channels,
+        "num_layers": cfg.resolved_depth,
+        "cross_attention_dim": width,
+        "sample_size": latent_size,
+        "patch_size": cfg.resolved_patch,
+        "caption_channels": text_dim,
+        "use_additional_conditions": False,
+        "norm_type": "ada_norm_single",
+        "num_embeds_ada_norm": 1000,
+        "interpolation_scale": max(latent_size // 64, 1),
+    }
 
 
-def build_transformer(cfg: DitModelConfig, latent_channels: int, latent_size: int, text_dim: int, seed: int = 0) -> PixArtTransformer2DModel:
+def build_transformer(
+    cfg: DitModelConfig, latent_channels: int, latent_size: int, text_dim: int, seed: int = 0
+) -> PixArtTransformer2DModel:
     """A freshly initialised transformer (weights a function of ``seed``) for latents [B, latent_channels,
     latent_size, latent_size] and text features of width ``text_dim``; gradient checkpointing as configured."""
     with torch.random.fork_rng(devices=[]):
@@ -42,11 +54,19 @@ def build_transformer(cfg: DitModelConfig, latent_channels: int, latent_size: in
     return model
 
 
-def predict(model: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """The model's prediction [B, C, S, S] for noisy ``x`` [B, C, S, S] at ``timesteps`` [B] (float, 0..1000) given
     text features [B, L, D] and their mask [B, L] (1 = token, 0 = padding)."""
-    return model(x, encoder_hidden_states=text, timestep=timesteps, encoder_attention_mask=mask,
-                 added_cond_kwargs=NO_SIZE_CONDITIONS, return_dict=False)[0]
+    return model(
+        x,
+        encoder_hidden_states=text,
+        timestep=timesteps,
+        encoder_attention_mask=mask,
+        added_cond_kwargs=NO_SIZE_CONDITIONS,
+        return_dict=False,
+    )[0]
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -32,12 +32,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from harness_infra.atomic import atomic_write, atomic_write_text
 from harness_infra.errors import cli_main, require
-from training.generation import GenerationSpec, generate_batches, image_record, write_image
 from train_dit.config import PREDICTIONS_OF, ImageSpaceSpec, TextEncoderSpec
 from train_dit.diffusion import is_flow, model_timestep, sampling_scheduler, velocity_from_sample
 from train_dit.image import ImageSpace, to_unit_range
 from train_dit.model import predict
 from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
+from training.generation import GenerationSpec, generate_batches, image_record, write_image
 
 PIPELINE_FILE = "dit_pipeline.json"
 
@@ -63,13 +63,18 @@ class DitPipeline:
             description = json.load(handle)
         target = torch.device(device)
         model = PixArtTransformer2DModel.from_pretrained(os.path.join(export_dir, transformer)).to(target).eval()
-        trained = "train_scheduler" if os.path.isdir(os.path.join(export_dir, "train_scheduler")) else "scheduler"  # format 1: scheduler/
+        trained = (
+            "train_scheduler" if os.path.isdir(os.path.join(export_dir, "train_scheduler")) else "scheduler"
+        )  # format 1: scheduler/
         with open(os.path.join(export_dir, trained, "scheduler_config.json"), encoding="utf-8") as handle:
             scheduler_config = json.load(handle)
         objective = "flow" if is_flow(scheduler_config) else "ddpm"
         prediction = description.setdefault("prediction", PREDICTIONS_OF[objective][0])
-        require(prediction in PREDICTIONS_OF[objective], f"{export_dir}: {PIPELINE_FILE} says prediction={prediction!r}, which does not fit "
-                f"its {objective} scheduler; expected one of {', '.join(PREDICTIONS_OF[objective])}")
+        require(
+            prediction in PREDICTIONS_OF[objective],
+            f"{export_dir}: {PIPELINE_FILE} says prediction={prediction!r}, which does not fit "
+            f"its {objective} scheduler; expected one of {', '.join(PREDICTIONS_OF[objective])}",
+        )
         text = TextEncoder(TextEncoderSpec(**description["text_encoder"]), target)
         space_fields = {k: v for k, v in description["image_space"].items() if k in ImageSpaceSpec.__dataclass_fields__}
         if space_fields.get("path") == "vae" and not os.path.isabs(space_fields["path"]):
@@ -91,8 +96,15 @@ class DitPipeline:
             return torch.zeros(0, 3, 1, 1)
         return self._generate_batch(list(prompts), list(seeds), spec)
 
-    def _predict(self, x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, half: int,
-                 batch_invariant: bool) -> torch.Tensor:
+    def _predict(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        mask: torch.Tensor,
+        half: int,
+        batch_invariant: bool,
+    ) -> torch.Tensor:
         """The transformer's prediction for the whole batch, or (``batch_invariant``) one prompt at a time: CPU GEMMs
         round differently for different row counts (measured 6e-7 on a batch of 8 vs rows alone), so only a fixed
         per-prompt shape ([uncond, cond] of that prompt) makes an image independent of the batch it is generated in."""
@@ -128,14 +140,26 @@ class DitPipeline:
                 uncond, cond = out.chunk(2)
                 out = uncond + scale * (cond - uncond)
             if self.description["prediction"] == "sample":
-                out = velocity_from_sample(out, x, timesteps[:x.shape[0]] / self.scheduler_config.get("num_train_timesteps", 1000), floor=0.0)
-            x = scheduler.step(out, t, x, generator=generators, return_dict=False)[0] if sampler == "ddpm" \
+                out = velocity_from_sample(
+                    out, x, timesteps[: x.shape[0]] / self.scheduler_config.get("num_train_timesteps", 1000), floor=0.0
+                )
+            x = (
+                scheduler.step(out, t, x, generator=generators, return_dict=False)[0]
+                if sampler == "ddpm"
                 else scheduler.step(out, t, x, return_dict=False)[0]
+            )
         return to_unit_range(self.space.decode(x)).cpu()
 
 
-def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, spec: GenerationSpec, rank: int = 0, world_size: int = 1,
-                  export_dir: Optional[str] = None) -> List[int]:
+def write_samples(
+    pipeline: DitPipeline,
+    prompts: Sequence[str],
+    out_dir: str,
+    spec: GenerationSpec,
+    rank: int = 0,
+    world_size: int = 1,
+    export_dir: Optional[str] = None,
+) -> List[int]:
     """Generate this rank's share of ``prompts`` (indices rank, rank + world_size, ...; image i has seed
     ``spec.seed + i``) into ``out_dir/images``; returns the indices written. Each PNG and its JSON are written atomically."""
     mine = list(range(rank, len(prompts), world_size))
@@ -143,7 +167,9 @@ def write_samples(pipeline: DitPipeline, prompts: Sequence[str], out_dir: str, s
     os.makedirs(folder, exist_ok=True)
     for chunk, images in generate_batches(pipeline.generate, prompts, spec, mine, "dit sampling", show=rank == 0):
         for index, image in zip(chunk, images):
-            write_image(folder, image, image_record(index, prompts[index], spec, batch_size=spec.batch_size, export=export_dir))
+            write_image(
+                folder, image, image_record(index, prompts[index], spec, batch_size=spec.batch_size, export=export_dir)
+            )
     return mine
 
 
@@ -177,7 +203,9 @@ def write_grid(out_dir: str, prompts: Sequence[str], columns: int = 4) -> str:
     return grid_path
 
 
-def sample_grid(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, cell: int = 128, text_lines: int = 5) -> Image.Image:
+def sample_grid(
+    images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, cell: int = 128, text_lines: int = 5
+) -> Image.Image:
     """A grid of images (each scaled to ``cell`` px, nearest neighbour) with its caption wrapped under it."""
     font = ImageFont.load_default()
     line_height, chars = 11, max(cell // 6, 8)
@@ -208,8 +236,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("export")
     parser.add_argument("--shards", required=True, help="shard spec whose captions are the prompts")
     parser.add_argument("--out", required=True, help="output folder (must not exist: results are never overwritten)")
-    for name, kind in (("num-prompts", int), ("prompt-source", str), ("guidance-scale", float), ("steps", int), ("sampler", str),
-                       ("seed", int), ("batch-size", int)):
+    for name, kind in (
+        ("num-prompts", int),
+        ("prompt-source", str),
+        ("guidance-scale", float),
+        ("steps", int),
+        ("sampler", str),
+        ("seed", int),
+        ("batch-size", int),
+    ):
         parser.add_argument(f"--{name}", type=kind, default=None, help="default: the export's sample_defaults")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -218,12 +253,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     require(not os.path.exists(args.out), f"--out {args.out} exists; choose a new folder")
     pipeline = DitPipeline.from_pretrained(args.export)
     defaults = pipeline.description.get("sample_defaults", {})
-    value = lambda name, fallback: getattr(args, name) if getattr(args, name) is not None else defaults.get(name, fallback)  # noqa: E731
-    prompts = prompts_from_records(iter_samples(args.shards, CaptionLayout()), value("prompt_source", "both"), value("num_prompts", 12))
+
+    def value(name: str, fallback: Any) -> Any:
+        """The command line's value, else the export's sample default, else ``fallback``."""
+        return getattr(args, name) if getattr(args, name) is not None else defaults.get(name, fallback)
+
+    prompts = prompts_from_records(
+        iter_samples(args.shards, CaptionLayout()), value("prompt_source", "both"), value("num_prompts", 12)
+    )
     require(bool(prompts), f"--shards {args.shards}: no captions to prompt with")
     fallback = GenerationSpec()
-    spec = GenerationSpec(**{name: value(name, getattr(fallback, name)) for name in ("guidance_scale", "steps", "sampler", "seed", "batch_size")},
-                          batch_invariant=bool(defaults.get("batch_invariant", fallback.batch_invariant)))
+    spec = GenerationSpec(
+        **{
+            name: value(name, getattr(fallback, name))
+            for name in ("guidance_scale", "steps", "sampler", "seed", "batch_size")
+        },
+        batch_invariant=bool(defaults.get("batch_invariant", fallback.batch_invariant)),
+    )
     write_samples(pipeline, prompts, args.out, spec, export_dir=args.export)
     print(write_grid(args.out, prompts, int(defaults.get("grid_columns", 4))))
 

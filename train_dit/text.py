@@ -77,12 +77,16 @@ class TextEncoder:
         elif hasattr(tower, "transformer") and hasattr(tower.transformer, "config"):  # a Hugging Face text tower
             self.tower, self.dim = tower, int(tower.transformer.config.hidden_size)
         else:
-            raise ValueError(f"text encoder {name}: no open_clip or Hugging Face text transformer found in {type(model).__name__}")
+            raise ValueError(
+                f"text encoder {name}: no open_clip or Hugging Face text transformer found in {type(model).__name__}"
+            )
 
     def identity(self) -> str:
         """sha256 of the encoder's weights, its tokenizer and the kept length: what the features depend on."""
         if self._identity is None:
-            self._identity = f"{model_fingerprint(self.model)}:{tokenizer_identity(self.tokenizer, self.spec.max_length)}"
+            self._identity = (
+                f"{model_fingerprint(self.model)}:{tokenizer_identity(self.tokenizer, self.spec.max_length)}"
+            )
         return self._identity
 
     @torch.no_grad()
@@ -90,7 +94,9 @@ class TextEncoder:
         """Token features [B, L, D] (float32, on the encoder's device) and mask [B, L] (1 = token) of ``texts``;
         L = the longest kept caption of the batch (at most ``max_length``), every row has at least one token."""
         if self.spec.kind == "hf":
-            batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt"
+            )
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.model(**batch).last_hidden_state
             return out.float(), batch["attention_mask"].long()

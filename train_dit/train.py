@@ -30,6 +30,13 @@ from captiondata.config import DataConfig, MixConfig
 from captiondata.loader import CaptionLoader, derived_seed
 from harness_infra.atomic import atomic_write_json
 from harness_infra.errors import require
+from train_dit.config import DitModelConfig, DitTrainConfig
+from train_dit.diffusion import noisy_inputs, training_output, training_scheduler
+from train_dit.features import FeatureBatches, FeatureStore, ensure_features, pixel_transform
+from train_dit.image import ImageSpace, to_model_range
+from train_dit.model import build_transformer, parameter_count, predict
+from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
+from train_dit.validation import HeldOut, denoising_errors, held_out
 from training import checkpoint as ckpt
 from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
 from training.guard import check_finite_loss
@@ -38,13 +45,6 @@ from training.precision import precision_context
 from training.runtime import run_logging, runtime, seed_everything
 from training.schedule import LRSchedule
 from training.stream import BatchSource, DataStream
-from train_dit.config import DitModelConfig, DitTrainConfig
-from train_dit.diffusion import noisy_inputs, training_output, training_scheduler
-from train_dit.features import FeatureBatches, FeatureStore, ensure_features, pixel_transform
-from train_dit.image import ImageSpace, to_model_range
-from train_dit.model import build_transformer, parameter_count, predict
-from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
-from train_dit.validation import HeldOut, denoising_errors, held_out
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
@@ -98,8 +98,15 @@ class Session:
     command: Optional[str] = None
 
 
-def train(model_cfg: DitModelConfig, train_cfg: DitTrainConfig, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig],
-          out_dir: str, source_factory: Optional[SourceFactory] = None, command: Optional[str] = None) -> DitTrainResult:
+def train(
+    model_cfg: DitModelConfig,
+    train_cfg: DitTrainConfig,
+    data_cfg: Optional[DataConfig],
+    mix_cfg: Optional[MixConfig],
+    out_dir: str,
+    source_factory: Optional[SourceFactory] = None,
+    command: Optional[str] = None,
+) -> DitTrainResult:
     """Train the DiT on caption shards (``data_cfg``, ``mix_cfg``) into ``out_dir`` (identical on every rank).
 
     ``source_factory(session)`` replaces the caption loader (tests: in-memory batches of ``{"image" [B, 3, H, W] in
@@ -130,8 +137,16 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
     session.null = null_condition(session.text)
     latent = session.space.latent_size(model_cfg.image_size)
     model = build_transformer(model_cfg, session.space.channels, latent, session.text.dim, seed=cfg.seed).to(env.device)
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    ema = EMAModel(
+        model.parameters(),
+        decay=cfg.ema_decay,
+        use_ema_warmup=cfg.ema_warmup,
+        inv_gamma=cfg.ema_inv_gamma,
+        power=cfg.ema_power,
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
     steps = cfg.num_steps(env.world_size)
     schedule = LRSchedule(optimizer, cfg.lr, cfg.warmup_steps, steps, "const")
     resume_path = ckpt.resolve_resume(cfg.resume, session.out_dir)
@@ -142,14 +157,34 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
     if cfg.val_every_steps:  # every rank reads it, so a bad val split stops them all; rank 0 validates
         held = held_out(session.data_cfg, model_cfg.image_size, session.space, session.text, cfg.val_samples)
         session.held = held if env.is_main else None
-    log.info("DiT %s: %d parameters, %dx%dx%d inputs, patch %d -> %d tokens x %d, text %s (%d dims), %d steps of global batch %d",
-             model_cfg.name, parameter_count(model), session.space.channels, latent, latent, model_cfg.resolved_patch,
-             (latent // model_cfg.resolved_patch) ** 2, model_cfg.resolved_width, model_cfg.text_encoder.name, session.text.dim,
-             steps, cfg.global_batch(env.world_size))
+    log.info(
+        "DiT %s: %d parameters, %dx%dx%d inputs, patch %d -> %d tokens x %d, text %s (%d dims), %d steps of global batch %d",
+        model_cfg.name,
+        parameter_count(model),
+        session.space.channels,
+        latent,
+        latent,
+        model_cfg.resolved_patch,
+        (latent // model_cfg.resolved_patch) ** 2,
+        model_cfg.resolved_width,
+        model_cfg.text_encoder.name,
+        session.text.dim,
+        steps,
+        cfg.global_batch(env.world_size),
+    )
     source = source_factory(session) if source_factory is not None else caption_source(session)
-    session.monitor = RunMonitor(session.out_dir, env, steps, position.step, position.samples_seen, cfg.log_every,
-                                 tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar, wandb_project=cfg.wandb_project,
-                                 run_config=asdict(cfg))
+    session.monitor = RunMonitor(
+        session.out_dir,
+        env,
+        steps,
+        position.step,
+        position.samples_seen,
+        cfg.log_every,
+        tensorboard=cfg.tensorboard,
+        progress_bar=cfg.progress_bar,
+        wandb_project=cfg.wandb_project,
+        run_config=asdict(cfg),
+    )
     session.checkpoint_path = resume_path or ""
     train_model = wrap_ddp(model, env)
     if model_cfg.torch_compile:
@@ -159,21 +194,41 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
     train_time = time.perf_counter() - loop_started
     save(session, model, ema, optimizer, schedule, position)
     export_dir = export(session, model, ema, latent, position)
-    return DitTrainResult(out_dir=session.out_dir, checkpoint_path=session.checkpoint_path, export_dir=export_dir, model_name=model_cfg.name,
-                          steps=position.step, samples_seen=position.samples_seen, global_batch=[cfg.global_batch(env.world_size)],
-                          parameters=parameter_count(model), wall_time_s=time.perf_counter() - started, train_time_s=train_time,
-                          samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9), final_loss=session.last_loss,
-                          resumed_from=resume_path, validation=session.validation, resumed=session.resumed,
-                          torn_jsonl_lines=dict(session.monitor.torn_lines))
+    return DitTrainResult(
+        out_dir=session.out_dir,
+        checkpoint_path=session.checkpoint_path,
+        export_dir=export_dir,
+        model_name=model_cfg.name,
+        steps=position.step,
+        samples_seen=position.samples_seen,
+        global_batch=[cfg.global_batch(env.world_size)],
+        parameters=parameter_count(model),
+        wall_time_s=time.perf_counter() - started,
+        train_time_s=train_time,
+        samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9),
+        final_loss=session.last_loss,
+        resumed_from=resume_path,
+        validation=session.validation,
+        resumed=session.resumed,
+        torn_jsonl_lines=dict(session.monitor.torn_lines),
+    )
 
 
-def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,
-           schedule: LRSchedule) -> ckpt.Position:
+def resume(
+    session: Session,
+    path: str,
+    model: torch.nn.Module,
+    ema: EMAModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+) -> ckpt.Position:
     """Restore weights, EMA, optimizer, schedule, RNG and position from a checkpoint (loaded with weights_only=True)."""
     env = session.env
     payload = ckpt.load_checkpoint(path)
-    require(payload.get("model_name") == session.model_cfg.name,
-            f"train.resume: {path} holds model {payload.get('model_name')!r}, not model.name={session.model_cfg.name!r}")
+    require(
+        payload.get("model_name") == session.model_cfg.name,
+        f"train.resume: {path} holds model {payload.get('model_name')!r}, not model.name={session.model_cfg.name!r}",
+    )
     model.load_state_dict(payload["model"], strict=True)
     ema.load_state_dict(payload["ema"])
     ema.to(device=env.device)
@@ -183,11 +238,17 @@ def resume(session: Session, path: str, model: torch.nn.Module, ema: EMAModel, o
     if len(states) == env.world_size:
         ckpt.restore_rng(states[env.rank])
     else:
-        log.warning("resuming a %d-rank checkpoint on %d ranks: the data position is approximate and not bitwise", len(states), env.world_size)
+        log.warning(
+            "resuming a %d-rank checkpoint on %d ranks: the data position is approximate and not bitwise",
+            len(states),
+            env.world_size,
+        )
     session.last_loss = payload.get("last_loss")
     session.resumed = ckpt.resumes(payload)
     position = ckpt.Position(**payload["position"])
-    log.info("resuming from %s at step %d (epoch %d, batch %d)", path, position.step, position.epoch, position.batch_in_epoch)
+    log.info(
+        "resuming from %s at step %d (epoch %d, batch %d)", path, position.step, position.epoch, position.batch_in_epoch
+    )
     return position
 
 
@@ -195,12 +256,16 @@ def write_run_config(session: Session, latent: int) -> None:
     """Record the resolved configs, world size and global batch in out_dir/train_config.json (rank 0)."""
     if not session.env.is_main:
         return
-    record = {"model": asdict(session.model_cfg), "train": asdict(session.train_cfg),
-              "data": asdict(session.data_cfg) if is_dataclass(session.data_cfg) else None,
-              "mix": asdict(session.mix_cfg) if is_dataclass(session.mix_cfg) else None,
-              "world_size": session.env.world_size, "global_batch": session.train_cfg.global_batch(session.env.world_size),
-              "latent": [session.space.channels, latent, latent],
-              "note": "global batch = batch_size x world_size; p = probability of the ORIGINAL caption"}
+    record = {
+        "model": asdict(session.model_cfg),
+        "train": asdict(session.train_cfg),
+        "data": asdict(session.data_cfg) if is_dataclass(session.data_cfg) else None,
+        "mix": asdict(session.mix_cfg) if is_dataclass(session.mix_cfg) else None,
+        "world_size": session.env.world_size,
+        "global_batch": session.train_cfg.global_batch(session.env.world_size),
+        "latent": [session.space.channels, latent, latent],
+        "note": "global batch = batch_size x world_size; p = probability of the ORIGINAL caption",
+    }
     atomic_write_json(os.path.join(session.out_dir, "train_config.json"), json.loads(json.dumps(record, default=str)))
 
 
@@ -208,14 +273,46 @@ def caption_source(session: Session) -> BatchSource:
     """The training batches: cached features (``train.features``) or images and captions encoded per batch; either
     way through ``CaptionLoader``, whose mixer draws each sample's caption from (mix seed, key, epoch)."""
     cfg, env, model_cfg = session.train_cfg, session.env, session.model_cfg
-    require(session.data_cfg is not None and session.mix_cfg is not None, "DiT training reads caption shards: give data and mix configs")
+    require(
+        session.data_cfg is not None and session.mix_cfg is not None,
+        "DiT training reads caption shards: give data and mix configs",
+    )
     if not cfg.features:
-        return CaptionLoader(session.data_cfg, session.mix_cfg, split="train", image_transform=pixel_transform(model_cfg.image_size),
-                             tokenize=None, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.seed)
-    session.store = ensure_features(session.data_cfg, session.mix_cfg, session.text, session.space, model_cfg.image_size, cfg.flip,
-                                    cfg.feature_cache_dir, cfg.feature_batch_size, env.rank, env.world_size, lambda: barrier(env))
-    loader = CaptionLoader(session.data_cfg, session.mix_cfg, split="train", tokenize=None, batch_size=cfg.batch_size, rank=env.rank,
-                           world_size=env.world_size, seed=cfg.seed, image_features=session.store.images)
+        return CaptionLoader(
+            session.data_cfg,
+            session.mix_cfg,
+            split="train",
+            image_transform=pixel_transform(model_cfg.image_size),
+            tokenize=None,
+            batch_size=cfg.batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=cfg.seed,
+        )
+    session.store = ensure_features(
+        session.data_cfg,
+        session.mix_cfg,
+        session.text,
+        session.space,
+        model_cfg.image_size,
+        cfg.flip,
+        cfg.feature_cache_dir,
+        cfg.feature_batch_size,
+        env.rank,
+        env.world_size,
+        lambda: barrier(env),
+    )
+    loader = CaptionLoader(
+        session.data_cfg,
+        session.mix_cfg,
+        split="train",
+        tokenize=None,
+        batch_size=cfg.batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.seed,
+        image_features=session.store.images,
+    )
     return FeatureBatches(loader, session.store)
 
 
@@ -224,7 +321,9 @@ def sample_generators(seed: int, step: int, keys: List[str]) -> List[torch.Gener
     return [torch.Generator().manual_seed(derived_seed(seed, step, key, "dit-sample")) for key in keys]
 
 
-def prepare_batch(session: Session, batch: Dict[str, Any], generators: List[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare_batch(
+    session: Session, batch: Dict[str, Any], generators: List[torch.Generator]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x0 [B, C, S, S], text [B, L, D], mask [B, L]) on the device: a flip view per sample (p = 0.5 when
     ``train.flip``), the drawn caption's features, each replaced by the null condition with p = ``caption_dropout``;
     sample i's draws from ``generators[i]``."""
@@ -248,16 +347,30 @@ def prepare_batch(session: Session, batch: Dict[str, Any], generators: List[torc
     return x0, text.to(device), mask.to(device)
 
 
-def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer,
-                schedule: LRSchedule, source: BatchSource, position: ckpt.Position, steps: int) -> ckpt.Position:
+def train_steps(
+    session: Session,
+    train_model: torch.nn.Module,
+    model: torch.nn.Module,
+    ema: EMAModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    source: BatchSource,
+    position: ckpt.Position,
+    steps: int,
+) -> ckpt.Position:
     """Run optimizer steps from ``position`` to ``steps``; checkpoints every ``checkpoint_every_steps``."""
     cfg, env = session.train_cfg, session.env
     scheduler = training_scheduler(cfg)
     autocast, _ = precision_context(cfg.precision, env.device)
     global_batch = cfg.global_batch(env.world_size)
     batch_text = f"{global_batch} (= {cfg.batch_size} x {env.world_size} ranks)"
-    stream = DataStream(source, env, position.epoch, position.batch_in_epoch,
-                        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, 0))
+    stream = DataStream(
+        source,
+        env,
+        position.epoch,
+        position.batch_in_epoch,
+        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, 0),
+    )
     model.train()
     while position.step < steps:
         lr = schedule.set_step(position.step)
@@ -278,9 +391,15 @@ def train_steps(session: Session, train_model: torch.nn.Module, model: torch.nn.
         position.step, position.stage_step = position.step + 1, position.step + 1
         position.samples_seen += global_batch
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
-        record = session.monitor.step_done(position.step, position.samples_seen, loss.detach(), lr,
-                                           {"ema_decay": ema.cur_decay_value or 0.0}, {"epoch": position.epoch, "global_batch": global_batch},
-                                           force=position.step == steps)
+        record = session.monitor.step_done(
+            position.step,
+            position.samples_seen,
+            loss.detach(),
+            lr,
+            {"ema_decay": ema.cur_decay_value or 0.0},
+            {"epoch": position.epoch, "global_batch": global_batch},
+            force=position.step == steps,
+        )
         if record is not None:
             session.last_loss = record["loss"]
         if session.held is not None and (position.step % cfg.val_every_steps == 0 or position.step == steps):
@@ -304,8 +423,14 @@ def validate(session: Session, model: torch.nn.Module, ema: EMAModel, scheduler:
     session.monitor.validation(position.step, position.samples_seen, session.validation)
 
 
-def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-         position: ckpt.Position) -> None:
+def save(
+    session: Session,
+    model: torch.nn.Module,
+    ema: EMAModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    position: ckpt.Position,
+) -> None:
     """Write the checkpoint of ``position`` atomically (rank 0; every rank contributes its RNG state): weights, EMA,
     optimizer, schedule, position, RNG; keep the newest ``keep_checkpoints``."""
     env = session.env
@@ -313,12 +438,19 @@ def save(session: Session, model: torch.nn.Module, ema: EMAModel, optimizer: tor
     rng_states = gather_objects(ckpt.capture_rng(), env)
     if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
         ema_state = ema.state_dict()
-        payload = {"family": "dit",
-                   "model": {k: v.detach().to("cpu") for k, v in unwrap(model).state_dict().items()},
-                   "ema": {**ema_state, "shadow_params": [p.detach().to("cpu") for p in ema_state["shadow_params"]]},
-                   "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "position": position.as_dict(),
-                   "rng": rng_states, "world_size": env.world_size, "model_name": session.model_cfg.name, "last_loss": session.last_loss,
-                   "resumed": session.resumed}
+        payload = {
+            "family": "dit",
+            "model": {k: v.detach().to("cpu") for k, v in unwrap(model).state_dict().items()},
+            "ema": {**ema_state, "shadow_params": [p.detach().to("cpu") for p in ema_state["shadow_params"]]},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "position": position.as_dict(),
+            "rng": rng_states,
+            "world_size": env.world_size,
+            "model_name": session.model_cfg.name,
+            "last_loss": session.last_loss,
+            "resumed": session.resumed,
+        }
         ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
     session.saved_steps.append(position.step)
     session.checkpoint_path = path
@@ -334,19 +466,40 @@ def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
         text["name"] = os.path.abspath(text["name"])
     space = asdict(model_cfg.image_space)
     if space["kind"] != "pixels":
-        space = {**space, "config": None, "path": "vae", "subfolder": None, "note": "the run's autoencoder, saved in vae/"}
-    return {"format": 2, "family": "dit", "model_name": model_cfg.name, "text_encoder": text, "image_space": space,
-            "scaling_factor": session.space.scaling_factor, "image_size": model_cfg.image_size,
-            "latent": [session.space.channels, latent, latent], "prediction": cfg.resolved_prediction,
-            "scheduler": cfg.scheduler, "null_condition": "the text encoder's features of the empty caption",
-            "weights": "EMA", "sample_defaults": asdict(cfg.sample)}
+        space = {
+            **space,
+            "config": None,
+            "path": "vae",
+            "subfolder": None,
+            "note": "the run's autoencoder, saved in vae/",
+        }
+    return {
+        "format": 2,
+        "family": "dit",
+        "model_name": model_cfg.name,
+        "text_encoder": text,
+        "image_space": space,
+        "scaling_factor": session.space.scaling_factor,
+        "image_size": model_cfg.image_size,
+        "latent": [session.space.channels, latent, latent],
+        "prediction": cfg.resolved_prediction,
+        "scheduler": cfg.scheduler,
+        "null_condition": "the text encoder's features of the empty caption",
+        "weights": "EMA",
+        "sample_defaults": asdict(cfg.sample),
+    }
 
 
 def card_facts(session: Session, position: ckpt.Position) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(budget, metrics) of the model card: samples, steps, global batch, ranks; final loss and held-out errors."""
     cfg, env = session.train_cfg, session.env
-    budget = {"samples seen": position.samples_seen, "steps": position.step, "global batch": cfg.global_batch(env.world_size),
-              "ranks": env.world_size, "train.samples": cfg.samples}
+    budget = {
+        "samples seen": position.samples_seen,
+        "steps": position.step,
+        "global batch": cfg.global_batch(env.world_size),
+        "ranks": env.world_size,
+        "train.samples": cfg.samples,
+    }
     metrics = {"final training loss": session.last_loss} if session.last_loss is not None else {}
     metrics.update({f"held-out {name}": value for name, value in (session.validation or {}).items()})
     return budget, metrics
@@ -368,18 +521,40 @@ def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int,
             bare.save_pretrained(os.path.join(staging, "transformer_online"))
             averaged = type(bare).from_config(bare.config)
             ema.copy_to(averaged.parameters())
-            sampler = save_diffusers_pipeline(staging, averaged, training_scheduler(session.train_cfg), session.train_cfg, session.space.vae,
-                                              session.text, session.space.scaling_factor)
+            sampler = save_diffusers_pipeline(
+                staging,
+                averaged,
+                training_scheduler(session.train_cfg),
+                session.train_cfg,
+                session.space.vae,
+                session.text,
+                session.space.scaling_factor,
+            )
             atomic_write_json(os.path.join(staging, PIPELINE_FILE), pipeline_description(session, latent))
             budget, metrics = card_facts(session, position)
-            write_model_card(staging, model_card(session.model_cfg, session.train_cfg, session.data_cfg, session.mix_cfg, sampler, budget,
-                                                 metrics, session.command or process_command()))
+            write_model_card(
+                staging,
+                model_card(
+                    session.model_cfg,
+                    session.train_cfg,
+                    session.data_cfg,
+                    session.mix_cfg,
+                    sampler,
+                    budget,
+                    metrics,
+                    session.command or process_command(),
+                ),
+            )
             if os.path.isdir(export_dir):
                 shutil.rmtree(export_dir)
             os.replace(staging, export_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("exported %s (diffusers: %s; train_dit.sample.DitPipeline.from_pretrained(%r))", export_dir,
-                 LOAD_LINE.replace("EXPORT", repr(export_dir)), export_dir)
+        log.info(
+            "exported %s (diffusers: %s; train_dit.sample.DitPipeline.from_pretrained(%r))",
+            export_dir,
+            LOAD_LINE.replace("EXPORT", repr(export_dir)),
+            export_dir,
+        )
     barrier(session.env)
     return export_dir

@@ -51,13 +51,19 @@ def held_out(data_cfg: Optional[DataConfig], image_size: int, space: Any, text: 
     try:
         spec = data_cfg.shards("val") if data_cfg is not None else None
     except ConfigError as exc:
-        raise ConfigError(f"train.val_every_steps > 0 needs a val split ({exc}); set train.val_every_steps=0 to train without it") from None
+        raise ConfigError(
+            f"train.val_every_steps > 0 needs a val split ({exc}); set train.val_every_steps=0 to train without it"
+        ) from None
     if not spec:
-        raise ConfigError("train.val_every_steps > 0 needs a val split (data.val_shards); set train.val_every_steps=0 to train without it")
+        raise ConfigError(
+            "train.val_every_steps > 0 needs a val split (data.val_shards); set train.val_every_steps=0 to train without it"
+        )
     transform = pixel_transform(image_size)
     images: List[torch.Tensor] = []
     captions: Dict[str, List[str]] = {"original": [], "recap": []}
-    for record in iter_samples(spec, data_cfg.layout, max_image_pixels=data_cfg.max_image_pixels, exif_transpose=data_cfg.exif_transpose):
+    for record in iter_samples(
+        spec, data_cfg.layout, max_image_pixels=data_cfg.max_image_pixels, exif_transpose=data_cfg.exif_transpose
+    ):
         images.append(transform(record.image))
         captions["original"].append(record.original or "")
         captions["recap"].append(record.recaptions[0] if record.recaptions else "")
@@ -98,7 +104,9 @@ def with_text_controls(held: HeldOut, text: Any) -> HeldOut:
     return HeldOut(held.x0, held.noise, texts)
 
 
-def x0_estimate(cfg: DitTrainConfig, scheduler: Any, output: torch.Tensor, x_t: torch.Tensor, level: float, t: float) -> torch.Tensor:
+def x0_estimate(
+    cfg: DitTrainConfig, scheduler: Any, output: torch.Tensor, x_t: torch.Tensor, level: float, t: float
+) -> torch.Tensor:
     """The clean-image estimate of a model ``output`` at ``x_t`` (see the module docstring for each objective)."""
     if cfg.scheduler == "flow":
         return output if cfg.resolved_prediction == "sample" else x_t - level * output
@@ -107,7 +115,9 @@ def x0_estimate(cfg: DitTrainConfig, scheduler: Any, output: torch.Tensor, x_t: 
 
 
 @torch.no_grad()
-def denoising_errors(model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig, scheduler: Any, batch_size: int = 64) -> Dict[str, float]:
+def denoising_errors(
+    model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig, scheduler: Any, batch_size: int = 64
+) -> Dict[str, float]:
     """{"{source}@{level}": mean squared x0 error} of ``model`` over the held-out samples, and "{source}" = the mean
     over ``cfg.val_levels``; the model is put in eval mode meanwhile and back in its training mode after."""
     was_training = model.training
@@ -122,7 +132,11 @@ def denoising_errors(model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig,
                     x_t = (1 - level) * held.x0 + level * held.noise
                 else:
                     t = float(round(level * (cfg.num_train_timesteps - 1)))
-                    x_t = scheduler.add_noise(held.x0, held.noise, torch.full((held.x0.shape[0],), int(t), dtype=torch.long, device=held.x0.device))
+                    x_t = scheduler.add_noise(
+                        held.x0,
+                        held.noise,
+                        torch.full((held.x0.shape[0],), int(t), dtype=torch.long, device=held.x0.device),
+                    )
                 errors = []
                 for start in range(0, held.x0.shape[0], batch_size):
                     rows = slice(start, start + batch_size)
@@ -138,7 +152,9 @@ def denoising_errors(model: torch.nn.Module, held: HeldOut, cfg: DitTrainConfig,
     return out
 
 
-def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[float], controls: bool = False) -> Dict[str, float]:
+def export_errors(
+    export_dir: str, data_cfg: DataConfig, n: int, levels: List[float], controls: bool = False
+) -> Dict[str, float]:
     """``denoising_errors`` of an export's transformer (its EMA weights) on the first ``n`` samples of
     ``data_cfg``'s val split, with the export's own text encoder, image space, objective and prediction:
     {"{source}@{level}": mean squared x0 error, "{source}": its mean over ``levels``} for source original and recap;
@@ -152,9 +168,13 @@ def export_errors(export_dir: str, data_cfg: DataConfig, n: int, levels: List[fl
     pipe = DitPipeline.from_pretrained(export_dir)
     described, flow = pipe.description, is_flow(pipe.scheduler_config)
     objective = "flow" if flow else "ddpm"
-    cfg = DitTrainConfig(scheduler=objective, prediction=described.get("prediction"), val_levels=list(levels),
-                         num_train_timesteps=int(pipe.scheduler_config.get("num_train_timesteps", 1000)),
-                         sample=SampleSpec(sampler=SAMPLERS_OF[objective][0]))
+    cfg = DitTrainConfig(
+        scheduler=objective,
+        prediction=described.get("prediction"),
+        val_levels=list(levels),
+        num_train_timesteps=int(pipe.scheduler_config.get("num_train_timesteps", 1000)),
+        sample=SampleSpec(sampler=SAMPLERS_OF[objective][0]),
+    )
     scheduler = None if flow else DDPMScheduler.from_config(pipe.scheduler_config)
     held = held_out(data_cfg, int(described["image_size"]), pipe.space, pipe.text, n)
     if controls:
@@ -171,12 +191,20 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(description="Held-out x0 errors of DiT exports (train_dit.validation).")
     parser.add_argument("exports", nargs="+", help="export folders (train/.../export)")
-    parser.add_argument("--val-shards", required=True, help="shard spec of the held-out split, e.g. cache/runs/data/scenes-HASH/val-*.tar")
+    parser.add_argument(
+        "--val-shards",
+        required=True,
+        help="shard spec of the held-out split, e.g. cache/runs/data/scenes-HASH/val-*.tar",
+    )
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--controls", action="store_true", help="also the errors with the empty caption (empty) and with the next "
-                        "sample's caption (SOURCE_other): a model that uses its text does worse with them")
+    parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="also the errors with the empty caption (empty) and with the next "
+        "sample's caption (SOURCE_other): a model that uses its text does worse with them",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -64,8 +64,13 @@ def init_distributed(device_preference: str = "auto", backend: Optional[str] = N
     if world_size > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         init_method = slurm.rendezvous() if ranks.launcher() == "slurm" else "env://"
-        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(
+            backend=backend,
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=30),
+        )
         owns_group = True
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()

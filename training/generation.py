@@ -48,8 +48,13 @@ class GenerationSpec:
 
     def check(self, where: str) -> None:
         """Range checks with ``where`` as the key prefix of the messages."""
-        require(self.sampler in SAMPLERS, f"{where}.sampler={self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
-        require(self.guidance_scale >= 0, f"{where}.guidance_scale={self.guidance_scale} must be >= 0 (1 = no guidance)")
+        require(
+            self.sampler in SAMPLERS,
+            f"{where}.sampler={self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}",
+        )
+        require(
+            self.guidance_scale >= 0, f"{where}.guidance_scale={self.guidance_scale} must be >= 0 (1 = no guidance)"
+        )
         require(self.steps > 0, f"{where}.steps={self.steps} must be positive")
         require(self.seed >= 0, f"{where}.seed={self.seed} must be >= 0")
         require(self.batch_size > 0, f"{where}.batch_size={self.batch_size} must be positive")
@@ -60,15 +65,21 @@ def generation_of(spec: GenerationSpec) -> GenerationSpec:
     return GenerationSpec(**{f.name: getattr(spec, f.name) for f in fields(GenerationSpec)})
 
 
-def generate_batches(generate: Callable[[List[str], List[int], GenerationSpec], Any], prompts: Sequence[str], spec: GenerationSpec,
-                     indices: Optional[Sequence[int]] = None, label: str = "generating", show: bool = True) -> Iterator[Tuple[List[int], Any]]:
+def generate_batches(
+    generate: Callable[[List[str], List[int], GenerationSpec], Any],
+    prompts: Sequence[str],
+    spec: GenerationSpec,
+    indices: Optional[Sequence[int]] = None,
+    label: str = "generating",
+    show: bool = True,
+) -> Iterator[Tuple[List[int], Any]]:
     """The one generation loop: ``indices`` (default: all of ``prompts``) in batches of ``spec.batch_size``; yields
     (the batch's indices, ``generate(batch prompts, seeds, spec)``), seed of image i = ``spec.seed + i``. ``generate``
     returns N images (N x 3 x H x W floats in [0, 1], or PIL images) for one batch."""
     chosen = list(range(len(prompts))) if indices is None else list(indices)
     progress = Progress(label, total=len(chosen), unit="image", enabled=show)
     for start in range(0, len(chosen), spec.batch_size):
-        chunk = chosen[start:start + spec.batch_size]
+        chunk = chosen[start : start + spec.batch_size]
         images = generate([prompts[i] for i in chunk], [spec.seed + i for i in chunk], spec)
         yield chunk, images
         progress.update(len(chunk))
@@ -89,8 +100,16 @@ def to_pil(image: Any) -> Any:
 def image_record(index: int, prompt: str, spec: GenerationSpec, **extra: Any) -> Dict[str, Any]:
     """The side record of image ``index``: index, prompt, seed, guidance scale, steps, sampler, batch_invariant, then
     ``extra`` (the writer's own fields, in order)."""
-    return {"index": index, "prompt": prompt, "seed": spec.seed + index, "guidance_scale": spec.guidance_scale, "steps": spec.steps,
-            "sampler": spec.sampler, "batch_invariant": spec.batch_invariant, **extra}
+    return {
+        "index": index,
+        "prompt": prompt,
+        "seed": spec.seed + index,
+        "guidance_scale": spec.guidance_scale,
+        "steps": spec.steps,
+        "sampler": spec.sampler,
+        "batch_invariant": spec.batch_invariant,
+        **extra,
+    }
 
 
 def write_image(folder: str, image: Any, record: Dict[str, Any]) -> str:

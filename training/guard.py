@@ -24,9 +24,11 @@ def check_finite_loss(loss: torch.Tensor, env: DistEnv, step: int, last_checkpoi
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     if int(finite.item()) == 0:
         value = float(loss.detach().float().cpu()) if loss.numel() == 1 else float("nan")
-        raise BrokenModelError(f"training diverged: the loss is {value} at step {step} (on some rank); the weights were not "
-                               f"updated and nothing was exported; last good checkpoint: {last_checkpoint or 'none saved yet'}; "
-                               "lower the learning rate, clip gradients (train.grad_clip_norm) or check the data")
+        raise BrokenModelError(
+            f"training diverged: the loss is {value} at step {step} (on some rank); the weights were not "
+            f"updated and nothing was exported; last good checkpoint: {last_checkpoint or 'none saved yet'}; "
+            "lower the learning rate, clip gradients (train.grad_clip_norm) or check the data"
+        )
 
 
 def check_finite_weights(model: torch.nn.Module, what: str) -> None:

@@ -58,9 +58,13 @@ def truncate_jsonl(path: str, last_step: int) -> Tuple[List[Dict[str, Any]], int
             lines.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
         except json.JSONDecodeError as exc:
             if index < len(numbered) - 1:
-                raise ValueError(f"{path}:{number}: not a JSON line ({exc.msg}); only a torn last line is dropped") from None
+                raise ValueError(
+                    f"{path}:{number}: not a JSON line ({exc.msg}); only a torn last line is dropped"
+                ) from None
             torn = 1
-            log.warning("%s: dropped 1 torn last line (line %d, %d characters; an interrupted append)", path, number, len(line))
+            log.warning(
+                "%s: dropped 1 torn last line (line %d, %d characters; an interrupted append)", path, number, len(line)
+            )
     kept = [(line, record) for line, record in lines if record.get("step", 0) <= last_step]
     atomic_write_text(path, "".join(line for line, _ in kept))
     return [record for _, record in kept], torn
@@ -72,10 +76,19 @@ def start_wandb(project: str, out_dir: str, config: Optional[Dict[str, Any]] = N
     try:
         import wandb
     except ImportError:
-        raise ConfigError(f"train.wandb_project={project!r} needs wandb: pip install 'recap-harness[wandb]' (or pip install wandb)") from None
+        raise ConfigError(
+            f"train.wandb_project={project!r} needs wandb: pip install 'recap-harness[wandb]' (or pip install wandb)"
+        ) from None
     folder = os.path.abspath(out_dir)
-    return wandb.init(project=project, id=hashlib.sha256(folder.encode()).hexdigest()[:16], name=os.path.basename(folder),
-                      dir=folder, resume="allow", config=config or {}, reinit="finish_previous")
+    return wandb.init(
+        project=project,
+        id=hashlib.sha256(folder.encode()).hexdigest()[:16],
+        name=os.path.basename(folder),
+        dir=folder,
+        resume="allow",
+        config=config or {},
+        reinit="finish_previous",
+    )
 
 
 def read_epochs(out_dir: str) -> List[Dict[str, Any]]:
@@ -90,9 +103,19 @@ def read_epochs(out_dir: str) -> List[Dict[str, Any]]:
 class RunMonitor:
     """Progress bar, TensorBoard and jsonl metrics for one training run (all ranks call it; rank 0 writes)."""
 
-    def __init__(self, out_dir: str, env: DistEnv, total_steps: int, start_step: int, samples_seen: int,
-                 log_every: int, tensorboard: bool = True, progress_bar: bool = True, wandb_project: Optional[str] = None,
-                 run_config: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        out_dir: str,
+        env: DistEnv,
+        total_steps: int,
+        start_step: int,
+        samples_seen: int,
+        log_every: int,
+        tensorboard: bool = True,
+        progress_bar: bool = True,
+        wandb_project: Optional[str] = None,
+        run_config: Optional[Dict[str, Any]] = None,
+    ) -> None:
         self.env, self.log_every, self.writes = env, log_every, env.is_main
         self.metrics_path = os.path.join(out_dir, METRICS_FILE)
         self.epochs_path = os.path.join(out_dir, EPOCHS_FILE)
@@ -116,8 +139,13 @@ class RunMonitor:
             if wandb_project:
                 self.wandb = start_wandb(wandb_project, out_dir, run_config)
         # a bar only on a terminal: redirected to a file, its carriage-return updates would bury the log lines
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                        disable=not (self.writes and progress_bar and on_terminal(sys.stderr)))
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.writes and progress_bar and on_terminal(sys.stderr)),
+        )
         self.console = contextlib.ExitStack()  # while the bar shows, console log lines print above it (tqdm.write)
         if not self.bar.disable:
             self.console.enter_context(logging_redirect_tqdm())
@@ -129,8 +157,16 @@ class RunMonitor:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def step_done(self, step: int, samples_seen: int, loss: torch.Tensor, lr: float, scalars: Dict[str, Any],
-                  extra: Dict[str, Any], force: bool = False) -> Optional[Dict[str, Any]]:
+    def step_done(
+        self,
+        step: int,
+        samples_seen: int,
+        loss: torch.Tensor,
+        lr: float,
+        scalars: Dict[str, Any],
+        extra: Dict[str, Any],
+        force: bool = False,
+    ) -> Optional[Dict[str, Any]]:
         """Advance the bar; on log steps (every ``log_every`` and when ``force``) record metrics. Collective on log steps.
 
         ``scalars``: the family's own curves (CLIP: ``logit_scale``), logged to jsonl and TensorBoard as ``train/NAME``;
@@ -145,7 +181,15 @@ class RunMonitor:
         rate = (samples_seen - self.last_samples) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_samples = now, samples_seen
         named = {name: float(value) for name, value in scalars.items()}
-        record = {"step": step, "samples_seen": samples_seen, "loss": loss_value, "lr": lr, "samples_per_s": rate, **named, **extra}
+        record = {
+            "step": step,
+            "samples_seen": samples_seen,
+            "loss": loss_value,
+            "lr": lr,
+            "samples_per_s": rate,
+            **named,
+            **extra,
+        }
         if self.writes:
             self._append(self.metrics_path, record)
             self.bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}", refresh=False)
@@ -169,12 +213,25 @@ class RunMonitor:
         read_text = f" ({read} read)" if read is not None and read != stats.get("samples") else ""
         if stats.get("resumed_at_batch"):
             read_text += f" (the run resumed at batch {stats['resumed_at_batch']}: trained counts start there)"
-        log.info("epoch %d done (stage %d, step %d): global batch %s, %s samples trained%s, realised original fraction %s "
-                 "(p = P(original), over trained samples), skipped %s", epoch, stage, self.step, global_batch, stats.get("samples"),
-                 read_text, fraction_text, stats.get("skipped") or "none")
-        self._append(self.epochs_path, {"epoch": epoch, "stage": stage, "step": self.step, "global_batch": global_batch, **stats})
+        log.info(
+            "epoch %d done (stage %d, step %d): global batch %s, %s samples trained%s, realised original fraction %s "
+            "(p = P(original), over trained samples), skipped %s",
+            epoch,
+            stage,
+            self.step,
+            global_batch,
+            stats.get("samples"),
+            read_text,
+            fraction_text,
+            stats.get("skipped") or "none",
+        )
+        self._append(
+            self.epochs_path, {"epoch": epoch, "stage": stage, "step": self.step, "global_batch": global_batch, **stats}
+        )
         if fraction is not None:
-            self._scalars({"data/original_fraction": fraction, "data/skipped_total": stats.get("skipped_total", 0)}, self.step)
+            self._scalars(
+                {"data/original_fraction": fraction, "data/skipped_total": stats.get("skipped_total", 0)}, self.step
+            )
 
     def validation(self, step: int, samples_seen: int, values: Dict[str, float]) -> None:
         """Record held-out scores of ``step`` (rank 0 computes them): ``validation.jsonl``, TensorBoard ``val/NAME``
@@ -183,7 +240,11 @@ class RunMonitor:
             return
         self._append(self.validation_path, {"step": step, "samples_seen": samples_seen, **values})
         self._scalars({f"val/{name}": value for name, value in values.items()}, step)
-        log.info("validation at step %d: %s", step, ", ".join(f"{name} {value:.4f}" for name, value in values.items() if "@" not in name))
+        log.info(
+            "validation at step %d: %s",
+            step,
+            ", ".join(f"{name} {value:.4f}" for name, value in values.items() if "@" not in name),
+        )
 
     def _scalars(self, values: Dict[str, Any], step: int) -> None:
         """The same named scalars to TensorBoard and W&B (each when on), at ``step``."""

@@ -14,7 +14,9 @@ import torch
 from harness_infra.errors import ConfigError
 
 
-def precision_context(precision: str, device: torch.device) -> Tuple[Callable[[], ContextManager], Optional[torch.amp.GradScaler]]:
+def precision_context(
+    precision: str, device: torch.device
+) -> Tuple[Callable[[], ContextManager], Optional[torch.amp.GradScaler]]:
     """Autocast factory and GradScaler for ``train.precision`` (auto = bf16 on CUDA, fp32 on CPU)."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -23,5 +25,7 @@ def precision_context(precision: str, device: torch.device) -> Tuple[Callable[[]
     if precision in ("bf16", "amp_bf16"):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16), None
     if device.type != "cuda":
-        raise ConfigError(f"train.precision={precision} (fp16 autocast + GradScaler) needs CUDA; use bf16 or fp32 on {device.type}")
+        raise ConfigError(
+            f"train.precision={precision} (fp16 autocast + GradScaler) needs CUDA; use bf16 or fp32 on {device.type}"
+        )
     return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")

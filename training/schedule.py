@@ -12,7 +12,14 @@ import torch
 class LRSchedule:
     """Linear warm-up to ``base_lr`` then cosine decay to 0 (``cosine``) or a constant (``const``); a pure function of step."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, warmup_steps: int, total_steps: int, kind: str = "cosine") -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+        kind: str = "cosine",
+    ) -> None:
         self.optimizer, self.base_lr, self.kind = optimizer, base_lr, kind
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.last_step = -1
@@ -36,8 +43,13 @@ class LRSchedule:
 
     def state_dict(self) -> Dict[str, object]:
         """Primitive state for the checkpoint."""
-        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "kind": self.kind, "last_step": self.last_step}
+        return {
+            "base_lr": self.base_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "kind": self.kind,
+            "last_step": self.last_step,
+        }
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restore from ``state_dict`` output."""

@@ -70,8 +70,12 @@ def with_trained(stats: Dict[str, Any], trained: Dict[str, int]) -> Dict[str, An
     ``samples_read`` = samples the loader read and counted (more: prefetched batches, the batches of ranks that
     stopped early because another rank ran out, the end of a stage), ``original_fraction`` = trained originals /
     trained samples (``read_original_fraction`` keeps the loader's own), ``concat_fraction`` likewise."""
-    out = {**stats, "samples_read": stats.get("samples"), "read_original_fraction": stats.get("original_fraction"),
-           "samples": trained.get("samples", 0)}
+    out = {
+        **stats,
+        "samples_read": stats.get("samples"),
+        "read_original_fraction": stats.get("original_fraction"),
+        "samples": trained.get("samples", 0),
+    }
     n = out["samples"]
     if any(k in trained for k in ("original", "recap", "concat")):
         out["original_fraction"] = trained.get("original", 0) / n if n and not trained.get("concat") else None
@@ -90,8 +94,14 @@ class DataStream:
     its length is not read again for that.
     """
 
-    def __init__(self, source: BatchSource, env: DistEnv, epoch: int, batch_in_epoch: int,
-                 on_epoch_end: Callable[[int, Dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        source: BatchSource,
+        env: DistEnv,
+        epoch: int,
+        batch_in_epoch: int,
+        on_epoch_end: Callable[[int, Dict[str, Any]], None],
+    ) -> None:
         self.source, self.env, self.on_epoch_end = source, env, on_epoch_end
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.synchronize = env.distributed and batches_per_epoch(source) is None
@@ -108,7 +118,9 @@ class DataStream:
                 trained[name] = trained.get(name, 0) + value
         self._trained = {}
         stats = with_trained(summed_epoch_stats(self.source, self.env), trained)
-        if self._resumed_at:  # the batches before the resume point were trained by the process before it, uncounted here
+        if (
+            self._resumed_at
+        ):  # the batches before the resume point were trained by the process before it, uncounted here
             stats["resumed_at_batch"] = self._resumed_at
         return stats
 
@@ -118,8 +130,13 @@ class DataStream:
         length = batches_per_epoch(self.source) if self._resumed_at else None
         if length is not None and self.batch_in_epoch >= length:
             if self.batch_in_epoch > length:
-                log.warning("resumed at batch %d of epoch %d, which has %d batches here: the data, batch size or rank count "
-                            "changed since the checkpoint", self.batch_in_epoch, self.epoch, length)
+                log.warning(
+                    "resumed at batch %d of epoch %d, which has %d batches here: the data, batch size or rank count "
+                    "changed since the checkpoint",
+                    self.batch_in_epoch,
+                    self.epoch,
+                    length,
+                )
             self._skip_resumed_end()
         self.source.set_epoch(self.epoch)
         self._iterator = iter(self.source.iterate(skip_batches=self.batch_in_epoch))
@@ -149,16 +166,32 @@ class DataStream:
             if produced == 0:
                 break
         ranks = f" over {self.env.world_size} ranks" if self.env.distributed else ""
-        raise ConfigError(f"epoch {self.epoch - 1} gave no full batch{' to some rank' if ranks else ''}: the loader read "
-                          f"{stats.get('samples_read')} valid samples{ranks} (skipped {stats.get('skipped') or 'none'}); every rank "
-                          "needs at least one full batch per epoch: lower the batch size, add data, or set data.resampled=true")
+        raise ConfigError(
+            f"epoch {self.epoch - 1} gave no full batch{' to some rank' if ranks else ''}: the loader read "
+            f"{stats.get('samples_read')} valid samples{ranks} (skipped {stats.get('skipped') or 'none'}); every rank "
+            "needs at least one full batch per epoch: lower the batch size, add data, or set data.resampled=true"
+        )
 
     def _skip_resumed_end(self) -> None:
         """Close the epoch a resume landed on the end of, unread: report it with nothing trained (the monitor keeps an
         earlier report of it) and move to the next epoch."""
-        log.info("resumed at the end of epoch %d (batch %d): going on with epoch %d", self.epoch, self.batch_in_epoch, self.epoch + 1)
-        self.on_epoch_end(self.epoch, {"samples": 0, "samples_read": 0, "skipped_total": 0, "skipped": {},
-                                       "original_fraction": None, "resumed_at_batch": self.batch_in_epoch})
+        log.info(
+            "resumed at the end of epoch %d (batch %d): going on with epoch %d",
+            self.epoch,
+            self.batch_in_epoch,
+            self.epoch + 1,
+        )
+        self.on_epoch_end(
+            self.epoch,
+            {
+                "samples": 0,
+                "samples_read": 0,
+                "skipped_total": 0,
+                "skipped": {},
+                "original_fraction": None,
+                "resumed_at_batch": self.batch_in_epoch,
+            },
+        )
         self._trained = {}
         self.epoch, self.batch_in_epoch, self._resumed_at = self.epoch + 1, 0, 0
 

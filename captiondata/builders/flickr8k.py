@@ -15,11 +15,15 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterator, List, Optional
 
-from harness_infra.errors import ConfigError
 from captiondata.records import Record
+from harness_infra.errors import ConfigError
 
 log = logging.getLogger(__name__)
-SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
 TOKEN_FILE = "Flickr8k.token.txt"
 
 
@@ -79,7 +83,12 @@ def flickr8k_records(root: str, split: str, limit: Optional[int] = None) -> Iter
     for name in names[:limit]:
         path = os.path.join(root, "images", name)
         if name not in captions or not os.path.isfile(path):
-            log.warning("Flickr8k %s: %s has %s; skipped", split, name, "no captions" if name not in captions else "no image file")
+            log.warning(
+                "Flickr8k %s: %s has %s; skipped",
+                split,
+                name,
+                "no captions" if name not in captions else "no image file",
+            )
             continue
         with open(path, "rb") as handle:
             data = handle.read()

@@ -206,8 +206,16 @@ def _sample_groups(split: str, rng: np.random.Generator) -> List[Dict[str, Any]]
         count = 1 + int(rng.choice(3, p=OBJECTS_PER_GROUP_PROBS))
         size = SIZES[int(rng.integers(2))] if count == 1 else "small"
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        groups.append({"count": count, "size": size, "colour": colour, "texture": texture, "shape": shape,
-                       "position": POSITIONS[int(cell)]})
+        groups.append(
+            {
+                "count": count,
+                "size": size,
+                "colour": colour,
+                "texture": texture,
+                "shape": shape,
+                "position": POSITIONS[int(cell)],
+            }
+        )
     return groups
 
 
@@ -230,8 +238,10 @@ def _place(groups: Sequence[Dict[str, Any]], rng: np.random.Generator, image_siz
         slack = max(0.0, (cell_size - diameter) / 2.0 - 0.5 * scale) if group["count"] == 1 else 0.5 * scale
         jitter = rng.uniform(-slack, slack, size=2)
         cx, cy = (col + 0.5) * cell_size + jitter[0], (row + 0.5) * cell_size + jitter[1]
-        group["instances"] = [[round(float(cx + dx * cell_size), 2), round(float(cy + dy * cell_size), 2), round(float(diameter), 2)]
-                              for dx, dy in layout]
+        group["instances"] = [
+            [round(float(cx + dx * cell_size), 2), round(float(cy + dy * cell_size), 2), round(float(diameter), 2)]
+            for dx, dy in layout
+        ]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> List[Tuple[float, float]]:
@@ -245,8 +255,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> List[Tuple[float, fl
         return [(cx, cy - r), (cx + 0.8 * r, cy), (cx, cy + r), (cx - 0.8 * r, cy)]
     if shape == "cross":
         w = 0.36 * r
-        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx + w, cy + w),
-                (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w)]
+        return [
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
+        ]
     if shape == "star":
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, 1.05 * r, 0.45 * r)
@@ -285,7 +307,9 @@ def _texture_on(texture: str, image_size: int) -> np.ndarray:
     return on
 
 
-def render_scene(groups: Sequence[Mapping[str, Any]], background: str, rng: np.random.Generator, image_size: int) -> Image.Image:
+def render_scene(
+    groups: Sequence[Mapping[str, Any]], background: str, rng: np.random.Generator, image_size: int
+) -> Image.Image:
     """Draw the placed groups (with "instances") on a lightly noisy background; returns an RGB image."""
     noise_amp = int(rng.integers(0, 7))
     canvas = np.empty((image_size, image_size, 3), dtype=np.int16)
@@ -368,7 +392,9 @@ def _scene(split: str, index: int, seed: int) -> Tuple[List[Dict[str, Any]], str
         colour, shape = list(COLOURS)[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
         position = POSITIONS[int(rng.integers(len(POSITIONS)))]
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        groups = [{"count": 1, "size": "large", "colour": colour, "texture": texture, "shape": shape, "position": position}]
+        groups = [
+            {"count": 1, "size": "large", "colour": colour, "texture": texture, "shape": shape, "position": position}
+        ]
         background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
         return groups, background, index, {"label": label, "classname": zeroshot_classnames()[label]}
     if split == "train":
@@ -384,7 +410,13 @@ def _scene(split: str, index: int, seed: int) -> Tuple[List[Dict[str, Any]], str
     a, b = (int(i) for i in rng.choice(len(groups), size=2, replace=False))
     if member == 1:
         groups = swap_groups(groups, kind, a, b)
-    extra = {"pair": pair, "pair_member": member, "partner_index": index + 1 - 2 * member, "swap": kind, "swapped_groups": sorted([a, b])}
+    extra = {
+        "pair": pair,
+        "pair_member": member,
+        "partner_index": index + 1 - 2 * member,
+        "swap": kind,
+        "swapped_groups": sorted([a, b]),
+    }
     return groups, background, pair, extra
 
 
@@ -413,8 +445,15 @@ def scene_record(split: str, index: int, seed: int = 0, image_size: int = IMAGE_
         "recap_is_proxy": False,
         **extra,
     }
-    return Record(key=f"scenes-{split}-{index:06d}", image=image, original=original, recaptions=[recaption],
-                  references=references, meta=meta, image_ext="png")
+    return Record(
+        key=f"scenes-{split}-{index:06d}",
+        image=image,
+        original=original,
+        recaptions=[recaption],
+        references=references,
+        meta=meta,
+        image_ext="png",
+    )
 
 
 def scene_records(split: str, n: Optional[int] = None, seed: int = 0, image_size: int = IMAGE_SIZE) -> Iterator[Record]:
@@ -429,7 +468,9 @@ def scene_records(split: str, n: Optional[int] = None, seed: int = 0, image_size
 
 _SHAPE_WORDS = {**{shape: shape for shape in SHAPES}, **{plural(shape): shape for shape in SHAPES}}
 _COUNT_VALUES = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
-_POSITION_BY_PHRASE = sorted(((phrase.split(), position) for position, phrase in POSITION_PHRASES.items()), key=lambda p: -len(p[0]))
+_POSITION_BY_PHRASE = sorted(
+    ((phrase.split(), position) for position, phrase in POSITION_PHRASES.items()), key=lambda p: -len(p[0])
+)
 
 
 def parse_scene_description(text: str) -> List[Dict[str, Any]]:
@@ -450,7 +491,7 @@ def parse_scene_description(text: str) -> List[Dict[str, Any]]:
             group = {"shape": _SHAPE_WORDS[word], **pending}
             pending = {}
             for phrase, position in _POSITION_BY_PHRASE:
-                if words[i + 1:i + 1 + len(phrase)] == phrase:
+                if words[i + 1 : i + 1 + len(phrase)] == phrase:
                     group["position"] = position
                     i += len(phrase)
                     break

@@ -73,7 +73,9 @@ def weighted_stat(values: np.ndarray, groups: Optional[np.ndarray], weights: np.
     rows = weights.shape[0]
     n_groups = int(groups.max()) + 1
     flat = (groups + n_groups * np.arange(rows)[:, None]).reshape(-1)
-    totals = np.bincount(flat, weights=(weights * values).reshape(-1), minlength=rows * n_groups).reshape(rows, n_groups)
+    totals = np.bincount(flat, weights=(weights * values).reshape(-1), minlength=rows * n_groups).reshape(
+        rows, n_groups
+    )
     counts = np.bincount(flat, weights=weights.reshape(-1), minlength=rows * n_groups).reshape(rows, n_groups)
     present = counts > 0
     means = np.divide(totals, counts, out=np.zeros_like(totals), where=present)
@@ -87,7 +89,9 @@ def _categories(columns: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, np.ndarray
     return levels, counts
 
 
-def _resamples(n: int, columns: Tuple[np.ndarray, ...], samples: int, rng: np.random.Generator) -> Iterator[Tuple[Tuple[np.ndarray, ...], np.ndarray]]:
+def _resamples(
+    n: int, columns: Tuple[np.ndarray, ...], samples: int, rng: np.random.Generator
+) -> Iterator[Tuple[Tuple[np.ndarray, ...], np.ndarray]]:
     """Chunks of bootstrap resamples as (per-column R x K (or 1 x K) arrays, R x K draw counts)."""
     levels, freq = _categories(columns)
     if len(levels) <= MAX_LEVELS:
@@ -126,7 +130,9 @@ def percentile_interval(distribution: np.ndarray, confidence: float = 0.95) -> T
     return float(lo), float(hi)
 
 
-def bootstrap_ci(metric: QueryValues, samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Optional[Tuple[float, float]]:
+def bootstrap_ci(
+    metric: QueryValues, samples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Optional[Tuple[float, float]]:
     """Percentile bootstrap interval of the metric (None when there are no queries or no resamples)."""
     if metric.n == 0 or samples <= 0:
         return None
@@ -145,8 +151,13 @@ class PairedResult:
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"difference": self.difference, "interval": list(self.interval) if self.interval else None,
-                "p_value": self.p_value, "n": self.n, "method": self.method}
+        return {
+            "difference": self.difference,
+            "interval": list(self.interval) if self.interval else None,
+            "p_value": self.p_value,
+            "n": self.n,
+            "method": self.method,
+        }
 
 
 def _linear_weights(metric: QueryValues) -> np.ndarray:
@@ -173,8 +184,14 @@ def permutation_distribution(x: np.ndarray, samples: int, rng: np.random.Generat
     return np.concatenate(out)
 
 
-def paired_test(a: QueryValues, b: QueryValues, bootstrap_samples: int = 1000, permutation_samples: int = 10000,
-                confidence: float = 0.95, seed: int = 0) -> PairedResult:
+def paired_test(
+    a: QueryValues,
+    b: QueryValues,
+    bootstrap_samples: int = 1000,
+    permutation_samples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedResult:
     """metric(a) - metric(b) on the same queries, its paired bootstrap interval and permutation p-value.
 
     p = (1 + #{|d*| >= |d|}) / (1 + permutation_samples); identical inputs give d = 0, interval (0, 0), p = 1.

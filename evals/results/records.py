@@ -27,11 +27,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from harness_infra.atomic import atomic_write, atomic_write_text, clear_partial_files
-from harness_infra.locks import exclusive
-
 from evals.results.bootstrap import PairedResult, QueryValues, Resampling, paired_test
 from evals.results.task_result import TaskResult
+from harness_infra.atomic import atomic_write, atomic_write_text, clear_partial_files
+from harness_infra.locks import exclusive
 
 log = logging.getLogger(__name__)
 SCHEMA = "evals.record/1"
@@ -56,8 +55,12 @@ def build_record(result: TaskResult, checkpoint: str, model: Dict[str, Any], cfg
         "model": model,
         "metrics": result.metrics,
         "intervals": {k: (list(v) if v is not None else None) for k, v in result.intervals.items()},
-        "interval_method": {"kind": "percentile bootstrap over queries", "confidence": cfg.confidence,
-                            "resamples": cfg.bootstrap_samples, "seed": cfg.seed},
+        "interval_method": {
+            "kind": "percentile bootstrap over queries",
+            "confidence": cfg.confidence,
+            "resamples": cfg.bootstrap_samples,
+            "seed": cfg.seed,
+        },
         "whole_set_interval_methods": dict(result.interval_methods),
         "undefined": result.undefined,
         "n": result.n,
@@ -88,15 +91,25 @@ def clear_orphans(folder: str) -> int:
     how many files were removed (logged). Call holding ``records_lock(folder)``."""
     removed = clear_partial_files(folder)
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith(SIDECAR_SUFFIX) and not os.path.exists(os.path.join(folder, name[: -len(SIDECAR_SUFFIX)] + ".json")):
+        if name.endswith(SIDECAR_SUFFIX) and not os.path.exists(
+            os.path.join(folder, name[: -len(SIDECAR_SUFFIX)] + ".json")
+        ):
             os.unlink(os.path.join(folder, name))
             removed += 1
-            log.info("removed %s: a per-query file whose record was never written (a killed writer)", os.path.join(folder, name))
+            log.info(
+                "removed %s: a per-query file whose record was never written (a killed writer)",
+                os.path.join(folder, name),
+            )
     return removed
 
 
-def write_record(record: Dict[str, Any], folder: str, per_query: Optional[Dict[str, QueryValues]] = None,
-                 stem: Optional[str] = None, on_exists: str = "raise") -> str:
+def write_record(
+    record: Dict[str, Any],
+    folder: str,
+    per_query: Optional[Dict[str, QueryValues]] = None,
+    stem: Optional[str] = None,
+    on_exists: str = "raise",
+) -> str:
     """Write the record (and its per-query sidecar) as one unit, without ever overwriting; returns the JSON path.
 
     Holds ``records_lock(folder)`` and clears orphans first (see the module docstring). Raises ValueError for an
@@ -108,7 +121,9 @@ def write_record(record: Dict[str, Any], folder: str, per_query: Optional[Dict[s
         clear_orphans(folder)
         path = _free_path(folder, stem or record_stem(record["checkpoint"], record["task"]), on_exists)
         if os.path.exists(path):
-            raise FileExistsError(f"record {path} exists; refusing to overwrite (use on_exists='new_name' or remove it)")
+            raise FileExistsError(
+                f"record {path} exists; refusing to overwrite (use on_exists='new_name' or remove it)"
+            )
         sidecar = path[: -len(".json")] + SIDECAR_SUFFIX
         if per_query:
             arrays = {f"values__{k}": v.values for k, v in per_query.items()}
@@ -116,7 +131,9 @@ def write_record(record: Dict[str, Any], folder: str, per_query: Optional[Dict[s
             atomic_write(sidecar, lambda h: np.savez_compressed(h, **arrays), overwrite=False)
             record = {**record, "per_query_file": os.path.basename(sidecar)}
         try:
-            atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n", overwrite=False)
+            atomic_write_text(
+                path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n", overwrite=False
+            )
         except BaseException:
             if per_query and os.path.exists(sidecar):
                 os.unlink(sidecar)
@@ -146,8 +163,11 @@ def read_per_query(path: str) -> Dict[str, QueryValues]:
     if not name:
         raise FileNotFoundError(f"record {path} has no per-query file")
     with np.load(os.path.join(os.path.dirname(path), name), allow_pickle=False) as data:
-        keys = [k[len("values__"):] for k in data.files if k.startswith("values__")]
-        return {k: QueryValues(data[f"values__{k}"], data[f"groups__{k}"] if f"groups__{k}" in data.files else None) for k in keys}
+        keys = [k[len("values__") :] for k in data.files if k.startswith("values__")]
+        return {
+            k: QueryValues(data[f"values__{k}"], data[f"groups__{k}"] if f"groups__{k}" in data.files else None)
+            for k in keys
+        }
 
 
 def compare_records(path_a: str, path_b: str, cfg: Optional[Any] = None) -> Dict[str, PairedResult]:
@@ -157,9 +177,15 @@ def compare_records(path_a: str, path_b: str, cfg: Optional[Any] = None) -> Dict
     cfg = cfg or Resampling()
     a, b = read_record(path_a), read_record(path_b)
     if a["task"] != b["task"] or a["dataset"].get("fingerprint") != b["dataset"].get("fingerprint"):
-        raise ValueError(f"records {path_a} and {path_b} are not the same task on the same data set (fingerprints differ)")
+        raise ValueError(
+            f"records {path_a} and {path_b} are not the same task on the same data set (fingerprints differ)"
+        )
     if not a.get("per_query_file") or not b.get("per_query_file"):
         return {}  # whole-set metrics only (FID, KID): nothing to pair
     values_a, values_b = read_per_query(path_a), read_per_query(path_b)
-    return {name: paired_test(values_a[name], values_b[name], cfg.bootstrap_samples, cfg.permutation_samples, cfg.confidence, cfg.seed)
-            for name in sorted(set(values_a) & set(values_b))}
+    return {
+        name: paired_test(
+            values_a[name], values_b[name], cfg.bootstrap_samples, cfg.permutation_samples, cfg.confidence, cfg.seed
+        )
+        for name in sorted(set(values_a) & set(values_b))
+    }

@@ -39,7 +39,9 @@ class TaskResult:
         self.per_query[name] = values
         self.metrics[name] = values.statistic()
 
-    def set_whole_set_metric(self, name: str, value: float, interval: Optional[Tuple[float, float]], method: str) -> None:
+    def set_whole_set_metric(
+        self, name: str, value: float, interval: Optional[Tuple[float, float]], method: str
+    ) -> None:
         """Record a whole-set metric with its interval and the method that made the interval (e.g. "bootstrap over
         generated images, 100 resamples"); it has no per-query values, so no paired test compares it."""
         self.metrics[name] = float(value)

@@ -35,7 +35,9 @@ TOKEN_FILE = "Flickr8k.token.txt"
 def clip_scores(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> np.ndarray:
     """Per-pair CLIP score 100 x max(cos, 0) of row-aligned N x D image and text embeddings (normalised here)."""
     if image_embeddings.shape != text_embeddings.shape:
-        raise ValueError(f"{tuple(image_embeddings.shape)} image embeddings for {tuple(text_embeddings.shape)} text embeddings")
+        raise ValueError(
+            f"{tuple(image_embeddings.shape)} image embeddings for {tuple(text_embeddings.shape)} text embeddings"
+        )
     img = torch.nn.functional.normalize(image_embeddings.double(), dim=-1)
     txt = torch.nn.functional.normalize(text_embeddings.double(), dim=-1)
     return (100.0 * (img * txt).sum(dim=-1).clamp(min=0)).numpy()
@@ -69,8 +71,8 @@ def kendall_tau_c(x: Sequence[float], y: Sequence[float], block: int = 256) -> f
         return 2.0 * difference / (n * n * (m - 1) / m)
     balance = 0.0  # sum over ordered pairs i != j of sign(a_i - a_j) sign(b_i - b_j) = 2 (C - D)
     for start in range(0, n, block):
-        da = np.sign(a[start:start + block, None] - a[None, :])
-        db = np.sign(b[start:start + block, None] - b[None, :])
+        da = np.sign(a[start : start + block, None] - a[None, :])
+        db = np.sign(b[start : start + block, None] - b[None, :])
         balance += float((da * db).sum())
     return balance / (n * n * (m - 1) / m)
 
@@ -85,7 +87,9 @@ class ExpertJudgments:
 
     def flat(self, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(metric score per judgment, rating per judgment): each pair once per expert."""
-        return np.repeat(np.asarray(scores, dtype=np.float64), self.ratings.shape[1]), self.ratings.reshape(-1).astype(np.float64)
+        return np.repeat(np.asarray(scores, dtype=np.float64), self.ratings.shape[1]), self.ratings.reshape(-1).astype(
+            np.float64
+        )
 
 
 def read_expert_judgments(root: str) -> ExpertJudgments:
@@ -108,15 +112,18 @@ def read_expert_judgments(root: str) -> ExpertJudgments:
             if not fields:
                 continue
             if len(fields) != 5 or fields[1] not in captions:
-                raise ConfigError(f"{paths[0]}:{number}: expected 'image candidate#k r1 r2 r3' with a known candidate, got {line.strip()!r}")
+                raise ConfigError(
+                    f"{paths[0]}:{number}: expected 'image candidate#k r1 r2 r3' with a known candidate, got {line.strip()!r}"
+                )
             images.append(fields[0])
             texts.append(captions[fields[1]])
             ratings.append([int(v) for v in fields[2:]])
     return ExpertJudgments(images, texts, np.asarray(ratings, dtype=np.int64))
 
 
-def expert_agreement(embedder: Any, root: str, cfg: EvalConfig, model_id: Optional[str] = None,
-                     max_pairs: Optional[int] = None) -> Dict[str, Any]:
+def expert_agreement(
+    embedder: Any, root: str, cfg: EvalConfig, model_id: Optional[str] = None, max_pairs: Optional[int] = None
+) -> Dict[str, Any]:
     """Kendall tau-c (x 100, as the CLIPScore paper prints it) of the evaluator's CLIP-S with the Flickr8k-Expert
     judgments: {"tau_c", "pairs", "judgments", "truncated"}. Images are encoded once each (embedding cache when
     ``cfg.cache_dir`` is set); ``max_pairs`` keeps the first N pairs (a quick check)."""
@@ -139,5 +146,9 @@ def expert_agreement(embedder: Any, root: str, cfg: EvalConfig, model_id: Option
     scores = 2.5 * clip_scores(pairs_img, pairs_txt) / 100.0
     sub = ExpertJudgments(judgments.images[:count], texts, judgments.ratings[:count])
     metric, human = sub.flat(scores)
-    return {"tau_c": 100.0 * kendall_tau_c(metric, human), "pairs": count, "judgments": int(human.size),
-            "truncated": int(truncated.sum())}
+    return {
+        "tau_c": 100.0 * kendall_tau_c(metric, human),
+        "pairs": count,
+        "judgments": int(human.size),
+        "truncated": int(truncated.sum()),
+    }

@@ -9,20 +9,35 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
-from harness_infra.errors import ConfigError, one_line, require
-from harness_infra.stagecache import setting
 from captiondata.config import DEFAULT_MAX_PIXELS, default_data_root
 from evals.results.bootstrap import Resampling
 from evals.tasks.registry import TASKS
+from harness_infra.errors import ConfigError, one_line, require
+from harness_infra.stagecache import setting
 from training.generation import GenerationSpec
 
 FORMATS = ("image_folder", "clip_benchmark_wds", "project_shards", "flickr8k", "caption_folder")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_SOURCES = ("original", "recap")
 
-__all__ = ["ConfigError", "EvalConfig", "TaskConfig", "ZeroShotTaskConfig", "RetrievalTaskConfig", "DiagnosticsTaskConfig",
-           "T2ITaskConfig", "FidTaskConfig", "ClipScoreTaskConfig", "PromptFollowingTaskConfig", "JudgeTaskConfig", "TASK_CONFIGS",
-           "TASKS", "FORMATS", "resolve_data_path", "task_config"]
+__all__ = [
+    "ConfigError",
+    "EvalConfig",
+    "TaskConfig",
+    "ZeroShotTaskConfig",
+    "RetrievalTaskConfig",
+    "DiagnosticsTaskConfig",
+    "T2ITaskConfig",
+    "FidTaskConfig",
+    "ClipScoreTaskConfig",
+    "PromptFollowingTaskConfig",
+    "JudgeTaskConfig",
+    "TASK_CONFIGS",
+    "TASKS",
+    "FORMATS",
+    "resolve_data_path",
+    "task_config",
+]
 
 
 def resolve_data_path(path: str) -> str:
@@ -64,15 +79,31 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.name), "eval task: 'name' must be a non-empty string")
-        require(self.task in TASKS, f"eval task {self.name}: task={self.task!r} is unknown; choose one of {', '.join(TASKS)}")
-        require(isinstance(self, TASK_CONFIGS[self.task]),
-                f"eval task {self.name}: task={self.task} takes a {TASK_CONFIGS[self.task].__name__}, not a {type(self).__name__}")
-        require(self.format in FORMATS, f"eval task {self.name}: format={self.format!r} is unknown; choose one of {', '.join(FORMATS)}")
-        require(self.max_samples is None or self.max_samples > 0, f"eval task {self.name}: max_samples={self.max_samples} must be positive or null")
-        require(self.max_image_pixels > 0, f"eval task {self.name}: max_image_pixels={self.max_image_pixels} must be positive")
+        require(
+            self.task in TASKS,
+            f"eval task {self.name}: task={self.task!r} is unknown; choose one of {', '.join(TASKS)}",
+        )
+        require(
+            isinstance(self, TASK_CONFIGS[self.task]),
+            f"eval task {self.name}: task={self.task} takes a {TASK_CONFIGS[self.task].__name__}, not a {type(self).__name__}",
+        )
+        require(
+            self.format in FORMATS,
+            f"eval task {self.name}: format={self.format!r} is unknown; choose one of {', '.join(FORMATS)}",
+        )
+        require(
+            self.max_samples is None or self.max_samples > 0,
+            f"eval task {self.name}: max_samples={self.max_samples} must be positive or null",
+        )
+        require(
+            self.max_image_pixels > 0,
+            f"eval task {self.name}: max_image_pixels={self.max_image_pixels} must be positive",
+        )
         require(bool(self.path), f"eval task {self.name}: 'path' must name a folder or shard spec")
-        require(self.task == "zeroshot_classification" or self.format != "image_folder",
-                f"eval task {self.name}: format=image_folder holds class labels, not captions; use it for zeroshot_classification")
+        require(
+            self.task == "zeroshot_classification" or self.format != "image_folder",
+            f"eval task {self.name}: format=image_folder holds class labels, not captions; use it for zeroshot_classification",
+        )
 
     def resolved_path(self) -> str:
         """The path to read: project shard specs as given, other relative paths under the data root."""
@@ -95,8 +126,10 @@ class ZeroShotTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.format in ("image_folder", "clip_benchmark_wds"),
-                f"eval task {self.name}: zero-shot classification reads image_folder or clip_benchmark_wds, not {self.format}")
+        require(
+            self.format in ("image_folder", "clip_benchmark_wds"),
+            f"eval task {self.name}: zero-shot classification reads image_folder or clip_benchmark_wds, not {self.format}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -116,8 +149,10 @@ class DiagnosticsTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.format == "project_shards",
-                f"eval task {self.name}: caption_diagnostics reads project_shards (original, recaptions, references), not {self.format}")
+        require(
+            self.format == "project_shards",
+            f"eval task {self.name}: caption_diagnostics reads project_shards (original, recaptions, references), not {self.format}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -141,8 +176,14 @@ class T2ITaskConfig(TaskConfig):
         if not isinstance(self.generation, GenerationSpec):
             self.generation = GenerationSpec(**self.generation)
         self.generation.check(f"eval task {self.name}: generation")
-        require(self.format == "project_shards", f"eval task {self.name}: task={self.task} reads prompts and reference images from project_shards, not {self.format}")
-        require(self.prompt_source in PROMPT_SOURCES, f"eval task {self.name}: prompt_source={self.prompt_source!r} is unknown; choose one of {', '.join(PROMPT_SOURCES)}")
+        require(
+            self.format == "project_shards",
+            f"eval task {self.name}: task={self.task} reads prompts and reference images from project_shards, not {self.format}",
+        )
+        require(
+            self.prompt_source in PROMPT_SOURCES,
+            f"eval task {self.name}: prompt_source={self.prompt_source!r} is unknown; choose one of {', '.join(PROMPT_SOURCES)}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -157,8 +198,10 @@ class FidTaskConfig(T2ITaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.fid_bootstrap >= 0 and self.kid_subsets >= 1 and self.kid_subset_size >= 2,
-                f"eval task {self.name}: fid_bootstrap >= 0, kid_subsets >= 1 and kid_subset_size >= 2 are required")
+        require(
+            self.fid_bootstrap >= 0 and self.kid_subsets >= 1 and self.kid_subset_size >= 2,
+            f"eval task {self.name}: fid_bootstrap >= 0, kid_subsets >= 1 and kid_subset_size >= 2 are required",
+        )
 
 
 @dataclass(kw_only=True)
@@ -177,9 +220,11 @@ class ClipScoreTaskConfig(T2ITaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require((self.evaluator is None) != (self.evaluator_experiment is None),
-                f"eval task {self.name}: clip_score needs one of evaluator (an open_clip NAME:PRETRAINED, or a CLIP export folder) "
-                f"or evaluator_experiment (the experiment of a CLIP this harness trained), not {'both' if self.evaluator else 'neither'}")
+        require(
+            (self.evaluator is None) != (self.evaluator_experiment is None),
+            f"eval task {self.name}: clip_score needs one of evaluator (an open_clip NAME:PRETRAINED, or a CLIP export folder) "
+            f"or evaluator_experiment (the experiment of a CLIP this harness trained), not {'both' if self.evaluator else 'neither'}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -193,8 +238,10 @@ class PromptFollowingTaskConfig(T2ITaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.recognizer_scenes >= 100 and self.recognizer_epochs >= 1,
-                f"eval task {self.name}: recognizer_scenes >= 100 and recognizer_epochs >= 1 are required")
+        require(
+            self.recognizer_scenes >= 100 and self.recognizer_epochs >= 1,
+            f"eval task {self.name}: recognizer_scenes >= 100 and recognizer_epochs >= 1 are required",
+        )
 
 
 @dataclass(kw_only=True)
@@ -213,8 +260,10 @@ class JudgeTaskConfig(T2ITaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require((self.judge_url is None) == (self.judge_model is None),
-                f"eval task {self.name}: vlm_judge needs judge_url and judge_model together (both null: the task is skipped, not scored)")
+        require(
+            (self.judge_url is None) == (self.judge_model is None),
+            f"eval task {self.name}: vlm_judge needs judge_url and judge_model together (both null: the task is skipped, not scored)",
+        )
 
 
 TASK_CONFIGS: Dict[str, Type[TaskConfig]] = {
@@ -265,7 +314,9 @@ def set_keys(entry: Any) -> Dict[str, Any]:
     return out
 
 
-def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> TaskConfig:
+def task_config(
+    fields: Optional[Mapping[str, Any]] = None, defaults: Optional[Mapping[str, Any]] = None, **kwargs: Any
+) -> TaskConfig:
     """The typed config of one task from a mapping (a ``conf/eval`` list entry) and/or keywords: ``defaults`` (an
     ``eval.task_defaults``) under the task's own keys, merged into its kind's structured schema (``TASK_CONFIGS[task]``,
     so values are type-checked and converted as Hydra does). Raises ConfigError (one line) for a missing or unknown
@@ -277,22 +328,29 @@ def task_config(fields: Optional[Mapping[str, Any]] = None, defaults: Optional[M
     defaults = set_keys(defaults or {})
     name = own.get("name", "?")
     kind = own.get("task")
-    require(kind in TASK_CONFIGS, f"eval task {name}: task={kind!r} is unknown; choose one of {', '.join(TASK_CONFIGS)}")
+    require(
+        kind in TASK_CONFIGS, f"eval task {name}: task={kind!r} is unknown; choose one of {', '.join(TASK_CONFIGS)}"
+    )
     schema = TASK_CONFIGS[kind]
     for source, where in ((defaults, "eval.task_defaults."), (own, "")):
         unknown = [key for key in source if key not in {f.name for f in dataclasses.fields(schema)}]
         if unknown:
             names = [f.name for f in dataclasses.fields(schema)]
             close = difflib.get_close_matches(unknown[0], names, n=1)
-            raise ConfigError(f"eval task {name}: {where}{unknown[0]} is not a key of {schema.__name__} (task={kind} has: {', '.join(names)}"
-                              + (f"; did you mean {close[0]}?" if close else "") + ")")
+            raise ConfigError(
+                f"eval task {name}: {where}{unknown[0]} is not a key of {schema.__name__} (task={kind} has: {', '.join(names)}"
+                + (f"; did you mean {close[0]}?" if close else "")
+                + ")"
+            )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), defaults, own)
         return OmegaConf.to_object(merged)
     except ConfigError as exc:  # a __post_init__'s (GenerationSpec's names only its own key)
         message = str(exc)
         raise ConfigError(message if message.startswith("eval task") else f"eval task {name}: {message}") from None
-    except OmegaConfBaseException as exc:  # a nested key (generation.x) or a value of the wrong type, named by its full key
+    except (
+        OmegaConfBaseException
+    ) as exc:  # a nested key (generation.x) or a value of the wrong type, named by its full key
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"eval task {name}: " + (f"{key}: " if key else "") + str(exc).splitlines()[0]) from None
     except ValueError as exc:
@@ -349,14 +407,29 @@ class EvalConfig:
         self.tasks = [t if isinstance(t, TaskConfig) else task_config(t, self.task_defaults) for t in self.tasks]
         require(self.batch_size > 0, f"eval.batch_size={self.batch_size} must be positive")
         require(self.num_workers >= 0, f"eval.num_workers={self.num_workers} must be >= 0")
-        require(self.precision in PRECISIONS, f"eval.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
-        require(self.bootstrap_samples >= 0, f"eval.bootstrap_samples={self.bootstrap_samples} must be >= 0 (0 = no intervals)")
+        require(
+            self.precision in PRECISIONS,
+            f"eval.precision={self.precision!r} is unknown; choose one of {', '.join(PRECISIONS)}",
+        )
+        require(
+            self.bootstrap_samples >= 0,
+            f"eval.bootstrap_samples={self.bootstrap_samples} must be >= 0 (0 = no intervals)",
+        )
         require(self.permutation_samples > 0, f"eval.permutation_samples={self.permutation_samples} must be positive")
         require(0.0 < self.confidence < 1.0, f"eval.confidence={self.confidence} must be in (0, 1)")
-        require(len(self.ks) > 0 and all(k > 0 for k in self.ks), f"eval.ks={list(self.ks)} must be a non-empty list of positive integers")
-        require(self.context_length is None or self.context_length >= 2, f"eval.context_length={self.context_length} must be >= 2 or null")
+        require(
+            len(self.ks) > 0 and all(k > 0 for k in self.ks),
+            f"eval.ks={list(self.ks)} must be a non-empty list of positive integers",
+        )
+        require(
+            self.context_length is None or self.context_length >= 2,
+            f"eval.context_length={self.context_length} must be >= 2 or null",
+        )
         require(0.0 <= self.max_lost_share < 1.0, f"eval.max_lost_share={self.max_lost_share} must be in [0, 1)")
         require(self.score_block >= 1024, f"eval.score_block={self.score_block} must be >= 1024 similarity entries")
         require(bool(self.device), "eval.device must name a torch device such as cpu or cuda")
         names = [t.name for t in self.tasks]
-        require(len(names) == len(set(names)), f"eval.tasks has duplicate names: {sorted({n for n in names if names.count(n) > 1})}")
+        require(
+            len(names) == len(set(names)),
+            f"eval.tasks has duplicate names: {sorted({n for n in names if names.count(n) > 1})}",
+        )

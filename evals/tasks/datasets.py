@@ -30,10 +30,10 @@ from captiondata.captions import NORMALIZATION, normalize_caption, normalized_li
 from captiondata.config import DEFAULT_MAX_PIXELS, CaptionLayout, project_layout
 from captiondata.counters import DECODE_EVENTS, SKIP_REASONS, SampleCounters
 from captiondata.decode import BadSample, decode_image, decode_text, decoding_identity
-from harness_infra.errors import ConfigError
 from evals.tasks.config import TaskConfig
-from harness_infra.identity import files_fingerprint, is_remote, sha256_json, texts_fingerprint
 from evals.tasks.prompts import load_classnames, load_templates, read_classnames, read_lines, template_identity
+from harness_infra.errors import ConfigError
+from harness_infra.identity import files_fingerprint, is_remote, sha256_json, texts_fingerprint
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
@@ -71,7 +71,9 @@ def evenly_spaced(n: int, limit: Optional[int]) -> np.ndarray:
 def content_fingerprint(files: Sequence[str], root: Optional[str], decoding: Decoding, **extra: Any) -> str:
     """A set's identity: the content of every file it reads (``files_fingerprint``), how images are decoded, how text
     is normalised, and any ``extra`` that changes what is read (a caption layout)."""
-    return sha256_json({"files": files_fingerprint(files, root), "decoding": decoding.identity(), "text": NORMALIZATION, **extra})
+    return sha256_json(
+        {"files": files_fingerprint(files, root), "decoding": decoding.identity(), "text": NORMALIZATION, **extra}
+    )
 
 
 class _Counted:
@@ -82,7 +84,10 @@ class _Counted:
     def counts(self) -> Dict[str, Dict[str, int]]:
         """{"skipped": {reason: n}, "converted": {event: n}} with the non-zero counts so far."""
         totals = self.counters.totals()
-        return {"skipped": {r: totals[r] for r in SKIP_REASONS if totals[r]}, "converted": {e: totals[e] for e in DECODE_EVENTS if totals[e]}}
+        return {
+            "skipped": {r: totals[r] for r in SKIP_REASONS if totals[r]},
+            "converted": {e: totals[e] for e in DECODE_EVENTS if totals[e]},
+        }
 
     def restore_counts(self, counts: Dict[str, Dict[str, int]]) -> None:
         """Set the counts to ``counts`` (as ``counts()`` returned them: stored with cached embeddings)."""
@@ -110,8 +115,16 @@ class FileImageSet(_Counted, Dataset):
     (``evals.tasks.imageprep.image_loader``) drops such items, so the image and its target are skipped together.
     """
 
-    def __init__(self, name: str, files: Sequence[str], targets: Sequence[Any], fingerprint: str, max_samples: Optional[int] = None,
-                 decoding: Decoding = Decoding(), counters: Optional[SampleCounters] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        files: Sequence[str],
+        targets: Sequence[Any],
+        fingerprint: str,
+        max_samples: Optional[int] = None,
+        decoding: Decoding = Decoding(),
+        counters: Optional[SampleCounters] = None,
+    ) -> None:
         keep = evenly_spaced(len(files), max_samples)
         self.name = name
         self.files = [files[i] for i in keep]
@@ -148,11 +161,22 @@ class FileImageSet(_Counted, Dataset):
 
     def describe(self) -> Dict[str, Any]:
         """Identity and input counts for records (``skipped``: images not evaluated, by reason)."""
-        return {"name": self.name, "n_images": len(self.files), "fingerprint": self.fingerprint, **self.counts(), **self._prompts_identity()}
+        return {
+            "name": self.name,
+            "n_images": len(self.files),
+            "fingerprint": self.fingerprint,
+            **self.counts(),
+            **self._prompts_identity(),
+        }
 
 
-def image_folder(root: str, split: Optional[str] = None, name: Optional[str] = None, max_samples: Optional[int] = None,
-                 decoding: Decoding = Decoding()) -> FileImageSet:
+def image_folder(
+    root: str,
+    split: Optional[str] = None,
+    name: Optional[str] = None,
+    max_samples: Optional[int] = None,
+    decoding: Decoding = Decoding(),
+) -> FileImageSet:
     """``root/split/<class>/*.jpg`` (torchvision ImageFolder order: sorted classes, then sorted files)."""
     base = os.path.join(root, split) if split else root
     if not os.path.isdir(base):
@@ -167,12 +191,21 @@ def image_folder(root: str, split: Optional[str] = None, name: Optional[str] = N
                 if fname.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(os.path.join(folder, fname))
                     targets.append(index)
-    data = FileImageSet(name or os.path.basename(os.path.normpath(root)), files, targets, content_fingerprint(files, base, decoding), max_samples, decoding)
+    data = FileImageSet(
+        name or os.path.basename(os.path.normpath(root)),
+        files,
+        targets,
+        content_fingerprint(files, base, decoding),
+        max_samples,
+        decoding,
+    )
     data.classes = classes
     return data
 
 
-def flickr8k(root: str, split: str = "test", max_samples: Optional[int] = None, decoding: Decoding = Decoding()) -> FileImageSet:
+def flickr8k(
+    root: str, split: str = "test", max_samples: Optional[int] = None, decoding: Decoding = Decoding()
+) -> FileImageSet:
     """The raw Flickr8k release: images of ``Flickr_8k.<split>Images.txt`` with their 5 captions from
     ``Flickr8k.token.txt`` (lines ``IMAGE.jpg#N<TAB>caption``, normalised by ``normalize_caption``; ids without an image
     are ignored; an image whose captions are all empty is skipped and counted as ``empty_caption``)."""
@@ -183,7 +216,9 @@ def flickr8k(root: str, split: str = "test", max_samples: Optional[int] = None, 
             raise ConfigError(f"Flickr8k file {path} is missing")
     from captiondata.builders.flickr8k import read_captions  # the one parser of Flickr8k.token.txt
 
-    captions = {name: [c for c in (normalize_caption(raw) for raw in texts) if c] for name, texts in read_captions(root).items()}
+    captions = {
+        name: [c for c in (normalize_caption(raw) for raw in texts) if c] for name, texts in read_captions(root).items()
+    }
     counters = SampleCounters()
     names = [n for n in read_lines(split_file) if n in captions and os.path.isfile(os.path.join(root, "images", n))]
     if any(not captions[n] for n in names):
@@ -192,17 +227,23 @@ def flickr8k(root: str, split: str = "test", max_samples: Optional[int] = None, 
         names = [n for n in names if captions[n]]
     files = [os.path.join(root, "images", n) for n in names]
     fingerprint = content_fingerprint(files + [token_file, split_file], root, decoding)
-    return FileImageSet(f"flickr8k-{split}", files, [captions[n] for n in names], fingerprint, max_samples, decoding, counters)
+    return FileImageSet(
+        f"flickr8k-{split}", files, [captions[n] for n in names], fingerprint, max_samples, decoding, counters
+    )
 
 
-def caption_folder(root: str, name: Optional[str] = None, max_samples: Optional[int] = None, decoding: Decoding = Decoding()) -> FileImageSet:
+def caption_folder(
+    root: str, name: Optional[str] = None, max_samples: Optional[int] = None, decoding: Decoding = Decoding()
+) -> FileImageSet:
     """Urban-1K style long-caption set: ``image(s)/NAME.<ext>`` paired with ``caption(s)/NAME.txt`` (one caption).
 
     A caption file that is not UTF-8 (``non_utf8_text``) or empty after ``normalize_caption`` (``empty_caption``), or an
     image without a caption file (``missing_caption``), is skipped and counted.
     """
     image_dir = next((os.path.join(root, d) for d in ("image", "images") if os.path.isdir(os.path.join(root, d))), None)
-    caption_dir = next((os.path.join(root, d) for d in ("caption", "captions") if os.path.isdir(os.path.join(root, d))), None)
+    caption_dir = next(
+        (os.path.join(root, d) for d in ("caption", "captions") if os.path.isdir(os.path.join(root, d))), None
+    )
     if image_dir is None or caption_dir is None:
         raise ConfigError(f"caption folder {root} needs image/ (or images/) and caption/ (or captions/) sub-folders")
     counters = SampleCounters()
@@ -233,14 +274,22 @@ def caption_folder(root: str, name: Optional[str] = None, max_samples: Optional[
     if not files:
         raise ConfigError(f"caption folder {root} has no image with a non-empty UTF-8 caption file")
     fingerprint = content_fingerprint(files + texts, root, decoding)
-    return FileImageSet(name or os.path.basename(os.path.normpath(root)), files, targets, fingerprint, max_samples, decoding, counters)
+    return FileImageSet(
+        name or os.path.basename(os.path.normpath(root)), files, targets, fingerprint, max_samples, decoding, counters
+    )
 
 
 class ShardStream(_Counted, IterableDataset):
     """Streaming set over tar shards; DataLoader workers split the shard list (worker i reads shards i::n)."""
 
-    def __init__(self, name: str, shards: Sequence[str], fingerprint: str, max_samples: Optional[int] = None,
-                 decoding: Decoding = Decoding()) -> None:
+    def __init__(
+        self,
+        name: str,
+        shards: Sequence[str],
+        fingerprint: str,
+        max_samples: Optional[int] = None,
+        decoding: Decoding = Decoding(),
+    ) -> None:
         self.name = name
         self.shards = list(shards)
         self.fingerprint = fingerprint if max_samples is None else sha256_json([fingerprint, "first", max_samples])
@@ -285,7 +334,13 @@ class ShardStream(_Counted, IterableDataset):
             self.counters.add("missing_image")
             return None
         try:
-            return decode_image(raw[member], self.decoding.max_pixels, self.decoding.exif_transpose, self.counters.add, as_array=self.as_array)
+            return decode_image(
+                raw[member],
+                self.decoding.max_pixels,
+                self.decoding.exif_transpose,
+                self.counters.add,
+                as_array=self.as_array,
+            )
         except BadSample as bad:
             self.counters.add(bad.reason)
             log.warning("%s: sample %s of %s skipped (%s)", self.name, raw.get("__key__"), raw.get("__url__"), bad)
@@ -296,7 +351,13 @@ class ShardStream(_Counted, IterableDataset):
         (``non_utf8_text``)."""
         if member not in raw:
             self.counters.add(missing)
-            log.warning("%s: sample %s of %s has no .%s member; skipped", self.name, raw.get("__key__"), raw.get("__url__"), member)
+            log.warning(
+                "%s: sample %s of %s has no .%s member; skipped",
+                self.name,
+                raw.get("__key__"),
+                raw.get("__url__"),
+                member,
+            )
             return None
         try:
             return decode_text(raw[member])
@@ -307,7 +368,13 @@ class ShardStream(_Counted, IterableDataset):
 
     def describe(self) -> Dict[str, Any]:
         """Identity and input counts for records (``skipped``: samples not evaluated, by reason)."""
-        return {"name": self.name, "n_shards": len(self.shards), "fingerprint": self.fingerprint, **self.counts(), **self._prompts_identity()}
+        return {
+            "name": self.name,
+            "n_shards": len(self.shards),
+            "fingerprint": self.fingerprint,
+            **self.counts(),
+            **self._prompts_identity(),
+        }
 
 
 def parse_label(data: bytes) -> Optional[int]:
@@ -359,7 +426,13 @@ class WdsClassification(ShardStream):
         label = parse_label(text.encode("utf-8"))
         if label is None:
             self.counters.add("bad_label")
-            log.warning("%s: sample %s of %s has no integer .cls label (%r); skipped", self.name, raw.get("__key__"), raw.get("__url__"), text[:20])
+            log.warning(
+                "%s: sample %s of %s has no integer .cls label (%r); skipped",
+                self.name,
+                raw.get("__key__"),
+                raw.get("__url__"),
+                text[:20],
+            )
         return label
 
 
@@ -381,11 +454,18 @@ class WdsRetrieval(ShardStream):
                 yield image, captions
 
 
-def clip_benchmark_wds(root: str, split: str = "test", kind: str = "classification", max_samples: Optional[int] = None,
-                       decoding: Decoding = Decoding()) -> ShardStream:
+def clip_benchmark_wds(
+    root: str,
+    split: str = "test",
+    kind: str = "classification",
+    max_samples: Optional[int] = None,
+    decoding: Decoding = Decoding(),
+) -> ShardStream:
     """A CLIP_benchmark webdataset folder (``kind`` = classification or retrieval)."""
     shards = _wds_shards(root, split)
-    extras = [os.path.join(root, f) for f in ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")]
+    extras = [
+        os.path.join(root, f) for f in ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
+    ]
     fingerprint = content_fingerprint(shards + [e for e in extras if os.path.isfile(e)], root, decoding)
     name = f"{os.path.basename(os.path.normpath(root))}-{split}"
     if kind == "retrieval":
@@ -402,22 +482,36 @@ def clip_benchmark_wds(root: str, split: str = "test", kind: str = "classificati
 class ProjectShards(ShardStream):
     """The project's caption shards: target = the sample's reference captions (its original when none)."""
 
-    def __init__(self, name: str, shards: Sequence[str], fingerprint: str, max_samples: Optional[int] = None, layout: Optional[CaptionLayout] = None,
-                 decoding: Decoding = Decoding()) -> None:
+    def __init__(
+        self,
+        name: str,
+        shards: Sequence[str],
+        fingerprint: str,
+        max_samples: Optional[int] = None,
+        layout: Optional[CaptionLayout] = None,
+        decoding: Decoding = Decoding(),
+    ) -> None:
         super().__init__(name, shards, fingerprint, max_samples, decoding)
         self.layout = layout or project_layout()
 
     def samples(self, shards: List[str]) -> Iterator[Tuple[Image.Image, List[str]]]:
         from captiondata.reader import iter_samples
 
-        for record in iter_samples(shards, self.layout, self.counters, self.decoding.max_pixels, self.decoding.exif_transpose):
+        for record in iter_samples(
+            shards, self.layout, self.counters, self.decoding.max_pixels, self.decoding.exif_transpose
+        ):
             references = list(record.references) or ([record.original] if record.original else [])
             if references:
                 yield record.image, references
 
 
-def project_shards(spec: str, name: Optional[str] = None, max_samples: Optional[int] = None, layout: Optional[CaptionLayout] = None,
-                   decoding: Decoding = Decoding()) -> ProjectShards:
+def project_shards(
+    spec: str,
+    name: Optional[str] = None,
+    max_samples: Optional[int] = None,
+    layout: Optional[CaptionLayout] = None,
+    decoding: Decoding = Decoding(),
+) -> ProjectShards:
     """Project caption shards from a shard spec (paths, globs, braces, ``::``-joined); fingerprint = the shards' content
     (remote shards: their URLs), the layout, decoding and caption normalisation."""
     from captiondata.reader import expand_shards
@@ -425,7 +519,9 @@ def project_shards(spec: str, name: Optional[str] = None, max_samples: Optional[
     shards = expand_shards(spec)
     layout = layout or project_layout()
     fingerprint = content_fingerprint(shards, None, decoding, layout=dataclasses.asdict(layout))
-    return ProjectShards(name or os.path.basename(shards[0]).split("-")[0], shards, fingerprint, max_samples, layout, decoding)
+    return ProjectShards(
+        name or os.path.basename(shards[0]).split("-")[0], shards, fingerprint, max_samples, layout, decoding
+    )
 
 
 def _shard_labels(url: str) -> Iterator[int]:
@@ -440,7 +536,7 @@ def _shard_labels(url: str) -> Iterator[int]:
             stream = open_shard(url)
             archive = tarfile.open(fileobj=stream, mode="r|*")
         else:
-            path = url[len("file://"):] if url.startswith("file://") else url
+            path = url[len("file://") :] if url.startswith("file://") else url
             with open(path, "rb") as handle:
                 if not handle.read(512).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zX")):
                     handle.seek(0)
@@ -485,8 +581,10 @@ def check_labels(data: Any, n_classes: int) -> None:
         return
     bad = labels[(labels < 0) | (labels >= n_classes)]
     if bad.size:
-        raise ConfigError(f"data set {getattr(data, 'name', '?')}: label {int(bad[0])} is outside [0, {n_classes}) "
-                          f"({bad.size} of {labels.size} labels; {n_classes} class names); fix the .cls labels or the class names")
+        raise ConfigError(
+            f"data set {getattr(data, 'name', '?')}: label {int(bad[0])} is outside [0, {n_classes}) "
+            f"({bad.size} of {labels.size} labels; {n_classes} class names); fix the .cls labels or the class names"
+        )
 
 
 def open_eval_dataset(task: TaskConfig) -> Dataset:
@@ -508,7 +606,9 @@ def open_eval_dataset(task: TaskConfig) -> Dataset:
     data.name = task.name
     if kind == "classification":
         data.classes = load_classnames(task.classnames, data.classes)
-        data.templates = load_templates(task.templates, data.templates, getattr(data, "templates_source", "the data set's templates"))
+        data.templates = load_templates(
+            task.templates, data.templates, getattr(data, "templates_source", "the data set's templates")
+        )
     return data
 
 

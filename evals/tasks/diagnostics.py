@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from captiondata.config import CaptionLayout, project_layout
 from captiondata.records import Record
 from evals.results.bootstrap import QueryValues
+from evals.results.task_result import TaskResult
 from evals.tasks.config import EvalConfig
 from evals.tasks.embeddings import autocast, check_embeddings, encode_texts, eval_mode
 from evals.tasks.imageprep import SplitPreprocess
@@ -34,8 +35,11 @@ WORD = re.compile(r"\w+", re.UNICODE)
 
 def record_captions(record: Record) -> Dict[str, List[str]]:
     """The captions of each source in one record."""
-    return {"original": [record.original] if record.original else [], "recaption": list(record.recaptions),
-            "references": list(record.references)}
+    return {
+        "original": [record.original] if record.original else [],
+        "recaption": list(record.recaptions),
+        "references": list(record.references),
+    }
 
 
 def summary(lengths: Sequence[int]) -> Dict[str, Optional[float]]:
@@ -43,8 +47,12 @@ def summary(lengths: Sequence[int]) -> Dict[str, Optional[float]]:
     if len(lengths) == 0:
         return {"mean": None, "median": None, "p95": None, "max": None}
     array = np.asarray(lengths, dtype=np.float64)
-    return {"mean": float(array.mean()), "median": float(np.median(array)), "p95": float(np.percentile(array, 95)),
-            "max": float(array.max())}
+    return {
+        "mean": float(array.mean()),
+        "median": float(np.median(array)),
+        "p95": float(np.percentile(array, 95)),
+        "max": float(array.max()),
+    }
 
 
 def text_statistics(texts: Sequence[str], tokenizer: Any, context_length: int) -> Dict[str, Any]:
@@ -63,12 +71,16 @@ def text_statistics(texts: Sequence[str], tokenizer: Any, context_length: int) -
     }
 
 
-def _cosines(model: torch.nn.Module, preprocess: Any, tokenizer: Any, batch: List[Record], cfg: EvalConfig) -> Dict[str, List[float]]:
+def _cosines(
+    model: torch.nn.Module, preprocess: Any, tokenizer: Any, batch: List[Record], cfg: EvalConfig
+) -> Dict[str, List[float]]:
     """Image-caption cosines of every (image, caption) pair of each source in a batch of records."""
     split = SplitPreprocess(preprocess)
     with eval_mode(model), torch.inference_mode(), autocast(cfg):
         pixels = split.tensor_stage([split.pil_stage(r.image) for r in batch]).to(cfg.device)
-        images = check_embeddings(F.normalize(model.encode_image(pixels).float(), dim=-1).cpu(), "image embeddings", distinct_inputs=False)
+        images = check_embeddings(
+            F.normalize(model.encode_image(pixels).float(), dim=-1).cpu(), "image embeddings", distinct_inputs=False
+        )
     out: Dict[str, List[float]] = {}
     for source in SOURCES:
         pairs = [(i, c) for i, r in enumerate(batch) for c in record_captions(r)[source]]
@@ -79,13 +91,21 @@ def _cosines(model: torch.nn.Module, preprocess: Any, tokenizer: Any, batch: Lis
     return out
 
 
-def caption_diagnostics(records: Iterable[Record], tokenizer: Any, context_length: int, cfg: Optional[EvalConfig] = None,
-                        model: Optional[torch.nn.Module] = None, preprocess: Any = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, QueryValues]]:
+def caption_diagnostics(
+    records: Iterable[Record],
+    tokenizer: Any,
+    context_length: int,
+    cfg: Optional[EvalConfig] = None,
+    model: Optional[torch.nn.Module] = None,
+    preprocess: Any = None,
+) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, QueryValues]]:
     """(per-source statistics, per-source per-pair cosines) over records; cosines only when ``model`` is given.
 
     Records stream through in batches of ``cfg.batch_size``; only captions (not images) are kept.
     """
-    cfg = dataclasses.replace(cfg or EvalConfig(), cache_dir=None, context_length=None)  # cosines at the evaluator's own context
+    cfg = dataclasses.replace(
+        cfg or EvalConfig(), cache_dir=None, context_length=None
+    )  # cosines at the evaluator's own context
     texts: Dict[str, List[str]] = {s: [] for s in SOURCES}
     having = {s: 0 for s in SOURCES}
     cosines: Dict[str, List[float]] = {s: [] for s in SOURCES}
@@ -110,16 +130,27 @@ def caption_diagnostics(records: Iterable[Record], tokenizer: Any, context_lengt
     stats: Dict[str, Dict[str, Any]] = {}
     per_pair: Dict[str, QueryValues] = {}
     for source in SOURCES:
-        stats[source] = {"samples": n_samples, "samples_with_source": having[source], **text_statistics(texts[source], tokenizer, context_length)}
+        stats[source] = {
+            "samples": n_samples,
+            "samples_with_source": having[source],
+            **text_statistics(texts[source], tokenizer, context_length),
+        }
         stats[source]["mean_cosine"] = float(np.mean(cosines[source])) if cosines[source] else None
         if cosines[source]:
             per_pair[source] = QueryValues(np.asarray(cosines[source]))
     return stats, per_pair
 
 
-def shard_diagnostics(shards: Any, tokenizer: Any, context_length: int, cfg: Optional[EvalConfig] = None,
-                      model: Optional[torch.nn.Module] = None, preprocess: Any = None, layout: Optional[CaptionLayout] = None,
-                      max_samples: Optional[int] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, QueryValues]]:
+def shard_diagnostics(
+    shards: Any,
+    tokenizer: Any,
+    context_length: int,
+    cfg: Optional[EvalConfig] = None,
+    model: Optional[torch.nn.Module] = None,
+    preprocess: Any = None,
+    layout: Optional[CaptionLayout] = None,
+    max_samples: Optional[int] = None,
+) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, QueryValues]]:
     """``caption_diagnostics`` over a shard spec read with the project's reader (first ``max_samples`` samples)."""
     from itertools import islice
 
@@ -138,9 +169,21 @@ def run_diagnostics_task(embedder: Any, task: Any, cfg: EvalConfig, model_id: Op
 
     data = project_shards(task.resolved_path(), task.name, task.max_samples)
     context_length = text_context_length(embedder.model, embedder.tokenizer, cfg)
-    stats, per_pair = shard_diagnostics(data.shards, embedder.tokenizer, context_length, cfg, embedder.model, embedder.preprocess,
-                                        max_samples=task.max_samples)
-    result = TaskResult("caption_diagnostics", data.describe(), n={s: v["n_captions"] for s, v in stats.items()}, extra={"sources": stats})
+    stats, per_pair = shard_diagnostics(
+        data.shards,
+        embedder.tokenizer,
+        context_length,
+        cfg,
+        embedder.model,
+        embedder.preprocess,
+        max_samples=task.max_samples,
+    )
+    result = TaskResult(
+        "caption_diagnostics",
+        data.describe(),
+        n={s: v["n_captions"] for s, v in stats.items()},
+        extra={"sources": stats},
+    )
     for source, values in per_pair.items():
         result.set_metric(f"{source}_mean_cosine", values)
     result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)

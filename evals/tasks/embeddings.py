@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from harness_infra.cache import EmbeddingCache
-from harness_infra.errors import BrokenModelError, ConfigError
 from evals.tasks.config import EvalConfig
-from harness_infra.identity import model_fingerprint, preprocess_identity, texts_fingerprint, tokenizer_identity
-from harness_infra.progress import Progress
 from evals.tasks.imageprep import SplitPreprocess, image_loader
 from evals.tasks.textstats import tokenize_with_truncation
+from harness_infra.cache import EmbeddingCache
+from harness_infra.errors import BrokenModelError, ConfigError
+from harness_infra.identity import model_fingerprint, preprocess_identity, texts_fingerprint, tokenizer_identity
+from harness_infra.progress import Progress
 from towers.pretrained import trunk_of
 from towers.text_trim import can_trim_text, encode_text_trimmed, token_lengths
 
@@ -36,7 +36,9 @@ def autocast(cfg: EvalConfig) -> contextlib.AbstractContextManager:
     """No-op for fp32, else torch.autocast on the configured device with bf16/fp16."""
     if cfg.precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+    return torch.autocast(
+        device_type=torch.device(cfg.device).type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    )
 
 
 @contextlib.contextmanager
@@ -60,13 +62,9 @@ def text_context_length(model: torch.nn.Module, tokenizer: Any, cfg: EvalConfig)
     return int(cfg.context_length)
 
 
-
-
-
-
-
-
-def check_embeddings(embeddings: torch.Tensor, what: str, distinct_inputs: bool = True, atol: float = 1e-6) -> torch.Tensor:
+def check_embeddings(
+    embeddings: torch.Tensor, what: str, distinct_inputs: bool = True, atol: float = 1e-6
+) -> torch.Tensor:
     """``embeddings`` (N x D) unchanged, or BrokenModelError when any value is NaN/inf, or when N >= 2 distinct inputs
     all got the same embedding (within ``atol`` per entry: a collapsed or constant tower, whose every score ties).
 
@@ -83,7 +81,12 @@ def check_embeddings(embeddings: torch.Tensor, what: str, distinct_inputs: bool 
 
 def _image_cache_key(model_id: str, data: Any, preprocess: Any, cfg: EvalConfig) -> Dict[str, Any]:
     """What image embeddings depend on."""
-    return {"model": model_id, "data": data.fingerprint, "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
+    return {
+        "model": model_id,
+        "data": data.fingerprint,
+        "preprocess": preprocess_identity(preprocess),
+        "precision": cfg.precision,
+    }
 
 
 def stored_targets(targets: List[Any]) -> Any:
@@ -107,10 +110,9 @@ def input_counts(data: Any) -> Dict[str, Any]:
     return counts() if callable(counts) else {}
 
 
-
-
-def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig,
-                  model_id: Optional[str] = None) -> Tuple[torch.Tensor, List[Any]]:
+def encode_images(
+    model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig, model_id: Optional[str] = None
+) -> Tuple[torch.Tensor, List[Any]]:
     """(N x D normalised float32 CPU embeddings, the N targets in the same order) for an image data set.
 
     Raises BrokenModelError for NaN/inf embeddings, or one embedding for every image (``check_embeddings``).
@@ -125,23 +127,32 @@ def encode_images(model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: E
         key = _image_cache_key(model_id or model_fingerprint(model), data, preprocess, cfg)
         hit = cache.load("image", key)
         if hit is not None:
-            return check_embeddings(hit["embeddings"], f"image embeddings of {getattr(data, 'name', 'the data set')}"), loaded_targets(hit, data)
+            return check_embeddings(
+                hit["embeddings"], f"image embeddings of {getattr(data, 'name', 'the data set')}"
+            ), loaded_targets(hit, data)
     trunk = trunk_of(model) if cfg.trunk_feature_cache and cfg.cache_dir is not None else None
     if trunk is not None:
         features, targets = trunk_features(trunk, preprocess, data, cfg)
         with eval_mode(model), torch.inference_mode(), autocast(cfg):
             head = model.visual.head
-            embeddings = torch.cat([F.normalize(head(c.to(cfg.device)).float(), dim=-1).cpu() for c in features.split(cfg.batch_size)])
+            embeddings = torch.cat(
+                [F.normalize(head(c.to(cfg.device)).float(), dim=-1).cpu() for c in features.split(cfg.batch_size)]
+            )
     else:
         embeddings, targets = _run_images(model.encode_image, model, preprocess, data, cfg, normalize=True)
     check_embeddings(embeddings, f"image embeddings of {getattr(data, 'name', 'the data set')}")
     if key is not None:
-        cache.save("image", key, {"embeddings": embeddings, "targets": stored_targets(targets), "input_counts": input_counts(data)})
+        cache.save(
+            "image",
+            key,
+            {"embeddings": embeddings, "targets": stored_targets(targets), "input_counts": input_counts(data)},
+        )
     return embeddings, targets
 
 
-def _run_images(forward: Any, model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig,
-                normalize: bool) -> Tuple[torch.Tensor, List[Any]]:
+def _run_images(
+    forward: Any, model: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig, normalize: bool
+) -> Tuple[torch.Tensor, List[Any]]:
     """(``forward(pixels)`` of every image as float32 CPU rows, L2-normalised when ``normalize``, targets);
     ``model`` (the module ``forward`` belongs to) is in eval mode meanwhile."""
     split = SplitPreprocess(preprocess)
@@ -149,8 +160,12 @@ def _run_images(forward: Any, model: torch.nn.Module, preprocess: Any, data: Dat
     targets: List[Any] = []
     device = torch.device(cfg.device)
     total = len(data) if hasattr(data, "__len__") else None
-    with eval_mode(model), torch.inference_mode(), autocast(cfg), \
-            Progress(f"image embeddings of {getattr(data, 'name', 'the data set')}", total=total, unit="image") as progress:
+    with (
+        eval_mode(model),
+        torch.inference_mode(),
+        autocast(cfg),
+        Progress(f"image embeddings of {getattr(data, 'name', 'the data set')}", total=total, unit="image") as progress,
+    ):
         for arrays, batch_targets in image_loader(data, split, cfg.batch_size, cfg.num_workers):
             pixels = split.tensor_stage(arrays).to(device, non_blocking=True)
             out = forward(pixels).float()
@@ -162,21 +177,31 @@ def _run_images(forward: Any, model: torch.nn.Module, preprocess: Any, data: Dat
     return torch.cat(chunks), targets
 
 
-def trunk_features(trunk: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig) -> Tuple[torch.Tensor, List[Any]]:
+def trunk_features(
+    trunk: torch.nn.Module, preprocess: Any, data: Dataset, cfg: EvalConfig
+) -> Tuple[torch.Tensor, List[Any]]:
     """(N x F pooled trunk features, targets) of a data set, cached per (trunk weights, data, preprocessing, precision)."""
     cache = EmbeddingCache(cfg.cache_dir)
-    key = {"trunk": model_fingerprint(trunk), "trunk_class": type(trunk).__name__, "data": data.fingerprint,
-           "preprocess": preprocess_identity(preprocess), "precision": cfg.precision}
+    key = {
+        "trunk": model_fingerprint(trunk),
+        "trunk_class": type(trunk).__name__,
+        "data": data.fingerprint,
+        "preprocess": preprocess_identity(preprocess),
+        "precision": cfg.precision,
+    }
     hit = cache.load("trunk", key)
     if hit is not None:
         return hit["features"], loaded_targets(hit, data)
     features, targets = _run_images(trunk, trunk, preprocess, data, cfg, normalize=False)
-    cache.save("trunk", key, {"features": features, "targets": stored_targets(targets), "input_counts": input_counts(data)})
+    cache.save(
+        "trunk", key, {"features": features, "targets": stored_targets(targets), "input_counts": input_counts(data)}
+    )
     return features, targets
 
 
-def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], cfg: EvalConfig,
-                 model_id: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def encode_texts(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], cfg: EvalConfig, model_id: Optional[str] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(N x D normalised float32 CPU embeddings, bool mask of texts truncated at the context length).
 
     Raises BrokenModelError for NaN/inf embeddings, or identical embeddings of distinct texts (``check_embeddings``).
@@ -188,8 +213,12 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], c
     cache = EmbeddingCache(cfg.cache_dir)
     key = None
     if cfg.cache_dir is not None:
-        key = {"model": model_id or model_fingerprint(model), "tokenizer": tokenizer_identity(tokenizer, context_length),
-               "texts": texts_fingerprint(texts), "precision": cfg.precision}
+        key = {
+            "model": model_id or model_fingerprint(model),
+            "tokenizer": tokenizer_identity(tokenizer, context_length),
+            "texts": texts_fingerprint(texts),
+            "precision": cfg.precision,
+        }
         hit = cache.load("text", key)
         if hit is not None:
             return check_embeddings(hit["embeddings"], "text embeddings", len(set(texts)) > 1), hit["truncated"]
@@ -200,8 +229,9 @@ def encode_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], c
     return embeddings, truncated
 
 
-def _encode_text_batches(model: torch.nn.Module, tokenizer: Any, texts: List[str], context_length: int,
-                         cfg: EvalConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+def _encode_text_batches(
+    model: torch.nn.Module, tokenizer: Any, texts: List[str], context_length: int, cfg: EvalConfig
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Tokenise chunk by chunk, encode length-sorted batches, write rows back in input order."""
     if not texts:
         raise ConfigError("no texts to encode")
@@ -211,10 +241,15 @@ def _encode_text_batches(model: torch.nn.Module, tokenizer: Any, texts: List[str
     out: Optional[torch.Tensor] = None
     truncated = torch.zeros(len(texts), dtype=torch.bool)
     chunk = cfg.batch_size * TEXT_CHUNK_BATCHES
-    with eval_mode(model), torch.inference_mode(), autocast(cfg), Progress("text embeddings", total=len(texts), unit="text") as progress:
+    with (
+        eval_mode(model),
+        torch.inference_mode(),
+        autocast(cfg),
+        Progress("text embeddings", total=len(texts), unit="text") as progress,
+    ):
         for start in range(0, len(texts), chunk):
-            tokens, cut = tokenize_with_truncation(tokenizer, texts[start:start + chunk], context_length)
-            truncated[start:start + len(cut)] = cut
+            tokens, cut = tokenize_with_truncation(tokenizer, texts[start : start + chunk], context_length)
+            truncated[start : start + len(cut)] = cut
             order = torch.argsort(token_lengths(tokens), descending=True, stable=True)
             for batch_index in order.split(cfg.batch_size):
                 batch = tokens[batch_index].to(device)

@@ -120,7 +120,9 @@ def default_extractor(device: str = "cpu") -> FidInceptionFeatures:
     return FidInceptionFeatures().to(device)
 
 
-def extract_features(images: Iterable[Any], extractor: FidInceptionFeatures, batch_size: int = 32, device: str = "cpu") -> torch.Tensor:
+def extract_features(
+    images: Iterable[Any], extractor: FidInceptionFeatures, batch_size: int = 32, device: str = "cpu"
+) -> torch.Tensor:
     """N x 2048 float32 CPU features of ``images`` (PIL or tensors, any sizes; each resized by ``fid_pixels``).
     Raises BrokenModelError for NaN/inf features (``check_embeddings``)."""
     from evals.tasks.embeddings import check_embeddings
@@ -128,7 +130,9 @@ def extract_features(images: Iterable[Any], extractor: FidInceptionFeatures, bat
     chunks: List[torch.Tensor] = []
     batch: List[torch.Tensor] = []
 
-    progress = Progress("FID Inception features", total=len(images) if hasattr(images, "__len__") else None, unit="image")
+    progress = Progress(
+        "FID Inception features", total=len(images) if hasattr(images, "__len__") else None, unit="image"
+    )
 
     def flush() -> None:
         if batch:
@@ -151,7 +155,11 @@ def pixels_fingerprint(images: Sequence[Any]) -> str:
     """sha256 over the images' sizes and RGB bytes in order (the identity of a generated set)."""
     digest = hashlib.sha256(f"{len(images)}\0".encode())
     for image in images:
-        array = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else image.detach().cpu().contiguous().numpy()
+        array = (
+            np.asarray(image.convert("RGB"))
+            if isinstance(image, Image.Image)
+            else image.detach().cpu().contiguous().numpy()
+        )
         digest.update(f"{array.shape}|{array.dtype}|".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
@@ -172,15 +180,24 @@ def feature_statistics(features: torch.Tensor) -> Dict[str, Any]:
     return {"features": features.float(), "sum": total, "cov_sum": cross, "n": n, "mean": mean, "cov": cov}
 
 
-def cached_statistics(images: Any, images_fingerprint: str, extractor: FidInceptionFeatures, cache: EmbeddingCache,
-                      kind: str = "fid-reference", batch_size: int = 32, device: str = "cpu") -> Tuple[Dict[str, Any], bool]:
+def cached_statistics(
+    images: Any,
+    images_fingerprint: str,
+    extractor: FidInceptionFeatures,
+    cache: EmbeddingCache,
+    kind: str = "fid-reference",
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> Tuple[Dict[str, Any], bool]:
     """(``feature_statistics`` of ``images``, whether it came from the cache); ``images`` is an iterable (or a
     zero-argument callable returning one, only called on a miss). Keyed by ``statistics_key``."""
     key = statistics_key(extractor.weights_id, images_fingerprint)
     hit = cache.load(kind, key)
     if hit is not None:
         return hit, True
-    stats = feature_statistics(extract_features(images() if callable(images) else images, extractor, batch_size, device))
+    stats = feature_statistics(
+        extract_features(images() if callable(images) else images, extractor, batch_size, device)
+    )
     cache.save(kind, key, stats)
     return stats, False
 
@@ -202,12 +219,16 @@ def torchmetrics_fid(reference: Dict[str, Any], generated: Dict[str, Any], extra
     _fill(metric, reference, real=True)
     _fill(metric, generated, real=False)
     metric.orig_dtype = torch.float64  # update would set the features' float32; float64 keeps compute's own precision
-    with warnings.catch_warnings():  # the state was filled, not updated: torchmetrics' "compute before update" note is moot
+    with (
+        warnings.catch_warnings()
+    ):  # the state was filled, not updated: torchmetrics' "compute before update" note is moot
         warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
         return float(metric.compute())
 
 
-def kid_subsets(reference: torch.Tensor, generated: torch.Tensor, subsets: int, subset_size: int, seed: int) -> np.ndarray:
+def kid_subsets(
+    reference: torch.Tensor, generated: torch.Tensor, subsets: int, subset_size: int, seed: int
+) -> np.ndarray:
     """KID of each of ``subsets`` random subsets (torchmetrics' ``KernelInceptionDistance.compute`` loop: a random
     ``subset_size`` of each set, ``poly_mmd``), drawn with ``torch.randperm`` after ``torch.manual_seed(seed)``."""
     from torchmetrics.image.kid import poly_mmd
@@ -222,13 +243,21 @@ def kid_subsets(reference: torch.Tensor, generated: torch.Tensor, subsets: int, 
     return np.asarray(values)
 
 
-def torchmetrics_kid(reference: torch.Tensor, generated: torch.Tensor, extractor: FidInceptionFeatures, subsets: int,
-                     subset_size: int, seed: int) -> Tuple[float, float]:
+def torchmetrics_kid(
+    reference: torch.Tensor,
+    generated: torch.Tensor,
+    extractor: FidInceptionFeatures,
+    subsets: int,
+    subset_size: int,
+    seed: int,
+) -> Tuple[float, float]:
     """(mean, std) of ``torchmetrics.image.kid.KernelInceptionDistance(feature=extractor)`` over ``subsets`` subsets of
     ``subset_size``, its feature lists filled with the two sets' features, torch's RNG seeded with ``seed``."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    metric = KernelInceptionDistance(feature=extractor, subsets=subsets, subset_size=subset_size, reset_real_features=False)
+    metric = KernelInceptionDistance(
+        feature=extractor, subsets=subsets, subset_size=subset_size, reset_real_features=False
+    )
     metric.real_features.append(reference.double())
     metric.fake_features.append(generated.double())
     with torch.random.fork_rng(devices=[]):
@@ -260,8 +289,9 @@ def fid_from_features(reference: Dict[str, Any], generated: np.ndarray, ref_sqrt
     return float(((mean_r - mean_g) ** 2).sum() + np.trace(cov_r) + trace_g - 2 * trace_sqrt)
 
 
-def bootstrap_fid(reference: Dict[str, Any], generated: torch.Tensor, samples: int, confidence: float, seed: int,
-                  point: float) -> Tuple[Optional[Tuple[float, float]], Optional[float]]:
+def bootstrap_fid(
+    reference: Dict[str, Any], generated: torch.Tensor, samples: int, confidence: float, seed: int, point: float
+) -> Tuple[Optional[Tuple[float, float]], Optional[float]]:
     """(interval, bias) of FID over the generated images (reference statistics fixed; see the module docstring):
     ``samples`` resamples with replacement, bias = median resampled FID - ``point``, interval = the resampled FIDs'
     (alpha, 1 - alpha) quantiles minus the bias, clamped at 0, so it is centred on ``point``; (None, None) when
@@ -271,7 +301,9 @@ def bootstrap_fid(reference: Dict[str, Any], generated: torch.Tensor, samples: i
     rng = np.random.default_rng(seed)
     x = generated.double().numpy()
     root = _psd_sqrt(reference["cov"].double().numpy())
-    values = np.array([fid_from_features(reference, x[rng.integers(0, x.shape[0], x.shape[0])], root) for _ in range(samples)])
+    values = np.array(
+        [fid_from_features(reference, x[rng.integers(0, x.shape[0], x.shape[0])], root) for _ in range(samples)]
+    )
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     bias = float(np.median(values) - point)
@@ -295,9 +327,18 @@ class FidResult:
     generated_cached: bool
 
 
-def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: FidInceptionFeatures, bootstrap_samples: int,
-            kid_subsets_count: int, kid_subset_size: int, confidence: float, seed: int,
-            reference_cached: bool = False, generated_cached: bool = False) -> FidResult:
+def fid_kid(
+    reference: Dict[str, Any],
+    generated: Dict[str, Any],
+    extractor: FidInceptionFeatures,
+    bootstrap_samples: int,
+    kid_subsets_count: int,
+    kid_subset_size: int,
+    confidence: float,
+    seed: int,
+    reference_cached: bool = False,
+    generated_cached: bool = False,
+) -> FidResult:
     """FID and KID (torchmetrics) with their intervals (see the module docstring); the settings come from the T2I
     task's config (its defaults are the one set). Raises ConfigError for fewer than 2 generated images, and
     BrokenModelError when every generated image's features lie within 1e-6 of the first's (a constant generator: its
@@ -306,7 +347,9 @@ def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: Fid
     if gen.shape[0] < 2:
         raise ConfigError(f"FID needs at least 2 generated images, got {gen.shape[0]}")
     if float((gen - gen[0]).abs().max()) <= 1e-6:
-        raise BrokenModelError(f"all {gen.shape[0]} generated images have identical FID features (a constant generator)")
+        raise BrokenModelError(
+            f"all {gen.shape[0]} generated images have identical FID features (a constant generator)"
+        )
     fid = torchmetrics_fid(reference, generated, extractor)
     interval, bias = bootstrap_fid(reference, gen, bootstrap_samples, confidence, seed, fid)
     size = min(kid_subset_size, gen.shape[0], reference["features"].shape[0])
@@ -315,29 +358,69 @@ def fid_kid(reference: Dict[str, Any], generated: Dict[str, Any], extractor: Fid
     alpha = (1 - confidence) / 2
     kid_interval = tuple(float(v) for v in np.quantile(values, [alpha, 1 - alpha]))
     return FidResult(
-        fid=fid, fid_interval=interval,
-        fid_method=(f"bootstrap over the {gen.shape[0]} generated images ({bootstrap_samples} resamples, reference statistics fixed), "
-                    f"percentiles shifted by the bootstrap bias {bias if bias is None else round(bias, 3)} to centre on the FID, clamped at 0"),
-        kid=kid, kid_std=kid_std, kid_interval=kid_interval,  # type: ignore[arg-type]
+        fid=fid,
+        fid_interval=interval,
+        fid_method=(
+            f"bootstrap over the {gen.shape[0]} generated images ({bootstrap_samples} resamples, reference statistics fixed), "
+            f"percentiles shifted by the bootstrap bias {bias if bias is None else round(bias, 3)} to centre on the FID, clamped at 0"
+        ),
+        kid=kid,
+        kid_std=kid_std,
+        kid_interval=kid_interval,  # type: ignore[arg-type]
         kid_method=f"percentiles of KID over {kid_subsets_count} random subsets of {size} images (splits: spread of a size-{size} estimate)",
-        n_reference=int(reference["n"]), n_generated=int(gen.shape[0]), reference_cached=reference_cached, generated_cached=generated_cached)
+        n_reference=int(reference["n"]),
+        n_generated=int(gen.shape[0]),
+        reference_cached=reference_cached,
+        generated_cached=generated_cached,
+    )
 
 
-def cached_fid_kid(reference: Dict[str, Any], reference_key: Dict[str, Any], generated: Dict[str, Any], generated_key: Dict[str, Any],
-                   extractor: FidInceptionFeatures, cache: EmbeddingCache, bootstrap_samples: int, kid_subsets_count: int,
-                   kid_subset_size: int, confidence: float, seed: int, reference_cached: bool = False,
-                   generated_cached: bool = False) -> FidResult:
+def cached_fid_kid(
+    reference: Dict[str, Any],
+    reference_key: Dict[str, Any],
+    generated: Dict[str, Any],
+    generated_key: Dict[str, Any],
+    extractor: FidInceptionFeatures,
+    cache: EmbeddingCache,
+    bootstrap_samples: int,
+    kid_subsets_count: int,
+    kid_subset_size: int,
+    confidence: float,
+    seed: int,
+    reference_cached: bool = False,
+    generated_cached: bool = False,
+) -> FidResult:
     """``fid_kid``, stored per (reference statistics key, generated statistics key, interval settings, torchmetrics
     version): a repeated evaluation of the same two sets skips torchmetrics' O(D^3) ``compute`` (a general 2048 x 2048
     eigen-decomposition, the fixed cost of every FID) as well as the feature extraction."""
     import torchmetrics
 
-    key = {"reference": reference_key, "generated": generated_key, "bootstrap": bootstrap_samples, "kid": [kid_subsets_count, kid_subset_size],
-           "confidence": confidence, "seed": seed, "torchmetrics": torchmetrics.__version__, "v": 2}  # v2: centred FID interval
+    key = {
+        "reference": reference_key,
+        "generated": generated_key,
+        "bootstrap": bootstrap_samples,
+        "kid": [kid_subsets_count, kid_subset_size],
+        "confidence": confidence,
+        "seed": seed,
+        "torchmetrics": torchmetrics.__version__,
+        "v": 2,
+    }  # v2: centred FID interval
     hit = cache.load("fid-result", key)
     if hit is not None:
-        return FidResult(**{**hit["result"], "reference_cached": reference_cached, "generated_cached": generated_cached})
-    result = fid_kid(reference, generated, extractor, bootstrap_samples, kid_subsets_count, kid_subset_size, confidence, seed,
-                     reference_cached, generated_cached)
+        return FidResult(
+            **{**hit["result"], "reference_cached": reference_cached, "generated_cached": generated_cached}
+        )
+    result = fid_kid(
+        reference,
+        generated,
+        extractor,
+        bootstrap_samples,
+        kid_subsets_count,
+        kid_subset_size,
+        confidence,
+        seed,
+        reference_cached,
+        generated_cached,
+    )
     cache.save("fid-result", key, {"result": dataclasses.asdict(result)})
     return result

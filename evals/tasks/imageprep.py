@@ -39,7 +39,12 @@ class SplitPreprocess:
         self.mean: Optional[torch.Tensor] = None
         self.std: Optional[torch.Tensor] = None
         steps = list(getattr(preprocess, "transforms", []))
-        if len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize) and not steps[-1].inplace:
+        if (
+            len(steps) >= 2
+            and isinstance(steps[-2], T.ToTensor)
+            and isinstance(steps[-1], T.Normalize)
+            and not steps[-1].inplace
+        ):
             self.head = T.Compose(steps[:-2])
             self.mean = torch.as_tensor(steps[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.as_tensor(steps[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -89,7 +94,10 @@ def _resize_crop_plan(steps: Sequence[Any]) -> Optional[Tuple[int, Any, int, int
     if height > size or width > size:
         return None
     for step in steps[2:]:
-        if not ((type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB") or getattr(step, "__name__", "") == "_convert_to_rgb"):
+        if not (
+            (type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB")
+            or getattr(step, "__name__", "") == "_convert_to_rgb"
+        ):
             return None
     return size, pil_modes_mapping[resize.interpolation], height, width
 
@@ -109,7 +117,7 @@ def resize_crop(image: Any, plan: Tuple[int, Any, int, int]) -> np.ndarray:
         image = pil.resize((new_w, new_h), resample)
     array = image if isinstance(image, np.ndarray) else np.asarray(image)
     top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
-    return array[top:top + crop_h, left:left + crop_w]
+    return array[top : top + crop_h, left : left + crop_w]
 
 
 class _Mapped(Dataset):
@@ -157,7 +165,9 @@ def _collate_lists(batch: List[Tuple[Any, Any]]) -> Tuple[List[Any], List[Any]]:
     return [b[0] for b in kept], [b[1] for b in kept]
 
 
-def image_loader(data: Dataset, split: SplitPreprocess, batch_size: int, num_workers: int) -> Iterator[Tuple[List[Any], List[Any]]]:
+def image_loader(
+    data: Dataset, split: SplitPreprocess, batch_size: int, num_workers: int
+) -> Iterator[Tuple[List[Any], List[Any]]]:
     """(list of per-image PIL-stage outputs, list of targets) batches in data set order; a batch whose images were all
     skipped is not yielded."""
     stream = isinstance(data, IterableDataset)
@@ -166,9 +176,19 @@ def image_loader(data: Dataset, split: SplitPreprocess, batch_size: int, num_wor
     if stream and split.plan is not None and hasattr(data, "as_array"):
         data = copy.copy(data)  # shares the counters; yields arrays for resize_crop
         data.as_array = True
-    wrapped = _MappedStream(data, split.pil_stage) if stream else _Mapped(data, split.pil_stage, as_array=split.plan is not None)
-    loader = DataLoader(wrapped, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_lists,
-                        persistent_workers=False)
+    wrapped = (
+        _MappedStream(data, split.pil_stage)
+        if stream
+        else _Mapped(data, split.pil_stage, as_array=split.plan is not None)
+    )
+    loader = DataLoader(
+        wrapped,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_lists,
+        persistent_workers=False,
+    )
     batches = iter(loader) if num_workers else _background(iter(loader))
     return (batch for batch in batches if batch[0])
 

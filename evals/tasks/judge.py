@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 
 RUBRICS: Dict[str, str] = {
     "alignment_1to5": (
-        "You are judging a text-to-image model. The image was generated from this prompt:\n\"{prompt}\"\n"
+        'You are judging a text-to-image model. The image was generated from this prompt:\n"{prompt}"\n'
         "Rate how well the image follows the prompt on a scale of 1 to 5: 1 = unrelated to the prompt; 2 = a few elements "
         "of the prompt appear; 3 = the main subject is right but several details (colours, counts, positions, attributes) "
         "are wrong or missing; 4 = almost everything in the prompt is depicted, with one small error; 5 = every element "
-        "of the prompt is depicted exactly. Answer with the number only."),
+        "of the prompt is depicted exactly. Answer with the number only."
+    ),
 }
 RATING = re.compile(r"(?<!\d)([1-5])(?!\d)")
 
@@ -60,11 +61,19 @@ class JudgeConfig:
     api_key_env: Optional[str] = "OPENAI_API_KEY"
 
     def __post_init__(self) -> None:
-        require(self.base_url.startswith(("http://", "https://")), f"judge base_url={self.base_url!r} must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        require(
+            self.base_url.startswith(("http://", "https://")),
+            f"judge base_url={self.base_url!r} must be an http(s) URL such as http://127.0.0.1:8000/v1",
+        )
         require(bool(self.model), "judge model must name the served vision model")
-        require("{prompt}" in self.rubric_text(), f"judge rubric {self.rubric!r} must be a name of {sorted(RUBRICS)} or a text with {{prompt}}")
-        require(self.concurrency >= 1 and self.timeout_s > 0 and self.max_retries >= 0 and self.max_tokens >= 1,
-                "judge concurrency, timeout_s and max_tokens must be positive and max_retries >= 0")
+        require(
+            "{prompt}" in self.rubric_text(),
+            f"judge rubric {self.rubric!r} must be a name of {sorted(RUBRICS)} or a text with {{prompt}}",
+        )
+        require(
+            self.concurrency >= 1 and self.timeout_s > 0 and self.max_retries >= 0 and self.max_tokens >= 1,
+            "judge concurrency, timeout_s and max_tokens must be positive and max_retries >= 0",
+        )
 
     def rubric_text(self) -> str:
         """The rubric's text (a named one or as given)."""
@@ -104,7 +113,9 @@ class VlmJudge:
 
         self.cfg, self.errors = cfg, openai
         key = os.environ.get(cfg.api_key_env or "", "") or "not-needed"
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+        self.client = openai.OpenAI(
+            base_url=cfg.base_url, api_key=key, max_retries=cfg.max_retries, timeout=cfg.timeout_s
+        )
         self.folder = None if cache_dir is None else os.path.join(cache_dir, "vlm-judge")
 
     def _path(self, image_hash: str, prompt: str) -> Optional[str]:
@@ -116,11 +127,17 @@ class VlmJudge:
 
     def _ask(self, image: Any, prompt: str) -> Tuple[Optional[int], str, Optional[str]]:
         """(rating or None, outcome, answer text) of one request (the client retries it)."""
-        content = [{"type": "image_url", "image_url": {"url": png_data_uri(image)}},
-                   {"type": "text", "text": self.cfg.rubric_text().format(prompt=prompt)}]
+        content = [
+            {"type": "image_url", "image_url": {"url": png_data_uri(image)}},
+            {"type": "text", "text": self.cfg.rubric_text().format(prompt=prompt)},
+        ]
         try:
-            answer = self.client.chat.completions.create(model=self.cfg.model, messages=[{"role": "user", "content": content}],
-                                                         temperature=0, max_tokens=self.cfg.max_tokens)
+            answer = self.client.chat.completions.create(
+                model=self.cfg.model,
+                messages=[{"role": "user", "content": content}],
+                temperature=0,
+                max_tokens=self.cfg.max_tokens,
+            )
             text = answer.choices[0].message.content
         except self.errors.APITimeoutError:
             return None, "timeout", None
@@ -143,7 +160,9 @@ class VlmJudge:
         rating, outcome, text = self._ask(image, prompt)
         if path is not None and outcome in ("rated", "unparseable"):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write_json(path, {"rating": rating, "outcome": outcome, "answer": text, "prompt": prompt, **self.cfg.identity()})
+            atomic_write_json(
+                path, {"rating": rating, "outcome": outcome, "answer": text, "prompt": prompt, **self.cfg.identity()}
+            )
         return rating, outcome
 
     def rate(self, images: Sequence[Any], prompts: Sequence[str]) -> Tuple[List[Optional[int]], Dict[str, int]]:

@@ -47,6 +47,8 @@ CROP = 14  # px window per cell at size 32 (a cell is 10.7 px; objects stay insi
 def crop_size(size: int) -> int:
     """The cell window at image size ``size``: ``CROP`` x size / 32, at least 8 px."""
     return max(8, round(CROP * size / 32))
+
+
 ATTRIBUTES = ("shape", "colour", "count", "size")
 CATEGORIES = ("object", "colour", "count", "position", "overall")
 
@@ -63,16 +65,30 @@ class CellRecognizer(torch.nn.Module):
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
+
         def block(cin: int, cout: int) -> List[torch.nn.Module]:
             return [torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), torch.nn.BatchNorm2d(cout), torch.nn.ReLU()]
 
         self.features = torch.nn.Sequential(
-            *block(3, width), *block(width, width), torch.nn.MaxPool2d(2),
-            *block(width, 2 * width), torch.nn.MaxPool2d(2),
-            *block(2 * width, 2 * width), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
-            torch.nn.Linear(8 * width, 128), torch.nn.ReLU())
-        self.heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(128, 7), "colour": torch.nn.Linear(128, 6),
-                                          "count": torch.nn.Linear(128, 3), "size": torch.nn.Linear(128, 2)})
+            *block(3, width),
+            *block(width, width),
+            torch.nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            torch.nn.MaxPool2d(2),
+            *block(2 * width, 2 * width),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * width, 128),
+            torch.nn.ReLU(),
+        )
+        self.heads = torch.nn.ModuleDict(
+            {
+                "shape": torch.nn.Linear(128, 7),
+                "colour": torch.nn.Linear(128, 6),
+                "count": torch.nn.Linear(128, 3),
+                "size": torch.nn.Linear(128, 2),
+            }
+        )
 
     def forward(self, crops: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Logits per attribute."""
@@ -101,7 +117,7 @@ def cell_crops(arrays: np.ndarray, crop: Optional[int] = None) -> torch.Tensor:
         row, col = divmod(cell, 3)
         cy, cx = (row + 0.5) * size / 3.0, (col + 0.5) * size / 3.0
         y0, x0 = int(round(cy - crop / 2)) + pad, int(round(cx - crop / 2)) + pad
-        out[:, cell] = padded[:, y0:y0 + crop, x0:x0 + crop]
+        out[:, cell] = padded[:, y0 : y0 + crop, x0 : x0 + crop]
     return torch.from_numpy(out.reshape(n * 9, crop, crop, 3)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -113,7 +129,12 @@ def cell_labels(objects: Sequence[Dict[str, Any]]) -> np.ndarray:
     colours = list(sc.COLOURS)
     for group in objects:
         cell = sc.POSITIONS.index(group["position"])
-        labels[cell] = [1 + sc.SHAPES.index(group["shape"]), colours.index(group["colour"]), group["count"] - 1, sc.SIZES.index(group["size"])]
+        labels[cell] = [
+            1 + sc.SHAPES.index(group["shape"]),
+            colours.index(group["colour"]),
+            group["count"] - 1,
+            sc.SIZES.index(group["size"]),
+        ]
     return labels
 
 
@@ -145,7 +166,7 @@ def predict_cells(model: CellRecognizer, arrays: np.ndarray, batch: int = 2048) 
     model.eval()
     preds = []
     for start in range(0, crops.shape[0], batch):
-        logits = model(crops[start:start + batch])
+        logits = model(crops[start : start + batch])
         preds.append(torch.stack([logits[name].argmax(dim=1) for name in ATTRIBUTES], dim=1))
     return torch.cat(preds).numpy().reshape(arrays.shape[0], 9, 4)
 
@@ -176,7 +197,13 @@ class RecognizerSpec:
     def key(self) -> Dict[str, Any]:
         """Cache key: every field plus the scenes' version and the seeds."""
         sc = _scenes()
-        return {**self.__dict__, "scenes_version": sc.SCENES_VERSION, "seeds": [RECOGNIZER_SEED, HELDOUT_SEED], "crop": crop_size(self.size), "v": 2}
+        return {
+            **self.__dict__,
+            "scenes_version": sc.SCENES_VERSION,
+            "seeds": [RECOGNIZER_SEED, HELDOUT_SEED],
+            "crop": crop_size(self.size),
+            "v": 2,
+        }
 
 
 @dataclass
@@ -197,8 +224,10 @@ class Recognizer:
         """ConfigError (one line) when any held-out attribute accuracy is below ``threshold``: no score is published."""
         if self.min_accuracy < threshold:
             worst = min(self.heldout_accuracy, key=self.heldout_accuracy.get)
-            raise ConfigError(f"prompt following: the scene recognizer's held-out {worst} accuracy {self.min_accuracy:.3f} is below "
-                              f"{threshold:.2f}; no prompt-following score is published (train it longer: more recognizer scenes or epochs)")
+            raise ConfigError(
+                f"prompt following: the scene recognizer's held-out {worst} accuracy {self.min_accuracy:.3f} is below "
+                f"{threshold:.2f}; no prompt-following score is published (train it longer: more recognizer scenes or epochs)"
+            )
 
 
 def train_recognizer(spec: RecognizerSpec = RecognizerSpec(), seed: int = 0) -> Recognizer:
@@ -221,7 +250,14 @@ def _train_recognizer(spec: RecognizerSpec, seed: int) -> Recognizer:
     crops, targets = cell_crops(arrays), torch.from_numpy(labels.reshape(-1, 4))
     occupied = torch.nonzero(targets[:, 0] > 0).squeeze(1)
     empty = torch.nonzero(targets[:, 0] == 0).squeeze(1)
-    keep = torch.cat([occupied, empty[torch.randperm(empty.numel(), generator=torch.Generator().manual_seed(seed))[:occupied.numel() // 3]]])
+    keep = torch.cat(
+        [
+            occupied,
+            empty[
+                torch.randperm(empty.numel(), generator=torch.Generator().manual_seed(seed))[: occupied.numel() // 3]
+            ],
+        ]
+    )
     crops, targets = crops[keep], targets[keep]  # every object, a third as many empty cells (empty is easy)
     torch.manual_seed(seed)
     model = CellRecognizer(spec.width)
@@ -233,7 +269,7 @@ def _train_recognizer(spec: RecognizerSpec, seed: int) -> Recognizer:
     for _ in range(spec.epochs):
         order = torch.randperm(crops.shape[0], generator=generator)
         for begin in range(0, crops.shape[0], spec.batch_size):
-            idx = order[begin:begin + spec.batch_size]
+            idx = order[begin : begin + spec.batch_size]
             x = crops[idx] + 0.02 * torch.randn(crops[idx].shape, generator=generator)
             loss = _loss(model(x), targets[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -243,7 +279,9 @@ def _train_recognizer(spec: RecognizerSpec, seed: int) -> Recognizer:
     held_arrays, held_labels = render_set("val", spec.heldout_scenes, HELDOUT_SEED, spec.size)
     acc = accuracy(predict_cells(model, held_arrays), held_labels)
     seconds = time.perf_counter() - start
-    log.info("scene recognizer: held-out accuracy %s, trained in %.0f s", {k: round(v, 4) for k, v in acc.items()}, seconds)
+    log.info(
+        "scene recognizer: held-out accuracy %s, trained in %.0f s", {k: round(v, 4) for k, v in acc.items()}, seconds
+    )
     return Recognizer(model.eval(), spec, acc, seconds)
 
 
@@ -256,8 +294,15 @@ def cached_recognizer(spec: RecognizerSpec, cache_dir: Optional[str]) -> Recogni
         model.load_state_dict(hit["state_dict"])
         return Recognizer(model.eval(), spec, dict(hit["heldout_accuracy"]), float(hit["train_seconds"]))
     recognizer = train_recognizer(spec)
-    cache.save("scene-recognizer", spec.key(), {"state_dict": recognizer.model.state_dict(),
-                                                "heldout_accuracy": recognizer.heldout_accuracy, "train_seconds": recognizer.train_seconds})
+    cache.save(
+        "scene-recognizer",
+        spec.key(),
+        {
+            "state_dict": recognizer.model.state_dict(),
+            "heldout_accuracy": recognizer.heldout_accuracy,
+            "train_seconds": recognizer.train_seconds,
+        },
+    )
     return recognizer
 
 
@@ -282,21 +327,44 @@ def score_prompt(groups: Sequence[Dict[str, Any]], cells: np.ndarray) -> Dict[st
     out["object"] = float(all(int(s) in set(shapes.tolist()) for s in shape_ids))
     coloured = [g for g in groups if "colour" in g]
     if coloured:
-        out["colour"] = float(all(any(c[0] == 1 + sc.SHAPES.index(g["shape"]) and c[1] == colours.index(g["colour"]) for c in cells)
-                                  for g in coloured))
+        out["colour"] = float(
+            all(
+                any(c[0] == 1 + sc.SHAPES.index(g["shape"]) and c[1] == colours.index(g["colour"]) for c in cells)
+                for g in coloured
+            )
+        )
     counted = [g for g in groups if "count" in g]
     if counted:
-        out["count"] = float(all(any(c[0] == 1 + sc.SHAPES.index(g["shape"]) and c[2] == g["count"] - 1
-                                     and ("colour" not in g or c[1] == colours.index(g["colour"])) for c in cells) for g in counted))
+        out["count"] = float(
+            all(
+                any(
+                    c[0] == 1 + sc.SHAPES.index(g["shape"])
+                    and c[2] == g["count"] - 1
+                    and ("colour" not in g or c[1] == colours.index(g["colour"]))
+                    for c in cells
+                )
+                for g in counted
+            )
+        )
     placed = [g for g in groups if "position" in g]
     if placed:
-        out["position"] = float(all(cells[sc.POSITIONS.index(g["position"]), 0] == 1 + sc.SHAPES.index(g["shape"]) for g in placed))
-    out["overall"] = float(all(matches(cells[sc.POSITIONS.index(g["position"])], g) if "position" in g
-                               else any(matches(c, g) for c in cells) for g in groups))
+        out["position"] = float(
+            all(cells[sc.POSITIONS.index(g["position"]), 0] == 1 + sc.SHAPES.index(g["shape"]) for g in placed)
+        )
+    out["overall"] = float(
+        all(
+            matches(cells[sc.POSITIONS.index(g["position"])], g)
+            if "position" in g
+            else any(matches(c, g) for c in cells)
+            for g in groups
+        )
+    )
     return out
 
 
-def prompt_following(recognizer: Recognizer, images: Sequence[Any], prompts: Sequence[str]) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
+def prompt_following(
+    recognizer: Recognizer, images: Sequence[Any], prompts: Sequence[str]
+) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
     """(category -> per-prompt 0/1 values over the prompts that state it, counts: prompts, scored, skipped_no_scene)."""
     sc = _scenes()
     parsed = [sc.parse_scene_description(p) for p in prompts]

@@ -22,11 +22,24 @@ Template = Union[str, Callable[[str], str]]
 
 # OpenAI CLIP's 18 CIFAR-10/100 templates (as in CLIP_benchmark's en_zeroshot_classification_templates.json).
 CIFAR_TEMPLATES = (
-    "a photo of a {c}.", "a blurry photo of a {c}.", "a black and white photo of a {c}.", "a low contrast photo of a {c}.",
-    "a high contrast photo of a {c}.", "a bad photo of a {c}.", "a good photo of a {c}.", "a photo of a small {c}.",
-    "a photo of a big {c}.", "a photo of the {c}.", "a blurry photo of the {c}.", "a black and white photo of the {c}.",
-    "a low contrast photo of the {c}.", "a high contrast photo of the {c}.", "a bad photo of the {c}.",
-    "a good photo of the {c}.", "a photo of the small {c}.", "a photo of the big {c}.",
+    "a photo of a {c}.",
+    "a blurry photo of a {c}.",
+    "a black and white photo of a {c}.",
+    "a low contrast photo of a {c}.",
+    "a high contrast photo of a {c}.",
+    "a bad photo of a {c}.",
+    "a good photo of a {c}.",
+    "a photo of a small {c}.",
+    "a photo of a big {c}.",
+    "a photo of the {c}.",
+    "a blurry photo of the {c}.",
+    "a black and white photo of the {c}.",
+    "a low contrast photo of the {c}.",
+    "a high contrast photo of the {c}.",
+    "a bad photo of the {c}.",
+    "a good photo of the {c}.",
+    "a photo of the small {c}.",
+    "a photo of the big {c}.",
 )
 
 
@@ -58,8 +71,10 @@ def read_lines(path: str, keep_blank: bool = False) -> List[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path} line {line} is not UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path} line {line} is not UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8"
+        ) from None
     lines = [line.strip() for line in text.splitlines()]
     return lines if keep_blank else [line for line in lines if line]
 
@@ -91,12 +106,21 @@ def check_classnames(classnames: Sequence[str], source: str) -> List[str]:
         raise ConfigError(f"{source} has no class names")
     empty = [i for i, name in enumerate(names) if not name]
     if empty:
-        raise ConfigError(f"{source}: class {empty[0]} has an empty name ({len(empty)} empty); every class index needs a name")
+        raise ConfigError(
+            f"{source}: class {empty[0]} has an empty name ({len(empty)} empty); every class index needs a name"
+        )
     duplicates = duplicate_names(names)
-    if duplicates and tuple(names) not in _WARNED:  # once per list per process (a file's names are checked again as the set's)
+    if (
+        duplicates and tuple(names) not in _WARNED
+    ):  # once per list per process (a file's names are checked again as the set's)
         _WARNED.add(tuple(names))
         shown = "; ".join(f"{name!r} at {where}" for name, where in list(duplicates.items())[:5])
-        log.warning("%s: %d class names occur more than once (%s); their classes tie on every image", source, len(duplicates), shown)
+        log.warning(
+            "%s: %d class names occur more than once (%s); their classes tie on every image",
+            source,
+            len(duplicates),
+            shown,
+        )
     return names
 
 
@@ -107,7 +131,9 @@ def read_classnames(path: str) -> List[str]:
     while lines and not lines[-1]:
         lines.pop()
     if "" in lines:
-        raise ConfigError(f"{path} line {lines.index('') + 1} is blank; a class name is missing there (remove the line or name the class)")
+        raise ConfigError(
+            f"{path} line {lines.index('') + 1} is blank; a class name is missing there (remove the line or name the class)"
+        )
     return check_classnames(lines, path)
 
 
@@ -115,11 +141,20 @@ def read_classnames(path: str) -> List[str]:
 def _template_problem(template: str) -> Optional[str]:
     """Why a template string is not CLIP_benchmark's format (None when it is): ``{c}`` at least once, no other field."""
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
     except ValueError as exc:
         return f"has unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}"
-    others = sorted({"{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-                     for name, spec, conversion in fields if name != "c" or spec or conversion})
+    others = sorted(
+        {
+            "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            for name, spec, conversion in fields
+            if name != "c" or spec or conversion
+        }
+    )
     if others:
         return f"has the field(s) {', '.join(others)}; the class name placeholder is a plain {{c}} and no other field is filled"
     if not fields:
@@ -134,7 +169,9 @@ def check_template(template: Template, source: str = "templates") -> Template:
         probe = "\x00class\x00"
         out = template(probe)
         if not isinstance(out, str) or probe not in out:
-            raise ConfigError(f"{source}: the template callable {template!r} does not return a string containing the class name")
+            raise ConfigError(
+                f"{source}: the template callable {template!r} does not return a string containing the class name"
+            )
         return template
     if not isinstance(template, str):
         raise ConfigError(f"{source}: template {template!r} is neither a string nor a callable")
@@ -161,7 +198,9 @@ def check_templates(templates: Sequence[Template], source: str) -> List[Template
     if not out:
         raise ConfigError(f"{source} has no templates")
     if dropped:
-        log.warning("%s: %d duplicate templates dropped (%s)", source, len(dropped), ", ".join(repr(d) for d in dropped[:3]))
+        log.warning(
+            "%s: %d duplicate templates dropped (%s)", source, len(dropped), ", ".join(repr(d) for d in dropped[:3])
+        )
     return out
 
 
@@ -179,7 +218,9 @@ def load_classnames(spec: Optional[str], default: Optional[Sequence[str]] = None
     raise ConfigError(f"classnames={spec!r} is neither 'imagenet' nor an existing file")
 
 
-def load_templates(spec: Optional[str], default: Optional[Sequence[Template]] = None, default_source: str = "the data set's templates") -> List[Template]:
+def load_templates(
+    spec: Optional[str], default: Optional[Sequence[Template]] = None, default_source: str = "the data set's templates"
+) -> List[Template]:
     """Templates from a named set, a text file (one a line, blank lines ignored), or the data set's own (``default``,
     named ``default_source`` in errors); fallback openai_imagenet. Checked by ``check_templates``."""
     if spec is None:

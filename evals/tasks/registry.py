@@ -92,13 +92,38 @@ class TaskSpec:
         return getattr(importlib.import_module(module), function)
 
 
-TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
-    TaskSpec("zeroshot_classification", EMBEDDER, "evals.tasks.zeroshot:run_zeroshot_task", ("top1", "top5", "mean_per_class_recall")),
-    TaskSpec("retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")),
-    TaskSpec("long_retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1")),
-    TaskSpec("caption_diagnostics", EMBEDDER, "evals.tasks.diagnostics:run_diagnostics_task"),
-    TaskSpec("fid", GENERATOR, "evals.tasks.t2i:run_fid_task", ("fid", "kid"), percent=False, lower_is_better=("fid", "kid")),
-    TaskSpec("clip_score", GENERATOR, "evals.tasks.t2i:run_clip_score_task", ("clip_score",), percent=False),
-    TaskSpec("prompt_following", GENERATOR, "evals.tasks.t2i:run_prompt_following_task", ("overall", "object", "colour", "count", "position")),
-    TaskSpec("vlm_judge", GENERATOR, "evals.tasks.t2i:run_judge_task", ("judge_rating",), percent=False),
-)}
+TASKS: Dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "zeroshot_classification",
+            EMBEDDER,
+            "evals.tasks.zeroshot:run_zeroshot_task",
+            ("top1", "top5", "mean_per_class_recall"),
+        ),
+        TaskSpec(
+            "retrieval",
+            EMBEDDER,
+            "evals.tasks.retrieval:run_retrieval_task",
+            ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5"),
+        ),
+        TaskSpec("long_retrieval", EMBEDDER, "evals.tasks.retrieval:run_retrieval_task", ("i2t_R@1", "t2i_R@1")),
+        TaskSpec("caption_diagnostics", EMBEDDER, "evals.tasks.diagnostics:run_diagnostics_task"),
+        TaskSpec(
+            "fid",
+            GENERATOR,
+            "evals.tasks.t2i:run_fid_task",
+            ("fid", "kid"),
+            percent=False,
+            lower_is_better=("fid", "kid"),
+        ),
+        TaskSpec("clip_score", GENERATOR, "evals.tasks.t2i:run_clip_score_task", ("clip_score",), percent=False),
+        TaskSpec(
+            "prompt_following",
+            GENERATOR,
+            "evals.tasks.t2i:run_prompt_following_task",
+            ("overall", "object", "colour", "count", "position"),
+        ),
+        TaskSpec("vlm_judge", GENERATOR, "evals.tasks.t2i:run_judge_task", ("judge_rating",), percent=False),
+    )
+}

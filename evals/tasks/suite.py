@@ -33,8 +33,12 @@ def model_info(embedder: ImageTextEmbedder, cfg: EvalConfig, model_id: Optional[
     """Identity of what produced the numbers: weights id (sha256 of the state dict unless given), preprocessing, tokenizer
     (a generator: its weights id and description)."""
     if embedder.kind == GENERATOR:
-        return {"weights_id": model_id or embedder.identity(), "class": f"{type(embedder.pipeline).__module__}.{type(embedder.pipeline).__qualname__}",
-                "generator": embedder.description, "precision": cfg.precision}
+        return {
+            "weights_id": model_id or embedder.identity(),
+            "class": f"{type(embedder.pipeline).__module__}.{type(embedder.pipeline).__qualname__}",
+            "generator": embedder.description,
+            "precision": cfg.precision,
+        }
     model, tokenizer, preprocess = embedder.model, embedder.tokenizer, embedder.preprocess
     context_length = text_context_length(model, tokenizer, cfg)
     return {
@@ -52,7 +56,9 @@ def check_tasks(evaluable: Any, tasks: List[TaskConfig]) -> None:
     for task in tasks:
         spec = TASKS[task.task]
         if spec.evaluates != evaluable.kind:
-            raise ConfigError(f"eval task {task.name}: task={task.task} evaluates an {spec.evaluates}, but this model is an {evaluable.kind}")
+            raise ConfigError(
+                f"eval task {task.name}: task={task.task} evaluates an {spec.evaluates}, but this model is an {evaluable.kind}"
+            )
 
 
 def run_task(evaluable: Any, task: TaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
@@ -73,12 +79,20 @@ def check_lost_share(result: TaskResult, task: TaskConfig, cfg: EvalConfig) -> N
     share = lost / (lost + int(evaluated))
     if share > cfg.max_lost_share:
         reasons = by_count(skipped)
-        raise LabelError(f"eval task {task.name}: {lost} of {lost + int(evaluated)} samples lost ({share:.1%} > eval.max_lost_share="
-                        f"{cfg.max_lost_share:g}): {reasons}; nothing published")
+        raise LabelError(
+            f"eval task {task.name}: {lost} of {lost + int(evaluated)} samples lost ({share:.1%} > eval.max_lost_share="
+            f"{cfg.max_lost_share:g}): {reasons}; nothing published"
+        )
 
 
-def evaluate_checkpoint(evaluable: Any, cfg: EvalConfig, checkpoint: str, model_id: Optional[str] = None, write: bool = True,
-                        on_exists: str = "raise") -> List[Dict[str, Any]]:
+def evaluate_checkpoint(
+    evaluable: Any,
+    cfg: EvalConfig,
+    checkpoint: str,
+    model_id: Optional[str] = None,
+    write: bool = True,
+    on_exists: str = "raise",
+) -> List[Dict[str, Any]]:
     """Run every task of ``cfg.tasks``; returns the records (written to ``cfg.records_dir`` when ``write``)."""
     check_tasks(evaluable, cfg.tasks)
     info = model_info(evaluable, cfg, model_id)
@@ -88,12 +102,15 @@ def evaluate_checkpoint(evaluable: Any, cfg: EvalConfig, checkpoint: str, model_
         try:
             result = run_task(evaluable, task, cfg, info["weights_id"])
         except BrokenModelError as exc:
-            raise BrokenModelError(f"model {checkpoint} ({info['weights_id'][:12]}), eval task {task.name}: {exc}") from None
+            raise BrokenModelError(
+                f"model {checkpoint} ({info['weights_id'][:12]}), eval task {task.name}: {exc}"
+            ) from None
         check_lost_share(result, task, cfg)
         record = build_record(result, checkpoint, info, cfg)
         record["task_name"] = task.name
         if write:
-            record["path"] = write_record(record, cfg.records_dir, result.per_query,
-                                          stem=record_stem(checkpoint, task.name), on_exists=on_exists)
+            record["path"] = write_record(
+                record, cfg.records_dir, result.per_query, stem=record_stem(checkpoint, task.name), on_exists=on_exists
+            )
         records.append(record)
     return records

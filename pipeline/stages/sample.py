@@ -36,7 +36,12 @@ def prompts_of(ctx: RunContext) -> List[str]:
         return list(spec.prompts)
     data = recaptioned_data(ctx)
     counters = SampleCounters(max_workers=1)
-    records = valid_records(raw_samples(expand_shards(data.shards(spec.prompt_split)), counters, data.max_member_bytes), data.layout, counters, data.max_image_pixels)
+    records = valid_records(
+        raw_samples(expand_shards(data.shards(spec.prompt_split)), counters, data.max_member_bytes),
+        data.layout,
+        counters,
+        data.max_image_pixels,
+    )
     prompts = prompts_from_records(records, spec.prompt_source, spec.num_prompts)
     require(bool(prompts), f"train.sample: no prompts in split {spec.prompt_split!r} of data set {cfg.data.name}")
     return prompts
@@ -44,14 +49,17 @@ def prompts_of(ctx: RunContext) -> List[str]:
 
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the images."""
-    return {"train_hash": ctx.output(TrainInfo).hash, "sample": key_fields(ctx.cfg.train.sample),
-            "data_fingerprint": ctx.output(DataInfo).fingerprint}
+    return {
+        "train_hash": ctx.output(TrainInfo).hash,
+        "sample": key_fields(ctx.cfg.train.sample),
+        "data_fingerprint": ctx.output(DataInfo).fingerprint,
+    }
 
 
 def run(ctx: RunContext, out_dir: Optional[str]) -> SampleInfo:
     """Generate this rank's share; on rank 0 wait for all, then index them and draw the grid."""
     sampling = family_of(ctx.cfg).sampling
-    cfg, spec = ctx.cfg, ctx.cfg.train.sample
+    spec = ctx.cfg.train.sample
     export_dir = ctx.output(TrainInfo).export_dir
     prompts = prompts_of(ctx)
     device = f"cuda:{local_rank()}" if spec.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -60,10 +68,20 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> SampleInfo:
     folder = os.path.join(out_dir, "images")
     if rank() != 0:
         return SampleInfo(images=len(prompts))
-    wait_until(lambda: all(os.path.isfile(os.path.join(folder, f"{i:05d}.json")) for i in range(len(prompts))), f"{len(prompts)} samples in {folder}")
+    wait_until(
+        lambda: all(os.path.isfile(os.path.join(folder, f"{i:05d}.json")) for i in range(len(prompts))),
+        f"{len(prompts)} samples in {folder}",
+    )
     grid_path = sampling.write_grid(out_dir, prompts, spec.grid_columns)
-    return SampleInfo(images=len(prompts), grid=grid_path, sampler=spec.sampler, steps=spec.steps, guidance_scale=spec.guidance_scale,
-                      seed=spec.seed, export_dir=export_dir)
+    return SampleInfo(
+        images=len(prompts),
+        grid=grid_path,
+        sampler=spec.sampler,
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        seed=spec.seed,
+        export_dir=export_dir,
+    )
 
 
 STAGE = Stage(name="sample", needs=("train",), after=("recaption",), output=SampleInfo, key=key, run=run, ranks="all")

@@ -28,7 +28,9 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> TablesInfo:
 
     results = ctx.cfg.run.results_dir
     log.info("tables from %s", os.path.join(results, RECORDS_DIR))
-    with exclusive(records_lock(os.path.join(results, RECORDS_DIR))):  # a parallel job's newer records are never dropped
+    with exclusive(
+        records_lock(os.path.join(results, RECORDS_DIR))
+    ):  # a parallel job's newer records are never dropped
         clear_partial_files(results)  # tables, CSVs and plots are written only here, under this lock
         return TablesInfo(table=write_tables(results, ctx.cfg.data.name, family_of(ctx.cfg).table_kind))
 

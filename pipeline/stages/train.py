@@ -12,24 +12,40 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from captiondata.realised import MIN_COVERAGE, check_fields, check_mixture, field_presence, needed_sources, realised_mixture, sum_epochs
 from captiondata.reader import expand_shards
+from captiondata.realised import (
+    MIN_COVERAGE,
+    check_fields,
+    check_mixture,
+    field_presence,
+    needed_sources,
+    realised_mixture,
+    sum_epochs,
+)
 from harness_infra.ranks import is_main
 from harness_infra.stagecache import key_fields
-from training.monitor import read_epochs
 from pipeline.families import family_of, train_result_info
 from pipeline.infos import DataInfo, TrainInfo
 from pipeline.registry import RunContext, Stage
 from pipeline.stages.recaption import read_key, recaption_output, recaptioned_data
+from training.monitor import read_epochs
 
 
 def key(ctx: RunContext) -> Dict[str, Any]:
     """What determines the trained weights."""
     cfg = ctx.cfg
-    key = {"trainer": cfg.trainer, "model": key_fields(cfg.model), "train": key_fields(cfg.train), "mix": key_fields(cfg.mix),
-           "data": key_fields(cfg.data), "data_fingerprint": ctx.output(DataInfo).fingerprint}
+    key = {
+        "trainer": cfg.trainer,
+        "model": key_fields(cfg.model),
+        "train": key_fields(cfg.train),
+        "mix": key_fields(cfg.mix),
+        "data": key_fields(cfg.data),
+        "data_fingerprint": ctx.output(DataInfo).fingerprint,
+    }
     recaptioned = recaption_output(ctx)
-    if recaptioned is not None:  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
+    if (
+        recaptioned is not None
+    ):  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
         key["recaption"] = {**read_key(cfg, recaptioned), "splits": list(cfg.recaption.splits)}
     return key
 
@@ -55,14 +71,30 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> TrainInfo:
     data = recaptioned_data(ctx)
     needed = needed_sources(cfg.mix.strategy, cfg.mix.p_original)
     failures = recaption_failures(ctx)
-    check_fields(field_presence(expand_shards(data.shards("train")), data.layout), data.layout, needed, min_coverage(cfg), failures)
+    check_fields(
+        field_presence(expand_shards(data.shards("train")), data.layout),
+        data.layout,
+        needed,
+        min_coverage(cfg),
+        failures,
+    )
     info = TrainInfo.from_json(train_result_info(family.train(cfg.model, recipe, data, cfg.mix, out_dir)))
     if not is_main():  # rank 0 reads the run's epoch reports and checks them
         return info
-    mixture = realised_mixture(sum_epochs(read_epochs(out_dir)), cfg.mix.strategy, cfg.mix.p_original, min_coverage(cfg))
+    mixture = realised_mixture(
+        sum_epochs(read_epochs(out_dir)), cfg.mix.strategy, cfg.mix.p_original, min_coverage(cfg)
+    )
     check_mixture(mixture, failures)
     return info.replace(mixture=mixture)
 
 
-STAGE = Stage(name="train", needs=("data",), after=("recaption", "features"), output=TrainInfo, key=key, run=run, ranks="all",
-              version=2)  # 2: records carry the checked mixture
+STAGE = Stage(
+    name="train",
+    needs=("data",),
+    after=("recaption", "features"),
+    output=TrainInfo,
+    key=key,
+    run=run,
+    ranks="all",
+    version=2,
+)  # 2: records carry the checked mixture

@@ -90,7 +90,9 @@ def greedy_generate(model: torch.nn.Module, images: torch.Tensor, max_new_tokens
     out = torch.full((images.shape[0], 1), SOT, dtype=torch.long, device=images.device)
     done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
     for _ in range(max_new_tokens):
-        logits = model(images, out[:, -context:], image_latent=image_latent, image_embs=image_embs, output_labels=False)["logits"][:, -1]
+        logits = model(
+            images, out[:, -context:], image_latent=image_latent, image_embs=image_embs, output_labels=False
+        )["logits"][:, -1]
         step = torch.where(done, torch.full_like(done, EOT, dtype=torch.long), logits.argmax(dim=-1))
         out = torch.cat([out, step[:, None]], dim=1)
         done |= step == EOT
@@ -108,14 +110,22 @@ class CoCaCaptioner:
         self.cfg = cfg
         self.device, self.dtype = torch_setup(cfg)
         name, pretrained = split_model(cfg.model)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=self.device)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=self.device
+        )
         self.model.eval()
         if not hasattr(self.model, "_encode_image") or not hasattr(self.model, "text_decoder"):
             from harness_infra.errors import ConfigError
 
-            raise ConfigError(f"recaption.model={cfg.model!r} is a {type(self.model).__name__}, not an open_clip CoCa (no generate)")
+            raise ConfigError(
+                f"recaption.model={cfg.model!r} is a {type(self.model).__name__}, not an open_clip CoCa (no generate)"
+            )
         self.decode = open_clip.decode
-        weights = weights_identity(pretrained) if isinstance(pretrained, str) else weights_identity(name.removeprefix("local-dir:"))
+        weights = (
+            weights_identity(pretrained)
+            if isinstance(pretrained, str)
+            else weights_identity(name.removeprefix("local-dir:"))
+        )
         self.identity = {"captioner": f"coca:{cfg.model}", **weights, **generation_identity(cfg), "prompt": None}
 
     @torch.inference_mode()
@@ -131,7 +141,9 @@ class CoCaCaptioner:
                 ids = cached_greedy_generate(self.model, images, self.cfg.max_new_tokens)
         except Exception as exc:  # noqa: BLE001  (a failing batch is counted and retried, never a crash)
             log.warning("CoCa generation failed for a batch of %d: %s", len(todo), exc)
-            return [Caption.failed("generation_error") if items[n].image is not None else out[n] for n in range(len(items))]
+            return [
+                Caption.failed("generation_error") if items[n].image is not None else out[n] for n in range(len(items))
+            ]
         for n, row in zip(todo, ids.cpu().tolist()):
             body = row[1:] if row and row[0] == SOT else row
             ended = EOT in body

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 def torch_setup(cfg: Any) -> tuple:
     """(device, dtype) for ``recaption.device`` / ``recaption.precision``."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     return device, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -49,23 +53,41 @@ class HFCaptioner:
         self.device, self.dtype = torch_setup(cfg)
         self.processor = AutoProcessor.from_pretrained(cfg.model, revision=cfg.revision)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row at its end
-        self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, revision=cfg.revision, dtype=self.dtype).to(self.device).eval()
+        self.model = (
+            AutoModelForImageTextToText.from_pretrained(cfg.model, revision=cfg.revision, dtype=self.dtype)
+            .to(self.device)
+            .eval()
+        )
         self.eos = eos_ids(self.model, self.processor.tokenizer)
-        self.identity: Dict[str, Any] = {"captioner": f"hf:{cfg.model}", "class": type(self.model).__name__,
-                                         **weights_identity(cfg.model, cfg.revision), **generation_identity(cfg)}
+        self.identity: Dict[str, Any] = {
+            "captioner": f"hf:{cfg.model}",
+            "class": type(self.model).__name__,
+            **weights_identity(cfg.model, cfg.revision),
+            **generation_identity(cfg),
+        }
 
     def _prompt(self, item: Item) -> str:
         """The chat-formatted prompt with one image."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.cfg.prompt_for(item.original)}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": self.cfg.prompt_for(item.original)}],
+            }
+        ]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     @torch.inference_mode()
     def _generate(self, items: List[Item]) -> List[Caption]:
         """One batched greedy generate call."""
-        inputs = self.processor(images=[i.image for i in items], text=[self._prompt(i) for i in items], return_tensors="pt", padding=True)
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+        inputs = self.processor(
+            images=[i.image for i in items], text=[self._prompt(i) for i in items], return_tensors="pt", padding=True
+        )
+        inputs = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+        }
         out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False, num_beams=1)
-        new = out[:, inputs["input_ids"].shape[1]:].cpu()
+        new = out[:, inputs["input_ids"].shape[1] :].cpu()
         captions = []
         for row in new.tolist():
             body, truncated = split_generated(row, self.eos, self.cfg.max_new_tokens)

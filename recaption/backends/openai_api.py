@@ -43,9 +43,14 @@ from recaption.captioner import Caption, Item, finish_text, generation_identity
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 60.0  # the longest wait between two tries of one request, Retry-After included
 PERMANENT_STATUSES = (401, 403, 404)
-MODEL_MISSING = re.compile(r"model.*(not exist|does not exist|not found|unknown|no such|not available|not served|invalid)|"
-                           r"(unknown|invalid|no such) model|model_not_found", re.IGNORECASE)
-_CHECKED: Set[Tuple[str, str, str]] = set()  # endpoints whose preflight passed in this process (the CLI validates twice)
+MODEL_MISSING = re.compile(
+    r"model.*(not exist|does not exist|not found|unknown|no such|not available|not served|invalid)|"
+    r"(unknown|invalid|no such) model|model_not_found",
+    re.IGNORECASE,
+)
+_CHECKED: Set[Tuple[str, str, str]] = (
+    set()
+)  # endpoints whose preflight passed in this process (the CLI validates twice)
 
 
 class EndpointRefused(ConfigError):
@@ -56,7 +61,11 @@ class EndpointRefused(ConfigError):
 def data_uri(image: Any, image_format: str) -> str:
     """An RGB PIL image as a ``data:image/...;base64,`` URI."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG" if image_format == "jpeg" else "PNG", **({"quality": 95} if image_format == "jpeg" else {}))
+    image.save(
+        buffer,
+        format="JPEG" if image_format == "jpeg" else "PNG",
+        **({"quality": 95} if image_format == "jpeg" else {}),
+    )
     return f"data:image/{image_format};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
@@ -100,7 +109,7 @@ def backoff_delay(retry: int, backoff_s: float, retry_after: Optional[float] = N
     a server's ``Retry-After`` (seconds) wins, capped the same."""
     if retry_after is not None:
         return min(retry_after, MAX_BACKOFF_S)
-    return min(backoff_s * 2.0 ** retry, MAX_BACKOFF_S)
+    return min(backoff_s * 2.0**retry, MAX_BACKOFF_S)
 
 
 class OpenAICaptioner:
@@ -111,26 +120,39 @@ class OpenAICaptioner:
 
         self.cfg, self.endpoint = cfg, cfg.openai
         key = os.environ.get(self.endpoint.api_key_env or "", "") or "not-needed"
-        self.client = openai.OpenAI(base_url=self.endpoint.base_url, api_key=key, max_retries=0, timeout=self.endpoint.timeout_s)
+        self.client = openai.OpenAI(
+            base_url=self.endpoint.base_url, api_key=key, max_retries=0, timeout=self.endpoint.timeout_s
+        )
         self.errors = openai
         self.pool = ThreadPoolExecutor(max_workers=self.endpoint.concurrency)
         self.stop = threading.Event()  # set with ``refused``: no request starts or retries after a permanent answer
         self.refused: Optional[EndpointRefused] = None
-        self.identity = {"captioner": f"openai:{cfg.model}", "endpoint": self.endpoint.base_url, "model": cfg.model,
-                         "weights_sha256": None, **generation_identity(cfg)}
+        self.identity = {
+            "captioner": f"openai:{cfg.model}",
+            "endpoint": self.endpoint.base_url,
+            "model": cfg.model,
+            "weights_sha256": None,
+            **generation_identity(cfg),
+        }
 
     def refuse(self, exc: Any) -> EndpointRefused:
         """Record a permanent answer (``APIStatusError``) as this captioner's ``EndpointRefused`` and stop it."""
         status = exc.status_code
         if status in (401, 403):
-            hint = f"check the key in ${self.endpoint.api_key_env}" if self.endpoint.api_key_env else "set recaption.openai.api_key_env"
+            hint = (
+                f"check the key in ${self.endpoint.api_key_env}"
+                if self.endpoint.api_key_env
+                else "set recaption.openai.api_key_env"
+            )
         elif MODEL_MISSING.search(str(exc.body)):
             hint = "check recaption.model (the served model name)"
         else:
             hint = "check recaption.openai.base_url (up to and including /v1) and recaption.model"
         message = server_message(exc.body)
-        refused = EndpointRefused(f"recaption.openai: {self.endpoint.base_url} answered HTTP {status} for model {self.cfg.model!r}"
-                                  f"{': ' + message if message else ''}; {hint}")
+        refused = EndpointRefused(
+            f"recaption.openai: {self.endpoint.base_url} answered HTTP {status} for model {self.cfg.model!r}"
+            f"{': ' + message if message else ''}; {hint}"
+        )
         if self.refused is None:
             self.refused = refused
         self.stop.set()
@@ -143,8 +165,12 @@ class OpenAICaptioner:
             if self.stop.is_set():
                 raise EndpointRefused(str(self.refused))
             try:
-                return self.client.chat.completions.create(model=self.cfg.model, messages=[{"role": "user", "content": content}],
-                                                           temperature=0, max_tokens=max_tokens)
+                return self.client.chat.completions.create(
+                    model=self.cfg.model,
+                    messages=[{"role": "user", "content": content}],
+                    temperature=0,
+                    max_tokens=max_tokens,
+                )
             except self.errors.APIStatusError as exc:
                 if permanent(exc.status_code, exc.body):
                     raise self.refuse(exc) from None
@@ -160,7 +186,10 @@ class OpenAICaptioner:
 
     def content(self, image: Any, text: str) -> List[Dict[str, Any]]:
         """The user message of one request: the image as a data URI, then the instruction."""
-        return [{"type": "image_url", "image_url": {"url": data_uri(image, self.endpoint.image_format)}}, {"type": "text", "text": text}]
+        return [
+            {"type": "image_url", "image_url": {"url": data_uri(image, self.endpoint.image_format)}},
+            {"type": "text", "text": text},
+        ]
 
     def _one(self, item: Item) -> Caption:
         """One item's request (``chat`` retries it); transient failures become counted reasons."""
@@ -197,11 +226,15 @@ class OpenAICaptioner:
             self.chat(self.content(Image.new("RGB", (32, 32), (128, 128, 128)), self.cfg.prompt_for(None)), 1)
         except self.errors.APIStatusError as exc:
             tries = f" after {self.endpoint.max_retries} retries" if transient_status(exc.status_code) else ""
-            raise ConfigError(f"recaption.openai: {self.endpoint.base_url} answered HTTP {exc.status_code}{tries} to a chat request "
-                              f"for model {self.cfg.model!r}: {server_message(exc.body) or 'no message'}") from None
+            raise ConfigError(
+                f"recaption.openai: {self.endpoint.base_url} answered HTTP {exc.status_code}{tries} to a chat request "
+                f"for model {self.cfg.model!r}: {server_message(exc.body) or 'no message'}"
+            ) from None
         except self.errors.APIConnectionError as exc:
-            raise ConfigError(f"recaption.openai: {self.endpoint.base_url} cannot be reached ({one_line(exc).rstrip('.')}) after "
-                              f"{self.endpoint.max_retries} retries; is the server running at that URL?") from None
+            raise ConfigError(
+                f"recaption.openai: {self.endpoint.base_url} cannot be reached ({one_line(exc).rstrip('.')}) after "
+                f"{self.endpoint.max_retries} retries; is the server running at that URL?"
+            ) from None
         finally:
             self.pool.shutdown()
 

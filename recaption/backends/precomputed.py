@@ -45,20 +45,30 @@ def read_captions(path: str, join_on: str, column: str) -> List[Tuple[str, str]]
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ConfigError(f"recaption.precomputed.parquet: {path} is not a readable parquet file ({one_line(exc)})") from None
+        raise ConfigError(
+            f"recaption.precomputed.parquet: {path} is not a readable parquet file ({one_line(exc)})"
+        ) from None
     missing = [c for c in (join_on, column) if c not in schema.names]
     if missing:
-        raise ConfigError(f"recaption.precomputed: {path} has no column {missing[0]!r} (columns: {', '.join(schema.names)})")
+        raise ConfigError(
+            f"recaption.precomputed: {path} has no column {missing[0]!r} (columns: {', '.join(schema.names)})"
+        )
     caption_type, join_type = schema.field(column).type, schema.field(join_on).type
     if not (pa.types.is_string(caption_type) or pa.types.is_large_string(caption_type)):
         raise ConfigError(f"recaption.precomputed.column={column!r} in {path} holds {caption_type}, not strings")
     if not (pa.types.is_string(join_type) or pa.types.is_large_string(join_type) or pa.types.is_integer(join_type)):
-        raise ConfigError(f"recaption.precomputed.join_on={join_on!r} in {path} holds {join_type}, not strings or integers")
+        raise ConfigError(
+            f"recaption.precomputed.join_on={join_on!r} in {path} holds {join_type}, not strings or integers"
+        )
     try:
         part = pq.read_table(path, columns=[join_on, column]).to_pydict()
     except (pa.ArrowInvalid, OSError) as exc:
         raise ConfigError(f"recaption.precomputed.parquet: {path} cannot be read ({one_line(exc)})") from None
-    return [(str(value), caption) for value, caption in zip(part[join_on], part[column]) if value is not None and caption is not None]
+    return [
+        (str(value), caption)
+        for value, caption in zip(part[join_on], part[column])
+        if value is not None and caption is not None
+    ]
 
 
 class PrecomputedCaptioner:
@@ -78,16 +88,32 @@ class PrecomputedCaptioner:
                 if value in self.table:
                     self.duplicate_rows += 1
                     if self.table[value] != caption:
-                        raise ConfigError(f"recaption.precomputed: {pre.join_on} {value!r} has rows with different captions "
-                                          f"(one in {path}); deduplicate the parquet (which caption trains would otherwise depend on row order)")
+                        raise ConfigError(
+                            f"recaption.precomputed: {pre.join_on} {value!r} has rows with different captions "
+                            f"(one in {path}); deduplicate the parquet (which caption trains would otherwise depend on row order)"
+                        )
                 self.table[value] = caption
-        log.info("precomputed captions: %d rows from %d parquet files, joined on %s", len(self.table), len(self.files), pre.join_on)
+        log.info(
+            "precomputed captions: %d rows from %d parquet files, joined on %s",
+            len(self.table),
+            len(self.files),
+            pre.join_on,
+        )
         if self.duplicate_rows:
-            log.warning("precomputed captions: %d duplicate %s rows with equal captions, each kept once", self.duplicate_rows, pre.join_on)
+            log.warning(
+                "precomputed captions: %d duplicate %s rows with equal captions, each kept once",
+                self.duplicate_rows,
+                pre.join_on,
+            )
         self.seen_source_hash = False
-        self.identity = {"captioner": f"precomputed:{pre.column}", "join_on": pre.join_on,
-                         "weights_sha256": sha256_json([weights_identity(f)["weights_sha256"] for f in self.files]),
-                         "files": [os.path.basename(f) for f in self.files], "prompt": None, "decoding": "released captions"}
+        self.identity = {
+            "captioner": f"precomputed:{pre.column}",
+            "join_on": pre.join_on,
+            "weights_sha256": sha256_json([weights_identity(f)["weights_sha256"] for f in self.files]),
+            "files": [os.path.basename(f) for f in self.files],
+            "prompt": None,
+            "decoding": "released captions",
+        }
 
     def join_value(self, item: Item) -> Optional[str]:
         """The item's value of the join column. ``sha256`` is the hash the release's column holds: of the image as
@@ -98,9 +124,11 @@ class PrecomputedCaptioner:
             return item.key
         if join == "sha256":
             if item.source_sha256 is None and not self.seen_source_hash:
-                raise ConfigError(f"recaption.precomputed.join_on=sha256: sample {item.key!r} has no sha256 in its KEY.json. The "
-                                  "release's sha256 is of the image as downloaded, which img2dataset records with --compute_hash "
-                                  "sha256 (the shard holds re-encoded bytes, whose hash never matches); use join_on=url or join_on=key")
+                raise ConfigError(
+                    f"recaption.precomputed.join_on=sha256: sample {item.key!r} has no sha256 in its KEY.json. The "
+                    "release's sha256 is of the image as downloaded, which img2dataset records with --compute_hash "
+                    "sha256 (the shard holds re-encoded bytes, whose hash never matches); use join_on=url or join_on=key"
+                )
             self.seen_source_hash = self.seen_source_hash or item.source_sha256 is not None
             return item.source_sha256.lower() if item.source_sha256 else None
         return item.url

@@ -37,7 +37,11 @@ class RewriteCaptioner:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype, **kwargs).to(self.device).eval()
         self.eos = eos_ids(self.model, self.tokenizer)
-        self.identity = {"captioner": f"rewrite:{cfg.model}", **weights_identity(folder, cfg.revision, gguf), **generation_identity(cfg)}
+        self.identity = {
+            "captioner": f"rewrite:{cfg.model}",
+            **weights_identity(folder, cfg.revision, gguf),
+            **generation_identity(cfg),
+        }
 
     @torch.inference_mode()
     def caption(self, items: List[Item]) -> List[Caption]:
@@ -46,16 +50,29 @@ class RewriteCaptioner:
         todo = [n for n, item in enumerate(items) if item.original]
         if not todo:
             return out
-        prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": self.cfg.prompt_for(items[n].original)}],
-                                                      add_generation_prompt=True, tokenize=False) for n in todo]
+        prompts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": self.cfg.prompt_for(items[n].original)}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for n in todo
+        ]
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         try:
-            ids = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            ids = self.model.generate(
+                **inputs,
+                max_new_tokens=self.cfg.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         except Exception as exc:  # noqa: BLE001  (a failing batch is counted and retried, never a crash)
             log.warning("rewrite generation failed for a batch of %d: %s", len(todo), exc)
             return [Caption.failed("generation_error") if items[n].original else out[n] for n in range(len(items))]
-        for n, row in zip(todo, ids[:, inputs["input_ids"].shape[1]:].cpu().tolist()):
+        for n, row in zip(todo, ids[:, inputs["input_ids"].shape[1] :].cpu().tolist()):
             body, truncated = split_generated(row, self.eos, self.cfg.max_new_tokens)
-            out[n] = finish_text(self.tokenizer.decode(body, skip_special_tokens=True), self.cfg, tokens=len(body), truncated=truncated)
+            out[n] = finish_text(
+                self.tokenizer.decode(body, skip_special_tokens=True), self.cfg, tokens=len(body), truncated=truncated
+            )
         return out

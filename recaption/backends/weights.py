@@ -17,8 +17,16 @@ def weight_files(model: str) -> List[List[Any]]:
     change it. A hub id or tag gives [] (its revision is in the config)."""
     for candidate in (model.removeprefix("local-dir:"), model.partition(":")[2]):
         if candidate and (os.path.isdir(candidate) or os.path.isfile(candidate)):
-            files = [candidate] if os.path.isfile(candidate) else sorted(
-                os.path.join(root, name) for root, _, names in os.walk(candidate) for name in names if name.endswith(WEIGHT_SUFFIXES))
+            files = (
+                [candidate]
+                if os.path.isfile(candidate)
+                else sorted(
+                    os.path.join(root, name)
+                    for root, _, names in os.walk(candidate)
+                    for name in names
+                    if name.endswith(WEIGHT_SUFFIXES)
+                )
+            )
             base = candidate if os.path.isdir(candidate) else os.path.dirname(candidate)
             return [[os.path.relpath(f, base), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
     return []
@@ -31,9 +39,15 @@ def weights_identity(model: str, revision: Optional[str] = None, file: Optional[
     if os.path.isfile(path):
         files = [path]
     elif os.path.isdir(path):
-        files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                       if name.endswith(WEIGHT_SUFFIXES))
+        files = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(path)
+            for name in names
+            if name.endswith(WEIGHT_SUFFIXES)
+        )
     else:
         return {"model": model, "revision": revision, "weights_sha256": None}
-    digest = sha256_json([(os.path.relpath(f, os.path.dirname(path) if os.path.isfile(path) else path), file_sha256(f)) for f in files])
+    digest = sha256_json(
+        [(os.path.relpath(f, os.path.dirname(path) if os.path.isfile(path) else path), file_sha256(f)) for f in files]
+    )
     return {"model": model, "revision": revision, "file": file, "weights_sha256": digest}

@@ -53,8 +53,14 @@ def write_image_folder(root: str, classes: Sequence[str], per_class: int, split:
     return root
 
 
-def write_cb_classification(root: str, labels: Sequence[int], classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
-                            split: str = "test", per_shard: int = 7) -> str:
+def write_cb_classification(
+    root: str,
+    labels: Sequence[int],
+    classnames: Sequence[str],
+    templates: Optional[Sequence[str]] = None,
+    split: str = "test",
+    per_shard: int = 7,
+) -> str:
     """CLIP_benchmark webdataset classification folder: ``split/{i}.tar`` + nshards.txt, classnames.txt, templates."""
     import webdataset as wds
 
@@ -102,10 +108,16 @@ def caption_records(n: int, references_per_image: int = 3) -> List[Any]:
     """Project-layout Records with an original, one recaption and several references each."""
     from captiondata.records import Record
 
-    return [Record(key=f"k{i:05d}", image=jpeg(random_image(i)), original=f"photo {i}",
-                   recaptions=[f"a detailed recaption of scene number {i} with many words"],
-                   references=[f"reference caption {j} of image {i}" for j in range(references_per_image)])
-            for i in range(n)]
+    return [
+        Record(
+            key=f"k{i:05d}",
+            image=jpeg(random_image(i)),
+            original=f"photo {i}",
+            recaptions=[f"a detailed recaption of scene number {i} with many words"],
+            references=[f"reference caption {j} of image {i}" for j in range(references_per_image)],
+        )
+        for i in range(n)
+    ]
 
 
 def write_project_shards(folder: str, records: Sequence[Any], prefix: str = "test", per_shard: int = 5) -> str:
