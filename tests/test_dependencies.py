@@ -28,6 +28,7 @@ INDIRECT = {
     "hydra-joblib-launcher": "a Hydra plugin found by hydra/launcher=joblib",
     "pytest-timeout": "pyproject's pytest addopts (--timeout)",
     "import-linter": "tests/test_layers.py runs its CLI",
+    "ruff": "tests/test_style.py runs its CLI (python -m ruff)",
     "recap-harness": "the dev extra pulls in the launchers and ray extras",
     "mutmut": "the mutation-testing command (`mutmut run`, configured in pyproject's [tool.mutmut]; tests/MUTATION.md)",
     "gguf": "transformers' GGUF loader (gguf_file=, the rewrite backend and the tiny test VLM's tokenizer) imports it",
