@@ -221,14 +221,19 @@ def test_batches_per_epoch_and_single_rank_stats():
 
 
 def test_a_partial_epoch_end_closes_the_open_iterator():
-    closed = []
+    closed, held = [], []
 
     class Closing(ListSource):
         def iterate(self, skip_batches=0):
-            try:
-                yield from super().iterate(skip_batches)
-            finally:
-                closed.append(self.epoch)  # runs when the generator is closed (a loader's workers stop here)
+            def batches():
+                try:
+                    yield from super(Closing, self).iterate(skip_batches)
+                finally:
+                    closed.append(self.epoch)  # runs when the generator is closed (a loader's workers stop here)
+
+            # a reference elsewhere (as a loader's worker pool holds one): no close by garbage collection
+            held.append(batches())
+            return held[-1]
 
     stream, _ = stream_of(Closing(5))
     stream.take(2)
