@@ -305,3 +305,14 @@ def test_an_epoch_empty_on_some_rank_says_so_over_the_ranks(monkeypatch):
         r"\(skipped none\); every rank needs",
     ):
         stream.next_batch()
+
+
+def test_a_partial_epoch_end_with_a_plain_iterator_source_has_nothing_to_close():
+    class Plain(ListSource):
+        def iterate(self, skip_batches=0):
+            return iter(list(super().iterate(skip_batches)))  # a list iterator: no close()
+
+    stream, reports = stream_of(Plain(4))
+    stream.take(1)
+    stream.epoch_end_partial()
+    assert [(e, s["samples"]) for e, s in reports] == [(0, 2)]
