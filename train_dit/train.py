@@ -391,8 +391,8 @@ def train_steps(
     """Run optimizer steps from ``position`` to ``steps``: the EMA's held-out errors on ``held`` (rank 0's, else
     None) every ``val_every_steps`` and at the end, checkpoints every ``checkpoint_every_steps`` (``last_loss``,
     ``resumed``: what a checkpoint records; ``checkpoint_path``: the newest one so far, "" when none)."""
-    validation: Optional[Dict[str, float]] = None
     cfg, env = session.train_cfg, session.env
+    validation: Optional[Dict[str, float]] = None
     scheduler = training_scheduler(cfg)
     autocast, _ = precision_context(cfg.precision, env.device)
     global_batch = cfg.global_batch(env.world_size)
