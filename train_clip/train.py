@@ -14,8 +14,8 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from open_clip.model import get_input_dtype
@@ -40,15 +40,17 @@ from train_clip.models import (
 from train_clip.optim import build_optimizer
 from train_clip.step import StepContext, make_loss, train_step
 from training import checkpoint as ckpt
-from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from training.distributed import DistEnv, barrier, gather_objects, unwrap, wrap_ddp
 from training.guard import check_finite_loss, check_finite_weights
 from training.monitor import RunMonitor
 from training.precision import precision_context
-from training.runtime import run_logging, runtime, seed_everything
+from training.process import TrainingProcess, training_process
+from training.runtime import seed_everything
 from training.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
+LOGGERS = ("train_clip", "training", "captiondata")  # copied to out_dir/train.log
 
 
 @dataclass
@@ -72,9 +74,13 @@ class TrainResult:
     torn_jsonl_lines: Dict[str, int] = field(default_factory=dict)  # torn last lines dropped on resume, by file
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
-    """The fixed parts of a run, shared by every stage."""
+    """What stays fixed for the whole run, shared by every stage: the configs, the absolute run folder, this process's
+    ranks, the loader factory and, once ``run`` has built them, the tokenizer, the locked trunk's image features
+    (``train.frozen_image_features``, else None) and the text padding id to trim (``train.trim_text_padding``, else
+    None). What changes as the run goes (position, last loss, latest checkpoint, training time) lives in ``run``'s
+    locals and goes through arguments and return values."""
 
     model_cfg: ClipModelConfig
     train_cfg: TrainConfig
@@ -84,13 +90,16 @@ class Session:
     tokenizer: Any = None
     image_features: Any = None
     pad_id: Optional[int] = None
-    monitor: Optional[RunMonitor] = None
-    last_loss: Optional[float] = None
-    train_time_s: float = 0.0
-    trained_samples: int = 0
-    checkpoint_path: str = ""
-    saved_steps: List[int] = field(default_factory=list)
-    resumed: List[Dict[str, Any]] = field(default_factory=list)
+
+
+class StageEnd(NamedTuple):
+    """Where ``run_recipe_stage`` left the run."""
+
+    position: ckpt.Position
+    last_loss: Optional[float]  # the last logged training loss
+    checkpoint_path: str  # the newest checkpoint (this stage's last step's)
+    train_time_s: float  # seconds in this stage's step loop
+    trained_samples: int  # samples this stage trained on (this process's run, not counting earlier runs)
 
 
 def train(
@@ -108,17 +117,12 @@ def train(
     Resuming (``train.resume``) continues from the saved step, data position and RNG states.
     """
     started = time.perf_counter()
-    with runtime(train_cfg.threads, train_cfg.deterministic):
-        env = init_distributed(train_cfg.device, train_cfg.dist_backend)
-        factory = loader_factory or caption_loader_factory(data_cfg, mix_cfg)
-        session = Session(model_cfg, train_cfg, os.path.abspath(out_dir), env, factory)
-        with run_logging(session.out_dir, env, ("train_clip", "training", "captiondata")):
-            try:
-                return run(session, data_cfg, mix_cfg, started)
-            finally:
-                if session.monitor is not None:
-                    session.monitor.close()
-                shutdown(env)
+    out_dir = os.path.abspath(out_dir)
+    factory = loader_factory or caption_loader_factory(data_cfg, mix_cfg)
+    cfg = train_cfg
+    with training_process(out_dir, cfg.threads, cfg.deterministic, cfg.device, cfg.dist_backend, LOGGERS) as process:
+        session = Session(model_cfg, train_cfg, out_dir, process.env, factory)
+        return run(session, process, data_cfg, mix_cfg, started)
 
 
 def check_tower_sizes(model_cfg: ClipModelConfig, train_cfg: TrainConfig) -> None:
@@ -167,8 +171,15 @@ def write_run_config(
     )
 
 
-def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig], started: float) -> TrainResult:
-    """Resume or start, run every stage, export."""
+def run(
+    session: Session,
+    process: TrainingProcess,
+    data_cfg: Optional[DataConfig],
+    mix_cfg: Optional[MixConfig],
+    started: float,
+) -> TrainResult:
+    """Resume or start, set up (tokenizer, image features and pad id into ``session``), run every stage, export; the
+    run monitor is closed with ``process``."""
     cfg, env = session.train_cfg, session.env
     global_batches = check_batches(cfg, env.world_size)
     check_tower_sizes(session.model_cfg, cfg)
@@ -176,33 +187,37 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
     resume_path = ckpt.resolve_resume(cfg.resume, session.out_dir)
     payload = ckpt.load_checkpoint(resume_path) if resume_path else None
     position = ckpt.Position(**payload["position"]) if payload else ckpt.Position()
+    last_loss: Optional[float] = None
     if payload:
         check_resumable(payload, session, resume_path)
-        session.last_loss = payload.get("last_loss")
-    session.resumed = ckpt.resumes(payload)
+        last_loss = payload.get("last_loss")
+    resumed = ckpt.resumes(payload)
     write_run_config(session, data_cfg, mix_cfg, global_batches)
     seed_everything(cfg.seed + env.rank)
     model = create_clip(session.model_cfg, cfg.stages[position.stage].image_size, env.device, seed=cfg.seed)
     if payload:
         model.load_state_dict(payload["model"], strict=True)
-    session.tokenizer = create_tokenizer(session.model_cfg)
-    session.pad_id = trim_pad_id(model) if cfg.trim_text_padding else None
-    if cfg.frozen_image_features:
-        session.image_features = frozen_image_features(session, model, data_cfg)
+    tokenizer = create_tokenizer(session.model_cfg)
+    pad_id = trim_pad_id(model) if cfg.trim_text_padding else None
+    features = frozen_image_features(session, model, data_cfg) if cfg.frozen_image_features else None
+    session = replace(session, tokenizer=tokenizer, pad_id=pad_id, image_features=features)
     total_steps = sum(s.num_steps(env.world_size, cfg.accum_steps) for s in cfg.stages)
-    session.monitor = RunMonitor(
-        session.out_dir,
-        env,
-        total_steps,
-        position.step,
-        position.samples_seen,
-        cfg.log_every,
-        tensorboard=cfg.tensorboard,
-        progress_bar=cfg.progress_bar,
-        wandb_project=cfg.wandb_project,
-        run_config=asdict(cfg),
+    monitor = process.closing(
+        RunMonitor(
+            session.out_dir,
+            env,
+            total_steps,
+            position.step,
+            position.samples_seen,
+            cfg.log_every,
+            tensorboard=cfg.tensorboard,
+            progress_bar=cfg.progress_bar,
+            wandb_project=cfg.wandb_project,
+            run_config=asdict(cfg),
+        )
     )
-    session.checkpoint_path = resume_path or ""
+    checkpoint_path = resume_path or ""
+    train_time_s, trained_samples = 0.0, 0
     for index in range(position.stage, len(cfg.stages)):
         if index > position.stage:
             if cfg.stages[index].image_size != cfg.stages[index - 1].image_size:
@@ -210,9 +225,30 @@ def run(session: Session, data_cfg: Optional[DataConfig], mix_cfg: Optional[MixC
             position = ckpt.Position(
                 stage=index, step=position.step, samples_seen=position.samples_seen, epoch=position.epoch
             )
-        position = run_recipe_stage(session, model, index, position, payload)
+        position, last_loss, checkpoint_path, stage_time_s, stage_samples = run_recipe_stage(
+            session, model, index, position, payload, monitor, last_loss, resumed, checkpoint_path
+        )
+        train_time_s += stage_time_s
+        trained_samples += stage_samples
         payload = None
-    return finish(session, model, position, global_batches, started, resume_path, card_facts(data_cfg, mix_cfg))
+    export_dir, export_path = finish(session, model, position, global_batches, card_facts(data_cfg, mix_cfg))
+    return TrainResult(
+        out_dir=session.out_dir,
+        checkpoint_path=checkpoint_path,
+        export_dir=export_dir,
+        export_path=export_path,
+        model_name=session.model_cfg.name,
+        steps=position.step,
+        samples_seen=position.samples_seen,
+        global_batch=global_batches,
+        wall_time_s=time.perf_counter() - started,
+        train_time_s=train_time_s,
+        samples_per_s=trained_samples / max(train_time_s, 1e-9),
+        final_loss=last_loss,
+        resumed_from=resume_path,
+        resumed=resumed,
+        torn_jsonl_lines=dict(monitor.torn_lines),
+    )
 
 
 def frozen_image_features(session: Session, model: torch.nn.Module, data_cfg: Optional[DataConfig]) -> Any:
@@ -278,11 +314,10 @@ def finish(
     model: torch.nn.Module,
     position: ckpt.Position,
     global_batches: List[int],
-    started: float,
-    resume_path: Optional[str],
     facts: Optional[Dict[str, Any]] = None,
-) -> TrainResult:
-    """Export the final weights (rank 0) with a model card of ``facts`` (``card_facts``) and describe the run."""
+) -> Tuple[str, str]:
+    """Export the final weights (rank 0) with a model card of ``facts`` (``card_facts``); returns (export folder,
+    exported weights file)."""
     export_dir = os.path.join(session.out_dir, EXPORT_DIR)
     final_size = session.train_cfg.stages[-1].image_size
     export_path = os.path.join(export_dir, EXPORT_WEIGHTS)
@@ -304,23 +339,7 @@ def finish(
             export_dir,
         )
     barrier(session.env)
-    return TrainResult(
-        out_dir=session.out_dir,
-        checkpoint_path=session.checkpoint_path,
-        export_dir=export_dir,
-        export_path=export_path,
-        model_name=session.model_cfg.name,
-        steps=position.step,
-        samples_seen=position.samples_seen,
-        global_batch=global_batches,
-        wall_time_s=time.perf_counter() - started,
-        train_time_s=session.train_time_s,
-        samples_per_s=session.trained_samples / max(session.train_time_s, 1e-9),
-        final_loss=session.last_loss,
-        resumed_from=resume_path,
-        resumed=session.resumed,
-        torn_jsonl_lines=dict(session.monitor.torn_lines),
-    )
+    return export_dir, export_path
 
 
 def to_device(
@@ -391,9 +410,19 @@ def restore_rank_rng(payload: Dict[str, Any], env: DistEnv, seed: int, step: int
 
 
 def run_recipe_stage(
-    session: Session, model: torch.nn.Module, index: int, position: ckpt.Position, payload: Optional[Dict[str, Any]]
-) -> ckpt.Position:
-    """Train one stage from ``position`` to its last step; saves checkpoints along the way and at the end."""
+    session: Session,
+    model: torch.nn.Module,
+    index: int,
+    position: ckpt.Position,
+    payload: Optional[Dict[str, Any]],
+    monitor: RunMonitor,
+    last_loss: Optional[float],
+    resumed: List[Dict[str, Any]],
+    checkpoint_path: str,
+) -> StageEnd:
+    """Train one stage from ``position`` to its last step; saves checkpoints along the way and at the end
+    (``last_loss``, ``resumed``: what a checkpoint records; ``checkpoint_path``: the newest one so far, "" when none).
+    ``payload``: the checkpoint resumed inside this stage, else None."""
     cfg, env = session.train_cfg, session.env
     stage = cfg.stages[index]
     steps = stage.num_steps(env.world_size, cfg.accum_steps)
@@ -437,16 +466,14 @@ def run_recipe_stage(
         env,
         position.epoch,
         position.batch_in_epoch,
-        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, index),
+        lambda epoch, stats: monitor.epoch_end(epoch, stats, batch_text, index),
     )
     image_dtype = get_input_dtype(session.model_cfg.precision)
     model.train()
     loop_started, first_samples = time.perf_counter(), position.samples_seen
     while position.stage_step < steps:
         lr = state.schedule.set_step(position.stage_step)
-        guard = functools.partial(
-            check_finite_loss, env=env, step=position.step + 1, last_checkpoint=session.checkpoint_path
-        )
+        guard = functools.partial(check_finite_loss, env=env, step=position.step + 1, last_checkpoint=checkpoint_path)
         loss = train_step(
             ctx, [to_device(b, env.device, image_dtype, session.pad_id) for b in stream.take(cfg.accum_steps)], guard
         )
@@ -455,31 +482,40 @@ def run_recipe_stage(
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
         extra = {"stage": index, "epoch": position.epoch, "global_batch": global_batch}
         scalars = {"logit_scale": model.logit_scale.detach().exp()}
-        record = session.monitor.step_done(
+        record = monitor.step_done(
             position.step, position.samples_seen, loss, lr, scalars, extra, force=position.stage_step == steps
         )
         if record is not None:
-            session.last_loss = record["loss"]
+            last_loss = record["loss"]
         if (
             cfg.checkpoint_every_steps
             and position.step % cfg.checkpoint_every_steps == 0
             and position.stage_step < steps
         ):
-            save(session, state, position)
-    session.train_time_s += time.perf_counter() - loop_started
-    session.trained_samples += position.samples_seen - first_samples
+            checkpoint_path = save(session, state, position, last_loss, resumed, checkpoint_path)
+    train_time_s = time.perf_counter() - loop_started
+    trained_samples = position.samples_seen - first_samples
     stream.epoch_end_partial()
     position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
-    save(session, state, position)
-    return position
+    checkpoint_path = save(session, state, position, last_loss, resumed, checkpoint_path)
+    return StageEnd(position, last_loss, checkpoint_path, train_time_s, trained_samples)
 
 
-def save(session: Session, state: StageState, position: ckpt.Position) -> None:
-    """Write the checkpoint of ``position`` (rank 0; every rank contributes its RNG state), keep the newest few."""
+def save(
+    session: Session,
+    state: StageState,
+    position: ckpt.Position,
+    last_loss: Optional[float],
+    resumed: List[Dict[str, Any]],
+    latest: str,
+) -> str:
+    """Write the checkpoint of ``position`` (rank 0; every rank contributes its RNG state) with ``last_loss`` and
+    ``resumed``, keep the newest few. Nothing is written when ``latest`` (the newest checkpoint so far) already is
+    this step's. Returns this step's path."""
     env = session.env
     path = ckpt.checkpoint_path(session.out_dir, position.step)
     rng_states = gather_objects(ckpt.capture_rng(), env)
-    if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
+    if env.is_main and path != latest:
         payload = {
             "model": {k: v.detach().to("cpu") for k, v in unwrap(state.model).state_dict().items()},
             "optimizer": state.optimizer.state_dict(),
@@ -489,10 +525,9 @@ def save(session: Session, state: StageState, position: ckpt.Position) -> None:
             "rng": rng_states,
             "world_size": env.world_size,
             "model_name": session.model_cfg.name,
-            "last_loss": session.last_loss,
-            "resumed": session.resumed,
+            "last_loss": last_loss,
+            "resumed": resumed,
         }
         ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
-    session.saved_steps.append(position.step)
-    session.checkpoint_path = path
     barrier(env)
+    return path

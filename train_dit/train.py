@@ -19,8 +19,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,23 +32,25 @@ from harness_infra.atomic import atomic_write_json
 from harness_infra.errors import require
 from train_dit.config import DitModelConfig, DitTrainConfig
 from train_dit.diffusion import noisy_inputs, training_output, training_scheduler
-from train_dit.features import FeatureBatches, FeatureStore, ensure_features, pixel_transform
+from train_dit.features import FeatureBatches, ensure_features, pixel_transform
 from train_dit.image import ImageSpace, to_model_range
 from train_dit.model import build_transformer, parameter_count, predict
 from train_dit.text import TextEncoder, null_condition, pad_features, unpad_features
 from train_dit.validation import HeldOut, denoising_errors, held_out
 from training import checkpoint as ckpt
-from training.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown, unwrap, wrap_ddp
+from training.distributed import DistEnv, barrier, gather_objects, unwrap, wrap_ddp
 from training.guard import check_finite_loss
 from training.monitor import RunMonitor
 from training.precision import precision_context
-from training.runtime import run_logging, runtime, seed_everything
+from training.process import TrainingProcess, training_process
+from training.runtime import seed_everything
 from training.schedule import LRSchedule
 from training.stream import BatchSource, DataStream
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
 PIPELINE_FILE = "dit_pipeline.json"
+LOGGERS = ("train_dit", "training", "captiondata")  # copied to out_dir/train.log
 SourceFactory = Callable[["Session"], BatchSource]
 
 
@@ -74,9 +76,13 @@ class DitTrainResult:
     torn_jsonl_lines: Dict[str, int] = field(default_factory=dict)  # torn last lines dropped on resume, by file
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
-    """The fixed parts of a run."""
+    """What stays fixed for the whole run: the configs, the absolute run folder, this process's ranks, the model
+    card's command (None: this process's) and, once ``run`` has built them, the frozen text encoder
+    (``train_dit.text.TextEncoder``), the image space (``train_dit.image.ImageSpace``) and the null condition
+    (features [L, D] and mask [L] of the empty caption). What changes as the run goes (position, last loss, latest
+    checkpoint, validation errors) lives in ``run``'s locals and goes through arguments and return values."""
 
     model_cfg: DitModelConfig
     train_cfg: DitTrainConfig
@@ -86,16 +92,17 @@ class Session:
     env: DistEnv
     text: Any = None
     space: Any = None
-    null: Tuple[torch.Tensor, torch.Tensor] = None
-    store: Optional[FeatureStore] = None
-    held: Optional[HeldOut] = None
-    validation: Optional[Dict[str, float]] = None
-    monitor: Optional[RunMonitor] = None
-    last_loss: Optional[float] = None
-    checkpoint_path: str = ""
-    saved_steps: List[int] = field(default_factory=list)
-    resumed: List[Dict[str, Any]] = field(default_factory=list)
+    null: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
     command: Optional[str] = None
+
+
+class LoopEnd(NamedTuple):
+    """Where ``train_steps`` left the run."""
+
+    position: ckpt.Position
+    last_loss: Optional[float]  # the last logged training loss
+    checkpoint_path: str  # the newest checkpoint ("" when none yet)
+    validation: Optional[Dict[str, float]]  # the newest held-out errors (None when not validated)
 
 
 def train(
@@ -116,25 +123,23 @@ def train(
     good checkpoint when a loss is not finite on any rank.
     """
     started = time.perf_counter()
-    with runtime(train_cfg.threads, train_cfg.deterministic):
-        env = init_distributed(train_cfg.device, train_cfg.dist_backend)
-        session = Session(model_cfg, train_cfg, data_cfg, mix_cfg, os.path.abspath(out_dir), env, command=command)
-        with run_logging(session.out_dir, env, ("train_dit", "training", "captiondata")):
-            try:
-                return run(session, source_factory, started)
-            finally:
-                if session.monitor is not None:
-                    session.monitor.close()
-                shutdown(env)
+    out_dir = os.path.abspath(out_dir)
+    cfg = train_cfg
+    with training_process(out_dir, cfg.threads, cfg.deterministic, cfg.device, cfg.dist_backend, LOGGERS) as process:
+        session = Session(model_cfg, train_cfg, data_cfg, mix_cfg, out_dir, process.env, command=command)
+        return run(session, process, source_factory, started)
 
 
-def run(session: Session, source_factory: Optional[SourceFactory], started: float) -> DitTrainResult:
-    """Set up, resume or start, train every step, export."""
+def run(
+    session: Session, process: TrainingProcess, source_factory: Optional[SourceFactory], started: float
+) -> DitTrainResult:
+    """Set up (text encoder, image space and null condition into ``session``), resume or start, train every step,
+    export; the run monitor is closed with ``process``."""
     cfg, env, model_cfg = session.train_cfg, session.env, session.model_cfg
-    session.text = TextEncoder(model_cfg.text_encoder, env.device)
-    session.space = ImageSpace(model_cfg.image_space, env.device, seed=cfg.seed)
-    session.space.check(model_cfg)
-    session.null = null_condition(session.text)
+    text = TextEncoder(model_cfg.text_encoder, env.device)
+    space = ImageSpace(model_cfg.image_space, env.device, seed=cfg.seed)
+    space.check(model_cfg)
+    session = replace(session, text=text, space=space, null=null_condition(text))
     latent = session.space.latent_size(model_cfg.image_size)
     model = build_transformer(model_cfg, session.space.channels, latent, session.text.dim, seed=cfg.seed).to(env.device)
     ema = EMAModel(
@@ -150,13 +155,18 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
     steps = cfg.num_steps(env.world_size)
     schedule = LRSchedule(optimizer, cfg.lr, cfg.warmup_steps, steps, "const")
     resume_path = ckpt.resolve_resume(cfg.resume, session.out_dir)
-    position = resume(session, resume_path, model, ema, optimizer, schedule) if resume_path else ckpt.Position()
-    if not resume_path:
+    last_loss: Optional[float] = None
+    resumed: List[Dict[str, Any]] = []
+    if resume_path:
+        position, last_loss, resumed = resume(session, resume_path, model, ema, optimizer, schedule)
+    else:
+        position = ckpt.Position()
         seed_everything(cfg.seed + env.rank)
     write_run_config(session, latent)
+    held: Optional[HeldOut] = None
     if cfg.val_every_steps:  # every rank reads it, so a bad val split stops them all; rank 0 validates
-        held = held_out(session.data_cfg, model_cfg.image_size, session.space, session.text, cfg.val_samples)
-        session.held = held if env.is_main else None
+        split = held_out(session.data_cfg, model_cfg.image_size, session.space, session.text, cfg.val_samples)
+        held = split if env.is_main else None
     log.info(
         "DiT %s: %d parameters, %dx%dx%d inputs, patch %d -> %d tokens x %d, text %s (%d dims), %d steps of global batch %d",
         model_cfg.name,
@@ -173,30 +183,46 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
         cfg.global_batch(env.world_size),
     )
     source = source_factory(session) if source_factory is not None else caption_source(session)
-    session.monitor = RunMonitor(
-        session.out_dir,
-        env,
-        steps,
-        position.step,
-        position.samples_seen,
-        cfg.log_every,
-        tensorboard=cfg.tensorboard,
-        progress_bar=cfg.progress_bar,
-        wandb_project=cfg.wandb_project,
-        run_config=asdict(cfg),
+    monitor = process.closing(
+        RunMonitor(
+            session.out_dir,
+            env,
+            steps,
+            position.step,
+            position.samples_seen,
+            cfg.log_every,
+            tensorboard=cfg.tensorboard,
+            progress_bar=cfg.progress_bar,
+            wandb_project=cfg.wandb_project,
+            run_config=asdict(cfg),
+        )
     )
-    session.checkpoint_path = resume_path or ""
     train_model = wrap_ddp(model, env)
     if model_cfg.torch_compile:
         train_model = torch.compile(train_model)
     loop_started, first_samples = time.perf_counter(), position.samples_seen
-    position = train_steps(session, train_model, model, ema, optimizer, schedule, source, position, steps)
+    position, last_loss, checkpoint_path, validation = train_steps(
+        session,
+        train_model,
+        model,
+        ema,
+        optimizer,
+        schedule,
+        source,
+        monitor,
+        held,
+        position,
+        steps,
+        last_loss,
+        resumed,
+        resume_path or "",
+    )
     train_time = time.perf_counter() - loop_started
-    save(session, model, ema, optimizer, schedule, position)
-    export_dir = export(session, model, ema, latent, position)
+    checkpoint_path = save(session, model, ema, optimizer, schedule, position, last_loss, resumed, checkpoint_path)
+    export_dir = export(session, model, ema, latent, position, last_loss, validation)
     return DitTrainResult(
         out_dir=session.out_dir,
-        checkpoint_path=session.checkpoint_path,
+        checkpoint_path=checkpoint_path,
         export_dir=export_dir,
         model_name=model_cfg.name,
         steps=position.step,
@@ -206,11 +232,11 @@ def run(session: Session, source_factory: Optional[SourceFactory], started: floa
         wall_time_s=time.perf_counter() - started,
         train_time_s=train_time,
         samples_per_s=(position.samples_seen - first_samples) / max(train_time, 1e-9),
-        final_loss=session.last_loss,
+        final_loss=last_loss,
         resumed_from=resume_path,
-        validation=session.validation,
-        resumed=session.resumed,
-        torn_jsonl_lines=dict(session.monitor.torn_lines),
+        validation=validation,
+        resumed=resumed,
+        torn_jsonl_lines=dict(monitor.torn_lines),
     )
 
 
@@ -221,8 +247,9 @@ def resume(
     ema: EMAModel,
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
-) -> ckpt.Position:
-    """Restore weights, EMA, optimizer, schedule, RNG and position from a checkpoint (loaded with weights_only=True)."""
+) -> Tuple[ckpt.Position, Optional[float], List[Dict[str, Any]]]:
+    """Restore weights, EMA, optimizer, schedule and RNG from a checkpoint (loaded with weights_only=True); returns
+    its (position, last logged loss, resumes so far: ``training.checkpoint.resumes``)."""
     env = session.env
     payload = ckpt.load_checkpoint(path)
     require(
@@ -243,13 +270,11 @@ def resume(
             len(states),
             env.world_size,
         )
-    session.last_loss = payload.get("last_loss")
-    session.resumed = ckpt.resumes(payload)
     position = ckpt.Position(**payload["position"])
     log.info(
         "resuming from %s at step %d (epoch %d, batch %d)", path, position.step, position.epoch, position.batch_in_epoch
     )
-    return position
+    return position, payload.get("last_loss"), ckpt.resumes(payload)
 
 
 def write_run_config(session: Session, latent: int) -> None:
@@ -289,7 +314,7 @@ def caption_source(session: Session) -> BatchSource:
             world_size=env.world_size,
             seed=cfg.seed,
         )
-    session.store = ensure_features(
+    store = ensure_features(
         session.data_cfg,
         session.mix_cfg,
         session.text,
@@ -311,9 +336,9 @@ def caption_source(session: Session) -> BatchSource:
         rank=env.rank,
         world_size=env.world_size,
         seed=cfg.seed,
-        image_features=session.store.images,
+        image_features=store.images,
     )
-    return FeatureBatches(loader, session.store)
+    return FeatureBatches(loader, store)
 
 
 def sample_generators(seed: int, step: int, keys: List[str]) -> List[torch.Generator]:
@@ -355,11 +380,19 @@ def train_steps(
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
     source: BatchSource,
+    monitor: RunMonitor,
+    held: Optional[HeldOut],
     position: ckpt.Position,
     steps: int,
-) -> ckpt.Position:
-    """Run optimizer steps from ``position`` to ``steps``; checkpoints every ``checkpoint_every_steps``."""
+    last_loss: Optional[float],
+    resumed: List[Dict[str, Any]],
+    checkpoint_path: str,
+) -> LoopEnd:
+    """Run optimizer steps from ``position`` to ``steps``: the EMA's held-out errors on ``held`` (rank 0's, else
+    None) every ``val_every_steps`` and at the end, checkpoints every ``checkpoint_every_steps`` (``last_loss``,
+    ``resumed``: what a checkpoint records; ``checkpoint_path``: the newest one so far, "" when none)."""
     cfg, env = session.train_cfg, session.env
+    validation: Optional[Dict[str, float]] = None
     scheduler = training_scheduler(cfg)
     autocast, _ = precision_context(cfg.precision, env.device)
     global_batch = cfg.global_batch(env.world_size)
@@ -369,7 +402,7 @@ def train_steps(
         env,
         position.epoch,
         position.batch_in_epoch,
-        lambda epoch, stats: session.monitor.epoch_end(epoch, stats, batch_text, 0),
+        lambda epoch, stats: monitor.epoch_end(epoch, stats, batch_text, 0),
     )
     model.train()
     while position.step < steps:
@@ -381,7 +414,7 @@ def train_steps(
         with autocast():
             prediction = predict(train_model, x_t, timesteps, text, mask)
         loss = F.mse_loss(training_output(cfg, prediction, x_t, timesteps).float(), target.float())
-        check_finite_loss(loss, env, position.step + 1, session.checkpoint_path)  # before backward and the update
+        check_finite_loss(loss, env, position.step + 1, checkpoint_path)  # before backward and the update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip_norm is not None:
@@ -391,7 +424,7 @@ def train_steps(
         position.step, position.stage_step = position.step + 1, position.step + 1
         position.samples_seen += global_batch
         position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
-        record = session.monitor.step_done(
+        record = monitor.step_done(
             position.step,
             position.samples_seen,
             loss.detach(),
@@ -401,26 +434,37 @@ def train_steps(
             force=position.step == steps,
         )
         if record is not None:
-            session.last_loss = record["loss"]
-        if session.held is not None and (position.step % cfg.val_every_steps == 0 or position.step == steps):
-            validate(session, model, ema, scheduler, position)
+            last_loss = record["loss"]
+        if held is not None and (position.step % cfg.val_every_steps == 0 or position.step == steps):
+            validation = validate(session, model, ema, scheduler, held, monitor, position)
         if cfg.checkpoint_every_steps and position.step % cfg.checkpoint_every_steps == 0 and position.step < steps:
-            save(session, model, ema, optimizer, schedule, position)
+            checkpoint_path = save(
+                session, model, ema, optimizer, schedule, position, last_loss, resumed, checkpoint_path
+            )
     stream.epoch_end_partial()
     position.epoch, position.batch_in_epoch = stream.epoch, stream.batch_in_epoch
-    return position
+    return LoopEnd(position, last_loss, checkpoint_path, validation)
 
 
-def validate(session: Session, model: torch.nn.Module, ema: EMAModel, scheduler: Any, position: ckpt.Position) -> None:
-    """The EMA weights' held-out x0 errors (``train_dit.validation``) at ``position`` (rank 0, which holds
-    ``session.held``): the trained weights are stored, replaced by the EMA's for the forward passes and restored."""
+def validate(
+    session: Session,
+    model: torch.nn.Module,
+    ema: EMAModel,
+    scheduler: Any,
+    held: HeldOut,
+    monitor: RunMonitor,
+    position: ckpt.Position,
+) -> Dict[str, float]:
+    """The EMA weights' held-out x0 errors (``train_dit.validation``) on ``held`` at ``position`` (rank 0), recorded
+    by ``monitor``: the trained weights are stored, replaced by the EMA's for the forward passes and restored."""
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     try:
-        session.validation = denoising_errors(model, session.held, session.train_cfg, scheduler)
+        validation = denoising_errors(model, held, session.train_cfg, scheduler)
     finally:
         ema.restore(model.parameters())
-    session.monitor.validation(position.step, position.samples_seen, session.validation)
+    monitor.validation(position.step, position.samples_seen, validation)
+    return validation
 
 
 def save(
@@ -430,13 +474,17 @@ def save(
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
     position: ckpt.Position,
-) -> None:
+    last_loss: Optional[float],
+    resumed: List[Dict[str, Any]],
+    latest: str,
+) -> str:
     """Write the checkpoint of ``position`` atomically (rank 0; every rank contributes its RNG state): weights, EMA,
-    optimizer, schedule, position, RNG; keep the newest ``keep_checkpoints``."""
+    optimizer, schedule, position, RNG, ``last_loss`` and ``resumed``; keep the newest ``keep_checkpoints``. Nothing
+    is written when ``latest`` (the newest checkpoint so far) already is this step's. Returns this step's path."""
     env = session.env
     path = ckpt.checkpoint_path(session.out_dir, position.step)
     rng_states = gather_objects(ckpt.capture_rng(), env)
-    if env.is_main and not (position.step in session.saved_steps or path == session.checkpoint_path):
+    if env.is_main and path != latest:
         ema_state = ema.state_dict()
         payload = {
             "family": "dit",
@@ -448,13 +496,12 @@ def save(
             "rng": rng_states,
             "world_size": env.world_size,
             "model_name": session.model_cfg.name,
-            "last_loss": session.last_loss,
-            "resumed": session.resumed,
+            "last_loss": last_loss,
+            "resumed": resumed,
         }
         ckpt.write_checkpoint(payload, session.out_dir, position, session.train_cfg.keep_checkpoints)
-    session.saved_steps.append(position.step)
-    session.checkpoint_path = path
     barrier(env)
+    return path
 
 
 def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
@@ -490,7 +537,9 @@ def pipeline_description(session: Session, latent: int) -> Dict[str, Any]:
     }
 
 
-def card_facts(session: Session, position: ckpt.Position) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def card_facts(
+    session: Session, position: ckpt.Position, last_loss: Optional[float], validation: Optional[Dict[str, float]]
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(budget, metrics) of the model card: samples, steps, global batch, ranks; final loss and held-out errors."""
     cfg, env = session.train_cfg, session.env
     budget = {
@@ -500,17 +549,25 @@ def card_facts(session: Session, position: ckpt.Position) -> Tuple[Dict[str, Any
         "ranks": env.world_size,
         "train.samples": cfg.samples,
     }
-    metrics = {"final training loss": session.last_loss} if session.last_loss is not None else {}
-    metrics.update({f"held-out {name}": value for name, value in (session.validation or {}).items()})
+    metrics = {"final training loss": last_loss} if last_loss is not None else {}
+    metrics.update({f"held-out {name}": value for name, value in (validation or {}).items()})
     return budget, metrics
 
 
-def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int, position: ckpt.Position) -> str:
+def export(
+    session: Session,
+    model: torch.nn.Module,
+    ema: EMAModel,
+    latent: int,
+    position: ckpt.Position,
+    last_loss: Optional[float],
+    validation: Optional[Dict[str, float]],
+) -> str:
     """Write ``out_dir/export`` (rank 0), a diffusers pipeline (``train_dit.hub``: ``model_index.json``,
     ``pipeline.py``, ``transformer/`` = EMA weights, ``scheduler/`` = the sampling scheduler, ``vae/`` in latent
     space, ``text_encoder/`` + ``tokenizer/`` for a Hugging Face text encoder, ``README.md`` model card) plus
     ``transformer_online/`` (the trained weights), ``train_scheduler/`` and ``dit_pipeline.json``; written in a
-    temporary folder and renamed into place."""
+    temporary folder and renamed into place; the model card records ``last_loss`` and the held-out ``validation``."""
     from train_dit.hub import LOAD_LINE, model_card, process_command, save_diffusers_pipeline, write_model_card
 
     export_dir = os.path.join(session.out_dir, EXPORT_DIR)
@@ -531,7 +588,7 @@ def export(session: Session, model: torch.nn.Module, ema: EMAModel, latent: int,
                 session.space.scaling_factor,
             )
             atomic_write_json(os.path.join(staging, PIPELINE_FILE), pipeline_description(session, latent))
-            budget, metrics = card_facts(session, position)
+            budget, metrics = card_facts(session, position, last_loss, validation)
             write_model_card(
                 staging,
                 model_card(
