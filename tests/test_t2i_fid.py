@@ -272,7 +272,9 @@ def test_a_finished_fid_is_cached_per_pair_of_sets_and_settings(tmp_path, monkey
     F.cached_fid_kid(ref, ref_key, gen, F.statistics_key(ex.weights_id, "gen2"), ex, cache, **settings)
     assert len(calls) == 7  # every setting and either set's key is part of the cached result's key
     monkeypatch.undo()
-    miss = F.cached_fid_kid(ref, ref_key, gen, F.statistics_key(ex.weights_id, "gen3"), ex, cache, generated_cached=True, **settings)
+    miss = F.cached_fid_kid(
+        ref, ref_key, gen, F.statistics_key(ex.weights_id, "gen3"), ex, cache, generated_cached=True, **settings
+    )
     assert (miss.reference_cached, miss.generated_cached) == (False, True)  # a miss reports the flags it was given
 
 
