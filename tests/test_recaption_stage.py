@@ -632,3 +632,19 @@ def test_split_statistics_of_hand_made_completion_records():
     assert nothing["images_per_s"] == 0.0 and nothing["tokens_per_s"] is None and nothing["seconds"] == 0.0
     timed = split_statistics([done(1, {}, {"1": 1}, ["x"], 1, 7)], 0.125)
     assert timed["seconds"] == 0.12 and timed["tokens_per_s"] == 56.0  # seconds rounded to 2 decimals for the record
+
+
+def test_with_retry_failed_false_a_transient_failure_stays_as_it_is(tmp_path):
+    spec = write_input(str(tmp_path / "in"), 3, per_shard=3)
+    urls, out = sorted(glob.glob(spec)), str(tmp_path / "out")
+    cfg = RecaptionConfig(name="llava", backend="hf", model="x", batch_size=3, num_workers=0, retry_failed=False)
+    recaption_split(
+        urls, out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: Flaky(failing={"s00001"})
+    )
+    assert (
+        recaption_split(
+            urls, out, "train", cfg, project_layout(), PIXELS, make_captioner=lambda c: pytest.fail("not retried")
+        )
+        == 0
+    )
+    assert read_done(f"{out}/train-000000.tar")["transient_keys"] == ["s00001"]

@@ -113,3 +113,26 @@ def test_expert_agreement_against_scipy_on_a_hand_made_expert_folder(tmp_path):
     out = expert_agreement(embedder, str(tmp_path), EvalConfig())
     assert (out["pairs"], out["judgments"]) == (8, 24)
     assert out["tau_c"] == pytest.approx(hand_tau_c(embedder, str(tmp_path), 8), abs=1e-6)
+
+
+def test_tau_c_is_defined_from_two_judgments_and_two_levels():
+    assert kendall_tau_c([1, 2], [1, 2]) == pytest.approx(1.0)  # n = 2, m = 2: 2 (C - D) / (n^2 (m - 1) / m) = 2 / 2
+    assert kendall_tau_c([1, 2], [2, 1]) == pytest.approx(-1.0)
+    x, y = [1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2]  # two rating levels
+    assert kendall_tau_c(x, y) == pytest.approx(scipy.stats.kendalltau(x, y, variant="c").statistic)
+    assert np.isnan(kendall_tau_c([1.0], [2.0])) and np.isnan(kendall_tau_c([1.0, 2.0], [3, 3]))  # one pair / one level
+    with pytest.raises(ValueError, match=r"tau-c needs two equal-length vectors, got \(2,\) and \(3,\)"):
+        kendall_tau_c([1, 2], [1, 2, 3])
+
+
+def test_the_expert_reader_keeps_reading_past_blank_lines(tmp_path):
+    (tmp_path / "Flickr8k.token.txt").write_text("a.jpg#0\tA dog runs.\nb.jpg#1\tA cat\tsleeps.\n", encoding="utf-8")
+    (tmp_path / "ExpertAnnotations.txt").write_text("a.jpg a.jpg#0 4 4 3\n\nb.jpg b.jpg#1 1 2 1\n", encoding="utf-8")
+    judgments = read_expert_judgments(str(tmp_path))
+    assert judgments.images == ["a.jpg", "b.jpg"] and judgments.captions == ["A dog runs.", "A cat\tsleeps."]
+    assert judgments.ratings.tolist() == [[4, 4, 3], [1, 2, 1]] and judgments.ratings.dtype == np.int64
+    scores, ratings = judgments.flat(np.array([0.5, 0.25]))
+    assert scores.tolist() == [0.5, 0.5, 0.5, 0.25, 0.25, 0.25] and ratings.tolist() == [4, 4, 3, 1, 2, 1]
+    (tmp_path / "ExpertAnnotations.txt").unlink()
+    with pytest.raises(ConfigError, match=r"Flickr8k-Expert: .*ExpertAnnotations.txt is missing"):
+        read_expert_judgments(str(tmp_path))

@@ -381,3 +381,15 @@ def test_extracting_features_of_repeated_images_is_allowed_and_of_none_is_one_li
     assert features.shape == (3, 8) and torch.equal(features[0], features[2])
     with pytest.raises(ConfigError, match=r"^FID: no images to extract features from$"):
         F.extract_features([], ex)
+
+
+def test_float_tensors_enter_fid_pixels_as_clamped_0_255_values():
+    values = torch.randint(0, 256, (3, 11, 7), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    as_float = values.float() / 255
+    assert torch.allclose(F.fid_pixels(as_float), F.fid_pixels(values), atol=1e-6)  # the same image either way
+    wild = torch.full((3, 299, 299), 1.5)
+    wild[0] = -0.5
+    pixels = F.fid_pixels(wild)  # 299 x 299: no resize, values clamped to [0, 1]
+    assert torch.equal(pixels[0], torch.zeros(299, 299)) and torch.equal(pixels[1:], torch.ones(2, 299, 299))
+    with pytest.raises(TypeError, match=r"an image must be a PIL image or a 3 x H x W tensor, not ndarray"):
+        F.fid_pixels(np.zeros((3, 4, 4)))
