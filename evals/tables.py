@@ -1,5 +1,5 @@
-"""``python -m evals.tables``: the README's older spelling of ``python -m report.tables`` (the tables and plots of
-published records), kept as a command alias.
+"""``python -m evals.tables``: a command alias of ``python -m report.tables`` (the tables and plots of published
+records).
 
 The writer lives in ``report`` (a layer above the families); this module is reached only as a command and finds
 it at run time, so ``evals`` stays one package on the families' layer (pyproject's import-linter contract).

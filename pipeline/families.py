@@ -6,7 +6,9 @@ how the train stage prepares its recipe, the function that trains it from the mi
 that loads its export as the kind of model the eval tasks take (``evals.tasks.registry.KINDS``; a generator gets the
 loader of a CLIP export passed in, for a task whose evaluator is one), its table kind (``report.tables``), and, for a
 family that has them, how its features are precomputed and how it samples images. The stages ask the family
-(``family_of(cfg)``) and never branch on its name. Adding a family = its package plus one entry in ``FAMILIES``.
+(``family_of(cfg)``) and never branch on its name. Adding a family = its package, one entry in ``FAMILIES``, its
+Hydra files (``conf/trainer/NAME.yaml``; ``model/`` and ``train/`` files extending ``NAME_schema``) and its package
+named in pyproject.toml (setuptools ``include``, import-linter ``root_packages`` and the families' layer).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family.
+    """One model family: ``name`` (``trainer=NAME``), ``model_config`` / ``train_config`` (the typed schemas of its
+    ``model:`` and ``train:`` groups), ``produces`` (the eval kind its export loads as:
+    ``evals.tasks.registry.EMBEDDER`` or ``GENERATOR``).
 
     ``train(model_cfg, train_cfg, data_cfg, mix_cfg, out_dir) -> result`` (a dataclass with ``export_dir``,
     ``samples_seen``, ``global_batch``, ``steps``); ``load(export_dir, device) -> evaluable`` of kind ``produces``;
