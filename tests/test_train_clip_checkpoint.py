@@ -52,14 +52,14 @@ class Payload:
 def test_a_plain_torch_load_refuses_arbitrary_objects(tmp_path, monkeypatch):
     """Our code passes weights_only=True everywhere; third-party calls that do not (CLIP_benchmark's load_clfs and
     linear-probe feature cache, not on our paths) are safe only because torch >= 2.6 (pyproject's floor) defaults to
-    weights_only=True. Guard that default: a plain torch.load of a pickled object fails."""
+    weights_only=True. Guard that default: torch.load without a choice (weights_only=None) of a pickled object fails."""
     import pickle
 
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     path = str(tmp_path / "object.pt")
     torch.save({"payload": Payload()}, path)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        torch.load(path)
+        torch.load(path, weights_only=None)  # None: torch's own default, the value this test guards
 
 
 def test_atomic_save_leaves_no_temporary_file(tmp_path):

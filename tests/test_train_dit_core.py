@@ -102,9 +102,8 @@ def metrics(out_dir: str) -> List[Dict[str, Any]]:
 
 
 def checkpoint(out_dir: str, step: int) -> Dict[str, Any]:
-    return torch.load(
-        os.path.join(out_dir, "checkpoints", f"step_{step:08d}.pt"), map_location="cpu", weights_only=True
-    )
+    path = os.path.join(out_dir, "checkpoints", f"step_{step:08d}.pt")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def scene_split_shards(tmp_path_factory, split: str, n: int) -> str:

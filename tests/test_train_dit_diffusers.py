@@ -43,7 +43,7 @@ import json, sys, torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 exports, out, prompts, seeds, guidance, steps, threads, embeds_path = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
-embeds = torch.load(embeds_path)
+embeds = torch.load(embeds_path, weights_only=True)
 images, defaults = {}, {}
 try:  # without trust_remote_code diffusers refuses the export's pipeline.py in one line
     DiffusionPipeline.from_pretrained(exports["pixel-ddpm"])
