@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from captiondata.captions import extract_captions
-from captiondata.counters import SampleCounters
+from captiondata.counters import SKIP_REASONS, SampleCounters
 from captiondata.decode import BadSample, decode_image, decode_json
 from captiondata.reader import DEFAULT_MAX_PIXELS, raw_samples
 from captiondata.writer import write_raw_shard
@@ -185,6 +185,12 @@ class ShardRecaptioner:
         except (ValueError, AttributeError):
             return None
 
+    def outcome(self, raw: Dict[str, Any]) -> Optional[str]:
+        """What a previous pass left for a sample: its recorded status, except that an "ok" whose caption member is
+        gone is a ``generation_error`` (transient: captioned again on retry); None when never captioned."""
+        status = self.status(raw)
+        return "generation_error" if status == "ok" and self.caption_member not in raw else status
+
     def recaption_shard(self, in_url: str, out_path: str, progress: Optional[Progress] = None) -> ShardStats:
         """Write ``out_path`` (atomically, then its completion file) from ``in_url``, or retry the transient failures of
         a previous output of it; returns the shard's statistics (over every sample of the output, not this pass).
@@ -205,11 +211,11 @@ class ShardRecaptioner:
             nonlocal generated
             todo = batches(raw_samples([source], counters), self.cfg.batch_size)
             for batch, items in self._decoded(todo):
-                need = [n for n, raw in enumerate(batch) if not retry or self.status(raw) in TRANSIENT_FAILURES]
+                need = [n for n, raw in enumerate(batch) if not retry or self.outcome(raw) in TRANSIENT_FAILURES]
                 captions = self.captioner.caption([items[n] for n in need]) if need else []
                 for n, caption in zip(need, captions):
                     raw = batch[n]
-                    if retry and caption.text is None and caption.reason == self.status(raw):
+                    if retry and caption.text is None and caption.reason == self.outcome(raw):
                         continue  # failed again the same way: keep the old record, so an unchanged shard stays identical
                     raw.pop(self.caption_member, None)
                     raw[self.provenance_member] = self.provenance(items[n], caption)
@@ -228,7 +234,7 @@ class ShardRecaptioner:
         skipped = {
             k: v
             for k, v in counters.totals().items()
-            if v and k in ("truncated_tar", "unreadable_shard", "duplicate_key")
+            if v and k in SKIP_REASONS  # raw_samples counts only the shard-level losses among them
         }
         stats.word_histogram, stats.vocabulary = dict(words), sorted(vocabulary)
         atomic_write_json(
@@ -256,11 +262,9 @@ class ShardRecaptioner:
     def count(self, raw: Dict[str, Any], stats: "ShardStats", words: Counter, vocabulary: set) -> None:
         """Add one output sample to the shard's statistics, from its recorded outcome (so a retry counts every sample)."""
         stats.samples += 1
-        status = self.status(raw)
-        if status != "ok" or self.caption_member not in raw:
-            reason = (
-                status if status not in (None, "ok") else "generation_error"
-            )  # never captioned, or an "ok" whose caption is gone
+        status = self.outcome(raw)
+        if status != "ok":
+            reason = status or "generation_error"  # never captioned, or an "ok" whose caption is gone
             stats.failed[reason] = stats.failed.get(reason, 0) + 1
             stats.failed_keys.append(raw["__key__"])
             stats.transient_keys += [raw["__key__"]] if reason in TRANSIENT_FAILURES else []

@@ -16,8 +16,9 @@ import sys
 
 import pytest
 import torch
+from conftest import require_module  # noqa: E402
 
-pytest.importorskip("clip_benchmark", reason="pip install clip-benchmark")
+require_module("clip_benchmark", "pip install -e '.[dev]'")
 
 from eval_helpers import write_cb_retrieval  # noqa: E402
 

@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -431,11 +432,17 @@ def test_precomputed_config_errors_are_one_line(tmp_path):
         )
 
 
-def test_vllm_where_it_is_not_installed_is_a_clear_one_line_error():
+@pytest.fixture
+def without_vllm(monkeypatch):
+    """vLLM made unimportable, installed or not (``sys.modules[name] = None`` is how Python blocks an import:
+    ``importlib.util.find_spec`` then answers None), so the not-installed path is checked on every machine."""
+    monkeypatch.setitem(sys.modules, "vllm", None)
+
+
+def test_vllm_where_it_is_not_installed_is_a_clear_one_line_error(without_vllm):
     from recaption.backends.vllm import vllm_missing_reason
 
-    if not vllm_missing_reason():
-        pytest.skip("vLLM is installed here: the GPU path is exercised on GPU machines, not by this check")
+    assert "pip install vllm" in vllm_missing_reason()
     with pytest.raises(ConfigError) as info:
         build_captioner(RecaptionConfig(backend="vllm", model="llava-hf/llava-1.5-7b-hf"))
     assert "pip install vllm" in str(info.value) and "\n" not in str(info.value)
@@ -468,12 +475,9 @@ def test_bad_recaption_values_fail_with_one_line(kwargs, message):
         (["+recaption=vllm"], "pip install vllm"),
     ],
 )
-def test_a_captioner_that_cannot_run_fails_before_the_data_stage(tmp_path, overrides, message):
+def test_a_captioner_that_cannot_run_fails_before_the_data_stage(tmp_path, overrides, message, without_vllm):
     from pipeline.overrides import compose_config
-    from recaption.backends.vllm import vllm_missing_reason
 
-    if "+recaption=vllm" in overrides and not vllm_missing_reason():
-        pytest.skip("vLLM is installed here")
     with pytest.raises(ConfigError) as info:
         compose_config(
             ["+experiment=clip_smoke", *overrides, "run.stages=[data,recaption]", f"run.out_root={tmp_path}"]
@@ -632,6 +636,33 @@ def test_split_statistics_of_hand_made_completion_records():
     assert nothing["images_per_s"] == 0.0 and nothing["tokens_per_s"] is None and nothing["seconds"] == 0.0
     timed = split_statistics([done(1, {}, {"1": 1}, ["x"], 1, 7)], 0.125)
     assert timed["seconds"] == 0.12 and timed["tokens_per_s"] == 56.0  # seconds rounded to 2 decimals for the record
+    untimed = split_statistics([done(1, {}, {"1": 1}, ["x"], 1, 7)], 0.0)  # tokens, but no time measured
+    assert untimed["images_per_s"] is None and untimed["tokens_per_s"] is None
+
+
+def test_a_shard_with_transient_failures_is_pending_unless_retries_are_off():
+    from recaption.stage import pending
+
+    failed, settled = {"transient_keys": ["a"]}, {"transient_keys": []}
+    assert pending(None) and pending(failed) and not pending(settled)
+    assert not pending(failed, retry_failed=False) and pending(None, retry_failed=False)
+
+
+def test_clearing_a_shards_partials_removes_its_own_temporary_files_only(tmp_path):
+    from harness_infra.atomic import TMP_PREFIX
+    from recaption.stage import clear_shard_partials
+
+    mine = [f"{TMP_PREFIX}x1train-000001.tar", f"{TMP_PREFIX}x2train-000001.done.json"]
+    others = [
+        f"{TMP_PREFIX}x3train-000010.tar",
+        f"{TMP_PREFIX}x4val-000001.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+    ]
+    for name in mine + others:
+        (tmp_path / name).write_bytes(b"x")
+    clear_shard_partials(str(tmp_path / "train-000001.tar"))
+    assert sorted(os.listdir(tmp_path)) == sorted(others)
 
 
 def test_with_retry_failed_false_a_transient_failure_stays_as_it_is(tmp_path):
