@@ -74,6 +74,12 @@ def test_expert_agreement_of_a_tiny_random_clip_on_real_judgments(data_root, tmp
 def hand_tau_c(embedder, root: str, pairs: int) -> float:
     """100 x scipy's tau-c of CLIP-S (2.5 max(cos, 0), each pair encoded on its own) against the three ratings per pair,
     the first ``pairs`` rows of ExpertAnnotations.txt read here with the captions of Flickr8k.token.txt."""
+    scores, ratings = hand_clip_s(embedder, root, pairs)
+    return 100.0 * scipy.stats.kendalltau(scores, ratings, variant="c").statistic
+
+
+def hand_clip_s(embedder, root: str, pairs: int):
+    """(CLIP-S per judgment, rating per judgment) of the first ``pairs`` rows, computed here (see ``hand_tau_c``)."""
     from PIL import Image
 
     with open(os.path.join(root, "Flickr8k.token.txt"), encoding="utf-8") as handle:
@@ -91,28 +97,68 @@ def hand_tau_c(embedder, root: str, pairs: int) -> float:
             for vote in votes:
                 scores.append(2.5 * max(float((img * txt).sum()), 0.0))
                 ratings.append(int(vote))
-    return 100.0 * scipy.stats.kendalltau(scores, ratings, variant="c").statistic
+    return scores, ratings
 
 
 def test_expert_agreement_against_scipy_on_a_hand_made_expert_folder(tmp_path):
     """The protocol on a written Flickr8k-Expert folder (5 images, 8 judged pairs): tau-c = scipy's on CLIP-S by hand."""
-    from eval_helpers import random_image
     from test_t2i_tasks import tiny_open_clip
 
-    (tmp_path / "images").mkdir()
-    for i in range(5):
-        random_image(i).save(tmp_path / "images" / f"im{i}.jpg", quality=95)
-    words = ["a red square", "two blue circles", "a dog runs", "noise on a wall", "grey sky"]
-    (tmp_path / "Flickr8k.token.txt").write_text("".join(f"im{i}.jpg#0\t{w} .\n" for i, w in enumerate(words)))
-    rows = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 3), (4, 4), (4, 0)]
-    votes = [(4, 3, 4), (1, 2, 1), (3, 3, 2), (2, 1, 1), (1, 1, 2), (4, 4, 3), (3, 2, 4), (1, 1, 1)]
-    (tmp_path / "ExpertAnnotations.txt").write_text(
-        "".join(f"im{a}.jpg\tim{b}.jpg#0\t{r[0]}\t{r[1]}\t{r[2]}\n" for (a, b), r in zip(rows, votes))
-    )
+    write_expert_folder(tmp_path)
     embedder = tiny_open_clip()
     out = expert_agreement(embedder, str(tmp_path), EvalConfig())
     assert (out["pairs"], out["judgments"]) == (8, 24)
     assert out["tau_c"] == pytest.approx(hand_tau_c(embedder, str(tmp_path), 8), abs=1e-6)
+    scores, _ = hand_clip_s(embedder, str(tmp_path), 8)  # CLIP-S = 2.5 max(cos, 0), in [0, 2.5]
+    assert out["clip_s_mean"] == pytest.approx(np.mean(scores), abs=1e-5) and 0 < out["clip_s_mean"] < 2.5
+
+
+def write_expert_folder(root, first_image: int = 0) -> None:
+    """A Flickr8k-Expert folder of 5 random images (``random_image(first_image + i)``) and 8 judged pairs."""
+    from eval_helpers import random_image
+
+    (root / "images").mkdir()
+    for i in range(5):
+        random_image(first_image + i).save(root / "images" / f"im{i}.jpg", quality=95)
+    words = ["a red square", "two blue circles", "a dog runs", "noise on a wall", "grey sky"]
+    (root / "Flickr8k.token.txt").write_text("".join(f"im{i}.jpg#0\t{w} .\n" for i, w in enumerate(words)))
+    rows = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 3), (4, 4), (4, 0)]
+    votes = [(4, 3, 4), (1, 2, 1), (3, 3, 2), (2, 1, 1), (1, 1, 2), (4, 4, 3), (3, 2, 4), (1, 1, 1)]
+    (root / "ExpertAnnotations.txt").write_text(
+        "".join(f"im{a}.jpg\tim{b}.jpg#0\t{r[0]}\t{r[1]}\t{r[2]}\n" for (a, b), r in zip(rows, votes))
+    )
+
+
+def test_two_expert_folders_sharing_an_embedding_cache_are_scored_on_their_own_images(tmp_path):
+    """Same file names, other pixels: the image cache is keyed by the folder's content, so the second folder's
+    CLIP-S is its own (by hand), not the first folder's."""
+    from test_t2i_tasks import tiny_open_clip
+
+    embedder, cfg = tiny_open_clip(), EvalConfig(cache_dir=str(tmp_path / "cache"))
+    for name, first_image in (("a", 0), ("b", 10)):
+        (tmp_path / name).mkdir()
+        write_expert_folder(tmp_path / name, first_image)
+    outs = [expert_agreement(embedder, str(tmp_path / name), cfg) for name in ("a", "b")]
+    by_hand = [np.mean(hand_clip_s(embedder, str(tmp_path / name), 8)[0]) for name in ("a", "b")]
+    assert [o["clip_s_mean"] for o in outs] == pytest.approx(by_hand, abs=1e-5) and by_hand[0] != by_hand[1]
+    assert outs[1]["tau_c"] == pytest.approx(hand_tau_c(embedder, str(tmp_path / "b"), 8), abs=1e-6)
+
+
+def test_clip_scores_of_misaligned_embeddings_is_a_value_error_naming_both_shapes():
+    with pytest.raises(ValueError, match=r"^\(3, 4\) image embeddings for \(2, 4\) text embeddings$"):
+        clip_scores(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+def test_the_expert_reader_keeps_a_caption_ending_in_x_and_treats_a_blank_caption_as_missing(tmp_path):
+    (tmp_path / "Flickr8k.token.txt").write_text(
+        "a.jpg#0\tA sign reading TAX\nb.jpg#0\t\nc.jpg#0\t   \n", encoding="utf-8"
+    )
+    (tmp_path / "ExpertAnnotations.txt").write_text("a.jpg a.jpg#0 4 4 3\n", encoding="utf-8")
+    assert read_expert_judgments(str(tmp_path)).captions == ["A sign reading TAX"]
+    for blank in ("b", "c"):  # an empty and a whitespace-only caption: neither is a known candidate
+        (tmp_path / "ExpertAnnotations.txt").write_text(f"{blank}.jpg {blank}.jpg#0 1 1 1\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"ExpertAnnotations.txt:1: expected .* with a known candidate"):
+            read_expert_judgments(str(tmp_path))
 
 
 def test_tau_c_is_defined_from_two_judgments_and_two_levels():

@@ -393,3 +393,95 @@ def test_float_tensors_enter_fid_pixels_as_clamped_0_255_values():
     assert torch.equal(pixels[0], torch.zeros(299, 299)) and torch.equal(pixels[1:], torch.ones(2, 299, 299))
     with pytest.raises(TypeError, match=r"an image must be a PIL image or a 3 x H x W tensor, not ndarray"):
         F.fid_pixels(np.zeros((3, 4, 4)))
+
+
+def test_the_covariance_of_two_images_is_numpys_unbiased_covariance():
+    features = torch.tensor([[0.0, 1.0, 2.0], [2.0, -1.0, 5.0]])
+    stats = F.feature_statistics(features)
+    expected = np.cov(features.double().numpy(), rowvar=False)  # divides by n - 1 = 1
+    assert stats["n"] == 2 and np.allclose(stats["cov"].numpy(), expected, rtol=0, atol=1e-12)
+    assert np.allclose(stats["mean"].numpy(), [1.0, 0.0, 3.5], rtol=0, atol=1e-12)
+
+
+def test_a_299_by_299_image_enters_fid_pixels_without_a_resample():
+    image = torch.randint(0, 256, (3, 299, 299), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    assert torch.equal(F.fid_pixels(image), image.float() / 255)  # a same-size resample would move values by ~1e-5
+
+
+def test_resized_white_pixels_are_at_most_1_and_feed_the_network_255_over_128_minus_1():
+    """The bilinear resize of an all-255 image overshoots 255 by rounding; the clamp after it keeps white at most 1."""
+    white = torch.full((3, 13, 9), 255, dtype=torch.uint8)
+    pixels = F.fid_pixels(white)
+    assert float(pixels.max()) == 1.0 and torch.allclose(pixels, torch.ones(3, 299, 299), rtol=0, atol=1e-6)
+    identity = F.FidInceptionFeatures(torch.nn.Flatten(), num_features=3 * 299 * 299)
+    scaled = identity(white[None])[0]
+    assert float(scaled.max()) == 255 / 128 - 1 and torch.allclose(scaled, torch.tensor(255 / 128 - 1), atol=1e-6)
+
+
+def test_float_images_are_clamped_to_0_1_before_the_resize():
+    """Out-of-range float pixels must not bleed into their neighbours through the bilinear resize: the result is
+    fid-helper-pytorch's resize of the clamped image."""
+    from fid_helper_pytorch._resample_func import resample_func
+
+    wild = torch.rand(3, 9, 13, generator=torch.Generator().manual_seed(5)) * 3 - 1  # in [-1, 2]
+    clamped = (wild.clamp(0, 1) * 255).permute(1, 2, 0).numpy().astype(np.float32)
+    theirs = np.clip(resample_func(clamped, (299, 299), F.FID_RESIZE), 0, 255) / 255
+    assert (wild < 0).any() and (wild > 1).any()
+    assert np.abs(F.fid_pixels(wild).permute(1, 2, 0).numpy() - theirs).max() < 1e-5
+
+
+def recording_extractor(sizes):
+    """``tiny_extractor`` whose network first records each batch's size into ``sizes``."""
+
+    class Record(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return x
+
+    ex = tiny_extractor()
+    ex.trunk = torch.nn.Sequential(Record(), *ex.trunk)
+    return ex
+
+
+def test_features_are_extracted_in_batches_of_batch_size_with_the_remainder_last(tmp_path):
+    images = [torch.full((3, 16, 16), i * 20, dtype=torch.uint8) for i in range(10)]
+    sizes = []
+    features = F.extract_features(images, recording_extractor(sizes), batch_size=4)
+    assert sizes == [4, 4, 2] and features.shape == (10, 8)
+    sizes.clear()
+    F.cached_statistics(images, "ten", recording_extractor(sizes), EmbeddingCache(str(tmp_path)), batch_size=3)
+    assert sizes == [3, 3, 3, 1]  # cached_statistics passes its batch size on
+
+
+def test_torchmetrics_fid_from_filled_state_emits_no_warning():
+    import warnings
+
+    ref, gen = gaussian_stats(100, 8, 1), gaussian_stats(100, 8, 2, shift=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = F.torchmetrics_fid(ref, gen, tiny_extractor())
+    assert value == pytest.approx(helper_fid(ref, gen), rel=1e-8) and not caught
+
+
+def test_fid_kid_called_directly_reports_that_neither_set_came_from_the_cache():
+    result = F.fid_kid(gaussian_stats(50, 8, 3), gaussian_stats(20, 8, 4, shift=0.2), tiny_extractor(), **settings())
+    assert (result.reference_cached, result.generated_cached) == (False, False)
+
+
+def test_the_default_extractor_network_is_the_fid_inception_built_for_tf_input_scaling(monkeypatch):
+    import towers.fid_inception
+
+    calls, trunk = [], torch.nn.Flatten()
+    monkeypatch.setattr(towers.fid_inception, "create_fid_trunk", lambda **kw: calls.append(kw) or trunk)
+    ex = F.FidInceptionFeatures()
+    assert calls == [{"input_norm": "tf"}] and ex.trunk is trunk and ex.num_features == F.FEATURES
+
+
+def test_the_pinned_resize_emits_no_warning():
+    """nv_bilinear names align_corners in both grid calls (torch warns when it is left to its default)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = F.fid_pixels(torch.zeros(3, 7, 5, dtype=torch.uint8))
+    assert pixels.shape == (3, 299, 299) and not caught

@@ -103,7 +103,7 @@ def read_expert_judgments(root: str) -> ExpertJudgments:
     with open(paths[1], encoding="utf-8") as handle:
         for line in handle:
             key, _, text = line.rstrip("\n").partition("\t")
-            if text:
+            if text.strip():  # a blank caption (empty or whitespace only) is no caption
                 captions[key] = text.strip()
     images, texts, ratings = [], [], []
     with open(paths[0], encoding="utf-8") as handle:
@@ -125,8 +125,9 @@ def expert_agreement(
     embedder: Any, root: str, cfg: EvalConfig, model_id: Optional[str] = None, max_pairs: Optional[int] = None
 ) -> Dict[str, Any]:
     """Kendall tau-c (x 100, as the CLIPScore paper prints it) of the evaluator's CLIP-S with the Flickr8k-Expert
-    judgments: {"tau_c", "pairs", "judgments", "truncated"}. Images are encoded once each (embedding cache when
-    ``cfg.cache_dir`` is set); ``max_pairs`` keeps the first N pairs (a quick check)."""
+    judgments: {"tau_c", "pairs", "judgments", "truncated", "clip_s_mean"} (the mean CLIP-S over the pairs). Images
+    are encoded once each (embedding cache when ``cfg.cache_dir`` is set); ``max_pairs`` keeps the first N pairs (a
+    quick check)."""
     from evals.tasks.datasets import Decoding, FileImageSet, content_fingerprint
     from evals.tasks.embeddings import encode_images, encode_texts
 
@@ -151,4 +152,5 @@ def expert_agreement(
         "pairs": count,
         "judgments": int(human.size),
         "truncated": int(truncated.sum()),
+        "clip_s_mean": float(scores.mean()),
     }
