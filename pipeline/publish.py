@@ -36,7 +36,12 @@ def recaption_section(infos: Dict[str, StageInfo]) -> Optional[Dict[str, Any]]:
 
 
 def run_section(
-    cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo], eval_info: EvalInfo
+    cfg: Any,
+    resolved: Dict[str, Any],
+    overrides: List[str],
+    infos: Dict[str, StageInfo],
+    eval_info: EvalInfo,
+    recipe_hash: Optional[str] = None,
 ) -> Dict[str, Any]:
     """What ran, how, on what, where and how long: attached to every record of the run. ``p`` is the label,
     ``realised_p`` the share of trained samples whose text was the original, ``mixture`` the checked mixture
@@ -64,6 +69,7 @@ def run_section(
         "recaption": recaption_section(infos),
         "trainer": cfg.trainer,
         "train_hash": train_info.hash,
+        "recipe_hash": recipe_hash,  # the train key without train.seed: the seeds of one table row share it
         "eval_hash": eval_info.hash,
         "wall_time_s": {name: info.wall_time_s for name, info in {**infos, "eval": eval_info}.items()},
         **provenance(),
@@ -71,7 +77,12 @@ def run_section(
 
 
 def publish_records(
-    cfg: Any, resolved: Dict[str, Any], overrides: List[str], infos: Dict[str, StageInfo], eval_info: EvalInfo
+    cfg: Any,
+    resolved: Dict[str, Any],
+    overrides: List[str],
+    infos: Dict[str, StageInfo],
+    eval_info: EvalInfo,
+    recipe_hash: Optional[str] = None,
 ) -> List[str]:
     """Copy each eval record (and its per-query sidecar) into results/records; never overwrite.
 
@@ -79,7 +90,7 @@ def publish_records(
     published under a new name (NAME-1.json, ...) and the tables use the newest.
     """
     folder = os.path.join(cfg.run.results_dir, RECORDS_DIR)
-    run = run_section(cfg, resolved, overrides, infos, eval_info)
+    run = run_section(cfg, resolved, overrides, infos, eval_info, recipe_hash)
     os.makedirs(folder, exist_ok=True)
     with exclusive(records_lock(folder)):  # a parallel identical run finds this one's records, never half of them
         return [publish_one(source, folder, cfg.experiment, eval_info.hash, run) for source in eval_info.records]

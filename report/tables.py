@@ -1,12 +1,17 @@
 """Comparison tables and plots across runs: ``python -m report.tables [--results-dir results]``.
 
 For each data set and model family (CLIPs, scored by the embedder tasks; text-to-image models, scored by the
-generator tasks): one row per trained run (p, strategy, model, samples seen), one column per main metric with its
-95% interval, the delta against the p = 1 baseline of the same model, data and training budget, and ``*`` where the
-paired test (sign-flip permutation over the same queries, or the same prompts and seeds) gives p-value < 0.05.
-Whole-set metrics (FID, KID) have no per-query values: their delta is the plain difference, without a test.
-Writes ``results/{data}.md`` + ``.csv`` (CLIPs) and ``results/{data}_t2i.md`` + ``.csv`` (text-to-image: the
-paper's Table 7 in shape), and one PNG per task (metric against p with interval bars). Metrics declared as
+generator tasks): one row per recipe (model, data, strategy, p, training budget and every other setting that
+decides the weights except ``train.seed``: ``run.recipe_hash``) with the mean over its training seeds, one column
+per main metric with its 95% seed-level interval (``evals.results.seeds``: training-seed and test-query variation),
+the delta against the p = 1 row of the same model, data and training budget, and ``*`` where the seed-level test
+(paired by seed when both rows have the same seeds, else Welch) gives p-value < 0.05. A row with one seed shows the
+query-only bootstrap interval of its record, its delta is the plain difference, and it gets no star: one seed
+says nothing about training noise. Whole-set metrics (FID, KID) have no per-query values: over several seeds a t
+interval and test on the per-seed values, with one seed the record's interval and a plain difference.
+Writes ``results/{data}.md`` + ``.csv`` (CLIPs; the csv holds the seed-level rows, ``{data}_runs.csv`` one row per
+run) and ``results/{data}_t2i.md`` + ``.csv`` (text-to-image: the paper's Table 7 in shape), and one PNG per task
+(metric against p with interval bars). Metrics declared as
 fractions by their task (``TaskSpec.percent``) are shown in %, the others (FID, KID, CLIP score, a 1-5 rating) in
 their own unit. p is the probability of the ORIGINAL caption.
 """
@@ -21,9 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from evals.results.records import compare_records, read_record
+from evals.results.bootstrap import QueryValues
+from evals.results.records import compare_records, read_per_query, read_record
+from evals.results.seeds import SeedEstimate, seed_difference, seed_estimate, whole_set_difference, whole_set_estimate
 from evals.tasks.registry import GENERATOR, TASKS
 from harness_infra.atomic import atomic_write, atomic_write_bytes
+from harness_infra.stagecache import content_hash
 
 log = logging.getLogger(__name__)
 MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}  # declared with each task
@@ -44,6 +52,18 @@ RUN_COLUMNS = [
     "global_batch",
     "train_hash",
     "command",
+]
+ROW_KEYS = [
+    "data",
+    "family",
+    "model",
+    "strategy",
+    "p",
+    "samples_seen",
+    "global_batch",
+    "recipe",
+    "table_task",
+    "metric",
 ]
 
 
@@ -82,6 +102,22 @@ def run_seed(run: Dict[str, Any]) -> int:
     if run.get("seed") is not None:
         return int(run["seed"])
     return int(((run.get("resolved_config") or {}).get("train") or {}).get("seed", 0))
+
+
+def recipe_of(run: Dict[str, Any]) -> str:
+    """What the runs of one table row share: ``recipe_hash`` (the train stage's content key without ``train.seed``).
+    Records published before it: ``legacy-`` + the hash of the resolved config without its ``run`` and ``experiment``
+    sections (where outputs go, the run's label) and ``train.seed`` (it may also split a row over a setting that
+    does not change the weights, never join two settings that do); without a resolved config, the run's own
+    ``train_hash`` (a row of its own)."""
+    if run.get("recipe_hash"):
+        return str(run["recipe_hash"])
+    resolved = run.get("resolved_config")
+    if not resolved:
+        return str(run["train_hash"])
+    recipe = {k: v for k, v in resolved.items() if k not in ("run", "experiment")}
+    recipe["train"] = {k: v for k, v in (recipe.get("train") or {}).items() if k != "seed"}
+    return "legacy-" + content_hash(recipe)
 
 
 def run_commit(run: Dict[str, Any]) -> Optional[str]:
@@ -135,7 +171,8 @@ def delta_vs_baseline(
 
 
 def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
-    """Long table: one row per (run, task, metric) with value, interval, delta vs baseline and paired p-value."""
+    """Long table: one row per (run, task, metric) with value, interval, and the delta and paired query-level p-value
+    against the p = 1 run of the same seed (``baseline_for``); ``seed_rows`` turns it into the table's rows."""
     rows = []
     for record in records:
         run, task = record["run"], record["task"]
@@ -164,9 +201,143 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                     "n": record["n"].get("image_queries") or record["n"].get("images"),
                     "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
                     "delta_p_value": test.p_value if test else None,
+                    "recipe": recipe_of(run),
+                    "created": record["created"],
+                    "path": record["path"],
+                    "per_query": bool(record.get("per_query_file"))
+                    and metric not in record.get("whole_set_interval_methods", {}),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
+    """A hashable key of ``keys`` with missing values (concat's p) as None."""
+    return tuple(None if missing(row[k]) else row[k] for k in keys)
+
+
+def seed_rows(long: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """The table's rows: one per ``ROW_KEYS`` (a recipe on one task version and metric) over its training seeds, from
+    the per-run ``long`` table (after ``separate_data_versions``).
+
+    Columns: the row keys, ``seeds`` ("0, 1, 2"), ``n_seeds``, ``realised_p`` (mean over seeds), ``value`` (mean over
+    seeds), ``ci_low``/``ci_high`` (seed-level with several seeds, the record's query-only interval with one),
+    ``interval`` (which), ``delta_vs_p1``, ``delta_p_value`` (None without a seed-level test), ``delta_method``,
+    ``commands`` and the per-run columns the markdown needs. A seed published twice for one recipe keeps its newest
+    record. The baseline of a row is the p = 1 row of the same data, model, budget, task version and metric, preferring
+    the one with the same seeds, then the one sharing most seeds."""
+    if long.empty:
+        return long
+    long = long.sort_values("created").drop_duplicates(ROW_KEYS + ["seed"], keep="last")
+    groups: Dict[tuple, pd.DataFrame] = {}
+    for _, row in long.iterrows():
+        groups.setdefault(_group_key(row, ROW_KEYS), [])
+    for key in groups:
+        mask = pd.Series(True, index=long.index)
+        for column, value in zip(ROW_KEYS, key):
+            mask &= long[column].isna() if value is None else long[column] == value
+        groups[key] = long[mask].sort_values("seed")
+    cache: Dict[str, Dict[str, QueryValues]] = {}
+
+    def values_of(runs: pd.DataFrame) -> Optional[Dict[int, QueryValues]]:
+        if not runs["per_query"].all():
+            return None
+        out = {}
+        for seed, metric, path in zip(runs["seed"], runs["metric"], runs["path"]):
+            if path not in cache:
+                cache[path] = read_per_query(path)
+            out[int(seed)] = cache[path][metric]
+        return out
+
+    estimates: Dict[tuple, Tuple[SeedEstimate, Optional[Dict[int, QueryValues]]]] = {}
+    for key, runs in groups.items():
+        per_query = values_of(runs)
+        if per_query is not None:
+            estimates[key] = (seed_estimate(list(per_query.values()), confidence), per_query)
+        else:
+            estimates[key] = (whole_set_estimate(runs["value"].astype(float).tolist(), confidence), None)
+    rows = []
+    for key, runs in groups.items():
+        estimate, per_query = estimates[key]
+        first = runs.iloc[-1]
+        base_key = _baseline_key(key, runs, groups)
+        delta, p_value, method = None, None, None
+        if base_key == key:
+            delta = 0.0
+        elif base_key is not None:
+            base_runs = groups[base_key]
+            base_estimate, base_values = estimates[base_key]
+            if per_query is not None and base_values is not None:
+                test = seed_difference(per_query, base_values, confidence)
+            else:
+                test = whole_set_difference(
+                    dict(zip(runs["seed"].astype(int), runs["value"].astype(float))),
+                    dict(zip(base_runs["seed"].astype(int), base_runs["value"].astype(float))),
+                    confidence,
+                )
+            if test is not None:
+                delta, p_value, method = test.value, test.p_value, test.method
+            else:
+                delta, method = _plain_difference(runs, base_runs, estimate, base_estimate)
+        if estimate.interval is not None:
+            low, high, interval = estimate.interval[0], estimate.interval[1], estimate.method
+            if bool(first["percent"]):  # a fraction: a t interval near 0 or 1 is cut at the metric's range
+                low, high = max(low, 0.0), min(high, 1.0)
+        else:
+            low, high, interval = first["ci_low"], first["ci_high"], "query-only interval of the one seed's record"
+        realised = runs["realised_p"].dropna().astype(float) if "realised_p" in runs else pd.Series(dtype=float)
+        rows.append(
+            {
+                **dict(zip(ROW_KEYS, key)),
+                "task": first["task"],
+                "dataset": first["dataset"],
+                "percent": first["percent"],
+                "lower_is_better": first["lower_is_better"],
+                "n": first["n"],
+                "seeds": ", ".join(str(int(s)) for s in runs["seed"]),
+                "n_seeds": len(runs),
+                "realised_p": float(realised.mean()) if len(realised) else None,
+                "value": estimate.value,
+                "ci_low": low,
+                "ci_high": high,
+                "interval": interval,
+                "delta_vs_p1": delta,
+                "delta_p_value": p_value,
+                "delta_method": method,
+                "command": first["command"],
+                "commit": first["commit"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _plain_difference(
+    runs: pd.DataFrame, base_runs: pd.DataFrame, estimate: SeedEstimate, base_estimate: SeedEstimate
+) -> Tuple[float, str]:
+    """(delta, method) where a seed-level test is impossible (either row has one seed): a one-seed row against the
+    baseline's run of the same seed when it has one (the runs share initialisation and data order), else against
+    the baseline's mean."""
+    if len(runs) == 1 and int(runs["seed"].iloc[0]) in set(base_runs["seed"].astype(int)):
+        seed = int(runs["seed"].iloc[0])
+        reference = float(base_runs.loc[base_runs["seed"].astype(int) == seed, "value"].iloc[0])
+        return estimate.value - reference, f"plain difference against the p = 1 run of seed {seed} (one seed: no test)"
+    return estimate.value - base_estimate.value, "plain difference against the p = 1 row's mean (one seed: no test)"
+
+
+def _baseline_key(key: tuple, runs: pd.DataFrame, groups: Dict[tuple, pd.DataFrame]) -> Optional[tuple]:
+    """The key of the p = 1 row ``key`` is compared with (``seed_rows``), or None when there is none."""
+    named = dict(zip(ROW_KEYS, key))
+    same = ("data", "family", "model", "samples_seen", "table_task", "metric")
+    seeds = set(runs["seed"].astype(int))
+    candidates = []
+    for other, other_runs in groups.items():
+        o = dict(zip(ROW_KEYS, other))
+        if o["strategy"] in ("mix", "original") and o["p"] == 1.0 and all(o[k] == named[k] for k in same):
+            other_seeds = set(other_runs["seed"].astype(int))
+            candidates.append((other_seeds == seeds, len(other_seeds & seeds), len(other_seeds), other == key, other))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: c[:4])[4]
 
 
 def separate_data_versions(long: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
@@ -220,7 +391,8 @@ def shown(value: Optional[float], as_percent: bool, sign: bool = False) -> str:
 
 
 def cell(row: pd.Series) -> str:
-    """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant); fractions in %."""
+    """'61.2 [59.1, 63.0] (+3.1*)': value, 95% interval and delta vs p = 1 (* = significant at the seed level, so
+    never on a row with one seed: ``seed_rows`` gives it no p-value); fractions in %."""
     as_percent = bool(row.get("percent", True))
     text = (
         f"{shown(row['value'], as_percent)} [{shown(row['ci_low'], as_percent)}, {shown(row['ci_high'], as_percent)}]"
@@ -232,7 +404,8 @@ def cell(row: pd.Series) -> str:
 
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, one column per task:metric cell, sorted by strategy then p."""
+    """One row per recipe (``seed_rows``), one column per task:metric cell, sorted by strategy then p; ``seeds``
+    lists the training seeds each row averages."""
     task = long["table_task"] if "table_task" in long else long["task"]
     realised = long["realised_p"] if "realised_p" in long else pd.Series(None, index=long.index, dtype=float)
     long = long.assign(
@@ -241,14 +414,14 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
         p=long["p"].astype(float).fillna(-1.0),  # concat has no p; pivot drops missing index values
         realised_p=realised.astype(float).fillna(-1.0),
     )
-    index = ["model", "strategy", "p", "realised_p", "seed", "samples_seen", "global_batch", "train_hash"]
+    index = ["model", "strategy", "p", "realised_p", "seeds", "samples_seen", "global_batch", "recipe"]
     wide = (
         long.pivot_table(index=index, columns="column", values="cell", aggfunc="first")
         .reset_index()
         .fillna("not scored")
     )
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
-    wide = wide.sort_values(["model", "samples_seen", "order", "p", "seed"]).drop(columns=["order", "train_hash"])
+    wide = wide.sort_values(["model", "samples_seen", "order", "p", "seeds"]).drop(columns=["order", "recipe"])
     wide["p"] = [p_label(p, r) for p, r in zip(wide["p"], wide.pop("realised_p"))]
     return wide
 
@@ -273,26 +446,31 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
             for c, k in zip(produced["command"], produced["commit"])
         }
     )
-    units = "metric in % with its 95% bootstrap interval"
+    units = (
+        "metric in %, the mean over the row's training seeds (column seeds), with its 95% interval over training "
+        "seeds and test queries (evals.results.seeds; a row with one seed: the query-only bootstrap interval of its "
+        "record, which does not cover training-seed variation)"
+    )
     if family == "t2i":
         lower = sorted(set(long.loc[long["lower_is_better"].astype(bool), "metric"]))
         units = (
-            "fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each with its "
-            "95% interval (FID: bootstrap over the generated images, centred on the FID; KID: over subsets)"
+            "fractions (prompt following) in %, FID, KID, CLIP scores (0-100) and ratings in their own unit, each the mean "
+            "over the row's training seeds (column seeds) with its 95% interval: over seeds (and prompts, for per-prompt "
+            "metrics; FID and KID: a t interval over the per-seed values) with several seeds; with one seed the record's "
+            "(FID: bootstrap over the generated images, centred on the FID; KID: over subsets), which does not cover "
+            "training-seed variation"
             + (f"; lower is better for {', '.join(lower)}, higher for the rest" if lower else "")
         )
     test = (
-        f"paired permutation test over the test queries, p-value < {SIGNIFICANCE}"
-        if family == "clip"
-        else f"paired permutation test over the same prompts and seeds, p-value < {SIGNIFICANCE}; whole-set metrics such as FID "
-        "and KID get no test"
+        f"seed-level t test (paired by seed when both rows have the same seeds, else Welch), p-value < {SIGNIFICANCE}; "
+        "where either row has one seed, no star and the plain difference, against the p = 1 run of the same seed when "
+        "there is one"
     )
     lines = [
         f"# {data}: {FAMILIES[family][0]}",
         "",
         f"p = probability of the ORIGINAL caption per sample (p = 1: alt-text only). Cells: {units}, then (delta vs the "
-        f"p = 1 run of the same model, data, budget and training seed; * = {test}; it does not cover training-seed "
-        "variation, which rows with several seeds show).",
+        f"p = 1 row of the same model, data and budget; * = {test}).",
         "",
         wide.to_markdown(index=False),
         "",
@@ -312,7 +490,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
-    """The curves of one task's plot: one per (metric, training budget, seed), never joining different budgets or seeds.
+    """The curves of one task's plot (rows of ``seed_rows``): one per (metric, training budget, seed set), never joining
+    different budgets or rows of different seeds (a p with three seeds and a p with one).
 
     Each: {metric, label, style (the budget/seed rank), marker (the metric's), x (p + the metric's dodge), y, err_low,
     err_high (percent)} for mixed runs, and {..., "concat": y} lines for concat runs. Metrics are dodged sideways by
@@ -320,17 +499,18 @@ def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
     stays visible.
     """
     budgets = rows["samples_seen"].fillna(-1).astype(int)
-    groups = sorted({(int(b), int(s)) for b, s in zip(budgets, rows["seed"])})
+    groups = sorted({(int(b), str(s)) for b, s in zip(budgets, rows["seeds"])})
     metrics = list(dict.fromkeys(rows["metric"]))
     several_budgets, several_seeds = len({b for b, _ in groups}) > 1, len({s for _, s in groups}) > 1
     series: List[Dict[str, Any]] = []
     for index, metric in enumerate(metrics):
         offset = (index - (len(metrics) - 1) / 2) * DODGE
         for rank, (budget, seed) in enumerate(groups):
-            runs = rows[(rows["metric"] == metric) & (budgets == budget) & (rows["seed"] == seed)]
+            runs = rows[(rows["metric"] == metric) & (budgets == budget) & (rows["seeds"].astype(str) == seed)]
             if runs.empty:
                 continue
-            parts = ([f"{budget:,} samples"] if several_budgets else []) + ([f"seed {seed}"] if several_seeds else [])
+            named = f"seeds {seed}" if "," in seed else f"seed {seed}"
+            parts = ([f"{budget:,} samples"] if several_budgets else []) + ([named] if several_seeds else [])
             label = f"{metric} ({', '.join(parts)})" if parts else metric
             base = {
                 "metric": metric,
@@ -339,7 +519,7 @@ def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
                 "style": rank,
                 "marker": MARKERS[index % len(MARKERS)],
                 "samples_seen": budget,
-                "seed": seed,
+                "seeds": seed,
             }
             scale = 100.0 if "percent" not in runs or bool(runs["percent"].iloc[0]) else 1.0  # fractions in %
             mixed = runs[runs["strategy"] != "concat"].dropna(subset=["p", "value"]).sort_values("p")
@@ -429,18 +609,25 @@ def write_tables(
     for (data, family_name), group in long.groupby(["data", "family"]):
         suffix = FAMILIES[family_name][1]
         group, notes = separate_data_versions(group)
-        wide = wide_table(group)
+        rows_of_table = seed_rows(group)
+        wide = wide_table(rows_of_table)
         md_path = os.path.join(results_dir, f"{data}{suffix}.md")
         atomic_write_bytes(md_path, markdown(data, wide, group, family_name, notes).encode("utf-8"))
-        atomic_write_bytes(os.path.join(results_dir, f"{data}{suffix}.csv"), group.to_csv(index=False).encode("utf-8"))
-        plotted = group.assign(task=group["table_task"])  # one curve per data-set version
+        atomic_write_bytes(
+            os.path.join(results_dir, f"{data}{suffix}.csv"), rows_of_table.to_csv(index=False).encode("utf-8")
+        )
+        runs_csv = group.drop(columns=["path", "per_query"])
+        atomic_write_bytes(
+            os.path.join(results_dir, f"{data}{suffix}_runs.csv"), runs_csv.to_csv(index=False).encode("utf-8")
+        )
+        plotted = rows_of_table.assign(task=rows_of_table["table_task"])  # one curve per data-set version
         for task in plotted["task"].unique():
             models = plotted[plotted["task"] == task]["model"].unique()
             for model in models:  # one plot per model: p-curves of different models are different experiments
                 name = f"{data}{suffix}_{task}.png" if len(models) == 1 else f"{data}{suffix}_{task}_{model}.png"
                 rows = plotted[plotted["model"] == model]
                 plot(data if len(models) == 1 else f"{data}, {model}", task, rows, os.path.join(results_dir, name))
-        log.info("wrote %s (%d runs)", md_path, len(wide))
+        log.info("wrote %s (%d rows, %d runs)", md_path, len(wide), group["train_hash"].nunique())
         written.setdefault(data, md_path)
         written[(data, family_name)] = md_path
     return written.get((data_name, family)) or written.get(data_name, md_path)

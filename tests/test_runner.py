@@ -209,13 +209,20 @@ def test_tables_from_fixture_records(tmp_path):
     assert path == str(tmp_path / "toy.md")
     table = open(path).read()
     delta = 100 * (better.mean() - base.mean())
-    assert f"(+{delta:.1f}*)" in table  # significant improvement marked
-    assert "(+0.0)" in table  # identical hits: zero delta, not significant
+    assert f"(+{delta:.1f})" in table  # one seed per row: the difference, never a star (no test at the seed level)
+    assert "*" not in table.split("Produced by")[0].split("|", 1)[1]
+    assert "(+0.0)" in table  # identical hits: zero delta
     lines = [line for line in table.splitlines() if line.startswith("| tiny")]
     assert [line.split("|")[2].strip() for line in lines] == ["mix", "mix", "mix", "concat"]
     assert "python -m evals.run +experiment=clip_mix_0.5" in table
-    csv = open(tmp_path / "toy.csv").read().splitlines()
-    assert csv[0].startswith("data,model,experiment,strategy,p") and len(csv) == 1 + 4 * 4
+    csv = pd.read_csv(tmp_path / "toy.csv")  # the table's rows: one per (recipe, metric)
+    assert (
+        len(csv) == 4 * 4
+        and set(csv["n_seeds"]) == {1}
+        and set(csv["interval"]) == {"query-only interval of the one seed's record"}
+    )
+    runs = open(tmp_path / "toy_runs.csv").read().splitlines()  # one row per (run, metric)
+    assert runs[0].startswith("data,model,experiment,strategy,p") and len(runs) == 1 + 4 * 4
     pixels = png_rgb(tmp_path / "toy_toy_retrieval.png")
     assert pixels.shape == (504, 1008, 3)  # 8.4 x 4.2 inches at 120 dpi
     assert all(colour_pixels(pixels, c).sum() > 100 for c in TAB10[:4])  # a curve per metric, each in its own colour
@@ -323,6 +330,70 @@ def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
     assert [(r[3].strip(), r[4].strip()) for r in rows] == [("0.5", "0"), ("0.5", "1"), ("1", "0"), ("1", "1")]
 
 
+def seeded_fixture(folder: str, p: float, seed: int, hits: np.ndarray, strategy: str = "mix") -> None:
+    """A run of recipe ``mix{p}`` at training seed ``seed`` (its own weights and train hash)."""
+    label = f"p{p}_s{seed}"
+    fixture_record(folder, p, strategy, hits, label)
+    path = os.path.join(folder, "records", f"{label}.json")
+    record = json.loads(open(path).read())
+    record["run"].update(seed=seed, recipe_hash=f"mix{p}")
+    open(path, "w").write(json.dumps(record))
+
+
+def test_seeds_of_one_recipe_are_one_row_with_a_seed_level_interval_and_test(tmp_path):
+    from evals.results.bootstrap import QueryValues
+    from evals.results.seeds import seed_difference, seed_estimate
+
+    rng = np.random.default_rng(7)
+    hits = {}
+    for seed in (0, 1, 2):
+        base = rng.random(400) < 0.3 + 0.02 * seed  # the seed moves the hit rate
+        hits[1.0, seed] = base
+        hits[0.5, seed] = base | (rng.random(400) < 0.4)  # every seed: many more hits on the same queries
+        seeded_fixture(str(tmp_path), 1.0, seed, hits[1.0, seed])
+        seeded_fixture(str(tmp_path), 0.5, seed, hits[0.5, seed])
+    seeded_fixture(str(tmp_path), 0.8, 0, hits[0.5, 0])  # one seed only
+    table = open(write_tables(str(tmp_path))).read()
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| model")).split("|")]
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
+    assert [(r[3].strip(), r[4].strip()) for r in rows] == [("0.5", "0, 1, 2"), ("0.8", "0"), ("1", "0, 1, 2")]
+    column = header.index("toy_retrieval i2t_R@1")
+    runs = lambda p: {s: QueryValues(hits[p, s].astype(float)) for s in (0, 1, 2)}  # noqa: E731
+    expected = seed_estimate(list(runs(0.5).values()))
+    mean = np.mean([hits[0.5, s].mean() for s in (0, 1, 2)])
+    assert expected.value == pytest.approx(mean)
+    difference = seed_difference(runs(0.5), runs(1.0))
+    assert difference.p_value < 0.05
+    cell = f"{100 * mean:.1f} [{100 * expected.interval[0]:.1f}, {100 * expected.interval[1]:.1f}] (+{100 * difference.value:.1f}*)"
+    assert rows[0][column].strip() == cell
+    # the one-seed row: its record's interval, the difference against the p = 1 run of its seed, and no star
+    one = hits[0.5, 0].mean()
+    base_mean = hits[1.0, 0].mean()  # the p = 1 run of the same seed
+    assert (
+        rows[1][column].strip()
+        == f"{100 * one:.1f} [{100 * one - 1:.1f}, {100 * one + 1:.1f}] (+{100 * (one - base_mean):.1f})"
+    )
+    csv = pd.read_csv(tmp_path / "toy.csv")
+    assert set(csv[csv["p"] == 0.5]["delta_method"]) == {difference.method}
+    assert set(csv[csv["p"] == 0.8]["interval"]) == {"query-only interval of the one seed's record"}
+
+
+def test_the_recipe_is_the_train_key_without_the_seed():
+    from pipeline.infos import DataInfo
+    from pipeline.overrides import compose_config
+    from pipeline.registry import RunContext
+    from pipeline.stages.train import key, recipe_hash
+
+    def context(*overrides):
+        cfg, _ = compose_config(["+experiment=clip_mix", *overrides])
+        return RunContext(cfg, {}, [], {"data": DataInfo(fingerprint="x")})
+
+    assert recipe_hash(context("train.seed=0")) == recipe_hash(context("train.seed=3"))
+    assert key(context("train.seed=0")) != key(context("train.seed=3"))  # two seeds train two models
+    assert recipe_hash(context("mix.p=0.5")) != recipe_hash(context("mix.p=0.8"))
+    assert recipe_hash(context("train.weight_decay=0.123")) != recipe_hash(context())
+
+
 def test_whole_set_metrics_get_a_plain_delta_and_no_significance():
     from report.tables import delta_vs_baseline
 
@@ -424,7 +495,7 @@ def test_text_to_image_runs_get_their_own_table_in_their_own_units(tmp_path):
     assert "41.5 [39.5, 44.5] (-6.75)" in table  # whole-set metric: plain difference, no significance star
     assert "0.0125 [0.0115, 0.0145]" in table
     delta = float((better - base).mean())
-    assert f"(+{delta:.4g}*)" in table  # CLIP score: paired over the same prompts, significant
+    assert f"(+{delta:.4g})" in table  # CLIP score: one seed, so the difference without a star
     assert "lower is better for fid, kid" in table
     pixels = png_rgb(tmp_path / "toy_t2i_toy_raw_fid.png")
     assert pixels.shape == (504, 1344, 3)  # one panel per unit (FID, KID): (4.6 x 2 + 2) x 4.2 inches at 120 dpi
@@ -455,7 +526,7 @@ def test_an_interval_that_does_not_hold_its_point_is_still_plotted(tmp_path):
 
 
 def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
-    from report.tables import load_records, metric_rows, plot_series
+    from report.tables import load_records, metric_rows, plot_series, seed_rows, separate_data_versions
 
     rng = np.random.default_rng(3)
     for label, p, budget in (
@@ -469,7 +540,7 @@ def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
         record = json.loads(path.read_text())
         record["run"]["samples_seen"] = budget
         path.write_text(json.dumps(record))
-    long = metric_rows(load_records(str(tmp_path)))
+    long = seed_rows(separate_data_versions(metric_rows(load_records(str(tmp_path))))[0])
     series = plot_series(long[long["task"] == "toy_retrieval"])
     assert len(series) == 4 * 2  # 4 metrics x 2 budgets: the smoke run never joins the full run's curve
     for curve in series:

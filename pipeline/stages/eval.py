@@ -20,6 +20,7 @@ from pipeline.infos import DataInfo, EvalInfo, TrainInfo
 from pipeline.publish import publish_records
 from pipeline.registry import RunContext, Stage
 from pipeline.stages.data import shard_dir
+from pipeline.stages.train import recipe_hash
 
 DATA_PLACEHOLDER = "@data"
 
@@ -91,7 +92,8 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> EvalInfo:
 
 def publish(ctx: RunContext, info: EvalInfo) -> EvalInfo:
     """Publish the stage's records into results/records (skipping those already published from this output)."""
-    return info.replace(published=publish_records(ctx.cfg, ctx.resolved, ctx.overrides, ctx.infos, info))
+    published = publish_records(ctx.cfg, ctx.resolved, ctx.overrides, ctx.infos, info, recipe_hash(ctx))
+    return info.replace(published=published)
 
 
 STAGE = Stage(name="eval", needs=("data", "train"), output=EvalInfo, key=key, run=run, ranks="rank0", publish=publish)

@@ -23,7 +23,7 @@ from captiondata.realised import (
     sum_epochs,
 )
 from harness_infra.ranks import is_main
-from harness_infra.stagecache import key_fields
+from harness_infra.stagecache import content_hash, key_fields
 from pipeline.families import family_of, train_result_info
 from pipeline.infos import DataInfo, TrainInfo
 from pipeline.registry import RunContext, Stage
@@ -48,6 +48,14 @@ def key(ctx: RunContext) -> Dict[str, Any]:
     ):  # trained on the recaption stage's shards: its output, and how it is read, decide the weights
         key["recaption"] = {**read_key(cfg, recaptioned), "splits": list(cfg.recaption.splits)}
     return key
+
+
+def recipe_hash(ctx: RunContext) -> str:
+    """The content hash of the train key (``key``) without ``train.seed``: what the training seeds of one table row
+    share (``report.tables.seed_rows`` averages the runs with the same recipe)."""
+    recipe = key(ctx)
+    recipe["train"] = {name: value for name, value in recipe["train"].items() if name != "seed"}
+    return content_hash(recipe)
 
 
 def min_coverage(cfg: Any) -> float:
