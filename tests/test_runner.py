@@ -123,6 +123,20 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
     assert len(glob.glob(f"{root}/results/records/*.json")) == 6  # the re-evaluation is published beside, never over
 
 
+def test_a_sweep_over_training_seeds_is_one_table_row_with_a_seed_level_interval(tmp_path):
+    where = [f"run.out_root={tmp_path}/runs", f"run.results_dir={tmp_path}/results"]
+    assert main(["-m", *SMALL, "train.seed=0,1", *where]) == 0
+    records = [json.load(open(r)) for r in sorted(glob.glob(f"{tmp_path}/results/records/*.json"))]
+    assert len(records) == 4 and {r["run"]["seed"] for r in records} == {0, 1}
+    assert len({r["run"]["train_hash"] for r in records}) == 2  # two trained models ...
+    assert len({r["run"]["recipe_hash"] for r in records}) == 1  # ... of one recipe
+    table = open(f"{tmp_path}/results/scenes.md").read()
+    rows = [line for line in table.splitlines() if line.startswith("| RecapCLIP")]
+    assert len(rows) == 1 and "| 0, 1 " in rows[0]
+    csv = pd.read_csv(f"{tmp_path}/results/scenes.csv")
+    assert set(csv["n_seeds"]) == {2} and all(m.startswith("mean over training seeds") for m in csv["interval"])
+
+
 def test_relative_out_root_gives_absolute_eval_paths(tmp_path, monkeypatch):
     import dataclasses
 
