@@ -26,12 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from evals.results.bootstrap import QueryValues
-from evals.results.records import compare_records, read_per_query, read_record
-from evals.results.seeds import SeedEstimate, seed_difference, seed_estimate, whole_set_difference, whole_set_estimate
+from evals.results.records import compare_records, read_record
 from evals.tasks.registry import GENERATOR, TASKS
 from harness_infra.atomic import atomic_write, atomic_write_bytes
 from harness_infra.stagecache import content_hash
+from report.rows import missing, seed_rows, shown
+from report.verdicts import paper_markdown
 
 log = logging.getLogger(__name__)
 MAIN_METRICS = {name: spec.main_metrics for name, spec in TASKS.items() if spec.main_metrics}  # declared with each task
@@ -40,6 +40,7 @@ FAMILIES = {
     "t2i": ("text-to-image DiT trained on caption mixtures (the paper's Table 7 in shape)", "_t2i"),
 }
 SIGNIFICANCE = 0.05
+PAPER_PAGE = "paper.md"  # the verdicts against the paper (report.verdicts)
 RUN_COLUMNS = [
     "data",
     "model",
@@ -52,18 +53,6 @@ RUN_COLUMNS = [
     "global_batch",
     "train_hash",
     "command",
-]
-ROW_KEYS = [
-    "data",
-    "family",
-    "model",
-    "strategy",
-    "p",
-    "samples_seen",
-    "global_batch",
-    "recipe",
-    "table_task",
-    "metric",
 ]
 
 
@@ -202,6 +191,8 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                     "delta_vs_p1": delta_vs_baseline(record, base, metric, test),
                     "delta_p_value": test.p_value if test else None,
                     "recipe": recipe_of(run),
+                    "kind": task,
+                    "prompt_source": (record.get("extra") or {}).get("prompt_source"),
                     "created": record["created"],
                     "path": record["path"],
                     "per_query": bool(record.get("per_query_file"))
@@ -209,135 +200,6 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-
-def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
-    """A hashable key of ``keys`` with missing values (concat's p) as None."""
-    return tuple(None if missing(row[k]) else row[k] for k in keys)
-
-
-def seed_rows(long: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """The table's rows: one per ``ROW_KEYS`` (a recipe on one task version and metric) over its training seeds, from
-    the per-run ``long`` table (after ``separate_data_versions``).
-
-    Columns: the row keys, ``seeds`` ("0, 1, 2"), ``n_seeds``, ``realised_p`` (mean over seeds), ``value`` (mean over
-    seeds), ``ci_low``/``ci_high`` (seed-level with several seeds, the record's query-only interval with one),
-    ``interval`` (which), ``delta_vs_p1``, ``delta_p_value`` (None without a seed-level test), ``delta_method``,
-    ``commands`` and the per-run columns the markdown needs. A seed published twice for one recipe keeps its newest
-    record. The baseline of a row is the p = 1 row of the same data, model, budget, task version and metric, preferring
-    the one with the same seeds, then the one sharing most seeds."""
-    if long.empty:
-        return long
-    long = long.sort_values("created").drop_duplicates(ROW_KEYS + ["seed"], keep="last")
-    groups: Dict[tuple, pd.DataFrame] = {}
-    for _, row in long.iterrows():
-        groups.setdefault(_group_key(row, ROW_KEYS), [])
-    for key in groups:
-        mask = pd.Series(True, index=long.index)
-        for column, value in zip(ROW_KEYS, key):
-            mask &= long[column].isna() if value is None else long[column] == value
-        groups[key] = long[mask].sort_values("seed")
-    cache: Dict[str, Dict[str, QueryValues]] = {}
-
-    def values_of(runs: pd.DataFrame) -> Optional[Dict[int, QueryValues]]:
-        if not runs["per_query"].all():
-            return None
-        out = {}
-        for seed, metric, path in zip(runs["seed"], runs["metric"], runs["path"]):
-            if path not in cache:
-                cache[path] = read_per_query(path)
-            out[int(seed)] = cache[path][metric]
-        return out
-
-    estimates: Dict[tuple, Tuple[SeedEstimate, Optional[Dict[int, QueryValues]]]] = {}
-    for key, runs in groups.items():
-        per_query = values_of(runs)
-        if per_query is not None:
-            estimates[key] = (seed_estimate(list(per_query.values()), confidence), per_query)
-        else:
-            estimates[key] = (whole_set_estimate(runs["value"].astype(float).tolist(), confidence), None)
-    rows = []
-    for key, runs in groups.items():
-        estimate, per_query = estimates[key]
-        first = runs.iloc[-1]
-        base_key = _baseline_key(key, runs, groups)
-        delta, p_value, method = None, None, None
-        if base_key == key:
-            delta = 0.0
-        elif base_key is not None:
-            base_runs = groups[base_key]
-            base_estimate, base_values = estimates[base_key]
-            if per_query is not None and base_values is not None:
-                test = seed_difference(per_query, base_values, confidence)
-            else:
-                test = whole_set_difference(
-                    dict(zip(runs["seed"].astype(int), runs["value"].astype(float))),
-                    dict(zip(base_runs["seed"].astype(int), base_runs["value"].astype(float))),
-                    confidence,
-                )
-            if test is not None:
-                delta, p_value, method = test.value, test.p_value, test.method
-            else:
-                delta, method = _plain_difference(runs, base_runs, estimate, base_estimate)
-        if estimate.interval is not None:
-            low, high, interval = estimate.interval[0], estimate.interval[1], estimate.method
-            if bool(first["percent"]):  # a fraction: a t interval near 0 or 1 is cut at the metric's range
-                low, high = max(low, 0.0), min(high, 1.0)
-        else:
-            low, high, interval = first["ci_low"], first["ci_high"], "query-only interval of the one seed's record"
-        realised = runs["realised_p"].dropna().astype(float) if "realised_p" in runs else pd.Series(dtype=float)
-        rows.append(
-            {
-                **dict(zip(ROW_KEYS, key)),
-                "task": first["task"],
-                "dataset": first["dataset"],
-                "percent": first["percent"],
-                "lower_is_better": first["lower_is_better"],
-                "n": first["n"],
-                "seeds": ", ".join(str(int(s)) for s in runs["seed"]),
-                "n_seeds": len(runs),
-                "realised_p": float(realised.mean()) if len(realised) else None,
-                "value": estimate.value,
-                "ci_low": low,
-                "ci_high": high,
-                "interval": interval,
-                "delta_vs_p1": delta,
-                "delta_p_value": p_value,
-                "delta_method": method,
-                "command": first["command"],
-                "commit": first["commit"],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _plain_difference(
-    runs: pd.DataFrame, base_runs: pd.DataFrame, estimate: SeedEstimate, base_estimate: SeedEstimate
-) -> Tuple[float, str]:
-    """(delta, method) where a seed-level test is impossible (either row has one seed): a one-seed row against the
-    baseline's run of the same seed when it has one (the runs share initialisation and data order), else against
-    the baseline's mean."""
-    if len(runs) == 1 and int(runs["seed"].iloc[0]) in set(base_runs["seed"].astype(int)):
-        seed = int(runs["seed"].iloc[0])
-        reference = float(base_runs.loc[base_runs["seed"].astype(int) == seed, "value"].iloc[0])
-        return estimate.value - reference, f"plain difference against the p = 1 run of seed {seed} (one seed: no test)"
-    return estimate.value - base_estimate.value, "plain difference against the p = 1 row's mean (one seed: no test)"
-
-
-def _baseline_key(key: tuple, runs: pd.DataFrame, groups: Dict[tuple, pd.DataFrame]) -> Optional[tuple]:
-    """The key of the p = 1 row ``key`` is compared with (``seed_rows``), or None when there is none."""
-    named = dict(zip(ROW_KEYS, key))
-    same = ("data", "family", "model", "samples_seen", "table_task", "metric")
-    seeds = set(runs["seed"].astype(int))
-    candidates = []
-    for other, other_runs in groups.items():
-        o = dict(zip(ROW_KEYS, other))
-        if o["strategy"] in ("mix", "original") and o["p"] == 1.0 and all(o[k] == named[k] for k in same):
-            other_seeds = set(other_runs["seed"].astype(int))
-            candidates.append((other_seeds == seeds, len(other_seeds & seeds), len(other_seeds), other == key, other))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: c[:4])[4]
 
 
 def separate_data_versions(long: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
@@ -368,26 +230,6 @@ def separate_data_versions(long: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]
             "columns and plot (task@version); values on different versions are not comparable."
         )
     return long.assign(table_task=shown), notes
-
-
-def missing(value: Any) -> bool:
-    """None or NaN."""
-    return value is None or pd.isna(value)
-
-
-def percent(value: Optional[float]) -> str:
-    """A fraction as a percentage with one decimal, or n/a."""
-    return "n/a" if missing(value) else f"{100 * value:.1f}"
-
-
-def shown(value: Optional[float], as_percent: bool, sign: bool = False) -> str:
-    """A metric as the tables show it: a fraction in % with one decimal, any other value (FID, KID, a CLIP score)
-    with four significant digits; ``sign`` prefixes + or -; n/a when missing."""
-    if missing(value):
-        return "n/a"
-    if as_percent:
-        return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
-    return f"{value:+.4g}" if sign else f"{value:.4g}"
 
 
 def cell(row: pd.Series) -> str:
@@ -598,7 +440,8 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
 def write_tables(
     results_dir: str = "results", data_name: Optional[str] = None, family: Optional[str] = None
 ) -> Optional[str]:
-    """Write every data set's tables (md + csv, one per model family of ``FAMILIES``) and plots; return the markdown
+    """Write every data set's tables (md + csv, one per model family of ``FAMILIES``), plots and ``paper.md`` (the
+    verdicts against the paper, ``report.verdicts``); return the markdown
     path of ``data_name`` and ``family`` (its first family when None or absent; else the last written)."""
     records = load_records(results_dir)
     if not records:
@@ -606,9 +449,11 @@ def write_tables(
         return None
     long = metric_rows(records)
     written: Dict[str, str] = {}
+    versioned = []
     for (data, family_name), group in long.groupby(["data", "family"]):
         suffix = FAMILIES[family_name][1]
         group, notes = separate_data_versions(group)
+        versioned.append(group)
         rows_of_table = seed_rows(group)
         wide = wide_table(rows_of_table)
         md_path = os.path.join(results_dir, f"{data}{suffix}.md")
@@ -630,6 +475,7 @@ def write_tables(
         log.info("wrote %s (%d rows, %d runs)", md_path, len(wide), group["train_hash"].nunique())
         written.setdefault(data, md_path)
         written[(data, family_name)] = md_path
+    atomic_write_bytes(os.path.join(results_dir, PAPER_PAGE), paper_markdown(pd.concat(versioned)).encode("utf-8"))
     return written.get((data_name, family)) or written.get(data_name, md_path)
 
 
