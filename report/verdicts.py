@@ -14,12 +14,13 @@ difference (``report.rows.row_difference``) and a verdict:
   but not used), or no significant difference.
 
 Columns are found by what a task measures, not by its name: retrieval = tasks registered as ``retrieval`` (R@1 both
-ways, the paper's metric), zero-shot = ``zeroshot_classification`` (top-1); Table 7: ``fid`` and ``clip_score``
+ways, the paper's metric; each retrieval task on its own line, so template and held-out queries are judged apart), zero-shot = ``zeroshot_classification`` (top-1); Table 7: ``fid`` and ``clip_score``
 by the record's prompt source (raw = the original caption, recap = the recaption) and ``vlm_judge``. The paper's
 Recap-CLIP column is a CLIP score from a CLIP trained on recaptions: a clip_score task whose name ends in
 ``_recapclip`` (``conf/eval/t2i_scenes.yaml``); the other recap clip_score task is the paper's CLIP column. The best
 mixture of "concat vs the best mixture" is the mixed p in (0, 1) with the highest mean: chosen on the same data, so
-the comparison favours the mixture (said in the file).
+the comparison favours the mixture (said in the file). Where two recipes of one model share a p (a recipe changed
+between runs), the one with the most training seeds stands for it.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def comparisons(
     records hold no value (a judge that was not configured) are added to ``unscored`` instead."""
     out: List[Dict[str, Any]] = []
     cache: Dict[str, Any] = {}
-    by_model: Dict[Tuple[str, Any, str], Dict[Any, Tuple[tuple, pd.DataFrame]]] = {}
+    by_model: Dict[Tuple[str, Any, str, str], Dict[Any, Tuple[tuple, pd.DataFrame]]] = {}
     for key, runs in groups.items():
         named = dict(zip(ROW_KEYS, key))
         first = runs.iloc[-1]
@@ -153,9 +154,12 @@ def comparisons(
                 label = "concat" if named["strategy"] == "concat" else named["p"]
                 if named["strategy"] not in ("mix", "original", "recap", "concat"):
                     continue  # a caption strategy the paper did not study
-                slot = by_model.setdefault((named["model"], named["samples_seen"], column.label), {})
-                slot.setdefault(label, (key, runs))
-    for (model, budget, label), rows in by_model.items():
+                slot = by_model.setdefault(
+                    (named["model"], named["samples_seen"], named["table_task"], column.label), {}
+                )
+                if label not in slot or len(runs) > len(slot[label][1]):  # two recipes at one p: the most seeds
+                    slot[label] = (key, runs)
+    for (model, budget, task, label), rows in by_model.items():
         column = next(c for c in columns if c.label == label)
         if 1.0 not in rows:
             continue
@@ -180,6 +184,7 @@ def comparisons(
                 {
                     "model": model,
                     "samples_seen": budget,
+                    "task": task,
                     "column": label,
                     "comparison": name,
                     "ours": f"{shown(estimate_a.value, percent)} vs "

@@ -177,7 +177,7 @@ SMOKE = [
     "eval.bootstrap_samples=50",
     "eval.permutation_samples=200",
 ]
-TASKS = ["scenes_compositional_retrieval", "scenes_zeroshot"]
+TASKS = ["scenes_compositional_retrieval", "scenes_heldout_retrieval", "scenes_zeroshot"]
 
 
 def complete_records(results) -> list:

@@ -47,7 +47,7 @@ def test_a_sweep_over_p_runs_through_a_hydra_launcher(tmp_path, launcher, capsys
     ]
     assert main(argv) == 0
     records = [json.load(open(path)) for path in glob.glob(f"{root}/results/records/*.json")]
-    assert sorted({r["run"]["p"] for r in records}) == [0.0, 1.0] and len(records) == 4
+    assert sorted({r["run"]["p"] for r in records}) == [0.0, 1.0] and len(records) == 6  # 2 p x 3 tasks
     assert {r["run"]["command"] for r in records} == {
         f"python -m evals.run {' '.join(TINY)} mix.p={p} run.out_root={root}/runs run.results_dir={root}/results"
         for p in (0, 1)
@@ -100,4 +100,4 @@ def test_torchrun_ranks_share_one_run_directory_and_rank0_builds(tmp_path):
         and os.path.isdir(f"{run_dirs[0]}/.hydra")
     )
     assert done.stderr.count("] data: running in") == 1 and "(= 16 x 2 ranks x 1 accum)" in done.stderr
-    assert len(glob.glob(f"{root}/results/records/*.json")) == 2 and done.stdout.count("table: ") == 1
+    assert len(glob.glob(f"{root}/results/records/*.json")) == 3 and done.stdout.count("table: ") == 1

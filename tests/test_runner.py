@@ -87,6 +87,7 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
     records = sorted(glob.glob(f"{root}/results/records/*.json"))
     assert [os.path.basename(r).split("__")[1] for r in records] == [
         "scenes_compositional_retrieval",
+        "scenes_heldout_retrieval",
         "scenes_zeroshot",
     ]
     record = json.load(open(records[0]))
@@ -104,7 +105,7 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
 
     assert main(SMALL + where) == 0
     assert stage_lines(capsys) == {"data": "skipped", "train": "skipped", "eval": "skipped"}
-    assert len(glob.glob(f"{root}/results/records/*.json")) == 2
+    assert len(glob.glob(f"{root}/results/records/*.json")) == 3
 
     assert main(SMALL + where + ["mix.p=1.0"]) == 0
     assert stage_lines(capsys) == {"data": "skipped", "train": "running", "eval": "running"}
@@ -120,14 +121,14 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
 
     assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
     assert stage_lines(capsys) == {"data": "skipped", "train": "skipped", "eval": "running"}
-    assert len(glob.glob(f"{root}/results/records/*.json")) == 6  # the re-evaluation is published beside, never over
+    assert len(glob.glob(f"{root}/results/records/*.json")) == 9  # the re-evaluation is published beside, never over
 
 
 def test_a_sweep_over_training_seeds_is_one_table_row_with_a_seed_level_interval(tmp_path):
     where = [f"run.out_root={tmp_path}/runs", f"run.results_dir={tmp_path}/results"]
     assert main(["-m", *SMALL, "train.seed=0,1", *where]) == 0
     records = [json.load(open(r)) for r in sorted(glob.glob(f"{tmp_path}/results/records/*.json"))]
-    assert len(records) == 4 and {r["run"]["seed"] for r in records} == {0, 1}
+    assert len(records) == 6 and {r["run"]["seed"] for r in records} == {0, 1}
     assert len({r["run"]["train_hash"] for r in records}) == 2  # two trained models ...
     assert len({r["run"]["recipe_hash"] for r in records}) == 1  # ... of one recipe
     table = open(f"{tmp_path}/results/scenes.md").read()

@@ -188,6 +188,74 @@ def paraphrase_scene(objects: Sequence[Mapping[str, Any]], background: str) -> s
     return _capitalise(f"a {background} background with {_join(phrases)}.")
 
 
+# The held-out query style (``person_description``): how a person might describe the picture. Only the colour and
+# shape nouns are shared with the builders' captions; counts, sizes, textures, positions, backgrounds and the clause
+# grammar use words and word orders neither ``describe_scene``/``paraphrase_scene`` nor ``original_caption`` write.
+PERSON_VERSION = 1
+PERSON_COUNTS = {1: ("one", "a single", "just one"), 2: ("a pair of", "a couple of"), 3: ("a trio of", "a bunch of")}
+PERSON_SIZES = {"small": ("little", "tiny"), "large": ("big", "huge")}
+PERSON_TEXTURES = {"solid": ("", "plain"), "striped": ("stripy", "with stripes"), "dotted": ("spotty", "with spots")}
+PERSON_POSITIONS = {
+    "top left": "in the upper left corner",
+    "top": "up near the upper edge",
+    "top right": "in the upper right corner",
+    "left": "over by the left edge",
+    "center": "right in the middle",
+    "right": "over by the right edge",
+    "bottom left": "in the lower left corner",
+    "bottom": "down near the lower edge",
+    "bottom right": "in the lower right corner",
+}
+PERSON_BACKGROUNDS = {"white": "white", "light grey": "pale gray", "beige": "cream", "light cyan": "pale turquoise"}
+PERSON_OPENINGS = ("I can see", "This picture has", "Looks like", "There's")
+
+
+def _person_group(group: Mapping[str, Any], rng: np.random.Generator) -> str:
+    """One group in one of three clause forms; the colour is bound to its shape by adjacency, by 'in {colour}' or by
+    a 'that is/are {colour}' relative clause, and the position comes first or last."""
+    count = int(group["count"])
+    shape = plural(group["shape"]) if count > 1 else group["shape"]
+    quantity = PERSON_COUNTS[count][int(rng.integers(len(PERSON_COUNTS[count])))]
+    size = PERSON_SIZES[group["size"]][int(rng.integers(2))] if rng.random() < 0.7 else ""
+    texture = PERSON_TEXTURES[group["texture"]][int(rng.integers(2))]
+    before, after = (texture, "") if texture and not texture.startswith("with") else ("", texture)
+    where = PERSON_POSITIONS[group["position"]]
+    form = int(rng.integers(3))
+    if form == 0:
+        words = [quantity, size, before, group["colour"], shape, after, where]
+    elif form == 1:
+        words = [quantity, size, before, shape, "in", group["colour"], after, where]
+    else:
+        verb = "are" if count > 1 else "is"
+        words = [where, quantity, size, before, shape, "that", verb, group["colour"], after]
+    return " ".join(w for w in words if w)
+
+
+def person_description(objects: Sequence[Mapping[str, Any]], background: str, seed: int, split: str, index: int) -> str:
+    """The held-out query style: a description of the scene as a person might write it, in a third style that
+    neither caption builder writes (``PERSON_*`` vocabularies, clause forms in ``_person_group``), groups in a random
+    order, background named or not. Every group's colour, shape and position is stated (the content of the
+    recaption the minimal pairs differ in); a pure function of (seed, split, index) through its own generator
+    stream (4), so it can be written for shards already built without changing their bytes."""
+    rng = _rng(seed, split, index, 4)
+    order = rng.permutation(len(objects))
+    parts = [_person_group(objects[int(i)], rng) for i in order]
+    opening = PERSON_OPENINGS[int(rng.integers(len(PERSON_OPENINGS)))]
+    text = f"{opening} {_join(parts)}"
+    if rng.random() < 0.5:
+        text += f", all against a {PERSON_BACKGROUNDS[background]} backdrop"
+    return text + "."
+
+
+def person_queries(meta: Mapping[str, Any]) -> List[str]:
+    """The held-out query of one scenes sample from its stored meta (objects, background, seed, split, index);
+    ValueError when the meta is not a scenes sample's."""
+    try:
+        return [person_description(meta["objects"], meta["background"], meta["seed"], meta["split"], meta["index"])]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"scenes person queries need a scenes sample's meta (objects, background, ...): {error}")
+
+
 def _sample_groups(split: str, rng: np.random.Generator) -> List[Dict[str, Any]]:
     """Draw the object groups of one train/val/test scene (distinct colours, shapes and cells)."""
     n_groups = 1 + int(rng.choice(3, p=GROUPS_PER_SCENE_PROBS[split]))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from captiondata.config import DEFAULT_MAX_PIXELS, default_data_root
+from captiondata.queries import QUERY_STYLES
 from evals.results.bootstrap import Resampling
 from evals.tasks.registry import TASKS
 from harness_infra.errors import ConfigError, one_line, require
@@ -18,7 +19,7 @@ from training.generation import GenerationSpec
 
 FORMATS = ("image_folder", "clip_benchmark_wds", "project_shards", "flickr8k", "caption_folder")
 PRECISIONS = ("fp32", "bf16", "fp16")
-PROMPT_SOURCES = ("original", "recap")
+PROMPT_SOURCES = ("original", "recap", *(style for style in QUERY_STYLES if style != "references"))
 
 __all__ = [
     "ConfigError",
@@ -134,10 +135,26 @@ class ZeroShotTaskConfig(TaskConfig):
 
 @dataclass(kw_only=True)
 class RetrievalTaskConfig(TaskConfig):
-    """Image-text retrieval (``retrieval``, ``long_retrieval``: ``evals.tasks.retrieval``) on a captioned set."""
+    """Image-text retrieval (``retrieval``, ``long_retrieval``: ``evals.tasks.retrieval``) on a captioned set.
+
+    queries: the query style (``captiondata.queries.QUERY_STYLES``): ``references`` (the set's own captions) or a
+    held-out style written from each sample's meta (``scenes_person``; project_shards only).
+    """
 
     task: str = "retrieval"
     format: str = "project_shards"
+    queries: str = "references"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.queries in QUERY_STYLES,
+            f"eval task {self.name}: queries={self.queries!r} is unknown; choose one of {', '.join(QUERY_STYLES)}",
+        )
+        require(
+            self.queries == "references" or self.format == "project_shards",
+            f"eval task {self.name}: queries={self.queries} is written from project shards' meta; format={self.format} has none",
+        )
 
 
 @dataclass(kw_only=True)
@@ -158,8 +175,8 @@ class DiagnosticsTaskConfig(TaskConfig):
 @dataclass(kw_only=True)
 class T2ITaskConfig(TaskConfig):
     """A text-to-image task (``evals.tasks.t2i``) on the first ``max_samples`` samples of project shards: the prompt
-    is the ``prompt_source`` caption (``original`` = raw, ``recap`` = the first recaption), the sample's image is the
-    FID reference. Images are generated as ``generation`` says (``training.generation.GenerationSpec``, the spec the
+    is the ``prompt_source`` caption (``original`` = raw, ``recap`` = the first recaption, or a held-out query style
+    of ``captiondata.queries``, e.g. ``scenes_person``: its first text), the sample's image is the FID reference. Images are generated as ``generation`` says (``training.generation.GenerationSpec``, the spec the
     DiT's sample stage uses, with its defaults): seed ``generation.seed + i`` for prompt i, ``generation.batch_size``
     at a time; ``batch_invariant`` (default true) runs the generator one prompt at a time, so an image is bitwise
     independent of the batch size; false runs whole batches (1.45x faster for the scenes DiT-tiny on 2 CPU cores;

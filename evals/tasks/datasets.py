@@ -480,7 +480,9 @@ def clip_benchmark_wds(
 
 
 class ProjectShards(ShardStream):
-    """The project's caption shards: target = the sample's reference captions (its original when none)."""
+    """The project's caption shards: target = the sample's texts in the query style ``queries``
+    (``captiondata.queries``; default ``references``: its reference captions, its original when none). A sample
+    with no text is skipped and counted (``missing_caption``)."""
 
     def __init__(
         self,
@@ -490,19 +492,28 @@ class ProjectShards(ShardStream):
         max_samples: Optional[int] = None,
         layout: Optional[CaptionLayout] = None,
         decoding: Decoding = Decoding(),
+        queries: str = "references",
     ) -> None:
         super().__init__(name, shards, fingerprint, max_samples, decoding)
         self.layout = layout or project_layout()
+        self.queries = queries
 
     def samples(self, shards: List[str]) -> Iterator[Tuple[Image.Image, List[str]]]:
+        from captiondata.queries import query_writer
         from captiondata.reader import iter_samples
 
+        writer = query_writer(self.queries)
         for record in iter_samples(
             shards, self.layout, self.counters, self.decoding.max_pixels, self.decoding.exif_transpose
         ):
-            references = list(record.references) or ([record.original] if record.original else [])
-            if references:
-                yield record.image, references
+            try:
+                texts = writer(record)
+            except ValueError as error:
+                raise ConfigError(f"data set {self.name}: queries={self.queries} cannot describe {record.key}: {error}")
+            if texts:
+                yield record.image, texts
+            else:
+                self.counters.add("missing_caption")
 
 
 def project_shards(
@@ -511,6 +522,7 @@ def project_shards(
     max_samples: Optional[int] = None,
     layout: Optional[CaptionLayout] = None,
     decoding: Decoding = Decoding(),
+    queries: str = "references",
 ) -> ProjectShards:
     """Project caption shards from a shard spec (paths, globs, braces, ``::``-joined); fingerprint = the shards' content
     (remote shards: their URLs), the layout, decoding and caption normalisation."""
@@ -518,9 +530,14 @@ def project_shards(
 
     shards = expand_shards(spec)
     layout = layout or project_layout()
-    fingerprint = content_fingerprint(shards, None, decoding, layout=dataclasses.asdict(layout))
+    extra: Dict[str, Any] = {"layout": dataclasses.asdict(layout)}
+    if queries != "references":  # the default leaves fingerprints (and the caches keyed on them) as they were
+        from captiondata.queries import QUERY_STYLES
+
+        extra["queries"] = [queries, QUERY_STYLES[queries][1]]
+    fingerprint = content_fingerprint(shards, None, decoding, **extra)
     return ProjectShards(
-        name or os.path.basename(shards[0]).split("-")[0], shards, fingerprint, max_samples, layout, decoding
+        name or os.path.basename(shards[0]).split("-")[0], shards, fingerprint, max_samples, layout, decoding, queries
     )
 
 
@@ -602,7 +619,9 @@ def open_eval_dataset(task: TaskConfig) -> Dataset:
     elif task.format == "caption_folder":
         data = caption_folder(path, task.name, task.max_samples, decoding)
     else:
-        data = project_shards(path, task.name, task.max_samples, decoding=decoding)
+        data = project_shards(
+            path, task.name, task.max_samples, decoding=decoding, queries=getattr(task, "queries", "references")
+        )
     data.name = task.name
     if kind == "classification":
         data.classes = load_classnames(task.classnames, data.classes)

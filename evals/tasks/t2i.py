@@ -68,6 +68,19 @@ class PromptSet:
         return {"name": self.name, "fingerprint": self.fingerprint, "n_prompts": len(self.prompts), **self.counts}
 
 
+def prompt_of(record: Any, source: str) -> Optional[str]:
+    """The prompt of one record: its original, its first recaption, or the first text of a held-out query style
+    (``captiondata.queries``); None when it has none."""
+    from captiondata.queries import query_writer
+
+    if source == "original":
+        return record.original
+    if source == "recap":
+        return record.recaptions[0] if record.recaptions else None
+    texts = query_writer(source)(record)
+    return texts[0] if texts else None
+
+
 def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
     """The task's prompt set (see the module docstring). ConfigError when no sample has the chosen caption."""
     from captiondata.counters import SampleCounters
@@ -83,11 +96,7 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
     for record in iter_samples(
         data.shards, data.layout, counters, data.decoding.max_pixels, data.decoding.exif_transpose
     ):
-        text = (
-            record.original
-            if task.prompt_source == "original"
-            else (record.recaptions[0] if record.recaptions else None)
-        )
+        text = prompt_of(record, task.prompt_source)
         if not text:
             skipped += 1
             continue
