@@ -164,6 +164,8 @@ def seed_rows(long: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                 "delta_method": method,
                 "command": first["command"],
                 "commit": first["commit"],
+                "measured_by": first.get("measured_by"),
+                "chance": first.get("chance"),
             }
         )
     return pd.DataFrame(rows)

@@ -159,6 +159,20 @@ def delta_vs_baseline(
     return value - reference if is_whole_set and value is not None and reference is not None else None
 
 
+def measured_by(record: Dict[str, Any]) -> Optional[str]:
+    """How a record's number was measured, where the number alone does not say: zero-shot chance (1 / classes), the
+    CLIP-score evaluator, FID/KID's generated and reference counts at their resolution; None otherwise."""
+    extra, n = record.get("extra") or {}, record.get("n") or {}
+    if record["task"] == "zeroshot_classification" and n.get("classes"):
+        return f"chance {100 / n['classes']:.1f}% (1/{n['classes']} classes)"
+    if record["task"] == "clip_score" and extra.get("evaluator"):
+        return f"evaluator {extra['evaluator']}"
+    if record["task"] == "fid" and n.get("generated"):
+        size = "x".join(str(v) for v in extra.get("reference_size") or extra.get("image_size") or []) or "?"
+        return f"N = {n['generated']} generated vs {n.get('reference', '?')} references at {size} px"
+    return None
+
+
 def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
     """Long table: one row per (run, task, metric) with value, interval, and the delta and paired query-level p-value
     against the p = 1 run of the same seed (``baseline_for``); ``seed_rows`` turns it into the table's rows."""
@@ -193,6 +207,10 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                     "recipe": recipe_of(run),
                     "kind": task,
                     "prompt_source": (record.get("extra") or {}).get("prompt_source"),
+                    "measured_by": measured_by(record),
+                    "chance": 1 / record["n"]["classes"]
+                    if task == "zeroshot_classification" and record["n"].get("classes")
+                    else None,
                     "created": record["created"],
                     "path": record["path"],
                     "per_query": bool(record.get("per_query_file"))
@@ -317,6 +335,10 @@ def markdown(data: str, wide: pd.DataFrame, long: pd.DataFrame, family: str = "c
         wide.to_markdown(index=False),
         "",
     ]
+    measured = long.dropna(subset=["measured_by"]) if "measured_by" in long else long.iloc[0:0]
+    for task, settings in measured.groupby("task", sort=True)["measured_by"]:
+        lines.append(f"Measured with ({task}): {'; '.join(sorted(set(settings)))}.")
+    lines += [""] if len(measured) else []
     lines += (
         [f"Note: {note}" for note in notes]
         + ([""] if notes else [])
@@ -417,19 +439,27 @@ def plot(data: str, task: str, long: pd.DataFrame, path: str) -> None:
                 high = [y + e for y, e in zip(curve["y"], curve["err_high"])]
                 ax.vlines(curve["x"], low, high, color=color, linewidth=1.0)
                 ax.scatter(curve["x"] * 2, low + high, marker="_", color=color, s=40)
+        chance = panel["chance"].dropna() if "chance" in panel else pd.Series(dtype=float)
+        if len(chance):  # zero-shot: the level of guessing, so a curve near it reads as no learning
+            ax.axhline(100 * float(chance.iloc[0]), color="grey", linestyle=":", linewidth=1.2, label="chance (top-1)")
         ax.set_xlabel("p = probability of the ORIGINAL caption")
+        settings = sorted(set(panel["measured_by"].dropna())) if "measured_by" in panel else []
+        subtitle = ("\n" + "; ".join(settings)) if settings else ""
         if as_percent:
             ax.set_ylabel("%")
-            ax.set_title(f"{data}: {task}")
+            ax.set_title(f"{data}: {task}{subtitle}", fontsize=9)
         else:
             metric = panel["metric"].iloc[0]
             lower = "lower_is_better" in panel and bool(panel["lower_is_better"].iloc[0])
             ax.set_ylabel(metric + (" (lower is better)" if lower else ""))
-            ax.set_title(f"{data}: {task}" if len(panels) == 1 else f"{task}: {metric}")
+            ax.set_title((f"{data}: {task}" if len(panels) == 1 else f"{task}: {metric}") + subtitle, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(
-        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
-    )  # outside the axes: never over the data
+        if len(panels) > 1:  # each panel its own metric: each its own legend
+            ax.legend(fontsize=7, loc="best")
+    if len(panels) == 1:
+        axes[0][-1].legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+        )  # outside the axes: never over the data
     if not as_percent and len(panels) > 1:
         fig.suptitle(data)
     fig.tight_layout()
@@ -467,6 +497,9 @@ def write_tables(
         )
         plotted = rows_of_table.assign(task=rows_of_table["table_task"])  # one curve per data-set version
         for task in plotted["task"].unique():
+            if plotted.loc[plotted["task"] == task, "value"].isna().all():  # nothing measured (a judge not configured)
+                log.info("%s: no values for %s, no plot", data, task)
+                continue
             models = plotted[plotted["task"] == task]["model"].unique()
             for model in models:  # one plot per model: p-curves of different models are different experiments
                 name = f"{data}{suffix}_{task}.png" if len(models) == 1 else f"{data}{suffix}_{task}_{model}.png"

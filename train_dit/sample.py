@@ -204,19 +204,31 @@ def write_grid(out_dir: str, prompts: Sequence[str], columns: int = 4) -> str:
 
 
 def sample_grid(
-    images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4, cell: int = 128, text_lines: int = 5
+    images: Sequence[Image.Image],
+    captions: Sequence[str],
+    columns: int = 4,
+    cell: int = 128,
+    text_lines: Optional[int] = None,
 ) -> Image.Image:
-    """A grid of images (each scaled to ``cell`` px, nearest neighbour) with its caption wrapped under it."""
+    """A grid of images (each scaled to ``cell`` px, nearest neighbour) with its caption wrapped under it: whole
+    (``text_lines`` None: every row as tall as the longest caption needs), or cut at ``text_lines`` lines ending in
+    '...'."""
     font = ImageFont.load_default()
     line_height, chars = 11, max(cell // 6, 8)
-    height = cell + text_lines * line_height + 6
+    wrapped = [textwrap.wrap(caption, chars) for caption in captions]
+    if text_lines is not None:
+        wrapped = [
+            w if len(w) <= text_lines else w[: text_lines - 1] + [w[text_lines - 1][: chars - 3] + "..."]
+            for w in wrapped
+        ]
+    longest = max((len(w) for w in wrapped), default=0)
+    height = cell + longest * line_height + 6
     rows = -(-len(images) // columns)
     grid = Image.new("RGB", (columns * (cell + 6), rows * height), "white")
     draw = ImageDraw.Draw(grid)
-    for index, (image, caption) in enumerate(zip(images, captions)):
+    for index, (image, lines) in enumerate(zip(images, wrapped)):
         x, y = (index % columns) * (cell + 6) + 3, (index // columns) * height + 3
         grid.paste(image.resize((cell, cell), Image.NEAREST), (x, y))
-        lines = textwrap.wrap(caption, chars)[:text_lines]
         for number, line in enumerate(lines):
             draw.text((x, y + cell + 2 + number * line_height), line, fill="black", font=font)
     return grid
