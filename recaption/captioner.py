@@ -35,6 +35,7 @@ BACKENDS = {
     "openai": "recaption.backends.openai_api:OpenAICaptioner",
     "coca": "recaption.backends.coca:CoCaCaptioner",
     "rewrite": "recaption.backends.rewrite:RewriteCaptioner",
+    "faithfulness": "recaption.backends.faithfulness:FaithfulnessCaptioner",
 }
 
 
@@ -42,7 +43,8 @@ BACKENDS = {
 class Item:
     """One sample to caption: ``image`` is RGB (None when undecodable); ``image_bytes`` the member as stored;
     ``url`` and ``source_sha256`` what img2dataset recorded in ``KEY.json`` (the source URL and the SHA-256 of the
-    bytes as downloaded, before its re-encoding)."""
+    bytes as downloaded, before its re-encoding); ``meta`` the sample's stored metadata (``KEY.json``'s ``meta``: the
+    scene graph of a scenes sample), None when it has none."""
 
     key: str
     image: Optional[Image.Image]
@@ -50,6 +52,7 @@ class Item:
     image_bytes: Optional[bytes] = None
     url: Optional[str] = None
     source_sha256: Optional[str] = None
+    meta: Optional[Dict[str, Any]] = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from captiondata.realised import MIN_COVERAGE
 from harness_infra.errors import require
 from harness_infra.stagecache import setting
 
-BACKENDS = ("precomputed", "hf", "vllm", "openai", "coca", "rewrite")
+BACKENDS = ("precomputed", "hf", "vllm", "openai", "coca", "rewrite", "faithfulness")
 PAPER_PROMPT = "Please generate a detailed caption of this image. Please be as descriptive as possible."
 CONDITIONED_PROMPT = (
     "Please generate a detailed caption of this image. Please be as descriptive as possible. "
@@ -46,6 +46,26 @@ class OpenAIEndpoint:
     backoff_s: float = setting(1.0, key=False)
     timeout_s: float = setting(120.0, key=False)
     image_format: str = "jpeg"
+
+
+@dataclass
+class Faithfulness:
+    """The ``faithfulness`` backend's error rates (``recaption.backends.faithfulness``): ``attribute_error`` = the
+    probability that each stated attribute of a described object (count, size, colour, texture, position) is replaced
+    by a value the scene does not have for it; ``omitted`` = the probability that each object is left out;
+    ``invented`` = the probability, per object of the scene, that the caption adds an object of a shape the scene
+    does not have; ``seed`` with the sample key seeds every draw."""
+
+    attribute_error: float = 0.0
+    invented: float = 0.0
+    omitted: float = 0.0
+    seed: int = 0
+
+    def check(self) -> None:
+        """One-line ConfigError for a rate outside [0, 1]."""
+        for name in ("attribute_error", "invented", "omitted"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"recaption.faithfulness.{name}={value} is outside [0, 1]")
 
 
 @dataclass
@@ -108,6 +128,7 @@ class RecaptionConfig:
     gguf_file: Optional[str] = None
     openai: OpenAIEndpoint = field(default_factory=OpenAIEndpoint)
     precomputed: PrecomputedCaptions = field(default_factory=PrecomputedCaptions)
+    faithfulness: Faithfulness = field(default_factory=Faithfulness)
 
     def __post_init__(self) -> None:
         require(
@@ -118,8 +139,11 @@ class RecaptionConfig:
             self.backend in BACKENDS,
             f"recaption.backend={self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}",
         )
+        if not isinstance(self.faithfulness, Faithfulness):
+            self.faithfulness = Faithfulness(**self.faithfulness)
+        self.faithfulness.check()
         require(
-            self.backend == "precomputed" or bool(self.model),
+            self.backend in ("precomputed", "faithfulness") or bool(self.model),
             f"recaption.model must name the {self.backend} captioner (path, hub id or served name)",
         )
         require(

@@ -102,6 +102,16 @@ def json_field(raw: Dict[str, Any], name: str) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def sample_meta(raw: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The ``meta`` mapping the project's shard writer stores in ``KEY.json``; None when absent or undecodable."""
+    try:
+        stored = decode_json(raw["json"]) if "json" in raw else None
+    except BadSample:
+        return None
+    meta = stored.get("meta") if isinstance(stored, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
 def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int, exif_transpose: bool = True) -> Item:
     """Decode one raw sample for a captioner with the one image decoder (the image is None when missing or
     undecodable; EXIF orientation applied per ``data.exif_transpose``)."""
@@ -117,6 +127,7 @@ def to_item(raw: Dict[str, Any], layout: Any, max_pixels: int, exif_transpose: b
         image_bytes,
         json_field(raw, "url"),
         json_field(raw, "sha256"),
+        sample_meta(raw),
     )
 
 
