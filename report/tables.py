@@ -161,12 +161,27 @@ def delta_vs_baseline(
 
 def measured_by(record: Dict[str, Any]) -> Optional[str]:
     """How a record's number was measured, where the number alone does not say: zero-shot chance (1 / classes), the
-    CLIP-score evaluator, FID/KID's generated and reference counts at their resolution; None otherwise."""
+    CLIP-score evaluator and its validation (swapped-partner preference on real renders, Flickr8k-Expert tau-c), the
+    prompt-following recognizer's validation on real renders, FID/KID's generated and reference counts at their
+    resolution; None otherwise."""
     extra, n = record.get("extra") or {}, record.get("n") or {}
     if record["task"] == "zeroshot_classification" and n.get("classes"):
         return f"chance {100 / n['classes']:.1f}% (1/{n['classes']} classes)"
     if record["task"] == "clip_score" and extra.get("evaluator"):
-        return f"evaluator {extra['evaluator']}"
+        note = f"evaluator {extra['evaluator']}"
+        swap = extra.get("evaluator_swap_preference")
+        if swap:
+            note += f", prefers the true prompt over its swapped partner's on {100 * swap['preferred']:.1f}% of {swap['images']} real renders"
+        expert = extra.get("evaluator_flickr8k_expert")
+        if expert:
+            note += f", Kendall tau-c {expert['tau_c']:.1f} with Flickr8k-Expert"
+        return note
+    if record["task"] == "prompt_following" and extra.get("recognizer_real_overall"):
+        real, swap = extra["recognizer_real_overall"], extra.get("recognizer_swap_preference")
+        note = f"recognizer: exact scene match on {100 * real['value']:.1f}% of {real['images']} real renders"
+        if swap:
+            note += f", prefers the true prompt over its swapped partner's on {100 * swap['preferred']:.1f}%"
+        return note
     if record["task"] == "fid" and n.get("generated"):
         size = "x".join(str(v) for v in extra.get("reference_size") or extra.get("image_size") or []) or "?"
         return f"N = {n['generated']} generated vs {n.get('reference', '?')} references at {size} px"

@@ -52,6 +52,21 @@ def test_measurement_notes_name_chance_the_evaluator_and_fids_sample_sizes():
     assert measured_by(zeroshot) == "chance 2.8% (1/36 classes)"
     clip = record("clip_score", "cs", 1.0, {"clip_score": 20.0}, {"generated": 9}, {"evaluator": "harness CLIP x-1"})
     assert measured_by(clip) == "evaluator harness CLIP x-1"
+    clip["extra"].update(
+        evaluator_swap_preference={"preferred": 0.931, "images": 500}, evaluator_flickr8k_expert={"tau_c": 3.26}
+    )
+    assert measured_by(clip) == (
+        "evaluator harness CLIP x-1, prefers the true prompt over its swapped partner's on 93.1% of 500 real renders, "
+        "Kendall tau-c 3.3 with Flickr8k-Expert"
+    )
+    following = record(
+        "prompt_following", "pf", 1.0, {}, {}, {"recognizer_real_overall": {"value": 0.916, "images": 500}}
+    )
+    following["extra"]["recognizer_swap_preference"] = {"preferred": 0.95, "images": 500}
+    assert measured_by(following) == (
+        "recognizer: exact scene match on 91.6% of 500 real renders, prefers the true prompt over its swapped "
+        "partner's on 95.0%"
+    )
     fid = record("fid", "fid", 1.0, {"fid": 40.0}, {"generated": 500, "reference": 400}, {"reference_size": [32, 32]})
     assert measured_by(fid) == "N = 500 generated vs 400 references at 32x32 px"
     assert measured_by(record("retrieval", "r", 1.0, {}, {}, {})) is None

@@ -231,6 +231,10 @@ def test_recognizer_reaches_the_threshold_and_scores_the_oracle_above_the_shuffl
     right = t2i.run_prompt_following_task(ImageGenerator(Oracle(records), weights_id="oracle"), config, cfg)
     wrong = t2i.run_prompt_following_task(ImageGenerator(Oracle(records, shift=2), weights_id="shuffled"), config, cfg)
     assert min(right.extra["recognizer_heldout_accuracy"].values()) >= P.MIN_ACCURACY
+    # in its own domain, on the real renders (whatever the generator drew): exact matches and swapped-partner preference
+    real, swapped = right.extra["recognizer_real_overall"], right.extra["recognizer_swap_preference"]
+    assert real["images"] == swapped["images"] == N and real == wrong.extra["recognizer_real_overall"]
+    assert real["value"] >= 0.8 and swapped["preferred"] >= 0.8  # chance is 0.5
     assert right.metrics["overall"] >= 0.8 and right.metrics["object"] >= 0.85  # ~0.96 per object, 2-3 objects a scene
     assert wrong.metrics["overall"] <= 0.2 and wrong.metrics["position"] < right.metrics["position"]
 
@@ -343,8 +347,10 @@ def test_the_runner_trains_a_dit_and_scores_it_with_the_t2i_tasks(tmp_path):
         and records["smoke_judge"]["metrics"]["judge_rating"] is None
     )
     assert fid["extra"]["reference_statistics_cached"]  # raw and recap prompts share their reference images
-    tables = glob.glob(str(tmp_path / "results" / "*.md"))
-    assert [os.path.basename(t) for t in tables] == ["scenes_t2i.md"]  # the DiT family's own table (Table 7 in shape)
+    tables = sorted(glob.glob(str(tmp_path / "results" / "*.md")))
+    # the DiT family's own table (Table 7 in shape) and the verdicts page (report.verdicts)
+    assert [os.path.basename(t) for t in tables] == ["paper.md", "scenes_t2i.md"]
+    tables = tables[1:]
     assert "smoke_recap_fid" in open(tables[0]).read()
 
 
@@ -370,3 +376,29 @@ def test_whole_set_records_publish_and_compare_without_per_query_values(tmp_path
         for s in (0, 1)
     ]
     assert compare_records(paths[0], paths[1]) == {}
+
+
+def test_swap_preference_counts_ties_as_half():
+    assert t2i.swap_preference([1.0, 0.0, 1.0, 0.2], [0.0, 0.0, 1.0, 0.9]) == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+
+
+def test_clip_score_records_its_evaluators_preference_for_the_true_caption_on_real_renders(
+    tmp_path, scene_shards, monkeypatch
+):
+    spec, records = scene_shards
+    embedder = tiny_open_clip()
+    monkeypatch.setattr(t2i, "load_evaluator", lambda *args, **kwargs: (embedder, "tiny"))
+    config = task("cs", "clip_score", spec, prompt_source="recap", max_samples=N, evaluator="tiny", expert_path=None)
+    result = t2i.run_clip_score_task(ImageGenerator(Oracle(records), weights_id="oracle"), config, cfg_for(tmp_path))
+    found = result.extra["evaluator_swap_preference"]
+    assert found["images"] == N and found["real_size"] == [32, 32]
+    prompt_set = t2i.open_prompt_set(config)
+    assert prompt_set.partners == [i + 1 - 2 * (i % 2) for i in range(N)]  # val samples 2k, 2k+1 are pairs
+    real, _, _ = t2i.references_at_size(prompt_set, (32, 32))
+    with torch.no_grad():  # independent: the model's own forward on the real renders, cosine by hand
+        img = embedder.model.encode_image(torch.stack([embedder.preprocess(i) for i in real])).double()
+        txt = embedder.model.encode_text(embedder.tokenizer([r.recaptions[0] for r in records])).double()
+    img, txt = img / img.norm(dim=1, keepdim=True), txt / txt.norm(dim=1, keepdim=True)
+    own = (img * txt).sum(1).clamp(min=0)
+    other = (img * txt[prompt_set.partners]).sum(1).clamp(min=0)
+    assert found["preferred"] == pytest.approx(float(((own > other).double() + 0.5 * (own == other).double()).mean()))

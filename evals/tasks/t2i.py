@@ -62,6 +62,7 @@ class PromptSet:
     fingerprint: str
     reference_fingerprint: str
     counts: Dict[str, int] = field(default_factory=dict)
+    partners: List[Optional[int]] = field(default_factory=list)  # the set index of each sample's minimal-pair partner
 
     def describe(self) -> Dict[str, Any]:
         """The ``dataset`` entry of a record."""
@@ -90,7 +91,7 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
     data = project_shards(
         task.resolved_path(), task.name, decoding=Decoding(task.max_image_pixels, task.exif_transpose)
     )
-    prompts, references, keys = [], [], []
+    prompts, references, keys, places = [], [], [], []
     skipped = 0
     counters = SampleCounters(max_workers=0)
     for record in iter_samples(
@@ -103,6 +104,8 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
         prompts.append(text)
         references.append(record.image.convert("RGB"))
         keys.append(record.key)
+        meta = record.meta or {}
+        places.append((meta.get("split"), meta.get("index"), meta.get("partner_index")))
         if task.max_samples is not None and len(prompts) >= task.max_samples:
             break
     if not prompts:
@@ -111,6 +114,8 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
         )
     reference_fingerprint = sha256_json([data.fingerprint, texts_fingerprint(keys)])
     fingerprint = sha256_json([reference_fingerprint, task.prompt_source, texts_fingerprint(prompts)])
+    position = {(split, index): i for i, (split, index, _) in enumerate(places) if index is not None}
+    partners = [position.get((split, partner)) if partner is not None else None for split, _, partner in places]
     return PromptSet(
         task.name,
         prompts,
@@ -119,7 +124,21 @@ def open_prompt_set(task: T2ITaskConfig) -> PromptSet:
         fingerprint,
         reference_fingerprint,
         {f"skipped_no_{task.prompt_source}_caption": skipped},
+        partners,
     )
+
+
+def swap_preference(own: np.ndarray, partner: np.ndarray) -> float:
+    """How often an evaluator prefers an image's own prompt over its minimal-pair partner's (the same words with two
+    objects' colours, shapes or positions swapped): the mean of [own > partner] + 0.5 [own == partner] over images
+    (0.5 = chance; Winoground's text score, with ties at half)."""
+    own, partner = np.asarray(own, dtype=np.float64), np.asarray(partner, dtype=np.float64)
+    return float(np.mean((own > partner) + 0.5 * (own == partner)))
+
+
+def swap_pairs(prompt_set: PromptSet) -> List[Tuple[int, int]]:
+    """(i, j) for every sample i whose minimal-pair partner j is in the prompt set."""
+    return [(i, j) for i, j in enumerate(prompt_set.partners) if j is not None]
 
 
 def check_generated(images: Any, what: str) -> None:
@@ -433,6 +452,18 @@ def run_clip_score_task(
     result.extra.update(
         {"evaluator": name, "truncated_prompts": truncated, "definition": "mean over images of 100 x max(cos, 0)"}
     )
+    pairs = swap_pairs(prompt_set)
+    if pairs:  # the evaluator in its own domain: real renders at the generated size, own prompt vs the partner's
+        references, _, _ = references_at_size(prompt_set, images[0].size)
+        real = [references[i] for i, _ in pairs]
+        own, _ = clip_score_values(embedder, real, [prompt_set.prompts[i] for i, _ in pairs], cfg)
+        other, _ = clip_score_values(embedder, real, [prompt_set.prompts[j] for _, j in pairs], cfg)
+        result.extra["evaluator_swap_preference"] = {
+            "preferred": swap_preference(own, other),
+            "images": len(pairs),
+            "real_size": list(real[0].size),
+            "definition": "real renders: own prompt's CLIP score > the attribute-swapped partner's (ties 1/2)",
+        }
     if task.expert_path:
         agreement = expert_agreement(embedder, resolve_data_path(task.expert_path), cfg)
         result.extra["evaluator_flickr8k_expert"] = agreement
@@ -474,6 +505,7 @@ def run_prompt_following_task(
             result.set_undefined(name, f"no prompt of {task.name} states a {name}")
     result.add_intervals(cfg.bootstrap_samples, cfg.confidence, cfg.seed)
     result.n.update({f"scored_{name}": len(values[name]) for name in P.CATEGORIES})
+    result.extra.update(recognizer_on_real_renders(recognizer, prompt_set, images[0].size))
     result.extra.update(
         {
             "recognizer_heldout_accuracy": recognizer.heldout_accuracy,
@@ -483,6 +515,33 @@ def run_prompt_following_task(
         }
     )
     return result
+
+
+def recognizer_on_real_renders(recognizer: Any, prompt_set: PromptSet, size: Tuple[int, int]) -> Dict[str, Any]:
+    """The recognizer in its own domain: on the prompt set's real renders at the generated ``size``, how often its
+    exact scene-graph match holds for the image's own prompt (``recognizer_real_overall``), and how often it prefers
+    the own prompt over the attribute-swapped partner's (``recognizer_swap_preference``: overall match, ties 1/2);
+    empty where no prompt states a scene."""
+    from captiondata.builders.scenes import parse_scene_description
+    from evals.tasks import prompt_following as P
+
+    parsed = [parse_scene_description(p) for p in prompt_set.prompts]
+    keep = [i for i, groups in enumerate(parsed) if groups]
+    if not keep:
+        return {}
+    references, _, _ = references_at_size(prompt_set, size)
+    cells = P.predict_cells(
+        recognizer.model, np.stack([P.image_array(references[i], recognizer.spec.size) for i in keep])
+    )
+    row = {i: r for r, i in enumerate(keep)}
+    overall = [P.score_prompt(parsed[i], cells[row[i]])["overall"] for i in keep]
+    out: Dict[str, Any] = {"recognizer_real_overall": {"value": float(np.mean(overall)), "images": len(keep)}}
+    pairs = [(i, j) for i, j in swap_pairs(prompt_set) if i in row and parsed[j]]
+    if pairs:
+        own = [P.score_prompt(parsed[i], cells[row[i]])["overall"] for i, _ in pairs]
+        other = [P.score_prompt(parsed[j], cells[row[i]])["overall"] for i, j in pairs]
+        out["recognizer_swap_preference"] = {"preferred": swap_preference(own, other), "images": len(pairs)}
+    return out
 
 
 def run_judge_task(
