@@ -90,7 +90,10 @@ STRICT = os.environ.get("RECAP_HARNESS_STRICT", "") not in ("", "0")
 
 def pytest_configure(config) -> None:
     """Strict mode: stop before collecting anything when the real-data root is absent (one line on stderr, pytest's
-    usage-error status 4)."""
+    usage-error status 4). The cross-process sha256 memo goes to a folder of this run, never the user's cache."""
+    import tempfile
+
+    os.environ.setdefault("RECAP_SHA256_MEMO", os.path.join(tempfile.mkdtemp(prefix="sha256-memo-"), "memo.sqlite3"))
     root = os.path.abspath(default_data_root())
     if STRICT and not os.path.isdir(root):
         raise pytest.UsageError(f"RECAP_HARNESS_STRICT=1: the real-data root {root} is absent; set RECAP_DATA_ROOT")

@@ -32,7 +32,6 @@ The conversion runs once per ``default_1.pt`` (keyed by its sha256) into ``$RECA
 from __future__ import annotations
 
 import argparse
-import functools
 import glob
 import importlib.resources
 import json
@@ -52,7 +51,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE, InceptionV3
 
 from harness_infra.atomic import atomic_torch_save
-from harness_infra.atomic import file_sha256 as uncached_file_sha256
+from harness_infra.identity import file_sha256 as memoised_file_sha256
 from towers.spec import FID_TIMM_MODEL
 
 log = logging.getLogger(__name__)
@@ -256,16 +255,10 @@ def torchscript_path() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file (memoised on path, size and mtime)."""
-    return uncached_file_sha256(path)
-
-
 def file_sha256(path: Path) -> str:
-    """sha256 hex digest of ``path``."""
-    stat = os.stat(path)
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    """sha256 hex digest of ``path`` (``harness_infra.identity.file_sha256``: memoised by its stat identity, in this
+    process and across processes)."""
+    return memoised_file_sha256(str(path))
 
 
 def load_torchscript(path: Optional[Path] = None) -> torch.jit.ScriptModule:
