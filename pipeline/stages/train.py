@@ -98,13 +98,13 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> TrainInfo:
 
 
 def check(cfg: Any) -> None:
-    """Caption reductions and several positives per image (``mix.*_reduce``, ``mix.positives``) are CLIP training's:
-    a DiT trains on the precomputed features of whole captions (``train_dit.features``)."""
+    """Caption reductions and several positives per image (``mix.*_reduce``, ``mix.positives``) need a family whose
+    trainer reads them (``Family.reduces_captions``); the others train on whole captions."""
     reduction = cfg.mix.reduction()
     require(
-        cfg.trainer == "clip" or not reduction,
-        f"mix: {', '.join(f'mix.{k}={v}' for k, v in reduction.items())} with trainer={cfg.trainer}: caption reductions "
-        "and positives are for trainer=clip (a DiT trains on whole captions' precomputed features)",
+        family_of(cfg).reduces_captions or not reduction,
+        f"mix: {', '.join(f'mix.{k}={v}' for k, v in reduction.items())} with trainer={cfg.trainer}, which trains on "
+        "whole captions (one per image): drop the reduction or choose a family that reads it",
     )
 
 
