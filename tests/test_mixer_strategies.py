@@ -136,6 +136,8 @@ def test_truncate_gives_exactly_the_first_k_words_and_short_captions_stay_whole(
         assert choose_caption("o", [WORDS], cfg, key, 0).text == " ".join(WORDS.split()[:7])
     short = "a  red\tcube"  # 3 words: kept whole, its own whitespace untouched
     assert choose_caption("o", [short], cfg, "k", 0).text == short
+    exact = MixConfig(strategy="recap", recap_reduce="truncate", recap_tokens=3)
+    assert choose_caption("o", [short], exact, "k", 0).text == short  # exactly K words: whole too
     one = MixConfig(strategy="recap", recap_reduce="sub_caption", recap_sentences=5)
     assert choose_caption("o", [FIVE], one, "k", 0).text == FIVE  # 5 sentences, K = 5: whole
     span = MixConfig(strategy="recap", recap_reduce="token_span", recap_tokens=20)
