@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from harness_infra.errors import require
-from harness_infra.stagecache import setting
+from harness_infra.stagecache import key_fields, setting
 
 STRATEGIES = ("mix", "original", "recap", "concat")
+REDUCTIONS = ("full", "sub_caption", "token_span", "truncate")  # mix.recap_reduce / mix.original_reduce
+SOURCES = ("recap", "original")  # the caption sources a reduction applies to (prefix of its keys)
+REDUCTION_FIELDS = (
+    "recap_reduce",
+    "original_reduce",
+    "recap_tokens",
+    "original_tokens",
+    "recap_sentences",
+    "original_sentences",
+    "positives",
+)  # the keys added after the stage keys existed: at their defaults they stay out of every key (``MixConfig.stage_key``)
 DEFAULT_MAX_PIXELS = 64_000_000  # data.max_image_pixels and the evaluation tasks' max_image_pixels
 DEFAULT_MAX_MEMBER_BYTES = (
     4 * DEFAULT_MAX_PIXELS
@@ -72,12 +83,28 @@ class MixConfig:
     strategy: ``mix`` (per sample: original with probability p, else a recaption), ``original``,
     ``recap``, ``concat`` (original + separator + recaption). The draw is a pure function of
     (seed, sample key, epoch).
+
+    Each source's text can then be shortened (``recap_reduce`` for the recaption, ``original_reduce`` for the original;
+    definitions in ``captiondata.mixer.reduce_text``, after CLIPS, Liu et al. 2024, arXiv 2411.16828): ``full`` (the
+    whole caption), ``sub_caption`` (``*_sentences`` = K consecutive sentences, start uniform per (seed, key, epoch)),
+    ``token_span`` (a random span of ``*_tokens`` = K consecutive whitespace words) or ``truncate`` (the first K words).
+    ``*_tokens`` = null with token_span or truncate is the whole caption (= full: the sweep point "full" of a token
+    budget axis). A caption no longer than K is kept whole. ``positives`` = n: each image trains with n texts, n
+    independent draws (coin, recaption and reduction, per positive index), as positives of one image in the
+    multi-positive contrastive loss (DreamLIP, Zheng et al. ECCV 2024; ``train_clip.step.MultiPositiveClipLoss``).
     """
 
     strategy: str = "mix"
     p: float = 0.8
     seed: int = 0
     concat_separator: str = " "
+    recap_reduce: str = "full"
+    original_reduce: str = "full"
+    recap_tokens: Optional[int] = None
+    original_tokens: Optional[int] = None
+    recap_sentences: int = 1
+    original_sentences: int = 1
+    positives: int = 1
 
     def __post_init__(self) -> None:
         require(
@@ -87,12 +114,85 @@ class MixConfig:
         require(
             0.0 <= float(self.p) <= 1.0, f"mix.p={self.p} is outside [0, 1] (p = probability of the ORIGINAL caption)"
         )
+        for source in SOURCES:
+            reduce = getattr(self, f"{source}_reduce")
+            tokens = getattr(self, f"{source}_tokens")
+            sentences = getattr(self, f"{source}_sentences")
+            require(
+                reduce in REDUCTIONS,
+                f"mix.{source}_reduce={reduce!r} is unknown; choose one of {', '.join(REDUCTIONS)}",
+            )
+            require(
+                tokens is None or (isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 1),
+                f"mix.{source}_tokens={tokens!r} must be a whole number of words >= 1, or null (the whole caption)",
+            )
+            require(
+                tokens is None or reduce in ("token_span", "truncate"),
+                f"mix.{source}_tokens={tokens} is read only by mix.{source}_reduce=token_span or truncate "
+                f"(mix.{source}_reduce={reduce})",
+            )
+            require(
+                isinstance(sentences, int) and not isinstance(sentences, bool) and sentences >= 1,
+                f"mix.{source}_sentences={sentences!r} must be a whole number of sentences >= 1",
+            )
+            require(
+                sentences == 1 or reduce == "sub_caption",
+                f"mix.{source}_sentences={sentences} is read only by mix.{source}_reduce=sub_caption "
+                f"(mix.{source}_reduce={reduce})",
+            )
+        require(
+            isinstance(self.positives, int) and not isinstance(self.positives, bool) and self.positives >= 1,
+            f"mix.positives={self.positives!r} must be a whole number >= 1 (texts per image)",
+        )
 
     @property
     def p_original(self) -> Optional[float]:
         """The probability of the ORIGINAL caption per sample this strategy realises: ``p`` for ``mix``, 1 for
         ``original``, 0 for ``recap``, None for ``concat`` (both captions in every text)."""
         return {"mix": float(self.p), "original": 1.0, "recap": 0.0}.get(self.strategy)
+
+    def reduce_of(self, source: str) -> Tuple[str, Optional[int]]:
+        """(reduction, K) of one source (``recap`` or ``original``) as it acts: K = sentences for sub_caption, words for
+        token_span and truncate, None for full; token_span or truncate with no word budget is ``full``."""
+        reduce = getattr(self, f"{source}_reduce")
+        if reduce == "sub_caption":
+            return reduce, int(getattr(self, f"{source}_sentences"))
+        tokens = getattr(self, f"{source}_tokens")
+        if reduce in ("token_span", "truncate") and tokens is not None:
+            return reduce, int(tokens)
+        return "full", None
+
+    def reduction(self) -> Dict[str, Any]:
+        """The reduction settings that act (records' ``run.reduction``): {} for whole captions and one positive, else
+        e.g. {"recap_reduce": "token_span", "recap_tokens": 16} or {"positives": 2}."""
+        out: Dict[str, Any] = {}
+        for source in SOURCES:
+            reduce, k = self.reduce_of(source)
+            if reduce != "full":
+                out[f"{source}_reduce"] = reduce
+                out[f"{source}_sentences" if reduce == "sub_caption" else f"{source}_tokens"] = k
+        if self.positives != 1:
+            out["positives"] = int(self.positives)
+        return out
+
+    def reduction_label(self) -> str:
+        """A short name of ``reduction()`` for tables: "full", "recap sub_caption K=1", "recap token_span K=16, n=2
+        positives"."""
+        parts = []
+        for source in SOURCES:
+            reduce, k = self.reduce_of(source)
+            if reduce != "full":
+                parts.append(f"{source} {reduce} K={k}")
+        if self.positives != 1:
+            parts.append(f"n={self.positives} positives")
+        return ", ".join(parts) or "full"
+
+    def stage_key(self) -> Dict[str, Any]:
+        """The mixer's part of the train stage key: its key fields, with the reduction keys (``REDUCTION_FIELDS``)
+        replaced by ``reduction()``, which is empty at their defaults, so every config written before they existed
+        keeps its key, and settings that act alike (token_span with no budget and full) share one."""
+        key = {name: value for name, value in key_fields(self).items() if name not in REDUCTION_FIELDS}
+        return {**key, **self.reduction()}
 
 
 def default_data_root() -> str:

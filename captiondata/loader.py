@@ -33,7 +33,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from captiondata.config import DataConfig, MixConfig
 from captiondata.counters import SampleCounters, summarize
 from captiondata.decode import BadSample
-from captiondata.mixer import choose_caption
+from captiondata.mixer import choose_captions
 from captiondata.reader import decode_record, expand_shards, raw_samples
 from harness_infra.errors import require
 
@@ -203,7 +203,8 @@ def shuffled(items: Iterator[Any], buffer_size: int, rng: random.Random) -> Iter
 
 
 class MixedCaptionDataset(IterableDataset):
-    """Iterable of collated batches {image, text, key, source} for one rank (see module docstring)."""
+    """Iterable of collated batches {image, text, key, source} for one rank (see module docstring); with
+    ``mix.positives`` = n, n texts (and sources) per image (``_collate``)."""
 
     def __init__(
         self,
@@ -281,17 +282,18 @@ class MixedCaptionDataset(IterableDataset):
                 )
                 if self.batch_normalize is not None:
                     image = pil_to_tensor(image)
-            choice = choose_caption(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
-            self._count_choice(choice)
-            if record.original is None:
-                self.counters.add("no_original")
-            if not record.recaptions:
-                self.counters.add("no_recaption")
+            choices = choose_captions(record.original, record.recaptions, self.mix_cfg, record.key, self.epoch)
+            for choice in choices:  # with mix.positives = n every count is per text: n per image
+                self._count_choice(choice)
+                if record.original is None:
+                    self.counters.add("no_original")
+                if not record.recaptions:
+                    self.counters.add("no_recaption")
             yield {
                 "image": image,
-                "text": choice.text,
+                "text": choices[0].text if len(choices) == 1 else [c.text for c in choices],
                 "key": record.key,
-                "source": choice.emitted,
+                "source": choices[0].emitted if len(choices) == 1 else [c.emitted for c in choices],
                 "shard": raw["__url__"],
             }
 
@@ -305,8 +307,10 @@ class MixedCaptionDataset(IterableDataset):
             self.counters.add(f"fallback_to_{choice.emitted}")
 
     def _collate(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        """Stack images, tokenize texts (when a tokenizer is given) and keep keys and sources."""
-        texts = [s["text"] for s in samples]
+        """Stack images, tokenize texts (when a tokenizer is given) and keep keys and sources. With ``mix.positives`` =
+        n > 1 the B images come with B x n texts and sources, image-major: rows i n ... i n + n - 1 are image i's."""
+        texts = [t for s in samples for t in (s["text"] if isinstance(s["text"], list) else [s["text"]])]
+        sources = [t for s in samples for t in (s["source"] if isinstance(s["source"], list) else [s["source"]])]
         images = torch.stack([s["image"] for s in samples])
         if self.batch_normalize is not None:
             _, mean, std = self.batch_normalize
@@ -315,7 +319,7 @@ class MixedCaptionDataset(IterableDataset):
             "image": images,
             "text": self.tokenize(texts) if self.tokenize is not None else texts,
             "key": [s["key"] for s in samples],
-            "source": [s["source"] for s in samples],
+            "source": sources,
             "shard": [s["shard"] for s in samples],  # a sample is (shard, key)
         }
 

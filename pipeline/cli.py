@@ -142,10 +142,11 @@ def walk(cfg: DictConfig) -> Dict[str, Any]:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     p_text = "n/a (concat)" if harness.mix.p_original is None else f"{harness.mix.p_original:g}"
     log.info(
-        "experiment %s: p = %s (probability of the ORIGINAL caption), strategy %s",
+        "experiment %s: p = %s (probability of the ORIGINAL caption), strategy %s, caption reduction %s",
         harness.experiment,
         p_text,
         harness.mix.strategy,
+        harness.mix.reduction_label(),
     )
     started = time.perf_counter()
     outcome = run_experiment(harness, resolved, overrides)

@@ -54,7 +54,9 @@ class Family:
     train stage trains with; ``table_kind``: ``report.tables.write_tables``' family argument (``clip``: retrieval and
     zero-shot tables, ``t2i``: text-to-image tables); ``build_features(cfg, data) -> FeaturesInfo``: the features
     stage's work on the (recaptioned) data config, None when the family has no feature cache stage; ``sampling``: the
-    sample stage's functions, None when the family does not generate images.
+    sample stage's functions, None when the family does not generate images; ``reduces_captions``: its trainer reads
+    the mixer's reduced texts and several positives per image (``mix.*_reduce``, ``mix.positives``: CLIP's loader
+    and multi-positive loss), False where it trains on whole captions only (the DiT's precomputed text features).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Family:
     stages: Tuple[str, ...] = COMMON_STAGES
     build_features: Optional[Callable[[Any, Any], FeaturesInfo]] = None
     sampling: Optional[Sampling] = None
+    reduces_captions: bool = False
 
 
 def feature_cache_dir(cfg: Any) -> str:
@@ -170,7 +173,15 @@ FAMILIES: Dict[str, Family] = {
     family.name: family
     for family in (
         Family(
-            "clip", ClipModelConfig, TrainConfig, EMBEDDER, _train_clip, _load_clip, prepare_recipe, table_kind="clip"
+            "clip",
+            ClipModelConfig,
+            TrainConfig,
+            EMBEDDER,
+            _train_clip,
+            _load_clip,
+            prepare_recipe,
+            table_kind="clip",
+            reduces_captions=True,
         ),
         Family(
             "dit",

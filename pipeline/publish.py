@@ -45,7 +45,8 @@ def run_section(
 ) -> Dict[str, Any]:
     """What ran, how, on what, where and how long: attached to every record of the run. ``p`` is the label,
     ``realised_p`` the share of trained samples whose text was the original, ``mixture`` the checked mixture
-    (``captiondata.realised``: coverage, fallbacks, tolerances), ``recaption`` the recaptioner's coverage and failures."""
+    (``captiondata.realised``: coverage, fallbacks, tolerances), ``recaption`` the recaptioner's coverage and failures,
+    ``reduction`` / ``reduction_label`` the caption reductions and positives per image (``MixConfig.reduction``)."""
     data_info, train_info = infos["data"], infos["train"]
     return {
         "experiment": cfg.experiment,
@@ -53,6 +54,8 @@ def run_section(
         "p": cfg.mix.p_original,
         "p_meaning": "probability of the ORIGINAL caption per sample",
         "strategy": cfg.mix.strategy,
+        "reduction": cfg.mix.reduction(),  # {} = whole captions, one text per image (captiondata.config.MixConfig)
+        "reduction_label": cfg.mix.reduction_label(),  # "full", "recap sub_caption K=1", "n=2 positives", ...
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": cfg.train.seed,

@@ -1,8 +1,9 @@
 """The rows of the comparison tables: one per recipe over its training seeds (``seed_rows``), the seed-level
 difference of two rows (``row_difference``), and how values are shown.
 
-A row is ``ROW_KEYS``: data set, model family, model, caption strategy, p, training budget, global batch, recipe (the
-train key without ``train.seed``: ``report.tables.recipe_of``), task version and metric. Its value is the mean over
+A row is ``ROW_KEYS``: data set, model family, model, caption strategy, caption reduction (``run.reduction_label``:
+``full``, ``recap sub_caption K=1``, ``n=2 positives`` ...; ``full`` for records without one), p, training budget,
+global batch, recipe (the train key without ``train.seed``: ``report.tables.recipe_of``), task version and metric. Its value is the mean over
 its seeds; intervals and tests are ``evals.results.seeds``' (between-seed and query-level variance). The input is
 the per-run long table of ``report.tables.metric_rows`` after ``separate_data_versions``.
 """
@@ -22,6 +23,7 @@ ROW_KEYS = [
     "family",
     "model",
     "strategy",
+    "reduction",
     "p",
     "samples_seen",
     "global_batch",
@@ -56,10 +58,22 @@ def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
     return tuple(None if missing(row[k]) else row[k] for k in keys)
 
 
+def with_reduction(long: pd.DataFrame) -> pd.DataFrame:
+    """``long`` with a ``reduction`` column, ``full`` where it is missing (records from before reductions existed)."""
+    if "reduction" not in long:
+        return long.assign(reduction="full")
+    return long.assign(reduction=long["reduction"].astype(object).where(long["reduction"].notna(), "full"))
+
+
+def is_baseline_row(named: Dict[str, Any]) -> bool:
+    """A row (``ROW_KEYS`` by name) of the p = 1 baseline: alt-text only, whole captions, one text per image."""
+    return named["strategy"] in ("mix", "original") and named["p"] == 1.0 and named.get("reduction", "full") == "full"
+
+
 def row_groups(long: pd.DataFrame) -> Dict[tuple, pd.DataFrame]:
     """The runs of each table row: ``ROW_KEYS`` tuple (missing values as None) -> its runs sorted by seed, a seed
     published twice for one recipe keeping its newest record."""
-    long = long.sort_values("created").drop_duplicates(ROW_KEYS + ["seed"], keep="last")
+    long = with_reduction(long).sort_values("created").drop_duplicates(ROW_KEYS + ["seed"], keep="last")
     groups: Dict[tuple, pd.DataFrame] = {}
     for key, runs in long.groupby(
         [long[k].astype(object).where(long[k].notna(), None) for k in ROW_KEYS], dropna=False
@@ -115,7 +129,7 @@ def seed_rows(long: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     ``interval`` (which), ``delta_vs_p1``, ``delta_p_value`` (None without a seed-level test), ``delta_method``,
     ``commands`` and the per-run columns the markdown needs. A seed published twice for one recipe keeps its newest
     record. The baseline of a row is the p = 1 row of the same data, model, budget, task version and metric, preferring
-    the one with the same seeds, then the one sharing most seeds."""
+    the one with the same seeds, then the one sharing most seeds (whole captions: ``is_baseline_row``)."""
     if long.empty:
         return long
     groups = row_groups(long)
@@ -192,7 +206,7 @@ def _baseline_key(key: tuple, runs: pd.DataFrame, groups: Dict[tuple, pd.DataFra
     candidates = []
     for other, other_runs in groups.items():
         o = dict(zip(ROW_KEYS, other))
-        if o["strategy"] in ("mix", "original") and o["p"] == 1.0 and all(o[k] == named[k] for k in same):
+        if is_baseline_row(o) and all(o[k] == named[k] for k in same):
             other_seeds = set(other_runs["seed"].astype(int))
             candidates.append((other_seeds == seeds, len(other_seeds & seeds), len(other_seeds), other == key, other))
     if not candidates:

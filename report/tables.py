@@ -30,7 +30,7 @@ from evals.results.records import compare_records, read_record
 from evals.tasks.registry import GENERATOR, TASKS
 from harness_infra.atomic import atomic_write, atomic_write_bytes
 from harness_infra.stagecache import content_hash
-from report.rows import missing, seed_rows, shown
+from report.rows import is_baseline_row, missing, seed_rows, shown, with_reduction
 from report.verdicts import paper_markdown
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def load_records(results_dir: str) -> List[Dict[str, Any]]:
             run.get("data"),
             run.get("strategy"),
             run.get("p"),
+            reduction_of(run),
         )
         if key not in newest or record["created"] >= newest[key]["created"]:
             newest[key] = record
@@ -120,9 +121,14 @@ def run_commit(run: Dict[str, Any]) -> Optional[str]:
     return str(git["commit"])[:7] + (" + uncommitted changes" if git.get("dirty") else "")
 
 
+def reduction_of(run: Dict[str, Any]) -> str:
+    """A run's caption reduction (``run.reduction_label``); ``full`` for records published before it existed."""
+    return str(run.get("reduction_label") or "full")
+
+
 def is_baseline(run: Dict[str, Any]) -> bool:
-    """The p = 1 (alt-text only) run."""
-    return run["strategy"] in ("mix", "original") and run["p"] == 1.0
+    """The p = 1 (alt-text only) run, on whole captions with one text per image."""
+    return run["strategy"] in ("mix", "original") and run["p"] == 1.0 and reduction_of(run) == "full"
 
 
 def baseline_for(record: Dict[str, Any], records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -204,6 +210,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
             rows.append(
                 {
                     **{c: run.get(c) for c in RUN_COLUMNS},
+                    "reduction": reduction_of(run),
                     "seed": run_seed(run),
                     "global_batch": str(run.get("global_batch")),
                     "commit": run_commit(run),
@@ -272,15 +279,16 @@ def cell(row: pd.Series) -> str:
     text = (
         f"{shown(row['value'], as_percent)} [{shown(row['ci_low'], as_percent)}, {shown(row['ci_high'], as_percent)}]"
     )
-    if not missing(row["delta_vs_p1"]) and not (row["p"] == 1.0 and row["strategy"] in ("mix", "original")):
+    if not missing(row["delta_vs_p1"]) and not is_baseline_row(row):
         star = "*" if not missing(row["delta_p_value"]) and row["delta_p_value"] < SIGNIFICANCE else ""
         text += f" ({shown(row['delta_vs_p1'], as_percent, sign=True)}{star})"
     return text
 
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per recipe (``seed_rows``), one column per task:metric cell, sorted by strategy then p; ``seeds``
-    lists the training seeds each row averages."""
+    """One row per recipe (``seed_rows``), one column per task:metric cell, sorted by strategy, caption reduction
+    (``full`` first) then p; ``seeds`` lists the training seeds each row averages."""
+    long = with_reduction(long)
     task = long["table_task"] if "table_task" in long else long["task"]
     realised = long["realised_p"] if "realised_p" in long else pd.Series(None, index=long.index, dtype=float)
     long = long.assign(
@@ -289,14 +297,18 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
         p=long["p"].astype(float).fillna(-1.0),  # concat has no p; pivot drops missing index values
         realised_p=realised.astype(float).fillna(-1.0),
     )
-    index = ["model", "strategy", "p", "realised_p", "seeds", "samples_seen", "global_batch", "recipe"]
+    index = ["model", "strategy", "reduction", "p", "realised_p", "seeds", "samples_seen", "global_batch", "recipe"]
     wide = (
         long.pivot_table(index=index, columns="column", values="cell", aggfunc="first")
         .reset_index()
         .fillna("not scored")
     )
     wide["order"] = wide["strategy"].map(lambda s: 1 if s == "concat" else 0)
-    wide = wide.sort_values(["model", "samples_seen", "order", "p", "seeds"]).drop(columns=["order", "recipe"])
+    # whole captions first, then each reduction
+    wide["whole"] = wide["reduction"].map(lambda r: 0 if r == "full" else 1)
+    wide = wide.sort_values(["model", "samples_seen", "order", "whole", "reduction", "p", "seeds"]).drop(
+        columns=["order", "whole", "recipe"]
+    )
     wide["p"] = [p_label(p, r) for p, r in zip(wide["p"], wide.pop("realised_p"))]
     return wide
 
@@ -369,27 +381,43 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def plot_series(rows: pd.DataFrame) -> List[Dict[str, Any]]:
-    """The curves of one task's plot (rows of ``seed_rows``): one per (metric, training budget, seed set), never joining
-    different budgets or rows of different seeds (a p with three seeds and a p with one).
+    """The curves of one task's plot (rows of ``seed_rows``): one per (metric, training budget, seed set, caption
+    reduction), never joining different budgets, reductions or rows of different seeds (a p with three seeds and a p
+    with one).
 
     Each: {metric, label, style (the budget/seed rank), marker (the metric's), x (p + the metric's dodge), y, err_low,
     err_high (percent)} for mixed runs, and {..., "concat": y} lines for concat runs. Metrics are dodged sideways by
     ``DODGE`` and get their own marker, so a metric equal to another (top-1 = mean per-class recall on a balanced set)
     stays visible.
     """
+    rows = with_reduction(rows)
     budgets = rows["samples_seen"].fillna(-1).astype(int)
-    groups = sorted({(int(b), str(s)) for b, s in zip(budgets, rows["seeds"])})
+    reductions = rows["reduction"].astype(str)
+    groups = sorted(
+        {(int(b), str(s), r) for b, s, r in zip(budgets, rows["seeds"], reductions)},
+        key=lambda g: (g[0], g[1], g[2] != "full", g[2]),
+    )
     metrics = list(dict.fromkeys(rows["metric"]))
-    several_budgets, several_seeds = len({b for b, _ in groups}) > 1, len({s for _, s in groups}) > 1
+    several_budgets, several_seeds = len({b for b, _, _ in groups}) > 1, len({s for _, s, _ in groups}) > 1
+    several_reductions = len({r for _, _, r in groups}) > 1
     series: List[Dict[str, Any]] = []
     for index, metric in enumerate(metrics):
         offset = (index - (len(metrics) - 1) / 2) * DODGE
-        for rank, (budget, seed) in enumerate(groups):
-            runs = rows[(rows["metric"] == metric) & (budgets == budget) & (rows["seeds"].astype(str) == seed)]
+        for rank, (budget, seed, reduction) in enumerate(groups):
+            runs = rows[
+                (rows["metric"] == metric)
+                & (budgets == budget)
+                & (rows["seeds"].astype(str) == seed)
+                & (reductions == reduction)
+            ]
             if runs.empty:
                 continue
             named = f"seeds {seed}" if "," in seed else f"seed {seed}"
-            parts = ([f"{budget:,} samples"] if several_budgets else []) + ([named] if several_seeds else [])
+            parts = (
+                ([f"{budget:,} samples"] if several_budgets else [])
+                + ([named] if several_seeds else [])
+                + ([reduction] if several_reductions else [])
+            )
             label = f"{metric} ({', '.join(parts)})" if parts else metric
             base = {
                 "metric": metric,

@@ -152,8 +152,8 @@ def comparisons(
                         unscored.add(column.label)
                     continue
                 label = "concat" if named["strategy"] == "concat" else named["p"]
-                if named["strategy"] not in ("mix", "original", "recap", "concat"):
-                    continue  # a caption strategy the paper did not study
+                if named["strategy"] not in ("mix", "original", "recap", "concat") or named["reduction"] != "full":
+                    continue  # a caption strategy the paper did not study (reduced captions, several positives)
                 slot = by_model.setdefault(
                     (named["model"], named["samples_seen"], named["table_task"], column.label), {}
                 )

@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from captiondata.config import REDUCTION_FIELDS
 from harness_infra.errors import ConfigError
 from harness_infra.stagecache import StageDir, content_hash, key_fields
 from pipeline.infos import DataInfo, EvalInfo, FeaturesInfo, RecaptionInfo, SampleInfo, StageInfo, TablesInfo, TrainInfo
@@ -185,7 +186,7 @@ def test_train_and_features_keys_equal_the_formulas_they_replaced():
         "trainer": cfg.trainer,
         "model": key_fields(cfg.model),
         "train": key_fields(cfg.train),
-        "mix": key_fields(cfg.mix),
+        "mix": {k: v for k, v in key_fields(cfg.mix).items() if k not in REDUCTION_FIELDS},  # before reductions
         "data": key_fields(cfg.data),
         "data_fingerprint": "d1",
         "recaption": {
@@ -284,3 +285,15 @@ def test_a_harness_export_evaluator_loads_through_the_loader_passed_in(tmp_path)
     assert (embedder, name, calls) == ("embedder", "harness CLIP clip_mix_p0.0-abc", [(str(export), "cpu")])
     with pytest.raises(ConfigError, match="needs the pipeline's loader"):
         load_evaluator(str(export), "cpu")
+
+
+def test_caption_reductions_with_a_family_that_trains_on_whole_captions_are_a_one_line_error():
+    from pipeline.overrides import compose_config
+
+    with pytest.raises(ConfigError) as info:
+        compose_config(["+experiment=dit_smoke", "mix.recap_reduce=token_span", "mix.recap_tokens=8"])
+    assert str(info.value).startswith(
+        "mix: mix.recap_reduce=token_span, mix.recap_tokens=8 with trainer=dit, which trains on whole captions"
+    )
+    cfg, _ = compose_config(["+experiment=clip_smoke", "mix.recap_reduce=token_span", "mix.recap_tokens=8"])
+    assert cfg.mix.reduction_label() == "recap token_span K=8"

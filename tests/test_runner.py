@@ -116,7 +116,8 @@ def test_smoke_end_to_end_then_cached(workspace, capsys):
         / sum(e["samples"] for e in epochs_of(root, "p0.5"))
     )
     assert (
-        f"| mix        | 0.5 (realised {realised:.4f}) |" in table and "| mix        | 1                     |" in table
+        f"| mix        | full        | 0.5 (realised {realised:.4f}) |" in table
+        and "| mix        | full        | 1                     |" in table
     )
 
     assert main(SMALL + where + ["mix.p=1.0", "run.rerun=eval"]) == 0
@@ -342,7 +343,7 @@ def test_each_seed_is_compared_with_the_p1_run_of_its_own_seed(tmp_path):
     table = open(write_tables(str(tmp_path))).read()
     assert table.count("(+0.0)") == 2 * 4  # against seed 1's own p = 1 run the delta would be about +30 otherwise
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
-    assert [(r[3].strip(), r[4].strip()) for r in rows] == [("0.5", "0"), ("0.5", "1"), ("1", "0"), ("1", "1")]
+    assert [(r[4].strip(), r[5].strip()) for r in rows] == [("0.5", "0"), ("0.5", "1"), ("1", "0"), ("1", "1")]
 
 
 def seeded_fixture(folder: str, p: float, seed: int, hits: np.ndarray, strategy: str = "mix") -> None:
@@ -371,7 +372,7 @@ def test_seeds_of_one_recipe_are_one_row_with_a_seed_level_interval_and_test(tmp
     table = open(write_tables(str(tmp_path))).read()
     header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| model")).split("|")]
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
-    assert [(r[3].strip(), r[4].strip()) for r in rows] == [("0.5", "0, 1, 2"), ("0.8", "0"), ("1", "0, 1, 2")]
+    assert [(r[4].strip(), r[5].strip()) for r in rows] == [("0.5", "0, 1, 2"), ("0.8", "0"), ("1", "0, 1, 2")]
     column = header.index("toy_retrieval i2t_R@1")
     runs = lambda p: {s: QueryValues(hits[p, s].astype(float)) for s in (0, 1, 2)}  # noqa: E731
     expected = seed_estimate(list(runs(0.5).values()))
@@ -569,7 +570,7 @@ def test_budgets_are_separate_curves_and_equal_metrics_stay_visible(tmp_path):
     assert len(xs) == 4
     table = open(write_tables(str(tmp_path))).read()
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
-    assert [r[5].strip() for r in rows] == ["512", "512", "80000", "80000"]  # grouped by budget
+    assert [r[6].strip() for r in rows] == ["512", "512", "80000", "80000"]  # grouped by budget
 
 
 def test_identical_results_of_a_rerun_collapse_into_one_row(tmp_path):
@@ -725,3 +726,38 @@ def test_an_evaluator_named_by_experiment_is_its_export_under_out_root(tmp_path)
     with pytest.raises(ConfigError) as info:
         key_under(tmp_path / "a")
     assert "2 trained runs" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_caption_reductions_are_rows_of_their_own_against_the_whole_caption_baseline(tmp_path):
+    from report.rows import seed_rows
+    from report.tables import load_records, metric_rows, plot_series, separate_data_versions
+
+    rng = np.random.default_rng(4)
+    base, better = rng.random(300) < 0.2, rng.random(300) < 0.5
+    fixture_record(str(tmp_path), 1.0, "mix", base, "full_1.0")  # published before reductions: no reduction_label
+    fixture_record(str(tmp_path), 0.5, "mix", base, "full_0.5")
+    for label, p, reduction in (("sub_0.5", 0.5, "recap sub_caption K=1"), ("trunc_1.0", 1.0, "original truncate K=8")):
+        fixture_record(str(tmp_path), p, "mix", better, label)
+        path = tmp_path / "records" / f"{label}.json"
+        record = json.loads(path.read_text())
+        record["run"].update(reduction_label=reduction, reduction={"reduced": True})
+        path.write_text(json.dumps(record))
+    table = open(write_tables(str(tmp_path))).read()
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| tiny")]
+    assert [(r[3].strip(), r[4].strip()) for r in rows] == [
+        ("full", "0.5"),
+        ("full", "1"),
+        ("original truncate K=8", "1"),
+        ("recap sub_caption K=1", "0.5"),
+    ]
+    delta = f"(+{100 * (better.mean() - base.mean()):.1f})"
+    # both reduced rows (the p = 1 one too) are compared with the whole-caption p = 1 row, which shows no delta
+    assert [delta in r[8] for r in rows] == [False, False, True, True] and "(" not in rows[1][8]
+    long, _ = separate_data_versions(metric_rows(load_records(str(tmp_path))))
+    assert set(long["reduction"]) == {"full", "original truncate K=8", "recap sub_caption K=1"}
+    curves = plot_series(seed_rows(long).query("metric == 'i2t_R@1'"))
+    assert sorted(c["label"] for c in curves) == [
+        "i2t_R@1 (full)",
+        "i2t_R@1 (original truncate K=8)",
+        "i2t_R@1 (recap sub_caption K=1)",
+    ]  # one curve per reduction: a curve over p never joins two reductions

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo): DDP + open_clip's local loss with all-gather-with-grad equals one process on the
-same global batch (loss and every gradient, with and without accumulation), and ``train()`` runs under DDP
+same global batch (loss and every gradient, with and without accumulation; also with two positive texts per image,
+``mix.positives=2``), and ``train()`` runs under DDP
 with one shared out_dir (rank 0 writes, every rank's RNG state is in the checkpoint)."""
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def global_batch() -> dict:
     return {
         "image": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g),
         "text": torch.randint(1, 49000, (GLOBAL_BATCH, 16), generator=g),
+    }
+
+
+def global_multi_batch() -> dict:
+    """The global batch with two texts per image (``mix.positives=2``): image i's texts are rows 2 i and 2 i + 1."""
+    g = torch.Generator().manual_seed(8)
+    return {
+        "image": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g),
+        "text": torch.randint(1, 49000, (2 * GLOBAL_BATCH, 16), generator=g),
     }
 
 
@@ -85,11 +95,16 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 
     env = init_distributed("cpu")
     local = {k: v.chunk(WORLD)[rank] for k, v in global_batch().items()}
+    multi = {k: v.chunk(WORLD)[rank] for k, v in global_multi_batch().items()}  # image-major: pairs stay together
     with warnings.catch_warnings(record=True) as shown:  # every warning a user would see, each time it is raised
         warnings.simplefilter("always")
         results = {
             "plain": gradients_of(env, [local], out_dir),
             "accum": gradients_of(env, [{k: v.chunk(2)[i] for k, v in local.items()} for i in range(2)], out_dir),
+            "positives": gradients_of(env, [multi], out_dir),
+            "positives_accum": gradients_of(
+                env, [{k: v.chunk(2)[i] for k, v in multi.items()} for i in range(2)], out_dir
+            ),
         }
         torch.save(results, os.path.join(out_dir, f"grads_rank{rank}.pt"))
         result = short_ddp_run(os.path.join(out_dir, "run"))
@@ -118,12 +133,14 @@ def test_distributed_loss_and_gradients_equal_single_process(ddp_outputs, tmp_pa
     from training.distributed import DistEnv
 
     expected_loss, expected = gradients_of(DistEnv(), [global_batch()], str(tmp_path))
+    multi_loss, multi = gradients_of(DistEnv(), [global_multi_batch()], str(tmp_path))  # the multi-positive loss
     for rank in range(WORLD):
         results = torch.load(os.path.join(ddp_outputs, f"grads_rank{rank}.pt"), weights_only=True)
-        for mode in ("plain", "accum"):
+        for mode in ("plain", "accum", "positives", "positives_accum"):
             loss, grads = results[mode]
-            assert torch.allclose(loss, expected_loss, atol=1e-5), (mode, loss, expected_loss)
-            for name, grad in expected.items():
+            want_loss, want = (multi_loss, multi) if mode.startswith("positives") else (expected_loss, expected)
+            assert torch.allclose(loss, want_loss, atol=1e-5), (mode, loss, want_loss)
+            for name, grad in want.items():
                 assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-5), (rank, mode, name)
 
 

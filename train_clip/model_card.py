@@ -15,7 +15,7 @@ MODEL_CARD = "README.md"
 
 def model_card(facts: Dict[str, Any], metrics: Optional[Dict[str, Any]] = None) -> str:
     """Markdown of a model card: ``facts`` keys model, data, p (probability of the ORIGINAL caption, None for
-    ``concat``), strategy, budget ({steps, samples_seen, global_batch}), command; ``metrics`` (name -> value) or a
+    ``concat``), strategy, budget ({steps, samples_seen, global_batch}), command, and optionally reduction (``MixConfig.reduction_label``); ``metrics`` (name -> value) or a
     line saying where the evaluation records go. Raises KeyError when a fact is missing."""
     p = facts["p"]
     lines = [
@@ -33,7 +33,8 @@ def model_card(facts: Dict[str, Any], metrics: Optional[Dict[str, Any]] = None) 
         "",
         f"- data: `{facts['data']}`",
         f"- caption mixture: strategy `{facts['strategy']}`, p = {'n/a (both captions in every text)' if p is None else p}"
-        " (p = probability of the ORIGINAL caption)",
+        " (p = probability of the ORIGINAL caption)"
+        + (f", caption reduction: {facts['reduction']}" if facts.get("reduction", "full") != "full" else ""),
         f"- budget: {json.dumps(facts['budget'], sort_keys=True)}",
         f"- command: `{facts['command']}`",
         "",

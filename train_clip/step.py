@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from open_clip import ClipLoss, CoCaLoss
 
 from training.distributed import DistEnv, unwrap
@@ -36,10 +37,52 @@ class StepContext:
     grad_clip_norm: Optional[float] = None
 
 
+class MultiPositiveClipLoss(ClipLoss):
+    """The multi-positive contrastive loss of DreamLIP (Zheng et al., ECCV 2024): each image has n positive texts.
+
+    Texts come image-major, n per image: with B images on a rank, text rows i n ... i n + n - 1 are image i's (the
+    caption loader's batches under ``mix.positives`` = n; n = texts / images). Over the batch (all ranks' features,
+    gathered with gradient exactly as open_clip's ``ClipLoss`` does, ``get_logits``), with s_it = logit_scale x
+    <image i, text t> (+ logit_bias):
+
+    - image -> text: for each image i, the n positives share ONE softmax denominator over every text of the batch,
+      L_i = -1/n sum_j log( exp(s_i,p_ij) / sum_t exp(s_it) ), averaged over images (= cross-entropy of image i's row
+      against each positive in turn, the rows repeated n times);
+    - text -> image: each text's cross-entropy against its own image;
+    - loss = (image -> text + text -> image) / 2.
+
+    With n = 1 both terms are open_clip's ``ClipLoss`` terms, computed by the same calls, so the value is identical.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: Optional[torch.Tensor] = None,
+        output_dict: bool = False,
+    ):
+        images, texts = len(image_features), len(text_features)
+        if texts % images:
+            raise ValueError(f"{texts} text features for {images} images: the multi-positive loss needs n per image")
+        n = texts // images
+        per_image, per_text = self.get_logits(image_features, text_features, logit_scale, logit_bias=logit_bias)
+        rows = per_image.shape[0]  # this rank's images (local loss) or every rank's
+        first = rows * self.rank if self.world_size > 1 and self.local_loss else 0  # global index of the first row
+        device = image_features.device
+        positives = first * n + torch.arange(rows * n, device=device)  # row i's j-th positive: (first + i) n + j
+        owners = first + torch.div(torch.arange(per_text.shape[0], device=device), n, rounding_mode="floor")
+        image_to_text = F.cross_entropy(per_image.repeat_interleave(n, dim=0) if n > 1 else per_image, positives)
+        text_to_image = F.cross_entropy(per_text, owners)
+        total = (image_to_text + text_to_image) / 2
+        return {"contrastive_loss": total} if output_dict else total
+
+
 def make_loss(
     env: DistEnv, local_loss: bool, gather_with_grad: bool, caption_loss_weight: Optional[float] = None
 ) -> ClipLoss:
-    """open_clip's contrastive loss; distributed: local rows against features gathered with gradient.
+    """The contrastive loss: ``MultiPositiveClipLoss`` (open_clip's ``ClipLoss`` with n positive texts per image; with
+    one text per image its value is ClipLoss's); distributed: local rows against features gathered with gradient.
 
     ``caption_loss_weight`` (a CoCa model): open_clip's ``CoCaLoss`` = contrastive loss + that weight x the
     captioning cross-entropy of the multimodal decoder (CoCa, Yu et al. 2022; open_clip_train's default weight 2).
@@ -56,7 +99,7 @@ def make_loss(
             rank=env.rank,
             world_size=env.world_size,
         )
-    return ClipLoss(
+    return MultiPositiveClipLoss(
         local_loss=local_loss,
         gather_with_grad=gather_with_grad,
         cache_labels=True,

@@ -197,6 +197,7 @@ def run(
     model = create_clip(session.model_cfg, cfg.stages[position.stage].image_size, env.device, seed=cfg.seed)
     if payload:
         model.load_state_dict(payload["model"], strict=True)
+    check_positives(model, mix_cfg)
     tokenizer = create_tokenizer(session.model_cfg)
     pad_id = trim_pad_id(model) if cfg.trim_text_padding else None
     features = frozen_image_features(session, model, data_cfg) if cfg.frozen_image_features else None
@@ -248,6 +249,16 @@ def run(
         resumed_from=resume_path,
         resumed=resumed,
         torn_jsonl_lines=dict(monitor.torn_lines),
+    )
+
+
+def check_positives(model: torch.nn.Module, mix_cfg: Optional[MixConfig]) -> None:
+    """Refuse several positive texts per image (``mix.positives``) for a CoCa: its captioning loss pairs one text with
+    each image."""
+    positives = mix_cfg.positives if mix_cfg is not None else 1
+    require(
+        positives == 1 or not hasattr(model, "text_decoder"),
+        f"mix.positives={positives}: a CoCa's captioning loss pairs one text with each image; use mix.positives=1",
     )
 
 
@@ -305,6 +316,7 @@ def card_facts(data_cfg: Optional[DataConfig], mix_cfg: Optional[MixConfig]) -> 
         "data": data_cfg.train_shards or data_cfg.name if data_cfg is not None else "in-memory source (no data config)",
         "strategy": mix_cfg.strategy if mix_cfg is not None else "n/a",
         "p": mix_cfg.p_original if mix_cfg is not None else None,
+        "reduction": mix_cfg.reduction_label() if mix_cfg is not None else "full",
         "command": " ".join(shlex.quote(a) for a in sys.argv),
     }
 

@@ -22,6 +22,7 @@ from captiondata.realised import (
     realised_mixture,
     sum_epochs,
 )
+from harness_infra.errors import require
 from harness_infra.ranks import is_main
 from harness_infra.stagecache import content_hash, key_fields
 from pipeline.families import family_of, train_result_info
@@ -38,7 +39,7 @@ def key(ctx: RunContext) -> Dict[str, Any]:
         "trainer": cfg.trainer,
         "model": key_fields(cfg.model),
         "train": key_fields(cfg.train),
-        "mix": key_fields(cfg.mix),
+        "mix": cfg.mix.stage_key(),  # key_fields without the reduction keys at their defaults
         "data": key_fields(cfg.data),
         "data_fingerprint": ctx.output(DataInfo).fingerprint,
     }
@@ -96,6 +97,17 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> TrainInfo:
     return info.replace(mixture=mixture)
 
 
+def check(cfg: Any) -> None:
+    """Caption reductions and several positives per image (``mix.*_reduce``, ``mix.positives``) need a family whose
+    trainer reads them (``Family.reduces_captions``); the others train on whole captions."""
+    reduction = cfg.mix.reduction()
+    require(
+        family_of(cfg).reduces_captions or not reduction,
+        f"mix: {', '.join(f'mix.{k}={v}' for k, v in reduction.items())} with trainer={cfg.trainer}, which trains on "
+        "whole captions (one per image): drop the reduction or choose a family that reads it",
+    )
+
+
 STAGE = Stage(
     name="train",
     needs=("data",),
@@ -104,5 +116,6 @@ STAGE = Stage(
     key=key,
     run=run,
     ranks="all",
+    check=check,
     version=2,
 )  # 2: records carry the checked mixture
