@@ -19,7 +19,8 @@ RECORDS_DIR = "records"
 
 
 def recaption_section(infos: Dict[str, StageInfo]) -> Optional[Dict[str, Any]]:
-    """The recaption stage's coverage and failures by reason per split (None without a recaption stage)."""
+    """The recaption stage's coverage, failures by reason and (scenes) caption quality per split (None without a
+    recaption stage)."""
     info = infos.get("recaption")
     if info is None:
         return None
@@ -30,6 +31,7 @@ def recaption_section(infos: Dict[str, StageInfo]) -> Optional[Dict[str, Any]]:
             "coverage": stats["with_recaption"] / stats["samples"] if stats["samples"] else None,
             "failed": stats["failed"],
             "input_skipped": stats.get("input_skipped", {}),
+            "quality": stats.get("quality"),  # faithfulness to the scene graph (scenes only: recaption.quality)
         }
         for split, stats in (info.splits or {}).items()
     }

@@ -83,6 +83,9 @@ def test_the_recaption_stage_writes_faithfulness_captions_with_their_rates(tmp_p
     ]
     assert main(argv) == 0
     folder = [d for d in glob.glob(f"{root}/runs/recaption/*") if os.path.isdir(d)][0]
+    stored = json.load(open(os.path.join(folder, "_COMPLETE.json")))
+    quality = json.dumps(stored)  # the stage's output carries the captions' measured faithfulness
+    assert '"attribute_precision"' in quality and '"captions": 120' in quality
     from recaption.quality import score_scene_shards
 
     summary = score_scene_shards(f"{folder}/train-*.tar", "faithful.txt")

@@ -10,6 +10,7 @@ trainer, keyed on the recaption fingerprint, retrains on the new captions).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, Optional
 
 from captiondata.realised import by_count, needed_sources
@@ -85,6 +86,10 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> RecaptionInfo:
 
     check_coverage(cfg, stats)
     manifests = {split: load_manifest(out_dir, split) for split in cfg.recaption.splits}
+    for split in cfg.recaption.splits:
+        quality = caption_quality(os.path.join(out_dir, f"{split}-*.tar"), f"{cfg.recaption.name}.txt")
+        if quality is not None:
+            stats[split] = {**stats[split], "quality": quality}
     return RecaptionInfo(
         fingerprint=shard_fingerprint(manifests),
         member=f"{cfg.recaption.name}.txt",
@@ -92,6 +97,15 @@ def run(ctx: RunContext, out_dir: Optional[str]) -> RecaptionInfo:
         failed_total=sum(s["failed_total"] for s in stats.values()),
         transient_failures=sum(s["transient_failures"] for s in stats.values()) if cfg.recaption.retry_failed else 0,
     )
+
+
+def caption_quality(spec: str, member: str) -> Optional[Dict[str, Any]]:
+    """The recaptions' faithfulness to the scene graph (``recaption.quality``: attribute precision and recall, object
+    recall, invented objects) where the samples store one (the embedded scenes); None for data without scene graphs."""
+    from recaption.quality import score_scene_shards
+
+    summary = score_scene_shards(spec, member)
+    return summary if summary.get("captions") else None
 
 
 def check_coverage(cfg: Any, stats: Dict[str, Dict[str, Any]]) -> None:
