@@ -30,6 +30,7 @@ from evals.results.records import compare_records, read_record
 from evals.tasks.registry import GENERATOR, TASKS
 from harness_infra.atomic import atomic_write, atomic_write_bytes
 from harness_infra.stagecache import content_hash
+from report.faithfulness import captioner_of, faithfulness_curve, faithfulness_markdown
 from report.rows import is_baseline_row, missing, seed_rows, shown, with_reduction
 from report.verdicts import paper_markdown
 
@@ -41,6 +42,7 @@ FAMILIES = {
 }
 SIGNIFICANCE = 0.05
 PAPER_PAGE = "paper.md"  # the verdicts against the paper (report.verdicts)
+FAITHFULNESS_PAGE = "faithfulness.md"  # the faithfulness curve (report.faithfulness)
 RUN_COLUMNS = [
     "data",
     "model",
@@ -211,6 +213,9 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                 {
                     **{c: run.get(c) for c in RUN_COLUMNS},
                     "reduction": reduction_of(run),
+                    "data_fingerprint": run.get("data_fingerprint"),
+                    "captioner": captioner_of(run)[0],
+                    "recap_precision": captioner_of(run)[1],
                     "seed": run_seed(run),
                     "global_batch": str(run.get("global_batch")),
                     "commit": run_commit(run),
@@ -552,6 +557,9 @@ def write_tables(
         written.setdefault(data, md_path)
         written[(data, family_name)] = md_path
     atomic_write_bytes(os.path.join(results_dir, PAPER_PAGE), paper_markdown(pd.concat(versioned)).encode("utf-8"))
+    faithfulness = faithfulness_markdown(faithfulness_curve(pd.concat(versioned)))
+    if faithfulness is not None:  # only once a data set has a captioner besides its own recaptions
+        atomic_write_bytes(os.path.join(results_dir, FAITHFULNESS_PAGE), faithfulness.encode("utf-8"))
     return written.get((data_name, family)) or written.get(data_name, md_path)
 
 
