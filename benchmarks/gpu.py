@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 from _common import run_script
 
@@ -70,6 +70,17 @@ def step_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def training_step(forward_backward: Callable[[], None], optimizer, device, repeats: int) -> Tuple[int, float]:
+    """(FLOPs of one forward and backward, median seconds of a whole step: zero_grad, forward, backward, step)."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward()
+        optimizer.step()
+
+    return step_flops(forward_backward), timed(step, device, repeats)
+
+
 def clip_benchmark(args, device, autocast) -> Dict[str, float]:
     """Samples/s and FLOPs per step of the CLIP training step, and images/s of the image tower's forward."""
     from pathlib import Path
@@ -99,13 +110,7 @@ def clip_benchmark(args, device, autocast) -> Dict[str, float]:
             loss = loss_fn(image_features, text_features, scale)
         loss.backward()
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        forward_backward()
-        optimizer.step()
-
-    flops = step_flops(forward_backward)
-    seconds = timed(step, device, args.repeats)
+    flops, seconds = training_step(forward_backward, optimizer, device, args.repeats)
     model.eval()
 
     @torch.inference_mode()
@@ -148,13 +153,7 @@ def dit_benchmark(args, device, autocast) -> Dict[str, float]:
             loss = F.mse_loss(predict(model, x, t, text, mask).float(), x)
         loss.backward()
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        forward_backward()
-        optimizer.step()
-
-    flops = step_flops(forward_backward)
-    seconds = timed(step, device, args.repeats)
+    flops, seconds = training_step(forward_backward, optimizer, device, args.repeats)
     model.eval()
     scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++")
     n = args.sample_batch
