@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -32,6 +33,7 @@ from harness_infra.atomic import atomic_write, atomic_write_bytes
 from harness_infra.stagecache import content_hash
 from report.faithfulness import captioner_of, faithfulness_curve, faithfulness_markdown
 from report.rows import is_baseline_row, missing, seed_rows, shown, with_reduction
+from report.strategies import inverse_effect_markdown, strategies_markdown, strategy_rows
 from report.verdicts import paper_markdown
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ FAMILIES = {
 SIGNIFICANCE = 0.05
 PAPER_PAGE = "paper.md"  # the verdicts against the paper (report.verdicts)
 FAITHFULNESS_PAGE = "faithfulness.md"  # the faithfulness curve (report.faithfulness)
+STRATEGIES_PAGE = "strategies.md"  # caption strategies beside p (report.strategies)
 RUN_COLUMNS = [
     "data",
     "model",
@@ -213,6 +216,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                 {
                     **{c: run.get(c) for c in RUN_COLUMNS},
                     "reduction": reduction_of(run),
+                    "reduction_spec": json.dumps(run.get("reduction") or {}, sort_keys=True),
                     "data_fingerprint": run.get("data_fingerprint"),
                     "captioner": captioner_of(run)[0],
                     "recap_precision": captioner_of(run)[1],
@@ -556,8 +560,14 @@ def write_tables(
         log.info("wrote %s (%d rows, %d runs)", md_path, len(wide), group["train_hash"].nunique())
         written.setdefault(data, md_path)
         written[(data, family_name)] = md_path
-    atomic_write_bytes(os.path.join(results_dir, PAPER_PAGE), paper_markdown(pd.concat(versioned)).encode("utf-8"))
-    faithfulness = faithfulness_markdown(faithfulness_curve(pd.concat(versioned)))
+    every = pd.concat(versioned)
+    strategies = strategy_rows(every)
+    paper = paper_markdown(every).rstrip() + "\n\n" + inverse_effect_markdown(strategies)
+    atomic_write_bytes(os.path.join(results_dir, PAPER_PAGE), paper.encode("utf-8"))
+    strategies_page = strategies_markdown(strategies)
+    if strategies_page is not None:  # only once a run reduces its captions
+        atomic_write_bytes(os.path.join(results_dir, STRATEGIES_PAGE), strategies_page.encode("utf-8"))
+    faithfulness = faithfulness_markdown(faithfulness_curve(every))
     if faithfulness is not None:  # only once a data set has a captioner besides its own recaptions
         atomic_write_bytes(os.path.join(results_dir, FAITHFULNESS_PAGE), faithfulness.encode("utf-8"))
     return written.get((data_name, family)) or written.get(data_name, md_path)
