@@ -70,7 +70,8 @@ def test_a_key_not_in_the_config_keeps_the_reason_and_lists_the_keys(capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         "error: Could not override 'mix.pp': Key 'pp' not in 'MixConfig' "
-        "(mix has: strategy, p, seed, concat_separator; did you mean mix.p?)"
+        "(mix has: strategy, p, seed, concat_separator, recap_reduce, original_reduce, recap_tokens, original_tokens, "
+        "recap_sentences, original_sentences, positives; did you mean mix.p?)"
     )
     assert main(["+experiment=clip_mix_0.8", "data.layout.orig=txt"]) == 2
     assert (
