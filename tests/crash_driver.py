@@ -58,7 +58,7 @@ def publish(results_dir: str, *sources: str) -> int:
         time.sleep(0.005)
     cfg = SimpleNamespace(
         experiment="exp",
-        mix=SimpleNamespace(p_original=0.5, strategy="mix"),
+        mix=SimpleNamespace(p_original=0.5, strategy="mix", reduction=lambda: {}, reduction_label=lambda: "full"),
         model=SimpleNamespace(name="m"),
         data=SimpleNamespace(name="d"),
         train=SimpleNamespace(seed=0),

@@ -61,10 +61,10 @@ def test_a_sweep_over_p_runs_through_a_hydra_launcher(tmp_path, launcher, capsys
         for line in open(f"{root}/results/scenes.md")
         if line.startswith("| RecapCLIP")
     ]
-    assert sorted((row[1], row[2]) for row in rows) == [
-        ("mix", "0"),
-        ("mix", "1"),
-    ]  # both jobs' runs, none lost to a race
+    assert sorted((row[1], row[2], row[3]) for row in rows) == [
+        ("mix", "full", "0"),
+        ("mix", "full", "1"),
+    ]  # both jobs' runs (strategy, reduction, p), none lost to a race
 
 
 def test_torchrun_ranks_share_one_run_directory_and_rank0_builds(tmp_path):
