@@ -134,3 +134,36 @@ def _write_text(path: str, text: str) -> None:
     """Write UTF-8 text (with a trailing newline)."""
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")
+
+
+RETRIEVAL_METRICS = ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")
+
+
+def publish_retrieval(
+    folder: str,
+    hits: np.ndarray,
+    stem: str,
+    run: Dict[str, Any],
+    task_name: str = "toy_retrieval",
+    dataset: str = "f" * 8,
+) -> None:
+    """Publish a retrieval record under ``folder/records`` whose every R@K is the mean of the per-query ``hits`` (also
+    its per-query values), with the run section ``run`` (the caller's keys over a toy default)."""
+    from evals.results.bootstrap import QueryValues
+    from evals.results.records import write_record
+
+    metrics = {m: float(hits.mean()) for m in RETRIEVAL_METRICS}
+    defaults = {"model": "tiny", "data": "toy", "samples_seen": 100, "global_batch": [10], "eval_hash": "e"}
+    record = {
+        "task": "retrieval",
+        "task_name": task_name,
+        "dataset": {"fingerprint": dataset},
+        "metrics": metrics,
+        "intervals": {m: [v - 0.01, v + 0.01] for m, v in metrics.items()},
+        "n": {"images": len(hits), "image_queries": len(hits)},
+        "created": "2026-01-01T00:00:00+00:00",
+        "checkpoint": stem,
+        "run": {**defaults, **run},
+    }
+    values = {m: QueryValues(hits.astype(float)) for m in metrics}
+    write_record(record, os.path.join(folder, "records"), values, stem=stem)

@@ -3,14 +3,11 @@ break-even precision where the gain crosses zero."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
+from eval_helpers import publish_retrieval
 
-from evals.results.bootstrap import QueryValues
-from evals.results.records import write_record
 from report.faithfulness import break_even, captioner_of
 from report.tables import write_tables
 
@@ -18,44 +15,25 @@ QUERIES = 2000
 
 
 def publish(folder: str, label: str, p: float, seed: int, hits: np.ndarray, precision, error) -> None:
-    recaption = (
-        None
-        if error is None
-        else {
-            "backend": "faithfulness",
-            "model": "scenes-oracle",
-            "faithfulness": {"attribute_error": error, "invented": 0, "omitted": 0},
-        }
-    )
-    record = {
-        "task": "retrieval",
-        "task_name": "scenes_compositional_retrieval",
-        "dataset": {"fingerprint": "t" * 8},
-        "metrics": {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")},
-        "intervals": {m: [0.0, 1.0] for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")},
-        "n": {"images": len(hits), "image_queries": len(hits)},
-        "created": "2026-01-01T00:00:00+00:00",
-        "checkpoint": label,
-        "run": {
-            "experiment": label,
-            "p": p,
-            "strategy": "mix",
-            "model": "nano",
-            "data": "scenes" if error is None else "scenes_faithful",
-            "data_fingerprint": "shards",
-            "samples_seen": 100,
-            "global_batch": [10],
-            "train_hash": f"{label}-{seed}",
-            "recipe_hash": label,
-            "seed": seed,
-            "eval_hash": "e",
-            "command": f"python -m evals.run +experiment=x train.seed={seed}",
-            "resolved_config": {"recaption": recaption} if recaption else {},
-            "recaption": {"train": {"quality": {"attribute_precision": precision}}} if recaption else None,
-        },
+    recaption = None
+    if error is not None:
+        rates = {"attribute_error": error, "invented": 0, "omitted": 0}
+        recaption = {"backend": "faithfulness", "model": "scenes-oracle", "faithfulness": rates}
+    run = {
+        "experiment": label,
+        "p": p,
+        "strategy": "mix",
+        "model": "nano",
+        "data": "scenes" if error is None else "scenes_faithful",
+        "data_fingerprint": "shards",
+        "train_hash": f"{label}-{seed}",
+        "recipe_hash": label,
+        "seed": seed,
+        "command": f"python -m evals.run +experiment=x train.seed={seed}",
+        "resolved_config": {"recaption": recaption} if recaption else {},
+        "recaption": {"train": {"quality": {"attribute_precision": precision}}} if recaption else None,
     }
-    values = {m: QueryValues(hits.astype(float)) for m in record["metrics"]}
-    write_record(record, os.path.join(folder, "records"), values, stem=f"{label}_s{seed}")
+    publish_retrieval(folder, hits, f"{label}_s{seed}", run, task_name="scenes_compositional_retrieval")
 
 
 def test_the_break_even_precision_is_found_where_the_gain_crosses_zero(tmp_path):

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from eval_helpers import publish_retrieval
 from PIL import Image
 
 from evals.results.bootstrap import QueryValues
@@ -184,33 +185,9 @@ def fixture_record(
     folder: str, p: float, strategy: str, hits: np.ndarray, label: str, model: str = "tiny", git=None
 ) -> None:
     """A published retrieval record with a run section and per-query hits (and the run's git provenance if given)."""
-    metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
-    record = {
-        "task": "retrieval",
-        "task_name": "toy_retrieval",
-        "dataset": {"fingerprint": "f" * 8},
-        "metrics": metrics,
-        "intervals": {m: [v - 0.01, v + 0.01] for m, v in metrics.items()},
-        "n": {"images": len(hits), "image_queries": len(hits)},
-        "created": "2026-01-01T00:00:00+00:00",
-        "checkpoint": label,
-        "run": {
-            "experiment": label,
-            "p": p,
-            "strategy": strategy,
-            "model": model,
-            "data": "toy",
-            "samples_seen": 100,
-            "global_batch": [10],
-            "train_hash": label,
-            "eval_hash": "e",
-            "command": f"python -m evals.run +experiment={label}",
-        },
-    }
-    if git is not None:
-        record["run"]["git"] = git
-    values = {m: QueryValues(hits.astype(float)) for m in metrics}
-    write_record(record, os.path.join(folder, "records"), values, stem=label)
+    run = {"experiment": label, "p": p, "strategy": strategy, "model": model, "train_hash": label}
+    run["command"] = f"python -m evals.run +experiment={label}"
+    publish_retrieval(folder, hits, label, {**run, **({"git": git} if git is not None else {})})
 
 
 def test_tables_from_fixture_records(tmp_path):

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from eval_helpers import publish_retrieval
 
-from evals.results.bootstrap import QueryValues
-from evals.results.records import write_record
 from report.strategies import reduction_parts
 from report.tables import write_tables
 
 
 def publish(folder: str, reduction: dict, label: str, seed: int, hits: np.ndarray, p: float = 0.0) -> None:
-    metrics = {m: float(hits.mean()) for m in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")}
-    record = {
-        "task": "retrieval",
-        "task_name": "scenes_compositional_retrieval",
-        "dataset": {"fingerprint": "t" * 8},
-        "metrics": metrics,
-        "intervals": {m: [0.0, 1.0] for m in metrics},
-        "n": {"images": len(hits), "image_queries": len(hits)},
-        "created": "2026-01-01T00:00:00+00:00",
-        "checkpoint": label,
-        "run": {
-            "experiment": label,
-            "p": p,
-            "strategy": "mix",
-            "model": "nano",
-            "data": "scenes",
-            "samples_seen": 100,
-            "global_batch": [10],
-            "train_hash": f"{label}-{seed}",
-            "recipe_hash": label,
-            "seed": seed,
-            "eval_hash": "e",
-            "command": f"python -m evals.run +experiment=x train.seed={seed}",
-            "reduction": reduction,
-            "reduction_label": label,
-        },
+    run = {
+        "experiment": label,
+        "p": p,
+        "strategy": "mix",
+        "model": "nano",
+        "data": "scenes",
+        "train_hash": f"{label}-{seed}",
+        "recipe_hash": label,
+        "seed": seed,
+        "command": f"python -m evals.run +experiment=x train.seed={seed}",
+        "reduction": reduction,
+        "reduction_label": label if reduction else "full",
     }
-    write_record(
-        record,
-        os.path.join(folder, "records"),
-        {m: QueryValues(hits.astype(float)) for m in metrics},
-        stem=f"{label}_s{seed}".replace(" ", "_").replace("=", ""),
-    )
+    stem = f"{label}_s{seed}".replace(" ", "_").replace("=", "")
+    publish_retrieval(folder, hits, stem, run, task_name="scenes_compositional_retrieval")
 
 
 def test_reduced_rows_are_compared_with_full_and_the_inverse_effect_is_judged(tmp_path):
