@@ -164,22 +164,16 @@ def faithfulness_markdown(table: pd.DataFrame) -> Optional[str]:
     for (data, model, budget, task, metric), rows in table.groupby(scope, sort=True):
         percent = bool(rows["percent"].iloc[0])
         lines += [f"## {data}, {model}, {int(budget):,} samples: {task} {metric}", ""]
-        shown_rows = rows.sort_values(["p", "precision"]).assign(
-            precision=[
-                ("n/a" if missing(v) else f"{v:.3f}") for v in rows.sort_values(["p", "precision"])["precision"]
-            ],
+        ordered = rows.sort_values(["p", "precision"])
+        shown_rows = ordered.assign(
+            precision=[("n/a" if missing(v) else f"{v:.3f}") for v in ordered["precision"]],
             gain=[
-                (
-                    "n/a (one seed)"
-                    if missing(g)
-                    else f"{shown(g, percent, sign=True)} [{shown(lo, percent, sign=True)}, {shown(hi, percent, sign=True)}]"
-                )
-                for g, lo, hi in rows.sort_values(["p", "precision"])[["gain", "low", "high"]].itertuples(index=False)
+                "n/a (one seed)"
+                if missing(g)
+                else f"{shown(g, percent, sign=True)} [{shown(lo, percent, sign=True)}, {shown(hi, percent, sign=True)}]"
+                for g, lo, hi in ordered[["gain", "low", "high"]].itertuples(index=False)
             ],
-            seeds=[
-                f"{a} / {b}"
-                for a, b in rows.sort_values(["p", "precision"])[["seeds", "baseline_seeds"]].itertuples(index=False)
-            ],
+            seeds=[f"{a} / {b}" for a, b in ordered[["seeds", "baseline_seeds"]].itertuples(index=False)],
         )
         lines += [shown_rows[["p", "captioner", "precision", "seeds", "gain"]].to_markdown(index=False), ""]
         for p, at_p in rows.groupby("p"):

@@ -170,14 +170,21 @@ def delta_vs_baseline(
     return value - reference if is_whole_set and value is not None and reference is not None else None
 
 
+def chance_of(record: Dict[str, Any]) -> Optional[float]:
+    """Zero-shot top-1 by guessing, 1 / classes; None for other tasks."""
+    classes = (record.get("n") or {}).get("classes")
+    return 1 / classes if record["task"] == "zeroshot_classification" and classes else None
+
+
 def measured_by(record: Dict[str, Any]) -> Optional[str]:
     """How a record's number was measured, where the number alone does not say: zero-shot chance (1 / classes), the
     CLIP-score evaluator and its validation (swapped-partner preference on real renders, Flickr8k-Expert tau-c), the
     prompt-following recognizer's validation on real renders, FID/KID's generated and reference counts at their
     resolution; None otherwise."""
     extra, n = record.get("extra") or {}, record.get("n") or {}
-    if record["task"] == "zeroshot_classification" and n.get("classes"):
-        return f"chance {100 / n['classes']:.1f}% (1/{n['classes']} classes)"
+    chance = chance_of(record)
+    if chance is not None:
+        return f"chance {100 * chance:.1f}% (1/{n['classes']} classes)"
     if record["task"] == "clip_score" and extra.get("evaluator"):
         note = f"evaluator {extra['evaluator']}"
         swap = extra.get("evaluator_swap_preference")
@@ -208,6 +215,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
         base = baseline_for(record, records)
         paired = compare_records(record["path"], base["path"]) if base is not None and base is not record else {}
         spec = TASKS.get(task)
+        captioner, precision = captioner_of(run)
         for metric in MAIN_METRICS.get(task, ()):
             value = record["metrics"].get(metric)
             interval = record["intervals"].get(metric) or [None, None]
@@ -218,8 +226,8 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                     "reduction": reduction_of(run),
                     "reduction_spec": json.dumps(run.get("reduction") or {}, sort_keys=True),
                     "data_fingerprint": run.get("data_fingerprint"),
-                    "captioner": captioner_of(run)[0],
-                    "recap_precision": captioner_of(run)[1],
+                    "captioner": captioner,
+                    "recap_precision": precision,
                     "seed": run_seed(run),
                     "global_batch": str(run.get("global_batch")),
                     "commit": run_commit(run),
@@ -239,9 +247,7 @@ def metric_rows(records: List[Dict[str, Any]]) -> pd.DataFrame:
                     "kind": task,
                     "prompt_source": (record.get("extra") or {}).get("prompt_source"),
                     "measured_by": measured_by(record),
-                    "chance": 1 / record["n"]["classes"]
-                    if task == "zeroshot_classification" and record["n"].get("classes")
-                    else None,
+                    "chance": chance_of(record),
                     "created": record["created"],
                     "path": record["path"],
                     "per_query": bool(record.get("per_query_file"))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captiondata.queries import query_writer
 from evals.results.bootstrap import QueryValues
 from evals.results.task_result import TaskResult
 from evals.tasks.config import (
@@ -72,8 +73,6 @@ class PromptSet:
 def prompt_of(record: Any, source: str) -> Optional[str]:
     """The prompt of one record: its original, its first recaption, or the first text of a held-out query style
     (``captiondata.queries``); None when it has none."""
-    from captiondata.queries import query_writer
-
     if source == "original":
         return record.original
     if source == "recap":
@@ -417,6 +416,26 @@ def clip_score_values(
     return clip_scores(image_emb, text_emb), int(truncated.sum())
 
 
+def swap_scores(
+    embedder: ImageTextEmbedder,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    pairs: Sequence[Tuple[int, int]],
+    cfg: EvalConfig,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """CLIP scores of image k (of ``pairs[k] = (i, j)``) with prompt i and with its partner's prompt j: each image and
+    prompt encoded once."""
+    from evals.tasks.clipscore import clip_scores
+    from evals.tasks.embeddings import encode_images, encode_texts
+    from evals.tasks.fid import pixels_fingerprint
+
+    data = GeneratedImages(list(images), pixels_fingerprint(images))
+    image_emb, _ = encode_images(embedder.model, embedder.preprocess, data, cfg)
+    text_emb, _ = encode_texts(embedder.model, embedder.tokenizer, list(prompts), cfg)
+    own = clip_scores(image_emb, text_emb[[i for i, _ in pairs]])
+    return own, clip_scores(image_emb, text_emb[[j for _, j in pairs]])
+
+
 class GeneratedImages(torch.utils.data.Dataset):
     """Generated images as an evaluation image set: item i = (image i, i); ``fingerprint`` = their pixels."""
 
@@ -456,8 +475,7 @@ def run_clip_score_task(
     if pairs:  # the evaluator in its own domain: real renders at the generated size, own prompt vs the partner's
         references, _, _ = references_at_size(prompt_set, images[0].size)
         real = [references[i] for i, _ in pairs]
-        own, _ = clip_score_values(embedder, real, [prompt_set.prompts[i] for i, _ in pairs], cfg)
-        other, _ = clip_score_values(embedder, real, [prompt_set.prompts[j] for _, j in pairs], cfg)
+        own, other = swap_scores(embedder, real, prompt_set.prompts, pairs, cfg)
         result.extra["evaluator_swap_preference"] = {
             "preferred": swap_preference(own, other),
             "images": len(pairs),
@@ -534,11 +552,13 @@ def recognizer_on_real_renders(recognizer: Any, prompt_set: PromptSet, size: Tup
         recognizer.model, np.stack([P.image_array(references[i], recognizer.spec.size) for i in keep])
     )
     row = {i: r for r, i in enumerate(keep)}
-    overall = [P.score_prompt(parsed[i], cells[row[i]])["overall"] for i in keep]
-    out: Dict[str, Any] = {"recognizer_real_overall": {"value": float(np.mean(overall)), "images": len(keep)}}
+    overall = {i: P.score_prompt(parsed[i], cells[row[i]])["overall"] for i in keep}
+    out: Dict[str, Any] = {
+        "recognizer_real_overall": {"value": float(np.mean(list(overall.values()))), "images": len(keep)}
+    }
     pairs = [(i, j) for i, j in swap_pairs(prompt_set) if i in row and parsed[j]]
     if pairs:
-        own = [P.score_prompt(parsed[i], cells[row[i]])["overall"] for i, _ in pairs]
+        own = [overall[i] for i, _ in pairs]
         other = [P.score_prompt(parsed[j], cells[row[i]])["overall"] for i, j in pairs]
         out["recognizer_swap_preference"] = {"preferred": swap_preference(own, other), "images": len(pairs)}
     return out
